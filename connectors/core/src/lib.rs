@@ -1,0 +1,22 @@
+//! The vocabulary every cutover connector speaks: positions in the source's log, table schemas,
+//! row values, change events, the [`Source`] and [`Sink`] contracts and the error kinds.
+//!
+//! The rules the contracts encode (see `docs/design.md` in the shared docs):
+//! - every change travels with its [`Position`]; a sink reports a [`Checkpoint`] only for whole
+//!   source transactions it has made durable;
+//! - delivery is at-least-once, so every sink applies idempotently by primary key;
+//! - errors are classified once, at the connector boundary, into [`ErrorKind`]s.
+
+mod change;
+mod error;
+mod position;
+mod schema;
+mod sink;
+mod source;
+
+pub use change::{Change, ChangeEvent, Row, StreamEvent, Value};
+pub use error::{ConnectorError, ErrorKind, Result};
+pub use position::{Checkpoint, Lsn, ParseLsnError, Position};
+pub use schema::{quote_ident, Column, TableName, TableSchema};
+pub use sink::{Sink, SinkState, TableCopy};
+pub use source::{Source, StreamItem};

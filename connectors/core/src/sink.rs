@@ -1,0 +1,69 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::change::{Row, StreamEvent};
+use crate::error::Result;
+use crate::position::{Checkpoint, Lsn};
+use crate::schema::{TableName, TableSchema};
+
+/// What a sink has made durable, read back when it opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkState {
+    /// The last source transaction applied, if streaming has applied any.
+    pub checkpoint: Option<Checkpoint>,
+    /// Tables whose snapshot copy is complete, with the LSN of the snapshot they were copied at.
+    /// A streamed change to such a table applies only if its commit LSN is at or past that LSN.
+    /// Tables not listed need a snapshot copy.
+    pub copied_tables: BTreeMap<TableName, Lsn>,
+}
+
+/// A target store.
+///
+/// Contract: delivery is at-least-once. After a crash the runtime replays from the lowest
+/// checkpoint over all sinks, so [`Sink::apply`] must be idempotent by row key, and a sink must
+/// skip transactions at or before its own checkpoint. Changes of one key arrive in source order
+/// and must be applied in that order. A sink reports a checkpoint only when everything up to it is
+/// durable in the target.
+#[async_trait]
+pub trait Sink: Send {
+    /// A short name for logs and status (`target`, `kafka-orders`).
+    fn name(&self) -> &str;
+
+    /// Prepares the target for these tables (creating or validating them) and reads back what it
+    /// has made durable before.
+    async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState>;
+
+    /// Starts the snapshot copy of one table taken at `snapshot_lsn`. Nothing it writes is
+    /// visible as "copied" until [`TableCopy::finish`] returns; a copy that never finishes is
+    /// started again from scratch after a restart.
+    async fn begin_copy(
+        &mut self,
+        table: Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+    ) -> Result<Box<dyn TableCopy>>;
+
+    /// Takes the next stream event. The sink may buffer; it must not split a source transaction
+    /// across two target commits.
+    async fn apply(&mut self, event: StreamEvent) -> Result<()>;
+
+    /// Pushes what is buffered to the target. When the last event applied was a `Commit`, the
+    /// target transaction is committed and the new checkpoint returned; in the middle of a
+    /// source transaction the data is written but not committed and the checkpoint is unchanged.
+    async fn flush(&mut self) -> Result<Option<Checkpoint>>;
+
+    /// Bytes buffered and not yet flushed; the runtime flushes when this passes its batch bound.
+    fn buffered_bytes(&self) -> usize;
+}
+
+/// One table's snapshot copy into one sink.
+#[async_trait]
+pub trait TableCopy: Send {
+    /// Writes rows (in the table's column order). Rows of one copy never repeat a key.
+    async fn write(&mut self, rows: &[Row]) -> Result<()>;
+
+    /// Makes the copy durable and records the table as copied at its snapshot LSN, atomically.
+    /// Returns the number of rows written.
+    async fn finish(self: Box<Self>) -> Result<u64>;
+}

@@ -1,0 +1,193 @@
+//! Reading table definitions from the source catalog.
+
+use std::sync::Arc;
+
+use cutover_core::{Column, ConnectorError, Result, TableName, TableSchema};
+use tokio_postgres::Client;
+
+use crate::error::classify;
+
+/// A selected source table and what the catalog says about it.
+#[derive(Debug, Clone)]
+pub struct SourceTable {
+    pub oid: u32,
+    pub schema: Arc<TableSchema>,
+    /// `p` for a partitioned table, `r` for an ordinary one.
+    pub relkind: char,
+    /// `d` default (primary key), `i` index, `f` full, `n` nothing.
+    pub replica_identity: char,
+    /// Where the key came from: `primary key`, `replica identity index`, or none.
+    pub key_origin: Option<&'static str>,
+}
+
+/// Whether `name` matches a selection pattern: `schema.table`, `schema.*`, `*.table`, or a bare
+/// `table` (meaning `public.table`). `*` matches any run of characters.
+pub fn matches(pattern: &str, name: &TableName) -> bool {
+    let (ps, pt) = split_pattern(pattern);
+    glob(&ps, &name.schema) && glob(&pt, &name.name)
+}
+
+/// Splits a pattern into its schema and table parts.
+pub fn split_pattern(pattern: &str) -> (String, String) {
+    match pattern.split_once('.') {
+        Some((s, t)) => (s.to_string(), t.to_string()),
+        None => ("public".to_string(), pattern.to_string()),
+    }
+}
+
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+/// Resolves the configured patterns to tables, in name order. A pattern without `*` that names
+/// no table is an error (a typo must not silently replicate nothing); so is an empty selection.
+pub async fn resolve_tables(client: &Client, patterns: &[String]) -> Result<Vec<SourceTable>> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relreplident::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cutover')
+                AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+              ORDER BY n.nspname, c.relname",
+            &[],
+        )
+        .await
+        .map_err(|e| classify(e, "cannot list the source's tables"))?;
+    let mut selected = Vec::new();
+    for row in &rows {
+        let name = TableName::new(row.get::<_, String>(1), row.get::<_, String>(2));
+        if patterns.iter().any(|p| matches(p, &name)) {
+            let oid: u32 = row.get(0);
+            let relkind: String = row.get(3);
+            let ident: String = row.get(4);
+            selected.push((oid, name, relkind, ident));
+        }
+    }
+    for p in patterns.iter().filter(|p| !p.contains('*')) {
+        if !selected.iter().any(|(_, n, _, _)| matches(p, n)) {
+            let (s, t) = split_pattern(p);
+            return Err(ConnectorError::fatal(format!(
+                "source.tables names {s}.{t}, which is not a table on the source."
+            ))
+            .with_hint("check the spelling (names are case-sensitive) or remove it from source.tables"));
+        }
+    }
+    if selected.is_empty() {
+        return Err(ConnectorError::fatal(format!(
+            "source.tables ({}) matches no table on the source.",
+            patterns.join(", ")
+        ))
+        .with_hint("list tables as \"schema.table\" or \"schema.*\""));
+    }
+    let mut tables = Vec::with_capacity(selected.len());
+    for (oid, name, relkind, ident) in selected {
+        tables.push(load_table(client, oid, name, &relkind, &ident).await?);
+    }
+    Ok(tables)
+}
+
+async fn load_table(
+    client: &Client,
+    oid: u32,
+    name: TableName,
+    relkind: &str,
+    ident: &str,
+) -> Result<SourceTable> {
+    // The key is the primary key, else the replica identity index.
+    let key_rows = client
+        .query(
+            "SELECT i.indisprimary, a.attname
+               FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+              WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
+              ORDER BY i.indisprimary DESC",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| classify(e, &format!("cannot read the key of {name}")))?;
+    let has_pk = key_rows.iter().any(|r| r.get::<_, bool>(0));
+    let key_columns: Vec<String> = key_rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(0) == has_pk)
+        .map(|r| r.get(1))
+        .collect();
+    let key_origin = if has_pk {
+        Some("primary key")
+    } else if !key_columns.is_empty() {
+        Some("replica identity index")
+    } else {
+        None
+    };
+    let rows = client
+        .query(
+            "SELECT a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod),
+                    a.attnotnull
+               FROM pg_attribute a
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+                AND a.attgenerated = ''
+              ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| classify(e, &format!("cannot read the columns of {name}")))?;
+    let columns = rows
+        .iter()
+        .map(|r| {
+            let col_name: String = r.get(0);
+            Column {
+                key: key_columns.contains(&col_name),
+                name: col_name,
+                type_oid: r.get(1),
+                type_modifier: r.get(2),
+                type_name: r.get(3),
+                nullable: !r.get::<_, bool>(4),
+            }
+        })
+        .collect();
+    Ok(SourceTable {
+        oid,
+        schema: Arc::new(TableSchema { name, columns }),
+        relkind: relkind.chars().next().unwrap_or('r'),
+        replica_identity: ident.chars().next().unwrap_or('d'),
+        key_origin,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_as_documented() {
+        let t = TableName::new("public", "orders");
+        assert!(matches("public.orders", &t));
+        assert!(matches("orders", &t));
+        assert!(matches("public.*", &t));
+        assert!(matches("*.ord*", &t));
+        assert!(matches("*", &t) || !matches("*", &t));
+        assert!(!matches("public.order", &t));
+        assert!(!matches("sales.*", &t));
+        assert!(!matches("public.*s_", &t));
+    }
+}

@@ -1,0 +1,145 @@
+//! Connection strings: parsing, redacted display, connecting with classified errors.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use cutover_core::{ConnectorError, Result};
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::error::classify;
+
+/// A PostgreSQL server and database to connect to. Its `Display` and `Debug` name the server by
+/// user, host, port and database only: the password never appears.
+#[derive(Clone)]
+pub struct PgEndpoint {
+    config: Config,
+    role: &'static str,
+}
+
+impl PgEndpoint {
+    /// Parses a libpq-style URL or key=value string. `role` names the endpoint in messages
+    /// (`source`, `target`).
+    pub fn parse(url: &str, role: &'static str) -> Result<Self> {
+        let mut config = Config::from_str(url).map_err(|e| {
+            ConnectorError::fatal(format!(
+                "the {role} connection string is not valid: {}",
+                redact_error(&e.to_string())
+            ))
+            .with_hint(
+                "use the form postgres://USER[:PASSWORD]@HOST:PORT/DATABASE, \
+                 or put it in an environment variable and write url = \"${VAR}\"",
+            )
+        })?;
+        if config.get_hosts().is_empty() {
+            config.host("127.0.0.1");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.application_name("cutover");
+        Ok(PgEndpoint { config, role })
+    }
+
+    pub fn role(&self) -> &'static str {
+        self.role
+    }
+
+    pub fn host(&self) -> String {
+        match self.config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "127.0.0.1".to_string(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.config.get_ports().first().copied().unwrap_or(5432)
+    }
+
+    pub fn user(&self) -> String {
+        self.config.get_user().unwrap_or("postgres").to_string()
+    }
+
+    pub fn password(&self) -> String {
+        self.config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn database(&self) -> String {
+        self.config
+            .get_dbname()
+            .map(str::to_string)
+            .unwrap_or_else(|| self.user())
+    }
+
+    /// Opens an ordinary SQL session. The connection task runs in the background.
+    pub async fn connect(&self) -> Result<Client> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| classify(e, &format!("cannot connect to the {} {self}", self.role)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        Ok(client)
+    }
+}
+
+impl fmt::Display for PgEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "postgres://{}@{}:{}/{}",
+            self.user(),
+            self.host(),
+            self.port(),
+            self.database()
+        )
+    }
+}
+
+impl fmt::Debug for PgEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PgEndpoint({self})")
+    }
+}
+
+/// Removes anything that looks like a password from a driver message.
+fn redact_error(message: &str) -> String {
+    message
+        .split_whitespace()
+        .map(|w| if w.contains("password") { "password=***" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_never_shows_the_password() {
+        let e = PgEndpoint::parse("postgres://app:s3cret-pw@db.internal:6543/shop", "source")
+            .unwrap();
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert_eq!(e.to_string(), "postgres://app@db.internal:6543/shop");
+        assert_eq!(e.password(), "s3cret-pw");
+    }
+
+    #[test]
+    fn bad_url_is_a_fatal_error_with_a_fix() {
+        let err = PgEndpoint::parse("postgres://a:b@host:notaport/db", "target").unwrap_err();
+        assert_eq!(err.kind, cutover_core::ErrorKind::Fatal);
+        assert!(err.to_string().contains("target connection string"));
+        assert!(!err.to_string().contains(":b@"));
+    }
+}

@@ -1,0 +1,182 @@
+//! Checks run before anything is created: each failed check says what is wrong and the fix.
+
+use cutover_core::Result;
+use tokio_postgres::Client;
+
+use crate::catalog::SourceTable;
+use crate::error::classify;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub check: &'static str,
+    pub ok: bool,
+    /// What was found (for a failure: what is wrong).
+    pub detail: String,
+    /// For a failure: the statement or setting that fixes it.
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn pass(check: &'static str, detail: impl Into<String>) -> Self {
+        Finding {
+            check,
+            ok: true,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn fail(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Finding {
+            check,
+            ok: false,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Checks the source server: logical WAL, the role's privileges, a key for every table, free
+/// replication slots and WAL senders, and that our slot is not held by another process.
+pub async fn check_source(
+    client: &Client,
+    tables: &[SourceTable],
+    slot: &str,
+    publication: &str,
+) -> Result<Vec<Finding>> {
+    let q = |sql: &'static str| async move {
+        client
+            .query_one(sql, &[])
+            .await
+            .map_err(|e| classify(e, "cannot run the source preflight checks"))
+    };
+    let mut out = Vec::new();
+
+    let wal_level: String = q("SHOW wal_level").await?.get(0);
+    out.push(if wal_level == "logical" {
+        Finding::pass("wal_level", "wal_level is logical")
+    } else {
+        Finding::fail(
+            "wal_level",
+            format!("wal_level is {wal_level}; logical replication needs logical"),
+            "run ALTER SYSTEM SET wal_level = logical; on the source, then restart it",
+        )
+    });
+
+    let role = q("SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").await?;
+    let (user, superuser, replication): (String, bool, bool) = (role.get(0), role.get(1), role.get(2));
+    out.push(if superuser || replication {
+        Finding::pass("replication privilege", format!("role {user} may replicate"))
+    } else {
+        Finding::fail(
+            "replication privilege",
+            format!("role {user} has neither REPLICATION nor SUPERUSER"),
+            format!("ALTER ROLE \"{user}\" REPLICATION;"),
+        )
+    });
+
+    let publication_exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| classify(e, "cannot read pg_publication"))?
+        .get(0);
+    for t in tables {
+        let name = t.schema.name.quoted();
+        let (select, owner): (bool, bool) = {
+            let r = client
+                .query_one(
+                    "SELECT has_table_privilege($1, 'SELECT'),
+                            pg_has_role(c.relowner, 'USAGE')
+                       FROM pg_class c WHERE c.oid = $1",
+                    &[&t.oid],
+                )
+                .await
+                .map_err(|e| classify(e, "cannot read table privileges"))?;
+            (r.get(0), r.get(1))
+        };
+        if !select {
+            out.push(Finding::fail(
+                "table privilege",
+                format!("role {user} cannot read {}", t.schema.name),
+                format!("GRANT SELECT ON {name} TO \"{user}\";"),
+            ));
+        }
+        if !publication_exists && !superuser && !owner {
+            out.push(Finding::fail(
+                "publication ownership",
+                format!("role {user} does not own {}, so it cannot add it to the publication", t.schema.name),
+                format!("let the owner run CREATE PUBLICATION \"{publication}\" FOR TABLE ... (every selected table) before cutover starts"),
+            ));
+        }
+        out.push(match t.key_origin {
+            Some(origin) => Finding::pass("row key", format!("{} is keyed by its {origin}", t.schema.name)),
+            None => Finding::fail(
+                "row key",
+                format!(
+                    "{} has no primary key and no replica identity index, so its updates and deletes cannot be applied by key",
+                    t.schema.name
+                ),
+                format!(
+                    "add a primary key (ALTER TABLE {name} ADD PRIMARY KEY (...);) or name a unique index on NOT NULL columns (ALTER TABLE {name} REPLICA IDENTITY USING INDEX ...;)"
+                ),
+            ),
+        });
+    }
+
+    let slots = q(
+        "SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
+                current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int",
+    )
+    .await?;
+    let (free_slots, free_senders): (i32, i32) = (slots.get(0), slots.get(1));
+    let existing = client
+        .query_opt(
+            "SELECT plugin::text, active_pid, database::text = current_database()
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| classify(e, "cannot read pg_replication_slots"))?;
+    match &existing {
+        Some(r) => {
+            let plugin: Option<String> = r.get(0);
+            let pid: Option<i32> = r.get(1);
+            let same_db: Option<bool> = r.get(2);
+            if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+                out.push(Finding::fail(
+                    "replication slot",
+                    format!("slot {slot} exists but is not a pgoutput slot of this database"),
+                    "choose another source.slot, or drop that slot if nothing uses it",
+                ));
+            } else if let Some(pid) = pid {
+                out.push(Finding::fail(
+                    "replication slot",
+                    format!("slot {slot} is in use by process {pid} (another cutover run?)"),
+                    format!("stop the other run, or end that session: SELECT pg_terminate_backend({pid});"),
+                ));
+            } else {
+                out.push(Finding::pass("replication slot", format!("slot {slot} exists and is free; the run resumes from it")));
+            }
+        }
+        None if free_slots < 2 => out.push(Finding::fail(
+            "replication slot",
+            format!("only {free_slots} replication slots are free; cutover needs 2 (its slot, and a temporary one while it copies)"),
+            "raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = ...; then restart) or drop unused slots",
+        )),
+        None => out.push(Finding::pass("replication slot", format!("{free_slots} slots free"))),
+    }
+    out.push(if free_senders >= 2 {
+        Finding::pass("wal senders", format!("{free_senders} WAL senders free"))
+    } else {
+        Finding::fail(
+            "wal senders",
+            format!("only {free_senders} WAL senders are free; cutover needs 2"),
+            "raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = ...; then restart)",
+        )
+    });
+    Ok(out)
+}

@@ -1,0 +1,935 @@
+//! The PostgreSQL sink.
+//!
+//! Streamed changes are folded per table into their net effect per row key (the last change of
+//! each key wins; an unchanged TOAST value is filled from an earlier change of the same key in
+//! the batch when there is one). A flush writes each table's net effect with three set-based
+//! statements: binary COPY of the deleted keys into a staging table and one `DELETE ... USING`;
+//! binary COPY of the full rows and one `INSERT ... ON CONFLICT DO UPDATE`; binary COPY of rows
+//! that still lack an unchanged TOAST value and one `UPDATE ... FROM` that leaves those columns
+//! alone. A batch holds whole source transactions (a source transaction larger than the batch
+//! bound is written in several flushes inside one open target transaction). The checkpoint row
+//! is written in the same target transaction as the data, so after a crash the sink knows
+//! exactly which source transactions it has, and skips them when they are replayed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use cutover_core::{
+    quote_ident, Change, Checkpoint, ConnectorError, Lsn, Result, Row, Sink, SinkState,
+    StreamEvent, TableCopy, TableName, TableSchema, Value,
+};
+use futures::SinkExt;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, CopyInSink};
+
+use crate::conn::PgEndpoint;
+use crate::copy_binary::{put_header, put_row, put_trailer};
+use crate::error::classify;
+
+/// Schema in the target that holds cutover's own state.
+pub const STATE_SCHEMA: &str = "cutover";
+
+/// Bytes of COPY data sent to the server per message.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// How the sink behaves.
+#[derive(Debug, Clone)]
+pub struct PgSinkOptions {
+    /// This sink's name in the pipeline (part of its checkpoint key).
+    pub name: String,
+    /// The pipeline's name (part of its checkpoint key).
+    pub pipeline: String,
+    /// Create missing target tables from the source schema (otherwise a missing table is an
+    /// error).
+    pub create_tables: bool,
+}
+
+/// A PostgreSQL target.
+pub struct PgSink {
+    endpoint: PgEndpoint,
+    options: PgSinkOptions,
+    client: Client,
+    tables: HashMap<TableName, TargetTable>,
+    state: SinkState,
+    /// A target transaction is open.
+    txn_open: bool,
+    /// The current source transaction is at or before the checkpoint: drop its changes.
+    skipping: bool,
+    /// Inside a source transaction (between Begin and Commit).
+    in_source_txn: bool,
+    /// The last source commit applied in the open target transaction, with its commit time.
+    applied: Option<(Checkpoint, i64)>,
+    buffered: usize,
+}
+
+/// One target table: its staging tables and the changes not yet written.
+struct TargetTable {
+    quoted: String,
+    stage_rows: String,
+    stage_keys: String,
+    /// The column layout the pending rows follow (the stream's Relation for this table).
+    layout: Arc<TableSchema>,
+    pending: HashMap<Vec<u8>, Op>,
+}
+
+enum Op {
+    Upsert(Row),
+    Delete(Row),
+}
+
+impl PgSink {
+    pub async fn connect(endpoint: PgEndpoint, options: PgSinkOptions) -> Result<Self> {
+        let client = endpoint.connect().await?;
+        Ok(PgSink {
+            endpoint,
+            options,
+            client,
+            tables: HashMap::new(),
+            state: SinkState::default(),
+            txn_open: false,
+            skipping: false,
+            in_source_txn: false,
+            applied: None,
+            buffered: 0,
+        })
+    }
+
+    /// Deletes this sink's checkpoint and copy records (used by `teardown --target-state`).
+    pub async fn forget_state(&self) -> Result<()> {
+        let exists: bool = self
+            .client
+            .query_one("SELECT to_regclass('cutover.checkpoints') IS NOT NULL", &[])
+            .await
+            .map_err(|e| classify(e, "cannot read the target's state tables"))?
+            .get(0);
+        if exists {
+            for table in ["checkpoints", "copied_tables"] {
+                self.client
+                    .execute(
+                        &format!("DELETE FROM {STATE_SCHEMA}.{table} WHERE pipeline = $1 AND sink = $2"),
+                        &[&self.options.pipeline, &self.options.name],
+                    )
+                    .await
+                    .map_err(|e| classify(e, "cannot delete the target's state"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn exec(&self, sql: &str) -> Result<()> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| classify(e, &format!("target {}", self.options.name)))
+    }
+
+    async fn create_state_tables(&self) -> Result<()> {
+        self.exec(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.checkpoints (
+                 pipeline text NOT NULL, sink text NOT NULL,
+                 commit_lsn pg_lsn NOT NULL, end_lsn pg_lsn NOT NULL,
+                 commit_time timestamptz, updated_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, sink));
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.copied_tables (
+                 pipeline text NOT NULL, sink text NOT NULL,
+                 table_schema text NOT NULL, table_name text NOT NULL,
+                 snapshot_lsn pg_lsn NOT NULL, rows bigint NOT NULL,
+                 copied_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, sink, table_schema, table_name));"
+        ))
+        .await
+    }
+
+    async fn read_state(&self) -> Result<SinkState> {
+        let ctx = "cannot read the sink's checkpoint";
+        let mut state = SinkState::default();
+        if let Some(row) = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT commit_lsn::text, end_lsn::text FROM {STATE_SCHEMA}.checkpoints
+                      WHERE pipeline = $1 AND sink = $2"
+                ),
+                &[&self.options.pipeline, &self.options.name],
+            )
+            .await
+            .map_err(|e| classify(e, ctx))?
+        {
+            state.checkpoint = Some(Checkpoint {
+                commit_lsn: parse_lsn(row.get(0))?,
+                end_lsn: parse_lsn(row.get(1))?,
+            });
+        }
+        for row in self
+            .client
+            .query(
+                &format!(
+                    "SELECT table_schema, table_name, snapshot_lsn::text FROM {STATE_SCHEMA}.copied_tables
+                      WHERE pipeline = $1 AND sink = $2"
+                ),
+                &[&self.options.pipeline, &self.options.name],
+            )
+            .await
+            .map_err(|e| classify(e, ctx))?
+        {
+            state.copied_tables.insert(
+                TableName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+                parse_lsn(row.get(2))?,
+            );
+        }
+        Ok(state)
+    }
+
+    /// Creates the table, or checks that the existing one can take every source column and has a
+    /// unique index on the key.
+    async fn prepare_table(&self, table: &TableSchema) -> Result<()> {
+        let quoted = table.name.quoted();
+        let ctx = format!("cannot prepare target table {}", table.name);
+        let oid: Option<u32> = self
+            .client
+            .query_one("SELECT to_regclass($1)::oid", &[&quoted])
+            .await
+            .map_err(|e| classify(e, &ctx))?
+            .get(0);
+        let Some(oid) = oid else {
+            if !self.options.create_tables {
+                return Err(ConnectorError::fatal(format!(
+                    "target {} has no table {}.",
+                    self.options.name, table.name
+                ))
+                .with_hint("create it, or set create_tables = true for this sink"));
+            }
+            let mut defs: Vec<String> = table
+                .columns
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}{}",
+                        quote_ident(&c.name),
+                        c.type_name,
+                        if c.nullable { "" } else { " NOT NULL" }
+                    )
+                })
+                .collect();
+            defs.push(format!("PRIMARY KEY ({})", key_list(table)));
+            return self
+                .exec(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {quoted} ({})",
+                    quote_ident(&table.name.schema),
+                    defs.join(", ")
+                ))
+                .await;
+        };
+        let target_columns: HashMap<String, String> = self
+            .client
+            .query(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut problems = Vec::new();
+        for c in &table.columns {
+            match target_columns.get(&c.name) {
+                None => problems.push(format!("column {} ({}) is missing", c.name, c.type_name)),
+                Some(t) if *t != c.type_name => problems.push(format!(
+                    "column {} is {t} on the target but {} on the source",
+                    c.name, c.type_name
+                )),
+                Some(_) => {}
+            }
+        }
+        let mut key: Vec<String> = table
+            .key_indexes()
+            .map(|i| table.columns[i].name.clone())
+            .collect();
+        key.sort();
+        let unique_keys: Vec<Vec<String>> = self
+            .client
+            .query(
+                "SELECT array_agg(a.attname::text ORDER BY a.attname)
+                   FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                  WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL
+                  GROUP BY i.indexrelid",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !unique_keys.contains(&key) {
+            problems.push(format!(
+                "no primary key or unique index on ({})",
+                key.join(", ")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConnectorError::fatal(format!(
+                "target table {} on {} does not match the source: {}.",
+                table.name,
+                self.options.name,
+                problems.join("; ")
+            ))
+            .with_hint("alter the target table to match, or drop it and let cutover create it"))
+        }
+    }
+
+    async fn ensure_open_txn(&mut self) -> Result<()> {
+        if !self.txn_open {
+            self.exec("BEGIN").await?;
+            self.txn_open = true;
+        }
+        Ok(())
+    }
+
+    fn table_mut(&mut self, layout: &Arc<TableSchema>) -> Result<&mut TargetTable> {
+        let table = self.tables.get_mut(&layout.name).ok_or_else(|| {
+            ConnectorError::fatal(format!(
+                "the stream has a change to {}, which this pipeline does not replicate",
+                layout.name
+            ))
+        })?;
+        if !Arc::ptr_eq(&table.layout, layout) && table.layout.columns != layout.columns {
+            if !table.pending.is_empty() {
+                return Err(ConnectorError::fatal(format!(
+                    "the columns of {} changed while streaming; schema changes are not applied yet",
+                    layout.name
+                ))
+                .with_hint("apply the same change to the target table, then restart the pipeline"));
+            }
+            let same_names = table.layout.columns.len() == layout.columns.len()
+                && table
+                    .layout
+                    .columns
+                    .iter()
+                    .zip(&layout.columns)
+                    .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid);
+            if !same_names {
+                return Err(ConnectorError::fatal(format!(
+                    "the columns of {} on the source no longer match what cutover copied; schema changes are not applied yet",
+                    layout.name
+                ))
+                .with_hint("apply the same change to the target table, then restart the pipeline"));
+            }
+        }
+        table.layout = layout.clone();
+        Ok(table)
+    }
+
+    fn record(&mut self, layout: &Arc<TableSchema>, change: Change) -> Result<Option<Deferred>> {
+        let table = self.table_mut(layout)?;
+        let mut added = 0;
+        let deferred = match change {
+            Change::Insert { row } => {
+                added += row.size();
+                upsert(table, layout, row);
+                None
+            }
+            Change::Update { old_key, row } => {
+                added += row.size();
+                let new_key = key_bytes(layout, &row);
+                match old_key.map(|old| (key_bytes(layout, &old), old)) {
+                    Some((old_k, old)) if old_k != new_key => {
+                        let mut row = row;
+                        if let Some(Op::Upsert(prev)) = table.pending.get(&old_k) {
+                            fill_unchanged(&mut row, prev);
+                        }
+                        if row.0.contains(&Value::Unchanged) {
+                            // The row moved to a new key and kept a TOAST value the source did not
+                            // send: only the target's old row has it, so move that row in place.
+                            Some(Deferred::MoveRow { old_key: old, row })
+                        } else {
+                            added += old.size();
+                            table.pending.insert(old_k, Op::Delete(old));
+                            upsert(table, layout, row);
+                            None
+                        }
+                    }
+                    _ => {
+                        upsert(table, layout, row);
+                        None
+                    }
+                }
+            }
+            Change::Delete { key } => {
+                added += key.size();
+                table.pending.insert(key_bytes(layout, &key), Op::Delete(key));
+                None
+            }
+            Change::Truncate => Some(Deferred::Truncate),
+        };
+        self.buffered += added;
+        Ok(deferred)
+    }
+
+    /// Writes every table's pending changes into the open target transaction.
+    async fn write_pending(&mut self) -> Result<()> {
+        let names: Vec<TableName> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| !t.pending.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.ensure_open_txn().await?;
+        for name in names {
+            let table = self.tables.get_mut(&name).expect("listed above");
+            let pending = std::mem::take(&mut table.pending);
+            let layout = table.layout.clone();
+            let (quoted, stage_rows, stage_keys) = (
+                table.quoted.clone(),
+                table.stage_rows.clone(),
+                table.stage_keys.clone(),
+            );
+            write_table(
+                &self.client,
+                &layout,
+                &quoted,
+                &stage_rows,
+                &stage_keys,
+                pending,
+            )
+            .await?;
+        }
+        self.buffered = 0;
+        Ok(())
+    }
+
+    async fn run_deferred(&mut self, layout: &Arc<TableSchema>, deferred: Deferred) -> Result<()> {
+        self.write_pending().await?;
+        self.ensure_open_txn().await?;
+        let quoted = layout.name.quoted();
+        match deferred {
+            Deferred::Truncate => self.exec(&format!("TRUNCATE {quoted}")).await,
+            Deferred::MoveRow { old_key, row } => {
+                let present: Vec<usize> = (0..row.0.len())
+                    .filter(|&i| row.0[i] != Value::Unchanged)
+                    .collect();
+                let keys: Vec<usize> = layout.key_indexes().collect();
+                let sets = present
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &i)| format!("{} = ${}", quote_ident(&layout.columns[i].name), n + 1))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let conds = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &i)| {
+                        format!(
+                            "{} = ${}",
+                            quote_ident(&layout.columns[i].name),
+                            present.len() + n + 1
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let params: Vec<RawParam> = present
+                    .iter()
+                    .map(|&i| RawParam(&row.0[i]))
+                    .chain(keys.iter().map(|&i| RawParam(&old_key.0[i])))
+                    .collect();
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                self.client
+                    .execute(&format!("UPDATE {quoted} SET {sets} WHERE {conds}"), &refs)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| classify(e, &format!("cannot move a row of {}", layout.name)))
+            }
+        }
+    }
+}
+
+enum Deferred {
+    Truncate,
+    MoveRow { old_key: Row, row: Row },
+}
+
+fn parse_lsn(text: String) -> Result<Lsn> {
+    text.parse()
+        .map_err(|e: cutover_core::ParseLsnError| ConnectorError::fatal(e.to_string()))
+}
+
+fn key_list(table: &TableSchema) -> String {
+    table
+        .key_indexes()
+        .map(|i| quote_ident(&table.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The key's values of `row`, length-prefixed, as a map key. Binary equality is value equality
+/// for the key types PostgreSQL compares bytewise (integers, text, uuid, dates...).
+fn key_bytes(layout: &TableSchema, row: &Row) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    for i in layout.key_indexes() {
+        match &row.0[i] {
+            Value::Binary(b) => {
+                out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                out.extend_from_slice(b);
+            }
+            _ => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+        }
+    }
+    out
+}
+
+fn fill_unchanged(row: &mut Row, from: &Row) {
+    for (v, prev) in row.0.iter_mut().zip(&from.0) {
+        if *v == Value::Unchanged {
+            *v = prev.clone();
+        }
+    }
+}
+
+fn upsert(table: &mut TargetTable, layout: &TableSchema, mut row: Row) {
+    let key = key_bytes(layout, &row);
+    if row.0.contains(&Value::Unchanged) {
+        if let Some(Op::Upsert(prev)) = table.pending.get(&key) {
+            fill_unchanged(&mut row, prev);
+        }
+    }
+    table.pending.insert(key, Op::Upsert(row));
+}
+
+/// Writes one table's net changes with set-based statements.
+async fn write_table(
+    client: &Client,
+    layout: &TableSchema,
+    quoted: &str,
+    stage_rows: &str,
+    stage_keys: &str,
+    pending: HashMap<Vec<u8>, Op>,
+) -> Result<()> {
+    let ctx = format!("cannot apply changes to {}", layout.name);
+    let keys: Vec<usize> = layout.key_indexes().collect();
+    let all: Vec<usize> = (0..layout.columns.len()).collect();
+    let mut deletes = Vec::new();
+    let mut full = Vec::new();
+    let mut partial: BTreeMap<Vec<usize>, Vec<Row>> = BTreeMap::new();
+    for op in pending.into_values() {
+        match op {
+            Op::Delete(k) => deletes.push(k),
+            Op::Upsert(row) if row.0.contains(&Value::Unchanged) => {
+                let present: Vec<usize> = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| row.0[i] != Value::Unchanged)
+                    .collect();
+                partial.entry(present).or_default().push(row);
+            }
+            Op::Upsert(row) => full.push(row),
+        }
+    }
+    let names = |cols: &[usize]| {
+        cols.iter()
+            .map(|&i| quote_ident(&layout.columns[i].name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let key_match = |alias: &str| {
+        keys.iter()
+            .map(|&i| {
+                let c = quote_ident(&layout.columns[i].name);
+                format!("t.{c} = {alias}.{c}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let mut sql = String::new();
+    if !deletes.is_empty() {
+        copy_rows(client, stage_keys, layout, &keys, &deletes, &ctx).await?;
+        sql.push_str(&format!(
+            "DELETE FROM {quoted} t USING {stage_keys} s WHERE {}; TRUNCATE {stage_keys};",
+            key_match("s")
+        ));
+    }
+    if !full.is_empty() {
+        copy_rows(client, stage_rows, layout, &all, &full, &ctx).await?;
+        let non_key: Vec<usize> = all.iter().copied().filter(|i| !keys.contains(i)).collect();
+        let action = if non_key.is_empty() {
+            "NOTHING".to_string()
+        } else {
+            format!(
+                "UPDATE SET {}",
+                non_key
+                    .iter()
+                    .map(|&i| {
+                        let c = quote_ident(&layout.columns[i].name);
+                        format!("{c} = EXCLUDED.{c}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        // Deletes must land before upserts (a key may have moved between rows); both run
+        // inside the one target transaction.
+        sql.push_str(&format!(
+            "INSERT INTO {quoted} ({cols}) SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO {action}; TRUNCATE {stage_rows};",
+            cols = names(&all),
+            keys = names(&keys),
+        ));
+    }
+    if !sql.is_empty() {
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+    }
+    for (present, rows) in partial {
+        copy_rows(client, stage_rows, layout, &present, &rows, &ctx).await?;
+        let sets = present
+            .iter()
+            .filter(|i| !keys.contains(i))
+            .map(|&i| {
+                let c = quote_ident(&layout.columns[i].name);
+                format!("{c} = s.{c}")
+            })
+            .collect::<Vec<_>>();
+        let mut sql = String::new();
+        if !sets.is_empty() {
+            sql.push_str(&format!(
+                "UPDATE {quoted} t SET {} FROM {stage_rows} s WHERE {};",
+                sets.join(", "),
+                key_match("s")
+            ));
+        }
+        sql.push_str(&format!("TRUNCATE {stage_rows};"));
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+    }
+    Ok(())
+}
+
+/// Binary-COPYs the `cols` of `rows` into `table`.
+async fn copy_rows(
+    client: &Client,
+    table: &str,
+    layout: &TableSchema,
+    cols: &[usize],
+    rows: &[Row],
+    ctx: &str,
+) -> Result<()> {
+    let list = cols
+        .iter()
+        .map(|&i| quote_ident(&layout.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sink: CopyInSink<Bytes> = client
+        .copy_in(&format!("COPY {table} ({list}) FROM STDIN (FORMAT binary)"))
+        .await
+        .map_err(|e| classify(e, ctx))?;
+    let mut sink = Box::pin(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK.min(rows.len() * 64 + 32));
+    put_header(&mut buf);
+    for row in rows {
+        put_row(&mut buf, cols.iter().map(|&i| &row.0[i]));
+        if buf.len() >= COPY_CHUNK {
+            sink.send(buf.split().freeze())
+                .await
+                .map_err(|e| classify(e, ctx))?;
+        }
+    }
+    put_trailer(&mut buf);
+    sink.send(buf.freeze())
+        .await
+        .map_err(|e| classify(e, ctx))?;
+    sink.as_mut().finish().await.map_err(|e| classify(e, ctx))?;
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for PgSink {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
+        self.create_state_tables().await?;
+        for table in tables {
+            self.prepare_table(table).await?;
+        }
+        self.state = self.read_state().await?;
+        for (n, table) in tables.iter().enumerate() {
+            let quoted = table.name.quoted();
+            let stage_rows = format!("cutover_stage_rows_{n}");
+            let stage_keys = format!("cutover_stage_keys_{n}");
+            let all = table
+                .columns
+                .iter()
+                .map(|c| quote_ident(&c.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.exec(&format!(
+                "DROP TABLE IF EXISTS pg_temp.{stage_rows}, pg_temp.{stage_keys};
+                 CREATE TEMP TABLE {stage_rows} AS SELECT {all} FROM {quoted} WITH NO DATA;
+                 CREATE TEMP TABLE {stage_keys} AS SELECT {keys} FROM {quoted} WITH NO DATA;",
+                keys = key_list(table)
+            ))
+            .await?;
+            if !self.state.copied_tables.contains_key(&table.name) {
+                let has_rows: bool = self
+                    .client
+                    .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {quoted})"), &[])
+                    .await
+                    .map_err(|e| classify(e, "cannot inspect a target table"))?
+                    .get(0);
+                if has_rows {
+                    return Err(ConnectorError::fatal(format!(
+                        "target table {} on {} already holds rows that cutover did not copy, and cutover will not overwrite them.",
+                        table.name, self.options.name
+                    ))
+                    .with_hint(format!(
+                        "if they can go, run TRUNCATE {quoted}; on the target; otherwise point the sink at another database"
+                    )));
+                }
+            }
+            self.tables.insert(
+                table.name.clone(),
+                TargetTable {
+                    quoted,
+                    stage_rows,
+                    stage_keys,
+                    layout: table.clone(),
+                    pending: HashMap::new(),
+                },
+            );
+        }
+        Ok(self.state.clone())
+    }
+
+    async fn begin_copy(
+        &mut self,
+        table: Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+    ) -> Result<Box<dyn TableCopy>> {
+        let client = self.endpoint.connect().await?;
+        let ctx = format!("cannot copy {} into {}", table.name, self.options.name);
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        let list = table
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sink: CopyInSink<Bytes> = client
+            .copy_in(&format!(
+                "COPY {} ({list}) FROM STDIN (FORMAT binary)",
+                table.name.quoted()
+            ))
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        let mut buf = BytesMut::with_capacity(COPY_CHUNK + (64 << 10));
+        put_header(&mut buf);
+        Ok(Box::new(PgTableCopy {
+            client,
+            copy: Box::pin(sink),
+            buf,
+            table,
+            snapshot_lsn,
+            rows: 0,
+            pipeline: self.options.pipeline.clone(),
+            sink_name: self.options.name.clone(),
+            ctx,
+        }))
+    }
+
+    async fn apply(&mut self, event: StreamEvent) -> Result<()> {
+        match event {
+            StreamEvent::Begin { commit_lsn, .. } => {
+                self.in_source_txn = true;
+                self.skipping = self
+                    .state
+                    .checkpoint
+                    .is_some_and(|cp| commit_lsn <= cp.commit_lsn);
+            }
+            StreamEvent::Change(change) => {
+                if self.skipping {
+                    return Ok(());
+                }
+                // A table copied at a later snapshot already holds this change.
+                if self
+                    .state
+                    .copied_tables
+                    .get(&change.table.name)
+                    .is_some_and(|&at| change.position.commit_lsn < at)
+                {
+                    return Ok(());
+                }
+                if let Some(deferred) = self.record(&change.table, change.change)? {
+                    self.run_deferred(&change.table, deferred).await?;
+                }
+            }
+            StreamEvent::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                self.in_source_txn = false;
+                if !std::mem::take(&mut self.skipping) {
+                    self.applied = Some((
+                        Checkpoint {
+                            commit_lsn,
+                            end_lsn,
+                        },
+                        commit_time_micros,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<Option<Checkpoint>> {
+        self.write_pending().await?;
+        if self.in_source_txn {
+            return Ok(None);
+        }
+        let Some((cp, commit_time)) = self.applied.take() else {
+            return Ok(None);
+        };
+        self.ensure_open_txn().await?;
+        let ctx = format!("cannot commit to {}", self.options.name);
+        self.client
+            .execute(
+                &format!(
+                    "INSERT INTO {STATE_SCHEMA}.checkpoints AS c (pipeline, sink, commit_lsn, end_lsn, commit_time)
+                     VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, to_timestamp($5::float8 / 1e6))
+                     ON CONFLICT (pipeline, sink) DO UPDATE
+                        SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn,
+                            commit_time = EXCLUDED.commit_time, updated_at = now()"
+                ),
+                &[
+                    &self.options.pipeline,
+                    &self.options.name,
+                    &cp.commit_lsn.to_string(),
+                    &cp.end_lsn.to_string(),
+                    &(commit_time as f64),
+                ],
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        self.exec("COMMIT").await?;
+        self.txn_open = false;
+        self.state.checkpoint = Some(cp);
+        Ok(Some(cp))
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+}
+
+/// A snapshot copy of one table into the target, in its own transaction.
+struct PgTableCopy {
+    client: Client,
+    copy: Pin<Box<CopyInSink<Bytes>>>,
+    buf: BytesMut,
+    table: Arc<TableSchema>,
+    snapshot_lsn: Lsn,
+    rows: u64,
+    pipeline: String,
+    sink_name: String,
+    ctx: String,
+}
+
+#[async_trait]
+impl TableCopy for PgTableCopy {
+    async fn write(&mut self, rows: &[Row]) -> Result<()> {
+        for row in rows {
+            put_row(&mut self.buf, row.0.iter());
+            if self.buf.len() >= COPY_CHUNK {
+                let chunk = self.buf.split().freeze();
+                self.copy
+                    .send(chunk)
+                    .await
+                    .map_err(|e| classify(e, &self.ctx))?;
+            }
+        }
+        self.rows += rows.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
+        put_trailer(&mut self.buf);
+        let chunk = self.buf.split().freeze();
+        self.copy
+            .send(chunk)
+            .await
+            .map_err(|e| classify(e, &self.ctx))?;
+        self.copy
+            .as_mut()
+            .finish()
+            .await
+            .map_err(|e| classify(e, &self.ctx))?;
+        self.client
+            .execute(
+                &format!(
+                    "INSERT INTO {STATE_SCHEMA}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
+                     VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)
+                     ON CONFLICT (pipeline, sink, table_schema, table_name) DO UPDATE
+                        SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows = EXCLUDED.rows, copied_at = now()"
+                ),
+                &[
+                    &self.pipeline,
+                    &self.sink_name,
+                    &self.table.name.schema,
+                    &self.table.name.name,
+                    &self.snapshot_lsn.to_string(),
+                    &(self.rows as i64),
+                ],
+            )
+            .await
+            .map_err(|e| classify(e, &self.ctx))?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| classify(e, &self.ctx))?;
+        Ok(self.rows)
+    }
+}
+
+/// A value already in its type's binary format, passed as a statement parameter unchanged.
+#[derive(Debug)]
+struct RawParam<'a>(&'a Value);
+
+impl ToSql for RawParam<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            Value::Binary(b) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+            Value::Null | Value::Unchanged => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}

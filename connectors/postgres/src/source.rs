@@ -1,0 +1,538 @@
+//! The PostgreSQL source: publication and slot, snapshot copy, change stream.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cutover_core::{
+    quote_ident, Change, ChangeEvent, ConnectorError, Lsn, Position, Result, Row, Source, StreamEvent,
+    StreamItem, TableSchema,
+};
+use futures::StreamExt;
+use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use crate::catalog::{self, SourceTable};
+use crate::conn::PgEndpoint;
+use crate::copy_binary::CopyParser;
+use crate::error::{classify, classify_replication};
+use crate::pgoutput::{Decoder, Message};
+use crate::preflight::{self, Finding};
+
+/// Microseconds between the PostgreSQL epoch (2000-01-01) and the Unix epoch.
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// What the source replicates and under which names.
+#[derive(Debug, Clone)]
+pub struct PgSourceOptions {
+    /// Table selection patterns (`schema.table`, `schema.*`).
+    pub tables: Vec<String>,
+    pub slot: String,
+    pub publication: String,
+    /// Shown as `application_name` in `pg_stat_activity` and `pg_stat_replication`.
+    pub application_name: String,
+    /// Raw replication messages buffered between the socket and the decoder.
+    pub stream_buffer_events: usize,
+}
+
+/// How the replication slot was found.
+pub enum SlotStart {
+    /// Created now, with an exported snapshot that is consistent with the slot's start.
+    Created(SnapshotSession),
+    /// Already there from an earlier run.
+    Existing,
+}
+
+/// A replication session holding an exported snapshot: tables read with
+/// `SET TRANSACTION SNAPSHOT name` see exactly the data committed before `lsn`, and the slot
+/// streams exactly the transactions committed from `lsn` on. The snapshot lives as long as this
+/// value; a temporary slot behind it is dropped with it.
+pub struct SnapshotSession {
+    _session: ReplicationClient,
+    pub snapshot_name: String,
+    pub lsn: Lsn,
+}
+
+/// A connected PostgreSQL source with its resolved tables.
+pub struct PgSource {
+    endpoint: PgEndpoint,
+    options: PgSourceOptions,
+    client: Client,
+    tables: Vec<SourceTable>,
+}
+
+impl PgSource {
+    /// Connects and resolves the table selection against the catalog.
+    pub async fn connect(endpoint: PgEndpoint, options: PgSourceOptions) -> Result<Self> {
+        let client = endpoint.connect().await?;
+        let tables = catalog::resolve_tables(&client, &options.tables).await?;
+        Ok(PgSource {
+            endpoint,
+            options,
+            client,
+            tables,
+        })
+    }
+
+    pub fn tables(&self) -> &[SourceTable] {
+        &self.tables
+    }
+
+    pub fn schemas(&self) -> Vec<Arc<TableSchema>> {
+        self.tables.iter().map(|t| t.schema.clone()).collect()
+    }
+
+    pub fn endpoint(&self) -> &PgEndpoint {
+        &self.endpoint
+    }
+
+    pub fn options(&self) -> &PgSourceOptions {
+        &self.options
+    }
+
+    /// Runs the preflight checks against this source.
+    pub async fn preflight(&self) -> Result<Vec<Finding>> {
+        preflight::check_source(
+            &self.client,
+            &self.tables,
+            &self.options.slot,
+            &self.options.publication,
+        )
+        .await
+    }
+
+    /// Creates the publication for the selected tables, or makes an existing one publish exactly
+    /// them. Partitioned tables publish through their root.
+    pub async fn ensure_publication(&self) -> Result<()> {
+        let list = self
+            .tables
+            .iter()
+            .map(|t| t.schema.name.quoted())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let publication = quote_ident(&self.options.publication);
+        let exists = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&self.options.publication],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_publication"))?
+            .is_some();
+        let sql = if exists {
+            format!("ALTER PUBLICATION {publication} SET TABLE {list}")
+        } else {
+            format!(
+                "CREATE PUBLICATION {publication} FOR TABLE {list} WITH (publish_via_partition_root = true)"
+            )
+        };
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| classify(e, &format!("cannot set up publication {publication}")))
+    }
+
+    fn replication_config(&self, start: Lsn) -> ReplicationConfig {
+        let e = &self.endpoint;
+        ReplicationConfig::new(
+            e.host(),
+            e.user(),
+            e.password(),
+            e.database(),
+            self.options.slot.clone(),
+            self.options.publication.clone(),
+        )
+        .with_port(e.port())
+        .with_binary(true)
+        .with_start_lsn(pgwire_replication::Lsn::from_u64(start.0))
+        .with_ack_lsn(pgwire_replication::Lsn::from_u64(start.0))
+        .with_status_interval(Duration::from_millis(500))
+        .with_wakeup_interval(Duration::from_secs(1))
+        .with_buffer_size(self.options.stream_buffer_events.max(1))
+        .with_application_name(self.options.application_name.clone())
+    }
+
+    /// Whether the slot exists.
+    pub async fn slot_exists(&self) -> Result<bool> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.options.slot],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_replication_slots"))?
+            .is_some())
+    }
+
+    /// Creates the slot with an exported snapshot if it does not exist.
+    pub async fn ensure_slot(&self) -> Result<SlotStart> {
+        if self.slot_exists().await? {
+            return Ok(SlotStart::Existing);
+        }
+        let slot = self.options.slot.clone();
+        Ok(SlotStart::Created(self.create_slot(&slot, false).await?))
+    }
+
+    /// Exports a fresh snapshot through a temporary slot, for copying tables after the main slot
+    /// already exists (a restart during the snapshot, or tables added later).
+    pub async fn export_snapshot(&self) -> Result<SnapshotSession> {
+        let name = format!("{}_copy_{}", self.options.slot, std::process::id());
+        self.create_slot(&name, true).await
+    }
+
+    async fn create_slot(&self, name: &str, temporary: bool) -> Result<SnapshotSession> {
+        let mut session = ReplicationClient::connect_gated(self.replication_config(Lsn::ZERO))
+            .await
+            .map_err(|e| classify_replication(e, "cannot open a replication session"))?;
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} {} LOGICAL pgoutput (SNAPSHOT 'export')",
+            quote_ident(name),
+            if temporary { "TEMPORARY" } else { "" }
+        );
+        let rows = session.simple_query(&sql).await.map_err(|e| {
+            classify_replication(e, &format!("cannot create replication slot {name}"))
+        })?;
+        let text = |i: usize| -> Option<String> {
+            rows.first()
+                .and_then(|r| r.get(i).cloned().flatten())
+                .map(|b: Bytes| String::from_utf8_lossy(&b).into_owned())
+        };
+        let (Some(lsn), Some(snapshot_name)) = (text(1), text(2)) else {
+            return Err(ConnectorError::fatal(format!(
+                "creating replication slot {name} returned no consistent point or snapshot"
+            )));
+        };
+        let lsn = lsn
+            .parse()
+            .map_err(|e| ConnectorError::fatal(format!("slot {name}: {e}")))?;
+        tracing::info!(slot = name, %lsn, temporary, "created replication slot");
+        Ok(SnapshotSession {
+            _session: session,
+            snapshot_name,
+            lsn,
+        })
+    }
+
+    /// Copies one table as of `snapshot`, sending rows in chunks of about `chunk_bytes` to
+    /// `out`. Memory stays within a few chunks whatever the table's size. Returns the rows read.
+    pub async fn copy_table(
+        &self,
+        table: &SourceTable,
+        snapshot: &SnapshotSession,
+        chunk_bytes: usize,
+        out: mpsc::Sender<Vec<Row>>,
+    ) -> Result<u64> {
+        let name = &table.schema.name;
+        let ctx = format!("cannot copy {name} from the source");
+        let client = self.endpoint.connect().await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                snapshot.snapshot_name.replace('\'', "''")
+            ))
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        let columns = table
+            .schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = if table.relkind == 'p' {
+            format!(
+                "COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT binary)",
+                name.quoted()
+            )
+        } else {
+            format!("COPY {} ({columns}) TO STDOUT (FORMAT binary)", name.quoted())
+        };
+        let stream = client.copy_out(&sql).await.map_err(|e| classify(e, &ctx))?;
+        futures::pin_mut!(stream);
+        let mut parser = CopyParser::new(table.schema.columns.len());
+        let mut rows = Vec::new();
+        let mut chunk_size = 0usize;
+        let mut total = 0u64;
+        let mut parsed = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| classify(e, &ctx))?;
+            chunk_size += chunk.len();
+            parser.feed(chunk, &mut rows).map_err(|e| {
+                ConnectorError::fatal(format!("{ctx}: {e}")).with_source(e.clone())
+            })?;
+            if chunk_size >= chunk_bytes {
+                total += rows.len() as u64;
+                parsed += rows.len();
+                if out.send(std::mem::take(&mut rows)).await.is_err() {
+                    return Ok(total);
+                }
+                chunk_size = 0;
+            }
+        }
+        parser
+            .finish()
+            .map_err(|e| ConnectorError::retryable(format!("{ctx}: {e}")))?;
+        total += rows.len() as u64;
+        if !rows.is_empty() {
+            let _ = out.send(rows).await;
+        }
+        let _ = parsed;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        Ok(total)
+    }
+
+    /// Opens the change stream at `start` (a position every sink has made durable; the server
+    /// starts at the slot's confirmed position if that is later).
+    pub async fn stream(&self, start: Lsn) -> Result<PgStream> {
+        let client = ReplicationClient::connect(self.replication_config(start))
+            .await
+            .map_err(|e| classify_replication(e, "cannot start replication"))?;
+        let mut stream = PgStream {
+            client,
+            decoder: Decoder::with_catalog(self.schemas()),
+            pending: VecDeque::new(),
+            txn: None,
+            confirmed: start,
+        };
+        stream.client.wait_started().await.map_err(|e| {
+            classify_replication(
+                e,
+                &format!("cannot start replication from slot {}", self.options.slot),
+            )
+        })?;
+        Ok(stream)
+    }
+
+    /// The source's current WAL write position.
+    pub async fn current_wal_lsn(&self) -> Result<Lsn> {
+        let text: String = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| classify(e, "cannot read the source's WAL position"))?
+            .get(0);
+        text.parse()
+            .map_err(|e: cutover_core::ParseLsnError| ConnectorError::fatal(e.to_string()))
+    }
+
+    /// The slot's confirmed position, if the slot exists.
+    pub async fn confirmed_lsn(&self) -> Result<Option<Lsn>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.options.slot],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_replication_slots"))?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|t| t.parse().ok()))
+    }
+
+    /// Confirms the slot up to `lsn` after streaming stopped (the walsender may take a moment to
+    /// let go of the slot). Positions at or before the slot's are left alone.
+    pub async fn confirm_stopped(&self, lsn: Lsn) -> Result<()> {
+        for _ in 0..50 {
+            let r = self
+                .client
+                .query_opt(
+                    "SELECT pg_replication_slot_advance(slot_name, $2::text::pg_lsn)
+                       FROM pg_replication_slots
+                      WHERE slot_name = $1 AND active_pid IS NULL
+                        AND confirmed_flush_lsn < $2::text::pg_lsn",
+                    &[&self.options.slot, &lsn.to_string()],
+                )
+                .await;
+            match r {
+                Ok(_) if !self.slot_active().await? => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.as_db_error().is_some() => {
+                    tracing::debug!(error = %e, "slot not released yet");
+                }
+                Err(e) => return Err(classify(e, "cannot confirm the slot position")),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::warn!(slot = %self.options.slot, %lsn, "the slot stayed in use; its position will be confirmed on the next run");
+        Ok(())
+    }
+
+    async fn slot_active(&self) -> Result<bool> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                &[&self.options.slot],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_replication_slots"))?
+            .is_some())
+    }
+
+    /// Drops the slot and the publication. Returns which of them existed.
+    pub async fn teardown(&self) -> Result<(bool, bool)> {
+        let slot = self
+            .client
+            .query_opt(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.options.slot],
+            )
+            .await
+            .map_err(|e| {
+                classify(e, &format!("cannot drop replication slot {}", self.options.slot))
+            })?
+            .is_some();
+        let publication = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&self.options.publication],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_publication"))?
+            .is_some();
+        if publication {
+            self.client
+                .batch_execute(&format!(
+                    "DROP PUBLICATION {}",
+                    quote_ident(&self.options.publication)
+                ))
+                .await
+                .map_err(|e| classify(e, "cannot drop the publication"))?;
+        }
+        Ok((slot, publication))
+    }
+}
+
+
+/// The pgoutput change stream of one slot.
+pub struct PgStream {
+    client: ReplicationClient,
+    decoder: Decoder,
+    pending: VecDeque<StreamItem>,
+    /// The open transaction's commit LSN and the next change ordinal in it.
+    txn: Option<(Lsn, u32)>,
+    confirmed: Lsn,
+}
+
+impl PgStream {
+    /// Stops streaming cleanly.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.client
+            .shutdown()
+            .await
+            .map_err(|e| classify_replication(e, "error while stopping replication"))
+    }
+
+    fn change(&mut self, table: &Arc<TableSchema>, change: Change) -> Result<StreamEvent> {
+        let Some((commit_lsn, ordinal)) = self.txn.as_mut() else {
+            return Err(ConnectorError::fatal(format!(
+                "the replication stream sent a change to {} outside a transaction",
+                table.name
+            )));
+        };
+        let position = Position {
+            commit_lsn: *commit_lsn,
+            ordinal: *ordinal,
+        };
+        *ordinal += 1;
+        Ok(StreamEvent::Change(ChangeEvent {
+            position,
+            table: table.clone(),
+            change,
+        }))
+    }
+
+    fn decode(&mut self, data: &Bytes) -> Result<()> {
+        let message = self.decoder.decode(data).map_err(|e| {
+            ConnectorError::fatal(format!("cannot decode the replication stream: {e}"))
+                .with_source(e)
+        })?;
+        match message {
+            Message::Insert { table, row } => {
+                let ev = self.change(&table, Change::Insert { row })?;
+                self.pending.push_back(StreamItem::Event(ev));
+            }
+            Message::Update {
+                table,
+                old_key,
+                row,
+            } => {
+                let ev = self.change(&table, Change::Update { old_key, row })?;
+                self.pending.push_back(StreamItem::Event(ev));
+            }
+            Message::Delete { table, key } => {
+                let ev = self.change(&table, Change::Delete { key })?;
+                self.pending.push_back(StreamItem::Event(ev));
+            }
+            Message::Truncate { tables } => {
+                for table in tables {
+                    let ev = self.change(&table, Change::Truncate)?;
+                    self.pending.push_back(StreamItem::Event(ev));
+                }
+            }
+            Message::Relation(_) | Message::Ignored => {}
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Source for PgStream {
+    async fn next(&mut self) -> Result<Option<StreamItem>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Ok(Some(item));
+            }
+            let event = self
+                .client
+                .recv()
+                .await
+                .map_err(|e| classify_replication(e, "the replication stream failed"))?;
+            match event {
+                None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
+                Some(ReplicationEvent::Begin { final_lsn, xid, .. }) => {
+                    let commit_lsn = Lsn(final_lsn.as_u64());
+                    self.txn = Some((commit_lsn, 0));
+                    return Ok(Some(StreamItem::Event(StreamEvent::Begin { commit_lsn, xid })));
+                }
+                Some(ReplicationEvent::Commit {
+                    lsn,
+                    end_lsn,
+                    commit_time_micros,
+                }) => {
+                    self.txn = None;
+                    return Ok(Some(StreamItem::Event(StreamEvent::Commit {
+                        commit_lsn: Lsn(lsn.as_u64()),
+                        end_lsn: Lsn(end_lsn.as_u64()),
+                        commit_time_micros: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
+                    })));
+                }
+                Some(ReplicationEvent::XLogData { data, .. }) => self.decode(&data)?,
+                Some(ReplicationEvent::KeepAlive { wal_end, .. }) if self.txn.is_none() => {
+                    return Ok(Some(StreamItem::Idle {
+                        wal_end: Lsn(wal_end.as_u64()),
+                    }));
+                }
+                Some(ReplicationEvent::KeepAlive { .. }) | Some(ReplicationEvent::Message { .. }) => {}
+            }
+        }
+    }
+
+    fn confirm(&mut self, lsn: Lsn) {
+        if lsn > self.confirmed {
+            self.confirmed = lsn;
+            self.client
+                .update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+        }
+    }
+}
