@@ -1,1 +1,273 @@
-fn main(){}
+//! `cutover`: copy a live PostgreSQL database and stream its changes to targets.
+
+mod config;
+mod queue;
+mod runtime;
+mod status;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use cutover_core::{ConnectorError, Sink};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Zero-downtime PostgreSQL migration: snapshot, stream, verify, switch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format: `text`, `json`, or `auto` (text with a live progress line on a terminal,
+    /// JSON lines otherwise).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy the selected tables, then stream changes until stopped (SIGINT/SIGTERM drain and
+    /// confirm, then exit 0).
+    Run { pipeline: PathBuf },
+    /// Validate the pipeline file and check the source and targets; change nothing.
+    Check { pipeline: PathBuf },
+    /// Drop the pipeline's replication slot and publication on the source.
+    Teardown {
+        pipeline: PathBuf,
+        /// Also delete the pipeline's checkpoints and copy records from every target.
+        #[arg(long)]
+        target_state: bool,
+    },
+    /// Show the slot's lag and each target's checkpoint.
+    Status { pipeline: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let terminal = std::io::stderr().is_terminal();
+    let format = match cli.log_format {
+        LogFormat::Auto if terminal => LogFormat::Text,
+        LogFormat::Auto => LogFormat::Json,
+        f => f,
+    };
+    init_logging(
+        format,
+        terminal && matches!(cli.command, Command::Run { .. }),
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { pipeline } => run(&pipeline, terminal).await,
+            Command::Check { pipeline } => check(&pipeline).await,
+            Command::Teardown {
+                pipeline,
+                target_state,
+            } => teardown(&pipeline, target_state).await,
+            Command::Status { pipeline } => show_status(&pipeline).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            if terminal {
+                eprintln!();
+            }
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, live_progress: bool) {
+    use tracing_subscriber::EnvFilter;
+    // With a live progress line, only warnings are logged so the line stays readable.
+    let default = if live_progress {
+        "warn"
+    } else {
+        "info,tokio_postgres=warn,pgwire_replication=warn"
+    };
+    let filter = EnvFilter::try_from_env("CUTOVER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if format == LogFormat::Json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+type Outcome = Result<ExitCode, String>;
+
+fn explain(e: ConnectorError) -> String {
+    e.to_string()
+}
+
+fn load(path: &std::path::Path) -> Result<config::Pipeline, String> {
+    config::load(path).map_err(|e| e.to_string())
+}
+
+async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
+    let cfg = load(path)?;
+    let status = Arc::new(Mutex::new(status::Status::new()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested: draining, then confirming");
+        let _ = stop_tx.send(true);
+        wait_for_signal().await;
+        eprintln!("\nsecond stop signal: exiting without draining (nothing is lost; the next run replays)");
+        std::process::exit(130);
+    });
+    let reporter = tokio::spawn(status::report(status.clone(), terminal));
+    let result = runtime::run(&cfg, status.clone(), stop_rx).await;
+    reporter.abort();
+    if terminal {
+        if let Ok(s) = status.lock() {
+            eprintln!("\r\x1b[K{}", s.line());
+        }
+    }
+    result.map(|()| ExitCode::SUCCESS).map_err(explain)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn check(path: &std::path::Path) -> Outcome {
+    let cfg = load(path)?;
+    println!("pipeline file {}: ok", path.display());
+    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    println!(
+        "source {}: connected, {} tables selected",
+        source.endpoint(),
+        source.tables().len()
+    );
+    let findings = source.preflight().await.map_err(explain)?;
+    let mut failed = 0;
+    for f in &findings {
+        if f.ok {
+            println!("  ok    {}: {}", f.check, f.detail);
+        } else {
+            failed += 1;
+            println!("  FAIL  {}: {}", f.check, f.detail);
+            if let Some(fix) = &f.fix {
+                println!("        fix: {fix}");
+            }
+        }
+    }
+    let schemas = source.schemas();
+    for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
+        match sink.check_tables(&schemas).await {
+            Ok(()) => println!("sink {}: connected, tables compatible", sink.name()),
+            Err(e) => {
+                failed += 1;
+                println!("sink {}: FAIL {e}", sink.name());
+            }
+        }
+    }
+    if failed == 0 {
+        println!("ready: `cutover run {}` can start", path.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(format!("{failed} check(s) failed; see the fixes above"))
+    }
+}
+
+async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
+    let cfg = load(path)?;
+    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    let (slot, publication) = source.teardown().await.map_err(explain)?;
+    println!(
+        "replication slot {}: {}",
+        cfg.slot,
+        if slot { "dropped" } else { "did not exist" }
+    );
+    println!(
+        "publication {}: {}",
+        cfg.publication,
+        if publication {
+            "dropped"
+        } else {
+            "did not exist"
+        }
+    );
+    if target_state {
+        for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
+            sink.forget_state().await.map_err(explain)?;
+            println!("sink {}: checkpoints and copy records deleted", sink.name());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show_status(path: &std::path::Path) -> Outcome {
+    let cfg = load(path)?;
+    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    let wal = source.current_wal_lsn().await.map_err(explain)?;
+    match source.confirmed_lsn().await.map_err(explain)? {
+        Some(confirmed) => println!(
+            "slot {}: confirmed {confirmed}, source WAL {wal}, lag {} bytes",
+            cfg.slot,
+            wal.0.saturating_sub(confirmed.0)
+        ),
+        None => println!("slot {}: does not exist (source WAL {wal})", cfg.slot),
+    }
+    for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
+        let state = sink.read_checkpoint().await.map_err(explain)?;
+        match state.checkpoint {
+            Some(cp) => println!(
+                "sink {}: applied through {} ({} tables copied)",
+                sink.name(),
+                cp.end_lsn,
+                state.copied_tables.len()
+            ),
+            None => println!(
+                "sink {}: no streamed transaction applied yet ({} tables copied)",
+                sink.name(),
+                state.copied_tables.len()
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -82,9 +82,18 @@ mod tests {
 
     #[test]
     fn positions_order_by_commit_then_ordinal() {
-        let a = Position { commit_lsn: Lsn(5), ordinal: 9 };
-        let b = Position { commit_lsn: Lsn(6), ordinal: 0 };
-        let c = Position { commit_lsn: Lsn(6), ordinal: 1 };
+        let a = Position {
+            commit_lsn: Lsn(5),
+            ordinal: 9,
+        };
+        let b = Position {
+            commit_lsn: Lsn(6),
+            ordinal: 0,
+        };
+        let c = Position {
+            commit_lsn: Lsn(6),
+            ordinal: 1,
+        };
         assert!(a < b && b < c);
     }
 }

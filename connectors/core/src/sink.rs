@@ -22,10 +22,11 @@ pub struct SinkState {
 /// A target store.
 ///
 /// Contract: delivery is at-least-once. After a crash the runtime replays from the lowest
-/// checkpoint over all sinks, so [`Sink::apply`] must be idempotent by row key, and a sink must
-/// skip transactions at or before its own checkpoint. Changes of one key arrive in source order
-/// and must be applied in that order. A sink reports a checkpoint only when everything up to it is
-/// durable in the target.
+/// checkpoint over all sinks, so [`Sink::apply`] must be idempotent by row key. The runtime never
+/// hands a sink a transaction at or before the sink's own checkpoint, nor a change to a table
+/// whose snapshot copy already contains it. Changes of one key arrive in source order and must be
+/// applied in that order. A sink reports a checkpoint only when everything up to it is durable in
+/// the target.
 #[async_trait]
 pub trait Sink: Send {
     /// A short name for logs and status (`target`, `kafka-orders`).
@@ -39,7 +40,7 @@ pub trait Sink: Send {
     /// visible as "copied" until [`TableCopy::finish`] returns; a copy that never finishes is
     /// started again from scratch after a restart.
     async fn begin_copy(
-        &mut self,
+        &self,
         table: Arc<TableSchema>,
         snapshot_lsn: Lsn,
     ) -> Result<Box<dyn TableCopy>>;

@@ -18,6 +18,8 @@ pub struct SourceTable {
     pub replica_identity: char,
     /// Where the key came from: `primary key`, `replica identity index`, or none.
     pub key_origin: Option<&'static str>,
+    /// The planner's row estimate (`pg_class.reltuples`), for progress display only.
+    pub rows_estimate: u64,
 }
 
 /// Whether `name` matches a selection pattern: `schema.table`, `schema.*`, `*.table`, or a bare
@@ -64,7 +66,8 @@ fn glob(pattern: &str, text: &str) -> bool {
 pub async fn resolve_tables(client: &Client, patterns: &[String]) -> Result<Vec<SourceTable>> {
     let rows = client
         .query(
-            "SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relreplident::text
+            "SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relreplident::text,
+                    greatest(c.reltuples, 0)::int8
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cutover')
@@ -81,16 +84,19 @@ pub async fn resolve_tables(client: &Client, patterns: &[String]) -> Result<Vec<
             let oid: u32 = row.get(0);
             let relkind: String = row.get(3);
             let ident: String = row.get(4);
-            selected.push((oid, name, relkind, ident));
+            let estimate: i64 = row.get(5);
+            selected.push((oid, name, relkind, ident, estimate as u64));
         }
     }
     for p in patterns.iter().filter(|p| !p.contains('*')) {
-        if !selected.iter().any(|(_, n, _, _)| matches(p, n)) {
+        if !selected.iter().any(|(_, n, _, _, _)| matches(p, n)) {
             let (s, t) = split_pattern(p);
             return Err(ConnectorError::fatal(format!(
                 "source.tables names {s}.{t}, which is not a table on the source."
             ))
-            .with_hint("check the spelling (names are case-sensitive) or remove it from source.tables"));
+            .with_hint(
+                "check the spelling (names are case-sensitive) or remove it from source.tables",
+            ));
         }
     }
     if selected.is_empty() {
@@ -101,8 +107,10 @@ pub async fn resolve_tables(client: &Client, patterns: &[String]) -> Result<Vec<
         .with_hint("list tables as \"schema.table\" or \"schema.*\""));
     }
     let mut tables = Vec::with_capacity(selected.len());
-    for (oid, name, relkind, ident) in selected {
-        tables.push(load_table(client, oid, name, &relkind, &ident).await?);
+    for (oid, name, relkind, ident, estimate) in selected {
+        let mut table = load_table(client, oid, name, &relkind, &ident).await?;
+        table.rows_estimate = estimate;
+        tables.push(table);
     }
     Ok(tables)
 }
@@ -171,6 +179,7 @@ async fn load_table(
         relkind: relkind.chars().next().unwrap_or('r'),
         replica_identity: ident.chars().next().unwrap_or('d'),
         key_origin,
+        rows_estimate: 0,
     })
 }
 

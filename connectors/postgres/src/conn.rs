@@ -116,7 +116,13 @@ impl fmt::Debug for PgEndpoint {
 fn redact_error(message: &str) -> String {
     message
         .split_whitespace()
-        .map(|w| if w.contains("password") { "password=***" } else { w })
+        .map(|w| {
+            if w.contains("password") {
+                "password=***"
+            } else {
+                w
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -127,8 +133,8 @@ mod tests {
 
     #[test]
     fn display_never_shows_the_password() {
-        let e = PgEndpoint::parse("postgres://app:s3cret-pw@db.internal:6543/shop", "source")
-            .unwrap();
+        let e =
+            PgEndpoint::parse("postgres://app:s3cret-pw@db.internal:6543/shop", "source").unwrap();
         let shown = format!("{e} {e:?}");
         assert!(!shown.contains("s3cret-pw"), "{shown}");
         assert_eq!(e.to_string(), "postgres://app@db.internal:6543/shop");

@@ -233,14 +233,22 @@ mod tests {
         let data = encode(&[Row(vec![Value::Null, Value::Null])]);
         let mut parser = CopyParser::new(3);
         let err = parser.feed(data, &mut Vec::new()).unwrap_err();
-        assert_eq!(err, CopyFormatError::FieldCount { expected: 3, found: 2 });
+        assert_eq!(
+            err,
+            CopyFormatError::FieldCount {
+                expected: 3,
+                found: 2
+            }
+        );
     }
 
     #[test]
     fn truncated_stream_is_reported_at_finish() {
         let data = encode(&[Row(vec![Value::Binary(Bytes::from_static(b"abc"))])]);
         let mut parser = CopyParser::new(1);
-        parser.feed(data.slice(..data.len() - 3), &mut Vec::new()).unwrap();
+        parser
+            .feed(data.slice(..data.len() - 3), &mut Vec::new())
+            .unwrap();
         assert_eq!(parser.finish(), Err(CopyFormatError::Truncated));
     }
 }

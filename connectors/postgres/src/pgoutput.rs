@@ -380,7 +380,10 @@ mod tests {
         };
         assert_eq!(
             row,
-            Row(vec![Value::Binary(Bytes::from(7i64.to_be_bytes().to_vec())), Value::Null])
+            Row(vec![
+                Value::Binary(Bytes::from(7i64.to_be_bytes().to_vec())),
+                Value::Null
+            ])
         );
     }
 

@@ -65,9 +65,13 @@ pub async fn check_source(
     });
 
     let role = q("SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").await?;
-    let (user, superuser, replication): (String, bool, bool) = (role.get(0), role.get(1), role.get(2));
+    let (user, superuser, replication): (String, bool, bool) =
+        (role.get(0), role.get(1), role.get(2));
     out.push(if superuser || replication {
-        Finding::pass("replication privilege", format!("role {user} may replicate"))
+        Finding::pass(
+            "replication privilege",
+            format!("role {user} may replicate"),
+        )
     } else {
         Finding::fail(
             "replication privilege",
@@ -89,7 +93,7 @@ pub async fn check_source(
         let (select, owner): (bool, bool) = {
             let r = client
                 .query_one(
-                    "SELECT has_table_privilege($1, 'SELECT'),
+                    "SELECT has_table_privilege(c.oid, 'SELECT'),
                             pg_has_role(c.relowner, 'USAGE')
                        FROM pg_class c WHERE c.oid = $1",
                     &[&t.oid],

@@ -56,8 +56,6 @@ pub struct PgSink {
     state: SinkState,
     /// A target transaction is open.
     txn_open: bool,
-    /// The current source transaction is at or before the checkpoint: drop its changes.
-    skipping: bool,
     /// Inside a source transaction (between Begin and Commit).
     in_source_txn: bool,
     /// The last source commit applied in the open target transaction, with its commit time.
@@ -90,7 +88,6 @@ impl PgSink {
             tables: HashMap::new(),
             state: SinkState::default(),
             txn_open: false,
-            skipping: false,
             in_source_txn: false,
             applied: None,
             buffered: 0,
@@ -109,7 +106,9 @@ impl PgSink {
             for table in ["checkpoints", "copied_tables"] {
                 self.client
                     .execute(
-                        &format!("DELETE FROM {STATE_SCHEMA}.{table} WHERE pipeline = $1 AND sink = $2"),
+                        &format!(
+                            "DELETE FROM {STATE_SCHEMA}.{table} WHERE pipeline = $1 AND sink = $2"
+                        ),
                         &[&self.options.pipeline, &self.options.name],
                     )
                     .await
@@ -142,6 +141,21 @@ impl PgSink {
                  PRIMARY KEY (pipeline, sink, table_schema, table_name));"
         ))
         .await
+    }
+
+    /// Reads the sink's checkpoint and copy records without changing anything.
+    pub async fn read_checkpoint(&self) -> Result<SinkState> {
+        let exists: bool = self
+            .client
+            .query_one("SELECT to_regclass('cutover.checkpoints') IS NOT NULL", &[])
+            .await
+            .map_err(|e| classify(e, "cannot read the target's state tables"))?
+            .get(0);
+        if exists {
+            self.read_state().await
+        } else {
+            Ok(SinkState::default())
+        }
     }
 
     async fn read_state(&self) -> Result<SinkState> {
@@ -184,11 +198,10 @@ impl PgSink {
         Ok(state)
     }
 
-    /// Creates the table, or checks that the existing one can take every source column and has a
-    /// unique index on the key.
-    async fn prepare_table(&self, table: &TableSchema) -> Result<()> {
+    /// Compares a target table with the source's definition, without changing anything.
+    pub async fn inspect_table(&self, table: &TableSchema) -> Result<TableCheck> {
         let quoted = table.name.quoted();
-        let ctx = format!("cannot prepare target table {}", table.name);
+        let ctx = format!("cannot inspect target table {}", table.name);
         let oid: Option<u32> = self
             .client
             .query_one("SELECT to_regclass($1)::oid", &[&quoted])
@@ -196,33 +209,7 @@ impl PgSink {
             .map_err(|e| classify(e, &ctx))?
             .get(0);
         let Some(oid) = oid else {
-            if !self.options.create_tables {
-                return Err(ConnectorError::fatal(format!(
-                    "target {} has no table {}.",
-                    self.options.name, table.name
-                ))
-                .with_hint("create it, or set create_tables = true for this sink"));
-            }
-            let mut defs: Vec<String> = table
-                .columns
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{} {}{}",
-                        quote_ident(&c.name),
-                        c.type_name,
-                        if c.nullable { "" } else { " NOT NULL" }
-                    )
-                })
-                .collect();
-            defs.push(format!("PRIMARY KEY ({})", key_list(table)));
-            return self
-                .exec(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {quoted} ({})",
-                    quote_ident(&table.name.schema),
-                    defs.join(", ")
-                ))
-                .await;
+            return Ok(TableCheck::Missing);
         };
         let target_columns: HashMap<String, String> = self
             .client
@@ -272,17 +259,64 @@ impl PgSink {
                 key.join(", ")
             ));
         }
-        if problems.is_empty() {
-            Ok(())
+        Ok(if problems.is_empty() {
+            TableCheck::Ready
         } else {
-            Err(ConnectorError::fatal(format!(
-                "target table {} on {} does not match the source: {}.",
-                table.name,
-                self.options.name,
-                problems.join("; ")
-            ))
-            .with_hint("alter the target table to match, or drop it and let cutover create it"))
+            TableCheck::Mismatch(problems)
+        })
+    }
+
+    /// Checks every table without changing anything; the error names every problem at once.
+    pub async fn check_tables(&self, tables: &[Arc<TableSchema>]) -> Result<()> {
+        let mut problems = Vec::new();
+        for table in tables {
+            match self.inspect_table(table).await? {
+                TableCheck::Ready => {}
+                TableCheck::Missing if self.options.create_tables => {}
+                TableCheck::Missing => {
+                    problems.push(format!("table {} does not exist", table.name))
+                }
+                TableCheck::Mismatch(p) => {
+                    problems.push(format!("table {}: {}", table.name, p.join("; ")))
+                }
+            }
         }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConnectorError::fatal(format!(
+            "target {} ({}) cannot take the source's tables: {}.",
+            self.options.name,
+            self.endpoint,
+            problems.join("; ")
+        ))
+        .with_hint(
+            "alter the target tables to match the source, drop them and let cutover create them \
+             (create_tables = true), or create the missing ones",
+        ))
+    }
+
+    async fn create_table(&self, table: &TableSchema) -> Result<()> {
+        let mut defs: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}{}",
+                    quote_ident(&c.name),
+                    c.type_name,
+                    if c.nullable { "" } else { " NOT NULL" }
+                )
+            })
+            .collect();
+        defs.push(format!("PRIMARY KEY ({})", key_list(table)));
+        self.exec(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} ({})",
+            quote_ident(&table.name.schema),
+            table.name.quoted(),
+            defs.join(", ")
+        ))
+        .await
     }
 
     async fn ensure_open_txn(&mut self) -> Result<()> {
@@ -306,7 +340,9 @@ impl PgSink {
                     "the columns of {} changed while streaming; schema changes are not applied yet",
                     layout.name
                 ))
-                .with_hint("apply the same change to the target table, then restart the pipeline"));
+                .with_hint(
+                    "apply the same change to the target table, then restart the pipeline",
+                ));
             }
             let same_names = table.layout.columns.len() == layout.columns.len()
                 && table
@@ -364,7 +400,9 @@ impl PgSink {
             }
             Change::Delete { key } => {
                 added += key.size();
-                table.pending.insert(key_bytes(layout, &key), Op::Delete(key));
+                table
+                    .pending
+                    .insert(key_bytes(layout, &key), Op::Delete(key));
                 None
             }
             Change::Truncate => Some(Deferred::Truncate),
@@ -452,6 +490,14 @@ impl PgSink {
             }
         }
     }
+}
+
+/// How a target table compares with the source's definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableCheck {
+    Ready,
+    Missing,
+    Mismatch(Vec<String>),
 }
 
 enum Deferred {
@@ -661,9 +707,13 @@ impl Sink for PgSink {
     }
 
     async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
+        // Check everything before creating anything, so a mistake leaves no half-made target.
+        self.check_tables(tables).await?;
         self.create_state_tables().await?;
         for table in tables {
-            self.prepare_table(table).await?;
+            if self.inspect_table(table).await? == TableCheck::Missing {
+                self.create_table(table).await?;
+            }
         }
         self.state = self.read_state().await?;
         for (n, table) in tables.iter().enumerate() {
@@ -715,7 +765,7 @@ impl Sink for PgSink {
     }
 
     async fn begin_copy(
-        &mut self,
+        &self,
         table: Arc<TableSchema>,
         snapshot_lsn: Lsn,
     ) -> Result<Box<dyn TableCopy>> {
@@ -755,26 +805,8 @@ impl Sink for PgSink {
 
     async fn apply(&mut self, event: StreamEvent) -> Result<()> {
         match event {
-            StreamEvent::Begin { commit_lsn, .. } => {
-                self.in_source_txn = true;
-                self.skipping = self
-                    .state
-                    .checkpoint
-                    .is_some_and(|cp| commit_lsn <= cp.commit_lsn);
-            }
+            StreamEvent::Begin { .. } => self.in_source_txn = true,
             StreamEvent::Change(change) => {
-                if self.skipping {
-                    return Ok(());
-                }
-                // A table copied at a later snapshot already holds this change.
-                if self
-                    .state
-                    .copied_tables
-                    .get(&change.table.name)
-                    .is_some_and(|&at| change.position.commit_lsn < at)
-                {
-                    return Ok(());
-                }
                 if let Some(deferred) = self.record(&change.table, change.change)? {
                     self.run_deferred(&change.table, deferred).await?;
                 }
@@ -785,15 +817,13 @@ impl Sink for PgSink {
                 commit_time_micros,
             } => {
                 self.in_source_txn = false;
-                if !std::mem::take(&mut self.skipping) {
-                    self.applied = Some((
-                        Checkpoint {
-                            commit_lsn,
-                            end_lsn,
-                        },
-                        commit_time_micros,
-                    ));
-                }
+                self.applied = Some((
+                    Checkpoint {
+                        commit_lsn,
+                        end_lsn,
+                    },
+                    commit_time_micros,
+                ));
             }
         }
         Ok(())

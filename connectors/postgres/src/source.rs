@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cutover_core::{
-    quote_ident, Change, ChangeEvent, ConnectorError, Lsn, Position, Result, Row, Source, StreamEvent,
-    StreamItem, TableSchema,
+    quote_ident, Change, ChangeEvent, ConnectorError, Lsn, Position, Result, Row, Source,
+    StreamEvent, StreamItem, TableSchema,
 };
 use futures::StreamExt;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -250,7 +250,10 @@ impl PgSource {
                 name.quoted()
             )
         } else {
-            format!("COPY {} ({columns}) TO STDOUT (FORMAT binary)", name.quoted())
+            format!(
+                "COPY {} ({columns}) TO STDOUT (FORMAT binary)",
+                name.quoted()
+            )
         };
         let stream = client.copy_out(&sql).await.map_err(|e| classify(e, &ctx))?;
         futures::pin_mut!(stream);
@@ -262,9 +265,9 @@ impl PgSource {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| classify(e, &ctx))?;
             chunk_size += chunk.len();
-            parser.feed(chunk, &mut rows).map_err(|e| {
-                ConnectorError::fatal(format!("{ctx}: {e}")).with_source(e.clone())
-            })?;
+            parser
+                .feed(chunk, &mut rows)
+                .map_err(|e| ConnectorError::fatal(format!("{ctx}: {e}")).with_source(e.clone()))?;
             if chunk_size >= chunk_bytes {
                 total += rows.len() as u64;
                 parsed += rows.len();
@@ -413,7 +416,6 @@ impl PgSource {
     }
 }
 
-
 /// The pgoutput change stream of one slot.
 pub struct PgStream {
     client: ReplicationClient,
@@ -503,7 +505,10 @@ impl Source for PgStream {
                 Some(ReplicationEvent::Begin { final_lsn, xid, .. }) => {
                     let commit_lsn = Lsn(final_lsn.as_u64());
                     self.txn = Some((commit_lsn, 0));
-                    return Ok(Some(StreamItem::Event(StreamEvent::Begin { commit_lsn, xid })));
+                    return Ok(Some(StreamItem::Event(StreamEvent::Begin {
+                        commit_lsn,
+                        xid,
+                    })));
                 }
                 Some(ReplicationEvent::Commit {
                     lsn,
@@ -523,7 +528,8 @@ impl Source for PgStream {
                         wal_end: Lsn(wal_end.as_u64()),
                     }));
                 }
-                Some(ReplicationEvent::KeepAlive { .. }) | Some(ReplicationEvent::Message { .. }) => {}
+                Some(ReplicationEvent::KeepAlive { .. })
+                | Some(ReplicationEvent::Message { .. }) => {}
             }
         }
     }

@@ -1,0 +1,485 @@
+//! The pipeline file: plain serde structs, unknown keys refused, defaults from
+//! `config/defaults.toml`, `${VAR}` expansion for connection strings. Every field's doc comment
+//! is its user documentation.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// A pipeline file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Names the pipeline: its replication slot and publication default to `cutover_<name>`, and
+    /// sinks keep their checkpoints under it. Lowercase letters, digits and `_`.
+    pub name: String,
+    /// The PostgreSQL database to migrate from.
+    pub source: SourceConfig,
+    /// How tables are copied before streaming starts.
+    #[serde(default)]
+    pub snapshot: SnapshotSection,
+    /// Memory and batching bounds.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Targets, one `[[sink]]` table each.
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Connection string, e.g. `postgres://user@host:5432/db`, or `${ENV_VAR}` to read it from
+    /// the environment (recommended whenever it holds a password).
+    pub url: String,
+    /// Tables to replicate: `schema.table`, `schema.*`, or a bare `table` (in `public`).
+    pub tables: Vec<String>,
+    /// Replication slot name (default `cutover_<name>`).
+    pub slot: Option<String>,
+    /// Publication name (default `cutover_<name>`).
+    pub publication: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSection {
+    /// Tables copied at the same time.
+    pub parallel_tables: Option<usize>,
+    /// Size of the row chunks handed from the source to the sinks.
+    pub chunk_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Bound on change events queued per sink.
+    pub queue_events: Option<usize>,
+    /// Bound on bytes queued for and buffered in each sink.
+    pub queue_bytes: Option<ByteSize>,
+    /// Buffered bytes at which a sink writes a batch.
+    pub batch_bytes: Option<ByteSize>,
+    /// Longest time a change waits in a sink's buffer.
+    pub flush_interval_ms: Option<u64>,
+    /// Raw replication messages held between the socket and the decoder.
+    pub stream_buffer_events: Option<usize>,
+}
+
+/// One target.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// A PostgreSQL database.
+    Postgres(PostgresSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Postgres(p) => &p.name,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Names the sink in status output and in its checkpoint.
+    pub name: String,
+    /// Connection string, or `${ENV_VAR}`.
+    pub url: String,
+    /// Create missing target tables from the source's definitions (default true).
+    #[serde(default = "yes")]
+    pub create_tables: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A size in bytes, written as a number or as a string such as `"64 MiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ByteSizeText")]
+pub struct ByteSize(pub usize);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSizeText {
+    Number(usize),
+    Text(String),
+}
+
+impl TryFrom<ByteSizeText> for ByteSize {
+    type Error = String;
+
+    fn try_from(value: ByteSizeText) -> Result<Self, Self::Error> {
+        match value {
+            ByteSizeText::Number(n) => Ok(ByteSize(n)),
+            ByteSizeText::Text(t) => parse_size(&t).map(ByteSize).ok_or_else(|| {
+                format!("invalid size {t:?}, expected a number of bytes or e.g. \"64 MiB\"")
+            }),
+        }
+    }
+}
+
+fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "kb" | "k" => 1 << 10,
+        "mib" | "mb" | "m" => 1 << 20,
+        "gib" | "gb" | "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+/// A pipeline with defaults applied and environment variables expanded.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub source_url: String,
+    pub tables: Vec<String>,
+    pub slot: String,
+    pub publication: String,
+    pub parallel_tables: usize,
+    pub chunk_bytes: usize,
+    pub queue_events: usize,
+    pub queue_bytes: usize,
+    pub batch_bytes: usize,
+    pub flush_interval_ms: u64,
+    pub stream_buffer_events: usize,
+    pub sinks: Vec<Sink>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Sink {
+    Postgres {
+        name: String,
+        url: String,
+        create_tables: bool,
+    },
+}
+
+/// A pipeline file that cannot be used, explained in one paragraph.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+const DEFAULTS: &str = include_str!("../config/defaults.toml");
+
+/// Reads, parses and checks a pipeline file.
+pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read pipeline file {shown}: {e}. Fix: pass the path of a pipeline file (see pipelines/ for examples)."
+        ))
+    })?;
+    parse(&text, &shown.to_string(), &|name| std::env::var(name).ok())
+}
+
+/// Parses pipeline text; `origin` names the file in messages, `env` looks up variables.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Pipeline, ConfigError> {
+    let file: PipelineFile = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
+    let defaults: PipelineDefaults =
+        toml::from_str(DEFAULTS).expect("config/defaults.toml is valid (checked by a test)");
+    let bad = |key: &str, what: String| ConfigError(format!("{origin}: {key}: {what}"));
+
+    if file.name.is_empty()
+        || file.name.len() > 40
+        || !file
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(bad(
+            "name",
+            format!("{:?} is not a valid pipeline name. Fix: use 1 to 40 lowercase letters, digits or _.", file.name),
+        ));
+    }
+    if file.source.tables.is_empty() {
+        return Err(bad(
+            "source.tables",
+            "is empty. Fix: list the tables to replicate, e.g. tables = [\"public.*\"].".into(),
+        ));
+    }
+    let slot = file
+        .source
+        .slot
+        .clone()
+        .unwrap_or_else(|| format!("cutover_{}", file.name));
+    let publication = file
+        .source
+        .publication
+        .clone()
+        .unwrap_or_else(|| format!("cutover_{}", file.name));
+    for (key, value) in [("source.slot", &slot), ("source.publication", &publication)] {
+        if value.is_empty()
+            || value.len() > 63
+            || !value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(bad(key, format!("{value:?} is not a valid name. Fix: use 1 to 63 lowercase letters, digits or _.")));
+        }
+    }
+    if file.sinks.is_empty() {
+        return Err(bad("sink", "no sink is declared. Fix: add a [[sink]] table with kind = \"postgres\", name and url.".into()));
+    }
+    let mut sinks = Vec::new();
+    for (i, s) in file.sinks.iter().enumerate() {
+        let name = s.name();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(bad(
+                &format!("sink[{i}].name"),
+                format!("{name:?} is not a valid sink name. Fix: use letters, digits, - or _."),
+            ));
+        }
+        if file.sinks[..i].iter().any(|o| o.name() == name) {
+            return Err(bad(
+                &format!("sink[{i}].name"),
+                format!("{name:?} is used by two sinks. Fix: give each sink its own name."),
+            ));
+        }
+        sinks.push(match s {
+            SinkConfig::Postgres(p) => Sink::Postgres {
+                name: p.name.clone(),
+                url: expand(&p.url, &format!("{origin}: sink[{i}].url"), env)?,
+                create_tables: p.create_tables,
+            },
+        });
+    }
+    let d = &defaults;
+    let pick = |v: Option<usize>, dv: Option<usize>| v.or(dv).unwrap_or(0);
+    let pipeline = Pipeline {
+        name: file.name.clone(),
+        source_url: expand(&file.source.url, &format!("{origin}: source.url"), env)?,
+        tables: file.source.tables.clone(),
+        slot,
+        publication,
+        parallel_tables: pick(file.snapshot.parallel_tables, d.snapshot.parallel_tables),
+        chunk_bytes: pick(
+            file.snapshot.chunk_bytes.map(|b| b.0),
+            d.snapshot.chunk_bytes.map(|b| b.0),
+        ),
+        queue_events: pick(file.limits.queue_events, d.limits.queue_events),
+        queue_bytes: pick(
+            file.limits.queue_bytes.map(|b| b.0),
+            d.limits.queue_bytes.map(|b| b.0),
+        ),
+        batch_bytes: pick(
+            file.limits.batch_bytes.map(|b| b.0),
+            d.limits.batch_bytes.map(|b| b.0),
+        ),
+        flush_interval_ms: file
+            .limits
+            .flush_interval_ms
+            .or(d.limits.flush_interval_ms)
+            .unwrap_or(200),
+        stream_buffer_events: pick(
+            file.limits.stream_buffer_events,
+            d.limits.stream_buffer_events,
+        ),
+        sinks,
+    };
+    for (key, value) in [
+        ("snapshot.parallel_tables", pipeline.parallel_tables),
+        ("snapshot.chunk_bytes", pipeline.chunk_bytes),
+        ("limits.queue_events", pipeline.queue_events),
+        ("limits.queue_bytes", pipeline.queue_bytes),
+        ("limits.batch_bytes", pipeline.batch_bytes),
+        ("limits.stream_buffer_events", pipeline.stream_buffer_events),
+    ] {
+        if value == 0 {
+            return Err(bad(key, "must be greater than 0.".into()));
+        }
+    }
+    if pipeline.batch_bytes > pipeline.queue_bytes / 2 {
+        return Err(bad(
+            "limits.batch_bytes",
+            format!(
+                "{} is more than half of limits.queue_bytes ({}), so a batch could never fill. Fix: lower batch_bytes or raise queue_bytes.",
+                pipeline.batch_bytes, pipeline.queue_bytes
+            ),
+        ));
+    }
+    Ok(pipeline)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineDefaults {
+    snapshot: SnapshotSection,
+    limits: LimitsSection,
+}
+
+/// Expands `${VAR}` references. A missing variable is an error naming it (never its value).
+fn expand(
+    text: &str,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(ConfigError(format!(
+                "{key}: has an unclosed ${{. Fix: write ${{VARIABLE_NAME}}."
+            )));
+        };
+        let name = &after[..end];
+        let value = env(name).ok_or_else(|| {
+            ConfigError(format!(
+                "{key}: refers to the environment variable {name}, which is not set. Fix: export {name}=... before running cutover."
+            ))
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Turns a TOML error into one line: file, line, column, what is wrong.
+fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let place = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{origin}, line {line}, column {column}")
+        }
+        None => origin.to_string(),
+    };
+    let message = e.message().trim().replace('\n', " ");
+    let fix = if message.contains("unknown field") {
+        "remove the key or correct its spelling"
+    } else if message.contains("missing field") {
+        "add the key"
+    } else if message.contains("invalid type") {
+        "give the key a value of the expected type"
+    } else if message.contains("unknown variant") {
+        "use one of the kinds listed"
+    } else {
+        "correct the TOML syntax"
+    };
+    ConfigError(format!("{place}: {message}. Fix: {fix}."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "shop"
+[source]
+url = "${SRC}"
+tables = ["public.*"]
+[[sink]]
+kind = "postgres"
+name = "target"
+url = "postgres://u:${PW}@h/db"
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "SRC" => Some("postgres://src".into()),
+            "PW" => Some("pa55".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn defaults_file_parses_and_fills_every_tunable() {
+        let p = parse(GOOD, "shop.toml", &env).unwrap();
+        assert_eq!(p.slot, "cutover_shop");
+        assert_eq!(p.source_url, "postgres://src");
+        assert_eq!(p.queue_bytes, 64 << 20);
+        assert_eq!(p.batch_bytes, 16 << 20);
+        assert_eq!(p.parallel_tables, 2);
+        let Sink::Postgres { url, .. } = &p.sinks[0];
+        assert_eq!(url, "postgres://u:pa55@h/db");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("tables = [", "tabels = [");
+        let e = parse(&text, "shop.toml", &env).unwrap_err().to_string();
+        assert!(e.starts_with("shop.toml, line 5"), "{e}");
+        assert!(e.contains("unknown field `tabels`"), "{e}");
+        assert!(e.contains("Fix:"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_its_place() {
+        let text = format!("{GOOD}\n[limits]\nqueue_events = \"many\"\n");
+        let e = parse(&text, "shop.toml", &env).unwrap_err().to_string();
+        assert!(e.contains("line 12"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unknown_sink_kind_and_unknown_sink_key_are_refused() {
+        let e = parse(&GOOD.replace("\"postgres\"", "\"oracle\""), "f", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `oracle`"), "{e}");
+        let e = parse(&format!("{GOOD}batch = 3\n"), "f", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `batch`"), "{e}");
+    }
+
+    #[test]
+    fn missing_variable_is_named_and_no_value_leaks() {
+        let e = parse(GOOD, "f", &|n| (n == "SRC").then(|| "x".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sink[0].url") && e.contains("PW"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64 MiB"), Some(64 << 20));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("lots"), None);
+        let e = parse(
+            &format!("{GOOD}\n[limits]\nbatch_bytes = \"60 MiB\"\n"),
+            "f",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("limits.batch_bytes"), "{e}");
+    }
+
+    #[test]
+    fn invalid_toml_is_one_line_with_a_place() {
+        let e = parse("name = \"x\"\n[source\n", "f.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.toml, line 2"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+}

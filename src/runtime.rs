@@ -1,0 +1,570 @@
+//! The pipeline runtime: preflight, snapshot, streaming, checkpointing, shutdown.
+//!
+//! ```text
+//! source ──► per-sink bounded queue (events, bytes) ──► sink driver ──► sink
+//!    ▲                                                       │
+//!    └──── confirm(min durable end LSN over all sinks) ◄─────┘
+//! ```
+//! The slot is confirmed only to the lowest transaction end that every sink has made durable,
+//! or, when nothing is in flight, to the WAL end the server reported idle. A crash at any point
+//! replays from there; sinks are idempotent and the drivers drop what a sink already has.
+
+use std::time::Duration;
+
+use cutover_core::{
+    Checkpoint, ConnectorError, Lsn, Result, Row, Sink, SinkState, Source, StreamEvent, StreamItem,
+    TableCopy,
+};
+use cutover_postgres::catalog::SourceTable;
+use cutover_postgres::source::SnapshotSession;
+use cutover_postgres::{PgEndpoint, PgSink, PgSinkOptions, PgSource, PgSourceOptions, SlotStart};
+use futures::{StreamExt, TryStreamExt};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{self, Pipeline};
+use crate::queue::{self, Queued};
+use crate::status::{self, Phase, SharedStatus, SinkProgress, TableProgress};
+
+/// Runs the pipeline until `stop` turns true (then drains, confirms and returns `Ok`), or a
+/// fatal error. Retryable errors after the pipeline has started are retried with backoff from
+/// the last durable position; errors before it started (a wrong password, an unreachable
+/// server) are returned at once.
+pub async fn run(
+    cfg: &Pipeline,
+    status: SharedStatus,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut started = false;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let began = Instant::now();
+        match run_once(cfg, &status, &mut stop, &mut started).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && started && !*stop.borrow() => {
+                if began.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(500);
+                }
+                let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+                let wait = backoff + Duration::from_millis(jitter);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "pipeline interrupted; resuming from the last durable position");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Builds the source connection options from the pipeline.
+pub fn source_options(cfg: &Pipeline) -> PgSourceOptions {
+    PgSourceOptions {
+        tables: cfg.tables.clone(),
+        slot: cfg.slot.clone(),
+        publication: cfg.publication.clone(),
+        application_name: format!("cutover-{}", cfg.name),
+        stream_buffer_events: cfg.stream_buffer_events,
+    }
+}
+
+/// Connects the source and resolves its tables.
+pub async fn connect_source(cfg: &Pipeline) -> Result<PgSource> {
+    let endpoint = PgEndpoint::parse(&cfg.source_url, "source")?;
+    PgSource::connect(endpoint, source_options(cfg)).await
+}
+
+/// Connects every PostgreSQL sink of the pipeline.
+pub async fn connect_pg_sinks(cfg: &Pipeline) -> Result<Vec<PgSink>> {
+    let mut sinks = Vec::new();
+    for sink in &cfg.sinks {
+        match sink {
+            config::Sink::Postgres {
+                name,
+                url,
+                create_tables,
+            } => {
+                let endpoint = PgEndpoint::parse(url, "target")?;
+                sinks.push(
+                    PgSink::connect(
+                        endpoint,
+                        PgSinkOptions {
+                            name: name.clone(),
+                            pipeline: cfg.name.clone(),
+                            create_tables: *create_tables,
+                        },
+                    )
+                    .await?,
+                );
+            }
+        }
+    }
+    Ok(sinks)
+}
+
+/// Turns failed preflight findings into one fatal error listing every failure and its fix.
+pub fn refuse_failures(findings: &[cutover_postgres::preflight::Finding]) -> Result<()> {
+    let failed: Vec<String> = findings
+        .iter()
+        .filter(|f| !f.ok)
+        .map(|f| {
+            format!(
+                "{} ({}; fix: {})",
+                f.check,
+                f.detail,
+                f.fix.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(ConnectorError::fatal(format!(
+            "the source is not ready for replication: {}.",
+            failed.join("; ")
+        )))
+    }
+}
+
+async fn run_once(
+    cfg: &Pipeline,
+    status: &SharedStatus,
+    stop: &mut watch::Receiver<bool>,
+    started: &mut bool,
+) -> Result<()> {
+    status::update(status, |s| s.phase = Phase::Starting);
+    let source = connect_source(cfg).await?;
+    refuse_failures(&source.preflight().await?)?;
+    let schemas = source.schemas();
+    let mut sinks: Vec<Box<dyn Sink>> = connect_pg_sinks(cfg)
+        .await?
+        .into_iter()
+        .map(|s| Box::new(s) as Box<dyn Sink>)
+        .collect();
+
+    let slot_exists = source.slot_exists().await?;
+    let mut states = Vec::with_capacity(sinks.len());
+    for sink in sinks.iter_mut() {
+        let state = sink.open(&schemas).await?;
+        if !slot_exists && (state.checkpoint.is_some() || !state.copied_tables.is_empty()) {
+            return Err(ConnectorError::fatal(format!(
+                "replication slot {} does not exist on the source, but sink {} holds progress from an earlier run: \
+                 changes made since that run may be missing from it, and cutover will not guess.",
+                cfg.slot,
+                sink.name()
+            ))
+            .with_hint(
+                "start the copy over: empty the target tables, run `cutover teardown --target-state PIPELINE`, then run again",
+            ));
+        }
+        states.push(state);
+    }
+    source.ensure_publication().await?;
+    let slot = source.ensure_slot().await?;
+    *started = true;
+
+    // Snapshot every table some sink has not copied yet.
+    let needs: Vec<(&SourceTable, Vec<usize>)> = source
+        .tables()
+        .iter()
+        .map(|t| {
+            let sinks: Vec<usize> = (0..states.len())
+                .filter(|&i| !states[i].copied_tables.contains_key(&t.schema.name))
+                .collect();
+            (t, sinks)
+        })
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    if needs.is_empty() {
+        drop(slot);
+    } else {
+        let session = match slot {
+            SlotStart::Created(session) => session,
+            SlotStart::Existing => source.export_snapshot().await?,
+        };
+        status::update(status, |s| {
+            s.phase = Phase::Snapshot;
+            s.tables = needs
+                .iter()
+                .map(|(t, _)| TableProgress {
+                    name: t.schema.name.to_string(),
+                    rows_copied: 0,
+                    rows_estimate: t.rows_estimate,
+                    done: false,
+                })
+                .collect();
+        });
+        tracing::info!(tables = needs.len(), snapshot_lsn = %session.lsn, "copying tables");
+        let copy = copy_tables(&source, &sinks, &needs, &session, cfg, status);
+        tokio::select! {
+            r = copy => r?,
+            _ = stop.changed() => {
+                tracing::info!("stopped during the snapshot; unfinished table copies were rolled back and restart on the next run");
+                return Ok(());
+            }
+        }
+        for (table, idxs) in &needs {
+            for &i in idxs {
+                states[i]
+                    .copied_tables
+                    .insert(table.schema.name.clone(), session.lsn);
+            }
+        }
+        drop(session);
+    }
+
+    stream(cfg, &source, sinks, states, status, stop).await
+}
+
+/// Copies tables (up to `parallel_tables` at a time) into the sinks that need them.
+async fn copy_tables(
+    source: &PgSource,
+    sinks: &[Box<dyn Sink>],
+    needs: &[(&SourceTable, Vec<usize>)],
+    session: &SnapshotSession,
+    cfg: &Pipeline,
+    status: &SharedStatus,
+) -> Result<()> {
+    futures::stream::iter(
+        needs.iter().enumerate().map(|(n, (table, idxs))| {
+            copy_table(source, sinks, table, idxs, session, cfg, status, n)
+        }),
+    )
+    .buffer_unordered(cfg.parallel_tables)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn copy_table(
+    source: &PgSource,
+    sinks: &[Box<dyn Sink>],
+    table: &SourceTable,
+    idxs: &[usize],
+    session: &SnapshotSession,
+    cfg: &Pipeline,
+    status: &SharedStatus,
+    progress_index: usize,
+) -> Result<()> {
+    let depth =
+        (cfg.queue_bytes / cfg.parallel_tables.max(1) / cfg.chunk_bytes.max(1)).clamp(2, 64);
+    let (tx, mut rx) = mpsc::channel::<Vec<Row>>(depth);
+    let read = source.copy_table(table, session, cfg.chunk_bytes, tx);
+    let write = async {
+        let mut copies: Vec<Box<dyn TableCopy>> = Vec::with_capacity(idxs.len());
+        for &i in idxs {
+            copies.push(
+                sinks[i]
+                    .begin_copy(table.schema.clone(), session.lsn)
+                    .await?,
+            );
+        }
+        while let Some(rows) = rx.recv().await {
+            for copy in copies.iter_mut() {
+                copy.write(&rows).await?;
+            }
+            status::update(status, |s| {
+                s.tables[progress_index].rows_copied += rows.len() as u64;
+            });
+        }
+        Ok::<_, ConnectorError>(copies)
+    };
+    let (read, write) = tokio::join!(read, write);
+    // Finish (commit) only when the whole table was read: a failed read rolls every copy back.
+    let copies = write?;
+    let rows = read?;
+    for copy in copies {
+        copy.finish().await?;
+    }
+    status::update(status, |s| s.tables[progress_index].done = true);
+    tracing::info!(table = %table.schema.name, rows, "table copied");
+    Ok(())
+}
+
+/// Where streaming starts: the lowest position any sink needs.
+fn stream_start(states: &[SinkState]) -> Lsn {
+    states
+        .iter()
+        .map(|s| match s.checkpoint {
+            Some(cp) => cp.end_lsn,
+            None => s.copied_tables.values().copied().min().unwrap_or(Lsn::ZERO),
+        })
+        .min()
+        .unwrap_or(Lsn::ZERO)
+}
+
+async fn stream(
+    cfg: &Pipeline,
+    source: &PgSource,
+    sinks: Vec<Box<dyn Sink>>,
+    states: Vec<SinkState>,
+    status: &SharedStatus,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    let start = stream_start(&states);
+    let mut stream = source.stream(start).await?;
+    tracing::info!(%start, slot = %cfg.slot, "streaming changes");
+
+    let (durable_tx, mut durable_rx) = mpsc::unbounded_channel::<(usize, Checkpoint)>();
+    let mut queues = Vec::with_capacity(sinks.len());
+    let mut drivers = JoinSet::new();
+    let mut durable: Vec<Lsn> = Vec::with_capacity(sinks.len());
+    status::update(status, |s| {
+        s.phase = Phase::Streaming;
+        s.confirmed = start;
+        s.sinks = sinks
+            .iter()
+            .zip(&states)
+            .map(|(k, st)| SinkProgress {
+                name: k.name().to_string(),
+                durable: st.checkpoint.map_or(start, |c| c.end_lsn),
+                changes_applied: 0,
+                queue_depth: 0,
+                last_commit_micros: None,
+            })
+            .collect();
+    });
+    for (index, (sink, state)) in sinks.into_iter().zip(states).enumerate() {
+        let (tx, rx) = queue::bounded(cfg.queue_events, cfg.queue_bytes);
+        durable.push(state.checkpoint.map_or(start, |c| c.end_lsn.max(start)));
+        drivers.spawn(drive_sink(
+            index,
+            sink,
+            rx,
+            state,
+            durable_tx.clone(),
+            DriverLimits {
+                batch_bytes: cfg.batch_bytes,
+                flush_interval: Duration::from_millis(cfg.flush_interval_ms),
+            },
+            status.clone(),
+        ));
+        queues.push(tx);
+    }
+    drop(durable_tx);
+
+    let mut confirmed = start;
+    let mut last_dispatched = start;
+    let mut in_txn = false;
+    let mut sample = tokio::time::interval(Duration::from_secs(1));
+    let min_durable = |d: &[Lsn]| d.iter().copied().min().unwrap_or(start);
+
+    let outcome: Result<()> = 'run: loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break 'run Ok(()),
+            Some(joined) = drivers.join_next() => break 'run Err(driver_ended(joined)),
+            Some((i, cp)) = durable_rx.recv() => {
+                durable[i] = durable[i].max(cp.end_lsn);
+                let min = min_durable(&durable);
+                if min > confirmed {
+                    stream.confirm(min);
+                    confirmed = min;
+                    status::update(status, |s| s.confirmed = confirmed);
+                }
+            }
+            _ = sample.tick() => {
+                let wal = source.current_wal_lsn().await?;
+                let depths: Vec<usize> = queues.iter().map(|q| q.depth()).collect();
+                status::update(status, |s| {
+                    s.source_wal = wal.max(confirmed);
+                    for (p, d) in s.sinks.iter_mut().zip(&depths) {
+                        p.queue_depth = *d;
+                    }
+                });
+            }
+            item = stream.next() => match item {
+                Err(e) => break 'run Err(e),
+                Ok(None) => break 'run Ok(()),
+                Ok(Some(StreamItem::Idle { wal_end })) => {
+                    if !in_txn && min_durable(&durable) >= last_dispatched && wal_end > confirmed {
+                        stream.confirm(wal_end);
+                        confirmed = wal_end;
+                        status::update(status, |s| {
+                            s.confirmed = confirmed;
+                            s.source_wal = s.source_wal.max(wal_end);
+                        });
+                    }
+                }
+                Ok(Some(StreamItem::Event(event))) => {
+                    match &event {
+                        StreamEvent::Begin { .. } => in_txn = true,
+                        StreamEvent::Commit { end_lsn, .. } => {
+                            in_txn = false;
+                            last_dispatched = *end_lsn;
+                        }
+                        StreamEvent::Change(_) => {}
+                    }
+                    let last = queues.len() - 1;
+                    let mut event = Some(event);
+                    for (i, q) in queues.iter().enumerate() {
+                        let ev = if i == last { event.take() } else { event.clone() }
+                            .expect("the event is kept until the last queue");
+                        tokio::select! {
+                            sent = q.send(ev) => if sent.is_err() {
+                                // The driver ended; its result says why.
+                                match drivers.join_next().await {
+                                    Some(joined) => break 'run Err(driver_ended(joined)),
+                                    None => break 'run Err(ConnectorError::fatal("a sink stopped")),
+                                }
+                            },
+                            _ = stop.changed() => break 'run Ok(()),
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if let Err(e) = outcome {
+        return Err(e);
+    }
+
+    // Graceful stop: let every sink write what it has, then confirm what they made durable.
+    status::update(status, |s| s.phase = Phase::Stopping);
+    drop(queues);
+    while let Some(joined) = drivers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(ConnectorError::fatal(format!("a sink task failed: {e}"))),
+        }
+    }
+    while let Ok((i, cp)) = durable_rx.try_recv() {
+        durable[i] = durable[i].max(cp.end_lsn);
+    }
+    let final_lsn = min_durable(&durable).max(confirmed);
+    stream.confirm(final_lsn);
+    if let Err(e) = stream.shutdown().await {
+        tracing::debug!(error = %e, "replication stream did not close cleanly");
+    }
+    source.confirm_stopped(final_lsn).await?;
+    status::update(status, |s| s.confirmed = final_lsn);
+    tracing::info!(confirmed = %final_lsn, "stopped; every sink's durable position is confirmed");
+    Ok(())
+}
+
+fn driver_ended(joined: std::result::Result<Result<()>, tokio::task::JoinError>) -> ConnectorError {
+    match joined {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => ConnectorError::fatal("a sink stopped before the pipeline did"),
+        Err(e) => ConnectorError::fatal(format!("a sink task failed: {e}")),
+    }
+}
+
+struct DriverLimits {
+    batch_bytes: usize,
+    flush_interval: Duration,
+}
+
+/// Feeds one sink from its queue: drops what the sink already has (transactions at or before
+/// its checkpoint, changes older than a table's snapshot), applies the rest, and flushes when
+/// the batch is full, when the queue runs empty at a transaction boundary, or on the timer.
+/// Every new checkpoint is reported on `durable`; byte permits are released only after a flush.
+async fn drive_sink(
+    index: usize,
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<Queued>,
+    state: SinkState,
+    durable: mpsc::UnboundedSender<(usize, Checkpoint)>,
+    limits: DriverLimits,
+    status: SharedStatus,
+) -> Result<()> {
+    let mut checkpoint = state.checkpoint;
+    let copied = state.copied_tables;
+    let mut held = Vec::new();
+    let mut skipping = false;
+    let mut in_txn = false;
+    let mut deadline: Option<Instant> = None;
+    let mut applied = 0u64;
+    let mut last_commit_time = None;
+    loop {
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok(),
+            None => Some(rx.recv().await),
+        };
+        let closed = matches!(next, Some(None));
+        let must_flush = match next {
+            None => true,
+            Some(None) => true,
+            Some(Some(q)) => {
+                let pass = match &q.event {
+                    StreamEvent::Begin { commit_lsn, .. } => {
+                        in_txn = true;
+                        skipping = checkpoint.is_some_and(|cp| *commit_lsn <= cp.commit_lsn);
+                        !skipping
+                    }
+                    StreamEvent::Change(c) => {
+                        !skipping
+                            && !copied
+                                .get(&c.table.name)
+                                .is_some_and(|&at| c.position.commit_lsn < at)
+                    }
+                    StreamEvent::Commit {
+                        commit_time_micros, ..
+                    } => {
+                        in_txn = false;
+                        last_commit_time = Some(*commit_time_micros);
+                        !std::mem::take(&mut skipping)
+                    }
+                };
+                if pass {
+                    if matches!(q.event, StreamEvent::Change(_)) {
+                        applied += 1;
+                    }
+                    sink.apply(q.event).await?;
+                    held.push(q.permit);
+                    deadline.get_or_insert_with(|| Instant::now() + limits.flush_interval);
+                }
+                deadline.is_some()
+                    && (sink.buffered_bytes() >= limits.batch_bytes || (!in_txn && rx.is_empty()))
+            }
+        };
+        if must_flush && (deadline.is_some() || closed) {
+            if let Some(cp) = sink.flush().await? {
+                checkpoint = Some(cp);
+                let _ = durable.send((index, cp));
+                status::update(&status, |s| {
+                    if let Some(p) = s.sinks.get_mut(index) {
+                        p.durable = cp.end_lsn;
+                        p.changes_applied = applied;
+                        p.last_commit_micros = last_commit_time;
+                    }
+                });
+            }
+            held.clear();
+            deadline = None;
+        }
+        if closed {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::TableName;
+
+    #[test]
+    fn stream_starts_at_the_lowest_position_any_sink_needs() {
+        let copied = |lsn| SinkState {
+            checkpoint: None,
+            copied_tables: [(TableName::new("public", "a"), Lsn(lsn))].into(),
+        };
+        let applied = |end| SinkState {
+            checkpoint: Some(Checkpoint {
+                commit_lsn: Lsn(end - 1),
+                end_lsn: Lsn(end),
+            }),
+            copied_tables: [(TableName::new("public", "a"), Lsn(10))].into(),
+        };
+        assert_eq!(stream_start(&[applied(50), applied(40)]), Lsn(40));
+        assert_eq!(stream_start(&[applied(50), copied(20)]), Lsn(20));
+        assert_eq!(stream_start(&[copied(30)]), Lsn(30));
+    }
+}

@@ -1,0 +1,182 @@
+//! What the pipeline is doing, shared between the runtime and the progress display.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cutover_core::Lsn;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Snapshot,
+    Streaming,
+    Stopping,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableProgress {
+    pub name: String,
+    pub rows_copied: u64,
+    pub rows_estimate: u64,
+    pub done: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkProgress {
+    pub name: String,
+    /// End LSN of the last transaction the sink made durable.
+    pub durable: Lsn,
+    pub changes_applied: u64,
+    pub queue_depth: usize,
+    /// Commit time (µs since the Unix epoch) of the last durable transaction.
+    pub last_commit_micros: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub phase: Phase,
+    pub tables: Vec<TableProgress>,
+    pub sinks: Vec<SinkProgress>,
+    /// The source's WAL write position at the last sample.
+    pub source_wal: Lsn,
+    /// The slot position confirmed to the source.
+    pub confirmed: Lsn,
+}
+
+impl Status {
+    pub fn new() -> Self {
+        Status {
+            phase: Phase::Starting,
+            tables: Vec::new(),
+            sinks: Vec::new(),
+            source_wal: Lsn::ZERO,
+            confirmed: Lsn::ZERO,
+        }
+    }
+
+    /// WAL bytes the slowest sink is behind the source.
+    pub fn lag_bytes(&self) -> u64 {
+        self.source_wal.0.saturating_sub(self.confirmed.0)
+    }
+
+    /// Age of the newest change the slowest sink holds, while it is behind.
+    pub fn lag_time(&self) -> Option<Duration> {
+        if self.lag_bytes() == 0 {
+            return Some(Duration::ZERO);
+        }
+        let oldest = self
+            .sinks
+            .iter()
+            .map(|s| s.last_commit_micros)
+            .min()
+            .flatten()?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()?
+            .as_micros() as i64;
+        Some(Duration::from_micros(
+            now.saturating_sub(oldest).max(0) as u64
+        ))
+    }
+
+    /// One human-readable line.
+    pub fn line(&self) -> String {
+        match self.phase {
+            Phase::Starting => "starting: checking source and targets".to_string(),
+            Phase::Snapshot => {
+                let done = self.tables.iter().filter(|t| t.done).count();
+                let rows: u64 = self.tables.iter().map(|t| t.rows_copied).sum();
+                let active: Vec<String> = self
+                    .tables
+                    .iter()
+                    .filter(|t| !t.done && t.rows_copied > 0)
+                    .map(|t| {
+                        let pct = if t.rows_estimate > 0 {
+                            format!(" {}%", (t.rows_copied * 100 / t.rows_estimate).min(99))
+                        } else {
+                            String::new()
+                        };
+                        format!("{} {} rows{pct}", t.name, t.rows_copied)
+                    })
+                    .collect();
+                format!(
+                    "snapshot: {done}/{} tables, {rows} rows copied{}{}",
+                    self.tables.len(),
+                    if active.is_empty() { "" } else { "; copying " },
+                    active.join(", ")
+                )
+            }
+            Phase::Streaming | Phase::Stopping => {
+                let sinks: Vec<String> = self
+                    .sinks
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}: {} changes, queue {}",
+                            s.name, s.changes_applied, s.queue_depth
+                        )
+                    })
+                    .collect();
+                let lag = match self.lag_time() {
+                    Some(t) => format!("{} bytes ({:.1} s)", self.lag_bytes(), t.as_secs_f64()),
+                    None => format!("{} bytes", self.lag_bytes()),
+                };
+                format!(
+                    "{}: lag {lag}; source WAL {}, confirmed {}; {}",
+                    if self.phase == Phase::Stopping {
+                        "stopping"
+                    } else {
+                        "streaming"
+                    },
+                    self.source_wal,
+                    self.confirmed,
+                    sinks.join("; ")
+                )
+            }
+        }
+    }
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+/// Applies `f` to the shared status.
+pub fn update(status: &SharedStatus, f: impl FnOnce(&mut Status)) {
+    if let Ok(mut s) = status.lock() {
+        f(&mut s);
+    }
+}
+
+/// Prints progress: a redrawn line on a terminal, a log line every 10 s otherwise.
+pub async fn report(status: SharedStatus, terminal: bool) {
+    let period = if terminal {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Ok(s) = status.lock().map(|s| s.clone()) else {
+            return;
+        };
+        if terminal {
+            eprint!("\r\x1b[K{}", s.line());
+        } else {
+            tracing::info!(
+                phase = ?s.phase,
+                lag_bytes = s.lag_bytes(),
+                source_wal = %s.source_wal,
+                confirmed = %s.confirmed,
+                "{}",
+                s.line()
+            );
+        }
+    }
+}
