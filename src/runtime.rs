@@ -28,6 +28,9 @@ use crate::config::{self, Pipeline};
 use crate::queue::{self, Queued};
 use crate::status::{self, Phase, SharedStatus, SinkProgress, TableProgress};
 
+/// How long a starting run waits for an earlier session to release the slot.
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(30);
+
 /// Runs the pipeline until `stop` turns true (then drains, confirms and returns `Ok`), or a
 /// fatal error. Retryable errors after the pipeline has started are retried with backoff from
 /// the last durable position; errors before it started (a wrong password, an unreachable
@@ -138,6 +141,8 @@ async fn run_once(
 ) -> Result<()> {
     status::update(status, |s| s.phase = Phase::Starting);
     let source = connect_source(cfg).await?;
+    // After a crash the old walsender holds the slot until it notices; give it time to go.
+    source.wait_slot_free(SLOT_RELEASE_WAIT).await?;
     refuse_failures(&source.preflight().await?)?;
     let schemas = source.schemas();
     let mut sinks: Vec<Box<dyn Sink>> = connect_pg_sinks(cfg)

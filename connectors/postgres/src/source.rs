@@ -344,29 +344,51 @@ impl PgSource {
     /// Confirms the slot up to `lsn` after streaming stopped (the walsender may take a moment to
     /// let go of the slot). Positions at or before the slot's are left alone.
     pub async fn confirm_stopped(&self, lsn: Lsn) -> Result<()> {
-        for _ in 0..50 {
-            let r = self
-                .client
-                .query_opt(
-                    "SELECT pg_replication_slot_advance(slot_name, $2::text::pg_lsn)
-                       FROM pg_replication_slots
-                      WHERE slot_name = $1 AND active_pid IS NULL
-                        AND confirmed_flush_lsn < $2::text::pg_lsn",
-                    &[&self.options.slot, &lsn.to_string()],
-                )
-                .await;
-            match r {
-                Ok(_) if !self.slot_active().await? => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.as_db_error().is_some() => {
+        for _ in 0..100 {
+            match self.confirmed_lsn().await? {
+                None => return Ok(()),
+                Some(confirmed) if confirmed >= lsn => return Ok(()),
+                Some(_) => {}
+            }
+            if !self.slot_active().await? {
+                if let Err(e) = self
+                    .client
+                    .query_opt(
+                        "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                        &[&self.options.slot, &lsn.to_string()],
+                    )
+                    .await
+                {
+                    if e.as_db_error().is_none() {
+                        return Err(classify(e, "cannot confirm the slot position"));
+                    }
                     tracing::debug!(error = %e, "slot not released yet");
                 }
-                Err(e) => return Err(classify(e, "cannot confirm the slot position")),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tracing::warn!(slot = %self.options.slot, %lsn, "the slot stayed in use; its position will be confirmed on the next run");
         Ok(())
+    }
+
+    /// Waits up to `timeout` for another session to release the slot: after a crash, the old
+    /// walsender holds it until it notices its client is gone. Returns whether it is free.
+    pub async fn wait_slot_free(&self, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut logged = false;
+        loop {
+            if !self.slot_active().await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            if !logged {
+                tracing::info!(slot = %self.options.slot, "replication slot is still held by an earlier session; waiting for it");
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn slot_active(&self) -> Result<bool> {

@@ -1,0 +1,285 @@
+//! Test harness: real PostgreSQL clusters started by `scripts/services.sh`, one fresh source and
+//! target database per test (so tests run in parallel), the real `cutover` binary.
+
+#![allow(dead_code)]
+
+pub mod workload;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+/// Connection settings of the throwaway clusters.
+pub struct Services {
+    pub source_port: u16,
+    pub target_port: u16,
+    pub plain_port: u16,
+    pub secret_role: String,
+    pub secret_password: String,
+}
+
+impl Services {
+    /// Reads the env file that `scripts/services.sh start` wrote (or the same variables from the
+    /// environment). Panics with the command to run when the servers are not started.
+    pub fn get() -> Services {
+        let file = std::env::var("CUTOVER_SERVICES_DIR")
+            .map(|d| PathBuf::from(d).join("env"))
+            .unwrap_or_else(|_| PathBuf::from("/tmp/cutover-services/env"));
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let var = |name: &str| -> String {
+            std::env::var(name).ok().unwrap_or_else(|| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        panic!("{name} is not set: start the servers with `scripts/services.sh start` (or run scripts/test.sh)")
+                    })
+            })
+        };
+        Services {
+            source_port: var("CUTOVER_SOURCE_PORT").parse().unwrap(),
+            target_port: var("CUTOVER_TARGET_PORT").parse().unwrap(),
+            plain_port: var("CUTOVER_PLAIN_PORT").parse().unwrap(),
+            secret_role: var("CUTOVER_TEST_SECRET_ROLE"),
+            secret_password: var("CUTOVER_TEST_SECRET_PASSWORD"),
+        }
+    }
+}
+
+pub fn url(port: u16, db: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}/{db}")
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A source and a target database made for one test, and the pipeline between them.
+pub struct Env {
+    pub name: String,
+    pub services: Services,
+    pub source_url: String,
+    pub target_url: String,
+    pub dir: PathBuf,
+}
+
+impl Env {
+    /// Creates empty databases `<prefix>_<pid>_<n>` on the source and target clusters.
+    pub async fn new(prefix: &str) -> Env {
+        let services = Services::get();
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        for port in [services.source_port, services.target_port] {
+            let admin = connect(&url(port, "postgres")).await;
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+        }
+        let dir = std::env::temp_dir().join(format!("cutover-test-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Env {
+            source_url: url(services.source_port, &name),
+            target_url: url(services.target_port, &name),
+            name,
+            services,
+            dir,
+        }
+    }
+
+    pub async fn source(&self) -> Client {
+        connect(&self.source_url).await
+    }
+
+    pub async fn target(&self) -> Client {
+        connect(&self.target_url).await
+    }
+
+    /// Writes a pipeline file replicating `tables`, with extra TOML appended, and returns its
+    /// path.
+    pub fn pipeline(&self, tables: &str, extra: &str) -> PathBuf {
+        let path = self.dir.join("pipeline.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\n{extra}\n[source]\nurl = \"{src}\"\ntables = {tables}\n\n[[sink]]\nkind = \"postgres\"\nname = \"target\"\nurl = \"{tgt}\"\n",
+                name = self.name,
+                src = self.source_url,
+                tgt = self.target_url,
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Starts `cutover run` in the background; its output goes to a log file in the test dir.
+    pub fn start(&self, pipeline: &PathBuf) -> Pipeline {
+        let log = self.dir.join(format!(
+            "run-{}.log",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(["--log-format", "json", "run"])
+            .arg(pipeline)
+            .env("CUTOVER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start cutover");
+        Pipeline { child, log }
+    }
+
+    /// Waits until every listed table has the same full contents on both sides.
+    pub async fn wait_equal(&self, tables: &[&str], timeout: Duration) {
+        let src = self.source().await;
+        let tgt = self.target().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut all = true;
+            for t in tables {
+                let a = contents(&src, t).await;
+                let b = contents(&tgt, t).await;
+                if a != b {
+                    all = false;
+                    if Instant::now() > deadline {
+                        let missing: Vec<_> = a.iter().filter(|r| !b.contains(r)).take(3).collect();
+                        let extra: Vec<_> = b.iter().filter(|r| !a.contains(r)).take(3).collect();
+                        panic!(
+                            "{t} differs after {timeout:?}: source {} rows, target {} rows; \
+                             missing on target e.g. {missing:?}; extra on target e.g. {extra:?}",
+                            a.len(),
+                            b.len()
+                        );
+                    }
+                }
+            }
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Drops the pipeline's slot so the databases can be dropped later.
+    pub async fn drop_slot(&self) {
+        let src = self.source().await;
+        let _ = src
+            .batch_execute(&format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'cutover_{}' AND NOT active",
+                self.name
+            ))
+            .await;
+    }
+}
+
+/// Every row of `table` as text, in key order: the full content, compared value by value.
+pub async fn contents(client: &Client, table: &str) -> Vec<String> {
+    match client
+        .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+        Err(_) => vec!["<table missing>".to_string()],
+    }
+}
+
+/// A running `cutover run`.
+pub struct Pipeline {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Pipeline {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!(
+                    "cutover did not stop within 60 s of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until the log shows `text`.
+    pub async fn wait_log(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log_text().contains(text) {
+            if Instant::now() > deadline {
+                panic!("log never showed {text:?}:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a cutover subcommand to completion; returns (exit code, stdout, stderr).
+pub fn cutover(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .output()
+        .expect("run cutover");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
