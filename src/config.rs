@@ -98,27 +98,38 @@ fn yes() -> bool {
 }
 
 /// A size in bytes, written as a number or as a string such as `"64 MiB"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "ByteSizeText")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub usize);
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ByteSizeText {
-    Number(usize),
-    Text(String),
-}
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
 
-impl TryFrom<ByteSizeText> for ByteSize {
-    type Error = String;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes or a string such as \"64 MiB\"")
+            }
 
-    fn try_from(value: ByteSizeText) -> Result<Self, Self::Error> {
-        match value {
-            ByteSizeText::Number(n) => Ok(ByteSize(n)),
-            ByteSizeText::Text(t) => parse_size(&t).map(ByteSize).ok_or_else(|| {
-                format!("invalid size {t:?}, expected a number of bytes or e.g. \"64 MiB\"")
-            }),
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                usize::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                usize::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_size(v)
+                    .map(ByteSize)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
         }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -372,12 +383,12 @@ fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
         None => origin.to_string(),
     };
     let message = e.message().trim().replace('\n', " ");
-    let fix = if message.contains("unknown field") {
+    let fix = if message.contains("invalid type") || message.contains("invalid value") {
+        "give the key a value of the expected type"
+    } else if message.contains("unknown field") {
         "remove the key or correct its spelling"
     } else if message.contains("missing field") {
         "add the key"
-    } else if message.contains("invalid type") {
-        "give the key a value of the expected type"
     } else if message.contains("unknown variant") {
         "use one of the kinds listed"
     } else {
@@ -464,6 +475,14 @@ url = "postgres://u:${PW}@h/db"
         assert_eq!(parse_size("512"), Some(512));
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
         assert_eq!(parse_size("lots"), None);
+        let e = parse(
+            &format!("{GOOD}\n[limits]\nqueue_bytes = true\n"),
+            "f",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("expected a size"), "{e}");
         let e = parse(
             &format!("{GOOD}\n[limits]\nbatch_bytes = \"60 MiB\"\n"),
             "f",

@@ -1,0 +1,292 @@
+//! Bad input: each mistake gives a clear one-paragraph error and a non-zero exit, no secret
+//! is printed, and nothing is half-created on the source or the target.
+
+mod common;
+
+use common::{cutover, url, Env, Services};
+
+fn one_paragraph(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one error paragraph, got:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+    lines[0].to_string()
+}
+
+/// Nothing was created: no slot, no publication, no target tables or state schema.
+async fn assert_nothing_created(env: &Env) {
+    let src = env.source().await;
+    let slots: i64 = src
+        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cutover_%' AND database = current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pubs: i64 = src
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (slots, pubs),
+        (0, 0),
+        "a slot or publication was left on the source"
+    );
+    let tgt = env.target().await;
+    let made: i64 = tgt
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname IN ('public', 'cutover') AND c.relkind = 'r'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(made, 0, "tables were created on the target");
+}
+
+fn write(env: &Env, text: &str) -> String {
+    let path = env.dir.join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn invalid_toml_unknown_keys_and_wrong_types_name_the_place() {
+    let env = Env::new("badtoml").await;
+    let good = std::fs::read_to_string(env.pipeline("[\"public.*\"]", "")).unwrap();
+    let cases = [
+        (good.replace("[source]", "[source"), "line", "TOML"),
+        (
+            good.replace("tables =", "tabels ="),
+            "unknown field `tabels`",
+            "line",
+        ),
+        (
+            format!("{good}\n[limits]\nqueue_bytes = true\n"),
+            "invalid type",
+            "line",
+        ),
+        (
+            good.replace("kind = \"postgres\"", "kind = \"oracle\""),
+            "unknown variant `oracle`",
+            "line",
+        ),
+        (
+            good.replace("name = \"target\"", ""),
+            "missing field `name`",
+            "Fix",
+        ),
+        (
+            good.replace(&env.source_url, "${CUTOVER_TEST_UNSET_VARIABLE}"),
+            "CUTOVER_TEST_UNSET_VARIABLE",
+            "not set",
+        ),
+    ];
+    for (text, expect_a, expect_b) in cases {
+        let path = write(&env, &text);
+        for cmd in ["run", "check"] {
+            let (code, _, stderr) = cutover(&[cmd, &path]);
+            assert_ne!(code, 0, "{cmd} accepted:\n{text}");
+            let line = one_paragraph(&stderr);
+            assert!(line.contains("bad.toml"), "no file name: {line}");
+            assert!(line.contains(expect_a) && line.contains(expect_b), "{line}");
+        }
+    }
+    let (code, _, stderr) = cutover(&["run", "/nonexistent/pipeline.toml"]);
+    assert_ne!(code, 0);
+    assert!(one_paragraph(&stderr).contains("/nonexistent/pipeline.toml"));
+    assert_nothing_created(&env).await;
+}
+
+#[tokio::test]
+async fn unreachable_server_and_wrong_password_are_explained_without_secrets() {
+    let env = Env::new("badconn").await;
+    env.source()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let s = Services::get();
+
+    // Nothing listens on port 1.
+    let text = std::fs::read_to_string(env.pipeline("[\"public.*\"]", ""))
+        .unwrap()
+        .replace(
+            &env.source_url,
+            "postgres://postgres:pw-unreachable@127.0.0.1:1/x",
+        );
+    let (code, _, stderr) = cutover(&["run", &write(&env, &text)]);
+    assert_ne!(code, 0);
+    let line = one_paragraph(&stderr);
+    assert!(
+        line.contains("cannot connect to the source") && line.contains("127.0.0.1:1"),
+        "{line}"
+    );
+    assert!(line.contains("Fix:"), "{line}");
+    assert!(
+        !stderr.contains("pw-unreachable"),
+        "password leaked: {stderr}"
+    );
+
+    // A real password-protected role, wrong password.
+    let wrong = format!(
+        "postgres://{}:definitely-wrong-pw@127.0.0.1:{}/{}",
+        s.secret_role, s.source_port, env.name
+    );
+    let text = std::fs::read_to_string(env.pipeline("[\"public.*\"]", ""))
+        .unwrap()
+        .replace(&env.source_url, &wrong);
+    for cmd in ["run", "check"] {
+        let (code, out, stderr) = cutover(&[cmd, &write(&env, &text)]);
+        assert_ne!(code, 0);
+        let line = one_paragraph(&stderr);
+        assert!(line.contains("password"), "{line}");
+        assert!(
+            !(out + &stderr).contains("definitely-wrong-pw"),
+            "password leaked"
+        );
+    }
+
+    // The right password through an environment variable: works, and is never printed.
+    let right = format!(
+        "postgres://{}:{}@127.0.0.1:{}/{}",
+        s.secret_role, s.secret_password, s.source_port, env.name
+    );
+    let text = std::fs::read_to_string(env.pipeline("[\"public.*\"]", ""))
+        .unwrap()
+        .replace(&env.source_url, "${CUTOVER_TEST_SOURCE}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["check", &write(&env, &text)])
+        .env("CUTOVER_TEST_SOURCE", &right)
+        .output()
+        .unwrap();
+    let all =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("ready"), "{all}");
+    assert!(!all.contains(&s.secret_password), "password printed: {all}");
+    assert_nothing_created(&env).await;
+}
+
+#[tokio::test]
+async fn wal_level_not_logical_is_refused_with_the_fix() {
+    let env = Env::new("badwal").await;
+    let s = Services::get();
+    let plain = common::connect(&url(s.plain_port, "postgres")).await;
+    let db = format!("{}_plain", env.name);
+    plain
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let plain_db = common::connect(&url(s.plain_port, &db)).await;
+    plain_db
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(env.pipeline("[\"public.*\"]", ""))
+        .unwrap()
+        .replace(&env.source_url, &url(s.plain_port, &db));
+    let path = write(&env, &text);
+    let (code, _, stderr) = cutover(&["run", &path]);
+    assert_ne!(code, 0);
+    let line = one_paragraph(&stderr);
+    assert!(
+        line.contains("wal_level is replica")
+            && line.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{line}"
+    );
+    let (code, out, _) = cutover(&["check", &path]);
+    assert_ne!(code, 0);
+    assert!(out.contains("FAIL  wal_level"), "{out}");
+    let pubs: i64 = plain_db
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pubs, 0);
+    assert_nothing_created(&env).await;
+}
+
+#[tokio::test]
+async fn table_without_key_is_refused_with_the_statements_that_fix_it() {
+    let env = Env::new("badkey").await;
+    env.source()
+        .await
+        .batch_execute(
+            "CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE loose (a int, b text);",
+        )
+        .await
+        .unwrap();
+    let path = env.pipeline("[\"public.*\"]", "");
+    let (code, _, stderr) = cutover(&["run", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let line = one_paragraph(&stderr);
+    assert!(line.contains("public.loose has no primary key"), "{line}");
+    assert!(
+        line.contains("ADD PRIMARY KEY") && line.contains("REPLICA IDENTITY USING INDEX"),
+        "{line}"
+    );
+    assert!(!line.contains("public.keyed has no"), "{line}");
+    // A name that matches nothing is a typo, not an empty pipeline.
+    let path = env.pipeline("[\"public.kyed\"]", "");
+    let (code, _, stderr) = cutover(&["run", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        one_paragraph(&stderr).contains("public.kyed, which is not a table"),
+        "{stderr}"
+    );
+    assert_nothing_created(&env).await;
+}
+
+#[tokio::test]
+async fn incompatible_or_occupied_target_is_refused_before_anything_is_created() {
+    let env = Env::new("badtarget").await;
+    env.source()
+        .await
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);")
+        .await
+        .unwrap();
+    let tgt = env.target().await;
+    tgt.batch_execute("CREATE TABLE b (id int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    let path = env.pipeline("[\"public.*\"]", "");
+    let (code, _, stderr) = cutover(&["run", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let line = one_paragraph(&stderr);
+    assert!(
+        line.contains("column v is integer on the target but text on the source"),
+        "{line}"
+    );
+    let created: i64 = tgt
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname IN ('a', 'checkpoints')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        created, 0,
+        "table a or the state schema was created despite the error"
+    );
+
+    // Rows the pipeline did not copy are never overwritten.
+    tgt.batch_execute("DROP TABLE b; CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b VALUES (1, 'precious')")
+        .await
+        .unwrap();
+    let (code, _, stderr) = cutover(&["run", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let line = one_paragraph(&stderr);
+    assert!(
+        line.contains("already holds rows") && line.contains("TRUNCATE"),
+        "{line}"
+    );
+    let kept: String = tgt.query_one("SELECT v FROM b", &[]).await.unwrap().get(0);
+    assert_eq!(kept, "precious");
+    env.drop_slot().await;
+}
