@@ -425,9 +425,7 @@ async fn stream(
             }
         }
     };
-    if let Err(e) = outcome {
-        return Err(e);
-    }
+    outcome?;
 
     // Graceful stop: let every sink write what it has, then confirm what they made durable.
     status::update(status, |s| s.phase = Phase::Stopping);
@@ -505,9 +503,9 @@ async fn drive_sink(
                     }
                     StreamEvent::Change(c) => {
                         !skipping
-                            && !copied
+                            && copied
                                 .get(&c.table.name)
-                                .is_some_and(|&at| c.position.commit_lsn < at)
+                                .is_none_or(|&at| c.position.commit_lsn >= at)
                     }
                     StreamEvent::Commit {
                         commit_time_micros, ..

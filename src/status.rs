@@ -91,11 +91,10 @@ impl Status {
                     .iter()
                     .filter(|t| !t.done && t.rows_copied > 0)
                     .map(|t| {
-                        let pct = if t.rows_estimate > 0 {
-                            format!(" {}%", (t.rows_copied * 100 / t.rows_estimate).min(99))
-                        } else {
-                            String::new()
-                        };
+                        let pct = (t.rows_copied * 100)
+                            .checked_div(t.rows_estimate)
+                            .map(|p| format!(" {}%", p.min(99)))
+                            .unwrap_or_default();
                         format!("{} {} rows{pct}", t.name, t.rows_copied)
                     })
                     .collect();
