@@ -111,6 +111,7 @@ fn init_logging(format: LogFormat, live_progress: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_target(false);
     if format == LogFormat::Json {
         builder.json().flatten_event(true).init();
