@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Benchmarks cutover against the peers that run here, in the same run, on its own servers
+# (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
+#
+#   scripts/bench.sh [snapshot|apply|memory|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#                                                     APPLY_TXNS=1200 by default)
+#
+# snapshot  1M rows (~160 B) into an empty target: cutover vs
+#           COPY ... TO STDOUT (FORMAT binary) | COPY ... FROM STDIN (FORMAT binary)
+# apply     a backlog of ~500k mixed changes (insert/update/delete, transactions of 1-1000 rows)
+#           in the slot: cutover vs native logical replication (CREATE SUBSCRIPTION), time from
+#           start until a marker committed last is on the target
+# memory    peak RSS of cutover during the snapshot of 100k and of 1M rows with an 8 MiB queue
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHAT=${1:-all}
+ROUNDS=${ROUNDS:-3}
+SNAPSHOT_ROWS=${SNAPSHOT_ROWS:-1000000}
+APPLY_TXNS=${APPLY_TXNS:-1200}
+export CUTOVER_SERVICES_DIR=${CUTOVER_SERVICES_DIR:-/tmp/cutover-bench-services}
+export CUTOVER_FSYNC=on
+export CUTOVER_SHARED_BUFFERS=512MB
+env_file=$(scripts/services.sh start)
+# shellcheck disable=SC1090
+source "$env_file"
+trap 'scripts/services.sh stop' EXIT
+cargo build --release --quiet
+BIN=$PWD/target/release/cutover
+PGBIN=$CUTOVER_PG_BIN
+WORK=$CUTOVER_SERVICES_DIR/work
+mkdir -p "$WORK"
+
+src() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres "$@"; }
+tgt() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$CUTOVER_TARGET_PORT" -U postgres "$@"; }
+now() { date +%s.%N; }
+median() { python3 -c 'import sys,statistics; print("%.3f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
+log_seconds() { # seconds between the first log lines matching $2 and $3 in file $1
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, sys, datetime
+def ts(line):
+    t = json.loads(line)["timestamp"].rstrip("Z")
+    return datetime.datetime.fromisoformat(t[:26])
+a = b = None
+for line in open(sys.argv[1]):
+    if sys.argv[2] in line and a is None: a = ts(line)
+    if sys.argv[3] in line: b = ts(line)
+print("%.3f" % (b - a).total_seconds())
+PY
+}
+TABLE_DDL="CREATE TABLE t (id bigint PRIMARY KEY, a int, b text, c timestamptz, d numeric(12,2))"
+
+pipeline() { # name db [extra toml]
+    cat > "$WORK/$1.toml" <<EOF
+name = "$1"
+${3:-}
+[source]
+url = "postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/$2"
+tables = ["public.*"]
+[[sink]]
+kind = "postgres"
+name = "target"
+url = "postgres://postgres@127.0.0.1:$CUTOVER_TARGET_PORT/$2_$1"
+EOF
+    echo "$WORK/$1.toml"
+}
+
+wait_log() { # file text
+    for _ in $(seq 1 6000); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+    echo "timed out waiting for '$2' in $1" >&2; exit 1
+}
+
+bench_snapshot() {
+    echo "== snapshot: $SNAPSHOT_ROWS rows"
+    src -d postgres -c "DROP DATABASE IF EXISTS snap" -c "CREATE DATABASE snap"
+    src -d snap -c "$TABLE_DDL" -c "INSERT INTO t SELECT g, g % 100000, md5(g::text) || md5((g+1)::text) || md5((g+2)::text) || 'abcd', now(), (g % 100000) * 0.01 FROM generate_series(1, $SNAPSHOT_ROWS) g" -c "VACUUM ANALYZE t"
+    local pipe_times=() cut_times=()
+    for r in $(seq 1 "$ROUNDS"); do
+        tgt -d postgres -c "DROP DATABASE IF EXISTS snap_pipe" -c "CREATE DATABASE snap_pipe"
+        tgt -d snap_pipe -c "$TABLE_DDL"
+        local t0; t0=$(now)
+        src -d snap -c "COPY t TO STDOUT (FORMAT binary)" | tgt -d snap_pipe -c "COPY t FROM STDIN (FORMAT binary)"
+        pipe_times+=("$(python3 -c "print($(now) - $t0)")")
+
+        tgt -d postgres -c "DROP DATABASE IF EXISTS snap_snap" -c "CREATE DATABASE snap_snap"
+        local p; p=$(pipeline snap snap)
+        "$BIN" --log-format json run "$p" 2> "$WORK/snap.log" &
+        local pid=$!
+        wait_log "$WORK/snap.log" "streaming changes"
+        kill -TERM $pid; wait $pid
+        cut_times+=("$(log_seconds "$WORK/snap.log" "copying tables" "table copied")")
+        "$BIN" teardown "$p" >/dev/null
+        echo "   round $r: pipe ${pipe_times[-1]} s, cutover ${cut_times[-1]} s"
+    done
+    local pm cm; pm=$(median "${pipe_times[@]}"); cm=$(median "${cut_times[@]}")
+    echo "   median: pipe $pm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$pm))") rows/s), cutover $cm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$cm))") rows/s); cutover throughput = $(ratio "$pm" "$cm") x pipe"
+}
+
+bench_apply() {
+    echo "== apply: backlog of ~$((APPLY_TXNS * 450)) changes in $APPLY_TXNS transactions"
+    src -d postgres -c "DROP DATABASE IF EXISTS apply" -c "CREATE DATABASE apply"
+    src -d apply -c "$TABLE_DDL" -c "CREATE TABLE marker (id int PRIMARY KEY, at timestamptz)" \
+        -c "INSERT INTO t SELECT g, g % 1000, repeat('x', 100), now(), g * 0.01 FROM generate_series(1, 500000) g" \
+        -c "CREATE PUBLICATION native_pub FOR TABLE t, marker"
+    tgt -d postgres -c "DROP DATABASE IF EXISTS apply_native" -c "CREATE DATABASE apply_native" \
+        -c "DROP DATABASE IF EXISTS apply_apply" -c "CREATE DATABASE apply_apply"
+    tgt -d apply_native -c "$TABLE_DDL" -c "CREATE TABLE marker (id int PRIMARY KEY, at timestamptz)" \
+        -c "CREATE SUBSCRIPTION native_sub CONNECTION 'host=127.0.0.1 port=$CUTOVER_SOURCE_PORT dbname=apply user=postgres' PUBLICATION native_pub WITH (slot_name = native_slot)"
+    local p; p=$(pipeline apply apply)
+    "$BIN" --log-format json run "$p" 2> "$WORK/apply.log" &
+    local pid=$!
+    wait_log "$WORK/apply.log" "streaming changes"
+    for _ in $(seq 1 600); do
+        [ "$(tgt -d apply_native -At -c "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'")" = 0 ] && break; sleep 0.1
+    done
+    kill -TERM $pid; wait $pid
+    cat > "$WORK/changes.sql" <<'EOF'
+\set n random(1, 400)
+\set k random(1, 480000)
+\set x random(1000000, 900000000)
+BEGIN;
+INSERT INTO t SELECT g, g % 1000, repeat('y', 100), now(), g * 0.01 FROM generate_series(:x, :x + :n - 1) g ON CONFLICT (id) DO NOTHING;
+UPDATE t SET a = a + 1, c = now() WHERE id BETWEEN :k AND :k + :n - 1;
+DELETE FROM t WHERE id BETWEEN :k + :n AND :k + :n + :n / 4;
+END;
+EOF
+    local native_times=() cut_times=() changes_list=()
+    for r in $(seq 1 "$ROUNDS"); do
+        tgt -d apply_native -c "ALTER SUBSCRIPTION native_sub DISABLE"
+        sleep 1
+        local before after
+        before=$(src -d apply -At -c "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables WHERE relname = 't'")
+        "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -c 1 -t "$APPLY_TXNS" -f "$WORK/changes.sql" apply >/dev/null
+        src -d apply -c "INSERT INTO marker VALUES ($r, now())"
+        sleep 1
+        after=$(src -d apply -At -c "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables WHERE relname = 't'")
+        local changes=$((after - before))
+        changes_list+=("$changes")
+        # native
+        local t0; t0=$(now)
+        tgt -d apply_native -c "ALTER SUBSCRIPTION native_sub ENABLE"
+        until [ "$(tgt -d apply_native -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
+        native_times+=("$(python3 -c "print($(now) - $t0)")")
+        # cutover
+        t0=$(now)
+        "$BIN" --log-format json run "$p" 2> "$WORK/apply-$r.log" &
+        pid=$!
+        until [ "$(tgt -d apply_apply -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
+        cut_times+=("$(python3 -c "print($(now) - $t0)")")
+        kill -TERM $pid; wait $pid
+        echo "   round $r: $changes changes; native $(python3 -c "print('%.2f s, %d/s' % (${native_times[-1]}, $changes/${native_times[-1]}))"), cutover $(python3 -c "print('%.2f s, %d/s' % (${cut_times[-1]}, $changes/${cut_times[-1]}))")"
+    done
+    local nm cm ch; nm=$(median "${native_times[@]}"); cm=$(median "${cut_times[@]}"); ch=$(median "${changes_list[@]}")
+    echo "   median: native $nm s ($(python3 -c "print(int($ch/$nm))") changes/s), cutover $cm s ($(python3 -c "print(int($ch/$cm))") changes/s); cutover throughput = $(ratio "$nm" "$cm") x native"
+    # Both targets must hold exactly what the source holds.
+    local s n c
+    s=$(src -d apply -At -c "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t")
+    n=$(tgt -d apply_native -At -c "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t")
+    c=$(tgt -d apply_apply -At -c "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t")
+    echo "   contents: source $s, native $n, cutover $c"
+    [ "$s" = "$c" ] || { echo "cutover's target differs from the source" >&2; exit 1; }
+    tgt -d apply_native -c "DROP SUBSCRIPTION native_sub"
+    "$BIN" teardown "$p" >/dev/null
+}
+
+bench_memory() {
+    echo "== memory: peak RSS during the snapshot, queue_bytes = 8 MiB"
+    for rows in 100000 1000000; do
+        src -d postgres -c "DROP DATABASE IF EXISTS mem" -c "CREATE DATABASE mem"
+        src -d mem -c "$TABLE_DDL" -c "INSERT INTO t SELECT g, g, repeat('m', 100), now(), g * 0.01 FROM generate_series(1, $rows) g"
+        tgt -d postgres -c "DROP DATABASE IF EXISTS mem_mem" -c "CREATE DATABASE mem_mem"
+        local p; p=$(pipeline mem mem "[limits]
+queue_bytes = \"8 MiB\"
+batch_bytes = \"2 MiB\"
+[snapshot]
+chunk_bytes = \"512 KiB\"")
+        "$BIN" --log-format json run "$p" 2> "$WORK/mem.log" &
+        local pid=$! peak=0
+        while ! grep -q "streaming changes" "$WORK/mem.log" 2>/dev/null; do
+            local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+            [ "${rss:-0}" -gt "$peak" ] && peak=$rss
+            sleep 0.05
+        done
+        kill -TERM $pid; wait $pid
+        "$BIN" teardown "$p" >/dev/null
+        echo "   $rows rows ($((rows * 160 / 1048576)) MiB of rows): peak RSS $((peak / 1024)) MiB"
+    done
+}
+
+case "$WHAT" in
+snapshot) bench_snapshot ;;
+apply) bench_apply ;;
+memory) bench_memory ;;
+all) bench_snapshot; bench_apply; bench_memory ;;
+*) echo "usage: $0 [snapshot|apply|memory|all]" >&2; exit 2 ;;
+esac
