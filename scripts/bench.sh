@@ -148,8 +148,9 @@ EOF
         pid=$!
         until [ "$(tgt -d apply_apply -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
         cut_times+=("$(python3 -c "print($(now) - $t0)")")
+        local cpu; cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
         kill -TERM $pid; wait $pid
-        echo "   round $r: $changes changes; native $(python3 -c "print('%.2f s, %d/s' % (${native_times[-1]}, $changes/${native_times[-1]}))"), cutover $(python3 -c "print('%.2f s, %d/s' % (${cut_times[-1]}, $changes/${cut_times[-1]}))")"
+        echo "   round $r: $changes changes; native $(python3 -c "print('%.2f s, %d/s' % (${native_times[-1]}, $changes/${native_times[-1]}))"), cutover $(python3 -c "print('%.2f s, %d/s' % (${cut_times[-1]}, $changes/${cut_times[-1]}))") using $cpu s of CPU"
     done
     local nm cm ch; nm=$(median "${native_times[@]}"); cm=$(median "${cut_times[@]}"); ch=$(median "${changes_list[@]}")
     echo "   median: native $nm s ($(python3 -c "print(int($ch/$nm))") changes/s), cutover $cm s ($(python3 -c "print(int($ch/$cm))") changes/s); cutover throughput = $(ratio "$nm" "$cm") x native"

@@ -61,6 +61,9 @@ pub struct LimitsSection {
     pub batch_bytes: Option<ByteSize>,
     /// Longest time a change waits in a sink's buffer.
     pub flush_interval_ms: Option<u64>,
+    /// How long a sink waits for more changes when its queue runs empty at a transaction
+    /// boundary before it writes what it has.
+    pub linger_ms: Option<u64>,
     /// Raw replication messages held between the socket and the decoder.
     pub stream_buffer_events: Option<usize>,
 }
@@ -168,6 +171,7 @@ pub struct Pipeline {
     pub queue_bytes: usize,
     pub batch_bytes: usize,
     pub flush_interval_ms: u64,
+    pub linger_ms: u64,
     pub stream_buffer_events: usize,
     pub sinks: Vec<Sink>,
 }
@@ -304,7 +308,8 @@ pub fn parse(
             .limits
             .flush_interval_ms
             .or(d.limits.flush_interval_ms)
-            .unwrap_or(200),
+            .unwrap_or(100),
+        linger_ms: file.limits.linger_ms.or(d.limits.linger_ms).unwrap_or(5),
         stream_buffer_events: pick(
             file.limits.stream_buffer_events,
             d.limits.stream_buffer_events,

@@ -99,6 +99,7 @@ pub async fn connect_pg_sinks(cfg: &Pipeline) -> Result<Vec<PgSink>> {
                             name: name.clone(),
                             pipeline: cfg.name.clone(),
                             create_tables: *create_tables,
+                            batch_bytes: cfg.batch_bytes,
                         },
                     )
                     .await?,
@@ -346,6 +347,7 @@ async fn stream(
             DriverLimits {
                 batch_bytes: cfg.batch_bytes,
                 flush_interval: Duration::from_millis(cfg.flush_interval_ms),
+                linger: Duration::from_millis(cfg.linger_ms),
             },
             status.clone(),
         ));
@@ -462,11 +464,13 @@ fn driver_ended(joined: std::result::Result<Result<()>, tokio::task::JoinError>)
 struct DriverLimits {
     batch_bytes: usize,
     flush_interval: Duration,
+    linger: Duration,
 }
 
 /// Feeds one sink from its queue: drops what the sink already has (transactions at or before
 /// its checkpoint, changes older than a table's snapshot), applies the rest, and flushes when
-/// the batch is full, when the queue runs empty at a transaction boundary, or on the timer.
+/// the batch is full, when the oldest change has waited `flush_interval`, or when the queue has
+/// been empty at a transaction boundary for `linger`.
 /// Every new checkpoint is reported on `durable`; byte permits are released only after a flush.
 async fn drive_sink(
     index: usize,
@@ -482,19 +486,27 @@ async fn drive_sink(
     let mut held = Vec::new();
     let mut skipping = false;
     let mut in_txn = false;
-    let mut deadline: Option<Instant> = None;
+    // Flush when the batch is full; when the oldest buffered change has waited flush_interval;
+    // or when the queue has stayed empty at a transaction boundary for `linger` (so a steady
+    // stream is written in large batches, and a quiet one without delay).
+    let mut batch_deadline: Option<Instant> = None;
+    let mut idle_deadline: Option<Instant> = None;
     let mut applied = 0u64;
     let mut last_commit_time = None;
     loop {
+        let deadline = match (batch_deadline, idle_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let next = match deadline {
             Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok(),
             None => Some(rx.recv().await),
         };
         let closed = matches!(next, Some(None));
         let must_flush = match next {
-            None => true,
-            Some(None) => true,
+            None | Some(None) => true,
             Some(Some(q)) => {
+                idle_deadline = None;
                 let pass = match &q.event {
                     StreamEvent::Begin { commit_lsn, .. } => {
                         in_txn = true;
@@ -521,14 +533,24 @@ async fn drive_sink(
                     }
                     sink.apply(q.event).await?;
                     held.push(q.permit);
-                    deadline.get_or_insert_with(|| Instant::now() + limits.flush_interval);
+                    batch_deadline.get_or_insert_with(|| Instant::now() + limits.flush_interval);
                 }
-                deadline.is_some()
-                    && (sink.buffered_bytes() >= limits.batch_bytes || (!in_txn && rx.is_empty()))
+                if batch_deadline.is_some() && !in_txn && rx.is_empty() {
+                    idle_deadline = Some(Instant::now() + limits.linger);
+                }
+                batch_deadline.is_some() && sink.buffered_bytes() >= limits.batch_bytes
             }
         };
-        if must_flush && (deadline.is_some() || closed) {
-            if let Some(cp) = sink.flush().await? {
+        if must_flush && (batch_deadline.is_some() || closed) {
+            let began = Instant::now();
+            let flushed = sink.flush().await?;
+            tracing::debug!(
+                sink = sink.name(),
+                events = held.len(),
+                ms = began.elapsed().as_secs_f64() * 1e3,
+                "flushed"
+            );
+            if let Some(cp) = flushed {
                 checkpoint = Some(cp);
                 let _ = durable.send((index, cp));
                 status::update(&status, |s| {
@@ -540,7 +562,8 @@ async fn drive_sink(
                 });
             }
             held.clear();
-            deadline = None;
+            batch_deadline = None;
+            idle_deadline = None;
         }
         if closed {
             return Ok(());

@@ -231,6 +231,20 @@ async fn table_without_key_is_refused_with_the_statements_that_fix_it() {
         "{line}"
     );
     assert!(!line.contains("public.keyed has no"), "{line}");
+    // A keyed table whose replica identity is NOTHING would break the application's own
+    // updates and deletes once published: refused.
+    env.source()
+        .await
+        .batch_execute("DROP TABLE loose; ALTER TABLE keyed REPLICA IDENTITY NOTHING")
+        .await
+        .unwrap();
+    let (code, _, stderr) = cutover(&["run", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let line = one_paragraph(&stderr);
+    assert!(
+        line.contains("REPLICA IDENTITY NOTHING") && line.contains("REPLICA IDENTITY DEFAULT"),
+        "{line}"
+    );
     // A name that matches nothing is a typo, not an empty pipeline.
     let path = env.pipeline("[\"public.kyed\"]", "");
     let (code, _, stderr) = cutover(&["run", path.to_str().unwrap()]);

@@ -116,6 +116,19 @@ pub async fn check_source(
                 format!("let the owner run CREATE PUBLICATION \"{publication}\" FOR TABLE ... (every selected table) before cutover starts"),
             ));
         }
+        // A published table without a replica identity makes the application's own UPDATE and
+        // DELETE statements fail on the source: never let that happen.
+        if t.replica_identity == 'n' {
+            out.push(Finding::fail(
+                "row key",
+                format!(
+                    "{} has REPLICA IDENTITY NOTHING: once published, updates and deletes on it would fail on the source",
+                    t.schema.name
+                ),
+                format!("ALTER TABLE {name} REPLICA IDENTITY DEFAULT;"),
+            ));
+            continue;
+        }
         out.push(match t.key_origin {
             Some(origin) => Finding::pass("row key", format!("{} is keyed by its {origin}", t.schema.name)),
             None => Finding::fail(

@@ -261,7 +261,6 @@ impl PgSource {
         let mut rows = Vec::new();
         let mut chunk_size = 0usize;
         let mut total = 0u64;
-        let mut parsed = 0usize;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| classify(e, &ctx))?;
             chunk_size += chunk.len();
@@ -270,7 +269,6 @@ impl PgSource {
                 .map_err(|e| ConnectorError::fatal(format!("{ctx}: {e}")).with_source(e.clone()))?;
             if chunk_size >= chunk_bytes {
                 total += rows.len() as u64;
-                parsed += rows.len();
                 if out.send(std::mem::take(&mut rows)).await.is_err() {
                     return Ok(total);
                 }
@@ -284,7 +282,6 @@ impl PgSource {
         if !rows.is_empty() {
             let _ = out.send(rows).await;
         }
-        let _ = parsed;
         client
             .batch_execute("COMMIT")
             .await
