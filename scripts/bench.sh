@@ -24,7 +24,7 @@ export CUTOVER_SHARED_BUFFERS=512MB
 env_file=$(scripts/services.sh start)
 # shellcheck disable=SC1090
 source "$env_file"
-trap 'scripts/services.sh stop' EXIT
+trap 'rm -rf /tmp/cutover-bench-last; cp -r "$CUTOVER_SERVICES_DIR/work" /tmp/cutover-bench-last 2>/dev/null; scripts/services.sh stop' EXIT
 cargo build --release --quiet
 BIN=$PWD/target/release/cutover
 PGBIN=$CUTOVER_PG_BIN

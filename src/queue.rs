@@ -7,9 +7,9 @@ use std::sync::Arc;
 use cutover_core::StreamEvent;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// An event with the byte budget it holds.
+/// A batch of events, in stream order, with the byte budget they hold.
 pub struct Queued {
-    pub event: StreamEvent,
+    pub events: Vec<StreamEvent>,
     pub permit: OwnedSemaphorePermit,
 }
 
@@ -17,9 +17,9 @@ pub struct Queued {
 pub struct QueueSender {
     tx: mpsc::Sender<Queued>,
     bytes: Arc<Semaphore>,
-    /// No single event takes more than this many permits, so an event larger than the bound
+    /// No single batch takes more than this many permits, so a batch larger than the bound
     /// still passes (alone) instead of waiting forever.
-    max_event: usize,
+    max_batch: usize,
 }
 
 /// The queue is closed: its sink has stopped.
@@ -33,15 +33,18 @@ pub fn bounded(events: usize, bytes: usize) -> (QueueSender, mpsc::Receiver<Queu
         QueueSender {
             tx,
             bytes: Arc::new(Semaphore::new(permits)),
-            max_event: (permits / 2).max(1),
+            max_batch: (permits / 2).max(1),
         },
         rx,
     )
 }
 
 impl QueueSender {
-    pub async fn send(&self, event: StreamEvent) -> Result<(), Closed> {
-        let need = event.size().clamp(1, self.max_event) as u32;
+    /// Queues a batch of events (one message, one byte reservation), waiting while the queue
+    /// is full.
+    pub async fn send(&self, events: Vec<StreamEvent>) -> Result<(), Closed> {
+        let size: usize = events.iter().map(StreamEvent::size).sum();
+        let need = size.clamp(1, self.max_batch) as u32;
         let permit = self
             .bytes
             .clone()
@@ -49,12 +52,12 @@ impl QueueSender {
             .await
             .map_err(|_| Closed)?;
         self.tx
-            .send(Queued { event, permit })
+            .send(Queued { events, permit })
             .await
             .map_err(|_| Closed)
     }
 
-    /// Events waiting in the queue.
+    /// Batches waiting in the queue.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
@@ -76,14 +79,14 @@ mod tests {
     #[tokio::test]
     async fn sender_waits_when_bytes_are_held_and_resumes_when_released() {
         let (tx, mut rx) = bounded(100, 100);
-        tx.send(begin()).await.unwrap(); // 48 bytes
+        tx.send(vec![begin()]).await.unwrap(); // 48 bytes
         let held = rx.recv().await.unwrap();
-        // 48 of 100 held by the "sink"; a second event fits, a third must wait.
-        tx.send(begin()).await.unwrap();
-        let third = tokio::time::timeout(Duration::from_millis(50), tx.send(begin())).await;
-        assert!(third.is_err(), "third event should wait for bytes");
+        // 48 of 100 held by the "sink"; a second batch fits, a third must wait.
+        tx.send(vec![begin()]).await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(50), tx.send(vec![begin()])).await;
+        assert!(third.is_err(), "third batch should wait for bytes");
         drop(held);
-        tokio::time::timeout(Duration::from_millis(500), tx.send(begin()))
+        tokio::time::timeout(Duration::from_millis(500), tx.send(vec![begin()]))
             .await
             .expect("released bytes let the sender go on")
             .unwrap();

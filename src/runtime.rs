@@ -18,7 +18,7 @@ use cutover_core::{
 use cutover_postgres::catalog::SourceTable;
 use cutover_postgres::source::SnapshotSession;
 use cutover_postgres::{PgEndpoint, PgSink, PgSinkOptions, PgSource, PgSourceOptions, SlotStart};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -27,6 +27,9 @@ use tokio::time::Instant;
 use crate::config::{self, Pipeline};
 use crate::queue::{self, Queued};
 use crate::status::{self, Phase, SharedStatus, SinkProgress, TableProgress};
+
+/// Most stream events handed to the sink queues in one message.
+const DISPATCH_BATCH: usize = 1024;
 
 /// How long a starting run waits for an earlier session to release the slot.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(30);
@@ -399,21 +402,38 @@ async fn stream(
                     }
                 }
                 Ok(Some(StreamItem::Event(event))) => {
-                    match &event {
-                        StreamEvent::Begin { .. } => in_txn = true,
-                        StreamEvent::Commit { end_lsn, .. } => {
-                            in_txn = false;
-                            last_dispatched = *end_lsn;
+                    // Take every event already decoded (without waiting) and hand them on as one
+                    // batch: one queue message per sink instead of one per change.
+                    let mut batch = vec![event];
+                    let mut idle = None;
+                    while batch.len() < DISPATCH_BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Ok(Some(StreamItem::Event(e)))) => batch.push(e),
+                            Some(Ok(Some(StreamItem::Idle { wal_end }))) => {
+                                idle = Some(wal_end);
+                                break;
+                            }
+                            Some(Err(e)) => break 'run Err(e),
+                            Some(Ok(None)) | None => break,
                         }
-                        StreamEvent::Change(_) => {}
+                    }
+                    for event in &batch {
+                        match event {
+                            StreamEvent::Begin { .. } => in_txn = true,
+                            StreamEvent::Commit { end_lsn, .. } => {
+                                in_txn = false;
+                                last_dispatched = *end_lsn;
+                            }
+                            StreamEvent::Change(_) => {}
+                        }
                     }
                     let last = queues.len() - 1;
-                    let mut event = Some(event);
+                    let mut batch = Some(batch);
                     for (i, q) in queues.iter().enumerate() {
-                        let ev = if i == last { event.take() } else { event.clone() }
-                            .expect("the event is kept until the last queue");
+                        let events = if i == last { batch.take() } else { batch.clone() }
+                            .expect("the batch is kept until the last queue");
                         tokio::select! {
-                            sent = q.send(ev) => if sent.is_err() {
+                            sent = q.send(events) => if sent.is_err() {
                                 // The driver ended; its result says why.
                                 match drivers.join_next().await {
                                     Some(joined) => break 'run Err(driver_ended(joined)),
@@ -421,6 +441,12 @@ async fn stream(
                                 }
                             },
                             _ = stop.changed() => break 'run Ok(()),
+                        }
+                    }
+                    if let Some(wal_end) = idle {
+                        if !in_txn && min_durable(&durable) >= last_dispatched && wal_end > confirmed {
+                            stream.confirm(wal_end);
+                            confirmed = wal_end;
                         }
                     }
                 }
@@ -492,6 +518,7 @@ async fn drive_sink(
     let mut batch_deadline: Option<Instant> = None;
     let mut idle_deadline: Option<Instant> = None;
     let mut applied = 0u64;
+    let mut buffered_events = 0usize;
     let mut last_commit_time = None;
     loop {
         let deadline = match (batch_deadline, idle_deadline) {
@@ -507,31 +534,38 @@ async fn drive_sink(
             None | Some(None) => true,
             Some(Some(q)) => {
                 idle_deadline = None;
-                let pass = match &q.event {
-                    StreamEvent::Begin { commit_lsn, .. } => {
-                        in_txn = true;
-                        skipping = checkpoint.is_some_and(|cp| *commit_lsn <= cp.commit_lsn);
-                        !skipping
+                let mut passed = Vec::with_capacity(q.events.len());
+                for event in q.events {
+                    let pass = match &event {
+                        StreamEvent::Begin { commit_lsn, .. } => {
+                            in_txn = true;
+                            skipping = checkpoint.is_some_and(|cp| *commit_lsn <= cp.commit_lsn);
+                            !skipping
+                        }
+                        StreamEvent::Change(c) => {
+                            !skipping
+                                && copied
+                                    .get(&c.table.name)
+                                    .is_none_or(|&at| c.position.commit_lsn >= at)
+                        }
+                        StreamEvent::Commit {
+                            commit_time_micros, ..
+                        } => {
+                            in_txn = false;
+                            last_commit_time = Some(*commit_time_micros);
+                            !std::mem::take(&mut skipping)
+                        }
+                    };
+                    if pass {
+                        if matches!(event, StreamEvent::Change(_)) {
+                            applied += 1;
+                        }
+                        passed.push(event);
                     }
-                    StreamEvent::Change(c) => {
-                        !skipping
-                            && copied
-                                .get(&c.table.name)
-                                .is_none_or(|&at| c.position.commit_lsn >= at)
-                    }
-                    StreamEvent::Commit {
-                        commit_time_micros, ..
-                    } => {
-                        in_txn = false;
-                        last_commit_time = Some(*commit_time_micros);
-                        !std::mem::take(&mut skipping)
-                    }
-                };
-                if pass {
-                    if matches!(q.event, StreamEvent::Change(_)) {
-                        applied += 1;
-                    }
-                    sink.apply(q.event).await?;
+                }
+                if !passed.is_empty() {
+                    buffered_events += passed.len();
+                    sink.apply_all(passed).await?;
                     held.push(q.permit);
                     batch_deadline.get_or_insert_with(|| Instant::now() + limits.flush_interval);
                 }
@@ -546,7 +580,8 @@ async fn drive_sink(
             let flushed = sink.flush().await?;
             tracing::debug!(
                 sink = sink.name(),
-                events = held.len(),
+                events = std::mem::take(&mut buffered_events),
+                queued_batches = rx.len(),
                 ms = began.elapsed().as_secs_f64() * 1e3,
                 "flushed"
             );

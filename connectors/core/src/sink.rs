@@ -49,6 +49,15 @@ pub trait Sink: Send {
     /// across two target commits.
     async fn apply(&mut self, event: StreamEvent) -> Result<()>;
 
+    /// Takes several stream events in order; the same as calling [`Sink::apply`] for each, in
+    /// one call (sinks override it to avoid per-event overhead).
+    async fn apply_all(&mut self, events: Vec<StreamEvent>) -> Result<()> {
+        for event in events {
+            self.apply(event).await?;
+        }
+        Ok(())
+    }
+
     /// Pushes what is buffered to the target. When the last event applied was a `Commit`, the
     /// target transaction is committed and the new checkpoint returned; in the middle of a
     /// source transaction the data is written but not committed and the checkpoint is unchanged.

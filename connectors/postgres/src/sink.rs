@@ -22,6 +22,7 @@ use cutover_core::{
     StreamEvent, TableCopy, TableName, TableSchema, Value,
 };
 use futures::SinkExt;
+use rustc_hash::FxHashMap;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, CopyInSink};
 
@@ -73,7 +74,7 @@ struct TargetTable {
     stage_keys: String,
     /// The column layout the pending rows follow (the stream's Relation for this table).
     layout: Arc<TableSchema>,
-    pending: HashMap<Vec<u8>, Op>,
+    pending: FxHashMap<Vec<u8>, Op>,
 }
 
 enum Op {
@@ -503,6 +504,36 @@ pub enum TableCheck {
     Mismatch(Vec<String>),
 }
 
+impl PgSink {
+    /// Folds one event into the pending batch; returns the work that must run against the target
+    /// right away (a truncate, or moving a row whose TOAST value only the target has).
+    fn take(&mut self, event: StreamEvent) -> Result<Option<(Arc<TableSchema>, Deferred)>> {
+        match event {
+            StreamEvent::Begin { .. } => self.in_source_txn = true,
+            StreamEvent::Change(change) => {
+                if let Some(deferred) = self.record(&change.table, change.change)? {
+                    return Ok(Some((change.table, deferred)));
+                }
+            }
+            StreamEvent::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                self.in_source_txn = false;
+                self.applied = Some((
+                    Checkpoint {
+                        commit_lsn,
+                        end_lsn,
+                    },
+                    commit_time_micros,
+                ));
+            }
+        }
+        Ok(None)
+    }
+}
+
 enum Deferred {
     Truncate,
     MoveRow { old_key: Row, row: Row },
@@ -562,7 +593,7 @@ async fn write_table(
     quoted: &str,
     stage_rows: &str,
     stage_keys: &str,
-    pending: HashMap<Vec<u8>, Op>,
+    pending: FxHashMap<Vec<u8>, Op>,
 ) -> Result<()> {
     let ctx = format!("cannot apply changes to {}", layout.name);
     let keys: Vec<usize> = layout.key_indexes().collect();
@@ -780,7 +811,7 @@ impl Sink for PgSink {
                     stage_rows,
                     stage_keys,
                     layout: table.clone(),
-                    pending: HashMap::new(),
+                    pending: FxHashMap::default(),
                 },
             );
         }
@@ -827,26 +858,16 @@ impl Sink for PgSink {
     }
 
     async fn apply(&mut self, event: StreamEvent) -> Result<()> {
-        match event {
-            StreamEvent::Begin { .. } => self.in_source_txn = true,
-            StreamEvent::Change(change) => {
-                if let Some(deferred) = self.record(&change.table, change.change)? {
-                    self.run_deferred(&change.table, deferred).await?;
-                }
-            }
-            StreamEvent::Commit {
-                commit_lsn,
-                end_lsn,
-                commit_time_micros,
-            } => {
-                self.in_source_txn = false;
-                self.applied = Some((
-                    Checkpoint {
-                        commit_lsn,
-                        end_lsn,
-                    },
-                    commit_time_micros,
-                ));
+        if let Some((layout, deferred)) = self.take(event)? {
+            self.run_deferred(&layout, deferred).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_all(&mut self, events: Vec<StreamEvent>) -> Result<()> {
+        for event in events {
+            if let Some((layout, deferred)) = self.take(event)? {
+                self.run_deferred(&layout, deferred).await?;
             }
         }
         Ok(())
