@@ -26,7 +26,7 @@ env_file=$(scripts/services.sh start)
 source "$env_file"
 trap 'rm -rf /tmp/cutover-bench-last; cp -r "$CUTOVER_SERVICES_DIR/work" /tmp/cutover-bench-last 2>/dev/null; scripts/services.sh stop' EXIT
 cargo build --release --quiet
-BIN=$PWD/target/release/cutover
+BIN=${CUTOVER_BENCH_BIN:-$PWD/target/release/cutover}
 PGBIN=$CUTOVER_PG_BIN
 WORK=$CUTOVER_SERVICES_DIR/work
 mkdir -p "$WORK"

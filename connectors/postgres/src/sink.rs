@@ -98,14 +98,18 @@ impl PgSink {
         })
     }
 
-    /// Deletes this sink's checkpoint and copy records (used by `teardown --target-state`).
-    pub async fn forget_state(&self) -> Result<()> {
-        let exists: bool = self
+    async fn state_tables_exist(&self) -> Result<bool> {
+        Ok(self
             .client
             .query_one("SELECT to_regclass('cutover.checkpoints') IS NOT NULL", &[])
             .await
             .map_err(|e| classify(e, "cannot read the target's state tables"))?
-            .get(0);
+            .get(0))
+    }
+
+    /// Deletes this sink's checkpoint and copy records (used by `teardown --target-state`).
+    pub async fn forget_state(&self) -> Result<()> {
+        let exists = self.state_tables_exist().await?;
         if exists {
             for table in ["checkpoints", "copied_tables"] {
                 self.client
@@ -149,12 +153,7 @@ impl PgSink {
 
     /// Reads the sink's checkpoint and copy records without changing anything.
     pub async fn read_checkpoint(&self) -> Result<SinkState> {
-        let exists: bool = self
-            .client
-            .query_one("SELECT to_regclass('cutover.checkpoints') IS NOT NULL", &[])
-            .await
-            .map_err(|e| classify(e, "cannot read the target's state tables"))?
-            .get(0);
+        let exists = self.state_tables_exist().await?;
         if exists {
             self.read_state().await
         } else {

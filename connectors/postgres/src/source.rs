@@ -114,15 +114,7 @@ impl PgSource {
             .collect::<Vec<_>>()
             .join(", ");
         let publication = quote_ident(&self.options.publication);
-        let exists = self
-            .client
-            .query_opt(
-                "SELECT 1 FROM pg_publication WHERE pubname = $1",
-                &[&self.options.publication],
-            )
-            .await
-            .map_err(|e| classify(e, "cannot read pg_publication"))?
-            .is_some();
+        let exists = self.publication_exists().await?;
         let sql = if exists {
             format!("ALTER PUBLICATION {publication} SET TABLE {list}")
         } else {
@@ -134,6 +126,18 @@ impl PgSource {
             .batch_execute(&sql)
             .await
             .map_err(|e| classify(e, &format!("cannot set up publication {publication}")))
+    }
+
+    async fn publication_exists(&self) -> Result<bool> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&self.options.publication],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_publication"))?
+            .is_some())
     }
 
     fn replication_config(&self, start: Lsn) -> ReplicationConfig {
@@ -413,15 +417,7 @@ impl PgSource {
                 classify(e, &format!("cannot drop replication slot {}", self.options.slot))
             })?
             .is_some();
-        let publication = self
-            .client
-            .query_opt(
-                "SELECT 1 FROM pg_publication WHERE pubname = $1",
-                &[&self.options.publication],
-            )
-            .await
-            .map_err(|e| classify(e, "cannot read pg_publication"))?
-            .is_some();
+        let publication = self.publication_exists().await?;
         if publication {
             self.client
                 .batch_execute(&format!(
