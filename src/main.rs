@@ -199,7 +199,7 @@ async fn check(path: &std::path::Path) -> Outcome {
     }
     let schemas = source.schemas();
     for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
-        match sink.check_tables(&schemas).await {
+        match sink.preflight(&schemas).await {
             Ok(()) => println!("sink {}: connected, tables compatible", sink.name()),
             Err(e) => {
                 failed += 1;

@@ -201,6 +201,43 @@ impl PgSink {
         Ok(state)
     }
 
+    /// Refuses a target table that holds rows cutover did not copy: they would be mixed with the
+    /// copy, and cutover never overwrites data it does not own.
+    async fn refuse_foreign_rows(&self, table: &TableSchema) -> Result<()> {
+        let quoted = table.name.quoted();
+        let has_rows: bool = self
+            .client
+            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {quoted})"), &[])
+            .await
+            .map_err(|e| classify(e, "cannot inspect a target table"))?
+            .get(0);
+        if !has_rows {
+            return Ok(());
+        }
+        Err(ConnectorError::fatal(format!(
+            "target table {} on {} already holds rows that cutover did not copy, and cutover will not overwrite them.",
+            table.name, self.options.name
+        ))
+        .with_hint(format!(
+            "if they can go, run TRUNCATE {quoted}; on the target; otherwise point the sink at another database"
+        )))
+    }
+
+    /// Everything `run` would refuse about this target, checked without changing anything:
+    /// table compatibility, then rows that cutover did not copy.
+    pub async fn preflight(&self, tables: &[Arc<TableSchema>]) -> Result<()> {
+        self.check_tables(tables).await?;
+        let copied = self.read_checkpoint().await?.copied_tables;
+        for table in tables {
+            if !copied.contains_key(&table.name)
+                && self.inspect_table(table).await? == TableCheck::Ready
+            {
+                self.refuse_foreign_rows(table).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Compares a target table with the source's definition, without changing anything.
     pub async fn inspect_table(&self, table: &TableSchema) -> Result<TableCheck> {
         let quoted = table.name.quoted();
@@ -787,21 +824,7 @@ impl Sink for PgSink {
             ))
             .await?;
             if !self.state.copied_tables.contains_key(&table.name) {
-                let has_rows: bool = self
-                    .client
-                    .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {quoted})"), &[])
-                    .await
-                    .map_err(|e| classify(e, "cannot inspect a target table"))?
-                    .get(0);
-                if has_rows {
-                    return Err(ConnectorError::fatal(format!(
-                        "target table {} on {} already holds rows that cutover did not copy, and cutover will not overwrite them.",
-                        table.name, self.options.name
-                    ))
-                    .with_hint(format!(
-                        "if they can go, run TRUNCATE {quoted}; on the target; otherwise point the sink at another database"
-                    )));
-                }
+                self.refuse_foreign_rows(table).await?;
             }
             self.tables.insert(
                 table.name.clone(),
