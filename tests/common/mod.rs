@@ -90,7 +90,7 @@ impl Env {
                 .await
                 .unwrap();
         }
-        let dir = std::env::temp_dir().join(format!("cutover-test-{name}"));
+        let dir = std::env::temp_dir().join(format!("cutover-e2e-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         Env {
             source_url: url(services.source_port, &name),
@@ -183,6 +183,16 @@ impl Env {
                 self.name
             ))
             .await;
+    }
+}
+
+impl Drop for Env {
+    /// Removes the test's directory (pipeline file, logs) when the test passed; keeps it for
+    /// reading when it failed.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
