@@ -509,10 +509,12 @@ struct DriverLimits {
 }
 
 /// Feeds one sink from its queue: drops what the sink already has (transactions at or before
-/// its checkpoint, changes older than a table's snapshot), applies the rest, and flushes when
-/// the batch is full, when the oldest change has waited `flush_interval`, or when the queue has
-/// been empty at a transaction boundary for `linger`.
-/// Every new checkpoint is reported on `durable`; byte permits are released only after a flush.
+/// its checkpoint, changes older than a table's snapshot), applies the rest, and seals a write
+/// when the batch is full, when the oldest change has waited `flush_interval`, or when the queue
+/// has been empty at a transaction boundary for `linger`. While one write runs, the next batch is
+/// folded (one write in flight per sink, in seal order), so the target is not idle while cutover
+/// folds. Every new checkpoint is reported on `durable`; byte permits are released when the
+/// write that holds their events has finished.
 async fn drive_sink(
     index: usize,
     mut sink: Box<dyn Sink>,
@@ -527,97 +529,132 @@ async fn drive_sink(
     let mut held = Vec::new();
     let mut skipping = false;
     let mut in_txn = false;
-    // Flush when the batch is full; when the oldest buffered change has waited flush_interval;
-    // or when the queue has stayed empty at a transaction boundary for `linger` (so a steady
-    // stream is written in large batches, and a quiet one without delay).
     let mut batch_deadline: Option<Instant> = None;
     let mut idle_deadline: Option<Instant> = None;
     let mut applied = 0u64;
     let mut buffered_events = 0usize;
     let mut last_commit_time = None;
+    let mut writing: Option<InFlight> = None;
+    let mut seal_wanted = false;
+    let mut closed = false;
     loop {
+        if seal_wanted && writing.is_none() {
+            writing = Some(InFlight {
+                write: sink.seal(),
+                permits: std::mem::take(&mut held),
+                events: std::mem::take(&mut buffered_events),
+                began: Instant::now(),
+            });
+            seal_wanted = false;
+            batch_deadline = None;
+            idle_deadline = None;
+        }
+        if closed && writing.is_none() && !seal_wanted {
+            return Ok(());
+        }
         let deadline = match (batch_deadline, idle_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let next = match deadline {
-            Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok(),
-            None => Some(rx.recv().await),
-        };
-        let closed = matches!(next, Some(None));
-        let must_flush = match next {
-            None | Some(None) => true,
-            Some(Some(q)) => {
-                idle_deadline = None;
-                let mut passed = Vec::with_capacity(q.events.len());
-                for event in q.events {
-                    let pass = match &event {
-                        StreamEvent::Begin { commit_lsn, .. } => {
-                            in_txn = true;
-                            skipping = checkpoint.is_some_and(|cp| *commit_lsn <= cp.commit_lsn);
-                            !skipping
+        tokio::select! {
+            biased;
+            result = finish(&mut writing) => {
+                let done = writing.take().expect("finish completes only for a write in flight");
+                let result = result?;
+                tracing::debug!(
+                    sink = sink.name(),
+                    events = done.events,
+                    ms = done.began.elapsed().as_secs_f64() * 1e3,
+                    queued_batches = rx.len(),
+                    "flushed"
+                );
+                drop(done.permits);
+                if let Some(cp) = result {
+                    checkpoint = Some(cp);
+                    let _ = durable.send((index, cp));
+                    status::update(&status, |s| {
+                        if let Some(p) = s.sinks.get_mut(index) {
+                            p.durable = cp.end_lsn;
+                            p.changes_applied = applied;
+                            p.last_commit_micros = last_commit_time;
                         }
-                        StreamEvent::Change(c) => {
-                            !skipping
-                                && copied
-                                    .get(&c.table.name)
-                                    .is_none_or(|&at| c.position.commit_lsn >= at)
+                    });
+                }
+            }
+            _ = sleep_until(deadline), if !seal_wanted => seal_wanted = true,
+            next = rx.recv(), if !closed => match next {
+                None => {
+                    closed = true;
+                    seal_wanted = true;
+                }
+                Some(q) => {
+                    idle_deadline = None;
+                    let mut passed = Vec::with_capacity(q.events.len());
+                    for event in q.events {
+                        let pass = match &event {
+                            StreamEvent::Begin { commit_lsn, .. } => {
+                                in_txn = true;
+                                skipping = checkpoint.is_some_and(|cp| *commit_lsn <= cp.commit_lsn);
+                                !skipping
+                            }
+                            StreamEvent::Change(c) => {
+                                !skipping
+                                    && copied
+                                        .get(&c.table.name)
+                                        .is_none_or(|&at| c.position.commit_lsn >= at)
+                            }
+                            StreamEvent::Commit { commit_time_micros, .. } => {
+                                in_txn = false;
+                                last_commit_time = Some(*commit_time_micros);
+                                !std::mem::take(&mut skipping)
+                            }
+                        };
+                        if pass {
+                            if matches!(event, StreamEvent::Change(_)) {
+                                applied += 1;
+                            }
+                            passed.push(event);
                         }
-                        StreamEvent::Commit {
-                            commit_time_micros, ..
-                        } => {
-                            in_txn = false;
-                            last_commit_time = Some(*commit_time_micros);
-                            !std::mem::take(&mut skipping)
-                        }
-                    };
-                    if pass {
-                        if matches!(event, StreamEvent::Change(_)) {
-                            applied += 1;
-                        }
-                        passed.push(event);
+                    }
+                    if !passed.is_empty() {
+                        buffered_events += passed.len();
+                        sink.apply_all(passed).await?;
+                        held.push(q.permit);
+                        batch_deadline.get_or_insert_with(|| Instant::now() + limits.flush_interval);
+                    }
+                    if batch_deadline.is_some() && !in_txn && rx.is_empty() {
+                        idle_deadline = Some(Instant::now() + limits.linger);
+                    }
+                    if batch_deadline.is_some() && sink.buffered_bytes() >= limits.batch_bytes {
+                        seal_wanted = true;
                     }
                 }
-                if !passed.is_empty() {
-                    buffered_events += passed.len();
-                    sink.apply_all(passed).await?;
-                    held.push(q.permit);
-                    batch_deadline.get_or_insert_with(|| Instant::now() + limits.flush_interval);
-                }
-                if batch_deadline.is_some() && !in_txn && rx.is_empty() {
-                    idle_deadline = Some(Instant::now() + limits.linger);
-                }
-                batch_deadline.is_some() && sink.buffered_bytes() >= limits.batch_bytes
-            }
-        };
-        if must_flush && (batch_deadline.is_some() || closed) {
-            let began = Instant::now();
-            let flushed = sink.flush().await?;
-            tracing::debug!(
-                sink = sink.name(),
-                events = std::mem::take(&mut buffered_events),
-                queued_batches = rx.len(),
-                ms = began.elapsed().as_secs_f64() * 1e3,
-                "flushed"
-            );
-            if let Some(cp) = flushed {
-                checkpoint = Some(cp);
-                let _ = durable.send((index, cp));
-                status::update(&status, |s| {
-                    if let Some(p) = s.sinks.get_mut(index) {
-                        p.durable = cp.end_lsn;
-                        p.changes_applied = applied;
-                        p.last_commit_micros = last_commit_time;
-                    }
-                });
-            }
-            held.clear();
-            batch_deadline = None;
-            idle_deadline = None;
+            },
         }
-        if closed {
-            return Ok(());
-        }
+    }
+}
+
+/// A sealed write in flight and the byte permits of the events it holds.
+struct InFlight {
+    write: cutover_core::PendingWrite,
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    events: usize,
+    began: Instant,
+}
+
+/// Completes with the in-flight write's result; never, when no write is in flight.
+async fn finish(writing: &mut Option<InFlight>) -> Result<Option<Checkpoint>> {
+    match writing {
+        Some(w) => w.write.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`; never, without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

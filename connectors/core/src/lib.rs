@@ -18,5 +18,5 @@ pub use change::{Change, ChangeEvent, Row, StreamEvent, Value};
 pub use error::{ConnectorError, ErrorKind, Result};
 pub use position::{Checkpoint, Lsn, ParseLsnError, Position};
 pub use schema::{quote_ident, Column, TableName, TableSchema};
-pub use sink::{Sink, SinkState, TableCopy};
+pub use sink::{PendingWrite, Sink, SinkState, TableCopy};
 pub use source::{Source, StreamItem};

@@ -1,4 +1,6 @@
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -7,6 +9,10 @@ use crate::change::{Row, StreamEvent};
 use crate::error::Result;
 use crate::position::{Checkpoint, Lsn};
 use crate::schema::{TableName, TableSchema};
+
+/// A sealed write to a target: completes when the data is written (and, at a transaction
+/// boundary, durable, with the new checkpoint).
+pub type PendingWrite = Pin<Box<dyn Future<Output = Result<Option<Checkpoint>>> + Send>>;
 
 /// What a sink has made durable, read back when it opens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,10 +64,12 @@ pub trait Sink: Send {
         Ok(())
     }
 
-    /// Pushes what is buffered to the target. When the last event applied was a `Commit`, the
-    /// target transaction is committed and the new checkpoint returned; in the middle of a
-    /// source transaction the data is written but not committed and the checkpoint is unchanged.
-    async fn flush(&mut self) -> Result<Option<Checkpoint>>;
+    /// Seals everything applied since the last seal into one write, and returns that write to
+    /// run. The runtime runs at most one write of a sink at a time, in seal order, and may apply
+    /// further events while it runs. When the last event applied before sealing was a `Commit`,
+    /// the write makes everything durable and returns the new checkpoint; in the middle of a
+    /// source transaction it writes without committing and returns `None`.
+    fn seal(&mut self) -> PendingWrite;
 
     /// Bytes buffered and not yet flushed; the runtime flushes when this passes its batch bound.
     fn buffered_bytes(&self) -> usize;

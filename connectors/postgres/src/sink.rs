@@ -18,8 +18,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use cutover_core::{
-    quote_ident, Change, Checkpoint, ConnectorError, Lsn, Result, Row, Sink, SinkState,
-    StreamEvent, TableCopy, TableName, TableSchema, Value,
+    quote_ident, Change, Checkpoint, ConnectorError, Lsn, PendingWrite, Result, Row, Sink,
+    SinkState, StreamEvent, TableCopy, TableName, TableSchema, Value,
 };
 use futures::SinkExt;
 use rustc_hash::FxHashMap;
@@ -55,26 +55,49 @@ pub struct PgSinkOptions {
 pub struct PgSink {
     endpoint: PgEndpoint,
     options: PgSinkOptions,
-    client: Client,
+    client: Arc<Client>,
     tables: HashMap<TableName, TargetTable>,
     state: SinkState,
-    /// A target transaction is open.
+    /// The last sealed write leaves a target transaction open (it ended inside a source
+    /// transaction).
     txn_open: bool,
     /// Inside a source transaction (between Begin and Commit).
     in_source_txn: bool,
-    /// The last source commit applied in the open target transaction, with its commit time.
+    /// The last source commit applied since the last seal, with its commit time.
     applied: Option<(Checkpoint, i64)>,
+    /// What was applied since the last seal, in the order it must reach the target.
+    segments: Vec<Segment>,
     buffered: usize,
 }
 
-/// One target table: its staging tables and the changes not yet written.
+/// One target table and its staging tables.
+#[derive(Clone)]
 struct TargetTable {
     quoted: String,
     stage_rows: String,
     stage_keys: String,
-    /// The column layout the pending rows follow (the stream's Relation for this table).
+    /// The column layout rows follow (the stream's Relation for this table).
     layout: Arc<TableSchema>,
-    pending: FxHashMap<Vec<u8>, Op>,
+}
+
+/// A run of work that must reach the target in order: folded row changes (net effect per key,
+/// written set-based), or one statement that cannot be folded.
+enum Segment {
+    Changes(FxHashMap<TableName, TableChanges>),
+    Truncate(TargetTable),
+    /// A key change that kept a TOAST value only the target's old row has: the row is moved in
+    /// place.
+    MoveRow {
+        table: TargetTable,
+        old_key: Row,
+        row: Row,
+    },
+}
+
+/// One table's folded changes.
+struct TableChanges {
+    table: TargetTable,
+    ops: FxHashMap<Vec<u8>, Op>,
 }
 
 enum Op {
@@ -84,7 +107,7 @@ enum Op {
 
 impl PgSink {
     pub async fn connect(endpoint: PgEndpoint, options: PgSinkOptions) -> Result<Self> {
-        let client = endpoint.connect().await?;
+        let client = Arc::new(endpoint.connect().await?);
         Ok(PgSink {
             endpoint,
             options,
@@ -94,6 +117,7 @@ impl PgSink {
             txn_open: false,
             in_source_txn: false,
             applied: None,
+            segments: Vec::new(),
             buffered: 0,
         })
     }
@@ -359,31 +383,18 @@ impl PgSink {
         .await
     }
 
-    async fn ensure_open_txn(&mut self) -> Result<()> {
-        if !self.txn_open {
-            self.exec("BEGIN").await?;
-            self.txn_open = true;
-        }
-        Ok(())
-    }
-
-    fn table_mut(&mut self, layout: &Arc<TableSchema>) -> Result<&mut TargetTable> {
+    /// Checks that a change's column layout is the one the target table was prepared for.
+    fn check_layout(&mut self, layout: &Arc<TableSchema>) -> Result<()> {
         let table = self.tables.get_mut(&layout.name).ok_or_else(|| {
             ConnectorError::fatal(format!(
                 "the stream has a change to {}, which this pipeline does not replicate",
                 layout.name
             ))
         })?;
-        if !Arc::ptr_eq(&table.layout, layout) && table.layout.columns != layout.columns {
-            if !table.pending.is_empty() {
-                return Err(ConnectorError::fatal(format!(
-                    "the columns of {} changed while streaming; schema changes are not applied yet",
-                    layout.name
-                ))
-                .with_hint(
-                    "apply the same change to the target table, then restart the pipeline",
-                ));
-            }
+        if Arc::ptr_eq(&table.layout, layout) {
+            return Ok(());
+        }
+        if table.layout.columns != layout.columns {
             let same_names = table.layout.columns.len() == layout.columns.len()
                 && table
                     .layout
@@ -391,7 +402,11 @@ impl PgSink {
                     .iter()
                     .zip(&layout.columns)
                     .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid);
-            if !same_names {
+            let pending = self.segments.iter().any(|s| match s {
+                Segment::Changes(m) => m.contains_key(&layout.name),
+                _ => false,
+            });
+            if !same_names || pending {
                 return Err(ConnectorError::fatal(format!(
                     "the columns of {} on the source no longer match what cutover copied; schema changes are not applied yet",
                     layout.name
@@ -400,157 +415,80 @@ impl PgSink {
             }
         }
         table.layout = layout.clone();
-        Ok(table)
+        Ok(())
     }
 
-    fn record(&mut self, layout: &Arc<TableSchema>, change: Change) -> Result<Option<Deferred>> {
-        let table = self.table_mut(layout)?;
-        let mut added = 0;
-        let deferred = match change {
-            Change::Insert { row } => {
-                added += row.size();
-                upsert(table, layout, row);
-                None
-            }
+    /// The folded changes of `layout`'s table in the current (last) segment.
+    fn changes(&mut self, layout: &Arc<TableSchema>) -> &mut TableChanges {
+        if !matches!(self.segments.last(), Some(Segment::Changes(_))) {
+            self.segments.push(Segment::Changes(FxHashMap::default()));
+        }
+        let Some(Segment::Changes(map)) = self.segments.last_mut() else {
+            unreachable!("a Changes segment was just ensured")
+        };
+        if !map.contains_key(&layout.name) {
+            let table = self.tables[&layout.name].clone();
+            map.insert(
+                layout.name.clone(),
+                TableChanges {
+                    table,
+                    ops: FxHashMap::default(),
+                },
+            );
+        }
+        map.get_mut(&layout.name).expect("inserted above")
+    }
+
+    fn record(&mut self, layout: &Arc<TableSchema>, change: Change) -> Result<()> {
+        self.check_layout(layout)?;
+        self.buffered += match &change {
+            Change::Insert { row } | Change::Delete { key: row } => row.size(),
+            Change::Update { old_key, row } => row.size() + old_key.as_ref().map_or(0, Row::size),
+            Change::Truncate => 0,
+        };
+        match change {
+            Change::Insert { row } => upsert(self.changes(layout), layout, row),
             Change::Update { old_key, row } => {
-                added += row.size();
                 let new_key = key_bytes(layout, &row);
                 match old_key.map(|old| (key_bytes(layout, &old), old)) {
                     Some((old_k, old)) if old_k != new_key => {
                         let mut row = row;
-                        if let Some(Op::Upsert(prev)) = table.pending.get(&old_k) {
+                        let changes = self.changes(layout);
+                        if let Some(Op::Upsert(prev)) = changes.ops.get(&old_k) {
                             fill_unchanged(&mut row, prev);
                         }
                         if row.0.contains(&Value::Unchanged) {
-                            // The row moved to a new key and kept a TOAST value the source did not
-                            // send: only the target's old row has it, so move that row in place.
-                            Some(Deferred::MoveRow { old_key: old, row })
+                            let table = self.tables[&layout.name].clone();
+                            self.segments.push(Segment::MoveRow {
+                                table,
+                                old_key: old,
+                                row,
+                            });
                         } else {
-                            added += old.size();
-                            table.pending.insert(old_k, Op::Delete(old));
-                            upsert(table, layout, row);
-                            None
+                            changes.ops.insert(old_k, Op::Delete(old));
+                            upsert(changes, layout, row);
                         }
                     }
-                    _ => {
-                        upsert(table, layout, row);
-                        None
-                    }
+                    _ => upsert(self.changes(layout), layout, row),
                 }
             }
             Change::Delete { key } => {
-                added += key.size();
-                table
-                    .pending
-                    .insert(key_bytes(layout, &key), Op::Delete(key));
-                None
+                let k = key_bytes(layout, &key);
+                self.changes(layout).ops.insert(k, Op::Delete(key));
             }
-            Change::Truncate => Some(Deferred::Truncate),
-        };
-        self.buffered += added;
-        Ok(deferred)
-    }
-
-    /// Writes every table's pending changes into the open target transaction.
-    async fn write_pending(&mut self) -> Result<()> {
-        let names: Vec<TableName> = self
-            .tables
-            .iter()
-            .filter(|(_, t)| !t.pending.is_empty())
-            .map(|(n, _)| n.clone())
-            .collect();
-        if names.is_empty() {
-            return Ok(());
+            Change::Truncate => {
+                let table = self.tables[&layout.name].clone();
+                self.segments.push(Segment::Truncate(table));
+            }
         }
-        self.ensure_open_txn().await?;
-        for name in names {
-            let table = self.tables.get_mut(&name).expect("listed above");
-            let pending = std::mem::take(&mut table.pending);
-            let layout = table.layout.clone();
-            let (quoted, stage_rows, stage_keys) = (
-                table.quoted.clone(),
-                table.stage_rows.clone(),
-                table.stage_keys.clone(),
-            );
-            write_table(
-                &self.client,
-                &layout,
-                &quoted,
-                &stage_rows,
-                &stage_keys,
-                pending,
-            )
-            .await?;
-        }
-        self.buffered = 0;
         Ok(())
     }
 
-    async fn run_deferred(&mut self, layout: &Arc<TableSchema>, deferred: Deferred) -> Result<()> {
-        self.write_pending().await?;
-        self.ensure_open_txn().await?;
-        let quoted = layout.name.quoted();
-        match deferred {
-            Deferred::Truncate => self.exec(&format!("TRUNCATE {quoted}")).await,
-            Deferred::MoveRow { old_key, row } => {
-                let present: Vec<usize> = (0..row.0.len())
-                    .filter(|&i| row.0[i] != Value::Unchanged)
-                    .collect();
-                let keys: Vec<usize> = layout.key_indexes().collect();
-                let sets = present
-                    .iter()
-                    .enumerate()
-                    .map(|(n, &i)| format!("{} = ${}", quote_ident(&layout.columns[i].name), n + 1))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let conds = keys
-                    .iter()
-                    .enumerate()
-                    .map(|(n, &i)| {
-                        format!(
-                            "{} = ${}",
-                            quote_ident(&layout.columns[i].name),
-                            present.len() + n + 1
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" AND ");
-                let params: Vec<RawParam> = present
-                    .iter()
-                    .map(|&i| RawParam(&row.0[i]))
-                    .chain(keys.iter().map(|&i| RawParam(&old_key.0[i])))
-                    .collect();
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                self.client
-                    .execute(&format!("UPDATE {quoted} SET {sets} WHERE {conds}"), &refs)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| classify(e, &format!("cannot move a row of {}", layout.name)))
-            }
-        }
-    }
-}
-
-/// How a target table compares with the source's definition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TableCheck {
-    Ready,
-    Missing,
-    Mismatch(Vec<String>),
-}
-
-impl PgSink {
-    /// Folds one event into the pending batch; returns the work that must run against the target
-    /// right away (a truncate, or moving a row whose TOAST value only the target has).
-    fn take(&mut self, event: StreamEvent) -> Result<Option<(Arc<TableSchema>, Deferred)>> {
+    /// Folds one event into what is buffered.
+    fn take(&mut self, event: StreamEvent) -> Result<()> {
         match event {
             StreamEvent::Begin { .. } => self.in_source_txn = true,
-            StreamEvent::Change(change) => {
-                if let Some(deferred) = self.record(&change.table, change.change)? {
-                    return Ok(Some((change.table, deferred)));
-                }
-            }
+            StreamEvent::Change(change) => self.record(&change.table, change.change)?,
             StreamEvent::Commit {
                 commit_lsn,
                 end_lsn,
@@ -566,13 +504,132 @@ impl PgSink {
                 ));
             }
         }
-        Ok(None)
+        Ok(())
     }
 }
 
-enum Deferred {
-    Truncate,
-    MoveRow { old_key: Row, row: Row },
+/// Moves one row to a new key in place, keeping the columns the source did not resend.
+async fn move_row(client: &Client, table: &TargetTable, old_key: &Row, row: &Row) -> Result<()> {
+    let layout = &table.layout;
+    let present: Vec<usize> = (0..row.0.len())
+        .filter(|&i| row.0[i] != Value::Unchanged)
+        .collect();
+    let keys: Vec<usize> = layout.key_indexes().collect();
+    let sets = present
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| format!("{} = ${}", quote_ident(&layout.columns[i].name), n + 1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let conds = keys
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| {
+            format!(
+                "{} = ${}",
+                quote_ident(&layout.columns[i].name),
+                present.len() + n + 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let params: Vec<RawParam> = present
+        .iter()
+        .map(|&i| RawParam(&row.0[i]))
+        .chain(keys.iter().map(|&i| RawParam(&old_key.0[i])))
+        .collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    client
+        .execute(
+            &format!("UPDATE {} SET {sets} WHERE {conds}", table.quoted),
+            &refs,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| classify(e, &format!("cannot move a row of {}", layout.name)))
+}
+
+/// Everything one sealed write needs, owned, so it can run while the sink folds the next batch.
+struct Write {
+    client: Arc<Client>,
+    segments: Vec<Segment>,
+    begin: bool,
+    commit: Option<(Checkpoint, i64)>,
+    pipeline: String,
+    sink: String,
+}
+
+impl Write {
+    async fn run(self) -> Result<Option<Checkpoint>> {
+        let ctx = format!("target {}", self.sink);
+        let client = &self.client;
+        let ctx_ref = &ctx;
+        let exec = |sql: String| async move {
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| classify(e, ctx_ref))
+        };
+        if self.begin {
+            exec("BEGIN".to_string()).await?;
+        }
+        for segment in self.segments {
+            match segment {
+                Segment::Changes(tables) => {
+                    for (_, changes) in tables {
+                        let t = &changes.table;
+                        write_table(
+                            client,
+                            &t.layout,
+                            &t.quoted,
+                            &t.stage_rows,
+                            &t.stage_keys,
+                            changes.ops,
+                        )
+                        .await?;
+                    }
+                }
+                Segment::Truncate(table) => exec(format!("TRUNCATE {}", table.quoted)).await?,
+                Segment::MoveRow {
+                    table,
+                    old_key,
+                    row,
+                } => move_row(client, &table, &old_key, &row).await?,
+            }
+        }
+        let Some((cp, commit_time)) = self.commit else {
+            return Ok(None);
+        };
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {STATE_SCHEMA}.checkpoints AS c (pipeline, sink, commit_lsn, end_lsn, commit_time)
+                     VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, to_timestamp($5::float8 / 1e6))
+                     ON CONFLICT (pipeline, sink) DO UPDATE
+                        SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn,
+                            commit_time = EXCLUDED.commit_time, updated_at = now()"
+                ),
+                &[
+                    &self.pipeline,
+                    &self.sink,
+                    &cp.commit_lsn.to_string(),
+                    &cp.end_lsn.to_string(),
+                    &(commit_time as f64),
+                ],
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        exec("COMMIT".to_string()).await?;
+        Ok(Some(cp))
+    }
+}
+
+/// How a target table compares with the source's definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableCheck {
+    Ready,
+    Missing,
+    Mismatch(Vec<String>),
 }
 
 fn parse_lsn(text: String) -> Result<Lsn> {
@@ -612,14 +669,14 @@ fn fill_unchanged(row: &mut Row, from: &Row) {
     }
 }
 
-fn upsert(table: &mut TargetTable, layout: &TableSchema, mut row: Row) {
+fn upsert(changes: &mut TableChanges, layout: &TableSchema, mut row: Row) {
     let key = key_bytes(layout, &row);
     if row.0.contains(&Value::Unchanged) {
-        if let Some(Op::Upsert(prev)) = table.pending.get(&key) {
+        if let Some(Op::Upsert(prev)) = changes.ops.get(&key) {
             fill_unchanged(&mut row, prev);
         }
     }
-    table.pending.insert(key, Op::Upsert(row));
+    changes.ops.insert(key, Op::Upsert(row));
 }
 
 /// Writes one table's net changes with set-based statements.
@@ -833,7 +890,6 @@ impl Sink for PgSink {
                     stage_rows,
                     stage_keys,
                     layout: table.clone(),
-                    pending: FxHashMap::default(),
                 },
             );
         }
@@ -880,54 +936,40 @@ impl Sink for PgSink {
     }
 
     async fn apply(&mut self, event: StreamEvent) -> Result<()> {
-        if let Some((layout, deferred)) = self.take(event)? {
-            self.run_deferred(&layout, deferred).await?;
-        }
-        Ok(())
+        self.take(event)
     }
 
     async fn apply_all(&mut self, events: Vec<StreamEvent>) -> Result<()> {
         for event in events {
-            if let Some((layout, deferred)) = self.take(event)? {
-                self.run_deferred(&layout, deferred).await?;
-            }
+            self.take(event)?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<Option<Checkpoint>> {
-        self.write_pending().await?;
-        if self.in_source_txn {
-            return Ok(None);
-        }
-        let Some((cp, commit_time)) = self.applied.take() else {
-            return Ok(None);
+    fn seal(&mut self) -> PendingWrite {
+        let segments = std::mem::take(&mut self.segments);
+        let commit = if self.in_source_txn {
+            None
+        } else {
+            self.applied.take()
         };
-        self.ensure_open_txn().await?;
-        let ctx = format!("cannot commit to {}", self.options.name);
-        self.client
-            .execute(
-                &format!(
-                    "INSERT INTO {STATE_SCHEMA}.checkpoints AS c (pipeline, sink, commit_lsn, end_lsn, commit_time)
-                     VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, to_timestamp($5::float8 / 1e6))
-                     ON CONFLICT (pipeline, sink) DO UPDATE
-                        SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn,
-                            commit_time = EXCLUDED.commit_time, updated_at = now()"
-                ),
-                &[
-                    &self.options.pipeline,
-                    &self.options.name,
-                    &cp.commit_lsn.to_string(),
-                    &cp.end_lsn.to_string(),
-                    &(commit_time as f64),
-                ],
-            )
-            .await
-            .map_err(|e| classify(e, &ctx))?;
-        self.exec("COMMIT").await?;
-        self.txn_open = false;
-        self.state.checkpoint = Some(cp);
-        Ok(Some(cp))
+        self.buffered = 0;
+        if segments.is_empty() && commit.is_none() {
+            return Box::pin(async { Ok(None) });
+        }
+        let begin = !self.txn_open;
+        self.txn_open = commit.is_none();
+        Box::pin(
+            Write {
+                client: self.client.clone(),
+                segments,
+                begin,
+                commit,
+                pipeline: self.options.pipeline.clone(),
+                sink: self.options.name.clone(),
+            }
+            .run(),
+        )
     }
 
     fn buffered_bytes(&self) -> usize {
