@@ -105,11 +105,7 @@ async fn invalid_toml_unknown_keys_and_wrong_types_name_the_place() {
 #[tokio::test]
 async fn unreachable_server_and_wrong_password_are_explained_without_secrets() {
     let env = Env::new("badconn").await;
-    env.source()
-        .await
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY)").await;
     let s = Services::get();
 
     // Nothing listens on port 1.
@@ -214,13 +210,8 @@ async fn wal_level_not_logical_is_refused_with_the_fix() {
 #[tokio::test]
 async fn table_without_key_is_refused_with_the_statements_that_fix_it() {
     let env = Env::new("badkey").await;
-    env.source()
-        .await
-        .batch_execute(
-            "CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE loose (a int, b text);",
-        )
-        .await
-        .unwrap();
+    env.on_source("CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE loose (a int, b text);")
+        .await;
     let path = env.pipeline("[\"public.*\"]", "");
     let (code, _, stderr) = cutover(&["run", path.to_str().unwrap()]);
     assert_ne!(code, 0);
@@ -233,11 +224,8 @@ async fn table_without_key_is_refused_with_the_statements_that_fix_it() {
     assert!(!line.contains("public.keyed has no"), "{line}");
     // A keyed table whose replica identity is NOTHING would break the application's own
     // updates and deletes once published: refused.
-    env.source()
-        .await
-        .batch_execute("DROP TABLE loose; ALTER TABLE keyed REPLICA IDENTITY NOTHING")
-        .await
-        .unwrap();
+    env.on_source("DROP TABLE loose; ALTER TABLE keyed REPLICA IDENTITY NOTHING")
+        .await;
     let (code, _, stderr) = cutover(&["run", path.to_str().unwrap()]);
     assert_ne!(code, 0);
     let line = one_paragraph(&stderr);
@@ -259,11 +247,10 @@ async fn table_without_key_is_refused_with_the_statements_that_fix_it() {
 #[tokio::test]
 async fn incompatible_or_occupied_target_is_refused_before_anything_is_created() {
     let env = Env::new("badtarget").await;
-    env.source()
-        .await
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);")
-        .await
-        .unwrap();
+    env.on_source(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);",
+    )
+    .await;
     let tgt = env.target().await;
     tgt.batch_execute("CREATE TABLE b (id int PRIMARY KEY, v int)")
         .await

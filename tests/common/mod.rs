@@ -109,6 +109,15 @@ impl Env {
         connect(&self.target_url).await
     }
 
+    /// Runs SQL on the test's source database.
+    pub async fn on_source(&self, sql: &str) {
+        self.source()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("on the source: {e}\n{sql}"));
+    }
+
     /// Writes a pipeline file replicating `tables`, with extra TOML appended, and returns its
     /// path.
     pub fn pipeline(&self, tables: &str, extra: &str) -> PathBuf {
