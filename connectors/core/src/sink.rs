@@ -71,7 +71,7 @@ pub trait Sink: Send {
     /// source transaction it writes without committing and returns `None`.
     fn seal(&mut self) -> PendingWrite;
 
-    /// Bytes buffered and not yet flushed; the runtime flushes when this passes its batch bound.
+    /// Bytes applied and not yet sealed; the runtime seals a write when this passes its batch bound.
     fn buffered_bytes(&self) -> usize;
 }
 
