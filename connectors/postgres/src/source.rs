@@ -128,16 +128,23 @@ impl PgSource {
             .map_err(|e| classify(e, &format!("cannot set up publication {publication}")))
     }
 
-    async fn publication_exists(&self) -> Result<bool> {
+    /// Whether a catalog query with one text parameter returns a row.
+    async fn row_exists(&self, sql: &str, param: &str, catalog: &str) -> Result<bool> {
         Ok(self
             .client
-            .query_opt(
-                "SELECT 1 FROM pg_publication WHERE pubname = $1",
-                &[&self.options.publication],
-            )
+            .query_opt(sql, &[&param])
             .await
-            .map_err(|e| classify(e, "cannot read pg_publication"))?
+            .map_err(|e| classify(e, &format!("cannot read {catalog}")))?
             .is_some())
+    }
+
+    async fn publication_exists(&self) -> Result<bool> {
+        self.row_exists(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &self.options.publication,
+            "pg_publication",
+        )
+        .await
     }
 
     fn replication_config(&self, start: Lsn) -> ReplicationConfig {
@@ -162,15 +169,12 @@ impl PgSource {
 
     /// Whether the slot exists.
     pub async fn slot_exists(&self) -> Result<bool> {
-        Ok(self
-            .client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.options.slot],
-            )
-            .await
-            .map_err(|e| classify(e, "cannot read pg_replication_slots"))?
-            .is_some())
+        self.row_exists(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &self.options.slot,
+            "pg_replication_slots",
+        )
+        .await
     }
 
     /// Creates the slot with an exported snapshot if it does not exist.
@@ -393,15 +397,12 @@ impl PgSource {
     }
 
     async fn slot_active(&self) -> Result<bool> {
-        Ok(self
-            .client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
-                &[&self.options.slot],
-            )
-            .await
-            .map_err(|e| classify(e, "cannot read pg_replication_slots"))?
-            .is_some())
+        self.row_exists(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &self.options.slot,
+            "pg_replication_slots",
+        )
+        .await
     }
 
     /// Drops the slot and the publication. Returns which of them existed.
