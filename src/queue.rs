@@ -73,6 +73,7 @@ mod tests {
         StreamEvent::Begin {
             commit_lsn: Lsn(1),
             xid: 1,
+            commit_time_micros: 0,
         }
     }
 

@@ -84,6 +84,8 @@ pub enum StreamEvent {
     Begin {
         commit_lsn: Lsn,
         xid: u32,
+        /// Commit time, microseconds since the Unix epoch (the same as the `Commit`'s).
+        commit_time_micros: i64,
     },
     Change(ChangeEvent),
     Commit {

@@ -8,7 +8,11 @@
 //! - errors are classified once, at the connector boundary, into [`ErrorKind`]s.
 
 mod change;
+pub mod datum;
+pub mod envelope;
 mod error;
+pub mod naming;
+pub mod outbox;
 mod position;
 mod schema;
 mod sink;

@@ -518,12 +518,17 @@ impl Source for PgStream {
                 .map_err(|e| classify_replication(e, "the replication stream failed"))?;
             match event {
                 None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
-                Some(ReplicationEvent::Begin { final_lsn, xid, .. }) => {
+                Some(ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                }) => {
                     let commit_lsn = Lsn(final_lsn.as_u64());
                     self.txn = Some((commit_lsn, 0));
                     return Ok(Some(StreamItem::Event(StreamEvent::Begin {
                         commit_lsn,
                         xid,
+                        commit_time_micros: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
                     })));
                 }
                 Some(ReplicationEvent::Commit {

@@ -1,0 +1,480 @@
+//! Kafka sink for cutover: one topic per table (from a template), one message per row change,
+//! keyed by the row's primary key, in cutover's JSON envelope or a Debezium-compatible one.
+//!
+//! Contract: the producer is idempotent with `acks=all`, so a write is durable when every message
+//! of it is acknowledged by the in-sync replicas, and retries inside one producer session neither
+//! duplicate nor reorder. Every change of one key goes to one partition (the key hashes to it),
+//! in source order. Across a restart, changes after the last saved checkpoint are sent again:
+//! delivery is at-least-once, and a consumer that keeps the latest message per key ends with the
+//! source's state. A truncate is sent to every partition of the table's topic, so it is ordered
+//! with the changes of every key.
+//!
+//! The sink's progress (checkpoint and copied tables) is saved, after the broker acknowledged
+//! the messages it covers, in a local state file (`state_path`), as Kafka Connect's standalone
+//! mode keeps its offsets in a file.
+
+mod error;
+mod state;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cutover_core::envelope::{Encoder, EnvelopeFormat, Op};
+use cutover_core::naming::{replace_disallowed, Template};
+use cutover_core::outbox::{now_micros, Outbox, Outgoing};
+use cutover_core::{
+    ConnectorError, Lsn, PendingWrite, Result, Row, Sink, SinkState, StreamEvent, TableCopy,
+    TableName, TableSchema,
+};
+use futures::future::try_join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio::sync::Mutex;
+
+pub use error::classify;
+use state::StateFile;
+
+/// How long to wait for the brokers when connecting and creating topics.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Settings of one Kafka sink.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkOptions {
+    /// Names the sink in status output and logs.
+    pub name: String,
+    pub pipeline: String,
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic name per table.
+    pub topic: Template,
+    pub format: EnvelopeFormat,
+    /// Follow each delete with a tombstone.
+    pub tombstones: bool,
+    /// Partitions and replication factor of topics the sink creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Where the sink saves its progress.
+    pub state_path: PathBuf,
+    /// How long a message may wait for the broker's acknowledgement before the write fails
+    /// (and the pipeline retries from its last checkpoint).
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka settings (security, tuning). Values are never logged.
+    pub properties: Vec<(String, String)>,
+    /// Source database name, for Debezium's `source.db`.
+    pub source_database: String,
+}
+
+/// Characters Kafka allows in a topic name.
+fn topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Checks a topic name Kafka would refuse; the error says what is wrong and the fix.
+pub fn check_topic_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 249 {
+        return Err(format!(
+            "topic {name:?} must have 1 to 249 characters. Fix: shorten the topic template."
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!(
+            "topic {name:?} is not allowed by Kafka. Fix: change the topic template."
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !topic_char(*c)) {
+        return Err(format!(
+            "topic {name:?} holds {c:?}; Kafka allows only letters, digits, '.', '_' and '-'. Fix: change the literal text of the topic template."
+        ));
+    }
+    Ok(())
+}
+
+/// A topic of one table: its name and partition count.
+#[derive(Debug, Clone)]
+struct Topic {
+    name: String,
+    partitions: i32,
+}
+
+/// The Kafka sink. See the crate documentation for its delivery contract.
+pub struct KafkaSink {
+    options: KafkaSinkOptions,
+    producer: FutureProducer,
+    topics: Arc<HashMap<TableName, Topic>>,
+    outbox: Outbox,
+    state: Arc<Mutex<(SinkState, StateFile)>>,
+}
+
+impl KafkaSink {
+    /// Creates the producer and checks that the brokers answer.
+    pub async fn connect(options: KafkaSinkOptions) -> Result<KafkaSink> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &options.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.kbytes", "65536")
+            .set("queue.buffering.max.messages", "200000")
+            .set(
+                "message.timeout.ms",
+                options.delivery_timeout.as_millis().to_string(),
+            )
+            .set(
+                "client.id",
+                format!("cutover-{}-{}", options.pipeline, options.name),
+            );
+        for (k, v) in &options.properties {
+            config.set(k, v);
+        }
+        let producer: FutureProducer = config.create().map_err(|e| {
+            error::classify(
+                e,
+                &format!(
+                    "cannot configure the Kafka producer of sink {}",
+                    options.name
+                ),
+            )
+        })?;
+        let probe = producer.clone();
+        let brokers = options.brokers.clone();
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, ADMIN_TIMEOUT))
+            .await
+            .map_err(|e| ConnectorError::fatal(format!("metadata task failed: {e}")))?
+            .map_err(|e| {
+                error::classify(e, &format!("cannot reach the Kafka brokers {brokers}"))
+                    .with_hint("check the sink's brokers setting and that the brokers run")
+            })?;
+        let state = StateFile::new(options.state_path.clone());
+        let encoder = Encoder {
+            format: options.format,
+            tombstones: options.tombstones,
+            source_name: options.pipeline.clone(),
+            database: options.source_database.clone(),
+        };
+        Ok(KafkaSink {
+            producer,
+            topics: Arc::new(HashMap::new()),
+            outbox: Outbox::new(encoder),
+            state: Arc::new(Mutex::new((SinkState::default(), state))),
+            options,
+        })
+    }
+
+    /// Deletes the sink's saved progress (`cutover teardown --target-state`), so the next run
+    /// copies every table again. The topics and their messages are left alone.
+    pub async fn forget_state(options: &KafkaSinkOptions) -> Result<()> {
+        StateFile::new(options.state_path.clone()).remove().await
+    }
+
+    /// Creates the topics that do not exist and reads their partition counts.
+    async fn prepare_topics(
+        &self,
+        tables: &[Arc<TableSchema>],
+    ) -> Result<HashMap<TableName, Topic>> {
+        let clean = |s: &str| replace_disallowed(s, topic_char);
+        let names: Vec<(TableName, String)> = tables
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    self.options
+                        .topic
+                        .render(&self.options.pipeline, &t.name, &clean),
+                )
+            })
+            .collect();
+        for (table, name) in &names {
+            check_topic_name(name).map_err(|e| {
+                ConnectorError::fatal(format!("sink {}: table {table}: {e}", self.options.name))
+            })?;
+        }
+        let mut unique: Vec<&str> = names.iter().map(|(_, n)| n.as_str()).collect();
+        unique.sort_unstable();
+        unique.dedup();
+
+        let mut admin_config = ClientConfig::new();
+        admin_config.set("bootstrap.servers", &self.options.brokers);
+        for (k, v) in &self.options.properties {
+            admin_config.set(k, v);
+        }
+        let admin: AdminClient<DefaultClientContext> = admin_config
+            .create()
+            .map_err(|e| error::classify(e, "cannot create the Kafka admin client"))?;
+        let new: Vec<NewTopic> = unique
+            .iter()
+            .map(|n| {
+                NewTopic::new(
+                    n,
+                    self.options.partitions,
+                    TopicReplication::Fixed(self.options.replication_factor),
+                )
+            })
+            .collect();
+        let results = admin
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| error::classify(e, "cannot create the sink's topics"))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(error::classify(
+                        KafkaError::AdminOp(code),
+                        &format!("cannot create topic {topic}"),
+                    ))
+                }
+            }
+        }
+        let mut partitions = HashMap::new();
+        for name in unique {
+            let probe = self.producer.clone();
+            let topic = name.to_string();
+            let count = tokio::task::spawn_blocking(move || {
+                let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+                loop {
+                    let metadata = probe.client().fetch_metadata(Some(&topic), ADMIN_TIMEOUT)?;
+                    let count = metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .map_or(0, |t| t.partitions().len() as i32);
+                    if count > 0 || std::time::Instant::now() > deadline {
+                        return Ok::<_, KafkaError>(count);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .await
+            .map_err(|e| ConnectorError::fatal(format!("metadata task failed: {e}")))?
+            .map_err(|e| {
+                error::classify(e, &format!("cannot read the metadata of topic {name}"))
+            })?;
+            if count == 0 {
+                return Err(ConnectorError::retryable(format!(
+                    "topic {name} has no partitions the brokers report"
+                )));
+            }
+            partitions.insert(name.to_string(), count);
+        }
+        Ok(names
+            .into_iter()
+            .map(|(table, name)| {
+                let partitions = partitions[&name];
+                (table, Topic { name, partitions })
+            })
+            .collect())
+    }
+}
+
+/// Publishes messages in order and waits until the brokers acknowledged all of them.
+async fn publish(
+    producer: &FutureProducer,
+    topics: &HashMap<TableName, Topic>,
+    messages: &[Outgoing],
+) -> Result<()> {
+    let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(messages.len());
+    for out in messages {
+        let topic = topics.get(&out.table.name).ok_or_else(|| {
+            ConnectorError::fatal(format!(
+                "table {} has no topic: it was not known when the sink opened",
+                out.table.name
+            ))
+        })?;
+        let lsn = out.position.commit_lsn.to_string();
+        let ordinal = out.position.ordinal.to_string();
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: "cutover.lsn",
+                value: Some(lsn.as_str()),
+            })
+            .insert(Header {
+                key: "cutover.ordinal",
+                value: Some(ordinal.as_str()),
+            })
+            .insert(Header {
+                key: "cutover.op",
+                value: Some(op_name(out.message.op)),
+            });
+        // A truncate has no key: it goes to every partition, ahead of what follows it there.
+        let targets: Vec<Option<i32>> = if out.message.op == Op::Truncate {
+            (0..topic.partitions).map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for partition in targets {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&topic.name).headers(headers.clone());
+            if let Some(key) = &out.message.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &out.message.payload {
+                record = record.payload(payload.as_slice());
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
+            deliveries.push(send(producer, record).await?);
+        }
+    }
+    try_join_all(deliveries.into_iter().map(|d| async move {
+        match d.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(error::classify(e, "the broker refused a message")),
+            Err(_) => Err(ConnectorError::retryable("the producer dropped a message")),
+        }
+    }))
+    .await?;
+    Ok(())
+}
+
+/// Queues one record, waiting while the producer's local queue is full (backpressure).
+async fn send(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, [u8], [u8]>,
+) -> Result<DeliveryFuture> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(error::classify(e, "cannot queue a message")),
+        }
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Snapshot => "snapshot",
+        Op::Insert => "insert",
+        Op::Update => "update",
+        Op::Delete => "delete",
+        Op::Truncate => "truncate",
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
+        for table in tables {
+            if !table.has_key() {
+                return Err(ConnectorError::fatal(format!(
+                    "table {} has no key, so its messages could not be keyed",
+                    table.name
+                ))
+                .with_hint("add a primary key or a replica identity index to the source table"));
+            }
+        }
+        self.topics = Arc::new(self.prepare_topics(tables).await?);
+        let mut guard = self.state.lock().await;
+        let loaded = guard.1.load().await?;
+        guard.0 = loaded.clone();
+        Ok(loaded)
+    }
+
+    async fn begin_copy(
+        &self,
+        table: Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+    ) -> Result<Box<dyn TableCopy>> {
+        Ok(Box::new(KafkaTableCopy {
+            producer: self.producer.clone(),
+            topics: self.topics.clone(),
+            encoder: self.outbox.encoder().clone(),
+            table,
+            snapshot_lsn,
+            started_micros: now_micros(),
+            rows: 0,
+            state: self.state.clone(),
+        }))
+    }
+
+    async fn apply(&mut self, event: StreamEvent) -> Result<()> {
+        self.outbox.push(event)
+    }
+
+    async fn apply_all(&mut self, events: Vec<StreamEvent>) -> Result<()> {
+        for event in events {
+            self.outbox.push(event)?;
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self) -> PendingWrite {
+        let (messages, checkpoint) = self.outbox.take();
+        let producer = self.producer.clone();
+        let topics = self.topics.clone();
+        let state = self.state.clone();
+        Box::pin(async move {
+            publish(&producer, &topics, &messages).await?;
+            if let Some(cp) = checkpoint {
+                let mut guard = state.lock().await;
+                guard.0.checkpoint = Some(cp);
+                let doc = guard.0.to_json();
+                guard.1.save(doc).await?;
+            }
+            Ok(checkpoint)
+        })
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.outbox.bytes()
+    }
+}
+
+/// One table's snapshot into Kafka: `op: snapshot` (Debezium `r`) messages, acknowledged chunk
+/// by chunk; the table counts as copied once `finish` saved the state.
+struct KafkaTableCopy {
+    producer: FutureProducer,
+    topics: Arc<HashMap<TableName, Topic>>,
+    encoder: Encoder,
+    table: Arc<TableSchema>,
+    snapshot_lsn: Lsn,
+    started_micros: i64,
+    rows: u64,
+    state: Arc<Mutex<(SinkState, StateFile)>>,
+}
+
+#[async_trait]
+impl TableCopy for KafkaTableCopy {
+    async fn write(&mut self, rows: &[Row]) -> Result<()> {
+        let messages = Outbox::snapshot(
+            &self.encoder,
+            &self.table,
+            rows,
+            self.snapshot_lsn,
+            self.started_micros,
+        )?;
+        publish(&self.producer, &self.topics, &messages).await?;
+        self.rows += rows.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<u64> {
+        let mut guard = self.state.lock().await;
+        guard
+            .0
+            .copied_tables
+            .insert(self.table.name.clone(), self.snapshot_lsn);
+        let doc = guard.0.to_json();
+        guard.1.save(doc).await?;
+        Ok(self.rows)
+    }
+}

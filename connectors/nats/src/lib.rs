@@ -1,0 +1,495 @@
+//! NATS JetStream sink for cutover: one subject per table (from a template) in one stream, one
+//! message per row change in cutover's JSON envelope (or the Debezium-compatible one).
+//!
+//! Contract: a write is durable when JetStream acknowledged every message of it. Each message
+//! carries `Nats-Msg-Id` derived from its source position (`<commit LSN>:<ordinal>:<part>`, and
+//! for snapshot rows `<snapshot LSN>:r:<hash of table and key>`), so a change sent again after
+//! a restart, within the stream's duplicate window, is dropped by the server: replays leave no
+//! duplicate. Messages are published in source order on one connection, so the stream holds
+//! every key's changes in order. The sink's progress (checkpoint, copied tables) is kept in the
+//! JetStream key-value bucket `cutover_state`, saved after the messages it covers were acked.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use cutover_core::envelope::{Encoder, EnvelopeFormat};
+use cutover_core::naming::{replace_disallowed, Template};
+use cutover_core::outbox::{now_micros, Outbox, Outgoing};
+use cutover_core::{
+    ConnectorError, ErrorKind, Lsn, PendingWrite, Result, Row, Sink, SinkState, StreamEvent,
+    TableCopy, TableName, TableSchema,
+};
+use tokio::sync::Mutex;
+
+/// Acknowledgements awaited at most at once (the client's in-flight limit is set above it).
+const ACK_WINDOW: usize = 4096;
+const STATE_BUCKET: &str = "cutover_state";
+
+/// Settings of one NATS sink.
+#[derive(Debug, Clone)]
+pub struct NatsSinkOptions {
+    /// Names the sink in status output, logs and its state key.
+    pub name: String,
+    pub pipeline: String,
+    /// Server URL, `nats://host:port` (credentials in it are never printed).
+    pub url: String,
+    /// Subject per table.
+    pub subject: Template,
+    /// The JetStream stream that stores the subjects (created if absent).
+    pub stream: String,
+    /// How long the server remembers message ids to drop replays.
+    pub duplicate_window: Duration,
+    pub format: EnvelopeFormat,
+    /// Source database name, for Debezium's `source.db`.
+    pub source_database: String,
+}
+
+/// Characters allowed in one subject token (a table or schema name substituted into it).
+fn subject_char(c: char) -> bool {
+    !(c == '.' || c == '*' || c == '>' || c.is_whitespace())
+}
+
+/// Checks a stream name NATS would refuse; the error says what is wrong and the fix.
+pub fn check_stream_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty()
+        || name.len() > 255
+        || name
+            .chars()
+            .any(|c| !subject_char(c) || c == '/' || c == '\\')
+    {
+        return Err(format!(
+            "stream name {name:?} is not allowed: it needs 1 to 255 characters without '.', '*', '>', '/', '\\' or spaces. Fix: set the sink's stream to e.g. \"cutover_shop\"."
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a rendered subject; the error says what is wrong and the fix.
+pub fn check_subject(subject: &str) -> std::result::Result<(), String> {
+    if subject.is_empty()
+        || subject
+            .split('.')
+            .any(|t| t.is_empty() || t.contains(['*', '>']) || t.contains(char::is_whitespace))
+    {
+        return Err(format!(
+            "subject {subject:?} is not a valid NATS subject (dot-separated, non-empty tokens without '*', '>' or spaces). Fix: change the literal text of the subject template."
+        ));
+    }
+    Ok(())
+}
+
+/// The NATS sink. See the crate documentation for its delivery contract.
+pub struct NatsSink {
+    options: NatsSinkOptions,
+    js: jetstream::Context,
+    subjects: Arc<HashMap<TableName, String>>,
+    outbox: Outbox,
+    state: Arc<Mutex<(SinkState, Option<kv::Store>)>>,
+}
+
+fn nats_error(
+    kind: ErrorKind,
+    what: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> ConnectorError {
+    ConnectorError::new(kind, format!("{what}: {e}")).with_source(e)
+}
+
+/// The server part of a NATS URL, without credentials.
+fn redacted(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    host.split(['/', '?'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl NatsSink {
+    /// Connects to the server; fails at once (retryable) when it does not answer.
+    pub async fn connect(options: NatsSinkOptions) -> Result<NatsSink> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(10))
+            .name(format!("cutover-{}-{}", options.pipeline, options.name))
+            .connect(options.url.as_str())
+            .await
+            .map_err(|e| {
+                ConnectorError::retryable(format!(
+                    "cannot connect to NATS at {} (sink {}): {}",
+                    redacted(&options.url),
+                    options.name,
+                    e.kind()
+                ))
+                .with_hint("check the sink's url and that nats-server runs with JetStream (-js)")
+            })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .max_ack_inflight(ACK_WINDOW * 2)
+            .build(client);
+        let encoder = Encoder {
+            format: options.format,
+            tombstones: false,
+            source_name: options.pipeline.clone(),
+            database: options.source_database.clone(),
+        };
+        Ok(NatsSink {
+            js,
+            subjects: Arc::new(HashMap::new()),
+            outbox: Outbox::new(encoder),
+            state: Arc::new(Mutex::new((SinkState::default(), None))),
+            options,
+        })
+    }
+
+    fn state_key(&self) -> String {
+        format!("{}.{}", self.options.pipeline, self.options.name)
+    }
+
+    /// Creates the stream, or adds missing subjects to an existing one.
+    async fn prepare_stream(&self, subjects: &[String]) -> Result<()> {
+        let name = &self.options.stream;
+        match self.js.get_stream(name).await {
+            Ok(mut existing) => {
+                let info = existing
+                    .info()
+                    .await
+                    .map_err(|e| nats_error(ErrorKind::Retryable, "cannot read the stream", e))?;
+                let mut config = info.config.clone();
+                let missing: Vec<&String> = subjects
+                    .iter()
+                    .filter(|s| !config.subjects.iter().any(|have| subject_matches(have, s)))
+                    .collect();
+                if !missing.is_empty() {
+                    config.subjects.extend(missing.into_iter().cloned());
+                    self.js.update_stream(config).await.map_err(|e| {
+                        nats_error(
+                            ErrorKind::Fatal,
+                            &format!("cannot add the tables' subjects to stream {name}"),
+                            e,
+                        )
+                    })?;
+                }
+                Ok(())
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                self.js
+                    .create_stream(stream::Config {
+                        name: name.clone(),
+                        subjects: subjects.to_vec(),
+                        duplicate_window: self.options.duplicate_window,
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| {
+                        nats_error(ErrorKind::Fatal, &format!("cannot create stream {name}"), e)
+                    })
+                    .map_err(|e| {
+                        e.with_hint("check that JetStream is enabled and no other stream already takes these subjects")
+                    })?;
+                Ok(())
+            }
+            Err(e) => Err(nats_error(
+                ErrorKind::Retryable,
+                &format!("cannot look up stream {name}"),
+                e,
+            )
+            .with_hint("check that nats-server runs with JetStream enabled (-js)")),
+        }
+    }
+
+    async fn state_store(&self) -> Result<kv::Store> {
+        match self.js.get_key_value(STATE_BUCKET).await {
+            Ok(store) => Ok(store),
+            Err(_) => self
+                .js
+                .create_key_value(kv::Config {
+                    bucket: STATE_BUCKET.into(),
+                    description: "cutover sink progress".into(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats_error(ErrorKind::Retryable, "cannot create the state bucket", e)),
+        }
+    }
+}
+
+/// Whether a stream subject filter (with `*` and `>` wildcards) covers `subject`.
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The message id that lets the server drop a replayed message.
+fn message_id(out: &Outgoing) -> String {
+    match out.message.op {
+        cutover_core::envelope::Op::Snapshot => {
+            let mut h = blake3::Hasher::new();
+            h.update(out.table.name.schema.as_bytes());
+            h.update(&[0]);
+            h.update(out.table.name.name.as_bytes());
+            h.update(&[0]);
+            h.update(out.message.key.as_deref().unwrap_or_default());
+            let hash = h.finalize();
+            format!("{}:r:{}", out.position.commit_lsn, &hash.to_hex()[..32])
+        }
+        _ => format!(
+            "{}:{}:{}",
+            out.position.commit_lsn, out.position.ordinal, out.part
+        ),
+    }
+}
+
+/// Publishes messages in order and waits for every acknowledgement (at most `ACK_WINDOW`
+/// outstanding, so memory stays bounded).
+async fn publish(
+    js: &jetstream::Context,
+    subjects: &HashMap<TableName, String>,
+    messages: Vec<Outgoing>,
+) -> Result<()> {
+    let mut acks: VecDeque<PublishAckFuture> = VecDeque::with_capacity(ACK_WINDOW);
+    for out in messages {
+        let subject = subjects.get(&out.table.name).ok_or_else(|| {
+            ConnectorError::fatal(format!(
+                "table {} has no subject: it was not known when the sink opened",
+                out.table.name
+            ))
+        })?;
+        let id = message_id(&out);
+        let payload = Bytes::from(out.message.payload.unwrap_or_default());
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(id)
+            .header("Cutover-Lsn", out.position.commit_lsn.to_string().as_str())
+            .header("Cutover-Op", op_header(out.message.op));
+        if acks.len() >= ACK_WINDOW {
+            let ack = acks.pop_front().expect("the window is full");
+            check_ack(ack.await)?;
+        }
+        let ack = js
+            .send_publish(subject.clone(), message)
+            .await
+            .map_err(|e| {
+                let kind = match e.kind() {
+                    jetstream::context::PublishErrorKind::MaxPayloadExceeded => ErrorKind::Poison,
+                    _ => ErrorKind::Retryable,
+                };
+                nats_error(kind, &format!("cannot publish to {subject}"), e)
+            })?;
+        acks.push_back(ack);
+    }
+    for ack in acks {
+        check_ack(ack.await)?;
+    }
+    Ok(())
+}
+
+fn op_header(op: cutover_core::envelope::Op) -> &'static str {
+    use cutover_core::envelope::Op::*;
+    match op {
+        Snapshot => "snapshot",
+        Insert => "insert",
+        Update => "update",
+        Delete => "delete",
+        Truncate => "truncate",
+    }
+}
+
+fn check_ack(
+    ack: std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+) -> Result<()> {
+    ack.map(|_| ()).map_err(|e| {
+        nats_error(
+            ErrorKind::Retryable,
+            "JetStream did not acknowledge a message",
+            e,
+        )
+    })
+}
+
+async fn save_state(
+    state: &Mutex<(SinkState, Option<kv::Store>)>,
+    key: &str,
+    update: impl FnOnce(&mut SinkState),
+) -> Result<()> {
+    let mut guard = state.lock().await;
+    update(&mut guard.0);
+    let doc = Bytes::from(guard.0.to_json());
+    let store = guard
+        .1
+        .as_ref()
+        .ok_or_else(|| ConnectorError::fatal("the sink was not opened"))?;
+    store
+        .put(key, doc)
+        .await
+        .map_err(|e| nats_error(ErrorKind::Retryable, "cannot save the sink's progress", e))?;
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
+        let clean = |s: &str| replace_disallowed(s, subject_char);
+        let mut subjects = HashMap::new();
+        for table in tables {
+            if !table.has_key() {
+                return Err(ConnectorError::fatal(format!(
+                    "table {} has no key, so its messages could not be folded by key",
+                    table.name
+                ))
+                .with_hint("add a primary key or a replica identity index to the source table"));
+            }
+            let subject = self
+                .options
+                .subject
+                .render(&self.options.pipeline, &table.name, &clean);
+            check_subject(&subject).map_err(|e| {
+                ConnectorError::fatal(format!(
+                    "sink {}: table {}: {e}",
+                    self.options.name, table.name
+                ))
+            })?;
+            subjects.insert(table.name.clone(), subject);
+        }
+        let mut unique: Vec<String> = subjects.values().cloned().collect();
+        unique.sort_unstable();
+        unique.dedup();
+        self.prepare_stream(&unique).await?;
+        let store = self.state_store().await?;
+        let loaded =
+            match store.get(self.state_key()).await.map_err(|e| {
+                nats_error(ErrorKind::Retryable, "cannot read the sink's progress", e)
+            })? {
+                Some(doc) => SinkState::from_json(&doc)?,
+                None => SinkState::default(),
+            };
+        *self.state.lock().await = (loaded.clone(), Some(store));
+        self.subjects = Arc::new(subjects);
+        Ok(loaded)
+    }
+
+    async fn begin_copy(
+        &self,
+        table: Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+    ) -> Result<Box<dyn TableCopy>> {
+        Ok(Box::new(NatsTableCopy {
+            js: self.js.clone(),
+            subjects: self.subjects.clone(),
+            encoder: self.outbox.encoder().clone(),
+            table,
+            snapshot_lsn,
+            started_micros: now_micros(),
+            rows: 0,
+            state: self.state.clone(),
+            state_key: self.state_key(),
+        }))
+    }
+
+    async fn apply(&mut self, event: StreamEvent) -> Result<()> {
+        self.outbox.push(event)
+    }
+
+    async fn apply_all(&mut self, events: Vec<StreamEvent>) -> Result<()> {
+        for event in events {
+            self.outbox.push(event)?;
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self) -> PendingWrite {
+        let (messages, checkpoint) = self.outbox.take();
+        let js = self.js.clone();
+        let subjects = self.subjects.clone();
+        let state = self.state.clone();
+        let key = self.state_key();
+        Box::pin(async move {
+            publish(&js, &subjects, messages).await?;
+            if let Some(cp) = checkpoint {
+                save_state(&state, &key, |s| s.checkpoint = Some(cp)).await?;
+            }
+            Ok(checkpoint)
+        })
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.outbox.bytes()
+    }
+}
+
+/// One table's snapshot into the stream, acknowledged chunk by chunk.
+struct NatsTableCopy {
+    js: jetstream::Context,
+    subjects: Arc<HashMap<TableName, String>>,
+    encoder: Encoder,
+    table: Arc<TableSchema>,
+    snapshot_lsn: Lsn,
+    started_micros: i64,
+    rows: u64,
+    state: Arc<Mutex<(SinkState, Option<kv::Store>)>>,
+    state_key: String,
+}
+
+#[async_trait]
+impl TableCopy for NatsTableCopy {
+    async fn write(&mut self, rows: &[Row]) -> Result<()> {
+        let messages = Outbox::snapshot(
+            &self.encoder,
+            &self.table,
+            rows,
+            self.snapshot_lsn,
+            self.started_micros,
+        )?;
+        publish(&self.js, &self.subjects, messages).await?;
+        self.rows += rows.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<u64> {
+        let (table, lsn) = (self.table.name.clone(), self.snapshot_lsn);
+        save_state(&self.state, &self.state_key, |s| {
+            s.copied_tables.insert(table, lsn);
+        })
+        .await?;
+        Ok(self.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_and_filters_match() {
+        assert!(check_stream_name("cutover_shop").is_ok());
+        assert!(check_stream_name("a.b").is_err());
+        assert!(check_subject("shop.public.orders").is_ok());
+        assert!(check_subject("shop..orders").is_err());
+        assert!(subject_matches("shop.>", "shop.public.orders"));
+        assert!(subject_matches("shop.*.orders", "shop.public.orders"));
+        assert!(!subject_matches("shop.*", "shop.public.orders"));
+        assert_eq!(redacted("nats://user:pw@host:4222/x"), "host:4222");
+    }
+}
