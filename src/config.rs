@@ -5,6 +5,11 @@
 use std::fmt;
 use std::path::Path;
 
+use cutover_core::envelope::EnvelopeFormat;
+use cutover_core::naming::Template;
+use cutover_kafka::KafkaSinkOptions;
+use cutover_mongodb::MongoSinkOptions;
+use cutover_nats::NatsSinkOptions;
 use serde::Deserialize;
 
 /// A pipeline file as written.
@@ -74,14 +79,126 @@ pub struct LimitsSection {
 pub enum SinkConfig {
     /// A PostgreSQL database.
     Postgres(PostgresSinkConfig),
+    /// Kafka topics, one per table.
+    Kafka(KafkaSinkConfig),
+    /// NATS JetStream subjects, one per table, in one stream.
+    Nats(NatsSinkConfig),
+    /// MongoDB collections, one per table.
+    Mongodb(MongoSinkConfig),
 }
 
 impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Postgres(p) => &p.name,
+            SinkConfig::Kafka(k) => &k.name,
+            SinkConfig::Nats(n) => &n.name,
+            SinkConfig::Mongodb(m) => &m.name,
         }
     }
+}
+
+/// The JSON envelope of message sinks (see docs/envelopes.md).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvelopeFormatConfig {
+    /// cutover's envelope: op, table, key, row, unchanged, lsn, ordinal, txid, commit_ts.
+    #[default]
+    Cutover,
+    /// Debezium's PostgreSQL connector envelope (before, after, source, op, ts_ms).
+    Debezium,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Names the sink in status output and its state.
+    pub name: String,
+    /// Bootstrap servers, `host:port[,host:port]`, or `${ENV_VAR}`.
+    pub brokers: String,
+    /// Topic per table; placeholders {pipeline}, {schema}, {table} (default
+    /// `{pipeline}.{schema}.{table}`). Characters Kafka refuses in names become `_`.
+    #[serde(default = "default_destination")]
+    pub topic: String,
+    /// `cutover` (default) or `debezium`.
+    #[serde(default)]
+    pub format: EnvelopeFormatConfig,
+    /// Follow each delete with a tombstone so log compaction can drop the key (default false).
+    #[serde(default)]
+    pub tombstones: bool,
+    /// Partitions of topics the sink creates (default 3).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of topics the sink creates (default 1).
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// File holding the sink's progress (default `.cutover-state/<pipeline>-<sink>.json` beside
+    /// the pipeline file).
+    pub state_path: Option<String>,
+    /// How long a message may wait for the brokers before the write fails and is retried
+    /// (default 60000).
+    #[serde(default = "default_delivery_timeout")]
+    pub delivery_timeout_ms: u64,
+    /// Extra librdkafka settings, e.g. `{ "security.protocol" = "SASL_SSL" }`; values may use
+    /// `${ENV_VAR}` and are never printed.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// Names the sink in status output and its state.
+    pub name: String,
+    /// Server URL, `nats://host:4222`, or `${ENV_VAR}`.
+    pub url: String,
+    /// Subject per table; placeholders {pipeline}, {schema}, {table} (default
+    /// `{pipeline}.{schema}.{table}`). Dots, spaces, `*` and `>` in names become `_`.
+    #[serde(default = "default_destination")]
+    pub subject: String,
+    /// JetStream stream holding the subjects, created if absent (default `cutover_<pipeline>`).
+    pub stream: Option<String>,
+    /// How long the server remembers message ids, so replays after a restart are dropped
+    /// (seconds, default 120).
+    #[serde(default = "default_duplicate_window")]
+    pub duplicate_window_s: u64,
+    /// `cutover` (default) or `debezium`.
+    #[serde(default)]
+    pub format: EnvelopeFormatConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSinkConfig {
+    /// Names the sink in status output and its state.
+    pub name: String,
+    /// Connection string, `mongodb://host:27017`, or `${ENV_VAR}`.
+    pub url: String,
+    /// Database the collections are written to.
+    pub database: String,
+    /// Collection per table; placeholders {pipeline}, {schema}, {table} (default
+    /// `{schema}.{table}`).
+    #[serde(default = "default_collection")]
+    pub collection: String,
+}
+
+fn default_destination() -> String {
+    "{pipeline}.{schema}.{table}".into()
+}
+fn default_collection() -> String {
+    "{schema}.{table}".into()
+}
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_delivery_timeout() -> u64 {
+    60_000
+}
+fn default_duplicate_window() -> u64 {
+    120
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +300,30 @@ pub enum Sink {
         url: String,
         create_tables: bool,
     },
+    Kafka(KafkaSinkOptions),
+    Nats(NatsSinkOptions),
+    Mongodb(MongoSinkOptions),
+}
+
+impl Sink {
+    pub fn name(&self) -> &str {
+        match self {
+            Sink::Postgres { name, .. } => name,
+            Sink::Kafka(k) => &k.name,
+            Sink::Nats(n) => &n.name,
+            Sink::Mongodb(m) => &m.name,
+        }
+    }
+
+    /// The kind as written in the pipeline file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Sink::Postgres { .. } => "postgres",
+            Sink::Kafka(_) => "kafka",
+            Sink::Nats(_) => "nats",
+            Sink::Mongodb(_) => "mongodb",
+        }
+    }
 }
 
 /// A pipeline file that cannot be used, explained in one paragraph.
@@ -210,6 +351,10 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Pipeline, ConfigError> {
     let file: PipelineFile = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
+    let base_dir = Path::new(origin)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let defaults: PipelineDefaults =
         toml::from_str(DEFAULTS).expect("config/defaults.toml is valid (checked by a test)");
     let bad = |key: &str, what: String| ConfigError(format!("{origin}: {key}: {what}"));
@@ -274,12 +419,90 @@ pub fn parse(
                 format!("{name:?} is used by two sinks. Fix: give each sink its own name."),
             ));
         }
+        let key = |field: &str| format!("{origin}: sink[{i}].{field}");
+        let template = |field: &str, text: &str| {
+            Template::parse(text).map_err(|e| ConfigError(format!("{}: {e}", key(field))))
+        };
+        let format = |f: EnvelopeFormatConfig| match f {
+            EnvelopeFormatConfig::Cutover => EnvelopeFormat::Cutover,
+            EnvelopeFormatConfig::Debezium => EnvelopeFormat::Debezium,
+        };
         sinks.push(match s {
             SinkConfig::Postgres(p) => Sink::Postgres {
                 name: p.name.clone(),
-                url: expand(&p.url, &format!("{origin}: sink[{i}].url"), env)?,
+                url: expand(&p.url, &key("url"), env)?,
                 create_tables: p.create_tables,
             },
+            SinkConfig::Kafka(k) => {
+                let brokers = expand(&k.brokers, &key("brokers"), env)?;
+                check_brokers(&brokers).map_err(|e| ConfigError(format!("{}: {e}", key("brokers"))))?;
+                if k.partitions < 1 || k.replication_factor < 1 {
+                    return Err(ConfigError(format!(
+                        "{}: partitions and replication_factor must be at least 1.",
+                        key("partitions")
+                    )));
+                }
+                let state_path = match &k.state_path {
+                    Some(p) => base_dir.join(expand(p, &key("state_path"), env)?),
+                    None => base_dir
+                        .join(".cutover-state")
+                        .join(format!("{}-{}.json", file.name, k.name)),
+                };
+                let mut properties = Vec::new();
+                for (name, value) in &k.properties {
+                    properties.push((name.clone(), expand(value, &key(&format!("properties.{name}")), env)?));
+                }
+                Sink::Kafka(KafkaSinkOptions {
+                    name: k.name.clone(),
+                    pipeline: file.name.clone(),
+                    brokers,
+                    topic: template("topic", &k.topic)?,
+                    format: format(k.format),
+                    tombstones: k.tombstones,
+                    partitions: k.partitions,
+                    replication_factor: k.replication_factor,
+                    state_path,
+                    delivery_timeout: std::time::Duration::from_millis(k.delivery_timeout_ms.max(1000)),
+                    properties,
+                    source_database: String::new(),
+                })
+            }
+            SinkConfig::Nats(n) => {
+                let stream = n.stream.clone().unwrap_or_else(|| format!("cutover_{}", file.name));
+                cutover_nats::check_stream_name(&stream)
+                    .map_err(|e| ConfigError(format!("{}: {e}", key("stream"))))?;
+                Sink::Nats(NatsSinkOptions {
+                    name: n.name.clone(),
+                    pipeline: file.name.clone(),
+                    url: expand(&n.url, &key("url"), env)?,
+                    subject: template("subject", &n.subject)?,
+                    stream,
+                    duplicate_window: std::time::Duration::from_secs(n.duplicate_window_s.max(1)),
+                    format: format(n.format),
+                    source_database: String::new(),
+                })
+            }
+            SinkConfig::Mongodb(m) => {
+                let collection = template("collection", &m.collection)?;
+                // The literal parts must make a name MongoDB accepts for any table.
+                let sample = collection.render(&file.name, &cutover_core::TableName::new("s", "t"), &|s| s.to_string());
+                cutover_mongodb::check_collection_name(&sample)
+                    .map_err(|e| ConfigError(format!("{}: {e}", key("collection"))))?;
+                if m.database.is_empty() || m.database.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+                    return Err(ConfigError(format!(
+                        "{}: {:?} is not a database name MongoDB accepts. Fix: use letters, digits, _ or -.",
+                        key("database"),
+                        m.database
+                    )));
+                }
+                Sink::Mongodb(MongoSinkOptions {
+                    name: m.name.clone(),
+                    pipeline: file.name.clone(),
+                    url: expand(&m.url, &key("url"), env)?,
+                    database: m.database.clone(),
+                    collection,
+                })
+            }
         });
     }
     let d = &defaults;
@@ -345,6 +568,23 @@ pub fn parse(
 struct PipelineDefaults {
     snapshot: SnapshotSection,
     limits: LimitsSection,
+}
+
+/// Checks a Kafka bootstrap list: `host:port` entries separated by commas.
+fn check_brokers(brokers: &str) -> Result<(), String> {
+    for entry in brokers.split(',') {
+        let entry = entry.trim();
+        let port = entry
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        if port.is_none() {
+            return Err(format!(
+                "{entry:?} is not a broker address. Fix: write host:port, several separated by commas (e.g. \"127.0.0.1:9092\")."
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Expands `${VAR}` references. A missing variable is an error naming it (never its value).
@@ -433,8 +673,43 @@ url = "postgres://u:${PW}@h/db"
         assert_eq!(p.queue_bytes, 64 << 20);
         assert_eq!(p.batch_bytes, 16 << 20);
         assert_eq!(p.parallel_tables, 2);
-        let Sink::Postgres { url, .. } = &p.sinks[0];
+        let Sink::Postgres { url, .. } = &p.sinks[0] else {
+            panic!("the first sink is PostgreSQL")
+        };
         assert_eq!(url, "postgres://u:pa55@h/db");
+    }
+
+    #[test]
+    fn message_sinks_are_checked_before_anything_starts() {
+        let with = |sink: &str| {
+            parse(&format!("{GOOD}\n[[sink]]\n{sink}\n"), "shop.toml", &env)
+                .map(|p| p.sinks.len())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            with("kind = \"kafka\"\nname = \"k\"\nbrokers = \"127.0.0.1:9092\""),
+            Ok(2)
+        );
+        let e = with("kind = \"kafka\"\nname = \"k\"\nbrokers = \"localhost\"").unwrap_err();
+        assert!(
+            e.contains("sink[1].brokers") && e.contains("host:port"),
+            "{e}"
+        );
+        let e =
+            with("kind = \"kafka\"\nname = \"k\"\nbrokers = \"h:1\"\ntopic = \"{prefix}.{table}\"")
+                .unwrap_err();
+        assert!(e.contains("sink[1].topic") && e.contains("{prefix}"), "{e}");
+        let e = with("kind = \"mongodb\"\nname = \"m\"\nurl = \"mongodb://h\"\ndatabase = \"app\"\ncollection = \"$bad.{table}\"")
+            .unwrap_err();
+        assert!(e.contains("sink[1].collection"), "{e}");
+        let e = with("kind = \"redis\"\nname = \"r\"").unwrap_err();
+        assert!(
+            e.contains("unknown variant `redis`") && e.contains("kafka"),
+            "{e}"
+        );
+        let e = with("kind = \"nats\"\nname = \"n\"\nurl = \"nats://h:4222\"\nstream = \"a.b\"")
+            .unwrap_err();
+        assert!(e.contains("sink[1].stream"), "{e}");
     }
 
     #[test]

@@ -207,6 +207,21 @@ async fn check(path: &std::path::Path) -> Outcome {
             }
         }
     }
+    let database = source.endpoint().database();
+    for sink in cfg.sinks.iter().filter(|s| s.kind() != "postgres") {
+        match runtime::connect_sink(&cfg, sink, &database).await {
+            Ok(_) => println!("sink {} ({}): connected", sink.name(), sink.kind()),
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "sink {} ({}): FAIL {}",
+                    sink.name(),
+                    sink.kind(),
+                    explain(e)
+                );
+            }
+        }
+    }
     if failed == 0 {
         println!("ready: `cutover run {}` can start", path.display());
         Ok(ExitCode::SUCCESS)
@@ -237,6 +252,39 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
         for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
             sink.forget_state().await.map_err(explain)?;
             println!("sink {}: checkpoints and copy records deleted", sink.name());
+        }
+        for sink in &cfg.sinks {
+            match sink {
+                config::Sink::Postgres { .. } => {}
+                config::Sink::Kafka(options) => {
+                    cutover_kafka::KafkaSink::forget_state(options)
+                        .await
+                        .map_err(explain)?;
+                    println!(
+                        "sink {}: state file {} deleted (the topics are left as they are)",
+                        options.name,
+                        options.state_path.display()
+                    );
+                }
+                config::Sink::Nats(options) => {
+                    cutover_nats::NatsSink::forget_state(options)
+                        .await
+                        .map_err(explain)?;
+                    println!(
+                        "sink {}: saved progress deleted (the stream is left as it is)",
+                        options.name
+                    );
+                }
+                config::Sink::Mongodb(options) => {
+                    cutover_mongodb::MongoSink::forget_state(options)
+                        .await
+                        .map_err(explain)?;
+                    println!(
+                        "sink {}: saved progress deleted (the collections are left as they are)",
+                        options.name
+                    );
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -15,6 +15,9 @@ use cutover_core::{
     Checkpoint, ConnectorError, Lsn, Result, Row, Sink, SinkState, Source, StreamEvent, StreamItem,
     TableCopy,
 };
+use cutover_kafka::KafkaSink;
+use cutover_mongodb::MongoSink;
+use cutover_nats::NatsSink;
 use cutover_postgres::catalog::SourceTable;
 use cutover_postgres::source::SnapshotSession;
 use cutover_postgres::{PgEndpoint, PgSink, PgSinkOptions, PgSource, PgSourceOptions, SlotStart};
@@ -93,29 +96,71 @@ pub async fn connect_source(cfg: &Pipeline) -> Result<PgSource> {
 pub async fn connect_pg_sinks(cfg: &Pipeline) -> Result<Vec<PgSink>> {
     let mut sinks = Vec::new();
     for sink in &cfg.sinks {
-        match sink {
-            config::Sink::Postgres {
-                name,
-                url,
-                create_tables,
-            } => {
-                let endpoint = PgEndpoint::parse(url, "target")?;
-                sinks.push(
-                    PgSink::connect(
-                        endpoint,
-                        PgSinkOptions {
-                            name: name.clone(),
-                            pipeline: cfg.name.clone(),
-                            create_tables: *create_tables,
-                            batch_bytes: cfg.batch_bytes,
-                        },
-                    )
-                    .await?,
-                );
-            }
+        if let config::Sink::Postgres {
+            name,
+            url,
+            create_tables,
+        } = sink
+        {
+            sinks.push(connect_pg_sink(cfg, name, url, *create_tables).await?);
         }
     }
     Ok(sinks)
+}
+
+async fn connect_pg_sink(
+    cfg: &Pipeline,
+    name: &str,
+    url: &str,
+    create_tables: bool,
+) -> Result<PgSink> {
+    let endpoint = PgEndpoint::parse(url, "target")?;
+    PgSink::connect(
+        endpoint,
+        PgSinkOptions {
+            name: name.to_string(),
+            pipeline: cfg.name.clone(),
+            create_tables,
+            batch_bytes: cfg.batch_bytes,
+        },
+    )
+    .await
+}
+
+/// Connects every sink of the pipeline, in the order the file declares them. `database` is the
+/// source database's name, which Debezium envelopes report.
+pub async fn connect_sinks(cfg: &Pipeline, database: &str) -> Result<Vec<Box<dyn Sink>>> {
+    let mut sinks = Vec::with_capacity(cfg.sinks.len());
+    for sink in &cfg.sinks {
+        sinks.push(connect_sink(cfg, sink, database).await?);
+    }
+    Ok(sinks)
+}
+
+/// Connects one sink.
+pub async fn connect_sink(
+    cfg: &Pipeline,
+    sink: &config::Sink,
+    database: &str,
+) -> Result<Box<dyn Sink>> {
+    Ok(match sink {
+        config::Sink::Postgres {
+            name,
+            url,
+            create_tables,
+        } => Box::new(connect_pg_sink(cfg, name, url, *create_tables).await?),
+        config::Sink::Kafka(options) => {
+            let mut options = options.clone();
+            options.source_database = database.to_string();
+            Box::new(KafkaSink::connect(options).await?)
+        }
+        config::Sink::Nats(options) => {
+            let mut options = options.clone();
+            options.source_database = database.to_string();
+            Box::new(NatsSink::connect(options).await?)
+        }
+        config::Sink::Mongodb(options) => Box::new(MongoSink::connect(options.clone()).await?),
+    })
 }
 
 /// Turns failed preflight findings into one fatal error listing every failure and its fix.
@@ -154,11 +199,7 @@ async fn run_once(
     source.wait_slot_free(SLOT_RELEASE_WAIT).await?;
     refuse_failures(&source.preflight().await?)?;
     let schemas = source.schemas();
-    let mut sinks: Vec<Box<dyn Sink>> = connect_pg_sinks(cfg)
-        .await?
-        .into_iter()
-        .map(|s| Box::new(s) as Box<dyn Sink>)
-        .collect();
+    let mut sinks = connect_sinks(cfg, &source.endpoint().database()).await?;
 
     let slot_exists = source.slot_exists().await?;
     let mut states = Vec::with_capacity(sinks.len());

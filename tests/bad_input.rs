@@ -291,3 +291,46 @@ async fn incompatible_or_occupied_target_is_refused_before_anything_is_created()
     assert_eq!(kept, "precious");
     env.drop_slot().await;
 }
+
+#[tokio::test]
+async fn message_sink_mistakes_are_refused_before_anything_starts() {
+    let env = Env::new("badsink").await;
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await;
+    let base = std::fs::read_to_string(env.pipeline("[\"t\"]", "")).unwrap();
+    let cases = [
+        ("kind = \"redis\"\nname = \"r\"", vec!["unknown variant `redis`", "kafka", "line"]),
+        (
+            "kind = \"kafka\"\nname = \"k\"\nbrokers = \"localhost\"",
+            vec!["sink[1].brokers", "host:port"],
+        ),
+        (
+            "kind = \"kafka\"\nname = \"k\"\nbrokers = \"127.0.0.1:9\"\ntopic = \"{prefix}.{table}\"",
+            vec!["sink[1].topic", "{prefix}", "{pipeline}, {schema}, {table}"],
+        ),
+        (
+            "kind = \"mongodb\"\nname = \"m\"\nurl = \"mongodb://127.0.0.1:9\"\ndatabase = \"app\"\ncollection = \"system.{table}\"",
+            vec!["sink[1].collection", "system."],
+        ),
+        (
+            // Nothing listens on port 9: refused when connecting, before the slot is made.
+            "kind = \"kafka\"\nname = \"k\"\nbrokers = \"127.0.0.1:9\"",
+            vec!["Kafka brokers 127.0.0.1:9", "Fix:"],
+        ),
+        (
+            "kind = \"nats\"\nname = \"n\"\nurl = \"nats://user:hunter2-not-a-real-secret@127.0.0.1:9\"",
+            vec!["NATS at 127.0.0.1:9", "Fix:"],
+        ),
+    ];
+    for (sink, expected) in cases {
+        let path = write(&env, &format!("{base}\n[[sink]]\n{sink}\n"));
+        let (code, _out, err) = cutover(&["run", &path]);
+        assert_ne!(code, 0, "{sink}: accepted");
+        let line = one_paragraph(&err);
+        for text in expected {
+            assert!(line.contains(text), "{sink}: expected {text:?} in: {line}");
+        }
+        assert!(!err.contains("hunter2"), "a secret was printed: {err}");
+    }
+    assert_nothing_created(&env).await;
+}

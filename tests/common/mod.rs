@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod targets;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -11,6 +13,23 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
+
+/// One setting of the started servers: from the environment, else from the env file that
+/// `scripts/services.sh start` wrote. Panics with the command to run when they are not started.
+pub fn services_var(name: &str) -> String {
+    let file = std::env::var("CUTOVER_SERVICES_DIR")
+        .map(|d| PathBuf::from(d).join("env"))
+        .unwrap_or_else(|_| PathBuf::from("/tmp/cutover-services/env"));
+    std::env::var(name).ok().unwrap_or_else(|| {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                panic!("{name} is not set: start the servers with `scripts/services.sh start` (or run scripts/test.sh)")
+            })
+    })
+}
 
 /// Connection settings of the throwaway clusters.
 pub struct Services {
@@ -25,20 +44,7 @@ impl Services {
     /// Reads the env file that `scripts/services.sh start` wrote (or the same variables from the
     /// environment). Panics with the command to run when the servers are not started.
     pub fn get() -> Services {
-        let file = std::env::var("CUTOVER_SERVICES_DIR")
-            .map(|d| PathBuf::from(d).join("env"))
-            .unwrap_or_else(|_| PathBuf::from("/tmp/cutover-services/env"));
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        let var = |name: &str| -> String {
-            std::env::var(name).ok().unwrap_or_else(|| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-                    .map(str::to_string)
-                    .unwrap_or_else(|| {
-                        panic!("{name} is not set: start the servers with `scripts/services.sh start` (or run scripts/test.sh)")
-                    })
-            })
-        };
+        let var = services_var;
         Services {
             source_port: var("CUTOVER_SOURCE_PORT").parse().unwrap(),
             target_port: var("CUTOVER_TARGET_PORT").parse().unwrap(),
@@ -121,11 +127,16 @@ impl Env {
     /// Writes a pipeline file replicating `tables`, with extra TOML appended, and returns its
     /// path.
     pub fn pipeline(&self, tables: &str, extra: &str) -> PathBuf {
+        self.pipeline_with(tables, extra, "")
+    }
+
+    /// Like [`Env::pipeline`], with more `[[sink]]` tables after the PostgreSQL one.
+    pub fn pipeline_with(&self, tables: &str, extra: &str, more_sinks: &str) -> PathBuf {
         let path = self.dir.join("pipeline.toml");
         std::fs::write(
             &path,
             format!(
-                "name = \"{name}\"\n{extra}\n[source]\nurl = \"{src}\"\ntables = {tables}\n\n[[sink]]\nkind = \"postgres\"\nname = \"target\"\nurl = \"{tgt}\"\n",
+                "name = \"{name}\"\n{extra}\n[source]\nurl = \"{src}\"\ntables = {tables}\n\n[[sink]]\nkind = \"postgres\"\nname = \"target\"\nurl = \"{tgt}\"\n{more_sinks}",
                 name = self.name,
                 src = self.source_url,
                 tgt = self.target_url,
@@ -144,7 +155,10 @@ impl Env {
         let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
             .args(["--log-format", "json", "run"])
             .arg(pipeline)
-            .env("CUTOVER_LOG", "info")
+            .env(
+                "CUTOVER_LOG",
+                std::env::var("CUTOVER_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -42,7 +42,7 @@ pub use error::classify;
 use state::StateFile;
 
 /// How long to wait for the brokers when connecting and creating topics.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of one Kafka sink.
 #[derive(Debug, Clone)]

@@ -145,6 +145,18 @@ impl NatsSink {
         })
     }
 
+    /// Deletes the sink's saved progress (`cutover teardown --target-state`), so the next run
+    /// copies every table again. The stream and its messages are left alone.
+    pub async fn forget_state(options: &NatsSinkOptions) -> Result<()> {
+        let sink = NatsSink::connect(options.clone()).await?;
+        if let Ok(store) = sink.js.get_key_value(STATE_BUCKET).await {
+            store.purge(sink.state_key()).await.map_err(|e| {
+                nats_error(ErrorKind::Retryable, "cannot delete the sink's progress", e)
+            })?;
+        }
+        Ok(())
+    }
+
     fn state_key(&self) -> String {
         format!("{}.{}", self.options.pipeline, self.options.name)
     }

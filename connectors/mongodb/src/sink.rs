@@ -1,0 +1,748 @@
+//! The sink: buffering and folding changes, sealed writes, snapshot copies and the state
+//! document.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cutover_core::{
+    Checkpoint, ConnectorError, ErrorKind, Lsn, PendingWrite, Result, Row, Sink, SinkState,
+    StreamEvent, TableCopy, TableName, TableSchema,
+};
+use mongodb::bson::{doc, Bson, DateTime, Document, RawDocumentBuf};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, CollectionOptions, DeleteManyModel, DeleteOneModel,
+    ReplaceOneModel, UpdateOneModel, WriteConcern, WriteModel,
+};
+use mongodb::{Client, Collection, Namespace};
+use tokio::sync::Mutex;
+
+use crate::batch::{check_table, overlay, Batch, Op, Target};
+use crate::error::{classify, failed_write, redact};
+use crate::mapping::{document_id, plain_field_name, row_fields, with_id};
+use crate::{
+    check_collection_name, check_database_name, clean_name_part, MongoSinkOptions,
+    MAX_NAMESPACE_BYTES, STATE_COLLECTION,
+};
+
+/// Write models sent per `bulkWrite` call (the driver splits further to the server's limits).
+const MODELS_PER_CALL: usize = 10_000;
+
+/// How long the driver looks for a reachable server before an operation fails, unless the url
+/// sets `serverSelectionTimeoutMS`.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// MongoDB 8.0's wire version: the first with the client-level `bulkWrite` command.
+const BULK_WRITE_WIRE_VERSION: i64 = 25;
+
+/// A MongoDB target: one collection per table, one document per row.
+///
+/// Contract (see [`Sink`]): changes are applied in the order they were buffered, each sealed
+/// write with ordered bulk writes, so the changes of one row reach MongoDB in source order. Every
+/// write is a replace, a partial update or a delete by `_id` (idempotent), so a replay after a
+/// crash leaves the same documents. A write that ends at a source commit returns its checkpoint
+/// only after the data and then the state document (write concern `majority`, journaled) are
+/// written.
+pub struct MongoSink {
+    options: MongoSinkOptions,
+    client: Client,
+    /// `host:port,...` of the servers, for messages (never the url).
+    servers: String,
+    /// The target of each table seen, with the column layout it was checked for.
+    targets: HashMap<TableName, (Arc<TableSchema>, Arc<Target>)>,
+    /// Which table writes to which collection, to refuse two tables in one collection.
+    collections: HashMap<String, TableName>,
+    store: StateStore,
+    batch: Batch,
+    /// The commit that ended what was applied, if nothing was applied after it.
+    last_commit: Option<Checkpoint>,
+    buffered: usize,
+}
+
+impl MongoSink {
+    /// Connects and checks that the server answers (within 10 s unless the url sets
+    /// `serverSelectionTimeoutMS`) and supports the `bulkWrite` command (MongoDB 8.0 or later).
+    /// An unreachable server is a retryable error naming the server by host and port; a bad
+    /// connection string, bad credentials or an old server are fatal with a fix.
+    pub async fn connect(options: MongoSinkOptions) -> Result<MongoSink> {
+        check_database_name(&options.database)
+            .map_err(|e| ConnectorError::fatal(format!("MongoDB sink {}: {e}", options.name)))?;
+        let mut client_options = ClientOptions::parse(&options.url).await.map_err(|e| {
+            let kind = match *e.kind {
+                mongodb::error::ErrorKind::DnsResolve { .. } => ErrorKind::Retryable,
+                _ => ErrorKind::Fatal,
+            };
+            // The driver error is not kept as the source: its text may quote the url.
+            ConnectorError::new(
+                kind,
+                format!(
+                    "the url of MongoDB sink {} is not a usable connection string: {}",
+                    options.name,
+                    redact(&e.kind.to_string(), &options.url)
+                ),
+            )
+            .with_hint(
+                "write it as mongodb://USER:PASSWORD@HOST:PORT/?OPTIONS (percent-encode ':', '/', '?', '#', '@' and '%' in the user name and password)",
+            )
+        })?;
+        let servers = client_options
+            .hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        client_options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        client_options
+            .connect_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        client_options
+            .app_name
+            .get_or_insert_with(|| "cutover".to_string());
+        let client = Client::with_options(client_options).map_err(|e| {
+            classify(
+                e,
+                &format!("MongoDB sink {}: cannot set up the client", options.name),
+            )
+        })?;
+        let hello = client
+            .database(&options.database)
+            .run_command(doc! {"hello": 1})
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &format!(
+                        "MongoDB sink {}: cannot reach the server at {servers}",
+                        options.name
+                    ),
+                )
+            })?;
+        let wire = match hello.get("maxWireVersion") {
+            Some(Bson::Int32(v)) => i64::from(*v),
+            Some(Bson::Int64(v)) => *v,
+            _ => 0,
+        };
+        if wire < BULK_WRITE_WIRE_VERSION {
+            return Err(ConnectorError::fatal(format!(
+                "MongoDB sink {}: the server at {servers} speaks wire version {wire}, older than MongoDB 8.0 (25)",
+                options.name
+            ))
+            .with_hint("cutover writes with the bulkWrite command of MongoDB 8.0: upgrade the server to 8.0 or later"));
+        }
+        let journaled = WriteConcern::builder()
+            .w(Acknowledgment::Majority)
+            .journal(true)
+            .build();
+        let store = StateStore {
+            collection: client.database(&options.database).collection_with_options(
+                STATE_COLLECTION,
+                CollectionOptions::builder()
+                    .write_concern(journaled)
+                    .build(),
+            ),
+            id: format!("{}/{}", options.pipeline, options.name),
+            shared: Arc::new(Mutex::new(Shared::default())),
+        };
+        tracing::info!(
+            sink = %options.name,
+            servers = %servers,
+            database = %options.database,
+            "connected to MongoDB"
+        );
+        Ok(MongoSink {
+            options,
+            client,
+            servers,
+            targets: HashMap::new(),
+            collections: HashMap::new(),
+            store,
+            batch: Batch::default(),
+            last_commit: None,
+            buffered: 0,
+        })
+    }
+
+    /// The collection of a table, checked.
+    fn collection_for(&self, table: &TableName) -> Result<String> {
+        let name = self
+            .options
+            .collection
+            .render(&self.options.pipeline, table, &clean_name_part);
+        let refuse = |problem: String| {
+            ConnectorError::fatal(format!(
+                "MongoDB sink {}: table {table} cannot be written: {problem}",
+                self.options.name
+            ))
+        };
+        check_collection_name(&name).map_err(refuse)?;
+        let namespace = self.options.database.len() + 1 + name.len();
+        if namespace > MAX_NAMESPACE_BYTES {
+            return Err(refuse(format!(
+                "the namespace {}.{name} is {namespace} bytes long; MongoDB allows at most {MAX_NAMESPACE_BYTES}. \
+                 Fix: shorten the sink's collection template or database name.",
+                self.options.database
+            )));
+        }
+        Ok(name)
+    }
+
+    /// The target of a change's table, checked when its layout is new.
+    fn target(&mut self, layout: &Arc<TableSchema>) -> Result<Arc<Target>> {
+        if let Some((known, target)) = self.targets.get_mut(&layout.name) {
+            if !Arc::ptr_eq(known, layout) {
+                check_table(layout)?;
+                *known = layout.clone();
+            }
+            return Ok(target.clone());
+        }
+        check_table(layout)?;
+        let coll = self.collection_for(&layout.name)?;
+        if let Some(other) = self.collections.get(&coll) {
+            return Err(ConnectorError::fatal(format!(
+                "MongoDB sink {}: tables {other} and {} would both be written to collection {coll}, where their _ids could collide",
+                self.options.name, layout.name
+            ))
+            .with_hint("put {table} (and {schema} when two schemas have tables of one name) in the sink's collection template"));
+        }
+        let target = Arc::new(Target {
+            index: self.targets.len() as u32,
+            table: layout.name.clone(),
+            ns: Namespace::new(self.options.database.clone(), coll.clone()),
+        });
+        self.collections.insert(coll, layout.name.clone());
+        self.targets
+            .insert(layout.name.clone(), (layout.clone(), target.clone()));
+        Ok(target)
+    }
+
+    fn collection(&self, name: &str) -> Collection<Document> {
+        self.client
+            .database(&self.options.database)
+            .collection(name)
+    }
+
+    /// Refuses a collection that holds documents cutover did not write (the table is not copied
+    /// and no copy of it was started): they would be mixed with the copy.
+    /// Deletes the sink's state document (`cutover teardown --target-state`), so the next run
+    /// copies every table again. The collections are left as they are.
+    pub async fn forget_state(options: &MongoSinkOptions) -> Result<()> {
+        let sink = MongoSink::connect(options.clone()).await?;
+        sink.store
+            .collection
+            .delete_one(mongodb::bson::doc! {"_id": sink.store.id.clone()})
+            .await
+            .map_err(|e| classify(e, &sink.store.context()))?;
+        Ok(())
+    }
+
+    async fn refuse_foreign_documents(&self, table: &TableName, coll: &str) -> Result<()> {
+        let found = self
+            .client
+            .database(&self.options.database)
+            .collection::<RawDocumentBuf>(coll)
+            .find_one(doc! {})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &format!(
+                        "MongoDB sink {}: cannot read collection {}.{coll} on {}",
+                        self.options.name, self.options.database, self.servers
+                    ),
+                )
+            })?;
+        if found.is_none() {
+            return Ok(());
+        }
+        Err(ConnectorError::fatal(format!(
+            "MongoDB sink {}: collection {}.{coll} (for table {table}) already holds documents that cutover did not copy, and cutover will not overwrite them",
+            self.options.name, self.options.database
+        ))
+        .with_hint(format!(
+            "if they can go, drop the collection (db.getCollection(\"{coll}\").drop()); otherwise point the sink at another database or collection template"
+        )))
+    }
+}
+
+/// What the state document holds, shared by the sink's writes and its table copies.
+#[derive(Debug, Clone, Default)]
+struct Shared {
+    state: SinkState,
+    /// Collections whose snapshot copy was started and has not finished, with the snapshot's
+    /// LSN: what they hold is cutover's, from that copy.
+    copying: BTreeMap<String, Lsn>,
+}
+
+/// The sink's state document: `{_id: "<pipeline>/<sink>", state: "<SinkState JSON>", copying:
+/// [[collection, lsn], ...], updated_at: Date}` in the collection `cutover_state`.
+#[derive(Clone)]
+struct StateStore {
+    /// With write concern `majority`, journaled: a saved state is durable, and so is everything
+    /// the sink wrote before it.
+    collection: Collection<Document>,
+    id: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl StateStore {
+    fn context(&self) -> String {
+        format!(
+            "cannot save the state of MongoDB sink {} in {}.{STATE_COLLECTION}",
+            self.id,
+            self.collection.namespace().db
+        )
+    }
+
+    /// Reads the saved state (the default when there is none).
+    async fn load(&self) -> Result<Shared> {
+        let found = self
+            .collection
+            .find_one(doc! {"_id": &self.id})
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &format!(
+                        "cannot read the state of MongoDB sink {} from {}.{STATE_COLLECTION}",
+                        self.id,
+                        self.collection.namespace().db
+                    ),
+                )
+            })?;
+        let Some(found) = found else {
+            return Ok(Shared::default());
+        };
+        let damaged = |what: &str| {
+            ConnectorError::fatal(format!(
+                "the state document {:?} in {}.{STATE_COLLECTION} is damaged: {what}",
+                self.id,
+                self.collection.namespace().db
+            ))
+            .with_hint("delete that document and drop the sink's collections, so that the tables are copied again")
+        };
+        let state = match found.get("state") {
+            Some(Bson::String(json)) => SinkState::from_json(json.as_bytes())?,
+            _ => return Err(damaged("no state string")),
+        };
+        let mut copying = BTreeMap::new();
+        if let Some(Bson::Array(entries)) = found.get("copying") {
+            for entry in entries {
+                match entry.as_array().map(Vec::as_slice) {
+                    Some([Bson::String(coll), Bson::String(lsn)]) => {
+                        let lsn = lsn.parse().map_err(|_| damaged("a copy's LSN"))?;
+                        copying.insert(coll.clone(), lsn);
+                    }
+                    _ => return Err(damaged("a copy entry is not [collection, lsn]")),
+                }
+            }
+        }
+        Ok(Shared { state, copying })
+    }
+
+    /// Changes the state and saves it, under the lock; the change is kept only when it is saved.
+    async fn change(&self, f: impl FnOnce(&mut Shared)) -> Result<()> {
+        let mut shared = self.shared.lock().await;
+        let mut next = shared.clone();
+        f(&mut next);
+        let json = String::from_utf8(next.state.to_json()).expect("JSON text is UTF-8");
+        let copying: Vec<Bson> = next
+            .copying
+            .iter()
+            .map(|(coll, lsn)| Bson::Array(vec![coll.as_str().into(), lsn.to_string().into()]))
+            .collect();
+        self.collection
+            .replace_one(
+                doc! {"_id": &self.id},
+                doc! {
+                    "_id": &self.id,
+                    "state": json,
+                    "copying": copying,
+                    "updated_at": DateTime::now(),
+                },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| classify(e, &self.context()))?;
+        *shared = next;
+        Ok(())
+    }
+}
+
+/// Write models waiting to be sent, with the change each came from (for error messages).
+#[derive(Default)]
+struct Models {
+    models: Vec<WriteModel>,
+    origins: Vec<(Arc<Target>, Option<Bson>)>,
+}
+
+impl Models {
+    fn push(&mut self, target: &Arc<Target>, id: Option<Bson>, model: WriteModel) {
+        self.models.push(model);
+        self.origins.push((target.clone(), id));
+    }
+
+    fn replace(&mut self, target: &Arc<Target>, doc: Document) {
+        let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+        let model = ReplaceOneModel::builder()
+            .namespace(target.ns.clone())
+            .filter(doc! {"_id": id.clone()})
+            .replacement(doc)
+            .upsert(true)
+            .build();
+        self.push(target, Some(id), model.into());
+    }
+
+    fn delete(&mut self, target: &Arc<Target>, id: Bson) {
+        let model = DeleteOneModel::builder()
+            .namespace(target.ns.clone())
+            .filter(doc! {"_id": id.clone()})
+            .build();
+        self.push(target, Some(id), model.into());
+    }
+
+    /// `$set` of `fields` (names that are not paths) on the document `id`, created if missing.
+    fn set(&mut self, target: &Arc<Target>, id: Bson, mut fields: Document) {
+        if fields.len() > 1 {
+            // _id never changes; keep it only when it is all there is to set.
+            fields.remove("_id");
+        }
+        let model = UpdateOneModel::builder()
+            .namespace(target.ns.clone())
+            .filter(doc! {"_id": id.clone()})
+            .update(doc! {"$set": fields})
+            .upsert(true)
+            .build();
+        self.push(target, Some(id), model.into());
+    }
+
+    fn truncate(&mut self, target: &Arc<Target>) {
+        let model = DeleteManyModel::builder()
+            .namespace(target.ns.clone())
+            .filter(doc! {})
+            .build();
+        self.push(target, None, model.into());
+    }
+
+    /// Sends everything waiting, in order, in ordered bulk writes.
+    async fn send(&mut self, client: &Client, sink: &str) -> Result<()> {
+        while !self.models.is_empty() {
+            let n = self.models.len().min(MODELS_PER_CALL);
+            let models: Vec<WriteModel> = self.models.drain(..n).collect();
+            let origins: Vec<_> = self.origins.drain(..n).collect();
+            if let Err(e) = client.bulk_write(models).ordered(true).await {
+                let what = match failed_write(&e).and_then(|i| origins.get(i)) {
+                    Some((target, Some(id))) => format!(
+                        "MongoDB sink {sink}: cannot write the row with _id {id} of table {} to {}.{}",
+                        target.table, target.ns.db, target.ns.coll
+                    ),
+                    Some((target, None)) => format!(
+                        "MongoDB sink {sink}: cannot empty {}.{} (truncate of table {})",
+                        target.ns.db, target.ns.coll, target.table
+                    ),
+                    None => format!("MongoDB sink {sink}: cannot write"),
+                };
+                return Err(classify(e, &what));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads one document by `_id`, exactly as stored: it is read raw, because reading into a
+/// `Document` through serde would turn a JSON column's `{"$numberLong": "5"}` into a number.
+async fn read(client: &Client, target: &Target, id: &Bson, sink: &str) -> Result<Option<Document>> {
+    let what = || {
+        format!(
+            "MongoDB sink {sink}: cannot read the document with _id {id} of table {} from {}.{}",
+            target.table, target.ns.db, target.ns.coll
+        )
+    };
+    let raw = client
+        .database(&target.ns.db)
+        .collection::<RawDocumentBuf>(&target.ns.coll)
+        .find_one(doc! {"_id": id.clone()})
+        .await
+        .map_err(|e| classify(e, &what()))?;
+    raw.map(Document::try_from)
+        .transpose()
+        .map_err(|e| ConnectorError::fatal(format!("{}: {e}", what())).with_source(e))
+}
+
+/// Sets `fields` on the document `id` and keeps its other fields.
+async fn patch(
+    client: &Client,
+    models: &mut Models,
+    target: &Arc<Target>,
+    id: Bson,
+    fields: Document,
+    sink: &str,
+) -> Result<()> {
+    if fields.keys().all(|k| plain_field_name(k)) {
+        models.set(target, id, fields);
+        return Ok(());
+    }
+    // `$set` would read these names as paths: read the document and replace it.
+    models.send(client, sink).await?;
+    let doc = match read(client, target, &id, sink).await? {
+        Some(mut doc) => {
+            overlay(&mut doc, fields);
+            doc
+        }
+        None => with_id(id, fields),
+    };
+    models.replace(target, doc);
+    Ok(())
+}
+
+/// Applies folded operations in order.
+async fn write_ops(client: &Client, ops: Vec<Op>, sink: &str) -> Result<()> {
+    let mut models = Models::default();
+    for op in ops {
+        match op {
+            Op::Replace { target, doc } => models.replace(&target, doc),
+            Op::Delete { target, id } => models.delete(&target, id),
+            Op::Truncate { target } => models.truncate(&target),
+            Op::Patch { target, id, fields } => {
+                patch(client, &mut models, &target, id, fields, sink).await?
+            }
+            Op::Move {
+                target,
+                from,
+                id,
+                fields,
+            } => {
+                // The read must see every earlier write.
+                models.send(client, sink).await?;
+                match read(client, &target, &from, sink).await? {
+                    Some(old) => {
+                        let mut doc = with_id(id, old);
+                        overlay(&mut doc, fields);
+                        models.delete(&target, from);
+                        models.replace(&target, doc);
+                    }
+                    // Already moved (a replay), or never copied: keep what `id` has.
+                    None => patch(client, &mut models, &target, id, fields, sink).await?,
+                }
+            }
+        }
+        if models.models.len() >= MODELS_PER_CALL {
+            models.send(client, sink).await?;
+        }
+    }
+    models.send(client, sink).await
+}
+
+/// Everything one sealed write needs, owned, so that it can run while the sink buffers more.
+struct Write {
+    client: Client,
+    ops: Vec<Op>,
+    checkpoint: Option<Checkpoint>,
+    store: StateStore,
+    sink: String,
+}
+
+impl Write {
+    async fn run(self) -> Result<Option<Checkpoint>> {
+        let n = self.ops.len();
+        write_ops(&self.client, self.ops, &self.sink).await?;
+        if let Some(cp) = self.checkpoint {
+            self.store
+                .change(|shared| shared.state.checkpoint = Some(cp))
+                .await?;
+        }
+        tracing::debug!(sink = %self.sink, writes = n, checkpoint = ?self.checkpoint, "MongoDB write done");
+        Ok(self.checkpoint)
+    }
+}
+
+#[async_trait]
+impl Sink for MongoSink {
+    fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    /// Checks every table (a key, a valid collection name, one collection per table), reads the
+    /// state document, and refuses collections of tables not yet copied that hold documents
+    /// cutover did not write.
+    async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
+        for table in tables {
+            self.target(table)?;
+        }
+        let shared = self.store.load().await?;
+        for table in tables {
+            let coll = self.targets[&table.name].1.ns.coll.clone();
+            if !shared.state.copied_tables.contains_key(&table.name)
+                && !shared.copying.contains_key(&coll)
+            {
+                self.refuse_foreign_documents(&table.name, &coll).await?;
+            }
+        }
+        let state = shared.state.clone();
+        *self.store.shared.lock().await = shared;
+        tracing::info!(
+            sink = %self.options.name,
+            database = %self.options.database,
+            tables = tables.len(),
+            checkpoint = ?state.checkpoint,
+            copied = state.copied_tables.len(),
+            "MongoDB sink open"
+        );
+        Ok(state)
+    }
+
+    /// Starts a copy. A copy of an older snapshot that did not finish is wiped first (it may hold
+    /// rows deleted since); a copy of the same snapshot is continued (its rows are upserted).
+    async fn begin_copy(
+        &self,
+        table: Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+    ) -> Result<Box<dyn TableCopy>> {
+        check_table(&table)?;
+        let coll = self.collection_for(&table.name)?;
+        let earlier = self.store.shared.lock().await.copying.get(&coll).copied();
+        if let Some(lsn) = earlier.filter(|lsn| *lsn != snapshot_lsn) {
+            tracing::info!(
+                sink = %self.options.name,
+                table = %table.name,
+                collection = %coll,
+                earlier_snapshot = %lsn,
+                "removing the documents of an unfinished copy"
+            );
+            self.collection(&coll)
+                .delete_many(doc! {})
+                .await
+                .map_err(|e| {
+                    classify(
+                        e,
+                        &format!(
+                            "MongoDB sink {}: cannot empty {}.{coll} before copying {}",
+                            self.options.name, self.options.database, table.name
+                        ),
+                    )
+                })?;
+        }
+        if earlier != Some(snapshot_lsn) {
+            let coll = coll.clone();
+            self.store
+                .change(move |shared| {
+                    shared.copying.insert(coll, snapshot_lsn);
+                })
+                .await?;
+        }
+        Ok(Box::new(MongoCopy {
+            client: self.client.clone(),
+            target: Arc::new(Target {
+                index: 0,
+                table: table.name.clone(),
+                ns: Namespace::new(self.options.database.clone(), coll),
+            }),
+            table,
+            snapshot_lsn,
+            rows: 0,
+            store: self.store.clone(),
+            sink: self.options.name.clone(),
+        }))
+    }
+
+    async fn apply(&mut self, event: StreamEvent) -> Result<()> {
+        self.buffered += event.size();
+        match event {
+            StreamEvent::Begin { .. } => self.last_commit = None,
+            StreamEvent::Change(change) => {
+                self.last_commit = None;
+                let target = self.target(&change.table)?;
+                self.batch.push(&target, &change.table, change.change)?;
+            }
+            StreamEvent::Commit {
+                commit_lsn,
+                end_lsn,
+                ..
+            } => {
+                self.last_commit = Some(Checkpoint {
+                    commit_lsn,
+                    end_lsn,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The write applies the buffered changes in order; when the last event buffered was a
+    /// commit, it then saves the state document with that checkpoint and returns it.
+    fn seal(&mut self) -> PendingWrite {
+        let ops = self.batch.take();
+        let checkpoint = self.last_commit.take();
+        self.buffered = 0;
+        if ops.is_empty() && checkpoint.is_none() {
+            return Box::pin(async { Ok(None) });
+        }
+        let write = Write {
+            client: self.client.clone(),
+            ops,
+            checkpoint,
+            store: self.store.clone(),
+            sink: self.options.name.clone(),
+        };
+        Box::pin(write.run())
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+}
+
+/// One table's snapshot copy: rows are upserted by `_id` (a copy may be repeated after a crash),
+/// and `finish` records the table as copied in the state document.
+struct MongoCopy {
+    client: Client,
+    target: Arc<Target>,
+    table: Arc<TableSchema>,
+    snapshot_lsn: Lsn,
+    rows: u64,
+    store: StateStore,
+    sink: String,
+}
+
+#[async_trait]
+impl TableCopy for MongoCopy {
+    async fn write(&mut self, rows: &[Row]) -> Result<()> {
+        let mut models = Models::default();
+        for row in rows {
+            let id = document_id(&self.table, row)?;
+            let fields = row_fields(&self.table, row, &id)?;
+            models.replace(&self.target, with_id(id, fields));
+            if models.models.len() >= MODELS_PER_CALL {
+                models.send(&self.client, &self.sink).await?;
+            }
+        }
+        models.send(&self.client, &self.sink).await?;
+        self.rows += rows.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<u64> {
+        let (name, coll, lsn) = (
+            self.table.name.clone(),
+            self.target.ns.coll.clone(),
+            self.snapshot_lsn,
+        );
+        self.store
+            .change(move |shared| {
+                shared.state.copied_tables.insert(name, lsn);
+                shared.copying.remove(&coll);
+            })
+            .await?;
+        tracing::info!(
+            sink = %self.sink,
+            table = %self.table.name,
+            rows = self.rows,
+            snapshot_lsn = %self.snapshot_lsn,
+            "MongoDB copy finished"
+        );
+        Ok(self.rows)
+    }
+}

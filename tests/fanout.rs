@@ -1,0 +1,286 @@
+//! One slot, four targets: PostgreSQL, Kafka (tansu), NATS JetStream and MongoDB (SecantusDB),
+//! all real servers started by scripts/services.sh. Every target is read back as a consumer
+//! would and compared with the source, every column of every row.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::targets::{self, KafkaReader, NatsReader};
+use common::workload::{self, Workload};
+use common::Env;
+
+const TABLES: &[&str] = &["customers", "orders", "items"];
+
+fn topics(env: &Env) -> Vec<String> {
+    TABLES
+        .iter()
+        .map(|t| format!("{}.public.{t}", env.name))
+        .collect()
+}
+
+/// Waits until the Kafka topics, the NATS stream and the MongoDB collections, each folded to
+/// the latest row per key and loaded into a scratch database, equal the source.
+async fn wait_all_targets_equal(
+    env: &Env,
+    kafka: &mut KafkaReader,
+    nats: &mut NatsReader,
+    timeout: Duration,
+) {
+    let source = env.source().await;
+    let deadline = Instant::now() + timeout;
+    let mut pending = vec!["kafka", "nats", "mongo"];
+    loop {
+        kafka.poll(Duration::from_millis(500));
+        nats.poll().await;
+        let mut failures = Vec::new();
+        for label in pending.clone() {
+            let (folded, millis) = match label {
+                "kafka" => (kafka.folded.clone(), false),
+                "nats" => (nats.folded.clone(), false),
+                _ => (targets::mongo_rows(&env.name, TABLES).await, true),
+            };
+            let copy = targets::materialize(env, label, workload::SCHEMA, &folded).await;
+            match targets::compare(&source, &copy, TABLES, millis).await {
+                Ok(()) => pending.retain(|p| *p != label),
+                Err(e) => failures.push(format!("{label}: {e}")),
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "targets differ from the source after {timeout:?}:\n{}",
+            failures.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_live_writes_reach_every_target() {
+    let env = Env::new("fanout").await;
+    let src = env.source().await;
+    src.batch_execute(workload::SCHEMA).await.unwrap();
+    workload::prefill(&src, 300).await;
+    let pipeline = env.pipeline_with(
+        "[\"public.*\"]",
+        "",
+        &targets::message_sinks(&env, "tombstones = true"),
+    );
+    let mut run = env.start(&pipeline);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+
+    // SecantusDB finds documents with a composite _id (items) by scanning the collection, so
+    // the write load is kept short: the MongoDB target, not cutover, sets the pace here.
+    let load = Workload::start(env.source().await, 11);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let committed = load.stop().await;
+    assert!(
+        committed > 50,
+        "the workload committed only {committed} transactions"
+    );
+    // Per-key order: many updates of a few keys, each in its own transaction.
+    for round in 0..200 {
+        src.batch_execute(&format!(
+            "UPDATE orders SET note = 'round {round}' WHERE id IN (1, 11, 21)"
+        ))
+        .await
+        .unwrap();
+    }
+    // A truncate reaches every partition of the topic and empties the collection.
+    src.batch_execute("TRUNCATE items; INSERT INTO items VALUES (1, 1, 'after truncate', 1)")
+        .await
+        .unwrap();
+
+    env.wait_equal(TABLES, Duration::from_secs(90)).await;
+    let mut kafka = KafkaReader::new(&topics(&env));
+    let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
+    wait_all_targets_equal(&env, &mut kafka, &mut nats, Duration::from_secs(180)).await;
+    assert!(nats.duplicate_ids().is_empty());
+    let status = run.terminate();
+    assert!(status.success(), "cutover exited with {status}");
+    env.drop_slot().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_leave_every_target_equal_without_nats_duplicates() {
+    let env = Env::new("fanout_kill").await;
+    let src = env.source().await;
+    src.batch_execute(workload::SCHEMA).await.unwrap();
+    workload::prefill(&src, 200).await;
+    let pipeline = env.pipeline_with("[\"public.*\"]", "", &targets::message_sinks(&env, ""));
+    let load = Workload::start(env.source().await, 5);
+    let mut run = env.start(&pipeline);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        run.kill();
+        run = env.start(&pipeline);
+        run.wait_log("streaming changes", Duration::from_secs(60))
+            .await;
+    }
+    let committed = load.stop().await;
+    assert!(
+        committed > 50,
+        "the workload committed only {committed} transactions"
+    );
+    env.wait_equal(TABLES, Duration::from_secs(90)).await;
+    let mut kafka = KafkaReader::new(&topics(&env));
+    let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
+    wait_all_targets_equal(&env, &mut kafka, &mut nats, Duration::from_secs(180)).await;
+    let dups = nats.duplicate_ids();
+    assert!(
+        dups.is_empty(),
+        "NATS holds replayed changes twice: {:?}",
+        &dups[..dups.len().min(5)]
+    );
+    let status = run.terminate();
+    assert!(status.success(), "cutover exited with {status}");
+    env.drop_slot().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_envelope_folds_to_the_source() {
+    let env = Env::new("fanout_dbz").await;
+    let schema = "CREATE TABLE items (order_id bigint, line int, sku text, qty int, PRIMARY KEY (order_id, line));";
+    env.on_source(&format!(
+        "{schema} INSERT INTO items SELECT g, 1, 'sku ' || g, g FROM generate_series(1, 200) g;"
+    ))
+    .await;
+    let kafka = format!(
+        "\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{}\"\nformat = \"debezium\"\ntombstones = true\npartitions = 2\n",
+        targets::MessageServices::get().kafka_brokers
+    );
+    let pipeline = env.pipeline_with("[\"items\"]", "", &kafka);
+    let mut run = env.start(&pipeline);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.on_source(
+        "UPDATE items SET qty = qty * 10 WHERE order_id % 3 = 0;
+         DELETE FROM items WHERE order_id % 5 = 0;
+         UPDATE items SET line = 2 WHERE order_id = 7;
+         INSERT INTO items VALUES (1000, 1, 'new', 1);",
+    )
+    .await;
+    env.wait_equal(&["items"], Duration::from_secs(60)).await;
+    let mut reader = KafkaReader::new(&[format!("{}.public.items", env.name)]);
+    let source = env.source().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        reader.poll(Duration::from_millis(500));
+        let copy = targets::materialize(
+            &env,
+            "dbz",
+            schema.replace("items", "public.items").as_str(),
+            &reader.folded,
+        )
+        .await;
+        match targets::compare(&source, &copy, &["items"], false).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "Debezium-format topic differs: {e}"
+            ),
+        }
+    }
+    let status = run.terminate();
+    assert!(status.success(), "cutover exited with {status}");
+    env.drop_slot().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_sink_holds_the_slot_and_catches_up() {
+    let env = Env::new("fanout_cut").await;
+    let schema = "CREATE TABLE public.t (id int PRIMARY KEY, v text, n int);";
+    env.on_source(&format!(
+        "{schema} INSERT INTO t SELECT g, 'v' || g, 0 FROM generate_series(1, 500) g;"
+    ))
+    .await;
+    let m = targets::MessageServices::get();
+    let nats_port: u16 = m.nats_url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = common::proxy::Proxy::start(nats_port).await;
+    let sink = format!(
+        "\n[[sink]]\nkind = \"nats\"\nname = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\n",
+        proxy.port
+    );
+    let pipeline = env.pipeline_with(
+        "[\"t\"]",
+        "[limits]\nqueue_bytes = \"4 MiB\"\nbatch_bytes = \"1 MiB\"\n",
+        &sink,
+    );
+    let mut run = env.start(&pipeline);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.wait_equal(&["t"], Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let src = env.source().await;
+    let slot_query = format!(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'cutover_{}'",
+        env.name
+    );
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A sink that lost its connection cannot have the first transaction written after it.
+    src.batch_execute("UPDATE t SET n = n + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let before_writes = lsn(&src, "SELECT pg_current_wal_insert_lsn()::text").await;
+    for round in 0..40 {
+        src.batch_execute(&format!(
+            "UPDATE t SET n = n + 1, v = repeat('x', {}) WHERE id % 40 = {round}",
+            200 + round
+        ))
+        .await
+        .unwrap();
+    }
+    src.batch_execute("INSERT INTO t SELECT g, 'late', 1 FROM generate_series(501, 3000) g")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let held = lsn(&src, &slot_query).await;
+    assert!(
+        held < before_writes,
+        "the slot advanced past what the unreachable sink has ({held:X} > {before_writes:X})"
+    );
+    let rss = run.rss_kib();
+    assert!(
+        rss < 200 * 1024,
+        "cutover grew to {rss} KiB while a sink was down"
+    );
+
+    proxy.restore();
+    env.wait_equal(&["t"], Duration::from_secs(60)).await;
+    let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        nats.poll().await;
+        let copy = targets::materialize(&env, "cut", schema, &nats.folded).await;
+        match targets::compare(&src, &copy, &["t"], false).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "NATS missed changes after the outage: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        lsn(&src, &slot_query).await > before_writes,
+        "the slot never advanced after recovery"
+    );
+    let status = run.terminate();
+    assert!(status.success(), "cutover exited with {status}");
+    env.drop_slot().await;
+}
+
+/// Runs a query returning one pg_lsn as text, and parses it.
+async fn lsn(client: &tokio_postgres::Client, sql: &str) -> u64 {
+    let text: String = client.query_one(sql, &[]).await.unwrap().get(0);
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
