@@ -112,12 +112,14 @@ async fn sigkill_and_restart_leave_every_target_equal_without_nats_duplicates() 
     src.batch_execute(workload::SCHEMA).await.unwrap();
     workload::prefill(&src, 200).await;
     let pipeline = env.pipeline_with("[\"public.*\"]", "", &targets::message_sinks(&env, ""));
-    let load = Workload::start(env.source().await, 5);
+    // Paced: SecantusDB (the MongoDB target) scans a collection to find a composite _id, so
+    // an unpaced load outruns the server, not cutover.
+    let load = Workload::start_paced(env.source().await, 5, Duration::from_millis(10));
     let mut run = env.start(&pipeline);
     run.wait_log("streaming changes", Duration::from_secs(60))
         .await;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         run.kill();
         run = env.start(&pipeline);
         run.wait_log("streaming changes", Duration::from_secs(60))

@@ -43,6 +43,17 @@ pub async fn prefill(client: &Client, customers: i64) {
 
 /// Runs random transactions until `stop` is set. Returns the number committed.
 pub async fn run(client: Client, stop: Arc<AtomicBool>, committed: Arc<AtomicU64>, seed: u64) {
+    run_paced(client, stop, committed, seed, std::time::Duration::ZERO).await
+}
+
+/// Like [`run`], pausing `pause` after each transaction.
+pub async fn run_paced(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    seed: u64,
+    pause: std::time::Duration,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut next_id: i64 = 10_000_000 + (seed as i64 % 1000) * 1_000_000;
     while !stop.load(Ordering::Relaxed) {
@@ -85,6 +96,9 @@ pub async fn run(client: Client, stop: Arc<AtomicBool>, committed: Arc<AtomicU64
         } else {
             let _ = client.batch_execute("ROLLBACK").await;
         }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
@@ -97,9 +111,14 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(client: Client, seed: u64) -> Workload {
+        Self::start_paced(client, seed, std::time::Duration::ZERO)
+    }
+
+    /// A workload that pauses `pause` after each transaction (for slow targets).
+    pub fn start_paced(client: Client, seed: u64, pause: std::time::Duration) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));
-        let handle = tokio::spawn(run(client, stop.clone(), committed.clone(), seed));
+        let handle = tokio::spawn(run_paced(client, stop.clone(), committed.clone(), seed, pause));
         Workload {
             stop,
             committed,
