@@ -118,7 +118,13 @@ impl Workload {
     pub fn start_paced(client: Client, seed: u64, pause: std::time::Duration) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));
-        let handle = tokio::spawn(run_paced(client, stop.clone(), committed.clone(), seed, pause));
+        let handle = tokio::spawn(run_paced(
+            client,
+            stop.clone(),
+            committed.clone(),
+            seed,
+            pause,
+        ));
         Workload {
             stop,
             committed,
