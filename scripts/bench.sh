@@ -2,7 +2,7 @@
 # Benchmarks cutover against the peers that run here, in the same run, on its own servers
 # (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
 #
-#   scripts/bench.sh [snapshot|apply|memory|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#   scripts/bench.sh [snapshot|apply|memory|messages|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
 #                                                     APPLY_TXNS=1200 by default)
 #
 # snapshot  1M rows (~160 B) into an empty target: cutover vs
@@ -11,6 +11,9 @@
 #           in the slot: cutover vs native logical replication (CREATE SUBSCRIPTION), time from
 #           start until a marker committed last is on the target
 # memory    peak RSS of cutover during the snapshot of 100k and of 1M rows with an 8 MiB queue
+# messages  a slot holding MESSAGE_CHANGES (default 1M) changes: cutover draining it into Kafka
+#           (tansu), and into NATS JetStream, vs pg_recvlogical reading the same changes from a
+#           slot of its own (the capture ceiling)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +21,7 @@ WHAT=${1:-all}
 ROUNDS=${ROUNDS:-3}
 SNAPSHOT_ROWS=${SNAPSHOT_ROWS:-1000000}
 APPLY_TXNS=${APPLY_TXNS:-1200}
+MESSAGE_CHANGES=${MESSAGE_CHANGES:-1000000}
 export CUTOVER_SERVICES_DIR=${CUTOVER_SERVICES_DIR:-/tmp/cutover-bench-services}
 export CUTOVER_FSYNC=on
 export CUTOVER_SHARED_BUFFERS=512MB
@@ -189,10 +193,79 @@ chunk_bytes = \"512 KiB\"")
     done
 }
 
+lsn_number() { python3 -c 'import sys; h, l = sys.argv[1].split("/"); print((int(h, 16) << 32) | int(l, 16))' "$1"; }
+
+bench_messages() {
+    echo "== messages: a backlog of $MESSAGE_CHANGES changes in the slot; cutover into Kafka and into NATS vs pg_recvlogical"
+    src -d postgres -c "DROP DATABASE IF EXISTS msg" -c "CREATE DATABASE msg"
+    src -d msg -c "$TABLE_DDL"
+    local name kinds=(kafka nats)
+    for name in "${kinds[@]}"; do
+        local sink
+        if [ "$name" = kafka ]; then
+            sink="kind = \"kafka\"
+name = \"kafka\"
+brokers = \"$CUTOVER_TEST_KAFKA_BROKERS\""
+        else
+            sink="kind = \"nats\"
+name = \"nats\"
+url = \"$CUTOVER_TEST_NATS_URL\""
+        fi
+        cat > "$WORK/msg_$name.toml" <<EOF
+name = "msg_$name"
+[source]
+url = "postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/msg"
+tables = ["public.t"]
+[[sink]]
+$sink
+EOF
+        # Creates the slot, publication, topic or stream, then stops: the backlog builds up.
+        "$BIN" --log-format json run "$WORK/msg_$name.toml" 2> "$WORK/msg_$name-setup.log" &
+        local pid=$!
+        wait_log "$WORK/msg_$name-setup.log" "streaming changes"
+        kill -TERM $pid; wait $pid
+    done
+    local per_txn=5000 times_recv=() times_kafka=() times_nats=() r
+    for r in $(seq 1 "$ROUNDS"); do
+        src -d msg -c "SELECT pg_create_logical_replication_slot('recv_slot', 'pgoutput')" >/dev/null
+        local n=0 cmds=()
+        while [ $n -lt "$MESSAGE_CHANGES" ]; do
+            local base=$((r * 100000000 + n))
+            cmds+=(-c "INSERT INTO t SELECT g, g % 1000, repeat('x', 100), now(), g * 0.01 FROM generate_series($base, $((base + per_txn - 1))) g")
+            n=$((n + per_txn))
+        done
+        src -d msg "${cmds[@]}"
+        local end; end=$(src -d msg -At -c "SELECT pg_current_wal_insert_lsn()")
+        local t0; t0=$(now)
+        "$PGBIN/pg_recvlogical" -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -d msg -S recv_slot --start \
+            -o proto_version=1 -o publication_names=cutover_msg_kafka -E "$end" -f /dev/null
+        times_recv+=("$(python3 -c "print($(now) - $t0)")")
+        src -d msg -c "SELECT pg_drop_replication_slot('recv_slot')" >/dev/null
+        for name in "${kinds[@]}"; do
+            t0=$(now)
+            "$BIN" --log-format json run "$WORK/msg_$name.toml" 2> "$WORK/msg_$name-$r.log" &
+            local pid=$! target; target=$(lsn_number "$end")
+            until [ "$(lsn_number "$(src -d msg -At -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'cutover_msg_$name'")")" -ge "$target" ]; do
+                sleep 0.05
+            done
+            local took; took=$(python3 -c "print($(now) - $t0)")
+            local cpu; cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
+            kill -TERM $pid; wait $pid
+            if [ "$name" = kafka ]; then times_kafka+=("$took"); else times_nats+=("$took"); fi
+            echo "   round $r: $name $(python3 -c "print('%.2f s, %d changes/s' % ($took, $MESSAGE_CHANGES / $took))") using $cpu s of CPU"
+        done
+        echo "   round $r: pg_recvlogical $(python3 -c "print('%.2f s, %d changes/s' % (${times_recv[-1]}, $MESSAGE_CHANGES / ${times_recv[-1]}))")"
+    done
+    local rm km nm; rm=$(median "${times_recv[@]}"); km=$(median "${times_kafka[@]}"); nm=$(median "${times_nats[@]}")
+    echo "   median: pg_recvlogical $rm s ($(python3 -c "print(int($MESSAGE_CHANGES/$rm))")/s); kafka $km s ($(python3 -c "print(int($MESSAGE_CHANGES/$km))")/s, $(ratio "$rm" "$km") x pg_recvlogical); nats $nm s ($(python3 -c "print(int($MESSAGE_CHANGES/$nm))")/s, $(ratio "$rm" "$nm") x pg_recvlogical)"
+    for name in "${kinds[@]}"; do "$BIN" teardown "$WORK/msg_$name.toml" >/dev/null; done
+}
+
 case "$WHAT" in
 snapshot) bench_snapshot ;;
 apply) bench_apply ;;
 memory) bench_memory ;;
-all) bench_snapshot; bench_apply; bench_memory ;;
-*) echo "usage: $0 [snapshot|apply|memory|all]" >&2; exit 2 ;;
+messages) bench_messages ;;
+all) bench_snapshot; bench_apply; bench_memory; bench_messages ;;
+*) echo "usage: $0 [snapshot|apply|memory|messages|all]" >&2; exit 2 ;;
 esac

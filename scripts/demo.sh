@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The demo migration, end to end, on servers this script starts itself:
-#   1. starts a source and a target PostgreSQL (scripts/services.sh) and fills the source with a
-#      sample shop (four tables, many types, ~700k rows);
-#   2. runs `cutover run pipelines/demo.toml` while pgbench keeps writing to the source, so the
-#      copy and the stream both see live writes;
-#   3. when the writes stop, waits for the target to catch up, shows the lag, compares every
-#      table's full contents on both sides, and stops everything.
+#   1. starts a source and a target PostgreSQL, a Kafka-protocol broker (tansu), NATS with
+#      JetStream and a MongoDB-wire server (SecantusDB) (scripts/services.sh), and fills the
+#      source with a sample shop (four tables, many types, ~80k rows);
+#   2. runs `cutover run pipelines/demo.toml`, one slot fanned out to all four targets, while
+#      pgbench keeps writing to the source, so the copy and the stream both see live writes;
+#   3. when the writes stop, waits for every target to catch up, shows the lag, compares every
+#      table's full contents: PostgreSQL directly, Kafka and NATS by folding topic and stream to
+#      the latest row per key, MongoDB by reading the collections; then stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,16 +33,19 @@ bin=target/release/cutover
 echo "== filling the source with the sample shop"
 psql_src -d postgres -c "CREATE DATABASE shop"
 psql_tgt -d postgres -c "CREATE DATABASE shop"
-psql_src -d shop -f scripts/demo-schema.sql
+psql_src -d shop -f scripts/demo-schema.sql -f scripts/demo-data.sql
 
 export CUTOVER_SOURCE_URL="postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/shop"
 export CUTOVER_TARGET_URL="postgres://postgres@127.0.0.1:$CUTOVER_TARGET_PORT/shop"
+export CUTOVER_KAFKA_BROKERS=$CUTOVER_TEST_KAFKA_BROKERS
+export CUTOVER_NATS_URL=$CUTOVER_TEST_NATS_URL
+export CUTOVER_MONGO_URL=$CUTOVER_TEST_MONGO_URL
 
 echo "== cutover check"
 $bin check pipelines/demo.toml
 
-echo "== live writes start (pgbench, 2 clients, 20 s)"
-"$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -c 2 -T 20 \
+echo "== live writes start (pgbench, 2 clients, 200 transactions/s, 20 s)"
+"$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -c 2 -T 20 -R 200 \
     -f scripts/demo-writes.sql shop > "$CUTOVER_SERVICES_DIR/pgbench.log" 2>&1 &
 writer_pid=$!
 
@@ -55,8 +60,8 @@ fi
 writer_pid=
 echo "   writes stopped: $(grep -Eo 'number of transactions actually processed: [0-9]+' "$CUTOVER_SERVICES_DIR/pgbench.log" || echo 'see pgbench.log')"
 
-echo "== waiting for the target to catch up"
-for _ in $(seq 1 120); do
+echo "== waiting for every target to catch up"
+for _ in $(seq 1 600); do
     status=$($bin status pipelines/demo.toml)
     if echo "$status" | grep -q "lag 0 bytes"; then break; fi
     sleep 1
@@ -71,12 +76,21 @@ for t in customers orders order_items documents; do
     if [ "$a" = "$b" ]; then echo "   $t: equal ($a)"; else echo "   $t: DIFFERENT (source $a, target $b)"; same=0; fi
 done
 
+echo "== reading Kafka, NATS and MongoDB back and comparing them with the source, row by row"
+read_back="$CUTOVER_SERVICES_DIR/read-back.log"
+if cargo test --release --quiet --test demo_targets -- --ignored --nocapture > "$read_back" 2>&1; then
+    grep -E '^   ' "$read_back"
+else
+    grep -E '^   |panicked|differs' "$read_back" | head -5 | cut -c1-300
+    same=0
+fi
+
 echo "== stopping cutover (SIGTERM: drain, confirm, exit 0)"
 kill -TERM "$cutover_pid"; wait "$cutover_pid"; cutover_pid=
 grep -E "table copied|streaming changes|stopped" "$CUTOVER_SERVICES_DIR/cutover.log" | sed 's/^/   /' | cut -c1-160
 
 if [ "$same" = 1 ]; then
-    echo "== done: the target equals the source"
+    echo "== done: every target equals the source"
 else
-    echo "== FAILED: the target differs from the source"; exit 1
+    echo "== FAILED: a target differs from the source"; exit 1
 fi

@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CUTOVER_SERVICES_DIR=${CUTOVER_SERVICES_DIR:-/tmp/cutover-test-services}
-scripts/services.sh start >/dev/null
+env_file=$(scripts/services.sh start)
+# The servers' addresses (CUTOVER_TEST_*), for tests that read them from the environment.
+# shellcheck disable=SC1090
+source "$env_file"
 trap 'scripts/services.sh stop' EXIT
 
 cargo fmt --all -- --check

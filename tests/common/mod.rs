@@ -107,6 +107,21 @@ impl Env {
         }
     }
 
+    /// An environment for databases that already exist (the demo's), named `name` on both
+    /// clusters; nothing is created.
+    pub fn existing(name: &str) -> Env {
+        let services = Services::get();
+        let dir = std::env::temp_dir().join(format!("cutover-e2e-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Env {
+            source_url: url(services.source_port, name),
+            target_url: url(services.target_port, name),
+            name: name.to_string(),
+            services,
+            dir,
+        }
+    }
+
     pub async fn source(&self) -> Client {
         connect(&self.source_url).await
     }
