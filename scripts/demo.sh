@@ -61,6 +61,11 @@ writer_pid=
 echo "   writes stopped: $(grep -Eo 'number of transactions actually processed: [0-9]+' "$CUTOVER_SERVICES_DIR/pgbench.log" || echo 'see pgbench.log')"
 
 echo "== waiting for every target to catch up"
+# First the snapshot into every target, then the stream until the slot's lag is 0.
+for _ in $(seq 1 1200); do
+    grep -q "streaming changes" "$CUTOVER_SERVICES_DIR/cutover.log" && break
+    sleep 0.5
+done
 for _ in $(seq 1 600); do
     status=$($bin status pipelines/demo.toml)
     if echo "$status" | grep -q "lag 0 bytes"; then break; fi

@@ -105,7 +105,8 @@ fn init_logging(format: LogFormat, live_progress: bool) {
     let default = if live_progress {
         "warn"
     } else {
-        "info,tokio_postgres=warn,pgwire_replication=warn"
+        // The client libraries narrate every connection at info; their warnings still show.
+        "info,tokio_postgres=warn,pgwire_replication=warn,async_nats=warn,mongodb=warn,rdkafka=warn"
     };
     let filter = EnvFilter::try_from_env("CUTOVER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()

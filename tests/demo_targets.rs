@@ -24,7 +24,11 @@ async fn demo_message_targets_equal_the_source() {
     let topics: Vec<String> = TABLES.iter().map(|t| format!("demo.public.{t}")).collect();
     let mut kafka = KafkaReader::new(&topics);
     let mut nats = NatsReader::new("cutover_demo").await;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let wait: u64 = std::env::var("DEMO_READ_BACK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let deadline = Instant::now() + Duration::from_secs(wait);
     let mut pending = vec!["kafka", "nats", "mongo"];
     while !pending.is_empty() {
         kafka.poll(Duration::from_secs(2));

@@ -268,13 +268,14 @@ impl NatsReader {
                 .consumer
                 .batch()
                 .max_messages(5000)
-                .expires(Duration::from_millis(300))
+                .expires(Duration::from_secs(2))
                 .messages()
                 .await
                 .expect("nats fetch");
             let mut got = 0;
             while let Some(m) = batch.next().await {
-                let m = m.expect("nats message");
+                // A batch that ends early (the server's request timeout) is fetched again.
+                let Ok(m) = m else { break };
                 got += 1;
                 let id = m
                     .headers
@@ -494,8 +495,8 @@ pub async fn compare(
         let a = contents_at(source, &table, millis).await;
         let b = contents_at(target, &table, millis).await;
         if a != b {
-            let missing: Vec<_> = a.iter().filter(|r| !b.contains(r)).take(3).collect();
-            let extra: Vec<_> = b.iter().filter(|r| !a.contains(r)).take(3).collect();
+            let missing: Vec<_> = a.iter().filter(|r| !b.contains(r)).take(2).collect();
+            let extra: Vec<_> = b.iter().filter(|r| !a.contains(r)).take(2).collect();
             return Err(format!(
                 "{table}: source {} rows, target {} rows; missing e.g. {missing:?}; extra e.g. {extra:?}",
                 a.len(),
