@@ -2,7 +2,7 @@
 # Benchmarks cutover against the peers that run here, in the same run, on its own servers
 # (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
 #
-#   scripts/bench.sh [snapshot|apply|memory|messages|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#   scripts/bench.sh [snapshot|apply|memory|messages|latency|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
 #                                                     APPLY_TXNS=1200 by default)
 #
 # snapshot  1M rows (~160 B) into an empty target: cutover vs
@@ -14,6 +14,7 @@
 # messages  a slot holding MESSAGE_CHANGES (default 1M) changes: cutover draining it into Kafka
 #           (tansu), and into NATS JetStream, vs pg_recvlogical reading the same changes from a
 #           slot of its own (the capture ceiling)
+# latency   commit-to-consumer latency through Kafka at a fixed 5k changes/s (p50, p99)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -199,10 +200,29 @@ bench_messages() {
     echo "== messages: a backlog of $MESSAGE_CHANGES changes in the slot; cutover into Kafka and into NATS vs pg_recvlogical"
     src -d postgres -c "DROP DATABASE IF EXISTS msg" -c "CREATE DATABASE msg"
     src -d msg -c "$TABLE_DDL"
-    local name kinds=(kafka nats)
+    tgt -d postgres -c "DROP DATABASE IF EXISTS msg_fan" -c "CREATE DATABASE msg_fan"
+    local kafka_sink="kind = \"kafka\"
+name = \"kafka\"
+brokers = \"$CUTOVER_TEST_KAFKA_BROKERS\""
+    local nats_sink="kind = \"nats\"
+name = \"nats\"
+url = \"$CUTOVER_TEST_NATS_URL\""
+    local name kinds=(kafka nats fan)
     for name in "${kinds[@]}"; do
         local sink
-        if [ "$name" = kafka ]; then
+        if [ "$name" = fan ]; then
+            # Fan-out: one slot into PostgreSQL, Kafka and NATS at once.
+            sink="kind = \"postgres\"
+name = \"target\"
+url = \"postgres://postgres@127.0.0.1:$CUTOVER_TARGET_PORT/msg_fan\"
+[[sink]]
+$kafka_sink
+topic = \"fan.{schema}.{table}\"
+[[sink]]
+$nats_sink
+stream = \"fan\"
+subject = \"fan.{schema}.{table}\""
+        elif [ "$name" = kafka ]; then
             sink="kind = \"kafka\"
 name = \"kafka\"
 brokers = \"$CUTOVER_TEST_KAFKA_BROKERS\""
@@ -225,7 +245,7 @@ EOF
         wait_log "$WORK/msg_$name-setup.log" "streaming changes"
         kill -TERM $pid; wait $pid
     done
-    local per_txn=5000 times_recv=() times_kafka=() times_nats=() r
+    local per_txn=5000 times_recv=() times_kafka=() times_nats=() times_fan=() r
     for r in $(seq 1 "$ROUNDS"); do
         src -d msg -c "SELECT pg_create_logical_replication_slot('recv_slot', 'pgoutput')" >/dev/null
         local n=0 cmds=()
@@ -251,14 +271,53 @@ EOF
             local took; took=$(python3 -c "print($(now) - $t0)")
             local cpu; cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
             kill -TERM $pid; wait $pid
-            if [ "$name" = kafka ]; then times_kafka+=("$took"); else times_nats+=("$took"); fi
+            case $name in
+                kafka) times_kafka+=("$took") ;;
+                nats) times_nats+=("$took") ;;
+                fan) times_fan+=("$took") ;;
+            esac
             echo "   round $r: $name $(python3 -c "print('%.2f s, %d changes/s' % ($took, $MESSAGE_CHANGES / $took))") using $cpu s of CPU"
         done
         echo "   round $r: pg_recvlogical $(python3 -c "print('%.2f s, %d changes/s' % (${times_recv[-1]}, $MESSAGE_CHANGES / ${times_recv[-1]}))")"
     done
-    local rm km nm; rm=$(median "${times_recv[@]}"); km=$(median "${times_kafka[@]}"); nm=$(median "${times_nats[@]}")
+    local rm km nm fm; rm=$(median "${times_recv[@]}"); km=$(median "${times_kafka[@]}"); nm=$(median "${times_nats[@]}"); fm=$(median "${times_fan[@]}")
     echo "   median: pg_recvlogical $rm s ($(python3 -c "print(int($MESSAGE_CHANGES/$rm))")/s); kafka $km s ($(python3 -c "print(int($MESSAGE_CHANGES/$km))")/s, $(ratio "$rm" "$km") x pg_recvlogical); nats $nm s ($(python3 -c "print(int($MESSAGE_CHANGES/$nm))")/s, $(ratio "$rm" "$nm") x pg_recvlogical)"
+    echo "   fan-out (PostgreSQL + Kafka + NATS from one slot): $fm s ($(python3 -c "print(int($MESSAGE_CHANGES/$fm))")/s) = $(ratio "$nm" "$fm") x the slowest sink alone (NATS)"
     for name in "${kinds[@]}"; do "$BIN" teardown "$WORK/msg_$name.toml" >/dev/null; done
+}
+
+bench_latency() {
+    echo "== latency: commit to consumer through Kafka at a fixed 5k changes/s (500 transactions/s of 10 rows)"
+    src -d postgres -c "DROP DATABASE IF EXISTS lat" -c "CREATE DATABASE lat"
+    src -d lat -c "$TABLE_DDL"
+    cat > "$WORK/lat.toml" <<EOF
+name = "lat"
+[source]
+url = "postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/lat"
+tables = ["public.t"]
+[[sink]]
+kind = "kafka"
+name = "kafka"
+brokers = "$CUTOVER_TEST_KAFKA_BROKERS"
+EOF
+    "$BIN" --log-format json run "$WORK/lat.toml" 2> "$WORK/lat.log" &
+    local pid=$!
+    wait_log "$WORK/lat.log" "streaming changes"
+    cargo test --release --quiet --test bench_latency --no-run 2>/dev/null
+    BENCH_TOPIC=lat.public.t BENCH_SECONDS=${LATENCY_SECONDS:-30} \
+        cargo test --release --quiet --test bench_latency -- --ignored --nocapture > "$WORK/lat-consumer.log" 2>&1 &
+    local consumer=$!
+    wait_log "$WORK/lat-consumer.log" "ready"
+    cat > "$WORK/lat.sql" <<'EOF'
+\set x random(1, 1000000000)
+INSERT INTO t SELECT g, 1, repeat('l', 100), now(), 1.5 FROM generate_series(:x * 10, :x * 10 + 9) g ON CONFLICT DO NOTHING;
+EOF
+    "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -c 2 -R 500 -T $(( ${LATENCY_SECONDS:-30} - 5 )) \
+        -f "$WORK/lat.sql" lat 2>&1 | grep -E "processed|latency average" | sed 's/^/   pgbench: /'
+    wait $consumer || true
+    grep -E "latency over" "$WORK/lat-consumer.log" | sed 's/^/   /'
+    kill -TERM $pid; wait $pid
+    "$BIN" teardown "$WORK/lat.toml" >/dev/null
 }
 
 case "$WHAT" in
@@ -266,6 +325,7 @@ snapshot) bench_snapshot ;;
 apply) bench_apply ;;
 memory) bench_memory ;;
 messages) bench_messages ;;
-all) bench_snapshot; bench_apply; bench_memory; bench_messages ;;
-*) echo "usage: $0 [snapshot|apply|memory|messages|all]" >&2; exit 2 ;;
+latency) bench_latency ;;
+all) bench_snapshot; bench_apply; bench_memory; bench_messages; bench_latency ;;
+*) echo "usage: $0 [snapshot|apply|memory|messages|latency|all]" >&2; exit 2 ;;
 esac

@@ -291,6 +291,20 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_sink_state(name: &str, state: &cutover_core::SinkState) {
+    match state.checkpoint {
+        Some(cp) => println!(
+            "sink {name}: applied through {} ({} tables copied)",
+            cp.end_lsn,
+            state.copied_tables.len()
+        ),
+        None => println!(
+            "sink {name}: no streamed transaction applied yet ({} tables copied)",
+            state.copied_tables.len()
+        ),
+    }
+}
+
 async fn show_status(path: &std::path::Path) -> Outcome {
     let cfg = load(path)?;
     let source = runtime::connect_source(&cfg).await.map_err(explain)?;
@@ -303,21 +317,19 @@ async fn show_status(path: &std::path::Path) -> Outcome {
         ),
         None => println!("slot {}: does not exist (source WAL {wal})", cfg.slot),
     }
+    for sink in &cfg.sinks {
+        let state = match sink {
+            config::Sink::Postgres { .. } => continue,
+            config::Sink::Kafka(o) => cutover_kafka::KafkaSink::saved_state(o).await,
+            config::Sink::Nats(o) => cutover_nats::NatsSink::saved_state(o).await,
+            config::Sink::Mongodb(o) => cutover_mongodb::MongoSink::saved_state(o).await,
+        }
+        .map_err(explain)?;
+        print_sink_state(&format!("{} ({})", sink.name(), sink.kind()), &state);
+    }
     for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
         let state = sink.read_checkpoint().await.map_err(explain)?;
-        match state.checkpoint {
-            Some(cp) => println!(
-                "sink {}: applied through {} ({} tables copied)",
-                sink.name(),
-                cp.end_lsn,
-                state.copied_tables.len()
-            ),
-            None => println!(
-                "sink {}: no streamed transaction applied yet ({} tables copied)",
-                sink.name(),
-                state.copied_tables.len()
-            ),
-        }
+        print_sink_state(sink.name(), &state);
     }
     Ok(ExitCode::SUCCESS)
 }

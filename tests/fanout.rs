@@ -102,6 +102,16 @@ async fn snapshot_and_live_writes_reach_every_target() {
     assert!(nats.duplicate_ids().is_empty());
     let status = run.terminate();
     assert!(status.success(), "cutover exited with {status}");
+    // Every sink's saved progress is visible without running the pipeline.
+    let (code, out, err) = common::cutover(&["status", pipeline.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for sink in ["target", "kafka (kafka)", "nats (nats)", "mongo (mongodb)"] {
+        assert!(
+            out.contains(&format!("sink {sink}: applied through"))
+                && out.contains("(3 tables copied)"),
+            "status does not show {sink}'s progress:\n{out}"
+        );
+    }
     env.drop_slot().await;
 }
 

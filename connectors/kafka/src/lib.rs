@@ -169,6 +169,11 @@ impl KafkaSink {
         })
     }
 
+    /// Reads the sink's saved progress (`cutover status`).
+    pub async fn saved_state(options: &KafkaSinkOptions) -> Result<SinkState> {
+        StateFile::new(options.state_path.clone()).load().await
+    }
+
     /// Deletes the sink's saved progress (`cutover teardown --target-state`), so the next run
     /// copies every table again. The topics and their messages are left alone.
     pub async fn forget_state(options: &KafkaSinkOptions) -> Result<()> {

@@ -226,6 +226,12 @@ impl MongoSink {
 
     /// Refuses a collection that holds documents cutover did not write (the table is not copied
     /// and no copy of it was started): they would be mixed with the copy.
+    /// Reads the sink's saved progress without preparing anything (`cutover status`).
+    pub async fn saved_state(options: &MongoSinkOptions) -> Result<SinkState> {
+        let sink = MongoSink::connect(options.clone()).await?;
+        Ok(sink.store.load().await?.state)
+    }
+
     /// Deletes the sink's state document (`cutover teardown --target-state`), so the next run
     /// copies every table again. The collections are left as they are.
     pub async fn forget_state(options: &MongoSinkOptions) -> Result<()> {

@@ -145,6 +145,22 @@ impl NatsSink {
         })
     }
 
+    /// Reads the sink's saved progress without preparing anything (`cutover status`).
+    pub async fn saved_state(options: &NatsSinkOptions) -> Result<SinkState> {
+        let sink = NatsSink::connect(options.clone()).await?;
+        let Ok(store) = sink.js.get_key_value(STATE_BUCKET).await else {
+            return Ok(SinkState::default());
+        };
+        match store
+            .get(sink.state_key())
+            .await
+            .map_err(|e| nats_error(ErrorKind::Retryable, "cannot read the sink's progress", e))?
+        {
+            Some(doc) => SinkState::from_json(&doc),
+            None => Ok(SinkState::default()),
+        }
+    }
+
     /// Deletes the sink's saved progress (`cutover teardown --target-state`), so the next run
     /// copies every table again. The stream and its messages are left alone.
     pub async fn forget_state(options: &NatsSinkOptions) -> Result<()> {
