@@ -111,8 +111,14 @@ impl Status {
                     .iter()
                     .map(|s| {
                         format!(
-                            "{}: {} changes, queue {}",
-                            s.name, s.changes_applied, s.queue_depth
+                            "{}: {} changes, queue {}, {} bytes behind",
+                            s.name,
+                            s.changes_applied,
+                            s.queue_depth,
+                            // Everything up to the confirmed position is in every sink.
+                            self.source_wal
+                                .0
+                                .saturating_sub(s.durable.max(self.confirmed).0)
                         )
                     })
                     .collect();
