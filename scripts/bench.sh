@@ -310,7 +310,9 @@ EOF
     wait_log "$WORK/lat-consumer.log" "ready"
     cat > "$WORK/lat.sql" <<'EOF'
 \set x random(1, 1000000000)
-INSERT INTO t SELECT g, 1, repeat('l', 100), now(), 1.5 FROM generate_series(:x * 10, :x * 10 + 9) g ON CONFLICT DO NOTHING;
+\set first :x * 10
+\set last :first + 9
+INSERT INTO t SELECT g, 1, repeat('l', 100), now(), 1.5 FROM generate_series(:first, :last) g ON CONFLICT DO NOTHING;
 EOF
     "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -c 2 -R 500 -T $(( ${LATENCY_SECONDS:-30} - 5 )) \
         -f "$WORK/lat.sql" lat 2>&1 | grep -E "processed|latency average" | sed 's/^/   pgbench: /'
