@@ -14,7 +14,7 @@
 # messages  a slot holding MESSAGE_CHANGES (default 1M) changes: cutover draining it into Kafka
 #           (tansu), and into NATS JetStream, vs pg_recvlogical reading the same changes from a
 #           slot of its own (the capture ceiling)
-# latency   commit-to-consumer latency through Kafka at a fixed 5k changes/s (p50, p99)
+# latency   commit-to-consumer latency through Kafka, and NATS, at a fixed 5k changes/s (p50, p99)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -287,39 +287,50 @@ EOF
 }
 
 bench_latency() {
-    echo "== latency: commit to consumer through Kafka at a fixed 5k changes/s (500 transactions/s of 10 rows)"
+    echo "== latency: commit to consumer through Kafka, and through NATS, at a fixed 5k changes/s (500 transactions/s of 10 rows)"
     src -d postgres -c "DROP DATABASE IF EXISTS lat" -c "CREATE DATABASE lat"
     src -d lat -c "$TABLE_DDL"
-    cat > "$WORK/lat.toml" <<EOF
-name = "lat"
-[source]
-url = "postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/lat"
-tables = ["public.t"]
-[[sink]]
-kind = "kafka"
-name = "kafka"
-brokers = "$CUTOVER_TEST_KAFKA_BROKERS"
-EOF
-    "$BIN" --log-format json run "$WORK/lat.toml" 2> "$WORK/lat.log" &
-    local pid=$!
-    wait_log "$WORK/lat.log" "streaming changes"
-    cargo test --release --quiet --test bench_latency --no-run 2>/dev/null
-    BENCH_TOPIC=lat.public.t BENCH_SECONDS=${LATENCY_SECONDS:-30} \
-        cargo test --release --quiet --test bench_latency -- --ignored --nocapture > "$WORK/lat-consumer.log" 2>&1 &
-    local consumer=$!
-    wait_log "$WORK/lat-consumer.log" "ready"
     cat > "$WORK/lat.sql" <<'EOF'
 \set x random(1, 1000000000)
 \set first :x * 10
 \set last :first + 9
 INSERT INTO t SELECT g, 1, repeat('l', 100), now(), 1.5 FROM generate_series(:first, :last) g ON CONFLICT DO NOTHING;
 EOF
-    "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -c 2 -R 500 -T $(( ${LATENCY_SECONDS:-30} - 5 )) \
-        -f "$WORK/lat.sql" lat 2>&1 | grep -E "processed|latency average" | sed 's/^/   pgbench: /'
-    wait $consumer || true
-    grep -E "latency over" "$WORK/lat-consumer.log" | sed 's/^/   /'
-    kill -TERM $pid; wait $pid
-    "$BIN" teardown "$WORK/lat.toml" >/dev/null
+    cargo test --release --quiet --test bench_latency --no-run 2>/dev/null
+    local name
+    for name in kafka nats; do
+        local sink
+        if [ "$name" = kafka ]; then
+            sink="kind = \"kafka\"
+name = \"kafka\"
+brokers = \"$CUTOVER_TEST_KAFKA_BROKERS\""
+        else
+            sink="kind = \"nats\"
+name = \"nats\"
+url = \"$CUTOVER_TEST_NATS_URL\""
+        fi
+        cat > "$WORK/lat_$name.toml" <<EOF
+name = "lat_$name"
+[source]
+url = "postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/lat"
+tables = ["public.t"]
+[[sink]]
+$sink
+EOF
+        "$BIN" --log-format json run "$WORK/lat_$name.toml" 2> "$WORK/lat_$name.log" &
+        local pid=$!
+        wait_log "$WORK/lat_$name.log" "streaming changes"
+        BENCH_TOPIC=lat_kafka.public.t BENCH_STREAM=cutover_lat_nats BENCH_SECONDS=${LATENCY_SECONDS:-30} \
+            cargo test --release --quiet --test bench_latency -- --ignored --nocapture "${name}_commit" > "$WORK/lat-$name-consumer.log" 2>&1 &
+        local consumer=$!
+        wait_log "$WORK/lat-$name-consumer.log" "ready"
+        "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -c 2 -R 500 -T $(( ${LATENCY_SECONDS:-30} - 5 )) \
+            -f "$WORK/lat.sql" lat 2>&1 | grep -E "processed" | sed "s/^/   $name, pgbench: /"
+        wait $consumer || true
+        grep -E "latency over" "$WORK/lat-$name-consumer.log" | sed 's/^/   /'
+        kill -TERM $pid; wait $pid
+        "$BIN" teardown "$WORK/lat_$name.toml" >/dev/null
+    done
 }
 
 case "$WHAT" in

@@ -1,9 +1,10 @@
-//! Commit-to-consumer latency of the Kafka sink, for `scripts/bench.sh latency` (ignored in the
-//! test run: it needs the benchmark's servers and a running pipeline). Reads the topic named by
-//! `BENCH_TOPIC` from the end for `BENCH_SECONDS` and reports, over every message, the time from
-//! the source transaction's commit (`commit_ts` in the envelope) to the moment this consumer
-//! received it: an upper bound of commit-to-durable, since a message is readable only after
-//! every in-sync replica acknowledged it (`acks=all`).
+//! Commit-to-consumer latency of the Kafka and NATS sinks, for `scripts/bench.sh latency`
+//! (ignored in the test run: they need the benchmark's servers and a running pipeline). Each
+//! reads new messages (the topic `BENCH_TOPIC`, or the stream `BENCH_STREAM`) for
+//! `BENCH_SECONDS` and reports, over every message, the time from the source transaction's
+//! commit (`commit_ts` in the envelope) to the moment this consumer received it: an upper bound
+//! of commit-to-durable, since a message is readable only once the broker made it durable
+//! (`acks=all`; a JetStream publish is acknowledged after it is stored).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,16 +72,62 @@ fn kafka_commit_to_consumer_latency() {
             latencies_ms.push((now - committed) as f64 / 1000.0);
         }
     }
+    report("kafka", latencies_ms);
+}
+
+/// Milliseconds from the commit in the envelope `payload` until now.
+fn latency_ms(payload: &[u8]) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let payload: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    let committed = parse_utc_micros(payload["commit_ts"].as_str().unwrap());
+    (now - committed) as f64 / 1000.0
+}
+
+fn report(sink: &str, mut latencies_ms: Vec<f64>) {
     assert!(!latencies_ms.is_empty(), "no message arrived");
     latencies_ms.sort_by(f64::total_cmp);
     let at = |q: f64| latencies_ms[((latencies_ms.len() - 1) as f64 * q) as usize];
     println!(
-        "latency over {} messages: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "{sink} latency over {} messages: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         latencies_ms.len(),
         at(0.5),
         at(0.99),
         at(1.0)
     );
+}
+
+#[tokio::test]
+#[ignore = "run by scripts/bench.sh latency"]
+async fn nats_commit_to_consumer_latency() {
+    use async_nats::jetstream::consumer::{push, AckPolicy, DeliverPolicy};
+    use futures::StreamExt;
+    let url = std::env::var("CUTOVER_TEST_NATS_URL").expect("CUTOVER_TEST_NATS_URL");
+    let stream = std::env::var("BENCH_STREAM").expect("BENCH_STREAM");
+    let seconds: u64 = std::env::var("BENCH_SECONDS").map_or(30, |s| s.parse().unwrap());
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(&stream).await.unwrap();
+    let inbox = client.new_inbox();
+    let consumer = stream
+        .create_consumer(push::Config {
+            deliver_subject: inbox,
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    println!("ready");
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let mut latencies_ms = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout_at(until, messages.next()).await {
+        latencies_ms.push(latency_ms(&m.unwrap().payload));
+    }
+    report("nats", latencies_ms);
 }
 
 #[test]
