@@ -296,3 +296,87 @@ async fn lsn(client: &tokio_postgres::Client, sql: &str) -> u64 {
     let (hi, lo) = text.split_once('/').unwrap();
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_drops_changes_replayed_after_a_crash_between_publish_and_checkpoint() {
+    let env = Env::new("fanout_dedupe").await;
+    let schema = "CREATE TABLE public.t (id int PRIMARY KEY, v text);";
+    env.on_source(&format!(
+        "{schema} INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;"
+    ))
+    .await;
+    let m = targets::MessageServices::get();
+    let sink = format!(
+        "\n[[sink]]\nkind = \"nats\"\nname = \"nats\"\nurl = \"{}\"\n",
+        m.nats_url
+    );
+    let pipeline = env.pipeline_with("[\"t\"]", "", &sink);
+    let mut run = env.start(&pipeline);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.wait_equal(&["t"], Duration::from_secs(30)).await;
+
+    // The NATS sink's saved progress now, before the changes below.
+    let client = async_nats::connect(m.nats_url.as_str()).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("cutover_state")
+        .await
+        .unwrap();
+    let key = format!("{}.nats", env.name);
+    let before = kv
+        .get(&key)
+        .await
+        .unwrap()
+        .expect("the sink saved its progress");
+
+    // Hold the PostgreSQL target back, so the slot stays before the changes while NATS gets them.
+    let target = env.target().await;
+    target
+        .batch_execute("BEGIN; LOCK TABLE public.t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for round in 0..20 {
+        env.on_source(&format!(
+            "UPDATE t SET v = 'round {round}' WHERE id % 20 = {round}"
+        ))
+        .await;
+    }
+    let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
+    let source = env.source().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        nats.poll().await;
+        let copy = targets::materialize(&env, "dedupe", schema, &nats.folded).await;
+        match targets::compare(&source, &copy, &["t"], false).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "NATS did not get the changes: {e}"
+            ),
+        }
+    }
+    // A crash after publishing, before the progress was saved: the next run sends these
+    // transactions again, and the server must drop every one of them by Nats-Msg-Id.
+    run.kill();
+    kv.put(&key, before).await.unwrap();
+    target.batch_execute("ROLLBACK").await.unwrap();
+    let mut run = env.start(&pipeline);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.wait_equal(&["t"], Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.poll().await;
+    let dups = nats.duplicate_ids();
+    assert!(
+        dups.is_empty(),
+        "replayed changes were stored twice: {:?}",
+        &dups[..dups.len().min(5)]
+    );
+    let copy = targets::materialize(&env, "dedupe", schema, &nats.folded).await;
+    targets::compare(&source, &copy, &["t"], false)
+        .await
+        .unwrap();
+    let status = run.terminate();
+    assert!(status.success(), "cutover exited with {status}");
+    env.drop_slot().await;
+}

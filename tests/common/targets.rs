@@ -232,6 +232,8 @@ pub struct NatsReader {
     pub folded: Folded,
     partitions: HashMap<(String, String), i32>,
     pub ids: Vec<String>,
+    /// What each message says it is: table, source position, op and key (unique per change).
+    pub changes: Vec<String>,
 }
 
 impl NatsReader {
@@ -258,6 +260,7 @@ impl NatsReader {
             folded: Folded::new(),
             partitions: HashMap::new(),
             ids: Vec::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -284,6 +287,11 @@ impl NatsReader {
                     .map(|v| v.to_string())
                     .expect("every message has a Nats-Msg-Id");
                 self.ids.push(id);
+                let env: Json = serde_json::from_slice(&m.payload).expect("payload is JSON");
+                self.changes.push(format!(
+                    "{}|{}|{}|{}|{}",
+                    env["table"], env["lsn"], env["ordinal"], env["op"], env["key"]
+                ));
                 fold_envelope(
                     &mut self.folded,
                     &mut self.partitions,
@@ -299,14 +307,19 @@ impl NatsReader {
         }
     }
 
-    /// Message ids seen more than once.
+    /// Messages stored more than once: the same message id, or the same change (table,
+    /// position, op and key) under two ids.
     pub fn duplicate_ids(&self) -> Vec<String> {
         let mut seen = std::collections::HashSet::new();
-        self.ids
+        let mut dups: Vec<String> = self
+            .ids
             .iter()
             .filter(|id| !seen.insert(*id))
             .cloned()
-            .collect()
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        dups.extend(self.changes.iter().filter(|c| !seen.insert(*c)).cloned());
+        dups
     }
 }
 
