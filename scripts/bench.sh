@@ -196,17 +196,25 @@ chunk_bytes = \"512 KiB\"")
 
 lsn_number() { python3 -c 'import sys; h, l = sys.argv[1].split("/"); print((int(h, 16) << 32) | int(l, 16))' "$1"; }
 
+# sink_toml kafka|nats: the [[sink]] body for the benchmark's message servers.
+sink_toml() {
+    case $1 in
+    kafka) printf 'kind = "kafka"\nname = "kafka"\nbrokers = "%s"\n' "$CUTOVER_TEST_KAFKA_BROKERS" ;;
+    nats) printf 'kind = "nats"\nname = "nats"\nurl = "%s"\n' "$CUTOVER_TEST_NATS_URL" ;;
+    esac
+}
+
+# message_pipeline NAME DB SINKS: writes $WORK/NAME.toml replicating public.t of DB into SINKS.
+message_pipeline() {
+    printf 'name = "%s"\n[source]\nurl = "postgres://postgres@127.0.0.1:%s/%s"\ntables = ["public.t"]\n[[sink]]\n%s\n' \
+        "$1" "$CUTOVER_SOURCE_PORT" "$2" "$3" > "$WORK/$1.toml"
+}
+
 bench_messages() {
     echo "== messages: a backlog of $MESSAGE_CHANGES changes in the slot; cutover into Kafka and into NATS vs pg_recvlogical"
     src -d postgres -c "DROP DATABASE IF EXISTS msg" -c "CREATE DATABASE msg"
     src -d msg -c "$TABLE_DDL"
     tgt -d postgres -c "DROP DATABASE IF EXISTS msg_fan" -c "CREATE DATABASE msg_fan"
-    local kafka_sink="kind = \"kafka\"
-name = \"kafka\"
-brokers = \"$CUTOVER_TEST_KAFKA_BROKERS\""
-    local nats_sink="kind = \"nats\"
-name = \"nats\"
-url = \"$CUTOVER_TEST_NATS_URL\""
     local name kinds=(kafka nats fan)
     for name in "${kinds[@]}"; do
         local sink
@@ -216,29 +224,16 @@ url = \"$CUTOVER_TEST_NATS_URL\""
 name = \"target\"
 url = \"postgres://postgres@127.0.0.1:$CUTOVER_TARGET_PORT/msg_fan\"
 [[sink]]
-$kafka_sink
+$(sink_toml kafka)
 topic = \"fan.{schema}.{table}\"
 [[sink]]
-$nats_sink
+$(sink_toml nats)
 stream = \"fan\"
 subject = \"fan.{schema}.{table}\""
-        elif [ "$name" = kafka ]; then
-            sink="kind = \"kafka\"
-name = \"kafka\"
-brokers = \"$CUTOVER_TEST_KAFKA_BROKERS\""
         else
-            sink="kind = \"nats\"
-name = \"nats\"
-url = \"$CUTOVER_TEST_NATS_URL\""
+            sink=$(sink_toml "$name")
         fi
-        cat > "$WORK/msg_$name.toml" <<EOF
-name = "msg_$name"
-[source]
-url = "postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/msg"
-tables = ["public.t"]
-[[sink]]
-$sink
-EOF
+        message_pipeline "msg_$name" msg "$sink"
         # Creates the slot, publication, topic or stream, then stops: the backlog builds up.
         "$BIN" --log-format json run "$WORK/msg_$name.toml" 2> "$WORK/msg_$name-setup.log" &
         local pid=$!
@@ -299,24 +294,7 @@ EOF
     cargo test --release --quiet --test bench_latency --no-run 2>/dev/null
     local name
     for name in kafka nats; do
-        local sink
-        if [ "$name" = kafka ]; then
-            sink="kind = \"kafka\"
-name = \"kafka\"
-brokers = \"$CUTOVER_TEST_KAFKA_BROKERS\""
-        else
-            sink="kind = \"nats\"
-name = \"nats\"
-url = \"$CUTOVER_TEST_NATS_URL\""
-        fi
-        cat > "$WORK/lat_$name.toml" <<EOF
-name = "lat_$name"
-[source]
-url = "postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/lat"
-tables = ["public.t"]
-[[sink]]
-$sink
-EOF
+        message_pipeline "lat_$name" lat "$(sink_toml "$name")"
         "$BIN" --log-format json run "$WORK/lat_$name.toml" 2> "$WORK/lat_$name.log" &
         local pid=$!
         wait_log "$WORK/lat_$name.log" "streaming changes"
