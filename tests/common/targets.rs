@@ -519,3 +519,41 @@ pub async fn compare(
     }
     Ok(())
 }
+
+/// Loads `folded` into a scratch database `<test>_<label>` with `schema` and compares `tables`
+/// with the source (timestamps at millisecond precision when `millis`).
+pub async fn folded_equal(
+    env: &Env,
+    label: &str,
+    schema: &str,
+    folded: &Folded,
+    tables: &[&str],
+    millis: bool,
+) -> Result<(), String> {
+    let source = env.source().await;
+    let copy = materialize(env, label, schema, folded).await;
+    compare(&source, &copy, tables, millis).await
+}
+
+/// Reads the stream until its folded state equals the source's `tables`; panics with the
+/// difference after `timeout`.
+pub async fn wait_nats_equal(
+    env: &Env,
+    nats: &mut NatsReader,
+    schema: &str,
+    tables: &[&str],
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        nats.poll().await;
+        match folded_equal(env, "nats", schema, &nats.folded, tables, false).await {
+            Ok(()) => return,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the NATS stream differs from the source after {timeout:?}: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
