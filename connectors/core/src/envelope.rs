@@ -48,7 +48,8 @@ pub enum Op {
 }
 
 impl Op {
-    fn cutover(self) -> &'static str {
+    /// The op's name in the cutover envelope (and in the sinks' `op` headers).
+    pub fn name(self) -> &'static str {
         match self {
             Op::Snapshot => "snapshot",
             Op::Insert => "insert",
@@ -245,7 +246,7 @@ impl Serialize for CutoverEnvelope<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let format = EnvelopeFormat::Cutover;
         let mut m = s.serialize_map(None)?;
-        m.serialize_entry("op", self.op.cutover())?;
+        m.serialize_entry("op", self.op.name())?;
         m.serialize_entry("table", &self.table.name.to_string())?;
         match self.key {
             Some(row) => m.serialize_entry(

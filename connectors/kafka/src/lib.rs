@@ -310,7 +310,7 @@ async fn publish(
             })
             .insert(Header {
                 key: "cutover.op",
-                value: Some(op_name(out.message.op)),
+                value: Some(out.message.op.name()),
             });
         // A truncate has no key: it goes to every partition, ahead of what follows it there.
         let targets: Vec<Option<i32>> = if out.message.op == Op::Truncate {
@@ -358,16 +358,6 @@ async fn send(
             }
             Err((e, _)) => return Err(error::classify(e, "cannot queue a message")),
         }
-    }
-}
-
-fn op_name(op: Op) -> &'static str {
-    match op {
-        Op::Snapshot => "snapshot",
-        Op::Insert => "insert",
-        Op::Update => "update",
-        Op::Delete => "delete",
-        Op::Truncate => "truncate",
     }
 }
 

@@ -307,7 +307,7 @@ async fn publish(
             .payload(payload)
             .message_id(id)
             .header("Cutover-Lsn", out.position.commit_lsn.to_string().as_str())
-            .header("Cutover-Op", op_header(out.message.op));
+            .header("Cutover-Op", out.message.op.name());
         if acks.len() >= ACK_WINDOW {
             let ack = acks.pop_front().expect("the window is full");
             check_ack(ack.await)?;
@@ -328,17 +328,6 @@ async fn publish(
         check_ack(ack.await)?;
     }
     Ok(())
-}
-
-fn op_header(op: cutover_core::envelope::Op) -> &'static str {
-    use cutover_core::envelope::Op::*;
-    match op {
-        Snapshot => "snapshot",
-        Insert => "insert",
-        Update => "update",
-        Delete => "delete",
-        Truncate => "truncate",
-    }
 }
 
 fn check_ack(
