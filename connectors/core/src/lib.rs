@@ -13,6 +13,7 @@ pub mod envelope;
 mod error;
 pub mod naming;
 pub mod outbox;
+pub mod verify;
 mod position;
 mod schema;
 mod sink;
