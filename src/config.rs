@@ -30,6 +30,24 @@ pub struct PipelineFile {
     /// Targets, one `[[sink]]` table each.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<SinkConfig>,
+    /// How `cutover verify` (and the periodic check inside `cutover run`) compares targets.
+    #[serde(default)]
+    pub verify: VerifySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySection {
+    /// Seconds between checks that `cutover run` makes while streaming; 0 turns them off.
+    pub interval_s: Option<u64>,
+    /// Rows per key range: the unit that is hashed, compared and, when it differs, split.
+    pub rows_per_range: Option<u64>,
+    /// Rows a range read keeps for a row-by-row comparison; larger differing ranges are split.
+    pub keep_rows: Option<usize>,
+    /// How long a re-check waits for the pipeline to apply past the position a row was read at.
+    pub settle_timeout_s: Option<u64>,
+    /// Re-checks of a row that is still changing before it is reported as in flight.
+    pub rounds: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +309,17 @@ pub struct Pipeline {
     pub linger_ms: u64,
     pub stream_buffer_events: usize,
     pub sinks: Vec<Sink>,
+    pub verify: VerifySettings,
+}
+
+/// The checker's settings (see [`VerifySection`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySettings {
+    pub interval_s: u64,
+    pub rows_per_range: u64,
+    pub keep_rows: usize,
+    pub settle_timeout_s: u64,
+    pub rounds: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -538,7 +567,31 @@ pub fn parse(
             d.limits.stream_buffer_events,
         ),
         sinks,
+        verify: VerifySettings {
+            interval_s: file.verify.interval_s.or(d.verify.interval_s).unwrap_or(0),
+            rows_per_range: file
+                .verify
+                .rows_per_range
+                .or(d.verify.rows_per_range)
+                .unwrap_or(10_000),
+            keep_rows: file.verify.keep_rows.or(d.verify.keep_rows).unwrap_or(100_000),
+            settle_timeout_s: file
+                .verify
+                .settle_timeout_s
+                .or(d.verify.settle_timeout_s)
+                .unwrap_or(60),
+            rounds: file.verify.rounds.or(d.verify.rounds).unwrap_or(5),
+        },
     };
+    for (key, value) in [
+        ("verify.rows_per_range", pipeline.verify.rows_per_range),
+        ("verify.keep_rows", pipeline.verify.keep_rows as u64),
+        ("verify.rounds", u64::from(pipeline.verify.rounds)),
+    ] {
+        if value == 0 {
+            return Err(bad(key, "must be greater than 0.".into()));
+        }
+    }
     for (key, value) in [
         ("snapshot.parallel_tables", pipeline.parallel_tables),
         ("snapshot.chunk_bytes", pipeline.chunk_bytes),
@@ -568,6 +621,7 @@ pub fn parse(
 struct PipelineDefaults {
     snapshot: SnapshotSection,
     limits: LimitsSection,
+    verify: VerifySection,
 }
 
 /// Checks a Kafka bootstrap list: `host:port` entries separated by commas.

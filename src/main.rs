@@ -4,6 +4,7 @@ mod config;
 mod queue;
 mod runtime;
 mod status;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -52,6 +53,30 @@ enum Command {
     },
     /// Show the slot's lag and each target's checkpoint.
     Status { pipeline: PathBuf },
+    /// Prove that every target holds what the source holds (BLAKE3 range digests down to the
+    /// rows that differ), while changes keep flowing. Exit code 0: equal; 1: drift (or rows
+    /// that kept changing, so equality is not proven); 2: the check could not be made.
+    Verify {
+        pipeline: PathBuf,
+        /// Only this table (`schema.table` or `schema.*`); repeat for several.
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
+        /// `text` (default) or `json` (one document on standard output).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        /// Re-send the rows that differ from the source through the sink, then check them again.
+        #[arg(long)]
+        repair: bool,
+        /// Differing keys listed per kind and table (every one is counted).
+        #[arg(long, default_value_t = 100)]
+        max_keys: usize,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +101,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Verify {
+        pipeline,
+        tables,
+        format,
+        repair,
+        max_keys,
+    } = cli.command
+    {
+        let opts = verify::VerifyOptions {
+            tables,
+            repair,
+            max_keys,
+        };
+        return runtime.block_on(run_verify(&pipeline, opts, format, terminal));
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { pipeline } => run(&pipeline, terminal).await,
@@ -85,6 +125,7 @@ fn main() -> ExitCode {
                 target_state,
             } => teardown(&pipeline, target_state).await,
             Command::Status { pipeline } => show_status(&pipeline).await,
+            Command::Verify { .. } => unreachable!("verify is run above"),
         }
     });
     match result {
@@ -95,6 +136,63 @@ fn main() -> ExitCode {
             }
             eprintln!("error: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `cutover verify`: exit 0 equal, 1 drift or not proven, 2 the check failed.
+async fn run_verify(
+    path: &std::path::Path,
+    opts: verify::VerifyOptions,
+    format: ReportFormat,
+    terminal: bool,
+) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(cfg) => cfg,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let show = |p: &verify::Progress| {
+        if terminal {
+            let elapsed = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+            let eta = if p.range > 0 {
+                elapsed / p.range as f64 * (p.ranges - p.range) as f64
+            } else {
+                0.0
+            };
+            eprint!(
+                "\r\x1b[Kverify {} {}: range {}/{}, {} rows hashed, ETA {:.0} s",
+                p.sink, p.table, p.range, p.ranges, p.rows, eta
+            );
+        }
+    };
+    let result = verify::verify(&cfg, &opts, &show).await;
+    if terminal {
+        eprint!("\r\x1b[K");
+    }
+    match result {
+        Ok(report) => {
+            match format {
+                ReportFormat::Text => print!("{}", report.text()),
+                ReportFormat::Json => match serde_json::to_string_pretty(&report) {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => {
+                        eprintln!("error: cannot write the report as JSON: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            }
+            if report.equal() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {}", explain(e));
+            ExitCode::from(2)
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod pgoutput;
 pub mod preflight;
 pub mod sink;
 pub mod source;
+pub mod verify;
 
 pub use conn::PgEndpoint;
 pub use sink::{PgSink, PgSinkOptions};

@@ -383,6 +383,34 @@ impl PgSink {
         .await
     }
 
+    /// Writes repairs to one table (rows to upsert; key rows to delete) in one target
+    /// transaction, through the same set-based path as streamed changes, leaving the checkpoint
+    /// where it is. Idempotent: writing the same repair twice leaves the same rows. The table
+    /// must be one the sink was opened with.
+    pub async fn repair(
+        &mut self,
+        table: &Arc<TableSchema>,
+        upserts: Vec<Row>,
+        deletes: Vec<Row>,
+    ) -> Result<()> {
+        if !self.segments.is_empty() || self.txn_open {
+            return Err(ConnectorError::fatal(
+                "a repair needs a sink with no write in progress",
+            ));
+        }
+        self.in_source_txn = true;
+        for key in deletes {
+            self.record(table, Change::Delete { key })?;
+        }
+        for row in upserts {
+            self.record(table, Change::Insert { row })?;
+        }
+        self.seal().await?;
+        self.in_source_txn = false;
+        self.txn_open = false;
+        self.exec("COMMIT").await
+    }
+
     /// Checks that a change's column layout is the one the target table was prepared for.
     fn check_layout(&mut self, layout: &Arc<TableSchema>) -> Result<()> {
         let table = self.tables.get_mut(&layout.name).ok_or_else(|| {

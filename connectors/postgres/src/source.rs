@@ -346,6 +346,25 @@ impl PgSource {
             .and_then(|t| t.parse().ok()))
     }
 
+    /// Whether a session streams from the slot now, and the slot's confirmed position; `None`
+    /// when the slot does not exist.
+    pub async fn slot_activity(&self) -> Result<Option<(bool, Option<Lsn>)>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.options.slot],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_replication_slots"))?;
+        Ok(row.map(|r| {
+            (
+                r.get::<_, bool>(0),
+                r.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()),
+            )
+        }))
+    }
+
     /// Confirms the slot up to `lsn` after streaming stopped (the walsender may take a moment to
     /// let go of the slot). Positions at or before the slot's are left alone.
     pub async fn confirm_stopped(&self, lsn: Lsn) -> Result<()> {

@@ -1,0 +1,534 @@
+//! `cutover verify`: proves that every target holds what the source holds, or names the rows
+//! that differ.
+//!
+//! Each table is cut into key ranges (bounds sampled from the source). Both sides of a range are
+//! read at once, every row put in canonical form and hashed with BLAKE3; a range's digest is its
+//! row count and the sum of its row hashes. Equal digests end the range; differing ones are
+//! compared row by row, or split and read again when too large (see
+//! [`cutover_core::verify::compare_range`]). While the pipeline runs, a differing row is drift
+//! only if it still differs after the pipeline has applied past the source position it was
+//! read at, and the source row did not change meanwhile; otherwise it is "in flight".
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cutover_core::verify::{
+    compare_range, compare_rows, Bound, CanonRow, KeyBound, RowDiff, TableSide,
+};
+use cutover_core::{ConnectorError, Lsn, Result, Sink as _, TableSchema};
+use cutover_postgres::catalog;
+use cutover_postgres::verify::PgTableSide;
+use cutover_postgres::{PgEndpoint, PgSource};
+use serde::Serialize;
+
+use crate::config::{self, Pipeline};
+use crate::runtime;
+
+/// What to compare and how.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Table patterns (`schema.table`, `schema.*`); empty compares every selected table.
+    pub tables: Vec<String>,
+    /// Re-send confirmed drift from the source through the sink, then check it again.
+    pub repair: bool,
+    /// Differing keys listed per kind and table (all are counted).
+    pub max_keys: usize,
+}
+
+/// Progress of a running check, for a terminal line.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub sink: String,
+    pub table: String,
+    pub range: usize,
+    pub ranges: usize,
+    pub rows: u64,
+    pub started: Option<Instant>,
+}
+
+/// Called with the progress after every range.
+pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
+
+/// The result of a check, as printed (text) or emitted (`--format json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub pipeline: String,
+    /// Whether the pipeline was streaming from its slot during the check.
+    pub pipeline_running: bool,
+    pub elapsed_ms: u64,
+    pub tables: Vec<TableReport>,
+}
+
+/// One table on one sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub sink: String,
+    pub kind: &'static str,
+    pub table: String,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub ranges: usize,
+    pub range_reads: u32,
+    /// Confirmed drift, by kind; `*_count` counts all, the lists hold at most `max_keys`.
+    pub missing_count: u64,
+    pub extra_count: u64,
+    pub different_count: u64,
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    pub different: Vec<Difference>,
+    /// Rows that differed but were still changing on the source (not drift, not proven equal).
+    pub in_flight_count: u64,
+    pub in_flight: Vec<String>,
+    /// Rows re-sent by `--repair`, and how many still differ after it.
+    pub repaired: u64,
+    pub still_differing_after_repair: u64,
+    pub elapsed_ms: u64,
+}
+
+/// A row present on both sides with different values.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    pub key: String,
+    pub columns: Vec<ColumnDifference>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnDifference {
+    pub column: String,
+    pub source: String,
+    pub target: String,
+}
+
+impl TableReport {
+    /// Rows proven to differ.
+    pub fn drift(&self) -> u64 {
+        self.missing_count + self.extra_count + self.different_count
+    }
+}
+
+impl Report {
+    /// Every table equal on every sink, with nothing left in flight.
+    pub fn equal(&self) -> bool {
+        self.tables
+            .iter()
+            .all(|t| t.drift() == 0 && t.in_flight_count == 0)
+    }
+
+    /// The report as text, one block per table.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for t in &self.tables {
+            let verdict = if t.drift() > 0 {
+                format!(
+                    "DRIFT: {} missing, {} extra, {} different",
+                    t.missing_count, t.extra_count, t.different_count
+                )
+            } else if t.in_flight_count > 0 {
+                format!("not proven: {} row(s) still changing", t.in_flight_count)
+            } else {
+                "equal".to_string()
+            };
+            out.push_str(&format!(
+                "sink {} ({}): {}: source {} rows, target {} rows, {} ranges ({} reads), {:.1} s: {verdict}\n",
+                t.sink,
+                t.kind,
+                t.table,
+                t.source_rows,
+                t.target_rows,
+                t.ranges,
+                t.range_reads,
+                t.elapsed_ms as f64 / 1000.0
+            ));
+            for k in &t.missing {
+                out.push_str(&format!("    missing    {k}\n"));
+            }
+            for k in &t.extra {
+                out.push_str(&format!("    extra      {k}\n"));
+            }
+            for d in &t.different {
+                let cols: Vec<String> = d
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} (source {}, target {})", c.column, c.source, c.target))
+                    .collect();
+                out.push_str(&format!("    different  {}: {}\n", d.key, cols.join("; ")));
+            }
+            for k in &t.in_flight {
+                out.push_str(&format!("    in flight  {k}\n"));
+            }
+            let listed = (t.missing.len() + t.extra.len() + t.different.len()) as u64;
+            if listed < t.drift() {
+                out.push_str(&format!(
+                    "    ... and {} more (raise --max-keys to list them)\n",
+                    t.drift() - listed
+                ));
+            }
+            if t.repaired > 0 {
+                out.push_str(&format!(
+                    "    repaired {} row(s) from the source; {} still differ\n",
+                    t.repaired, t.still_differing_after_repair
+                ));
+            }
+        }
+        let drift: u64 = self.tables.iter().map(TableReport::drift).sum();
+        let in_flight: u64 = self.tables.iter().map(|t| t.in_flight_count).sum();
+        let drifting = self.tables.iter().filter(|t| t.drift() > 0).count();
+        out.push_str(&if drift > 0 {
+            format!(
+                "result: DRIFT in {drifting} of {} table(s): {drift} row(s) differ\n",
+                self.tables.len()
+            )
+        } else if in_flight > 0 {
+            format!("result: no confirmed drift, but {in_flight} row(s) kept changing during the check; run it again\n")
+        } else {
+            format!(
+                "result: equal: {} table(s), {} rows compared\n",
+                self.tables.len(),
+                self.tables.iter().map(|t| t.source_rows).sum::<u64>()
+            )
+        });
+        out
+    }
+}
+
+/// Checks every target of the pipeline (PostgreSQL targets; other kinds are skipped with a
+/// note in the log) against the source.
+pub async fn verify(
+    cfg: &Pipeline,
+    opts: &VerifyOptions,
+    progress: ProgressFn<'_>,
+) -> Result<Report> {
+    let started = Instant::now();
+    let source = runtime::connect_source(cfg).await?;
+    let tables = select_tables(&source, &opts.tables)?;
+    let running = matches!(source.slot_activity().await?, Some((true, _)));
+    let mut reports = Vec::new();
+    for sink in &cfg.sinks {
+        match sink {
+            config::Sink::Postgres { name, url, .. } => {
+                let target = PgEndpoint::parse(url, "target")?;
+                for table in &tables {
+                    let report =
+                        verify_pg_table(cfg, &source, &target, name, table, opts, running, progress)
+                            .await?;
+                    reports.push(report);
+                }
+            }
+            other => tracing::warn!(
+                sink = other.name(),
+                kind = other.kind(),
+                "verify does not read this kind of target yet; skipped"
+            ),
+        }
+    }
+    Ok(Report {
+        pipeline: cfg.name.clone(),
+        pipeline_running: running,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        tables: reports,
+    })
+}
+
+fn select_tables(source: &PgSource, patterns: &[String]) -> Result<Vec<Arc<TableSchema>>> {
+    let all = source.schemas();
+    if patterns.is_empty() {
+        return Ok(all);
+    }
+    for p in patterns {
+        if !all.iter().any(|t| catalog::matches(p, &t.name)) {
+            return Err(ConnectorError::fatal(format!(
+                "--table {p} matches none of the pipeline's tables ({})",
+                all.iter()
+                    .map(|t| t.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .with_hint("name a table the pipeline replicates, as schema.table"));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|t| patterns.iter().any(|p| catalog::matches(p, &t.name)))
+        .collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn verify_pg_table(
+    cfg: &Pipeline,
+    source: &PgSource,
+    target: &PgEndpoint,
+    sink_name: &str,
+    table: &Arc<TableSchema>,
+    opts: &VerifyOptions,
+    running: bool,
+    progress: ProgressFn<'_>,
+) -> Result<TableReport> {
+    let started = Instant::now();
+    let (src, tgt) = futures::try_join!(
+        PgTableSide::open(source.endpoint(), table.clone()),
+        PgTableSide::open(target, table.clone())
+    )?;
+    let settings = &cfg.verify;
+    let (estimate, bounds) = src.sample_bounds(settings.rows_per_range).await?;
+    let mut ranges = Vec::with_capacity(bounds.len() + 1);
+    let mut low = Bound::Unbounded;
+    for b in bounds {
+        let high = Bound::Key(b);
+        ranges.push((low, high.clone()));
+        low = high;
+    }
+    ranges.push((low, Bound::Unbounded));
+    let per_range = estimate / ranges.len() as u64 + 1;
+    let mut shown = Progress {
+        sink: sink_name.to_string(),
+        table: table.name.to_string(),
+        ranges: ranges.len(),
+        started: Some(started),
+        ..Progress::default()
+    };
+    let mut report = TableReport {
+        sink: sink_name.to_string(),
+        kind: "postgres",
+        table: table.name.to_string(),
+        source_rows: 0,
+        target_rows: 0,
+        ranges: ranges.len(),
+        range_reads: 0,
+        missing_count: 0,
+        extra_count: 0,
+        different_count: 0,
+        missing: Vec::new(),
+        extra: Vec::new(),
+        different: Vec::new(),
+        in_flight_count: 0,
+        in_flight: Vec::new(),
+        repaired: 0,
+        still_differing_after_repair: 0,
+        elapsed_ms: 0,
+    };
+    let mut diffs = Vec::new();
+    for (i, (low, high)) in ranges.into_iter().enumerate() {
+        let outcome = compare_range(&src, &tgt, low, high, settings.keep_rows, per_range).await?;
+        report.source_rows += outcome.source_rows;
+        report.target_rows += outcome.target_rows;
+        report.range_reads += outcome.reads;
+        diffs.extend(outcome.diffs);
+        shown.range = i + 1;
+        shown.rows = report.source_rows;
+        progress(&shown);
+    }
+    let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+    let (confirmed, in_flight) = recheck(source, &src, &tgt, diffs, cfg, running).await?;
+    let mut confirmed = confirmed;
+    if opts.repair && !confirmed.is_empty() {
+        let keys: Vec<Arc<KeyBound>> = confirmed.iter().map(diff_key).collect();
+        report.repaired = keys.len() as u64;
+        repair_pg(cfg, sink_name, target, table, &src, &keys).await?;
+        let (s, t) = futures::try_join!(src.fetch(&keys), tgt.fetch(&keys))?;
+        confirmed = s
+            .into_iter()
+            .zip(t)
+            .filter_map(|(s, t)| diff_between(s, t))
+            .collect();
+        report.still_differing_after_repair = confirmed.len() as u64;
+    }
+    for diff in &confirmed {
+        match diff {
+            RowDiff::Missing(row) => {
+                report.missing_count += 1;
+                if report.missing.len() < opts.max_keys {
+                    report.missing.push(row.key_text(&names));
+                }
+            }
+            RowDiff::Extra(row) => {
+                report.extra_count += 1;
+                if report.extra.len() < opts.max_keys {
+                    report.extra.push(row.key_text(&names));
+                }
+            }
+            RowDiff::Different {
+                source,
+                target,
+                columns,
+            } => {
+                report.different_count += 1;
+                if report.different.len() < opts.max_keys {
+                    report.different.push(Difference {
+                        key: source.key_text(&names),
+                        columns: columns
+                            .iter()
+                            .map(|&c| ColumnDifference {
+                                column: names.get(c).cloned().unwrap_or_default(),
+                                source: render(source, c),
+                                target: render(target, c),
+                            })
+                            .collect(),
+                    });
+                }
+            }
+        }
+    }
+    report.in_flight_count = in_flight.len() as u64;
+    report.in_flight = in_flight
+        .iter()
+        .take(opts.max_keys)
+        .map(|r| r.key_text(&names))
+        .collect();
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn render(row: &CanonRow, column: usize) -> String {
+    const MAX: usize = 80;
+    let text = cutover_core::verify::canonical::render_value(row.column(column))
+        .map(|(t, _)| t)
+        .unwrap_or_else(|| "?".into());
+    if text.len() > MAX {
+        let cut = (0..=MAX).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        format!("{}... ({} bytes)", &text[..cut], text.len())
+    } else {
+        text
+    }
+}
+
+fn diff_key(diff: &RowDiff) -> Arc<KeyBound> {
+    Arc::new(match diff {
+        RowDiff::Missing(r) | RowDiff::Extra(r) => KeyBound::of(r),
+        RowDiff::Different { source, .. } => KeyBound::of(source),
+    })
+}
+
+/// The difference between a source row and a target row of one key, if any.
+fn diff_between(source: Option<CanonRow>, target: Option<CanonRow>) -> Option<RowDiff> {
+    match (source, target) {
+        (None, None) => None,
+        (Some(s), None) => Some(RowDiff::Missing(s)),
+        (None, Some(t)) => Some(RowDiff::Extra(t)),
+        (Some(s), Some(t)) => compare_rows(&[s], &[t]).pop(),
+    }
+}
+
+fn same(a: &Option<CanonRow>, b: &Option<CanonRow>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.hash == b.hash,
+        _ => false,
+    }
+}
+
+/// Sorts differences found by the scan into confirmed drift and rows in flight.
+///
+/// Each round reads the suspect rows on the source (S1), notes the source's WAL position,
+/// waits until the slot is confirmed past it (every sink has applied everything S1 saw), reads
+/// the target (T) and the source again (S2). A row equal in S2 and T is in step. A row whose
+/// source did not change (S1 = S2) but whose target differs is drift. A row whose source
+/// changed is read again in the next round, up to `rounds`; what is left is in flight.
+async fn recheck(
+    source: &PgSource,
+    src: &PgTableSide,
+    tgt: &dyn TableSide,
+    diffs: Vec<RowDiff>,
+    cfg: &Pipeline,
+    running: bool,
+) -> Result<(Vec<RowDiff>, Vec<CanonRow>)> {
+    let mut confirmed = Vec::new();
+    let mut first_seen: HashMap<Box<[u8]>, CanonRow> = HashMap::new();
+    let mut pending: Vec<Arc<KeyBound>> = Vec::with_capacity(diffs.len());
+    for d in &diffs {
+        let row = match d {
+            RowDiff::Missing(r) | RowDiff::Extra(r) => r,
+            RowDiff::Different { source, .. } => source,
+        };
+        first_seen.insert(row.sort_key.clone(), row.clone());
+        pending.push(diff_key(d));
+    }
+    let settle = Duration::from_secs(cfg.verify.settle_timeout_s);
+    for _ in 0..cfg.verify.rounds {
+        if pending.is_empty() {
+            break;
+        }
+        let s1 = src.fetch(&pending).await?;
+        let read_at = src.current_wal_lsn().await?;
+        if running && !wait_applied(source, read_at, settle).await? {
+            tracing::warn!(
+                %read_at,
+                "the pipeline did not apply past the position rows were read at within {} s; the differing rows are reported in flight",
+                settle.as_secs()
+            );
+            break;
+        }
+        let t = tgt.fetch(&pending).await?;
+        let s2 = src.fetch(&pending).await?;
+        let mut next = Vec::new();
+        for (((key, s1), t), s2) in pending.into_iter().zip(s1).zip(t).zip(s2) {
+            if same(&s2, &t) {
+                continue;
+            }
+            if same(&s1, &s2) {
+                confirmed.extend(diff_between(s2, t));
+            } else {
+                next.push(key);
+            }
+        }
+        pending = next;
+    }
+    let in_flight = pending
+        .iter()
+        .filter_map(|k| first_seen.get(&k.sort_key).cloned())
+        .collect();
+    confirmed.sort_by(|a, b| a.sort_key().cmp(b.sort_key()));
+    Ok((confirmed, in_flight))
+}
+
+/// Waits until the slot is confirmed at or past `lsn`: every sink has made durable every
+/// transaction committed before it. `false` when `timeout` passes first.
+async fn wait_applied(source: &PgSource, lsn: Lsn, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((_, Some(confirmed))) = source.slot_activity().await? {
+            if confirmed >= lsn {
+                return Ok(true);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Re-sends the rows of `keys` from the source through the PostgreSQL sink (upserts, and
+/// deletes for keys the source no longer has), in one target transaction.
+async fn repair_pg(
+    cfg: &Pipeline,
+    sink_name: &str,
+    _target: &PgEndpoint,
+    table: &Arc<TableSchema>,
+    src: &PgTableSide,
+    keys: &[Arc<KeyBound>],
+) -> Result<()> {
+    let mut sink = runtime::connect_pg_sinks(cfg)
+        .await?
+        .into_iter()
+        .find(|s| s.name() == sink_name)
+        .ok_or_else(|| ConnectorError::fatal(format!("sink {sink_name} is not in the pipeline")))?;
+    sink.open(std::slice::from_ref(table)).await?;
+    let rows = src.fetch_rows(keys).await?;
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for (key, row) in keys.iter().zip(rows) {
+        match row {
+            Some(row) => upserts.push(row),
+            None => deletes.push(src.key_row(key)),
+        }
+    }
+    tracing::info!(
+        sink = sink_name,
+        table = %table.name,
+        upserts = upserts.len(),
+        deletes = deletes.len(),
+        "repairing from the source"
+    );
+    sink.repair(table, upserts, deletes).await
+}
