@@ -68,7 +68,7 @@ enum Command {
         #[arg(long)]
         repair: bool,
         /// Differing keys listed per kind and table (every one is counted).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 20)]
         max_keys: usize,
     },
 }

@@ -443,6 +443,12 @@ async fn recheck(
         first_seen.insert(row.sort_key.clone(), row.clone());
         pending.push(diff_key(d));
     }
+    if !running {
+        // Nothing is applying changes: what differs now is drift.
+        let mut all = diffs;
+        all.sort_by(|a, b| a.sort_key().cmp(b.sort_key()));
+        return Ok((all, Vec::new()));
+    }
     let settle = Duration::from_secs(cfg.verify.settle_timeout_s);
     for _ in 0..cfg.verify.rounds {
         if pending.is_empty() {
@@ -450,7 +456,7 @@ async fn recheck(
         }
         let s1 = src.fetch(&pending).await?;
         let read_at = src.current_wal_lsn().await?;
-        if running && !wait_applied(source, read_at, settle).await? {
+        if !wait_applied(source, read_at, settle).await? {
             tracing::warn!(
                 %read_at,
                 "the pipeline did not apply past the position rows were read at within {} s; the differing rows are reported in flight",

@@ -188,7 +188,7 @@ impl PgTableSide {
         let estimate: i64 = self
             .client
             .query_one(
-                "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::regclass",
+                "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::text::regclass",
                 &[&self.table.name.quoted()],
             )
             .await
@@ -392,7 +392,7 @@ pub async fn shape_problem(client: &Client, table: &TableSchema) -> Result<Optio
         .query(
             "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod)
                FROM pg_attribute a
-              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+              WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 AND NOT a.attisdropped",
             &[&table.name.quoted()],
         )
         .await
