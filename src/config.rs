@@ -574,7 +574,11 @@ pub fn parse(
                 .rows_per_range
                 .or(d.verify.rows_per_range)
                 .unwrap_or(10_000),
-            keep_rows: file.verify.keep_rows.or(d.verify.keep_rows).unwrap_or(100_000),
+            keep_rows: file
+                .verify
+                .keep_rows
+                .or(d.verify.keep_rows)
+                .unwrap_or(100_000),
             settle_timeout_s: file
                 .verify
                 .settle_timeout_s

@@ -209,9 +209,10 @@ pub async fn verify(
             config::Sink::Postgres { name, url, .. } => {
                 let target = PgEndpoint::parse(url, "target")?;
                 for table in &tables {
-                    let report =
-                        verify_pg_table(cfg, &source, &target, name, table, opts, running, progress)
-                            .await?;
+                    let report = verify_pg_table(
+                        cfg, &source, &target, name, table, opts, running, progress,
+                    )
+                    .await?;
                     reports.push(report);
                 }
             }
@@ -385,7 +386,10 @@ fn render(row: &CanonRow, column: usize) -> String {
         .map(|(t, _)| t)
         .unwrap_or_else(|| "?".into());
     if text.len() > MAX {
-        let cut = (0..=MAX).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=MAX)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
         format!("{}... ({} bytes)", &text[..cut], text.len())
     } else {
         text

@@ -13,11 +13,11 @@ pub mod envelope;
 mod error;
 pub mod naming;
 pub mod outbox;
-pub mod verify;
 mod position;
 mod schema;
 mod sink;
 mod source;
+pub mod verify;
 
 pub use change::{Change, ChangeEvent, Row, StreamEvent, Value};
 pub use error::{ConnectorError, ErrorKind, Result};

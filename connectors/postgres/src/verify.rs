@@ -185,15 +185,15 @@ impl PgTableSide {
     /// of keys (`TABLESAMPLE SYSTEM`), in key order. Empty for tables too small to split.
     pub async fn sample_bounds(&self, rows_per_range: u64) -> Result<(u64, Vec<Arc<KeyBound>>)> {
         let ctx = format!("cannot sample the keys of {}", self.table.name);
-        let estimate: i64 = self
+        let (estimate, pages): (i64, i32) = self
             .client
             .query_one(
-                "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::text::regclass",
+                "SELECT greatest(reltuples, 0)::int8, relpages FROM pg_class WHERE oid = $1::text::regclass",
                 &[&self.table.name.quoted()],
             )
             .await
-            .map_err(|e| classify(e, &ctx))?
-            .get(0);
+            .map_err(|e| classify(e, &ctx))
+            .map(|r| (r.get(0), r.get(1)))?;
         let estimate = if estimate > 0 {
             estimate as u64
         } else {
@@ -212,8 +212,20 @@ impl PgTableSide {
         if ranges < 2 {
             return Ok((estimate, Vec::new()));
         }
-        // About 16 sampled keys per range, so bounds land near even splits.
-        let percent = (100.0 * (ranges * 16) as f64 / estimate as f64).min(100.0);
+        // Whole pages are sampled (cheap), at least eight per range so that bounds spread over
+        // the key space even when keys follow the insertion order; small or never-analyzed
+        // tables sample rows.
+        let method = if pages > 0 && (pages as u64) > ranges * 64 {
+            format!(
+                "SYSTEM ({:.6})",
+                (100.0 * (ranges * 8) as f64 / f64::from(pages)).min(100.0)
+            )
+        } else {
+            format!(
+                "BERNOULLI ({:.6})",
+                (100.0 * (ranges * 16) as f64 / estimate as f64).min(100.0)
+            )
+        };
         let key_list = self
             .keys
             .iter()
@@ -221,7 +233,7 @@ impl PgTableSide {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "SELECT {key_list} FROM {} TABLESAMPLE SYSTEM ({percent:.6})",
+            "SELECT {key_list} FROM {} TABLESAMPLE {method}",
             self.table.name.quoted()
         );
         let rows = self
@@ -280,22 +292,24 @@ impl PgTableSide {
                 .await
                 .map_err(|e| classify(e, &ctx))?;
             pin_mut!(rows);
-            out.push(match rows.try_next().await.map_err(|e| classify(e, &ctx))? {
-                Some(row) => {
-                    let mut values = Vec::with_capacity(self.table.columns.len());
-                    for i in 0..self.table.columns.len() {
-                        let v = row
-                            .try_get::<_, Option<RawValue>>(i)
-                            .map_err(|e| classify(e, &ctx))?;
-                        values.push(match v {
-                            Some(v) => Value::Binary(Bytes::copy_from_slice(v.0)),
-                            None => Value::Null,
-                        });
+            out.push(
+                match rows.try_next().await.map_err(|e| classify(e, &ctx))? {
+                    Some(row) => {
+                        let mut values = Vec::with_capacity(self.table.columns.len());
+                        for i in 0..self.table.columns.len() {
+                            let v = row
+                                .try_get::<_, Option<RawValue>>(i)
+                                .map_err(|e| classify(e, &ctx))?;
+                            values.push(match v {
+                                Some(v) => Value::Binary(Bytes::copy_from_slice(v.0)),
+                                None => Value::Null,
+                            });
+                        }
+                        Some(Row(values))
                     }
-                    Some(Row(values))
-                }
-                None => None,
-            });
+                    None => None,
+                },
+            );
         }
         Ok(out)
     }
@@ -319,8 +333,9 @@ impl PgTableSide {
             values.push(v.map(|v| v.0));
         }
         canon_values(&self.table, &self.keys, values.into_iter(), self.precision).map_err(|e| {
-            ConnectorError::fatal(format!("{ctx}: {e}"))
-                .with_hint("the column types differ from the source's; compare tables of the same types")
+            ConnectorError::fatal(format!("{ctx}: {e}")).with_hint(
+                "the column types differ from the source's; compare tables of the same types",
+            )
         })
     }
 }
@@ -509,4 +524,3 @@ impl TableSide for PgTableSide {
         Ok(out)
     }
 }
-

@@ -75,11 +75,7 @@ pub fn push_value(out: &mut Vec<u8>, datum: &Datum<'_>, precision: Precision) {
         }
         Datum::Float4(f) => {
             out.push(tag::FLOAT4);
-            let bits = if f.is_nan() {
-                0x7fc0_0000
-            } else {
-                f.to_bits()
-            };
+            let bits = if f.is_nan() { 0x7fc0_0000 } else { f.to_bits() };
             out.extend_from_slice(&bits.to_be_bytes());
         }
         Datum::Float8(f) => {
@@ -326,7 +322,11 @@ fn push_numeric_key(out: &mut Vec<u8>, text: &str) -> Result<(), UnorderedKey> {
         None => (false, text),
     };
     let (int_part, frac_part) = body.split_once('.').unwrap_or((body, ""));
-    if !int_part.bytes().chain(frac_part.bytes()).all(|c| c.is_ascii_digit()) {
+    if !int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .all(|c| c.is_ascii_digit())
+    {
         return Err(UnorderedKey);
     }
     let digits: String = format!("{int_part}{frac_part}");
@@ -388,7 +388,14 @@ pub fn render_value(b: &[u8]) -> Option<(String, usize)> {
         tag::NUMERIC | tag::TEXT | tag::JSON => {
             let (s, n) = sized()?;
             let s = std::str::from_utf8(s).ok()?;
-            (if t == tag::JSON { s.to_string() } else { quoted(s) }, n)
+            (
+                if t == tag::JSON {
+                    s.to_string()
+                } else {
+                    quoted(s)
+                },
+                n,
+            )
         }
         tag::BYTES | tag::OPAQUE => {
             let (s, n) = sized()?;
@@ -539,7 +546,10 @@ mod tests {
         );
         assert_ne!(enc(Datum::Null), enc(Datum::Text(Cow::Borrowed(""))));
         assert_eq!(enc(Datum::Float8(f64::NAN)), enc(Datum::Float8(-f64::NAN)));
-        assert_ne!(enc(Datum::Numeric("1.5".into())), enc(Datum::Numeric("1.50".into())));
+        assert_ne!(
+            enc(Datum::Numeric("1.5".into())),
+            enc(Datum::Numeric("1.50".into()))
+        );
     }
 
     #[test]
@@ -576,7 +586,11 @@ mod tests {
         let p = Precision::default();
         push_value(&mut out, &Datum::Int(-4), p);
         push_value(&mut out, &Datum::Text(Cow::Borrowed("a\"b")), p);
-        push_value(&mut out, &Datum::Array(vec![Datum::Null, Datum::Bool(true)]), p);
+        push_value(
+            &mut out,
+            &Datum::Array(vec![Datum::Null, Datum::Bool(true)]),
+            p,
+        );
         push_value(&mut out, &Datum::TimestampTz(0), p);
         let mut pos = 0;
         let mut parts = Vec::new();
@@ -587,7 +601,12 @@ mod tests {
         }
         assert_eq!(
             parts,
-            ["-4", "\"a\\\"b\"", "[null,true]", "\"2000-01-01T00:00:00Z\""]
+            [
+                "-4",
+                "\"a\\\"b\"",
+                "[null,true]",
+                "\"2000-01-01T00:00:00Z\""
+            ]
         );
         assert!(render_value(&[0x99]).is_none());
         assert!(render_value(&[tag::TEXT, 0, 0, 0, 9, b'x']).is_none());

@@ -86,7 +86,7 @@ impl RangeScan {
     /// Takes the next row (rows arrive in key order).
     pub fn push(&mut self, row: CanonRow, limits: &ScanLimits) {
         self.digest.add(&row.hash);
-        if limits.split_every > 0 && self.digest.rows % limits.split_every as u64 == 0 {
+        if limits.split_every > 0 && self.digest.rows.is_multiple_of(limits.split_every as u64) {
             self.splits.push(Arc::new(KeyBound::of(&row)));
         }
         if let Some(rows) = &mut self.rows {
