@@ -175,6 +175,40 @@ pub fn decode(type_oid: u32, b: &[u8]) -> Result<Datum<'_>, DecodeError> {
     })
 }
 
+/// Element OID of a built-in array type, by array OID; `None` for other types.
+pub fn array_element_oid(type_oid: u32) -> Option<u32> {
+    array_element(type_oid)
+}
+
+/// Whether values of this type decode to a value with a text form ([`Datum::render`]) that
+/// the JSON envelope writes as a string.
+pub fn has_text_form(type_oid: u32) -> bool {
+    use oid::*;
+    matches!(
+        type_oid,
+        NUMERIC
+            | MONEY
+            | TEXT
+            | VARCHAR
+            | BPCHAR
+            | NAME
+            | CHAR
+            | XML
+            | UUID
+            | DATE
+            | TIME
+            | TIMETZ
+            | TIMESTAMP
+            | TIMESTAMPTZ
+            | INTERVAL
+            | INET
+            | CIDR
+            | MACADDR
+            | FLOAT4
+            | FLOAT8
+    )
+}
+
 /// Element OID of the built-in array types, by array OID.
 fn array_element(type_oid: u32) -> Option<u32> {
     use oid::*;

@@ -34,6 +34,9 @@ pub mod tag {
     /// A float4 value: its own tag, since widening to double is exact but a store may keep it
     /// as either width.
     pub const FLOAT4: u8 = 0x12;
+    /// A field the target's document does not have at all (not even as null): never equal
+    /// to any source value, so a dropped field is reported as a difference in its column.
+    pub const ABSENT: u8 = 0x13;
 }
 
 /// What a target can hold, so values are compared at the precision the target keeps.
@@ -374,6 +377,7 @@ pub fn render_value(b: &[u8]) -> Option<(String, usize)> {
     };
     let (text, used) = match t {
         tag::NULL => ("null".to_string(), 0),
+        tag::ABSENT => ("(absent)".to_string(), 0),
         tag::BOOL => ((fixed(1)?[0] != 0).to_string(), 1),
         tag::INT => (be64(fixed(8)?).to_string(), 8),
         tag::FLOAT => (

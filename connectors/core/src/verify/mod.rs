@@ -6,6 +6,8 @@
 pub mod canonical;
 mod digest;
 mod range;
+pub mod rendered;
+mod sorted;
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ pub use digest::{compare_rows, CanonRow, RangeDigest, RowDiff};
 pub use range::{
     compare_range, Bound, KeyBound, RangeOutcome, RangeScan, ScanLimits, TableSide, SPLIT_WAYS,
 };
+pub use sorted::SortedRows;
 
 use crate::datum::{self, DecodeError};
 use crate::{Row, TableSchema, Value};
