@@ -47,6 +47,9 @@ pub struct Precision {
     /// Timestamps (with and without zone) are compared in whole milliseconds (rounded toward
     /// the past, as the MongoDB sink writes them).
     pub timestamp_millis: bool,
+    /// Intervals are compared as one number of microseconds, a month counting 30.4375 days
+    /// (what Debezium's envelope keeps).
+    pub interval_micros: bool,
 }
 
 /// The canonical NaN bit pattern: every NaN encodes the same.
@@ -136,6 +139,18 @@ pub fn push_value(out: &mut Vec<u8>, datum: &Datum<'_>, precision: Precision) {
         Datum::TimestampTz(t) => {
             out.push(tag::TIMESTAMPTZ);
             out.extend_from_slice(&truncate_millis(*t, precision).to_be_bytes());
+        }
+        Datum::Interval {
+            months,
+            days,
+            micros,
+        } if precision.interval_micros => {
+            let month_micros = (f64::from(*months) * 30.4375 * 86_400e6) as i64;
+            let total = month_micros + i64::from(*days) * 86_400_000_000 + micros;
+            out.push(tag::INTERVAL);
+            out.extend_from_slice(&0i32.to_be_bytes());
+            out.extend_from_slice(&0i32.to_be_bytes());
+            out.extend_from_slice(&total.to_be_bytes());
         }
         Datum::Interval {
             months,
@@ -565,6 +580,7 @@ mod tests {
         };
         let ms = Precision {
             timestamp_millis: true,
+            ..Precision::default()
         };
         assert_eq!(
             enc(Datum::TimestampTz(1_234_567), ms),

@@ -5,6 +5,8 @@
 
 pub mod canonical;
 mod digest;
+pub mod fold;
+pub mod keys;
 mod range;
 pub mod rendered;
 mod sorted;
