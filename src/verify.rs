@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover_core::verify::{
-    compare_range, compare_rows, Bound, CanonRow, KeyBound, RowDiff, TableSide,
+    compare_range, compare_rows, Bound, CanonRow, KeyBound, Precision, RowDiff, TableSide,
 };
 use cutover_core::{ConnectorError, Lsn, Result, Sink as _, TableSchema};
+use cutover_kafka::verify::KafkaTableSide;
+use cutover_nats::verify::NatsTableSide;
 use cutover_postgres::catalog;
 use cutover_postgres::verify::PgTableSide;
 use cutover_postgres::{PgEndpoint, PgSource};
@@ -205,22 +207,45 @@ pub async fn verify(
     let running = matches!(source.slot_activity().await?, Some((true, _)));
     let mut reports = Vec::new();
     for sink in &cfg.sinks {
-        match sink {
-            config::Sink::Postgres { name, url, .. } => {
-                let target = PgEndpoint::parse(url, "target")?;
-                for table in &tables {
-                    let report = verify_pg_table(
-                        cfg, &source, &target, name, table, opts, running, progress,
+        for table in &tables {
+            let (target, precision): (Box<dyn TableSide>, Precision) = match sink {
+                config::Sink::Postgres { url, .. } => {
+                    let endpoint = PgEndpoint::parse(url, "target")?;
+                    (
+                        Box::new(PgTableSide::open(&endpoint, table.clone()).await?),
+                        Precision::default(),
                     )
-                    .await?;
-                    reports.push(report);
                 }
-            }
-            other => tracing::warn!(
-                sink = other.name(),
-                kind = other.kind(),
-                "verify does not read this kind of target yet; skipped"
-            ),
+                config::Sink::Kafka(o) => (
+                    Box::new(KafkaTableSide::open(o, table.clone()).await?),
+                    KafkaTableSide::precision(o),
+                ),
+                config::Sink::Nats(o) => (
+                    Box::new(NatsTableSide::open(o, table.clone()).await?),
+                    NatsTableSide::precision(o),
+                ),
+                config::Sink::Mongodb(_) => {
+                    tracing::warn!(
+                        sink = sink.name(),
+                        "verify does not read MongoDB targets yet; skipped"
+                    );
+                    continue;
+                }
+            };
+            let src = PgTableSide::open(source.endpoint(), table.clone())
+                .await?
+                .with_precision(precision);
+            let check = TableCheck {
+                cfg,
+                source: &source,
+                src: &src,
+                tgt: target.as_ref(),
+                sink,
+                table,
+                opts,
+                running,
+            };
+            reports.push(check.run(progress).await?);
         }
     }
     Ok(Report {
@@ -254,130 +279,141 @@ fn select_tables(source: &PgSource, patterns: &[String]) -> Result<Vec<Arc<Table
         .collect())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn verify_pg_table(
-    cfg: &Pipeline,
-    source: &PgSource,
-    target: &PgEndpoint,
-    sink_name: &str,
-    table: &Arc<TableSchema>,
-    opts: &VerifyOptions,
+/// One table compared between the source and one sink.
+struct TableCheck<'a> {
+    cfg: &'a Pipeline,
+    source: &'a PgSource,
+    src: &'a PgTableSide,
+    tgt: &'a dyn TableSide,
+    sink: &'a config::Sink,
+    table: &'a Arc<TableSchema>,
+    opts: &'a VerifyOptions,
     running: bool,
-    progress: ProgressFn<'_>,
-) -> Result<TableReport> {
-    let started = Instant::now();
-    let (src, tgt) = futures::try_join!(
-        PgTableSide::open(source.endpoint(), table.clone()),
-        PgTableSide::open(target, table.clone())
-    )?;
-    let settings = &cfg.verify;
-    let (estimate, bounds) = src.sample_bounds(settings.rows_per_range).await?;
-    let mut ranges = Vec::with_capacity(bounds.len() + 1);
-    let mut low = Bound::Unbounded;
-    for b in bounds {
-        let high = Bound::Key(b);
-        ranges.push((low, high.clone()));
-        low = high;
-    }
-    ranges.push((low, Bound::Unbounded));
-    let per_range = estimate / ranges.len() as u64 + 1;
-    let mut shown = Progress {
-        sink: sink_name.to_string(),
-        table: table.name.to_string(),
-        ranges: ranges.len(),
-        started: Some(started),
-        ..Progress::default()
-    };
-    let mut report = TableReport {
-        sink: sink_name.to_string(),
-        kind: "postgres",
-        table: table.name.to_string(),
-        source_rows: 0,
-        target_rows: 0,
-        ranges: ranges.len(),
-        range_reads: 0,
-        missing_count: 0,
-        extra_count: 0,
-        different_count: 0,
-        missing: Vec::new(),
-        extra: Vec::new(),
-        different: Vec::new(),
-        in_flight_count: 0,
-        in_flight: Vec::new(),
-        repaired: 0,
-        still_differing_after_repair: 0,
-        elapsed_ms: 0,
-    };
-    let mut diffs = Vec::new();
-    for (i, (low, high)) in ranges.into_iter().enumerate() {
-        let outcome = compare_range(&src, &tgt, low, high, settings.keep_rows, per_range).await?;
-        report.source_rows += outcome.source_rows;
-        report.target_rows += outcome.target_rows;
-        report.range_reads += outcome.reads;
-        diffs.extend(outcome.diffs);
-        shown.range = i + 1;
-        shown.rows = report.source_rows;
-        progress(&shown);
-    }
-    let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
-    let (confirmed, in_flight) = recheck(source, &src, &tgt, diffs, cfg, running).await?;
-    let mut confirmed = confirmed;
-    if opts.repair && !confirmed.is_empty() {
-        let keys: Vec<Arc<KeyBound>> = confirmed.iter().map(diff_key).collect();
-        report.repaired = keys.len() as u64;
-        repair_pg(cfg, sink_name, target, table, &src, &keys).await?;
-        let (s, t) = futures::try_join!(src.fetch(&keys), tgt.fetch(&keys))?;
-        confirmed = s
-            .into_iter()
-            .zip(t)
-            .filter_map(|(s, t)| diff_between(s, t))
-            .collect();
-        report.still_differing_after_repair = confirmed.len() as u64;
-    }
-    for diff in &confirmed {
-        match diff {
-            RowDiff::Missing(row) => {
-                report.missing_count += 1;
-                if report.missing.len() < opts.max_keys {
-                    report.missing.push(row.key_text(&names));
+}
+
+impl TableCheck<'_> {
+    async fn run(&self, progress: ProgressFn<'_>) -> Result<TableReport> {
+        let TableCheck {
+            cfg,
+            source,
+            src,
+            tgt,
+            sink,
+            table,
+            opts,
+            running,
+        } = *self;
+        let sink_name = sink.name();
+        let started = Instant::now();
+        let settings = &cfg.verify;
+        let (estimate, bounds) = src.sample_bounds(settings.rows_per_range).await?;
+        let mut ranges = Vec::with_capacity(bounds.len() + 1);
+        let mut low = Bound::Unbounded;
+        for b in bounds {
+            let high = Bound::Key(b);
+            ranges.push((low, high.clone()));
+            low = high;
+        }
+        ranges.push((low, Bound::Unbounded));
+        let per_range = estimate / ranges.len() as u64 + 1;
+        let mut shown = Progress {
+            sink: sink_name.to_string(),
+            table: table.name.to_string(),
+            ranges: ranges.len(),
+            started: Some(started),
+            ..Progress::default()
+        };
+        let mut report = TableReport {
+            sink: sink_name.to_string(),
+            kind: sink.kind(),
+            table: table.name.to_string(),
+            source_rows: 0,
+            target_rows: 0,
+            ranges: ranges.len(),
+            range_reads: 0,
+            missing_count: 0,
+            extra_count: 0,
+            different_count: 0,
+            missing: Vec::new(),
+            extra: Vec::new(),
+            different: Vec::new(),
+            in_flight_count: 0,
+            in_flight: Vec::new(),
+            repaired: 0,
+            still_differing_after_repair: 0,
+            elapsed_ms: 0,
+        };
+        let mut diffs = Vec::new();
+        for (i, (low, high)) in ranges.into_iter().enumerate() {
+            let outcome = compare_range(src, tgt, low, high, settings.keep_rows, per_range).await?;
+            report.source_rows += outcome.source_rows;
+            report.target_rows += outcome.target_rows;
+            report.range_reads += outcome.reads;
+            diffs.extend(outcome.diffs);
+            shown.range = i + 1;
+            shown.rows = report.source_rows;
+            progress(&shown);
+        }
+        let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+        let (confirmed, in_flight) = recheck(source, src, tgt, diffs, cfg, running).await?;
+        let mut confirmed = confirmed;
+        if opts.repair && !confirmed.is_empty() {
+            let keys: Vec<Arc<KeyBound>> = confirmed.iter().map(diff_key).collect();
+            report.repaired = keys.len() as u64;
+            repair(cfg, sink, table, src, &keys).await?;
+            let (s, t) = futures::try_join!(src.fetch(&keys), tgt.fetch(&keys))?;
+            confirmed = s
+                .into_iter()
+                .zip(t)
+                .filter_map(|(s, t)| diff_between(s, t))
+                .collect();
+            report.still_differing_after_repair = confirmed.len() as u64;
+        }
+        for diff in &confirmed {
+            match diff {
+                RowDiff::Missing(row) => {
+                    report.missing_count += 1;
+                    if report.missing.len() < opts.max_keys {
+                        report.missing.push(row.key_text(&names));
+                    }
                 }
-            }
-            RowDiff::Extra(row) => {
-                report.extra_count += 1;
-                if report.extra.len() < opts.max_keys {
-                    report.extra.push(row.key_text(&names));
+                RowDiff::Extra(row) => {
+                    report.extra_count += 1;
+                    if report.extra.len() < opts.max_keys {
+                        report.extra.push(row.key_text(&names));
+                    }
                 }
-            }
-            RowDiff::Different {
-                source,
-                target,
-                columns,
-            } => {
-                report.different_count += 1;
-                if report.different.len() < opts.max_keys {
-                    report.different.push(Difference {
-                        key: source.key_text(&names),
-                        columns: columns
-                            .iter()
-                            .map(|&c| ColumnDifference {
-                                column: names.get(c).cloned().unwrap_or_default(),
-                                source: render(source, c),
-                                target: render(target, c),
-                            })
-                            .collect(),
-                    });
+                RowDiff::Different {
+                    source,
+                    target,
+                    columns,
+                } => {
+                    report.different_count += 1;
+                    if report.different.len() < opts.max_keys {
+                        report.different.push(Difference {
+                            key: source.key_text(&names),
+                            columns: columns
+                                .iter()
+                                .map(|&c| ColumnDifference {
+                                    column: names.get(c).cloned().unwrap_or_default(),
+                                    source: render(source, c),
+                                    target: render(target, c),
+                                })
+                                .collect(),
+                        });
+                    }
                 }
             }
         }
+        report.in_flight_count = in_flight.len() as u64;
+        report.in_flight = in_flight
+            .iter()
+            .take(opts.max_keys)
+            .map(|r| r.key_text(&names))
+            .collect();
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
     }
-    report.in_flight_count = in_flight.len() as u64;
-    report.in_flight = in_flight
-        .iter()
-        .take(opts.max_keys)
-        .map(|r| r.key_text(&names))
-        .collect();
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
 }
 
 fn render(row: &CanonRow, column: usize) -> String {
@@ -508,16 +544,23 @@ async fn wait_applied(source: &PgSource, lsn: Lsn, timeout: Duration) -> Result<
     }
 }
 
-/// Re-sends the rows of `keys` from the source through the PostgreSQL sink (upserts, and
-/// deletes for keys the source no longer has), in one target transaction.
-async fn repair_pg(
+/// Re-sends the rows of `keys` from the source through the sink (upserts, and deletes for
+/// keys the source no longer has), in one target transaction. PostgreSQL sinks only for now.
+async fn repair(
     cfg: &Pipeline,
-    sink_name: &str,
-    _target: &PgEndpoint,
+    sink: &config::Sink,
     table: &Arc<TableSchema>,
     src: &PgTableSide,
     keys: &[Arc<KeyBound>],
 ) -> Result<()> {
+    let sink_name = sink.name();
+    if !matches!(sink, config::Sink::Postgres { .. }) {
+        return Err(ConnectorError::fatal(format!(
+            "--repair writes through PostgreSQL sinks only; sink {sink_name} is {}",
+            sink.kind()
+        ))
+        .with_hint("run without --repair, or with --table naming tables whose drift is on PostgreSQL sinks"));
+    }
     let mut sink = runtime::connect_pg_sinks(cfg)
         .await?
         .into_iter()

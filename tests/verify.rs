@@ -510,3 +510,144 @@ async fn bad_input_is_a_clear_error_with_exit_code_2() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot read pipeline file"), "{err}");
 }
+
+/// Kafka (with tombstones) and NATS targets, folded by key:
+/// equal to the source while the pipeline runs, and drift injected into each is found there
+/// and only there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_targets_are_folded_and_compared_by_key() {
+    use common::targets::{self, KafkaReader, MessageServices, NatsReader};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let env = Env::new("verify_msgs").await;
+    env.on_source(workload::SCHEMA).await;
+    workload::prefill(&env.source().await, 300).await;
+    let m = MessageServices::get();
+    let sinks = format!(
+        "\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{}\"\ntombstones = true\n\
+         \n[[sink]]\nkind = \"nats\"\nname = \"nats\"\nurl = \"{}\"\n",
+        m.kafka_brokers, m.nats_url
+    );
+    let path = env.pipeline_with("[\"public.*\"]", "", &sinks);
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    let load = workload::Workload::start_paced(env.source().await, 11, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.stop().await;
+
+    // Independent of the checker: the test's own fold of both targets equals the source.
+    let tables = ["customers", "orders", "items"];
+    let topics: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{}.public.{t}", env.name))
+        .collect();
+    let mut kafka = KafkaReader::new(&topics);
+    let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
+    targets::wait_nats_equal(
+        &env,
+        &mut nats,
+        workload::SCHEMA,
+        &tables,
+        Duration::from_secs(60),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        kafka.poll(Duration::from_millis(500));
+        match targets::folded_equal(
+            &env,
+            "kafka",
+            workload::SCHEMA,
+            &kafka.folded,
+            &tables,
+            false,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+    }
+    env.wait_equal(&tables, Duration::from_secs(30)).await;
+
+    let (code, report, err) = verify_json(&path, &[]);
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    let per_sink = |report: &Json, sink: &str, table: &str| -> Json {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["sink"] == sink && t["table"] == table)
+            .cloned()
+            .unwrap_or_else(|| panic!("{sink} {table} not in {report:#}"))
+    };
+    for sink in ["target", "kafka", "nats"] {
+        let t = per_sink(&report, sink, "public.customers");
+        assert!(t["source_rows"].as_u64().unwrap() > 250, "{t}");
+        assert_eq!(t["source_rows"], t["target_rows"], "{t}");
+    }
+
+    // Drift in Kafka only: a tombstone for customer 6. In NATS only: customer 5 rewritten.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &m.kafka_brokers)
+        .create()
+        .unwrap();
+    let partition = kafka_partition_of(&mut kafka, "{\"id\":6}");
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&topics[0])
+                .key("{\"id\":6}")
+                .partition(partition),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let client = async_nats::connect(m.nats_url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let forged = serde_json::json!({
+        "op": "update", "table": "public.customers", "key": {"id": 5},
+        "row": {"id": 5, "name": "forged"}, "lsn": "0/0", "ordinal": 0, "txid": 0
+    });
+    js.publish(
+        format!("{}.public.customers", env.name),
+        serde_json::to_vec(&forged).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let (code, report, err) = verify_json(&path, &[]);
+    assert_eq!(code, 1, "{report:#}\n{err}");
+    assert_eq!(report["pipeline_running"], true);
+    let k = per_sink(&report, "kafka", "public.customers");
+    assert_eq!(keys(&k, "missing"), set(&["{\"id\": 6}"]), "{k}");
+    assert_eq!(drift(&k), 1, "{k}");
+    let n = per_sink(&report, "nats", "public.customers");
+    assert_eq!(keys(&n, "different"), set(&["{\"id\": 5}"]), "{n}");
+    assert_eq!(drift(&n), 1, "{n}");
+    assert_eq!(n["different"][0]["columns"][0]["column"], "name", "{n}");
+    assert_eq!(
+        n["different"][0]["columns"][0]["target"], "\"forged\"",
+        "{n}"
+    );
+    assert_eq!(
+        n["different"][0]["columns"][1]["target"], "(absent)",
+        "a field the message lacks is absent, not null: {n}"
+    );
+    for sink in ["target", "kafka", "nats"] {
+        for table in ["public.orders", "public.items"] {
+            assert_eq!(drift(&per_sink(&report, sink, table)), 0, "{report:#}");
+        }
+    }
+    assert_eq!(drift(&per_sink(&report, "target", "public.customers")), 0);
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// The partition the sink wrote a key to (a tombstone must go to the same one).
+fn kafka_partition_of(kafka: &mut common::targets::KafkaReader, key: &str) -> i32 {
+    kafka.partition_of("public.customers", key).unwrap_or(0)
+}

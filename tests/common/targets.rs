@@ -195,6 +195,13 @@ impl KafkaReader {
         }
     }
 
+    /// The partition the last message of `key` (its JSON text) in `table` came from.
+    pub fn partition_of(&self, table: &str, key: &str) -> Option<i32> {
+        self.partitions
+            .get(&(table.to_string(), key.to_string()))
+            .copied()
+    }
+
     /// Reads whatever arrives within `wait`.
     pub fn poll(&mut self, wait: Duration) {
         let until = Instant::now() + wait;

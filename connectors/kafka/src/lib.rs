@@ -15,6 +15,7 @@
 
 mod error;
 mod state;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

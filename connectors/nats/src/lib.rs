@@ -26,6 +26,8 @@ use cutover_core::{
 use tokio::sync::Mutex;
 
 /// Acknowledgements awaited at most at once (the client's in-flight limit is set above it).
+pub mod verify;
+
 const ACK_WINDOW: usize = 4096;
 const STATE_BUCKET: &str = "cutover_state";
 

@@ -163,6 +163,13 @@ impl PgTableSide {
         })
     }
 
+    /// Reads values at a target's precision (the source side of a comparison with a target
+    /// that keeps less, such as MongoDB's millisecond timestamps).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
     /// The schema rows are read in.
     pub fn table(&self) -> &Arc<TableSchema> {
         &self.table

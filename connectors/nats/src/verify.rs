@@ -1,0 +1,157 @@
+//! The checker's NATS reader: a table's subject read from the first message of the stream and
+//! folded to the latest row per key, as a consumer would build it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use async_trait::async_trait;
+use cutover_core::envelope::EnvelopeFormat;
+use cutover_core::naming::replace_disallowed;
+use cutover_core::verify::fold::Fold;
+use cutover_core::verify::{
+    Bound, CanonRow, KeyBound, Precision, RangeScan, ScanLimits, SortedRows, TableSide,
+};
+use cutover_core::{ConnectorError, Result, TableSchema};
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+use crate::{redacted, subject_char, NatsSinkOptions};
+
+/// One table's subject, folded.
+pub struct NatsTableSide {
+    debezium: bool,
+    state: Mutex<State>,
+}
+
+struct State {
+    consumer: consumer::PullConsumer,
+    fold: Fold,
+    sorted: Option<SortedRows>,
+    precision: Precision,
+}
+
+impl NatsTableSide {
+    /// What a NATS target keeps of each value: exact, except Debezium's intervals.
+    pub fn precision(options: &NatsSinkOptions) -> Precision {
+        Precision {
+            interval_micros: options.format == EnvelopeFormat::Debezium,
+            ..Precision::default()
+        }
+    }
+
+    /// Reads the table's subject of the sink's stream from its first message to its end.
+    pub async fn open(options: &NatsSinkOptions, table: Arc<TableSchema>) -> Result<Self> {
+        let clean = |s: &str| replace_disallowed(s, subject_char);
+        let subject = options
+            .subject
+            .render(&options.pipeline, &table.name, &clean);
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(10))
+            .name(format!("cutover-verify-{}", options.pipeline))
+            .connect(options.url.as_str())
+            .await
+            .map_err(|e| {
+                ConnectorError::retryable(format!(
+                    "cannot connect to NATS at {} (sink {}): {}",
+                    redacted(&options.url),
+                    options.name,
+                    e.kind()
+                ))
+                .with_hint("check the sink's url and that nats-server runs with JetStream (-js)")
+            })?;
+        let js = jetstream::new(client);
+        let stream = js.get_stream(&options.stream).await.map_err(|e| {
+            ConnectorError::fatal(format!(
+                "stream {} of sink {} cannot be read: {e}",
+                options.stream, options.name
+            ))
+            .with_hint("run the pipeline first (it creates the stream), or check the sink's stream setting")
+        })?;
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                filter_subject: subject,
+                inactive_threshold: Duration::from_secs(300),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                ConnectorError::retryable(format!(
+                    "cannot read stream {} of sink {}: {e}",
+                    options.stream, options.name
+                ))
+            })?;
+        let side = NatsTableSide {
+            debezium: options.format == EnvelopeFormat::Debezium,
+            state: Mutex::new(State {
+                consumer,
+                fold: Fold::new(table),
+                sorted: None,
+                precision: Self::precision(options),
+            }),
+        };
+        side.catch_up().await?;
+        Ok(side)
+    }
+
+    /// Reads every message stored since the last read, then folds anew.
+    async fn catch_up(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
+        loop {
+            let mut batch = state
+                .consumer
+                .batch()
+                .max_messages(5000)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .map_err(|e| ConnectorError::retryable(format!("cannot read the stream: {e}")))?;
+            let mut got = 0;
+            let mut messages = Vec::new();
+            while let Some(m) = batch.next().await {
+                // A batch may end early (the request's timeout); the loop asks again.
+                let Ok(m) = m else { break };
+                got += 1;
+                messages.push(m.payload.clone());
+            }
+            for payload in messages {
+                state.fold.take(0, None, Some(&payload));
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        let sorted = state.fold.sorted(state.precision, self.debezium);
+        state.sorted = Some(sorted);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TableSide for NatsTableSide {
+    async fn scan(&self, low: &Bound, high: &Bound, limits: ScanLimits) -> Result<RangeScan> {
+        let state = self.state.lock().await;
+        Ok(state
+            .sorted
+            .as_ref()
+            .map(|s| s.scan(low, high, limits))
+            .unwrap_or_else(RangeScan::new))
+    }
+
+    async fn fetch(&self, keys: &[Arc<KeyBound>]) -> Result<Vec<Option<CanonRow>>> {
+        self.catch_up().await?;
+        let state = self.state.lock().await;
+        Ok(keys
+            .iter()
+            .map(|k| {
+                state
+                    .sorted
+                    .as_ref()
+                    .and_then(|s| s.get(&k.sort_key))
+                    .cloned()
+            })
+            .collect())
+    }
+}
