@@ -18,6 +18,7 @@ use cutover_core::verify::{
 };
 use cutover_core::{ConnectorError, Lsn, Result, Sink as _, TableSchema};
 use cutover_kafka::verify::KafkaTableSide;
+use cutover_mongodb::verify::MongoTableSide;
 use cutover_nats::verify::NatsTableSide;
 use cutover_postgres::catalog;
 use cutover_postgres::verify::PgTableSide;
@@ -224,13 +225,10 @@ pub async fn verify(
                     Box::new(NatsTableSide::open(o, table.clone()).await?),
                     NatsTableSide::precision(o),
                 ),
-                config::Sink::Mongodb(_) => {
-                    tracing::warn!(
-                        sink = sink.name(),
-                        "verify does not read MongoDB targets yet; skipped"
-                    );
-                    continue;
-                }
+                config::Sink::Mongodb(o) => (
+                    Box::new(MongoTableSide::open(o, table.clone()).await?),
+                    MongoTableSide::precision(),
+                ),
             };
             let src = PgTableSide::open(source.endpoint(), table.clone())
                 .await?

@@ -651,3 +651,87 @@ async fn message_targets_are_folded_and_compared_by_key() {
 fn kafka_partition_of(kafka: &mut common::targets::KafkaReader, key: &str) -> i32 {
     kafka.partition_of("public.customers", key).unwrap_or(0)
 }
+
+/// A MongoDB target (SecantusDB): equal to the source at MongoDB's millisecond precision, and a
+/// field removed from a document (absent, not null), a changed value and a deleted document
+/// are each found with their key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_target_is_compared_at_its_precision() {
+    use common::targets::{self, MessageServices};
+    let env = Env::new("verify_mongo").await;
+    env.on_source(workload::SCHEMA).await;
+    workload::prefill(&env.source().await, 200).await;
+    // Microseconds the target cannot hold must not count as drift.
+    env.on_source("UPDATE customers SET created = created + interval '0.000123 s' WHERE id <= 20")
+        .await;
+    let m = MessageServices::get();
+    let sinks = format!(
+        "\n[[sink]]\nkind = \"mongodb\"\nname = \"mongo\"\nurl = \"{}\"\ndatabase = \"{}\"\n",
+        m.mongo_url, env.name
+    );
+    let path = env.pipeline_with("[\"public.customers\"]", "", &sinks);
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(90))
+        .await;
+    env.on_source(
+        "UPDATE customers SET name = 'streamed' WHERE id = 3; DELETE FROM customers WHERE id = 4;",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let folded = targets::mongo_rows(&env.name, &["customers"]).await;
+        match targets::folded_equal(
+            &env,
+            "mongo",
+            workload::SCHEMA,
+            &folded,
+            &["customers"],
+            true,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (code, report, err) = verify_json(&path, &[]);
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    let mongo = |report: &Json| -> Json {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["sink"] == "mongo")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(mongo(&report)["target_rows"], 199);
+
+    let client = mongodb::Client::with_uri_str(&m.mongo_url).await.unwrap();
+    let coll = client
+        .database(&env.name)
+        .collection::<mongodb::bson::Document>("public.customers");
+    use mongodb::bson::doc;
+    coll.update_one(doc! {"_id": 7i64}, doc! {"$unset": {"email": ""}})
+        .await
+        .unwrap();
+    coll.update_one(doc! {"_id": 8i64}, doc! {"$set": {"score": 1.5}})
+        .await
+        .unwrap();
+    coll.delete_one(doc! {"_id": 9i64}).await.unwrap();
+    let (code, report, err) = verify_json(&path, &[]);
+    assert_eq!(code, 1, "{report:#}\n{err}");
+    let t = mongo(&report);
+    assert_eq!(
+        keys(&t, "different"),
+        set(&["{\"id\": 7}", "{\"id\": 8}"]),
+        "{t}"
+    );
+    assert_eq!(keys(&t, "missing"), set(&["{\"id\": 9}"]), "{t}");
+    assert_eq!(t["different"][0]["columns"][0]["column"], "email", "{t}");
+    assert_eq!(t["different"][0]["columns"][0]["target"], "(absent)", "{t}");
+    assert_eq!(t["different"][1]["columns"][0]["column"], "score", "{t}");
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}

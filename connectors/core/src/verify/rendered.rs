@@ -169,8 +169,14 @@ pub fn parse_money(s: &str) -> Option<i64> {
     while frac.len() < 2 {
         frac.push('0');
     }
-    let v = whole.parse::<i64>().ok()?.checked_mul(100)? + frac.parse::<i64>().ok()?;
-    Some(if negative { -v } else { v })
+    // Accumulated with the sign applied, so i64::MIN cents reads back without overflow.
+    let whole = whole.parse::<i64>().ok()?.checked_mul(100)?;
+    let frac = frac.parse::<i64>().ok()?;
+    if negative {
+        0i64.checked_sub(whole)?.checked_sub(frac)
+    } else {
+        whole.checked_add(frac)
+    }
 }
 
 /// Pushes the canonical encoding of a value that a target holds in [`Datum::render`]'s text
@@ -372,6 +378,8 @@ mod tests {
             }),
             (oid::UUID, (0u8..16).collect()),
             (oid::MONEY, (-1234i64).to_be_bytes().to_vec()),
+            (oid::MONEY, i64::MIN.to_be_bytes().to_vec()),
+            (oid::MONEY, i64::MAX.to_be_bytes().to_vec()),
             (oid::FLOAT8, 0.1f64.to_be_bytes().to_vec()),
             (oid::FLOAT4, 1.1f32.to_be_bytes().to_vec()),
         ];
