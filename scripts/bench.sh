@@ -2,7 +2,7 @@
 # Benchmarks cutover against the peers that run here, in the same run, on its own servers
 # (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
 #
-#   scripts/bench.sh [snapshot|apply|memory|messages|latency|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#   scripts/bench.sh [snapshot|apply|memory|messages|latency|verify|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
 #                                                     APPLY_TXNS=1200 by default)
 #
 # snapshot  1M rows (~160 B) into an empty target: cutover vs
@@ -15,6 +15,9 @@
 #           (tansu), and into NATS JetStream, vs pg_recvlogical reading the same changes from a
 #           slot of its own (the capture ceiling)
 # latency   commit-to-consumer latency through Kafka, and NATS, at a fixed 5k changes/s (p50, p99)
+# verify    VERIFY_ROWS (default 1M) identical rows in two clusters: cutover verify vs reladiff
+#           (PyPI, every column compared); then 10 scattered differing rows; peak RSS of cutover
+#           verify at 100k and at 1M rows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +36,7 @@ trap 'rm -rf /tmp/cutover-bench-last; cp -r "$CUTOVER_SERVICES_DIR/work" /tmp/cu
 cargo build --release --quiet
 BIN=${CUTOVER_BENCH_BIN:-$PWD/target/release/cutover}
 PGBIN=$CUTOVER_PG_BIN
+TOOLS_DIR=${CUTOVER_TOOLS_DIR:-$HOME/.cache/cutover-tools}
 WORK=$CUTOVER_SERVICES_DIR/work
 mkdir -p "$WORK"
 
@@ -311,12 +315,80 @@ EOF
     done
 }
 
+# peak_rss_of COMMAND...: runs it (output to a file) and prints its peak resident memory in MiB.
+peak_rss_of() {
+    "$@" > "$WORK/peak.out" 2>&1 &
+    local pid=$! peak=0 hwm
+    while kill -0 "$pid" 2>/dev/null; do
+        hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        [ "${hwm:-0}" -gt "$peak" ] && peak=$hwm
+        sleep 0.02
+    done
+    wait "$pid" || true
+    echo $((peak / 1024))
+}
+
+# verify_round LABEL EXPECTED_EXIT EXPECTED_ROWS: cutover verify and reladiff, ROUNDS times each.
+verify_round() {
+    local cut=() rel=() r t0 code found rd
+    for r in $(seq 1 "$ROUNDS"); do
+        t0=$(now)
+        code=0; "$BIN" verify "$WORK/ver.toml" --format json --max-keys 100 > "$WORK/ver.json" || code=$?
+        cut+=("$(python3 -c "print($(now) - $t0)")")
+        [ "$code" = "$2" ] || { echo "cutover verify exited $code, expected $2" >&2; exit 1; }
+        found=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["tables"][0]; print(t["missing_count"]+t["extra_count"]+t["different_count"])' "$WORK/ver.json")
+        t0=$(now)
+        "$RELADIFF" "$VER_SRC" t "$VER_TGT" t -k id -c a -c b -c c -c d > "$WORK/reladiff.out"
+        rel+=("$(python3 -c "print($(now) - $t0)")")
+        rd=$(grep -c '^+' "$WORK/reladiff.out" || true)
+        echo "   $1 round $r: cutover ${cut[-1]} s ($found rows differ), reladiff ${rel[-1]} s ($rd rows differ)"
+        [ "$found" = "$3" ] && [ "$rd" = "$3" ] || { echo "expected $3 differing rows from both" >&2; exit 1; }
+    done
+    local cm rm; cm=$(median "${cut[@]}"); rm=$(median "${rel[@]}")
+    echo "   $1 median: cutover $cm s, reladiff $rm s; cutover time = $(ratio "$cm" "$rm") x reladiff's"
+}
+
+# verify_tables N: the same N rows in database ver on both clusters.
+verify_tables() {
+    local fill="INSERT INTO t SELECT g, g % 100000, md5(g::text) || md5((g+1)::text) || md5((g+2)::text) || 'abcd', '2024-01-01'::timestamptz + g * interval '1 s', (g % 100000) * 0.01 FROM generate_series(1, $1) g"
+    local side
+    for side in src tgt; do
+        $side -d postgres -c "DROP DATABASE IF EXISTS ver" -c "CREATE DATABASE ver"
+        $side -d ver -c "$TABLE_DDL" -c "$fill" -c "VACUUM ANALYZE t"
+    done
+}
+
+bench_verify() {
+    local rows=${VERIFY_ROWS:-1000000}
+    RELADIFF=$TOOLS_DIR/reladiff/bin/reladiff
+    if [ ! -x "$RELADIFF" ]; then
+        python3 -m venv "$TOOLS_DIR/reladiff"
+        "$TOOLS_DIR/reladiff/bin/pip" install -q --disable-pip-version-check 'reladiff[postgresql]==0.6.0'
+    fi
+    echo "== verify: $rows identical rows (~160 B), then 10 differing rows: cutover verify vs reladiff 0.6"
+    verify_tables "$rows"
+    VER_SRC="postgresql://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/ver"
+    VER_TGT="postgresql://postgres@127.0.0.1:$CUTOVER_TARGET_PORT/ver"
+    printf 'name = "ver"\n[source]\nurl = "%s"\ntables = ["public.t"]\n[[sink]]\nkind = "postgres"\nname = "target"\nurl = "%s"\n' \
+        "$VER_SRC" "$VER_TGT" > "$WORK/ver.toml"
+    verify_round identical 0 0
+    tgt -d ver -c "UPDATE t SET a = a + 1 WHERE id IN (1, 99991, 200003, 333337, 450001, 512345, 666667, 777777, 888881, $rows)"
+    verify_round "10 differing" 1 10
+    echo "   differing keys found by cutover: $(python3 -c 'import json,sys; print(" ".join(d["key"] for d in json.load(open(sys.argv[1]))["tables"][0]["different"]))' "$WORK/ver.json")"
+    local n
+    for n in 100000 "$rows"; do
+        verify_tables "$n"
+        echo "   peak RSS of cutover verify at $n rows: $(peak_rss_of "$BIN" verify "$WORK/ver.toml") MiB"
+    done
+}
+
 case "$WHAT" in
 snapshot) bench_snapshot ;;
 apply) bench_apply ;;
 memory) bench_memory ;;
 messages) bench_messages ;;
 latency) bench_latency ;;
-all) bench_snapshot; bench_apply; bench_memory; bench_messages; bench_latency ;;
-*) echo "usage: $0 [snapshot|apply|memory|messages|latency|all]" >&2; exit 2 ;;
+verify) bench_verify ;;
+all) bench_snapshot; bench_apply; bench_memory; bench_messages; bench_latency; bench_verify ;;
+*) echo "usage: $0 [snapshot|apply|memory|messages|latency|verify|all]" >&2; exit 2 ;;
 esac

@@ -48,6 +48,9 @@ pub struct VerifySection {
     pub settle_timeout_s: Option<u64>,
     /// Re-checks of a row that is still changing before it is reported as in flight.
     pub rounds: Option<u32>,
+    /// Where `cutover run` saves the last periodic check's result, read by `cutover status`
+    /// (default `.cutover-state/<pipeline>-verify.json` beside the pipeline file).
+    pub report_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +323,7 @@ pub struct VerifySettings {
     pub keep_rows: usize,
     pub settle_timeout_s: u64,
     pub rounds: u32,
+    pub report_path: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -585,6 +589,12 @@ pub fn parse(
                 .or(d.verify.settle_timeout_s)
                 .unwrap_or(60),
             rounds: file.verify.rounds.or(d.verify.rounds).unwrap_or(5),
+            report_path: match &file.verify.report_path {
+                Some(p) => base_dir.join(expand(p, &format!("{origin}: verify.report_path"), env)?),
+                None => base_dir
+                    .join(".cutover-state")
+                    .join(format!("{}-verify.json", file.name)),
+            },
         },
     };
     for (key, value) in [

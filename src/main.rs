@@ -242,14 +242,82 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         std::process::exit(130);
     });
     let reporter = tokio::spawn(status::report(status.clone(), terminal));
+    let checker = (cfg.verify.interval_s > 0)
+        .then(|| tokio::spawn(periodic_verify(cfg.clone(), status.clone())));
     let result = runtime::run(&cfg, status.clone(), stop_rx).await;
     reporter.abort();
+    if let Some(checker) = checker {
+        checker.abort();
+    }
     if terminal {
         if let Ok(s) = status.lock() {
             eprintln!("\r\x1b[K{}", s.line());
         }
     }
     result.map(|()| ExitCode::SUCCESS).map_err(explain)
+}
+
+/// Checks every target against the source every `verify.interval_s` while the pipeline
+/// streams; saves each result for `cutover status` and shows it in the progress output. A check
+/// that fails is logged; the pipeline goes on.
+async fn periodic_verify(cfg: config::Pipeline, status: status::SharedStatus) {
+    let every = std::time::Duration::from_secs(cfg.verify.interval_s);
+    let opts = verify::VerifyOptions {
+        tables: Vec::new(),
+        repair: false,
+        max_keys: 20,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let streaming = status
+            .lock()
+            .map(|s| s.phase == status::Phase::Streaming)
+            .unwrap_or(false);
+        if !streaming {
+            continue;
+        }
+        let report = match verify::verify(&cfg, &opts, &|_| {}).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::warn!(error = %e, "periodic consistency check failed; the pipeline goes on");
+                continue;
+            }
+        };
+        let now = std::time::SystemTime::now();
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let path = &cfg.verify.report_path;
+        let saved =
+            verify::SavedCheck::after(&report, verify::SavedCheck::load(path).as_ref(), secs);
+        if let Err(e) = saved.save(path) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot save the consistency check's result");
+        }
+        if saved.drift_rows > 0 {
+            tracing::warn!(
+                drift_rows = saved.drift_rows,
+                tables = ?saved.drift_by_table,
+                "consistency check: DRIFT (run `cutover verify` for the keys)"
+            );
+        } else {
+            tracing::info!(
+                in_flight_rows = saved.in_flight_rows,
+                tables = report.tables.len(),
+                elapsed_ms = report.elapsed_ms,
+                "consistency check: no drift"
+            );
+        }
+        status::update(&status, |s| {
+            s.last_verify = Some(status::VerifySummary {
+                at: now,
+                drift_rows: saved.drift_rows,
+                in_flight_rows: saved.in_flight_rows,
+                last_clean: saved
+                    .last_clean_at
+                    .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)),
+            })
+        });
+    }
 }
 
 async fn wait_for_signal() {
@@ -428,6 +496,39 @@ async fn show_status(path: &std::path::Path) -> Outcome {
     for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
         let state = sink.read_checkpoint().await.map_err(explain)?;
         print_sink_state(sink.name(), &state);
+    }
+    match verify::SavedCheck::load(&cfg.verify.report_path) {
+        None => println!(
+            "consistency: no periodic check saved (set verify.interval_s, or run `cutover verify`)"
+        ),
+        Some(check) => {
+            let ago = |t: u64| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                format!("{} s ago", now.saturating_sub(t))
+            };
+            let clean = check.last_clean_at.map_or("never".to_string(), &ago);
+            if check.drift_rows > 0 {
+                println!(
+                    "consistency: DRIFT at the last check ({}): {} rows ({}); last clean check: {clean}",
+                    ago(check.checked_at),
+                    check.drift_rows,
+                    check
+                        .drift_by_table
+                        .iter()
+                        .map(|(t, n)| format!("{t}: {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            } else {
+                println!(
+                    "consistency: no drift at the last check ({}, {} rows in flight); last clean check: {clean}",
+                    ago(check.checked_at),
+                    check.in_flight_rows
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

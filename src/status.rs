@@ -41,6 +41,18 @@ pub struct Status {
     pub source_wal: Lsn,
     /// The slot position confirmed to the source.
     pub confirmed: Lsn,
+    /// The last periodic check: when it ended, rows of confirmed drift, rows in flight.
+    pub last_verify: Option<VerifySummary>,
+}
+
+/// The outcome of the last periodic consistency check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySummary {
+    pub at: SystemTime,
+    pub drift_rows: u64,
+    pub in_flight_rows: u64,
+    /// When a check last found every table equal.
+    pub last_clean: Option<SystemTime>,
 }
 
 impl Status {
@@ -51,6 +63,7 @@ impl Status {
             sinks: Vec::new(),
             source_wal: Lsn::ZERO,
             confirmed: Lsn::ZERO,
+            last_verify: None,
         }
     }
 
@@ -126,8 +139,21 @@ impl Status {
                     Some(t) => format!("{} bytes ({:.1} s)", self.lag_bytes(), t.as_secs_f64()),
                     None => format!("{} bytes", self.lag_bytes()),
                 };
+                let verified = match &self.last_verify {
+                    None => String::new(),
+                    Some(v) if v.drift_rows > 0 => {
+                        format!("; verify: DRIFT {} rows", v.drift_rows)
+                    }
+                    Some(v) if v.in_flight_rows > 0 => {
+                        format!("; verify: {} rows in flight", v.in_flight_rows)
+                    }
+                    Some(v) => format!(
+                        "; verify: equal ({} s ago)",
+                        v.at.elapsed().map_or(0, |d| d.as_secs())
+                    ),
+                };
                 format!(
-                    "{}: lag {lag}; source WAL {}, confirmed {}; {}",
+                    "{}: lag {lag}; source WAL {}, confirmed {}; {}{verified}",
                     if self.phase == Phase::Stopping {
                         "stopping"
                     } else {

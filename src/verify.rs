@@ -195,8 +195,62 @@ impl Report {
     }
 }
 
-/// Checks every target of the pipeline (PostgreSQL targets; other kinds are skipped with a
-/// note in the log) against the source.
+/// What `cutover run`'s periodic check saves for `cutover status`: the last report and when a
+/// check last found everything equal.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SavedCheck {
+    /// Seconds since the Unix epoch when the check ended.
+    pub checked_at: u64,
+    /// When a check last found every table equal (seconds since the Unix epoch).
+    pub last_clean_at: Option<u64>,
+    pub drift_rows: u64,
+    pub in_flight_rows: u64,
+    /// Rows of confirmed drift per `sink/table`, for tables with any.
+    pub drift_by_table: std::collections::BTreeMap<String, u64>,
+}
+
+impl SavedCheck {
+    /// The saved check after `report`, carrying the last clean time over from `previous`.
+    pub fn after(report: &Report, previous: Option<&SavedCheck>, now: u64) -> SavedCheck {
+        let drift_by_table = report
+            .tables
+            .iter()
+            .filter(|t| t.drift() > 0)
+            .map(|t| (format!("{}/{}", t.sink, t.table), t.drift()))
+            .collect();
+        SavedCheck {
+            checked_at: now,
+            last_clean_at: if report.equal() {
+                Some(now)
+            } else {
+                previous.and_then(|p| p.last_clean_at)
+            },
+            drift_rows: report.tables.iter().map(TableReport::drift).sum(),
+            in_flight_rows: report.tables.iter().map(|t| t.in_flight_count).sum(),
+            drift_by_table,
+        }
+    }
+
+    /// Reads the saved check; `None` when there is none (or it cannot be read).
+    pub fn load(path: &std::path::Path) -> Option<SavedCheck> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// Writes the check atomically (a temporary file renamed over the old one).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// Checks every target of the pipeline against the source.
 pub async fn verify(
     cfg: &Pipeline,
     opts: &VerifyOptions,

@@ -735,3 +735,39 @@ async fn mongodb_target_is_compared_at_its_precision() {
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }
+
+/// `cutover run` with `verify.interval_s` checks while it streams and `cutover status` shows the
+/// last result: clean at first, then the drift injected into the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_checks_periodically_and_status_shows_the_last_result() {
+    let env = Env::new("verify_periodic").await;
+    env.on_source(LEDGER).await;
+    let path = env.pipeline("[\"public.ledger\"]", "[verify]\ninterval_s = 1");
+    let mut run = env.start(&path);
+    run.wait_log("consistency check: no drift", Duration::from_secs(60))
+        .await;
+    let (code, out, err) = cutover(&["status", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("consistency: no drift at the last check"),
+        "{out}"
+    );
+    assert!(!out.contains("last clean check: never"), "{out}");
+
+    env.target()
+        .await
+        .batch_execute("UPDATE ledger SET account = 'tampered' WHERE id = 17")
+        .await
+        .unwrap();
+    run.wait_log("consistency check: DRIFT", Duration::from_secs(60))
+        .await;
+    let (code, out, _) = cutover(&["status", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("consistency: DRIFT at the last check"),
+        "{out}"
+    );
+    assert!(out.contains("target/public.ledger: 1"), "{out}");
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
