@@ -90,6 +90,14 @@ else
     same=0
 fi
 
+echo "== cutover verify: BLAKE3 range digests of every table, source against all four targets"
+if $bin verify pipelines/demo.toml > "$CUTOVER_SERVICES_DIR/verify.log" 2>&1; then
+    sed 's/^/   /' "$CUTOVER_SERVICES_DIR/verify.log" | cut -c1-200
+else
+    sed 's/^/   /' "$CUTOVER_SERVICES_DIR/verify.log" | head -30 | cut -c1-200
+    same=0
+fi
+
 echo "== stopping cutover (SIGTERM: drain, confirm, exit 0)"
 kill -TERM "$cutover_pid"; wait "$cutover_pid"; cutover_pid=
 grep -E "table copied|streaming changes|stopped" "$CUTOVER_SERVICES_DIR/cutover.log" | sed 's/^/   /' | cut -c1-160

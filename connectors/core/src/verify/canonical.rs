@@ -183,7 +183,7 @@ pub fn push_value(out: &mut Vec<u8>, datum: &Datum<'_>, precision: Precision) {
     }
 }
 
-/// A JSON document in canonical form: object keys sorted (serde_json's map is ordered),
+/// A JSON document in canonical form: object keys sorted by their UTF-8 bytes,
 /// no insignificant whitespace, integers as integers and every other number as the shortest
 /// text that reads back as the same double. Text that is not JSON is kept as it is.
 pub fn canonical_json_text(text: &str) -> String {
@@ -229,8 +229,12 @@ fn write_json(s: &mut String, value: &serde_json::Value) {
             s.push(']');
         }
         J::Object(map) => {
+            // Sorted here: serde_json keeps insertion order when a dependency turns on its
+            // `preserve_order` feature.
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
             s.push('{');
-            for (i, (k, v)) in map.iter().enumerate() {
+            for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     s.push(',');
                 }
