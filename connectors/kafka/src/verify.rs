@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cutover_core::envelope::EnvelopeFormat;
 use cutover_core::naming::replace_disallowed;
-use cutover_core::verify::fold::Fold;
+use cutover_core::verify::fold::FoldedTable;
 use cutover_core::verify::{
-    Bound, CanonRow, KeyBound, Precision, RangeScan, ScanLimits, SortedRows, TableSide,
+    Bound, CanonRow, KeyBound, Precision, RangeScan, ScanLimits, TableSide,
 };
 use cutover_core::{ConnectorError, Result, TableSchema};
 use rdkafka::config::ClientConfig;
@@ -25,15 +25,12 @@ const IDLE: Duration = Duration::from_millis(1500);
 
 /// One table's topic, folded.
 pub struct KafkaTableSide {
-    debezium: bool,
     state: Mutex<State>,
 }
 
 struct State {
     consumer: BaseConsumer,
-    fold: Fold,
-    sorted: Option<SortedRows>,
-    precision: Precision,
+    table: FoldedTable,
 }
 
 impl KafkaTableSide {
@@ -108,12 +105,13 @@ impl KafkaTableSide {
             .assign(&list)
             .map_err(|e| error::classify(e, "cannot assign the topic's partitions"))?;
         let side = KafkaTableSide {
-            debezium: options.format == EnvelopeFormat::Debezium,
             state: Mutex::new(State {
                 consumer,
-                fold: Fold::new(table),
-                sorted: None,
-                precision: Self::precision(options),
+                table: FoldedTable::new(
+                    table,
+                    Self::precision(options),
+                    options.format == EnvelopeFormat::Debezium,
+                ),
             }),
         };
         side.catch_up().await?;
@@ -129,7 +127,7 @@ impl KafkaTableSide {
             while last.elapsed() < IDLE {
                 match state.consumer.poll(Duration::from_millis(100)) {
                     Some(Ok(m)) => {
-                        state.fold.take(m.partition(), m.key(), m.payload());
+                        state.table.fold.take(m.partition(), m.key(), m.payload());
                         last = Instant::now();
                     }
                     Some(Err(e)) => {
@@ -140,7 +138,7 @@ impl KafkaTableSide {
             }
             Ok(())
         })?;
-        state.sorted = Some(state.fold.sorted(state.precision, self.debezium));
+        state.table.refresh();
         Ok(())
     }
 }
@@ -148,26 +146,11 @@ impl KafkaTableSide {
 #[async_trait]
 impl TableSide for KafkaTableSide {
     async fn scan(&self, low: &Bound, high: &Bound, limits: ScanLimits) -> Result<RangeScan> {
-        let state = self.state.lock().await;
-        Ok(state
-            .sorted
-            .as_ref()
-            .map(|s| s.scan(low, high, limits))
-            .unwrap_or_else(RangeScan::new))
+        Ok(self.state.lock().await.table.scan(low, high, limits))
     }
 
     async fn fetch(&self, keys: &[Arc<KeyBound>]) -> Result<Vec<Option<CanonRow>>> {
         self.catch_up().await?;
-        let state = self.state.lock().await;
-        Ok(keys
-            .iter()
-            .map(|k| {
-                state
-                    .sorted
-                    .as_ref()
-                    .and_then(|s| s.get(&k.sort_key))
-                    .cloned()
-            })
-            .collect())
+        Ok(self.state.lock().await.table.lookup(keys))
     }
 }

@@ -68,58 +68,7 @@ impl MongoSink {
     pub async fn connect(options: MongoSinkOptions) -> Result<MongoSink> {
         check_database_name(&options.database)
             .map_err(|e| ConnectorError::fatal(format!("MongoDB sink {}: {e}", options.name)))?;
-        let mut client_options = ClientOptions::parse(&options.url).await.map_err(|e| {
-            let kind = match *e.kind {
-                mongodb::error::ErrorKind::DnsResolve { .. } => ErrorKind::Retryable,
-                _ => ErrorKind::Fatal,
-            };
-            // The driver error is not kept as the source: its text may quote the url.
-            ConnectorError::new(
-                kind,
-                format!(
-                    "the url of MongoDB sink {} is not a usable connection string: {}",
-                    options.name,
-                    redact(&e.kind.to_string(), &options.url)
-                ),
-            )
-            .with_hint(
-                "write it as mongodb://USER:PASSWORD@HOST:PORT/?OPTIONS (percent-encode ':', '/', '?', '#', '@' and '%' in the user name and password)",
-            )
-        })?;
-        let servers = client_options
-            .hosts
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        client_options
-            .server_selection_timeout
-            .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        client_options
-            .connect_timeout
-            .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        client_options
-            .app_name
-            .get_or_insert_with(|| "cutover".to_string());
-        let client = Client::with_options(client_options).map_err(|e| {
-            classify(
-                e,
-                &format!("MongoDB sink {}: cannot set up the client", options.name),
-            )
-        })?;
-        let hello = client
-            .database(&options.database)
-            .run_command(doc! {"hello": 1})
-            .await
-            .map_err(|e| {
-                classify(
-                    e,
-                    &format!(
-                        "MongoDB sink {}: cannot reach the server at {servers}",
-                        options.name
-                    ),
-                )
-            })?;
+        let (client, servers, hello) = open_client(&options).await?;
         let wire = match hello.get("maxWireVersion") {
             Some(Bson::Int32(v)) => i64::from(*v),
             Some(Bson::Int64(v)) => *v,
@@ -751,4 +700,64 @@ impl TableCopy for MongoCopy {
         );
         Ok(self.rows)
     }
+}
+
+/// Connects with the sink's url handling and timeouts and asks the server `hello`. Returns the
+/// client, the servers as `host:port,...` for messages, and the server's `hello` answer. An
+/// unreachable server is retryable; a bad connection string is fatal with a fix; the url (which
+/// may hold a password) never reaches a message.
+pub(crate) async fn open_client(options: &MongoSinkOptions) -> Result<(Client, String, Document)> {
+    let mut client_options = ClientOptions::parse(&options.url).await.map_err(|e| {
+        let kind = match *e.kind {
+            mongodb::error::ErrorKind::DnsResolve { .. } => ErrorKind::Retryable,
+            _ => ErrorKind::Fatal,
+        };
+        // The driver error is not kept as the source: its text may quote the url.
+        ConnectorError::new(
+            kind,
+            format!(
+                "the url of MongoDB sink {} is not a usable connection string: {}",
+                options.name,
+                redact(&e.kind.to_string(), &options.url)
+            ),
+        )
+        .with_hint(
+            "write it as mongodb://USER:PASSWORD@HOST:PORT/?OPTIONS (percent-encode ':', '/', '?', '#', '@' and '%' in the user name and password)",
+        )
+    })?;
+    let servers = client_options
+        .hosts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    client_options
+        .server_selection_timeout
+        .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    client_options
+        .connect_timeout
+        .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    client_options
+        .app_name
+        .get_or_insert_with(|| "cutover".to_string());
+    let client = Client::with_options(client_options).map_err(|e| {
+        classify(
+            e,
+            &format!("MongoDB sink {}: cannot set up the client", options.name),
+        )
+    })?;
+    let hello = client
+        .database(&options.database)
+        .run_command(doc! {"hello": 1})
+        .await
+        .map_err(|e| {
+            classify(
+                e,
+                &format!(
+                    "MongoDB sink {}: cannot reach the server at {servers}",
+                    options.name
+                ),
+            )
+        })?;
+    Ok((client, servers, hello))
 }

@@ -15,7 +15,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use cutover_core::datum::{self, oid, Datum};
@@ -24,19 +23,14 @@ use cutover_core::verify::{
     key_columns, keys, orderable_key_type, rendered, Bound, CanonRow, KeyBound, Precision,
     RangeScan, ScanLimits, SortedRows, TableSide,
 };
-use cutover_core::{ConnectorError, ErrorKind, Result, Row, TableSchema, Value};
+use cutover_core::{ConnectorError, Result, Row, TableSchema, Value};
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{doc, Binary, Bson, Decimal128, Document, RawDocumentBuf};
-use mongodb::options::ClientOptions;
-use mongodb::{Client, Collection, Cursor};
+use mongodb::{Collection, Cursor};
 
-use crate::error::{classify, redact};
+use crate::error::classify;
 use crate::mapping::document_id;
 use crate::{check_collection_name, check_database_name, clean_name_part, MongoSinkOptions};
-
-/// How long the driver looks for a reachable server, unless the url sets
-/// `serverSelectionTimeoutMS` (as for the sink).
-const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `_id`s asked for per `find` when rows are fetched by key.
 const FETCH_BATCH: usize = 1000;
@@ -107,7 +101,7 @@ impl MongoTableSide {
                 options.name, table.name
             ))
         })?;
-        let (client, servers) = connect(options).await?;
+        let (client, servers, _) = crate::sink::open_client(options).await?;
         let collection = client
             .database(&options.database)
             .collection::<RawDocumentBuf>(&coll);
@@ -261,64 +255,6 @@ impl TableSide for MongoTableSide {
             .map(|k| found.get(&k.sort_key).cloned())
             .collect())
     }
-}
-
-/// Connects as the sink does (same url handling and timeouts) and checks that the server
-/// answers. Returns the client and the servers as `host:port,...` for messages.
-async fn connect(options: &MongoSinkOptions) -> Result<(Client, String)> {
-    let mut client_options = ClientOptions::parse(&options.url).await.map_err(|e| {
-        let kind = match *e.kind {
-            mongodb::error::ErrorKind::DnsResolve { .. } => ErrorKind::Retryable,
-            _ => ErrorKind::Fatal,
-        };
-        // The driver error is not kept as the source: its text may quote the url.
-        ConnectorError::new(
-            kind,
-            format!(
-                "the url of MongoDB sink {} is not a usable connection string: {}",
-                options.name,
-                redact(&e.kind.to_string(), &options.url)
-            ),
-        )
-        .with_hint(
-            "write it as mongodb://USER:PASSWORD@HOST:PORT/?OPTIONS (percent-encode ':', '/', '?', '#', '@' and '%' in the user name and password)",
-        )
-    })?;
-    let servers = client_options
-        .hosts
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    client_options
-        .server_selection_timeout
-        .get_or_insert(SERVER_SELECTION_TIMEOUT);
-    client_options
-        .connect_timeout
-        .get_or_insert(SERVER_SELECTION_TIMEOUT);
-    client_options
-        .app_name
-        .get_or_insert_with(|| "cutover".to_string());
-    let client = Client::with_options(client_options).map_err(|e| {
-        classify(
-            e,
-            &format!("MongoDB sink {}: cannot set up the client", options.name),
-        )
-    })?;
-    client
-        .database(&options.database)
-        .run_command(doc! {"ping": 1})
-        .await
-        .map_err(|e| {
-            classify(
-                e,
-                &format!(
-                    "MongoDB sink {}: cannot reach the server at {servers}",
-                    options.name
-                ),
-            )
-        })?;
-    Ok((client, servers))
 }
 
 /// The next document of a cursor, read from its raw bytes (a `Document` read through serde

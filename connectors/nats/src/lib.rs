@@ -111,23 +111,36 @@ fn redacted(url: &str) -> String {
         .to_string()
 }
 
+/// Connects to the sink's server as `name` (shown by the server); fails at once (retryable)
+/// when it does not answer. The url's credentials never reach a message.
+pub(crate) async fn open_client(
+    options: &NatsSinkOptions,
+    name: String,
+) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(10))
+        .name(name)
+        .connect(options.url.as_str())
+        .await
+        .map_err(|e| {
+            ConnectorError::retryable(format!(
+                "cannot connect to NATS at {} (sink {}): {}",
+                redacted(&options.url),
+                options.name,
+                e.kind()
+            ))
+            .with_hint("check the sink's url and that nats-server runs with JetStream (-js)")
+        })
+}
+
 impl NatsSink {
     /// Connects to the server; fails at once (retryable) when it does not answer.
     pub async fn connect(options: NatsSinkOptions) -> Result<NatsSink> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(10))
-            .name(format!("cutover-{}-{}", options.pipeline, options.name))
-            .connect(options.url.as_str())
-            .await
-            .map_err(|e| {
-                ConnectorError::retryable(format!(
-                    "cannot connect to NATS at {} (sink {}): {}",
-                    redacted(&options.url),
-                    options.name,
-                    e.kind()
-                ))
-                .with_hint("check the sink's url and that nats-server runs with JetStream (-js)")
-            })?;
+        let client = open_client(
+            &options,
+            format!("cutover-{}-{}", options.pipeline, options.name),
+        )
+        .await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(30))
             .max_ack_inflight(ACK_WINDOW * 2)

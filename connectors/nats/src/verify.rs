@@ -8,27 +8,24 @@ use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
 use cutover_core::envelope::EnvelopeFormat;
 use cutover_core::naming::replace_disallowed;
-use cutover_core::verify::fold::Fold;
+use cutover_core::verify::fold::FoldedTable;
 use cutover_core::verify::{
-    Bound, CanonRow, KeyBound, Precision, RangeScan, ScanLimits, SortedRows, TableSide,
+    Bound, CanonRow, KeyBound, Precision, RangeScan, ScanLimits, TableSide,
 };
 use cutover_core::{ConnectorError, Result, TableSchema};
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
-use crate::{redacted, subject_char, NatsSinkOptions};
+use crate::{open_client, subject_char, NatsSinkOptions};
 
 /// One table's subject, folded.
 pub struct NatsTableSide {
-    debezium: bool,
     state: Mutex<State>,
 }
 
 struct State {
     consumer: consumer::PullConsumer,
-    fold: Fold,
-    sorted: Option<SortedRows>,
-    precision: Precision,
+    table: FoldedTable,
 }
 
 impl NatsTableSide {
@@ -46,20 +43,7 @@ impl NatsTableSide {
         let subject = options
             .subject
             .render(&options.pipeline, &table.name, &clean);
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(10))
-            .name(format!("cutover-verify-{}", options.pipeline))
-            .connect(options.url.as_str())
-            .await
-            .map_err(|e| {
-                ConnectorError::retryable(format!(
-                    "cannot connect to NATS at {} (sink {}): {}",
-                    redacted(&options.url),
-                    options.name,
-                    e.kind()
-                ))
-                .with_hint("check the sink's url and that nats-server runs with JetStream (-js)")
-            })?;
+        let client = open_client(options, format!("cutover-verify-{}", options.pipeline)).await?;
         let js = jetstream::new(client);
         let stream = js.get_stream(&options.stream).await.map_err(|e| {
             ConnectorError::fatal(format!(
@@ -84,12 +68,13 @@ impl NatsTableSide {
                 ))
             })?;
         let side = NatsTableSide {
-            debezium: options.format == EnvelopeFormat::Debezium,
             state: Mutex::new(State {
                 consumer,
-                fold: Fold::new(table),
-                sorted: None,
-                precision: Self::precision(options),
+                table: FoldedTable::new(
+                    table,
+                    Self::precision(options),
+                    options.format == EnvelopeFormat::Debezium,
+                ),
             }),
         };
         side.catch_up().await?;
@@ -117,14 +102,13 @@ impl NatsTableSide {
                 messages.push(m.payload.clone());
             }
             for payload in messages {
-                state.fold.take(0, None, Some(&payload));
+                state.table.fold.take(0, None, Some(&payload));
             }
             if got == 0 {
                 break;
             }
         }
-        let sorted = state.fold.sorted(state.precision, self.debezium);
-        state.sorted = Some(sorted);
+        state.table.refresh();
         Ok(())
     }
 }
@@ -132,26 +116,11 @@ impl NatsTableSide {
 #[async_trait]
 impl TableSide for NatsTableSide {
     async fn scan(&self, low: &Bound, high: &Bound, limits: ScanLimits) -> Result<RangeScan> {
-        let state = self.state.lock().await;
-        Ok(state
-            .sorted
-            .as_ref()
-            .map(|s| s.scan(low, high, limits))
-            .unwrap_or_else(RangeScan::new))
+        Ok(self.state.lock().await.table.scan(low, high, limits))
     }
 
     async fn fetch(&self, keys: &[Arc<KeyBound>]) -> Result<Vec<Option<CanonRow>>> {
         self.catch_up().await?;
-        let state = self.state.lock().await;
-        Ok(keys
-            .iter()
-            .map(|k| {
-                state
-                    .sorted
-                    .as_ref()
-                    .and_then(|s| s.get(&k.sort_key))
-                    .cloned()
-            })
-            .collect())
+        Ok(self.state.lock().await.table.lookup(keys))
     }
 }

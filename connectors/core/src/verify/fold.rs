@@ -10,8 +10,10 @@ use serde_json::{Map, Value as J};
 
 use super::canonical::{push_value, tag, Precision};
 use super::keys::row_from_canonical;
+use super::range::{Bound, KeyBound, RangeScan, ScanLimits};
 use super::rendered::push_json;
 use super::sorted::SortedRows;
+use super::CanonRow;
 use crate::datum::{oid, Datum};
 use crate::TableSchema;
 
@@ -229,6 +231,46 @@ impl Fold {
             ends.push(bytes.len() as u32);
         }
         row_from_canonical(&self.table, keys, bytes, ends)
+    }
+}
+
+/// A folded table as a checker reads it: the fold, its rows in key order as of the last
+/// [`FoldedTable::refresh`], and how the target writes values.
+#[derive(Debug)]
+pub struct FoldedTable {
+    pub fold: Fold,
+    sorted: SortedRows,
+    precision: Precision,
+    debezium: bool,
+}
+
+impl FoldedTable {
+    /// An empty fold of `table`'s messages, written in the Debezium envelope when `debezium`,
+    /// compared at `precision`.
+    pub fn new(table: Arc<TableSchema>, precision: Precision, debezium: bool) -> FoldedTable {
+        FoldedTable {
+            fold: Fold::new(table),
+            sorted: SortedRows::new(),
+            precision,
+            debezium,
+        }
+    }
+
+    /// Puts the rows folded so far in canonical form and key order (after reading messages).
+    pub fn refresh(&mut self) {
+        self.sorted = self.fold.sorted(self.precision, self.debezium);
+    }
+
+    /// The rows of `(low, high]` as of the last refresh.
+    pub fn scan(&self, low: &Bound, high: &Bound, limits: ScanLimits) -> RangeScan {
+        self.sorted.scan(low, high, limits)
+    }
+
+    /// The rows with these keys as of the last refresh.
+    pub fn lookup(&self, keys: &[Arc<KeyBound>]) -> Vec<Option<CanonRow>> {
+        keys.iter()
+            .map(|k| self.sorted.get(&k.sort_key).cloned())
+            .collect()
     }
 }
 
