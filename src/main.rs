@@ -53,6 +53,16 @@ enum Command {
     },
     /// Show the slot's lag and each target's checkpoint.
     Status { pipeline: PathBuf },
+    /// Set every target sequence behind a replicated column past the source's current value
+    /// (creating it, and the column's default, where the target lacks them). Run it right
+    /// before traffic moves to the target: logical replication does not carry sequences.
+    SyncSequences {
+        pipeline: PathBuf,
+        /// Steps to add beyond the source's value, for ids the source hands out until the
+        /// switch.
+        #[arg(long, default_value_t = 1000)]
+        margin: u32,
+    },
     /// Prove that every target holds what the source holds (BLAKE3 range digests down to the
     /// rows that differ), while changes keep flowing. Exit code 0: equal; 1: drift (or rows
     /// that kept changing, so equality is not proven); 2: the check could not be made.
@@ -125,6 +135,7 @@ fn main() -> ExitCode {
                 target_state,
             } => teardown(&pipeline, target_state).await,
             Command::Status { pipeline } => show_status(&pipeline).await,
+            Command::SyncSequences { pipeline, margin } => sync_sequences(&pipeline, margin).await,
             Command::Verify { .. } => unreachable!("verify is run above"),
         }
     });
@@ -453,6 +464,55 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
                 }
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
+    let cfg = load(path)?;
+    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    let sequences = source.sequences().await.map_err(explain)?;
+    if sequences.is_empty() {
+        println!("no sequence feeds a column of the pipeline's tables; nothing to do");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut targets = 0;
+    for sink in &cfg.sinks {
+        let config::Sink::Postgres { name, url, .. } = sink else {
+            continue;
+        };
+        targets += 1;
+        let endpoint = cutover_postgres::PgEndpoint::parse(url, "target").map_err(explain)?;
+        let client = endpoint.connect().await.map_err(explain)?;
+        for seq in &sequences {
+            let done = cutover_postgres::sequences::sync_sequence(&client, seq, i64::from(margin))
+                .await
+                .map_err(explain)?;
+            let before = done
+                .target_before
+                .map_or("created".to_string(), |b| format!("was {b}"));
+            let moved = if Some(done.target_after) == done.target_before {
+                " (already ahead, left alone)"
+            } else {
+                ""
+            };
+            println!(
+                "sink {name}: {} ({}.{}): source at {}, target set to {} ({before}){moved}{}",
+                done.sequence,
+                seq.table,
+                seq.column,
+                done.source_value,
+                done.target_after,
+                if done.default_added {
+                    "; column default nextval added"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if targets == 0 {
+        println!("the pipeline has no PostgreSQL sink; sequences exist only there");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ pub mod copy_binary;
 pub mod error;
 pub mod pgoutput;
 pub mod preflight;
+pub mod sequences;
 pub mod sink;
 pub mod source;
 pub mod verify;

@@ -346,6 +346,12 @@ impl PgSource {
             .and_then(|t| t.parse().ok()))
     }
 
+    /// The sequences behind the selected tables' columns, with their current values.
+    pub async fn sequences(&self) -> Result<Vec<crate::sequences::SourceSequence>> {
+        let names: Vec<_> = self.tables.iter().map(|t| t.schema.name.clone()).collect();
+        crate::sequences::source_sequences(&self.client, &names).await
+    }
+
     /// Whether a session streams from the slot now, and the slot's confirmed position; `None`
     /// when the slot does not exist.
     pub async fn slot_activity(&self) -> Result<Option<(bool, Option<Lsn>)>> {
