@@ -109,6 +109,16 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// Whether TRUNCATE is replicated to this sink.
+    pub fn truncate(&self) -> bool {
+        match self {
+            SinkConfig::Postgres(p) => p.truncate,
+            SinkConfig::Kafka(k) => k.truncate,
+            SinkConfig::Nats(n) => n.truncate,
+            SinkConfig::Mongodb(m) => m.truncate,
+        }
+    }
+
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Postgres(p) => &p.name,
@@ -135,6 +145,11 @@ pub enum EnvelopeFormatConfig {
 pub struct KafkaSinkConfig {
     /// Names the sink in status output and its state.
     pub name: String,
+    /// Replicate TRUNCATE to this target (default true). When false, a TRUNCATE on the source
+    /// leaves the target's rows alone (for a target that keeps history); later changes still
+    /// apply.
+    #[serde(default = "yes")]
+    pub truncate: bool,
     /// Bootstrap servers, `host:port[,host:port]`, or `${ENV_VAR}`.
     pub brokers: String,
     /// Topic per table; placeholders {pipeline}, {schema}, {table} (default
@@ -171,6 +186,11 @@ pub struct KafkaSinkConfig {
 pub struct NatsSinkConfig {
     /// Names the sink in status output and its state.
     pub name: String,
+    /// Replicate TRUNCATE to this target (default true). When false, a TRUNCATE on the source
+    /// leaves the target's rows alone (for a target that keeps history); later changes still
+    /// apply.
+    #[serde(default = "yes")]
+    pub truncate: bool,
     /// Server URL, `nats://host:4222`, or `${ENV_VAR}`.
     pub url: String,
     /// Subject per table; placeholders {pipeline}, {schema}, {table} (default
@@ -193,6 +213,11 @@ pub struct NatsSinkConfig {
 pub struct MongoSinkConfig {
     /// Names the sink in status output and its state.
     pub name: String,
+    /// Replicate TRUNCATE to this target (default true). When false, a TRUNCATE on the source
+    /// leaves the target's rows alone (for a target that keeps history); later changes still
+    /// apply.
+    #[serde(default = "yes")]
+    pub truncate: bool,
     /// Connection string, `mongodb://host:27017`, or `${ENV_VAR}`.
     pub url: String,
     /// Database the collections are written to.
@@ -227,6 +252,11 @@ fn default_duplicate_window() -> u64 {
 pub struct PostgresSinkConfig {
     /// Names the sink in status output and in its checkpoint.
     pub name: String,
+    /// Replicate TRUNCATE to this target (default true). When false, a TRUNCATE on the source
+    /// leaves the target's rows alone (for a target that keeps history); later changes still
+    /// apply.
+    #[serde(default = "yes")]
+    pub truncate: bool,
     /// Connection string, or `${ENV_VAR}`.
     pub url: String,
     /// Create missing target tables from the source's definitions (default true).
@@ -312,6 +342,8 @@ pub struct Pipeline {
     pub linger_ms: u64,
     pub stream_buffer_events: usize,
     pub sinks: Vec<Sink>,
+    /// Per sink, in the order of `sinks`: whether TRUNCATE is replicated to it.
+    pub sink_truncate: Vec<bool>,
     pub verify: VerifySettings,
 }
 
@@ -571,6 +603,7 @@ pub fn parse(
             d.limits.stream_buffer_events,
         ),
         sinks,
+        sink_truncate: file.sinks.iter().map(SinkConfig::truncate).collect(),
         verify: VerifySettings {
             interval_s: file.verify.interval_s.or(d.verify.interval_s).unwrap_or(0),
             rows_per_range: file

@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use cutover_core::{
-    Checkpoint, ConnectorError, Lsn, Result, Row, Sink, SinkState, Source, StreamEvent, StreamItem,
-    TableCopy,
+    Change, Checkpoint, ConnectorError, Lsn, Result, Row, Sink, SinkState, Source, StreamEvent,
+    StreamItem, TableCopy,
 };
 use cutover_kafka::KafkaSink;
 use cutover_mongodb::MongoSink;
@@ -394,6 +394,7 @@ async fn stream(
             state,
             durable_tx.clone(),
             DriverLimits {
+                truncate: cfg.sink_truncate.get(index).copied().unwrap_or(true),
                 batch_bytes: cfg.batch_bytes,
                 flush_interval: Duration::from_millis(cfg.flush_interval_ms),
                 linger: Duration::from_millis(cfg.linger_ms),
@@ -544,6 +545,8 @@ fn driver_ended(joined: std::result::Result<Result<()>, tokio::task::JoinError>)
 }
 
 struct DriverLimits {
+    /// Whether TRUNCATE events reach this sink.
+    truncate: bool,
     batch_bytes: usize,
     flush_interval: Duration,
     linger: Duration,
@@ -640,6 +643,7 @@ async fn drive_sink(
                             }
                             StreamEvent::Change(c) => {
                                 !skipping
+                                    && (limits.truncate || c.change != Change::Truncate)
                                     && copied
                                         .get(&c.table.name)
                                         .is_none_or(|&at| c.position.commit_lsn >= at)
