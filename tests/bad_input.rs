@@ -218,10 +218,34 @@ async fn table_without_key_is_refused_with_the_statements_that_fix_it() {
     let line = one_paragraph(&stderr);
     assert!(line.contains("public.loose has no primary key"), "{line}");
     assert!(
-        line.contains("ADD PRIMARY KEY") && line.contains("REPLICA IDENTITY USING INDEX"),
+        line.contains("ALTER TABLE \"public\".\"loose\" ADD PRIMARY KEY")
+            && line.contains("GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+            && line.contains("REPLICA IDENTITY FULL is no substitute"),
         "{line}"
     );
     assert!(!line.contains("public.keyed has no"), "{line}");
+    // A unique index on NOT NULL columns is named as the replica identity to use.
+    env.on_source(
+        "CREATE UNIQUE INDEX loose_b_partial ON loose (b) WHERE a > 0;
+         ALTER TABLE loose ALTER COLUMN b SET NOT NULL;
+         CREATE UNIQUE INDEX loose_b ON loose (b);",
+    )
+    .await;
+    let (code, _, stderr) = cutover(&["run", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let line = one_paragraph(&stderr);
+    assert!(
+        line.contains("ALTER TABLE \"public\".\"loose\" REPLICA IDENTITY USING INDEX loose_b;"),
+        "{line}"
+    );
+    // Following the fix makes the table acceptable.
+    env.on_source("ALTER TABLE loose REPLICA IDENTITY USING INDEX loose_b;")
+        .await;
+    let (code, out, _) = cutover(&["check", path.to_str().unwrap()]);
+    assert!(
+        out.contains("public.loose is keyed by its replica identity index"),
+        "{code} {out}"
+    );
     // A keyed table whose replica identity is NOTHING would break the application's own
     // updates and deletes once published: refused.
     env.on_source("DROP TABLE loose; ALTER TABLE keyed REPLICA IDENTITY NOTHING")

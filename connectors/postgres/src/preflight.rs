@@ -137,9 +137,7 @@ pub async fn check_source(
                     "{} has no primary key and no replica identity index, so its updates and deletes cannot be applied by key",
                     t.schema.name
                 ),
-                format!(
-                    "add a primary key (ALTER TABLE {name} ADD PRIMARY KEY (...);) or name a unique index on NOT NULL columns (ALTER TABLE {name} REPLICA IDENTITY USING INDEX ...;)"
-                ),
+                key_fix(client, t.oid, &name).await?,
             ),
         });
     }
@@ -196,4 +194,34 @@ pub async fn check_source(
         )
     });
     Ok(out)
+}
+
+/// The statement that gives a keyless table a key: its own unique index on NOT NULL columns
+/// as the replica identity when it has one (no rewrite, no lock beyond a moment), else a
+/// primary key, with REPLICA IDENTITY FULL explained as no substitute.
+async fn key_fix(client: &Client, oid: u32, name: &str) -> Result<String> {
+    let candidate: Option<String> = client
+        .query_opt(
+            "SELECT i.indexrelid::regclass::text
+               FROM pg_index i
+              WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid
+                AND i.indpred IS NULL AND i.indexprs IS NULL
+                AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                 WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                                   AND NOT a.attnotnull)
+              ORDER BY i.indnatts, i.indexrelid
+              LIMIT 1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| classify(e, "cannot read the table's indexes"))?
+        .map(|r| r.get(0));
+    Ok(match candidate {
+        Some(index) => format!(
+            "its unique index {index} covers only NOT NULL columns and can identify rows: ALTER TABLE {name} REPLICA IDENTITY USING INDEX {index};"
+        ),
+        None => format!(
+            "add a primary key on the columns that identify a row (ALTER TABLE {name} ADD PRIMARY KEY (col, ...);), or, if none do, a surrogate one (ALTER TABLE {name} ADD COLUMN row_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY; this rewrites the table under an exclusive lock). REPLICA IDENTITY FULL is no substitute: it writes every updated or deleted row whole into the WAL and still cannot tell duplicate rows apart, so cutover refuses it without a key"
+        ),
+    })
 }
