@@ -266,9 +266,13 @@ pub async fn verify(
             let (target, precision): (Box<dyn TableSide>, Precision) = match sink {
                 config::Sink::Postgres { url, .. } => {
                     let endpoint = PgEndpoint::parse(url, "target")?;
+                    let precision = Precision {
+                        user_types_as_text: true,
+                        ..Precision::default()
+                    };
                     (
-                        Box::new(PgTableSide::open(&endpoint, table.clone()).await?),
-                        Precision::default(),
+                        Box::new(PgTableSide::open(&endpoint, table.clone(), precision).await?),
+                        precision,
                     )
                 }
                 config::Sink::Kafka(o) => (
@@ -284,9 +288,7 @@ pub async fn verify(
                     MongoTableSide::precision(),
                 ),
             };
-            let src = PgTableSide::open(source.endpoint(), table.clone())
-                .await?
-                .with_precision(precision);
+            let src = PgTableSide::open(source.endpoint(), table.clone(), precision).await?;
             let check = TableCheck {
                 cfg,
                 source: &source,

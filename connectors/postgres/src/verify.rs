@@ -70,6 +70,8 @@ pub struct PgTableSide {
     /// Range queries: no bound, low only, high only, both.
     ranges: [Statement; 4],
     by_key: Statement,
+    /// By key, every column in binary format (no text casts): rows to write back.
+    raw_by_key: Statement,
 }
 
 /// What the checker found about a table on a target before reading it.
@@ -85,10 +87,14 @@ pub enum ShapeProblem {
 }
 
 impl PgTableSide {
-    /// Opens a session on `endpoint` for `table` (the source's schema). Fails with a clear
-    /// error when the table is missing there, lacks a column, or has a key column of another
-    /// type.
-    pub async fn open(endpoint: &PgEndpoint, table: Arc<TableSchema>) -> Result<PgTableSide> {
+    /// Opens a session on `endpoint` for `table` (the source's schema), reading values at
+    /// `precision`. Fails with a clear error when the table is missing there, lacks a column,
+    /// or has a key column of another type.
+    pub async fn open(
+        endpoint: &PgEndpoint,
+        table: Arc<TableSchema>,
+        precision: Precision,
+    ) -> Result<PgTableSide> {
         let client = endpoint.connect().await?;
         if let Some(problem) = shape_problem(&client, &table).await? {
             let (what, hint) = match problem {
@@ -138,36 +144,73 @@ impl PgTableSide {
                 .with_hint("leave the table out with --table, or compare it with another tool"));
             }
         }
-        let ranges = prepare_ranges(&client, &table, &keys).await?;
-        let by_key = client
-            .prepare(&format!(
-                "SELECT {} FROM {} WHERE {}",
-                select_list(&table),
-                table.name.quoted(),
-                keys.iter()
-                    .enumerate()
-                    .map(|(i, &k)| format!("{} = ${}", quote_ident(&table.columns[k].name), i + 1))
-                    .collect::<Vec<_>>()
-                    .join(" AND ")
-            ))
-            .await
-            .map_err(|e| classify(e, &format!("cannot read {} by key", table.name)))?;
+        let as_text = |c: &cutover_core::Column| {
+            precision.user_types_as_text && c.type_oid >= verify::canonical::FIRST_USER_OID
+        };
+        let list = table
+            .columns
+            .iter()
+            .map(|c| {
+                if as_text(c) {
+                    format!("{}::text", quote_ident(&c.name))
+                } else {
+                    quote_ident(&c.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ranges = prepare_ranges(&client, &table, &keys, &list).await?;
+        let key_match = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| format!("{} = ${}", quote_ident(&table.columns[k].name), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let raw_list = table
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut by_key = Vec::with_capacity(2);
+        for columns in [&list, &raw_list] {
+            by_key.push(
+                client
+                    .prepare(&format!(
+                        "SELECT {columns} FROM {} WHERE {key_match}",
+                        table.name.quoted()
+                    ))
+                    .await
+                    .map_err(|e| classify(e, &format!("cannot read {} by key", table.name)))?,
+            );
+        }
+        let raw_by_key = by_key.pop().expect("two statements");
+        let by_key = by_key.pop().expect("two statements");
+        // Values are decoded as they are read: columns cast to text decode as text.
+        let read = Arc::new(TableSchema {
+            name: table.name.clone(),
+            columns: table
+                .columns
+                .iter()
+                .map(|c| {
+                    let mut c = c.clone();
+                    if as_text(&c) {
+                        c.type_oid = cutover_core::datum::oid::TEXT;
+                    }
+                    c
+                })
+                .collect(),
+        });
         Ok(PgTableSide {
             client,
             endpoint: endpoint.clone(),
-            table,
+            table: read,
             keys,
-            precision: Precision::default(),
+            precision,
             ranges,
             by_key,
+            raw_by_key,
         })
-    }
-
-    /// Reads values at a target's precision (the source side of a comparison with a target
-    /// that keeps less, such as MongoDB's millisecond timestamps).
-    pub fn with_precision(mut self, precision: Precision) -> Self {
-        self.precision = precision;
-        self
     }
 
     /// The schema rows are read in.
@@ -295,7 +338,7 @@ impl PgTableSide {
             let params: Vec<RawParam> = key.values.iter().map(|v| RawParam(v.as_ref())).collect();
             let rows = self
                 .client
-                .query_raw(&self.by_key, params.iter())
+                .query_raw(&self.raw_by_key, params.iter())
                 .await
                 .map_err(|e| classify(e, &ctx))?;
             pin_mut!(rows);
@@ -347,19 +390,12 @@ impl PgTableSide {
     }
 }
 
-fn select_list(table: &TableSchema) -> String {
-    table
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
+/// The four range queries of a table (no bound, low, high, both), selecting `list`.
 async fn prepare_ranges(
     client: &Client,
     table: &TableSchema,
     keys: &[usize],
+    list: &str,
 ) -> Result<[Statement; 4]> {
     let key_expr: Vec<String> = keys
         .iter()
@@ -383,7 +419,7 @@ async fn prepare_ranges(
         )
     };
     let n = keys.len();
-    let base = format!("SELECT {} FROM {}", select_list(table), table.name.quoted());
+    let base = format!("SELECT {list} FROM {}", table.name.quoted());
     let order = format!(" ORDER BY {}", key_expr.join(", "));
     let texts = [
         format!("{base}{order}"),

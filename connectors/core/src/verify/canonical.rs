@@ -50,7 +50,14 @@ pub struct Precision {
     /// Intervals are compared as one number of microseconds, a month counting 30.4375 days
     /// (what Debezium's envelope keeps).
     pub interval_micros: bool,
+    /// Columns of user-defined and extension types are read in their text form. Between two
+    /// PostgreSQL clusters the binary form of an array or composite of such a type embeds a
+    /// type OID that differs from cluster to cluster; the text form does not.
+    pub user_types_as_text: bool,
 }
+
+/// The first OID of objects created after `initdb` (user-defined and extension types).
+pub const FIRST_USER_OID: u32 = 16_384;
 
 /// The canonical NaN bit pattern: every NaN encodes the same.
 const CANONICAL_NAN: u64 = 0x7ff8_0000_0000_0000;
