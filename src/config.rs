@@ -65,6 +65,21 @@ pub struct SourceConfig {
     pub slot: Option<String>,
     /// Publication name (default `cutover_<name>`).
     pub publication: Option<String>,
+    /// What a schema change on the source does while streaming: `apply` (default) adds,
+    /// drops, renames and retypes the columns of PostgreSQL targets in stream order (message and
+    /// document targets carry the new columns as they come); `stop` stops the pipeline with a
+    /// message naming the table.
+    #[serde(default)]
+    pub schema_changes: SchemaChanges,
+}
+
+/// See [`SourceConfig::schema_changes`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaChanges {
+    #[default]
+    Apply,
+    Stop,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -333,6 +348,8 @@ pub struct Pipeline {
     pub tables: Vec<String>,
     pub slot: String,
     pub publication: String,
+    /// Apply source schema changes to PostgreSQL targets (else stop).
+    pub apply_schema_changes: bool,
     pub parallel_tables: usize,
     pub chunk_bytes: usize,
     pub queue_events: usize,
@@ -578,6 +595,7 @@ pub fn parse(
         tables: file.source.tables.clone(),
         slot,
         publication,
+        apply_schema_changes: file.source.schema_changes == SchemaChanges::Apply,
         parallel_tables: pick(file.snapshot.parallel_tables, d.snapshot.parallel_tables),
         chunk_bytes: pick(
             file.snapshot.chunk_bytes.map(|b| b.0),

@@ -118,6 +118,7 @@ async fn connect_pg_sink(
     PgSink::connect(
         endpoint,
         PgSinkOptions {
+            apply_schema_changes: cfg.apply_schema_changes,
             name: name.to_string(),
             pipeline: cfg.name.clone(),
             create_tables,

@@ -482,14 +482,7 @@ mod tests {
     use std::sync::Arc;
 
     fn table() -> Arc<TableSchema> {
-        let col = |name: &str, type_oid: u32, key: bool| Column {
-            name: name.into(),
-            type_oid,
-            type_modifier: -1,
-            type_name: String::new(),
-            nullable: !key,
-            key,
-        };
+        let col = Column::new;
         Arc::new(TableSchema {
             name: TableName::new("public", "items"),
             columns: vec![

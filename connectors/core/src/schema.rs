@@ -46,6 +46,25 @@ pub struct Column {
     pub nullable: bool,
     /// Part of the key that identifies a row (primary key or replica identity index).
     pub key: bool,
+    /// The column's default expression on the source (`pg_get_expr` text), when the catalog
+    /// was read for it: used to add the column to a target with the same default.
+    pub default: Option<String>,
+}
+
+impl Column {
+    /// A column of a type known only by OID (no type name, no modifier, no default); nullable
+    /// unless it is part of the key.
+    pub fn new(name: impl Into<String>, type_oid: u32, key: bool) -> Column {
+        Column {
+            name: name.into(),
+            type_oid,
+            type_modifier: -1,
+            type_name: String::new(),
+            nullable: !key,
+            key,
+            default: None,
+        }
+    }
 }
 
 /// A table's shape as the pipeline sees it: columns in source order and which of them form the

@@ -264,14 +264,7 @@ mod tests {
     use mongodb::bson::doc;
 
     fn layout() -> TableSchema {
-        let col = |name: &str, type_oid: u32, key: bool| Column {
-            name: name.into(),
-            type_oid,
-            type_modifier: -1,
-            type_name: String::new(),
-            nullable: !key,
-            key,
-        };
+        let col = Column::new;
         TableSchema {
             name: TableName::new("public", "t"),
             columns: vec![

@@ -334,14 +334,7 @@ mod tests {
     use cutover_core::{Column, TableName};
 
     fn col(name: &str, type_oid: u32, key: bool) -> Column {
-        Column {
-            name: name.into(),
-            type_oid,
-            type_modifier: -1,
-            type_name: String::new(),
-            nullable: !key,
-            key,
-        }
+        Column::new(name, type_oid, key)
     }
 
     fn bin(b: &[u8]) -> Value {

@@ -89,14 +89,7 @@ fn sorted(mut docs: Vec<Document>) -> Vec<Document> {
 }
 
 fn column(name: &str, type_oid: u32, key: bool) -> Column {
-    Column {
-        name: name.to_string(),
-        type_oid,
-        type_modifier: -1,
-        type_name: String::new(),
-        nullable: !key,
-        key,
-    }
+    Column::new(name, type_oid, key)
 }
 
 /// `public.items (id int4 primary key, name text, big text, qty int8)`; `big` stands for a

@@ -76,14 +76,7 @@ async fn collection(database: &str, name: &str) -> Collection<Document> {
 }
 
 fn column(name: &str, type_oid: u32, key: bool) -> Column {
-    Column {
-        name: name.to_string(),
-        type_oid,
-        type_modifier: -1,
-        type_name: String::new(),
-        nullable: !key,
-        key,
-    }
+    Column::new(name, type_oid, key)
 }
 
 fn bin(b: &[u8]) -> Value {

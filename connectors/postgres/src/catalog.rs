@@ -150,8 +150,9 @@ async fn load_table(
     let rows = client
         .query(
             "SELECT a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod),
-                    a.attnotnull
+                    a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
                FROM pg_attribute a
+               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
                 AND a.attgenerated = ''
               ORDER BY a.attnum",
@@ -170,6 +171,7 @@ async fn load_table(
                 type_modifier: r.get(2),
                 type_name: r.get(3),
                 nullable: !r.get::<_, bool>(4),
+                default: r.get(5),
             }
         })
         .collect();

@@ -53,8 +53,8 @@ pub enum DecodeError {
 /// One decoded message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// A relation's schema was (re)announced; the cache is updated.
-    Relation(Arc<TableSchema>),
+    /// A relation's schema was (re)announced (with its OID); the cache is updated.
+    Relation(u32, Arc<TableSchema>),
     Insert {
         table: Arc<TableSchema>,
         row: Row,
@@ -102,6 +102,12 @@ impl Decoder {
         self.relations.get(&oid)
     }
 
+    /// Replaces the cached schema of a relation (completed from the catalog); changes decoded
+    /// afterwards carry it.
+    pub fn set_relation(&mut self, oid: u32, table: Arc<TableSchema>) {
+        self.relations.insert(oid, table);
+    }
+
     pub fn decode(&mut self, data: &Bytes) -> Result<Message, DecodeError> {
         let tag = *data.first().ok_or(DecodeError::Empty)? as char;
         let mut r = Reader {
@@ -129,6 +135,7 @@ impl Decoder {
                         type_name: String::new(),
                         nullable: true,
                         key: flags & 1 == 1,
+                        default: None,
                     });
                 }
                 let name = TableName::new(schema, name);
@@ -139,12 +146,13 @@ impl Decoder {
                         if let Some(k) = from_catalog.filter(|k| k.type_oid == c.type_oid) {
                             c.type_name = k.type_name.clone();
                             c.nullable = k.nullable;
+                            c.default = k.default.clone();
                         }
                     }
                 }
                 let table = Arc::new(TableSchema { name, columns });
                 self.relations.insert(oid, table.clone());
-                Ok(Message::Relation(table))
+                Ok(Message::Relation(oid, table))
             }
             'Y' => {
                 r.u32()?;
@@ -370,7 +378,7 @@ mod tests {
     #[test]
     fn relation_then_insert_decodes() {
         let mut d = Decoder::new();
-        let Message::Relation(t) = d.decode(&relation_frame()).unwrap() else {
+        let Message::Relation(_, t) = d.decode(&relation_frame()).unwrap() else {
             panic!("not a relation")
         };
         assert_eq!(t.name, TableName::new("public", "orders"));

@@ -49,6 +49,9 @@ pub struct PgSinkOptions {
     /// Bytes of changes the runtime buffers before a flush; sizes the session's `temp_buffers`
     /// so that staging a whole batch stays in memory.
     pub batch_bytes: usize,
+    /// Apply the source's schema changes (added, dropped, renamed and retyped columns) to the
+    /// target in stream order; when false, a schema change stops the pipeline with a fix.
+    pub apply_schema_changes: bool,
 }
 
 /// A PostgreSQL target.
@@ -78,6 +81,13 @@ struct TargetTable {
     stage_keys: String,
     /// The column layout rows follow (the stream's Relation for this table).
     layout: Arc<TableSchema>,
+    /// The layout came from the stream (not from the catalog when the sink opened): a later
+    /// layout that lacks a column, or has it with another type, is a schema change to apply.
+    /// A layout from the catalog may be newer than a replayed stream's, so it is never
+    /// narrowed back.
+    from_stream: bool,
+    /// Staging tables are recreated under a new name after each schema change.
+    version: u32,
 }
 
 /// A run of work that must reach the target in order: folded row changes (net effect per key,
@@ -92,6 +102,8 @@ enum Segment {
         old_key: Row,
         row: Row,
     },
+    /// A schema change (and the staging tables for the new layout), in stream order.
+    Ddl(String),
 }
 
 /// One table's folded changes.
@@ -288,13 +300,33 @@ impl PgSink {
             .map(|r| (r.get(0), r.get(1)))
             .collect();
         let mut problems = Vec::new();
+        let mut forward = Vec::new();
         for c in &table.columns {
             match target_columns.get(&c.name) {
-                None => problems.push(format!("column {} ({}) is missing", c.name, c.type_name)),
-                Some(t) if *t != c.type_name => problems.push(format!(
-                    "column {} is {t} on the target but {} on the source",
-                    c.name, c.type_name
-                )),
+                None => {
+                    problems.push(format!("column {} ({}) is missing", c.name, c.type_name));
+                    let default = c
+                        .default
+                        .as_ref()
+                        .map(|d| format!(" DEFAULT {d}"))
+                        .unwrap_or_default();
+                    forward.push(format!(
+                        "ALTER TABLE {quoted} ADD COLUMN IF NOT EXISTS {} {}{default}",
+                        quote_ident(&c.name),
+                        c.type_name
+                    ));
+                }
+                Some(t) if *t != c.type_name => {
+                    problems.push(format!(
+                        "column {} is {t} on the target but {} on the source",
+                        c.name, c.type_name
+                    ));
+                    forward.push(format!(
+                        "ALTER TABLE {quoted} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}",
+                        col = quote_ident(&c.name),
+                        ty = c.type_name
+                    ));
+                }
                 Some(_) => {}
             }
         }
@@ -325,6 +357,11 @@ impl PgSink {
         }
         Ok(if problems.is_empty() {
             TableCheck::Ready
+        } else if problems.len() == forward.len() {
+            TableCheck::Behind {
+                problems,
+                statements: forward,
+            }
         } else {
             TableCheck::Mismatch(problems)
         })
@@ -332,6 +369,7 @@ impl PgSink {
 
     /// Checks every table without changing anything; the error names every problem at once.
     pub async fn check_tables(&self, tables: &[Arc<TableSchema>]) -> Result<()> {
+        let copied = self.read_checkpoint().await?.copied_tables;
         let mut problems = Vec::new();
         for table in tables {
             match self.inspect_table(table).await? {
@@ -340,7 +378,11 @@ impl PgSink {
                 TableCheck::Missing => {
                     problems.push(format!("table {} does not exist", table.name))
                 }
-                TableCheck::Mismatch(p) => {
+                // A table cutover copied whose columns the source changed while it was not
+                // streaming is brought forward when the sink opens.
+                TableCheck::Behind { .. }
+                    if self.options.apply_schema_changes && copied.contains_key(&table.name) => {}
+                TableCheck::Mismatch(p) | TableCheck::Behind { problems: p, .. } => {
                     problems.push(format!("table {}: {}", table.name, p.join("; ")))
                 }
             }
@@ -422,26 +464,73 @@ impl PgSink {
         if Arc::ptr_eq(&table.layout, layout) {
             return Ok(());
         }
-        if table.layout.columns != layout.columns {
-            let same_names = table.layout.columns.len() == layout.columns.len()
-                && table
-                    .layout
-                    .columns
-                    .iter()
-                    .zip(&layout.columns)
-                    .all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid);
-            let pending = self.segments.iter().any(|s| match s {
-                Segment::Changes(m) => m.contains_key(&layout.name),
-                _ => false,
-            });
-            if !same_names || pending {
+        let same_shape = table.layout.columns.len() == layout.columns.len()
+            && table
+                .layout
+                .columns
+                .iter()
+                .zip(&layout.columns)
+                .all(|(a, b)| {
+                    a.name == b.name
+                        && a.type_oid == b.type_oid
+                        && a.type_modifier == b.type_modifier
+                });
+        if !same_shape {
+            if !self.options.apply_schema_changes {
                 return Err(ConnectorError::fatal(format!(
-                    "the columns of {} on the source no longer match what cutover copied; schema changes are not applied yet",
+                    "the columns of {} on the source changed and this pipeline does not apply schema changes",
                     layout.name
                 ))
-                .with_hint("apply the same change to the target table, then restart the pipeline"));
+                .with_hint("apply the same change to the target table, then restart the pipeline (or set source.schema_changes = \"apply\")"));
             }
+            let statements = schema_change(&table.layout, layout, table.from_stream)?;
+            let version = table.version + 1;
+            let base = table
+                .stage_rows
+                .split("_v")
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let keys_base = table
+                .stage_keys
+                .split("_v")
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let stage_rows = format!("{base}_v{version}");
+            let stage_keys = format!("{keys_base}_v{version}");
+            let all = layout
+                .columns
+                .iter()
+                .map(|c| quote_ident(&c.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let quoted = table.quoted.clone();
+            let mut sql = statements.join(";\n");
+            if !sql.is_empty() {
+                sql.push_str(";\n");
+            }
+            sql.push_str(&format!(
+                "DROP TABLE IF EXISTS pg_temp.{stage_rows}, pg_temp.{stage_keys};
+                 CREATE TEMP TABLE {stage_rows} AS SELECT {all} FROM {quoted} WITH NO DATA;
+                 CREATE TEMP TABLE {stage_keys} AS SELECT {keys} FROM {quoted} WITH NO DATA;",
+                keys = key_list(layout)
+            ));
+            if !statements.is_empty() {
+                tracing::info!(table = %layout.name, statements = ?statements, "applying a source schema change to the target");
+            }
+            *table = TargetTable {
+                quoted,
+                stage_rows,
+                stage_keys,
+                layout: layout.clone(),
+                from_stream: true,
+                version,
+            };
+            self.segments.push(Segment::Ddl(sql));
+            return Ok(());
         }
+        table.from_stream = true;
         table.layout = layout.clone();
         Ok(())
     }
@@ -536,6 +625,121 @@ impl PgSink {
     }
 }
 
+/// The statements that take a target table from layout `old` to layout `new` (columns renamed,
+/// added with the source's type and default, dropped, retyped). Drops and type changes are
+/// made only when `old` came from the stream itself (`narrow`): a replay after a restart
+/// starts from a layout older than the catalog's, and must not undo what was applied. Every
+/// statement is idempotent. A change of the key columns is refused.
+fn schema_change(old: &TableSchema, new: &TableSchema, narrow: bool) -> Result<Vec<String>> {
+    let table = new.name.quoted();
+    let keys = |t: &TableSchema| -> Vec<String> {
+        t.columns
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    let old_names: Vec<&str> = old.columns.iter().map(|c| c.name.as_str()).collect();
+    let new_names: Vec<&str> = new.columns.iter().map(|c| c.name.as_str()).collect();
+    let mut statements = Vec::new();
+    // A rename keeps its position and type: the old name is gone and the new one is new.
+    let mut renamed: Vec<(&str, &str)> = Vec::new();
+    if old.columns.len() == new.columns.len() {
+        for (a, b) in old.columns.iter().zip(&new.columns) {
+            if a.name != b.name
+                && a.type_oid == b.type_oid
+                && !new_names.contains(&a.name.as_str())
+                && !old_names.contains(&b.name.as_str())
+            {
+                renamed.push((&a.name, &b.name));
+                statements.push(format!(
+                    "ALTER TABLE {table} RENAME COLUMN {} TO {}",
+                    quote_ident(&a.name),
+                    quote_ident(&b.name)
+                ));
+            }
+        }
+    }
+    let old_keys: Vec<String> = keys(old)
+        .into_iter()
+        .map(|k| {
+            renamed
+                .iter()
+                .find(|(from, _)| *from == k)
+                .map_or(k.clone(), |(_, to)| to.to_string())
+        })
+        .collect();
+    if old_keys != keys(new) {
+        return Err(ConnectorError::fatal(format!(
+            "the key of {} changed on the source ({} to {}); cutover does not change a target's key while streaming",
+            new.name,
+            old_keys.join(", "),
+            keys(new).join(", ")
+        ))
+        .with_hint("make the same change on the target table, then restart the pipeline"));
+    }
+    let was = |name: &str| -> Option<&cutover_core::Column> {
+        let original = renamed
+            .iter()
+            .find(|(_, to)| *to == name)
+            .map_or(name, |(from, _)| *from);
+        old.columns.iter().find(|c| c.name == original)
+    };
+    for c in &new.columns {
+        match was(&c.name) {
+            None => {
+                if c.type_name.is_empty() {
+                    return Err(ConnectorError::fatal(format!(
+                        "column {} was added to {} on the source, and its type could not be read from the source's catalog",
+                        c.name, new.name
+                    ))
+                    .with_hint("add the column to the target table yourself, then restart the pipeline"));
+                }
+                let default = c
+                    .default
+                    .as_ref()
+                    .map(|d| format!(" DEFAULT {d}"))
+                    .unwrap_or_default();
+                statements.push(format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {}{default}",
+                    quote_ident(&c.name),
+                    c.type_name
+                ));
+            }
+            Some(o)
+                if narrow && (o.type_oid != c.type_oid || o.type_modifier != c.type_modifier) =>
+            {
+                if c.type_name.is_empty() {
+                    return Err(ConnectorError::fatal(format!(
+                        "column {} of {} changed type on the source, and the new type could not be read from the source's catalog",
+                        c.name, new.name
+                    ))
+                    .with_hint("change the column on the target table yourself, then restart the pipeline"));
+                }
+                statements.push(format!(
+                    "ALTER TABLE {table} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}",
+                    col = quote_ident(&c.name),
+                    ty = c.type_name
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if narrow {
+        for c in &old.columns {
+            let kept = new_names.contains(&c.name.as_str())
+                || renamed.iter().any(|(from, _)| *from == c.name);
+            if !kept {
+                statements.push(format!(
+                    "ALTER TABLE {table} DROP COLUMN IF EXISTS {}",
+                    quote_ident(&c.name)
+                ));
+            }
+        }
+    }
+    Ok(statements)
+}
+
 /// Moves one row to a new key in place, keeping the columns the source did not resend.
 async fn move_row(client: &Client, table: &TargetTable, old_key: &Row, row: &Row) -> Result<()> {
     let layout = &table.layout;
@@ -623,6 +827,7 @@ impl Write {
                     old_key,
                     row,
                 } => move_row(client, &table, &old_key, &row).await?,
+                Segment::Ddl(sql) => exec(sql).await?,
             }
         }
         let Some((cp, commit_time)) = self.commit else {
@@ -656,6 +861,12 @@ impl Write {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableCheck {
     Ready,
+    /// Columns are missing or of another type, and these statements bring the table to the
+    /// source's definition (nothing else differs).
+    Behind {
+        problems: Vec<String>,
+        statements: Vec<String>,
+    },
     Missing,
     Mismatch(Vec<String>),
 }
@@ -886,8 +1097,13 @@ impl Sink for PgSink {
             .await?;
         self.create_state_tables().await?;
         for table in tables {
-            if self.inspect_table(table).await? == TableCheck::Missing {
-                self.create_table(table).await?;
+            match self.inspect_table(table).await? {
+                TableCheck::Missing => self.create_table(table).await?,
+                TableCheck::Behind { statements, .. } => {
+                    tracing::info!(table = %table.name, statements = ?statements, "bringing a target table forward to the source's columns");
+                    self.exec(&statements.join(";\n")).await?;
+                }
+                _ => {}
             }
         }
         self.state = self.read_state().await?;
@@ -918,6 +1134,8 @@ impl Sink for PgSink {
                     stage_rows,
                     stage_keys,
                     layout: table.clone(),
+                    from_stream: false,
+                    version: 0,
                 },
             );
         }

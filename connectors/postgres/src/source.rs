@@ -309,6 +309,8 @@ impl PgSource {
             pending: VecDeque::new(),
             txn: None,
             confirmed: start,
+            catalog: self.endpoint.connect().await?,
+            incomplete: Vec::new(),
         };
         stream.client.wait_started().await.map_err(|e| {
             classify_replication(
@@ -465,9 +467,60 @@ pub struct PgStream {
     /// The open transaction's commit LSN and the next change ordinal in it.
     txn: Option<(Lsn, u32)>,
     confirmed: Lsn,
+    /// An SQL session on the source, to read the types and defaults of columns that a Relation
+    /// message announces and the catalog read at start did not know (schema changes).
+    catalog: Client,
+    /// Relations announced with such columns, completed before the next message is decoded.
+    incomplete: Vec<(u32, Arc<TableSchema>)>,
 }
 
 impl PgStream {
+    /// Completes relations whose new columns lack a type name from the source's catalog (SQL
+    /// type, nullability, default), so a target can add them as the source has them. The
+    /// catalog is read now, which can be later than the stream's position: a name whose type
+    /// no longer matches the stream's OID is left without a type name.
+    ///
+    /// Cancel-safe: a relation leaves the list only once it is completed, and [`Source::next`]
+    /// completes what is listed before it reads on (the runtime may drop a `next` call at any
+    /// await).
+    async fn complete_relations(&mut self) -> Result<()> {
+        while let Some((oid, table)) = self.incomplete.first().cloned() {
+            let rows = self
+                .catalog
+                .query(
+                    "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
+                            a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
+                       FROM pg_attribute a
+                       LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                      WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+                    &[&oid],
+                )
+                .await
+                .map_err(|e| {
+                    classify(e, &format!("cannot read the new columns of {}", table.name))
+                })?;
+            let mut completed = (*table).clone();
+            for c in completed
+                .columns
+                .iter_mut()
+                .filter(|c| c.type_name.is_empty())
+            {
+                let found = rows
+                    .iter()
+                    .find(|r| r.get::<_, String>(0) == c.name && r.get::<_, u32>(1) == c.type_oid);
+                if let Some(r) = found {
+                    c.type_name = r.get(2);
+                    c.nullable = !r.get::<_, bool>(3);
+                    c.default = r.get(4);
+                }
+            }
+            tracing::info!(table = %table.name, columns = ?completed.columns.iter().map(|c| &c.name).collect::<Vec<_>>(), "the source announced a new layout");
+            self.decoder.set_relation(oid, Arc::new(completed));
+            self.incomplete.remove(0);
+        }
+        Ok(())
+    }
+
     /// Stops streaming cleanly.
     pub async fn shutdown(mut self) -> Result<()> {
         self.client
@@ -523,7 +576,12 @@ impl PgStream {
                     self.pending.push_back(StreamItem::Event(ev));
                 }
             }
-            Message::Relation(_) | Message::Ignored => {}
+            Message::Relation(oid, table) => {
+                if table.columns.iter().any(|c| c.type_name.is_empty()) {
+                    self.incomplete.push((oid, table));
+                }
+            }
+            Message::Ignored => {}
         }
         Ok(())
     }
@@ -533,6 +591,9 @@ impl PgStream {
 impl Source for PgStream {
     async fn next(&mut self) -> Result<Option<StreamItem>> {
         loop {
+            if !self.incomplete.is_empty() {
+                self.complete_relations().await?;
+            }
             if let Some(item) = self.pending.pop_front() {
                 return Ok(Some(item));
             }

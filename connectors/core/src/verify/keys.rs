@@ -223,14 +223,7 @@ mod tests {
     fn keys_rebuilt_from_canonical_bytes_match_the_binary_ones() {
         use crate::schema::{Column, TableName};
         use crate::{Row, Value};
-        let col = |name: &str, type_oid: u32, key: bool| Column {
-            name: name.into(),
-            type_oid,
-            type_modifier: -1,
-            type_name: String::new(),
-            nullable: !key,
-            key,
-        };
+        let col = Column::new;
         let table = TableSchema {
             name: TableName::new("public", "t"),
             columns: vec![
