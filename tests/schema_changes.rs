@@ -57,8 +57,9 @@ async fn column_changes_are_applied_in_stream_order() {
     assert_eq!(got, want);
     assert!(run.terminate().success(), "{}", run.log_text());
 
-    // A change made while cutover is stopped, before any write announces it in the stream.
-    env.on_source("ALTER TABLE t ADD COLUMN f numeric(8,2) DEFAULT 1.50;")
+    // Changes made while cutover is stopped, before any write announces them in the stream:
+    // an added column and a renamed one.
+    env.on_source("ALTER TABLE t ADD COLUMN f numeric(8,2) DEFAULT 1.50; ALTER TABLE t RENAME COLUMN e TO e2;")
         .await;
     let mut run = env.start(&path);
     run.wait_log("streaming changes", Duration::from_secs(60))
@@ -68,6 +69,21 @@ async fn column_changes_are_applied_in_stream_order() {
     )
     .await;
     env.wait_equal(&["t"], Duration::from_secs(60)).await;
+    let want: String = env
+        .source()
+        .await
+        .query_one(columns, &[])
+        .await
+        .unwrap()
+        .get(0);
+    let got: String = env
+        .target()
+        .await
+        .query_one(columns, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(got, want);
     let (code, out, err) = cutover(&["verify", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(run.terminate().success(), "{}", run.log_text());

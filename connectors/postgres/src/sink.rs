@@ -274,6 +274,41 @@ impl PgSink {
         Ok(())
     }
 
+    /// The target table's own columns, in its order, with the source's key flags: the layout
+    /// rows are written in until the stream announces the source's newer one.
+    async fn target_layout(&self, table: &TableSchema) -> Result<Arc<TableSchema>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT attname::text, atttypid, atttypmod, format_type(atttypid, atttypmod), attnotnull
+                   FROM pg_attribute
+                  WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+                  ORDER BY attnum",
+                &[&table.name.quoted()],
+            )
+            .await
+            .map_err(|e| classify(e, &format!("cannot read the columns of target table {}", table.name)))?;
+        let columns = rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                cutover_core::Column {
+                    key: table.columns.iter().any(|c| c.key && c.name == name),
+                    name,
+                    type_oid: r.get(1),
+                    type_modifier: r.get(2),
+                    type_name: r.get(3),
+                    nullable: !r.get::<_, bool>(4),
+                    default: None,
+                }
+            })
+            .collect();
+        Ok(Arc::new(TableSchema {
+            name: table.name.clone(),
+            columns,
+        }))
+    }
+
     /// Compares a target table with the source's definition, without changing anything.
     pub async fn inspect_table(&self, table: &TableSchema) -> Result<TableCheck> {
         let quoted = table.name.quoted();
@@ -300,36 +335,17 @@ impl PgSink {
             .map(|r| (r.get(0), r.get(1)))
             .collect();
         let mut problems = Vec::new();
-        let mut forward = Vec::new();
         for c in &table.columns {
             match target_columns.get(&c.name) {
-                None => {
-                    problems.push(format!("column {} ({}) is missing", c.name, c.type_name));
-                    let default = c
-                        .default
-                        .as_ref()
-                        .map(|d| format!(" DEFAULT {d}"))
-                        .unwrap_or_default();
-                    forward.push(format!(
-                        "ALTER TABLE {quoted} ADD COLUMN IF NOT EXISTS {} {}{default}",
-                        quote_ident(&c.name),
-                        c.type_name
-                    ));
-                }
-                Some(t) if *t != c.type_name => {
-                    problems.push(format!(
-                        "column {} is {t} on the target but {} on the source",
-                        c.name, c.type_name
-                    ));
-                    forward.push(format!(
-                        "ALTER TABLE {quoted} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty}",
-                        col = quote_ident(&c.name),
-                        ty = c.type_name
-                    ));
-                }
+                None => problems.push(format!("column {} ({}) is missing", c.name, c.type_name)),
+                Some(t) if *t != c.type_name => problems.push(format!(
+                    "column {} is {t} on the target but {} on the source",
+                    c.name, c.type_name
+                )),
                 Some(_) => {}
             }
         }
+        let column_problems = problems.len();
         let mut key: Vec<String> = table
             .key_indexes()
             .map(|i| table.columns[i].name.clone())
@@ -357,11 +373,8 @@ impl PgSink {
         }
         Ok(if problems.is_empty() {
             TableCheck::Ready
-        } else if problems.len() == forward.len() {
-            TableCheck::Behind {
-                problems,
-                statements: forward,
-            }
+        } else if problems.len() == column_problems {
+            TableCheck::Behind { problems }
         } else {
             TableCheck::Mismatch(problems)
         })
@@ -642,22 +655,21 @@ fn schema_change(old: &TableSchema, new: &TableSchema, narrow: bool) -> Result<V
     let old_names: Vec<&str> = old.columns.iter().map(|c| c.name.as_str()).collect();
     let new_names: Vec<&str> = new.columns.iter().map(|c| c.name.as_str()).collect();
     let mut statements = Vec::new();
-    // A rename keeps its position and type: the old name is gone and the new one is new.
+    // A rename keeps its position and type: the old name is gone, the new one is new, and both
+    // stand at the same place (columns added at the same time come after them).
     let mut renamed: Vec<(&str, &str)> = Vec::new();
-    if old.columns.len() == new.columns.len() {
-        for (a, b) in old.columns.iter().zip(&new.columns) {
-            if a.name != b.name
-                && a.type_oid == b.type_oid
-                && !new_names.contains(&a.name.as_str())
-                && !old_names.contains(&b.name.as_str())
-            {
-                renamed.push((&a.name, &b.name));
-                statements.push(format!(
-                    "ALTER TABLE {table} RENAME COLUMN {} TO {}",
-                    quote_ident(&a.name),
-                    quote_ident(&b.name)
-                ));
-            }
+    for (a, b) in old.columns.iter().zip(&new.columns) {
+        if a.name != b.name
+            && a.type_oid == b.type_oid
+            && !new_names.contains(&a.name.as_str())
+            && !old_names.contains(&b.name.as_str())
+        {
+            renamed.push((&a.name, &b.name));
+            statements.push(format!(
+                "ALTER TABLE {table} RENAME COLUMN {} TO {}",
+                quote_ident(&a.name),
+                quote_ident(&b.name)
+            ));
         }
     }
     let old_keys: Vec<String> = keys(old)
@@ -861,11 +873,10 @@ impl Write {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableCheck {
     Ready,
-    /// Columns are missing or of another type, and these statements bring the table to the
-    /// source's definition (nothing else differs).
+    /// Only columns differ (missing, or of another type): a table cutover copied is then written
+    /// in its own layout until the stream announces the source's change.
     Behind {
         problems: Vec<String>,
-        statements: Vec<String>,
     },
     Missing,
     Mismatch(Vec<String>),
@@ -1096,18 +1107,25 @@ impl Sink for PgSink {
         self.exec("SET enable_hashjoin = off; SET enable_mergejoin = off")
             .await?;
         self.create_state_tables().await?;
+        // A copied table whose columns the source changed while cutover was not streaming is
+        // written in the target's own layout until the stream announces the change, which then
+        // applies it in stream order (the stream never runs behind what the target applied).
+        let mut behind = HashMap::new();
         for table in tables {
             match self.inspect_table(table).await? {
                 TableCheck::Missing => self.create_table(table).await?,
-                TableCheck::Behind { statements, .. } => {
-                    tracing::info!(table = %table.name, statements = ?statements, "bringing a target table forward to the source's columns");
-                    self.exec(&statements.join(";\n")).await?;
+                TableCheck::Behind { problems, .. } => {
+                    tracing::info!(table = %table.name, differences = ?problems, "the source changed this table's columns while cutover was stopped; the stream will apply the change");
+                    behind.insert(table.name.clone(), self.target_layout(table).await?);
                 }
                 _ => {}
             }
         }
         self.state = self.read_state().await?;
-        for (n, table) in tables.iter().enumerate() {
+        for (n, source_table) in tables.iter().enumerate() {
+            let from_target = behind.remove(&source_table.name);
+            let from_stream = from_target.is_some();
+            let table = from_target.as_ref().unwrap_or(source_table);
             let quoted = table.name.quoted();
             let stage_rows = format!("cutover_stage_rows_{n}");
             let stage_keys = format!("cutover_stage_keys_{n}");
@@ -1134,7 +1152,7 @@ impl Sink for PgSink {
                     stage_rows,
                     stage_keys,
                     layout: table.clone(),
-                    from_stream: false,
+                    from_stream,
                     version: 0,
                 },
             );
