@@ -9,6 +9,18 @@ use std::time::Duration;
 
 use common::{cutover, Env};
 
+/// Table `t` has the same columns, in the same order and of the same types, on both sides.
+async fn assert_same_columns(env: &Env) {
+    let columns = "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+                     FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped";
+    let mut seen = Vec::new();
+    for client in [env.source().await, env.target().await] {
+        let row = client.query_one(columns, &[]).await.unwrap();
+        seen.push(row.get::<_, String>(0));
+    }
+    assert_eq!(seen[1], seen[0], "target columns, then the source's");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn column_changes_are_applied_in_stream_order() {
     let env = Env::new("ddl_apply").await;
@@ -38,23 +50,7 @@ async fn column_changes_are_applied_in_stream_order() {
         env.on_source(step).await;
         env.wait_equal(&["t"], Duration::from_secs(60)).await;
     }
-    let columns = "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
-                     FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped";
-    let want: String = env
-        .source()
-        .await
-        .query_one(columns, &[])
-        .await
-        .unwrap()
-        .get(0);
-    let got: String = env
-        .target()
-        .await
-        .query_one(columns, &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(got, want);
+    assert_same_columns(&env).await;
     assert!(run.terminate().success(), "{}", run.log_text());
 
     // Changes made while cutover is stopped, before any write announces them in the stream:
@@ -69,21 +65,7 @@ async fn column_changes_are_applied_in_stream_order() {
     )
     .await;
     env.wait_equal(&["t"], Duration::from_secs(60)).await;
-    let want: String = env
-        .source()
-        .await
-        .query_one(columns, &[])
-        .await
-        .unwrap()
-        .get(0);
-    let got: String = env
-        .target()
-        .await
-        .query_one(columns, &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(got, want);
+    assert_same_columns(&env).await;
     let (code, out, err) = cutover(&["verify", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(run.terminate().success(), "{}", run.log_text());

@@ -4,44 +4,28 @@
 //! The server's url comes from `CUTOVER_TEST_MONGO_URL`; every test writes to a database of its
 //! own, so the tests run in parallel.
 
+mod common;
+
+use common::column;
+
 use std::slice::from_ref;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cutover_core::datum::oid;
 use cutover_core::naming::Template;
 use cutover_core::{
-    Change, ChangeEvent, Checkpoint, Column, ErrorKind, Lsn, Position, Row, Sink, SinkState,
-    StreamEvent, TableName, TableSchema, Value,
+    Change, ChangeEvent, Checkpoint, ErrorKind, Lsn, Position, Row, Sink, SinkState, StreamEvent,
+    TableName, TableSchema, Value,
 };
 use cutover_mongodb::{MongoSink, MongoSinkOptions};
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{doc, Binary, Bson, DateTime, Decimal128, Document, RawDocumentBuf};
 use mongodb::Client;
 
-fn url() -> String {
-    std::env::var("CUTOVER_TEST_MONGO_URL").unwrap_or_else(|_| {
-        panic!(
-            "CUTOVER_TEST_MONGO_URL is not set: run scripts/test.sh, which starts the servers \
-             (or set it to mongodb://127.0.0.1:PORT/?directConnection=true)"
-        )
-    })
-}
-
-/// A database name no other test (or test run) uses.
-fn unique_database(tag: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "cutover_t{}_{}_{tag}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 fn options(database: &str, name: &str) -> MongoSinkOptions {
     MongoSinkOptions {
-        url: url(),
+        url: common::url(),
         name: name.to_string(),
         ..options_without_url(database)
     }
@@ -63,7 +47,7 @@ async fn connect(database: &str) -> MongoSink {
 }
 
 async fn client() -> Client {
-    Client::with_uri_str(url()).await.unwrap()
+    Client::with_uri_str(common::url()).await.unwrap()
 }
 
 /// Every document of a collection, exactly as stored (read raw: reading into a `Document`
@@ -86,10 +70,6 @@ async fn documents(database: &str, collection: &str) -> Vec<Document> {
 fn sorted(mut docs: Vec<Document>) -> Vec<Document> {
     docs.sort_by_key(|d| format!("{:?}", d.get("_id")));
     docs
-}
-
-fn column(name: &str, type_oid: u32, key: bool) -> Column {
-    Column::new(name, type_oid, key)
 }
 
 /// `public.items (id int4 primary key, name text, big text, qty int8)`; `big` stands for a
@@ -198,7 +178,7 @@ async fn open_copied(sink: &mut MongoSink, tables: &[Arc<TableSchema>]) {
 
 #[tokio::test]
 async fn inserts_updates_deletes_and_key_changes_reach_the_collection() {
-    let db = unique_database("stream");
+    let db = common::unique_database("cutover_t", "stream");
     let table = items();
     let mut sink = connect(&db).await;
     assert_eq!(
@@ -274,7 +254,7 @@ async fn inserts_updates_deletes_and_key_changes_reach_the_collection() {
 
 #[tokio::test]
 async fn an_update_without_a_toast_value_keeps_the_stored_one() {
-    let db = unique_database("toast");
+    let db = common::unique_database("cutover_t", "toast");
     let table = items();
     let mut sink = connect(&db).await;
     sink.open(from_ref(&table)).await.unwrap();
@@ -352,7 +332,7 @@ async fn an_update_without_a_toast_value_keeps_the_stored_one() {
 
 #[tokio::test]
 async fn a_dotted_column_name_is_a_field_not_a_path() {
-    let db = unique_database("dotted");
+    let db = common::unique_database("cutover_t", "dotted");
     let notes = Arc::new(TableSchema {
         name: TableName::new("public", "notes"),
         columns: vec![
@@ -399,7 +379,7 @@ async fn a_dotted_column_name_is_a_field_not_a_path() {
 
 #[tokio::test]
 async fn truncate_empties_the_collection_in_order() {
-    let db = unique_database("truncate");
+    let db = common::unique_database("cutover_t", "truncate");
     let table = items();
     let mut sink = connect(&db).await;
     sink.open(from_ref(&table)).await.unwrap();
@@ -439,7 +419,7 @@ async fn truncate_empties_the_collection_in_order() {
 
 #[tokio::test]
 async fn a_seal_inside_a_transaction_writes_without_a_checkpoint() {
-    let db = unique_database("midtxn");
+    let db = common::unique_database("cutover_t", "midtxn");
     let table = items();
     let mut sink = connect(&db).await;
     sink.open(from_ref(&table)).await.unwrap();
@@ -475,7 +455,7 @@ async fn a_seal_inside_a_transaction_writes_without_a_checkpoint() {
 
 #[tokio::test]
 async fn a_sealed_write_runs_while_the_sink_buffers_more() {
-    let db = unique_database("overlap");
+    let db = common::unique_database("cutover_t", "overlap");
     let table = items();
     let mut sink = connect(&db).await;
     sink.open(from_ref(&table)).await.unwrap();
@@ -509,7 +489,7 @@ async fn a_sealed_write_runs_while_the_sink_buffers_more() {
 
 #[tokio::test]
 async fn replaying_a_batch_gives_the_same_documents() {
-    let db = unique_database("replay");
+    let db = common::unique_database("cutover_t", "replay");
     let table = items();
     let mut sink = connect(&db).await;
     open_copied(&mut sink, from_ref(&table)).await;
@@ -585,7 +565,7 @@ async fn replaying_a_batch_gives_the_same_documents() {
 
 #[tokio::test]
 async fn snapshot_copies_are_recorded_and_reopened() {
-    let db = unique_database("copy");
+    let db = common::unique_database("cutover_t", "copy");
     let table = items();
     let other = Arc::new(TableSchema {
         name: TableName::new("sales", "orders"),
@@ -658,7 +638,7 @@ async fn snapshot_copies_are_recorded_and_reopened() {
 
 #[tokio::test]
 async fn an_unfinished_copy_is_redone_from_scratch_after_a_restart() {
-    let db = unique_database("recopy");
+    let db = common::unique_database("cutover_t", "recopy");
     let table = items();
     let mut sink = connect(&db).await;
     sink.open(from_ref(&table)).await.unwrap();
@@ -691,7 +671,7 @@ async fn an_unfinished_copy_is_redone_from_scratch_after_a_restart() {
 
 #[tokio::test]
 async fn documents_cutover_did_not_write_are_refused() {
-    let db = unique_database("foreign");
+    let db = common::unique_database("cutover_t", "foreign");
     client()
         .await
         .database(&db)
@@ -708,7 +688,7 @@ async fn documents_cutover_did_not_write_are_refused() {
 
 #[tokio::test]
 async fn tables_mongodb_cannot_key_are_refused_at_open() {
-    let db = unique_database("nokey");
+    let db = common::unique_database("cutover_t", "nokey");
     let mut sink = connect(&db).await;
     let keyless = Arc::new(TableSchema {
         name: TableName::new("public", "log"),
@@ -732,7 +712,7 @@ async fn tables_mongodb_cannot_key_are_refused_at_open() {
 
 #[tokio::test]
 async fn every_type_maps_as_documented() {
-    let db = unique_database("types");
+    let db = common::unique_database("cutover_t", "types");
     let table = Arc::new(TableSchema {
         name: TableName::new("public", "typed"),
         columns: vec![
@@ -823,7 +803,7 @@ async fn every_type_maps_as_documented() {
 
 #[tokio::test]
 async fn a_value_mongodb_cannot_hold_is_poison_naming_table_column_and_key() {
-    let db = unique_database("poison");
+    let db = common::unique_database("cutover_t", "poison");
     let table = Arc::new(TableSchema {
         name: TableName::new("public", "amounts"),
         columns: vec![
@@ -876,7 +856,7 @@ async fn an_unreachable_server_fails_fast_without_showing_the_password() {
 
 #[tokio::test]
 async fn a_write_the_server_refuses_is_poison_naming_the_row() {
-    let db = unique_database("dup");
+    let db = common::unique_database("cutover_t", "dup");
     let table = items();
     let mut sink = connect(&db).await;
     sink.open(from_ref(&table)).await.unwrap();

@@ -5,8 +5,11 @@
 //! The server's url comes from `CUTOVER_TEST_MONGO_URL` (or the line exporting it in
 //! `/tmp/cutover-services/env`); every test writes to a database of its own.
 
+mod common;
+
+use common::column;
+
 use std::slice::from_ref;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,8 +21,7 @@ use cutover_core::verify::{
     ScanLimits, TableSide,
 };
 use cutover_core::{
-    Change, ChangeEvent, Column, Lsn, Position, Row, Sink, StreamEvent, TableName, TableSchema,
-    Value,
+    Change, ChangeEvent, Lsn, Position, Row, Sink, StreamEvent, TableName, TableSchema, Value,
 };
 use cutover_mongodb::verify::MongoTableSide;
 use cutover_mongodb::{MongoSink, MongoSinkOptions};
@@ -27,56 +29,22 @@ use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::{Client, Collection};
 
-fn url() -> String {
-    if let Ok(url) = std::env::var("CUTOVER_TEST_MONGO_URL") {
-        return url;
-    }
-    std::fs::read_to_string("/tmp/cutover-services/env")
-        .ok()
-        .and_then(|env| {
-            env.lines().find_map(|line| {
-                line.strip_prefix("export CUTOVER_TEST_MONGO_URL=")
-                    .map(|v| v.trim().trim_matches('"').to_string())
-            })
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "CUTOVER_TEST_MONGO_URL is not set: run scripts/test.sh, which starts the servers \
-                 (or set it to mongodb://127.0.0.1:PORT/?directConnection=true)"
-            )
-        })
-}
-
-/// A database name no other test (or test run) uses.
-fn unique_database(tag: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "cutover_v{}_{}_{tag}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 fn options(database: &str) -> MongoSinkOptions {
     MongoSinkOptions {
         name: "docs".to_string(),
         pipeline: "shop".to_string(),
-        url: url(),
+        url: common::url(),
         database: database.to_string(),
         collection: Template::parse("{schema}_{table}").unwrap(),
     }
 }
 
 async fn collection(database: &str, name: &str) -> Collection<Document> {
-    Client::with_uri_str(url())
+    Client::with_uri_str(common::url())
         .await
         .unwrap()
         .database(database)
         .collection(name)
-}
-
-fn column(name: &str, type_oid: u32, key: bool) -> Column {
-    Column::new(name, type_oid, key)
 }
 
 fn bin(b: &[u8]) -> Value {
@@ -233,7 +201,7 @@ fn key_of(diff: &RowDiff) -> Arc<KeyBound> {
 
 #[tokio::test]
 async fn every_type_reads_back_as_the_source_row() {
-    let db = unique_database("types");
+    let db = common::unique_database("cutover_v", "types");
     let table = Arc::new(TableSchema {
         name: TableName::new("public", "typed"),
         columns: vec![
@@ -411,7 +379,7 @@ fn order(n: i64, v: &str) -> Row {
 
 #[tokio::test]
 async fn drift_is_reported_as_absent_null_changed_missing_and_extra() {
-    let db = unique_database("drift");
+    let db = common::unique_database("cutover_v", "drift");
     let table = orders();
     let rows: Vec<Row> = (1..=6).map(|n| order(n, &format!("v{n}"))).collect();
     write(&db, &table, &rows).await;
@@ -506,7 +474,7 @@ async fn drift_is_reported_as_absent_null_changed_missing_and_extra() {
 
 #[tokio::test]
 async fn keys_of_every_orderable_type_read_back_with_their_binary_values() {
-    let db = unique_database("keys");
+    let db = common::unique_database("cutover_v", "keys");
     let table = Arc::new(TableSchema {
         name: TableName::new("public", "keyed"),
         columns: vec![
@@ -599,7 +567,7 @@ fn items() -> Arc<TableSchema> {
 
 #[tokio::test]
 async fn stray_ids_and_wrong_types_are_differences_not_failures() {
-    let db = unique_database("stray");
+    let db = common::unique_database("cutover_v", "stray");
     let table = items();
     let rows: Vec<Row> = (1..=3)
         .map(|n| Row(vec![i4(n), text(&format!("item {n}")), i8(n as i64)]))
