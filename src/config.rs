@@ -71,6 +71,10 @@ pub struct SourceConfig {
     /// message naming the table.
     #[serde(default)]
     pub schema_changes: SchemaChanges,
+    /// Seconds between looks for new tables that match `tables` while streaming (default 30;
+    /// 0 turns it off). A new table is added to the publication and copied under a snapshot of
+    /// its own; the stream pauses while it is copied.
+    pub discover_interval_s: Option<u64>,
 }
 
 /// See [`SourceConfig::schema_changes`].
@@ -350,6 +354,8 @@ pub struct Pipeline {
     pub publication: String,
     /// Apply source schema changes to PostgreSQL targets (else stop).
     pub apply_schema_changes: bool,
+    /// Seconds between looks for new matching tables while streaming; 0: never.
+    pub discover_interval_s: u64,
     pub parallel_tables: usize,
     pub chunk_bytes: usize,
     pub queue_events: usize,
@@ -596,6 +602,7 @@ pub fn parse(
         slot,
         publication,
         apply_schema_changes: file.source.schema_changes == SchemaChanges::Apply,
+        discover_interval_s: file.source.discover_interval_s.unwrap_or(30),
         parallel_tables: pick(file.snapshot.parallel_tables, d.snapshot.parallel_tables),
         chunk_bytes: pick(
             file.snapshot.chunk_bytes.map(|b| b.0),

@@ -411,11 +411,30 @@ async fn stream(
     let mut in_txn = false;
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     let min_durable = |d: &[Lsn]| d.iter().copied().min().unwrap_or(start);
+    // Looks for new tables that match the selection; finding one ends this run gracefully and
+    // the next one copies it (the first tick, at once, is skipped).
+    let discover_every = Duration::from_secs(cfg.discover_interval_s.max(1));
+    let mut discover = tokio::time::interval_at(Instant::now() + discover_every, discover_every);
+    let mut found_tables: Vec<cutover_core::TableName> = Vec::new();
 
     let outcome: Result<()> = 'run: loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break 'run Ok(()),
+            _ = discover.tick(), if cfg.discover_interval_s > 0 && !in_txn => {
+                let found = match source.new_tables().await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look for new tables; streaming goes on");
+                        Vec::new()
+                    }
+                };
+                if !found.is_empty() {
+                    tracing::info!(tables = ?found.iter().map(ToString::to_string).collect::<Vec<_>>(), "new tables match source.tables: draining, then copying them under a snapshot of their own");
+                    found_tables = found;
+                    break 'run Ok(());
+                }
+            }
             Some(joined) = drivers.join_next() => break 'run Err(driver_ended(joined)),
             Some((i, cp)) = durable_rx.recv() => {
                 durable[i] = durable[i].max(cp.end_lsn);
@@ -533,6 +552,18 @@ async fn stream(
     }
     source.confirm_stopped(final_lsn).await?;
     status::update(status, |s| s.confirmed = final_lsn);
+    if !found_tables.is_empty() {
+        // Retryable: the runtime starts again from what every sink made durable, and the new
+        // run adds the tables to the publication and copies them.
+        return Err(ConnectorError::retryable(format!(
+            "new table(s) {} to copy",
+            found_tables
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     tracing::info!(confirmed = %final_lsn, "stopped; every sink's durable position is confirmed");
     Ok(())
 }

@@ -348,6 +348,17 @@ impl PgSource {
             .and_then(|t| t.parse().ok()))
     }
 
+    /// Tables that match the selection now but were not there when this source connected
+    /// (created since), by name.
+    pub async fn new_tables(&self) -> Result<Vec<cutover_core::TableName>> {
+        let now = catalog::resolve_tables(&self.client, &self.options.tables).await?;
+        Ok(now
+            .into_iter()
+            .map(|t| t.schema.name.clone())
+            .filter(|n| !self.tables.iter().any(|t| &t.schema.name == n))
+            .collect())
+    }
+
     /// The sequences behind the selected tables' columns, with their current values.
     pub async fn sequences(&self) -> Result<Vec<crate::sequences::SourceSequence>> {
         let names: Vec<_> = self.tables.iter().map(|t| t.schema.name.clone()).collect();
