@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::column;
+use common::{column, txn};
 
 use std::slice::from_ref;
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use bytes::Bytes;
 use cutover_core::datum::oid;
 use cutover_core::naming::Template;
 use cutover_core::{
-    Change, ChangeEvent, Checkpoint, ErrorKind, Lsn, Position, Row, Sink, SinkState, StreamEvent,
-    TableName, TableSchema, Value,
+    Change, Checkpoint, ErrorKind, Lsn, Row, Sink, SinkState, StreamEvent, TableName, TableSchema,
+    Value,
 };
 use cutover_mongodb::{MongoSink, MongoSinkOptions};
 use mongodb::bson::spec::BinarySubtype;
@@ -115,31 +115,6 @@ fn item_doc(id: i32, name: &str, big: &str, qty: i64) -> Document {
 
 fn key(id: i32) -> Row {
     Row(vec![i4(id), Value::Null, Value::Null, Value::Null])
-}
-
-/// One source transaction committed at `lsn`.
-fn txn(lsn: u64, table: &Arc<TableSchema>, changes: Vec<Change>) -> Vec<StreamEvent> {
-    let mut events = vec![StreamEvent::Begin {
-        commit_lsn: Lsn(lsn),
-        xid: lsn as u32,
-        commit_time_micros: 0,
-    }];
-    for (ordinal, change) in changes.into_iter().enumerate() {
-        events.push(StreamEvent::Change(ChangeEvent {
-            position: Position {
-                commit_lsn: Lsn(lsn),
-                ordinal: ordinal as u32,
-            },
-            table: table.clone(),
-            change,
-        }));
-    }
-    events.push(StreamEvent::Commit {
-        commit_lsn: Lsn(lsn),
-        end_lsn: Lsn(lsn + 1),
-        commit_time_micros: 0,
-    });
-    events
 }
 
 fn checkpoint(lsn: u64) -> Option<Checkpoint> {

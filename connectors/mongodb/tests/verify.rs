@@ -20,9 +20,7 @@ use cutover_core::verify::{
     canon_row, compare_rows, key_columns, Bound, CanonRow, KeyBound, Precision, RowDiff,
     ScanLimits, TableSide,
 };
-use cutover_core::{
-    Change, ChangeEvent, Lsn, Position, Row, Sink, StreamEvent, TableName, TableSchema, Value,
-};
+use cutover_core::{Change, Row, Sink, StreamEvent, TableName, TableSchema, Value};
 use cutover_mongodb::verify::MongoTableSide;
 use cutover_mongodb::{MongoSink, MongoSinkOptions};
 use mongodb::bson::oid::ObjectId;
@@ -104,27 +102,11 @@ fn array(element: u32, dims: &[i32], items: &[Option<Vec<u8>>]) -> Value {
 
 /// One source transaction of inserts committed at `lsn`.
 fn inserts(lsn: u64, table: &Arc<TableSchema>, rows: &[Row]) -> Vec<StreamEvent> {
-    let mut events = vec![StreamEvent::Begin {
-        commit_lsn: Lsn(lsn),
-        xid: lsn as u32,
-        commit_time_micros: 0,
-    }];
-    for (ordinal, row) in rows.iter().enumerate() {
-        events.push(StreamEvent::Change(ChangeEvent {
-            position: Position {
-                commit_lsn: Lsn(lsn),
-                ordinal: ordinal as u32,
-            },
-            table: table.clone(),
-            change: Change::Insert { row: row.clone() },
-        }));
-    }
-    events.push(StreamEvent::Commit {
-        commit_lsn: Lsn(lsn),
-        end_lsn: Lsn(lsn + 1),
-        commit_time_micros: 0,
-    });
-    events
+    let changes = rows
+        .iter()
+        .map(|row| Change::Insert { row: row.clone() })
+        .collect();
+    common::txn(lsn, table, changes)
 }
 
 /// Writes `rows` through the real sink.

@@ -4,7 +4,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use cutover_core::Column;
+use std::sync::Arc;
+
+use cutover_core::{Change, ChangeEvent, Column, Lsn, Position, StreamEvent, TableSchema};
 
 /// The test server's url: `CUTOVER_TEST_MONGO_URL`, else the env file that
 /// `scripts/services.sh start` wrote. Panics with the command to run when neither is there.
@@ -43,4 +45,29 @@ pub fn unique_database(prefix: &str, tag: &str) -> String {
 
 pub fn column(name: &str, type_oid: u32, key: bool) -> Column {
     Column::new(name, type_oid, key)
+}
+
+/// One source transaction committed at `lsn`.
+pub fn txn(lsn: u64, table: &Arc<TableSchema>, changes: Vec<Change>) -> Vec<StreamEvent> {
+    let mut events = vec![StreamEvent::Begin {
+        commit_lsn: Lsn(lsn),
+        xid: lsn as u32,
+        commit_time_micros: 0,
+    }];
+    for (ordinal, change) in changes.into_iter().enumerate() {
+        events.push(StreamEvent::Change(ChangeEvent {
+            position: Position {
+                commit_lsn: Lsn(lsn),
+                ordinal: ordinal as u32,
+            },
+            table: table.clone(),
+            change,
+        }));
+    }
+    events.push(StreamEvent::Commit {
+        commit_lsn: Lsn(lsn),
+        end_lsn: Lsn(lsn + 1),
+        commit_time_micros: 0,
+    });
+    events
 }
