@@ -277,11 +277,11 @@ pub async fn verify(
                 }
                 config::Sink::Kafka(o) => (
                     Box::new(KafkaTableSide::open(o, table.clone()).await?),
-                    KafkaTableSide::precision(o),
+                    Precision::of_envelope(o.format),
                 ),
                 config::Sink::Nats(o) => (
                     Box::new(NatsTableSide::open(o, table.clone()).await?),
-                    NatsTableSide::precision(o),
+                    Precision::of_envelope(o.format),
                 ),
                 config::Sink::Mongodb(o) => (
                     Box::new(MongoTableSide::open(o, table.clone()).await?),

@@ -5,12 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cutover_core::envelope::EnvelopeFormat;
 use cutover_core::naming::replace_disallowed;
 use cutover_core::verify::fold::FoldedTable;
-use cutover_core::verify::{
-    Bound, CanonRow, KeyBound, Precision, RangeScan, ScanLimits, TableSide,
-};
+use cutover_core::verify::{Bound, CanonRow, KeyBound, RangeScan, ScanLimits, TableSide};
 use cutover_core::{ConnectorError, Result, TableSchema};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -34,14 +31,6 @@ struct State {
 }
 
 impl KafkaTableSide {
-    /// What a Kafka target keeps of each value: exact, except Debezium's intervals.
-    pub fn precision(options: &KafkaSinkOptions) -> Precision {
-        Precision {
-            interval_micros: options.format == EnvelopeFormat::Debezium,
-            ..Precision::default()
-        }
-    }
-
     /// Subscribes to the table's topic from the beginning and reads it to its end.
     pub async fn open(options: &KafkaSinkOptions, table: Arc<TableSchema>) -> Result<Self> {
         let clean = |s: &str| replace_disallowed(s, topic_char);
@@ -107,11 +96,7 @@ impl KafkaTableSide {
         let side = KafkaTableSide {
             state: Mutex::new(State {
                 consumer,
-                table: FoldedTable::new(
-                    table,
-                    Self::precision(options),
-                    options.format == EnvelopeFormat::Debezium,
-                ),
+                table: FoldedTable::new(table, options.format),
             }),
         };
         side.catch_up().await?;

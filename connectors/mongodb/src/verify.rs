@@ -391,21 +391,27 @@ fn push_bson(
     Ok(())
 }
 
+/// Types the sink writes as their text (a BSON string read back as the same text).
+fn text_type(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        oid::TEXT
+            | oid::VARCHAR
+            | oid::BPCHAR
+            | oid::NAME
+            | oid::CHAR
+            | oid::XML
+            | oid::INET
+            | oid::CIDR
+            | oid::MACADDR
+    )
+}
+
 /// Whether the sink writes values of this type as this string.
 fn string_value(type_oid: u32, s: &str) -> bool {
     match type_oid {
-        oid::TEXT
-        | oid::VARCHAR
-        | oid::BPCHAR
-        | oid::NAME
-        | oid::CHAR
-        | oid::XML
-        | oid::INET
-        | oid::CIDR
-        | oid::MACADDR
-        | oid::TIME
-        | oid::TIMETZ
-        | oid::INTERVAL => true,
+        t if text_type(t) => true,
+        oid::TIME | oid::TIMETZ | oid::INTERVAL => true,
         oid::DATE | oid::TIMESTAMP | oid::TIMESTAMPTZ => s == "infinity" || s == "-infinity",
         _ => false,
     }
@@ -444,18 +450,7 @@ fn scalar_datum(type_oid: u32, value: &Bson) -> std::result::Result<Datum<'_>, W
         (oid::FLOAT8, Bson::Double(d)) => Datum::Float8(*d),
         (oid::NUMERIC, Bson::Decimal128(d)) => Datum::Numeric(decimal_text(d)),
         (oid::MONEY, Bson::Decimal128(d)) => Datum::Money(money_units(d).ok_or(WrongType)?),
-        (
-            oid::TEXT
-            | oid::VARCHAR
-            | oid::BPCHAR
-            | oid::NAME
-            | oid::CHAR
-            | oid::XML
-            | oid::INET
-            | oid::CIDR
-            | oid::MACADDR,
-            Bson::String(s),
-        ) => Datum::Text(Cow::Borrowed(s)),
+        (t, Bson::String(s)) if text_type(t) => Datum::Text(Cow::Borrowed(s)),
         (oid::TIME, Bson::String(s)) => Datum::Time(rendered::parse_time(s).ok_or(WrongType)?),
         (
             oid::BYTEA,

@@ -6,12 +6,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
-use cutover_core::envelope::EnvelopeFormat;
 use cutover_core::naming::replace_disallowed;
 use cutover_core::verify::fold::FoldedTable;
-use cutover_core::verify::{
-    Bound, CanonRow, KeyBound, Precision, RangeScan, ScanLimits, TableSide,
-};
+use cutover_core::verify::{Bound, CanonRow, KeyBound, RangeScan, ScanLimits, TableSide};
 use cutover_core::{ConnectorError, Result, TableSchema};
 use futures::StreamExt;
 use tokio::sync::Mutex;
@@ -29,14 +26,6 @@ struct State {
 }
 
 impl NatsTableSide {
-    /// What a NATS target keeps of each value: exact, except Debezium's intervals.
-    pub fn precision(options: &NatsSinkOptions) -> Precision {
-        Precision {
-            interval_micros: options.format == EnvelopeFormat::Debezium,
-            ..Precision::default()
-        }
-    }
-
     /// Reads the table's subject of the sink's stream from its first message to its end.
     pub async fn open(options: &NatsSinkOptions, table: Arc<TableSchema>) -> Result<Self> {
         let clean = |s: &str| replace_disallowed(s, subject_char);
@@ -70,11 +59,7 @@ impl NatsTableSide {
         let side = NatsTableSide {
             state: Mutex::new(State {
                 consumer,
-                table: FoldedTable::new(
-                    table,
-                    Self::precision(options),
-                    options.format == EnvelopeFormat::Debezium,
-                ),
+                table: FoldedTable::new(table, options.format),
             }),
         };
         side.catch_up().await?;

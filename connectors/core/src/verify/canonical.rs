@@ -56,6 +56,17 @@ pub struct Precision {
     pub user_types_as_text: bool,
 }
 
+impl Precision {
+    /// What a message target keeps of each value in this envelope: everything exactly, except
+    /// Debezium's intervals (one number of microseconds).
+    pub fn of_envelope(format: crate::envelope::EnvelopeFormat) -> Precision {
+        Precision {
+            interval_micros: format == crate::envelope::EnvelopeFormat::Debezium,
+            ..Precision::default()
+        }
+    }
+}
+
 /// The first OID of objects created after `initdb` (user-defined and extension types).
 pub const FIRST_USER_OID: u32 = 16_384;
 

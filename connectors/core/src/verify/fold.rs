@@ -15,6 +15,7 @@ use super::rendered::push_json;
 use super::sorted::SortedRows;
 use super::CanonRow;
 use crate::datum::{oid, Datum};
+use crate::envelope::EnvelopeFormat;
 use crate::TableSchema;
 
 /// Debezium's marker for a TOASTed value the update did not send.
@@ -245,14 +246,13 @@ pub struct FoldedTable {
 }
 
 impl FoldedTable {
-    /// An empty fold of `table`'s messages, written in the Debezium envelope when `debezium`,
-    /// compared at `precision`.
-    pub fn new(table: Arc<TableSchema>, precision: Precision, debezium: bool) -> FoldedTable {
+    /// An empty fold of `table`'s messages, written in the `format` envelope.
+    pub fn new(table: Arc<TableSchema>, format: EnvelopeFormat) -> FoldedTable {
         FoldedTable {
             fold: Fold::new(table),
             sorted: SortedRows::new(),
-            precision,
-            debezium,
+            precision: Precision::of_envelope(format),
+            debezium: format == EnvelopeFormat::Debezium,
         }
     }
 

@@ -98,24 +98,17 @@ pub fn parse_interval(s: &str) -> Option<(i32, i32, i64)> {
     let body = s.strip_prefix('P')?;
     let (date, time) = body.split_once('T').unwrap_or((body, ""));
     let (mut months, mut days, mut micros) = (0i64, 0i64, 0i64);
-    let mut num = String::new();
-    for c in date.chars() {
-        match c {
+    for_each_designator(date, |unit, num| {
+        match unit {
             'Y' => months += 12 * num.parse::<i64>().ok()?,
             'M' => months += num.parse::<i64>().ok()?,
             'D' => days += num.parse::<i64>().ok()?,
-            _ => {
-                num.push(c);
-                continue;
-            }
+            _ => return None,
         }
-        num.clear();
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    for c in time.chars() {
-        match c {
+        Some(())
+    })?;
+    for_each_designator(time, |unit, num| {
+        match unit {
             'H' => micros += num.parse::<i64>().ok()? * 3_600_000_000,
             'M' => micros += num.parse::<i64>().ok()? * 60_000_000,
             'S' => {
@@ -125,21 +118,30 @@ pub fn parse_interval(s: &str) -> Option<(i32, i32, i64)> {
                 let v = whole.parse::<i64>().ok()? * 1_000_000 + parse_fraction(frac)?;
                 micros += if negative { -v } else { v };
             }
-            _ => {
-                num.push(c);
-                continue;
-            }
+            _ => return None,
         }
-        num.clear();
-    }
-    if !num.is_empty() {
-        return None;
-    }
+        Some(())
+    })?;
     Some((
         i32::try_from(months).ok()?,
         i32::try_from(days).ok()?,
         micros,
     ))
+}
+
+/// Calls `take(unit, number)` for each `<number><unit letter>` of an ISO 8601 duration part;
+/// `None` when `take` refuses one or a number has no unit.
+fn for_each_designator(part: &str, mut take: impl FnMut(char, &str) -> Option<()>) -> Option<()> {
+    let mut num = String::new();
+    for c in part.chars() {
+        if c.is_ascii_alphabetic() {
+            take(c, &num)?;
+            num.clear();
+        } else {
+            num.push(c);
+        }
+    }
+    num.is_empty().then_some(())
 }
 
 /// Hyphenated hex UUID text as its 16 bytes.
