@@ -12,6 +12,7 @@ pub mod datum;
 pub mod envelope;
 mod error;
 pub mod naming;
+pub mod transform;
 pub mod outbox;
 mod position;
 mod schema;

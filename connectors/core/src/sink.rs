@@ -34,7 +34,7 @@ pub struct SinkState {
 /// applied in that order. A sink reports a checkpoint only when everything up to it is durable in
 /// the target.
 #[async_trait]
-pub trait Sink: Send {
+pub trait Sink: Send + Sync {
     /// A short name for logs and status (`target`, `kafka-orders`).
     fn name(&self) -> &str;
 
