@@ -2,15 +2,22 @@
 //! `config/defaults.toml`, `${VAR}` expansion for connection strings. Every field's doc comment
 //! is its user documentation.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use cutover_core::envelope::EnvelopeFormat;
 use cutover_core::naming::Template;
 use cutover_kafka::KafkaSinkOptions;
 use cutover_mongodb::MongoSinkOptions;
 use cutover_nats::NatsSinkOptions;
+use cutover_core::transform::{
+    AddColumn, Derived, Mask, MaskKey, Placed, Predicate, TransformSet, TransformSpec,
+};
+use cutover_core::TableName;
 use serde::Deserialize;
+use toml::Spanned;
 
 /// A pipeline file as written.
 #[derive(Debug, Deserialize)]
@@ -33,6 +40,69 @@ pub struct PipelineFile {
     /// How `cutover verify` (and the periodic check inside `cutover run`) compares targets.
     #[serde(default)]
     pub verify: VerifySection,
+    /// Transform rules for every sink, one `[[transform]]` table per source table (see
+    /// docs/transforms.md). A sink's own rules (`[[sink.transform]]`) apply after these.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
+    /// The secret behind `hash` masks.
+    #[serde(default)]
+    pub masking: MaskingSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingSection {
+    /// The secret that keys `hash` masks, best given as `${ENV_VAR}`; never printed. The same
+    /// secret gives the same hashes, so keep it to compare or join masked data later.
+    pub key: Option<String>,
+}
+
+/// One table's transform rules as written (see [`cutover_core::transform`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// The table, `schema.table` or `table` (in `public`), as it enters these rules.
+    pub table: Spanned<String>,
+    /// Leave the table out.
+    #[serde(default)]
+    pub exclude: bool,
+    /// Keep only these columns (every key column must be listed).
+    pub columns: Option<Vec<Spanned<String>>>,
+    /// Leave these columns out.
+    #[serde(default)]
+    pub exclude_columns: Vec<Spanned<String>>,
+    /// New table name, `schema.table` or `table` (same schema).
+    pub rename: Option<Spanned<String>>,
+    /// `{ old_name = "new_name" }`.
+    #[serde(default)]
+    pub rename_columns: BTreeMap<String, Spanned<String>>,
+    /// `{ column = "null" }` or `{ column = "hash" }` (keyed BLAKE3, 64 hex characters).
+    #[serde(default)]
+    pub mask: BTreeMap<String, Spanned<String>>,
+    /// `{ column = "fixed value" }`: the value replaces every row's, in the column's type.
+    #[serde(default)]
+    pub mask_values: BTreeMap<String, Spanned<String>>,
+    /// Added columns: `{ name = "origin", value = "legacy", type = "text" }` or
+    /// `{ name = "full_name", template = "{first} {last}" }`.
+    #[serde(default)]
+    pub add_columns: Vec<Spanned<AddColumnConfig>>,
+    /// Keep only rows for which this is true, e.g. `tenant_id = 42 AND status IN ('a', 'b')`.
+    pub filter: Option<Spanned<String>>,
+    /// The topic, subject or collection this table goes to (a sink's rules only; not for
+    /// PostgreSQL sinks, which use `rename`).
+    pub route: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddColumnConfig {
+    pub name: String,
+    /// A constant, in the column's `type` (default text).
+    pub value: Option<String>,
+    #[serde(rename = "type")]
+    pub type_name: Option<String>,
+    /// Text built from columns: `{first} {last}`.
+    pub template: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +163,9 @@ pub struct SnapshotSection {
     pub parallel_tables: Option<usize>,
     /// Size of the row chunks handed from the source to the sinks.
     pub chunk_bytes: Option<ByteSize>,
+    /// Most rows per second the copy reads from the source, over all tables (default: no
+    /// limit), so a copy can run during business hours.
+    pub rows_per_s: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +201,30 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// The sink's own transform rules.
+    pub fn transforms(&self) -> &[TransformConfig] {
+        match self {
+            SinkConfig::Postgres(p) => &p.transform,
+            SinkConfig::Kafka(k) => &k.transform,
+            SinkConfig::Nats(n) => &n.transform,
+            SinkConfig::Mongodb(m) => &m.transform,
+        }
+    }
+
+    /// Changes/s and bytes/s limits.
+    pub fn rate_limits(&self) -> RateLimits {
+        let (c, b) = match self {
+            SinkConfig::Postgres(p) => (p.max_changes_per_s, p.max_bytes_per_s),
+            SinkConfig::Kafka(k) => (k.max_changes_per_s, k.max_bytes_per_s),
+            SinkConfig::Nats(n) => (n.max_changes_per_s, n.max_bytes_per_s),
+            SinkConfig::Mongodb(m) => (m.max_changes_per_s, m.max_bytes_per_s),
+        };
+        RateLimits {
+            changes_per_s: c,
+            bytes_per_s: b.map(|b| b.0.min(u32::MAX as usize) as u32),
+        }
+    }
+
     /// Whether TRUNCATE is replicated to this sink.
     pub fn truncate(&self) -> bool {
         match self {
@@ -169,6 +266,13 @@ pub struct KafkaSinkConfig {
     /// apply.
     #[serde(default = "yes")]
     pub truncate: bool,
+    /// Most changes per second written to this sink (default: no limit).
+    pub max_changes_per_s: Option<u32>,
+    /// Most bytes of change data per second written to this sink (default: no limit).
+    pub max_bytes_per_s: Option<ByteSize>,
+    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules.
+    #[serde(default)]
+    pub transform: Vec<TransformConfig>,
     /// Bootstrap servers, `host:port[,host:port]`, or `${ENV_VAR}`.
     pub brokers: String,
     /// Topic per table; placeholders {pipeline}, {schema}, {table} (default
@@ -210,6 +314,13 @@ pub struct NatsSinkConfig {
     /// apply.
     #[serde(default = "yes")]
     pub truncate: bool,
+    /// Most changes per second written to this sink (default: no limit).
+    pub max_changes_per_s: Option<u32>,
+    /// Most bytes of change data per second written to this sink (default: no limit).
+    pub max_bytes_per_s: Option<ByteSize>,
+    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules.
+    #[serde(default)]
+    pub transform: Vec<TransformConfig>,
     /// Server URL, `nats://host:4222`, or `${ENV_VAR}`.
     pub url: String,
     /// Subject per table; placeholders {pipeline}, {schema}, {table} (default
@@ -237,6 +348,13 @@ pub struct MongoSinkConfig {
     /// apply.
     #[serde(default = "yes")]
     pub truncate: bool,
+    /// Most changes per second written to this sink (default: no limit).
+    pub max_changes_per_s: Option<u32>,
+    /// Most bytes of change data per second written to this sink (default: no limit).
+    pub max_bytes_per_s: Option<ByteSize>,
+    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules.
+    #[serde(default)]
+    pub transform: Vec<TransformConfig>,
     /// Connection string, `mongodb://host:27017`, or `${ENV_VAR}`.
     pub url: String,
     /// Database the collections are written to.
@@ -276,6 +394,13 @@ pub struct PostgresSinkConfig {
     /// apply.
     #[serde(default = "yes")]
     pub truncate: bool,
+    /// Most changes per second written to this sink (default: no limit).
+    pub max_changes_per_s: Option<u32>,
+    /// Most bytes of change data per second written to this sink (default: no limit).
+    pub max_bytes_per_s: Option<ByteSize>,
+    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules.
+    #[serde(default)]
+    pub transform: Vec<TransformConfig>,
     /// Connection string, or `${ENV_VAR}`.
     pub url: String,
     /// Create missing target tables from the source's definitions (default true).
@@ -368,6 +493,21 @@ pub struct Pipeline {
     /// Per sink, in the order of `sinks`: whether TRUNCATE is replicated to it.
     pub sink_truncate: Vec<bool>,
     pub verify: VerifySettings,
+    /// The pipeline's transform rules and the hash key.
+    pub transforms: Arc<TransformSet>,
+    /// Per sink, in the order of `sinks`: its own transform rules.
+    pub sink_transforms: Vec<Vec<TransformSpec>>,
+    /// Per sink, in the order of `sinks`: its write rate limits.
+    pub sink_rates: Vec<RateLimits>,
+    /// Most rows per second the snapshot reads (None: no limit).
+    pub snapshot_rows_per_s: Option<u32>,
+}
+
+/// A sink's write rate limits (None: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    pub changes_per_s: Option<u32>,
+    pub bytes_per_s: Option<u32>,
 }
 
 /// The checker's settings (see [`VerifySection`]).
@@ -489,6 +629,14 @@ pub fn parse(
         return Err(bad("sink", "no sink is declared. Fix: add a [[sink]] table with kind = \"postgres\", name and url.".into()));
     }
     let mut sinks = Vec::new();
+    let mut sink_transforms = Vec::new();
+    let pipeline_transforms = transform_specs(origin, text, &file.transforms, "transform")?;
+    if let Some(spec) = pipeline_transforms.iter().find(|s| s.route.is_some()) {
+        return Err(ConfigError(format!(
+            "{}: route belongs to a sink's rules. Fix: move it to a [[sink.transform]] of the sink it is for.",
+            spec.route.as_ref().map_or("", |r| r.place.as_str())
+        )));
+    }
     for (i, s) in file.sinks.iter().enumerate() {
         let name = s.name();
         if name.is_empty()
@@ -508,8 +656,31 @@ pub fn parse(
             ));
         }
         let key = |field: &str| format!("{origin}: sink[{i}].{field}");
+        let specs = transform_specs(origin, text, s.transforms(), &format!("sink[{i}].transform"))?;
+        let mut routes = BTreeMap::new();
+        for spec in &specs {
+            if let Some(route) = &spec.route {
+                if matches!(s, SinkConfig::Postgres(_)) {
+                    return Err(ConfigError(format!(
+                        "{}: route applies to Kafka, NATS and MongoDB sinks. Fix: use rename = \"schema.table\" to write the table under another name in PostgreSQL.",
+                        route.place
+                    )));
+                }
+                if route.value.is_empty() || route.value.contains(['{', '}']) {
+                    return Err(ConfigError(format!(
+                        "{}: route {:?} must be a destination name, without placeholders. Fix: write the topic, subject or collection name itself.",
+                        route.place, route.value
+                    )));
+                }
+                let name = spec.rename.as_ref().map_or(&spec.table.value, |r| &r.value);
+                routes.insert(name.clone(), route.value.clone());
+            }
+        }
+        sink_transforms.push(specs);
         let template = |field: &str, text: &str| {
-            Template::parse(text).map_err(|e| ConfigError(format!("{}: {e}", key(field))))
+            Template::parse(text)
+                .map(|t| t.with_routes(routes.clone()))
+                .map_err(|e| ConfigError(format!("{}: {e}", key(field))))
         };
         let format = |f: EnvelopeFormatConfig| match f {
             EnvelopeFormatConfig::Cutover => EnvelopeFormat::Cutover,
@@ -629,6 +800,25 @@ pub fn parse(
         ),
         sinks,
         sink_truncate: file.sinks.iter().map(SinkConfig::truncate).collect(),
+        transforms: Arc::new(TransformSet {
+            pipeline: pipeline_transforms,
+            key: match &file.masking.key {
+                Some(k) => {
+                    let secret = expand(k, &format!("{origin}: masking.key"), env)?;
+                    if secret.len() < 16 {
+                        return Err(bad(
+                            "masking.key",
+                            "is shorter than 16 characters. Fix: use a long random secret (e.g. openssl rand -hex 32), given as ${ENV_VAR}.".into(),
+                        ));
+                    }
+                    Some(MaskKey::from_secret(&secret))
+                }
+                None => None,
+            },
+        }),
+        sink_transforms,
+        sink_rates: file.sinks.iter().map(SinkConfig::rate_limits).collect(),
+        snapshot_rows_per_s: file.snapshot.rows_per_s,
         verify: VerifySettings {
             interval_s: file.verify.interval_s.or(d.verify.interval_s).unwrap_or(0),
             rows_per_range: file
@@ -742,15 +932,155 @@ fn expand(
     Ok(out)
 }
 
+/// `file, line L, column C` for a byte offset of the pipeline text.
+fn place_at(origin: &str, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("{origin}, line {line}, column {column}")
+}
+
+/// `schema.table`, or `table` in `public`.
+fn table_name(text: &str) -> TableName {
+    match text.split_once('.') {
+        Some((schema, name)) => TableName::new(schema, name),
+        None => TableName::new("public", text),
+    }
+}
+
+/// Turns `[[transform]]` tables into rule specs, each name and value with its place in the
+/// file. Mistakes that need no database (a filter that does not parse, two rules for one
+/// table, an unknown mask) are refused here; the rest when the rules meet the tables.
+fn transform_specs(
+    origin: &str,
+    text: &str,
+    configs: &[TransformConfig],
+    key: &str,
+) -> Result<Vec<TransformSpec>, ConfigError> {
+    let placed = |s: &Spanned<String>, path: String| {
+        Placed::new(
+            s.get_ref().clone(),
+            format!("{} ({path})", place_at(origin, text, s.span().start)),
+        )
+    };
+    let mut specs: Vec<TransformSpec> = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        let at = |field: &str| format!("{key}[{i}].{field}");
+        let table = placed(&c.table, at("table"));
+        if table.value.is_empty() || table.value.contains('*') {
+            return Err(ConfigError(format!(
+                "{}: {:?} is not one table. Fix: name one table, as schema.table.",
+                table.place, table.value
+            )));
+        }
+        let mut spec = TransformSpec::new(Placed::new(table_name(&table.value), table.place.clone()));
+        if let Some(other) = specs.iter().find(|o| o.table.value == spec.table.value) {
+            return Err(ConfigError(format!(
+                "{}: table {} already has rules at {}. Fix: put all of a table's rules in one [[transform]].",
+                spec.table.place, spec.table.value, other.table.place
+            )));
+        }
+        spec.exclude = c.exclude;
+        spec.columns = c.columns.as_ref().map(|cols| {
+            cols.iter()
+                .enumerate()
+                .map(|(j, n)| placed(n, at(&format!("columns[{j}]"))))
+                .collect()
+        });
+        spec.exclude_columns = c
+            .exclude_columns
+            .iter()
+            .enumerate()
+            .map(|(j, n)| placed(n, at(&format!("exclude_columns[{j}]"))))
+            .collect();
+        spec.rename = c.rename.as_ref().map(|r| {
+            let p = placed(r, at("rename"));
+            let name = if r.get_ref().contains('.') {
+                table_name(r.get_ref())
+            } else {
+                TableName::new(spec.table.value.schema.clone(), r.get_ref().clone())
+            };
+            Placed::new(name, p.place)
+        });
+        let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+        for (old, new) in &c.rename_columns {
+            let p = placed(new, at(&format!("rename_columns.{old}")));
+            if let Some(first) = targets.insert(new.get_ref(), old) {
+                return Err(ConfigError(format!(
+                    "{}: columns {first} and {old} are both renamed to {:?}. Fix: give each column its own name.",
+                    p.place,
+                    new.get_ref()
+                )));
+            }
+            spec.rename_columns
+                .push((Placed::new(old.clone(), p.place), new.get_ref().clone()));
+        }
+        for (column, how) in &c.mask {
+            let p = placed(how, at(&format!("mask.{column}")));
+            let mask = match how.get_ref().as_str() {
+                "null" => Mask::Null,
+                "hash" => Mask::Hash,
+                other => {
+                    return Err(ConfigError(format!(
+                        "{}: {other:?} is not a mask. Fix: write \"null\" or \"hash\", or put a fixed value in mask_values.",
+                        p.place
+                    )))
+                }
+            };
+            spec.masks.push((Placed::new(column.clone(), p.place), mask));
+        }
+        for (column, value) in &c.mask_values {
+            let p = placed(value, at(&format!("mask_values.{column}")));
+            spec.masks.push((
+                Placed::new(column.clone(), p.place),
+                Mask::Value(value.get_ref().clone()),
+            ));
+        }
+        for (j, add) in c.add_columns.iter().enumerate() {
+            let place = format!(
+                "{} ({})",
+                place_at(origin, text, add.span().start),
+                at(&format!("add_columns[{j}]"))
+            );
+            let a = add.get_ref();
+            let derived = match (&a.value, &a.template) {
+                (Some(value), None) => Derived::Constant {
+                    value: value.clone(),
+                    type_name: a.type_name.clone().unwrap_or_else(|| "text".into()),
+                },
+                (None, Some(template)) if a.type_name.is_none() => Derived::Template(template.clone()),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{place}: an added column has either value (and optionally type) or template. Fix: e.g. {{ name = \"origin\", value = \"legacy\" }} or {{ name = \"full_name\", template = \"{{first}} {{last}}\" }}."
+                    )))
+                }
+            };
+            spec.add_columns.push(AddColumn {
+                name: Placed::new(a.name.clone(), place),
+                derived,
+            });
+        }
+        if let Some(f) = &c.filter {
+            let p = placed(f, at("filter"));
+            let predicate = Predicate::parse(f.get_ref()).map_err(|e| {
+                ConfigError(format!(
+                    "{}: the filter {:?} does not parse: {e}. Fix: write conditions such as tenant_id = 42 AND status IN ('active', 'trial') (see docs/transforms.md).",
+                    p.place,
+                    f.get_ref()
+                ))
+            })?;
+            spec.filter = Some(Placed::new(predicate, p.place));
+        }
+        spec.route = c.route.as_ref().map(|r| placed(r, at("route")));
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
 /// Turns a TOML error into one line: file, line, column, what is wrong.
 fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     let place = match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("{origin}, line {line}, column {column}")
-        }
+        Some(span) => place_at(origin, text, span.start),
         None => origin.to_string(),
     };
     let message = e.message().trim().replace('\n', " ");

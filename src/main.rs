@@ -2,6 +2,7 @@
 
 mod config;
 mod queue;
+mod rate;
 mod runtime;
 mod status;
 mod verify;

@@ -20,6 +20,8 @@ pub struct QueueSender {
     /// No single batch takes more than this many permits, so a batch larger than the bound
     /// still passes (alone) instead of waiting forever.
     max_batch: usize,
+    /// The byte bound.
+    capacity: usize,
 }
 
 /// The queue is closed: its sink has stopped.
@@ -34,6 +36,7 @@ pub fn bounded(events: usize, bytes: usize) -> (QueueSender, mpsc::Receiver<Queu
             tx,
             bytes: Arc::new(Semaphore::new(permits)),
             max_batch: (permits / 2).max(1),
+            capacity: permits,
         },
         rx,
     )
@@ -55,6 +58,12 @@ impl QueueSender {
             .send(Queued { events, permit })
             .await
             .map_err(|_| Closed)
+    }
+
+    /// Bytes queued for or buffered in the sink (held byte permits).
+    pub fn bytes_held(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.bytes.available_permits())
     }
 
     /// Batches waiting in the queue.

@@ -15,6 +15,7 @@ use cutover_core::{
     Change, Checkpoint, ConnectorError, Lsn, Result, Row, Sink, SinkState, Source, StreamEvent,
     StreamItem, TableCopy,
 };
+use cutover_core::transform::TransformSink;
 use cutover_kafka::KafkaSink;
 use cutover_mongodb::MongoSink;
 use cutover_nats::NatsSink;
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::config::{self, Pipeline};
 use crate::queue::{self, Queued};
+use crate::rate;
 use crate::status::{self, Phase, SharedStatus, SinkProgress, TableProgress};
 
 /// Most stream events handed to the sink queues in one message.
@@ -132,10 +134,21 @@ async fn connect_pg_sink(
 /// source database's name, which Debezium envelopes report.
 pub async fn connect_sinks(cfg: &Pipeline, database: &str) -> Result<Vec<Box<dyn Sink>>> {
     let mut sinks = Vec::with_capacity(cfg.sinks.len());
-    for sink in &cfg.sinks {
-        sinks.push(connect_sink(cfg, sink, database).await?);
+    for (i, sink) in cfg.sinks.iter().enumerate() {
+        let connected = connect_sink(cfg, sink, database).await?;
+        sinks.push(with_transforms(cfg, i, connected));
     }
     Ok(sinks)
+}
+
+/// The sink behind its transform rules, when the pipeline or the sink declares any.
+pub fn with_transforms(cfg: &Pipeline, index: usize, sink: Box<dyn Sink>) -> Box<dyn Sink> {
+    let specs = cfg.sink_transforms.get(index).cloned().unwrap_or_default();
+    if cfg.transforms.is_empty_with(&specs) {
+        sink
+    } else {
+        Box::new(TransformSink::new(sink, cfg.transforms.clone(), specs))
+    }
 }
 
 /// Connects one sink.
@@ -285,11 +298,11 @@ async fn copy_tables(
     cfg: &Pipeline,
     status: &SharedStatus,
 ) -> Result<()> {
-    futures::stream::iter(
-        needs.iter().enumerate().map(|(n, (table, idxs))| {
-            copy_table(source, sinks, table, idxs, session, cfg, status, n)
-        }),
-    )
+    let limit = rate::Limit::per_second(cfg.snapshot_rows_per_s);
+    let limit = &limit;
+    futures::stream::iter(needs.iter().enumerate().map(|(n, (table, idxs))| {
+        copy_table(source, sinks, table, idxs, session, cfg, status, n, limit)
+    }))
     .buffer_unordered(cfg.parallel_tables)
     .try_collect::<Vec<()>>()
     .await?;
@@ -306,6 +319,7 @@ async fn copy_table(
     cfg: &Pipeline,
     status: &SharedStatus,
     progress_index: usize,
+    limit: &Option<rate::Limit>,
 ) -> Result<()> {
     let depth =
         (cfg.queue_bytes / cfg.parallel_tables.max(1) / cfg.chunk_bytes.max(1)).clamp(2, 64);
@@ -321,6 +335,9 @@ async fn copy_table(
             );
         }
         while let Some(rows) = rx.recv().await {
+            if let Some(limit) = limit {
+                limit.take(rows.len() as u64).await;
+            }
             for copy in copies.iter_mut() {
                 copy.write(&rows).await?;
             }
@@ -348,7 +365,14 @@ fn stream_start(states: &[SinkState]) -> Lsn {
         .iter()
         .map(|s| match s.checkpoint {
             Some(cp) => cp.end_lsn,
-            None => s.copied_tables.values().copied().min().unwrap_or(Lsn::ZERO),
+            // Lsn::ZERO marks a table the sink does not take (excluded by its rules).
+            None => s
+                .copied_tables
+                .values()
+                .copied()
+                .filter(|&l| l != Lsn::ZERO)
+                .min()
+                .unwrap_or(Lsn::ZERO),
         })
         .min()
         .unwrap_or(Lsn::ZERO)
@@ -381,12 +405,32 @@ async fn stream(
                 durable: st.checkpoint.map_or(start, |c| c.end_lsn),
                 changes_applied: 0,
                 queue_depth: 0,
+                queue_bytes: 0,
+                stalled_ms: 0,
+                throttled_ms: 0,
                 last_commit_micros: None,
             })
             .collect();
     });
+    let sink_names: Vec<String> = sinks.iter().map(|s| s.name().to_string()).collect();
+    let mut throttled = Vec::with_capacity(sinks.len());
+    let mut pacers = JoinSet::new();
     for (index, (sink, state)) in sinks.into_iter().zip(states).enumerate() {
-        let (tx, rx) = queue::bounded(cfg.queue_events, cfg.queue_bytes);
+        let (tx, mut rx) = queue::bounded(cfg.queue_events, cfg.queue_bytes);
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        throttled.push(held.clone());
+        let limits = cfg.sink_rates.get(index).copied().unwrap_or_default();
+        let (changes, bytes) = (
+            rate::Limit::per_second(limits.changes_per_s),
+            rate::Limit::per_second(limits.bytes_per_s),
+        );
+        if changes.is_some() || bytes.is_some() {
+            // A pacer between the queue and the driver: the driver never waits on a limit
+            // with a write in flight, and the byte permits travel on with the batches.
+            let (paced_tx, paced_rx) = mpsc::channel(1);
+            pacers.spawn(rate::pace(rx, paced_tx, changes, bytes, held));
+            rx = paced_rx;
+        }
         durable.push(state.checkpoint.map_or(start, |c| c.end_lsn.max(start)));
         drivers.spawn(drive_sink(
             index,
@@ -406,6 +450,9 @@ async fn stream(
     }
     drop(durable_tx);
 
+    let mut stalled_ms = vec![0u64; queues.len()];
+    let mut stall_logged = vec![0u64; queues.len()];
+    let mut stall_log = tokio::time::interval(Duration::from_secs(10));
     let mut confirmed = start;
     let mut last_dispatched = start;
     let mut in_txn = false;
@@ -447,13 +494,33 @@ async fn stream(
             }
             _ = sample.tick() => {
                 let wal = source.current_wal_lsn().await?;
-                let depths: Vec<usize> = queues.iter().map(|q| q.depth()).collect();
+                let depths: Vec<(usize, usize)> = queues.iter().map(|q| (q.depth(), q.bytes_held())).collect();
                 status::update(status, |s| {
                     s.source_wal = wal.max(confirmed);
-                    for (p, d) in s.sinks.iter_mut().zip(&depths) {
-                        p.queue_depth = *d;
+                    for (i, (p, (depth, bytes))) in s.sinks.iter_mut().zip(&depths).enumerate() {
+                        p.queue_depth = *depth;
+                        p.queue_bytes = *bytes;
+                        p.stalled_ms = stalled_ms[i];
+                        p.throttled_ms = throttled[i].load(std::sync::atomic::Ordering::Relaxed);
                     }
                 });
+            }
+            _ = stall_log.tick() => {
+                // Backpressure in the logs: which sink held the reader back, and for how long.
+                for (i, q) in queues.iter().enumerate() {
+                    let new = stalled_ms[i] - stall_logged[i];
+                    if new > 0 {
+                        tracing::info!(
+                            sink = %sink_names[i],
+                            stalled_ms = new,
+                            queue_batches = q.depth(),
+                            queue_bytes = q.bytes_held(),
+                            throttled_ms = throttled[i].load(std::sync::atomic::Ordering::Relaxed),
+                            "backpressure: the source reader waited for this sink's full queue"
+                        );
+                        stall_logged[i] = stalled_ms[i];
+                    }
+                }
             }
             item = stream.next() => match item {
                 Err(e) => break 'run Err(e),
@@ -500,14 +567,17 @@ async fn stream(
                     for (i, q) in queues.iter().enumerate() {
                         let events = if i == last { batch.take() } else { batch.clone() }
                             .expect("the batch is kept until the last queue");
+                        let began = Instant::now();
                         tokio::select! {
-                            sent = q.send(events) => if sent.is_err() {
+                            sent = q.send(events) => {
+                                stalled_ms[i] += began.elapsed().as_millis() as u64;
+                                if sent.is_err() {
                                 // The driver ended; its result says why.
                                 match drivers.join_next().await {
                                     Some(joined) => break 'run Err(driver_ended(joined)),
                                     None => break 'run Err(ConnectorError::fatal("a sink stopped")),
                                 }
-                            },
+                            }},
                             _ = stop.changed() => break 'run Ok(()),
                         }
                     }

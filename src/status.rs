@@ -28,6 +28,13 @@ pub struct SinkProgress {
     pub durable: Lsn,
     pub changes_applied: u64,
     pub queue_depth: usize,
+    /// Bytes queued for or buffered in the sink.
+    pub queue_bytes: usize,
+    /// Total time the source reader waited because this sink's queue was full: the sink is
+    /// the pipeline's bottleneck while this grows.
+    pub stalled_ms: u64,
+    /// Total time this sink's rate limits held changes back.
+    pub throttled_ms: u64,
     /// Commit time (µs since the Unix epoch) of the last durable transaction.
     pub last_commit_micros: Option<i64>,
 }
@@ -123,16 +130,30 @@ impl Status {
                     .sinks
                     .iter()
                     .map(|s| {
-                        format!(
-                            "{}: {} changes, queue {}, {} bytes behind",
+                        let mut text = format!(
+                            "{}: {} changes, queue {} ({} KiB), {} bytes behind",
                             s.name,
                             s.changes_applied,
                             s.queue_depth,
+                            s.queue_bytes / 1024,
                             // Everything up to the confirmed position is in every sink.
                             self.source_wal
                                 .0
                                 .saturating_sub(s.durable.max(self.confirmed).0)
-                        )
+                        );
+                        if s.stalled_ms > 0 {
+                            text.push_str(&format!(
+                                ", reader stalled {:.1} s",
+                                s.stalled_ms as f64 / 1e3
+                            ));
+                        }
+                        if s.throttled_ms > 0 {
+                            text.push_str(&format!(
+                                ", throttled {:.1} s",
+                                s.throttled_ms as f64 / 1e3
+                            ));
+                        }
+                        text
                     })
                     .collect();
                 let lag = match self.lag_time() {

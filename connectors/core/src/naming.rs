@@ -11,6 +11,9 @@ use crate::schema::TableName;
 pub struct Template {
     parts: Vec<Part>,
     text: String,
+    /// Tables sent to a destination of their own (`route` transform rules), by the table's
+    /// name as the sink sees it.
+    routes: std::collections::BTreeMap<TableName, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +68,14 @@ impl Template {
         Ok(Template {
             parts,
             text: text.to_string(),
+            routes: Default::default(),
         })
+    }
+
+    /// The template with some tables routed to fixed destinations, used as written.
+    pub fn with_routes(mut self, routes: std::collections::BTreeMap<TableName, String>) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// The name for one table. `clean` rewrites each substituted name part (a schema or table
@@ -76,6 +86,9 @@ impl Template {
         table: &TableName,
         clean: &dyn Fn(&str) -> String,
     ) -> String {
+        if let Some(route) = self.routes.get(table) {
+            return route.clone();
+        }
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -126,5 +139,11 @@ mod tests {
         assert!(Template::parse("{table").is_err());
         assert!(Template::parse("table}").is_err());
         assert!(Template::parse("").is_err());
+        let routed = t.with_routes([(name.clone(), "orders-v2".to_string())].into());
+        assert_eq!(routed.render("shop", &name, &clean), "orders-v2");
+        assert_eq!(
+            routed.render("shop", &TableName::new("public", "x"), &clean),
+            "cdc.shop.public.x"
+        );
     }
 }
