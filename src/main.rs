@@ -377,8 +377,36 @@ async fn check(path: &std::path::Path) -> Outcome {
         }
     }
     let schemas = source.schemas();
+    // Each sink's tables as its transform rules shape them; a wrong rule is named with its
+    // place in the file.
+    let mut shaped: std::collections::HashMap<String, Vec<std::sync::Arc<cutover_core::TableSchema>>> =
+        Default::default();
+    for (i, sink) in cfg.sinks.iter().enumerate() {
+        match cfg.transforms.compile_all(&cfg.sink_transforms[i], &schemas) {
+            Ok(ts) => {
+                if !cfg.transforms.is_empty_with(&cfg.sink_transforms[i]) {
+                    println!(
+                        "sink {}: transform rules fit the tables ({} table(s) reach it)",
+                        sink.name(),
+                        ts.len()
+                    );
+                }
+                shaped.insert(
+                    sink.name().to_string(),
+                    ts.iter().map(|t| t.output().clone()).collect(),
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("sink {}: FAIL transform rules: {e}", sink.name());
+            }
+        }
+    }
     for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
-        match sink.preflight(&schemas).await {
+        let Some(tables) = shaped.get(sink.name()) else {
+            continue;
+        };
+        match sink.preflight(tables).await {
             Ok(()) => println!("sink {}: connected, tables compatible", sink.name()),
             Err(e) => {
                 failed += 1;

@@ -17,6 +17,7 @@ use cutover_core::verify::{
     compare_range, compare_rows, Bound, CanonRow, KeyBound, Precision, RowDiff, TableSide,
 };
 use cutover_core::{ConnectorError, Lsn, Result, Sink as _, TableSchema};
+use cutover_core::transform::TableTransform;
 use cutover_kafka::verify::KafkaTableSide;
 use cutover_mongodb::verify::MongoTableSide;
 use cutover_nats::verify::NatsTableSide;
@@ -261,45 +262,30 @@ pub async fn verify(
     let tables = select_tables(&source, &opts.tables)?;
     let running = matches!(source.slot_activity().await?, Some((true, _)));
     let mut reports = Vec::new();
-    for sink in &cfg.sinks {
+    for (index, sink) in cfg.sinks.iter().enumerate() {
+        let specs = &cfg.sink_transforms[index];
         for table in &tables {
-            let (target, precision): (Box<dyn TableSide>, Precision) = match sink {
-                config::Sink::Postgres { url, .. } => {
-                    let endpoint = PgEndpoint::parse(url, "target")?;
-                    let precision = Precision {
-                        user_types_as_text: true,
-                        ..Precision::default()
-                    };
-                    (
-                        Box::new(PgTableSide::open(&endpoint, table.clone(), precision).await?),
-                        precision,
-                    )
-                }
-                config::Sink::Kafka(o) => (
-                    Box::new(KafkaTableSide::open(o, table.clone()).await?),
-                    Precision::of_envelope(o.format),
-                ),
-                config::Sink::Nats(o) => (
-                    Box::new(NatsTableSide::open(o, table.clone()).await?),
-                    Precision::of_envelope(o.format),
-                ),
-                config::Sink::Mongodb(o) => (
-                    Box::new(MongoTableSide::open(o, table.clone()).await?),
-                    MongoTableSide::precision(),
-                ),
+            // The sink's rules, compiled for the table as it is on the source; the target holds
+            // the shaped table, and the source's rows are shaped the same way before they are
+            // compared.
+            let compiled = cfg
+                .transforms
+                .compile(specs, table)
+                .map_err(|e| ConnectorError::fatal(format!("sink {}: {e}", sink.name())))?;
+            let Some(compiled) = compiled else {
+                continue; // the sink does not take this table
             };
-            let src = PgTableSide::open(source.endpoint(), table.clone(), precision).await?;
-            let check = TableCheck {
-                cfg,
-                source: &source,
-                src: &src,
-                tgt: target.as_ref(),
-                sink,
-                table,
-                opts,
-                running,
+            let (target_table, shaped) = if compiled.is_identity() {
+                (table.clone(), None)
+            } else {
+                (compiled.output().clone(), Some(Arc::new(compiled)))
             };
-            reports.push(check.run(progress).await?);
+            reports.push(
+                check_table(
+                    cfg, &source, index, table, target_table, shaped, opts, running, progress,
+                )
+                .await?,
+            );
         }
     }
     Ok(Report {
@@ -308,6 +294,71 @@ pub async fn verify(
         elapsed_ms: started.elapsed().as_millis() as u64,
         tables: reports,
     })
+}
+
+/// Compares one table of one sink: `target_table` is the table as the sink holds it, and
+/// `shaped` the sink's transform rules for it (None: the target holds the source's table).
+#[allow(clippy::too_many_arguments)]
+async fn check_table(
+    cfg: &Pipeline,
+    source: &PgSource,
+    index: usize,
+    table: &Arc<TableSchema>,
+    target_table: Arc<TableSchema>,
+    shaped: Option<Arc<TableTransform>>,
+    opts: &VerifyOptions,
+    running: bool,
+    progress: ProgressFn<'_>,
+) -> Result<TableReport> {
+    let sink = &cfg.sinks[index];
+    let (target, precision): (Box<dyn TableSide>, Precision) = match sink {
+        config::Sink::Postgres { url, .. } => {
+            let endpoint = PgEndpoint::parse(url, "target")?;
+            let precision = Precision {
+                user_types_as_text: true,
+                ..Precision::default()
+            };
+            (
+                Box::new(PgTableSide::open(&endpoint, target_table.clone(), precision).await?),
+                precision,
+            )
+        }
+        config::Sink::Kafka(o) => (
+            Box::new(KafkaTableSide::open(o, target_table.clone()).await?),
+            Precision::of_envelope(o.format),
+        ),
+        config::Sink::Nats(o) => (
+            Box::new(NatsTableSide::open(o, target_table.clone()).await?),
+            Precision::of_envelope(o.format),
+        ),
+        config::Sink::Mongodb(o) => (
+            Box::new(MongoTableSide::open(o, target_table.clone()).await?),
+            MongoTableSide::precision(),
+        ),
+    };
+    let mut src = PgTableSide::open(source.endpoint(), table.clone(), precision).await?;
+    if shaped.is_some() {
+        // Compiled again for the layout the source is read in (user types as text).
+        let read = cfg
+            .transforms
+            .compile(&cfg.sink_transforms[index], src.table())
+            .map_err(|e| ConnectorError::fatal(format!("sink {}: {e}", sink.name())))?;
+        if let Some(read) = read {
+            src = src.with_transform(read);
+        }
+    }
+    let check = TableCheck {
+        cfg,
+        source,
+        src: &src,
+        tgt: target.as_ref(),
+        sink,
+        table,
+        shaped,
+        opts,
+        running,
+    };
+    check.run(progress).await
 }
 
 fn select_tables(source: &PgSource, patterns: &[String]) -> Result<Vec<Arc<TableSchema>>> {
@@ -341,6 +392,8 @@ struct TableCheck<'a> {
     tgt: &'a dyn TableSide,
     sink: &'a config::Sink,
     table: &'a Arc<TableSchema>,
+    /// The sink's transform rules for the table, if it has any.
+    shaped: Option<Arc<TableTransform>>,
     opts: &'a VerifyOptions,
     running: bool,
 }
@@ -354,6 +407,7 @@ impl TableCheck<'_> {
             tgt,
             sink,
             table,
+            shaped: _,
             opts,
             running,
         } = *self;
@@ -414,7 +468,7 @@ impl TableCheck<'_> {
         if opts.repair && !confirmed.is_empty() {
             let keys: Vec<Arc<KeyBound>> = confirmed.iter().map(diff_key).collect();
             report.repaired = keys.len() as u64;
-            repair(cfg, sink, table, src, &keys).await?;
+            repair(cfg, sink, table, self.shaped.as_ref(), src, &keys).await?;
             let (s, t) = futures::try_join!(src.fetch(&keys), tgt.fetch(&keys))?;
             confirmed = s
                 .into_iter()
@@ -604,6 +658,7 @@ async fn repair(
     cfg: &Pipeline,
     sink: &config::Sink,
     table: &Arc<TableSchema>,
+    shaped: Option<&Arc<TableTransform>>,
     src: &PgTableSide,
     keys: &[Arc<KeyBound>],
 ) -> Result<()> {
@@ -620,14 +675,22 @@ async fn repair(
         .into_iter()
         .find(|s| s.name() == sink_name)
         .ok_or_else(|| ConnectorError::fatal(format!("sink {sink_name} is not in the pipeline")))?;
-    sink.open(std::slice::from_ref(table)).await?;
+    // Rows go to the target as the sink's rules shape them (a row a filter leaves out is
+    // deleted there).
+    let target_table = shaped.map_or_else(|| table.clone(), |t| t.output().clone());
+    sink.open(std::slice::from_ref(&target_table)).await?;
     let rows = src.fetch_rows(keys).await?;
     let mut upserts = Vec::new();
     let mut deletes = Vec::new();
     for (key, row) in keys.iter().zip(rows) {
-        match row {
-            Some(row) => upserts.push(row),
-            None => deletes.push(src.key_row(key)),
+        let shaped_row = match (row, shaped) {
+            (Some(row), Some(t)) => t.row(row),
+            (row, _) => row,
+        };
+        match (shaped_row, shaped) {
+            (Some(row), _) => upserts.push(row),
+            (None, Some(t)) => deletes.push(t.key_row(src.key_row(key))),
+            (None, None) => deletes.push(src.key_row(key)),
         }
     }
     tracing::info!(
@@ -637,5 +700,5 @@ async fn repair(
         deletes = deletes.len(),
         "repairing from the source"
     );
-    sink.repair(table, upserts, deletes).await
+    sink.repair(&target_table, upserts, deletes).await
 }

@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use cutover_core::verify::{
     self, canon_values, Bound, CanonRow, KeyBound, Precision, RangeScan, ScanLimits, TableSide,
 };
+use cutover_core::transform::TableTransform;
 use cutover_core::{quote_ident, ConnectorError, Lsn, Result, Row, TableSchema, Value};
 use futures::{pin_mut, TryStreamExt};
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
@@ -66,6 +67,9 @@ pub struct PgTableSide {
     endpoint: PgEndpoint,
     table: Arc<TableSchema>,
     keys: Arc<[usize]>,
+    /// Transform rules the rows pass before they are compared (the sink's), and the layout
+    /// and key positions they produce.
+    shape: Option<(Arc<TableTransform>, Arc<TableSchema>, Arc<[usize]>)>,
     precision: Precision,
     /// Range queries: no bound, low only, high only, both.
     ranges: [Statement; 4],
@@ -206,11 +210,22 @@ impl PgTableSide {
             endpoint: endpoint.clone(),
             table: read,
             keys,
+            shape: None,
             precision,
             ranges,
             by_key,
             raw_by_key,
         })
+    }
+
+    /// Passes every row read through `transform` (compiled for [`PgTableSide::table`]) before
+    /// it is compared: rows a filter leaves out are not there, the rest have the target's
+    /// layout. Keys are still given in the source's key columns, which transforms keep.
+    pub fn with_transform(mut self, transform: TableTransform) -> PgTableSide {
+        let out = transform.output().clone();
+        let keys = verify::key_columns(&out);
+        self.shape = Some((Arc::new(transform), out, keys));
+        self
     }
 
     /// The schema rows are read in.
@@ -373,7 +388,8 @@ impl PgTableSide {
         Row(values)
     }
 
-    fn to_canon(&self, row: &tokio_postgres::Row, ctx: &str) -> Result<CanonRow> {
+    /// The row in canonical form; `None` when the transform's filter leaves it out.
+    fn to_canon(&self, row: &tokio_postgres::Row, ctx: &str) -> Result<Option<CanonRow>> {
         let n = self.table.columns.len();
         let mut values = Vec::with_capacity(n);
         for i in 0..n {
@@ -382,11 +398,30 @@ impl PgTableSide {
                 .map_err(|e| classify(e, ctx))?;
             values.push(v.map(|v| v.0));
         }
-        canon_values(&self.table, &self.keys, values.into_iter(), self.precision).map_err(|e| {
+        let bad = |e: verify::CanonError| {
             ConnectorError::fatal(format!("{ctx}: {e}")).with_hint(
                 "the column types differ from the source's; compare tables of the same types",
             )
-        })
+        };
+        let Some((transform, out, keys)) = &self.shape else {
+            return canon_values(&self.table, &self.keys, values.into_iter(), self.precision)
+                .map(Some)
+                .map_err(bad);
+        };
+        let row = Row(values
+            .into_iter()
+            .map(|v| v.map_or(Value::Null, |b| Value::Binary(Bytes::copy_from_slice(b))))
+            .collect());
+        let Some(row) = transform.row(row) else {
+            return Ok(None);
+        };
+        let shaped = row.0.iter().map(|v| match v {
+            Value::Binary(b) => Some(b.as_ref()),
+            _ => None,
+        });
+        canon_values(out, keys, shaped, self.precision)
+            .map(Some)
+            .map_err(bad)
     }
 }
 
@@ -520,7 +555,9 @@ impl TableSide for PgTableSide {
         let mut scan = RangeScan::new();
         let mut last: Option<Box<[u8]>> = None;
         while let Some(row) = stream.try_next().await.map_err(|e| classify(e, &ctx))? {
-            let canon = self.to_canon(&row, &ctx)?;
+            let Some(canon) = self.to_canon(&row, &ctx)? else {
+                continue;
+            };
             if last.as_ref().is_some_and(|l| *l >= canon.sort_key) {
                 return Err(ConnectorError::fatal(format!(
                     "{ctx}: the server returned keys out of the checker's order"
@@ -550,7 +587,7 @@ impl TableSide for PgTableSide {
                 .map_err(|e| classify(e, ctx))?;
             pin_mut!(stream);
             match stream.try_next().await.map_err(|e| classify(e, ctx))? {
-                Some(row) => self.to_canon(&row, ctx).map(Some),
+                Some(row) => self.to_canon(&row, ctx),
                 None => Ok(None),
             }
         });
