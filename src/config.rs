@@ -200,17 +200,21 @@ pub enum SinkConfig {
     Mongodb(MongoSinkConfig),
 }
 
-impl SinkConfig {
-    /// The sink's own transform rules.
-    pub fn transforms(&self) -> &[TransformConfig] {
-        match self {
-            SinkConfig::Postgres(p) => &p.transform,
-            SinkConfig::Kafka(k) => &k.transform,
-            SinkConfig::Nats(n) => &n.transform,
-            SinkConfig::Mongodb(m) => &m.transform,
-        }
-    }
+/// The sinks' `[[sink.transform]]` rules, read in a second pass: sinks are told apart by
+/// their `kind` tag, which hides where their values were written, and rules need their places.
+#[derive(Debug, Deserialize)]
+struct SinkRules {
+    #[serde(default, rename = "sink")]
+    sinks: Vec<OneSinkRules>,
+}
 
+#[derive(Debug, Deserialize)]
+struct OneSinkRules {
+    #[serde(default)]
+    transform: Vec<TransformConfig>,
+}
+
+impl SinkConfig {
     /// Changes/s and bytes/s limits.
     pub fn rate_limits(&self) -> RateLimits {
         let (c, b) = match self {
@@ -270,9 +274,10 @@ pub struct KafkaSinkConfig {
     pub max_changes_per_s: Option<u32>,
     /// Most bytes of change data per second written to this sink (default: no limit).
     pub max_bytes_per_s: Option<ByteSize>,
-    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules.
+    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
+    /// (read with their places by [`SinkRules`]; kept raw here).
     #[serde(default)]
-    pub transform: Vec<TransformConfig>,
+    pub transform: Vec<toml::Value>,
     /// Bootstrap servers, `host:port[,host:port]`, or `${ENV_VAR}`.
     pub brokers: String,
     /// Topic per table; placeholders {pipeline}, {schema}, {table} (default
@@ -318,9 +323,10 @@ pub struct NatsSinkConfig {
     pub max_changes_per_s: Option<u32>,
     /// Most bytes of change data per second written to this sink (default: no limit).
     pub max_bytes_per_s: Option<ByteSize>,
-    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules.
+    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
+    /// (read with their places by [`SinkRules`]; kept raw here).
     #[serde(default)]
-    pub transform: Vec<TransformConfig>,
+    pub transform: Vec<toml::Value>,
     /// Server URL, `nats://host:4222`, or `${ENV_VAR}`.
     pub url: String,
     /// Subject per table; placeholders {pipeline}, {schema}, {table} (default
@@ -352,9 +358,10 @@ pub struct MongoSinkConfig {
     pub max_changes_per_s: Option<u32>,
     /// Most bytes of change data per second written to this sink (default: no limit).
     pub max_bytes_per_s: Option<ByteSize>,
-    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules.
+    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
+    /// (read with their places by [`SinkRules`]; kept raw here).
     #[serde(default)]
-    pub transform: Vec<TransformConfig>,
+    pub transform: Vec<toml::Value>,
     /// Connection string, `mongodb://host:27017`, or `${ENV_VAR}`.
     pub url: String,
     /// Database the collections are written to.
@@ -398,9 +405,10 @@ pub struct PostgresSinkConfig {
     pub max_changes_per_s: Option<u32>,
     /// Most bytes of change data per second written to this sink (default: no limit).
     pub max_bytes_per_s: Option<ByteSize>,
-    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules.
+    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
+    /// (read with their places by [`SinkRules`]; kept raw here).
     #[serde(default)]
-    pub transform: Vec<TransformConfig>,
+    pub transform: Vec<toml::Value>,
     /// Connection string, or `${ENV_VAR}`.
     pub url: String,
     /// Create missing target tables from the source's definitions (default true).
@@ -630,6 +638,7 @@ pub fn parse(
     }
     let mut sinks = Vec::new();
     let mut sink_transforms = Vec::new();
+    let sink_rules: SinkRules = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
     let pipeline_transforms = transform_specs(origin, text, &file.transforms, "transform")?;
     if let Some(spec) = pipeline_transforms.iter().find(|s| s.route.is_some()) {
         return Err(ConfigError(format!(
@@ -656,7 +665,7 @@ pub fn parse(
             ));
         }
         let key = |field: &str| format!("{origin}: sink[{i}].{field}");
-        let specs = transform_specs(origin, text, s.transforms(), &format!("sink[{i}].transform"))?;
+        let specs = transform_specs(origin, text, &sink_rules.sinks[i].transform, &format!("sink[{i}].transform"))?;
         let mut routes = BTreeMap::new();
         for spec in &specs {
             if let Some(route) = &spec.route {

@@ -434,7 +434,10 @@ impl TableCheck<'_> {
         let mut report = TableReport {
             sink: sink_name.to_string(),
             kind: sink.kind(),
-            table: table.name.to_string(),
+            table: match self.shaped.as_ref().map(|t| &t.output().name) {
+                Some(out) if *out != table.name => format!("{} (as {out})", table.name),
+                _ => table.name.to_string(),
+            },
             source_rows: 0,
             target_rows: 0,
             ranges: ranges.len(),
@@ -462,7 +465,9 @@ impl TableCheck<'_> {
             shown.rows = report.source_rows;
             progress(&shown);
         }
-        let names: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+        // Columns are reported under the target's names (after the sink's rules).
+        let shown = self.shaped.as_ref().map_or(table, |t| t.output());
+        let names: Vec<String> = shown.columns.iter().map(|c| c.name.clone()).collect();
         let (confirmed, in_flight) = recheck(source, src, tgt, diffs, cfg, running).await?;
         let mut confirmed = confirmed;
         if opts.repair && !confirmed.is_empty() {
