@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use cutover_core::envelope::EnvelopeFormat;
 use cutover_core::naming::Template;
-use cutover_kafka::KafkaSinkOptions;
-use cutover_mongodb::MongoSinkOptions;
-use cutover_nats::NatsSinkOptions;
 use cutover_core::transform::{
     AddColumn, Derived, Mask, MaskKey, Placed, Predicate, TransformSet, TransformSpec,
 };
 use cutover_core::TableName;
+use cutover_kafka::KafkaSinkOptions;
+use cutover_mongodb::MongoSinkOptions;
+use cutover_nats::NatsSinkOptions;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -276,8 +276,8 @@ pub struct KafkaSinkConfig {
     pub max_bytes_per_s: Option<ByteSize>,
     /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
     /// (read with their places by [`SinkRules`]; kept raw here).
-    #[serde(default)]
-    pub transform: Vec<toml::Value>,
+    #[serde(default, rename = "transform")]
+    pub _transform: Vec<toml::Value>,
     /// Bootstrap servers, `host:port[,host:port]`, or `${ENV_VAR}`.
     pub brokers: String,
     /// Topic per table; placeholders {pipeline}, {schema}, {table} (default
@@ -325,8 +325,8 @@ pub struct NatsSinkConfig {
     pub max_bytes_per_s: Option<ByteSize>,
     /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
     /// (read with their places by [`SinkRules`]; kept raw here).
-    #[serde(default)]
-    pub transform: Vec<toml::Value>,
+    #[serde(default, rename = "transform")]
+    pub _transform: Vec<toml::Value>,
     /// Server URL, `nats://host:4222`, or `${ENV_VAR}`.
     pub url: String,
     /// Subject per table; placeholders {pipeline}, {schema}, {table} (default
@@ -360,8 +360,8 @@ pub struct MongoSinkConfig {
     pub max_bytes_per_s: Option<ByteSize>,
     /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
     /// (read with their places by [`SinkRules`]; kept raw here).
-    #[serde(default)]
-    pub transform: Vec<toml::Value>,
+    #[serde(default, rename = "transform")]
+    pub _transform: Vec<toml::Value>,
     /// Connection string, `mongodb://host:27017`, or `${ENV_VAR}`.
     pub url: String,
     /// Database the collections are written to.
@@ -407,8 +407,8 @@ pub struct PostgresSinkConfig {
     pub max_bytes_per_s: Option<ByteSize>,
     /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
     /// (read with their places by [`SinkRules`]; kept raw here).
-    #[serde(default)]
-    pub transform: Vec<toml::Value>,
+    #[serde(default, rename = "transform")]
+    pub _transform: Vec<toml::Value>,
     /// Connection string, or `${ENV_VAR}`.
     pub url: String,
     /// Create missing target tables from the source's definitions (default true).
@@ -665,7 +665,12 @@ pub fn parse(
             ));
         }
         let key = |field: &str| format!("{origin}: sink[{i}].{field}");
-        let specs = transform_specs(origin, text, &sink_rules.sinks[i].transform, &format!("sink[{i}].transform"))?;
+        let specs = transform_specs(
+            origin,
+            text,
+            &sink_rules.sinks[i].transform,
+            &format!("sink[{i}].transform"),
+        )?;
         let mut routes = BTreeMap::new();
         for spec in &specs {
             if let Some(route) = &spec.route {
@@ -982,7 +987,8 @@ fn transform_specs(
                 table.place, table.value
             )));
         }
-        let mut spec = TransformSpec::new(Placed::new(table_name(&table.value), table.place.clone()));
+        let mut spec =
+            TransformSpec::new(Placed::new(table_name(&table.value), table.place.clone()));
         if let Some(other) = specs.iter().find(|o| o.table.value == spec.table.value) {
             return Err(ConfigError(format!(
                 "{}: table {} already has rules at {}. Fix: put all of a table's rules in one [[transform]].",
@@ -1036,7 +1042,8 @@ fn transform_specs(
                     )))
                 }
             };
-            spec.masks.push((Placed::new(column.clone(), p.place), mask));
+            spec.masks
+                .push((Placed::new(column.clone(), p.place), mask));
         }
         for (column, value) in &c.mask_values {
             let p = placed(value, at(&format!("mask_values.{column}")));

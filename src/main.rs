@@ -64,6 +64,12 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         margin: u32,
     },
+    /// Changes a target rejected for good (a constraint, a value its type cannot hold), parked
+    /// while everything else flowed on.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Prove that every target holds what the source holds (BLAKE3 range digests down to the
     /// rows that differ), while changes keep flowing. Exit code 0: equal; 1: drift (or rows
     /// that kept changing, so equality is not proven); 2: the check could not be made.
@@ -137,6 +143,7 @@ fn main() -> ExitCode {
             } => teardown(&pipeline, target_state).await,
             Command::Status { pipeline } => show_status(&pipeline).await,
             Command::SyncSequences { pipeline, margin } => sync_sequences(&pipeline, margin).await,
+            Command::Dlq { action } => dlq(action).await,
             Command::Verify { .. } => unreachable!("verify is run above"),
         }
     });
@@ -379,10 +386,15 @@ async fn check(path: &std::path::Path) -> Outcome {
     let schemas = source.schemas();
     // Each sink's tables as its transform rules shape them; a wrong rule is named with its
     // place in the file.
-    let mut shaped: std::collections::HashMap<String, Vec<std::sync::Arc<cutover_core::TableSchema>>> =
-        Default::default();
+    let mut shaped: std::collections::HashMap<
+        String,
+        Vec<std::sync::Arc<cutover_core::TableSchema>>,
+    > = Default::default();
     for (i, sink) in cfg.sinks.iter().enumerate() {
-        match cfg.transforms.compile_all(&cfg.sink_transforms[i], &schemas) {
+        match cfg
+            .transforms
+            .compile_all(&cfg.sink_transforms[i], &schemas)
+        {
             Ok(ts) => {
                 if !cfg.transforms.is_empty_with(&cfg.sink_transforms[i]) {
                     println!(
@@ -495,6 +507,73 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List every parked change: sink, table, key, operation, position, reason, attempts.
+    List { pipeline: PathBuf },
+    /// Apply the parked changes again, oldest first (after fixing the cause on the target).
+    /// Those that apply are removed; one that still fails stays, with its new reason, and
+    /// holds back the later changes of its key. Safe while `cutover run` is running.
+    Replay { pipeline: PathBuf },
+}
+
+async fn dlq(action: DlqAction) -> Outcome {
+    let (path, replay) = match &action {
+        DlqAction::List { pipeline } => (pipeline, false),
+        DlqAction::Replay { pipeline } => (pipeline, true),
+    };
+    let cfg = load(path)?;
+    let mut parked_total = 0u64;
+    let schemas = if replay {
+        let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+        source.schemas()
+    } else {
+        Vec::new()
+    };
+    for mut sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
+        let name = sink.name().to_string();
+        if replay {
+            let index = cfg.sinks.iter().position(|s| s.name() == name).unwrap_or(0);
+            let tables: Vec<_> = cfg
+                .transforms
+                .compile_all(&cfg.sink_transforms[index], &schemas)
+                .map_err(|e| format!("sink {name}: {e}"))?
+                .iter()
+                .map(|t| t.output().clone())
+                .collect();
+            cutover_core::Sink::open(&mut sink, &tables)
+                .await
+                .map_err(explain)?;
+            let (applied, still) = sink.replay_dead_letters().await.map_err(explain)?;
+            println!("sink {name}: {applied} parked change(s) applied, {still} still parked");
+            parked_total += still;
+        } else {
+            let letters = sink.dead_letters().await.map_err(explain)?;
+            println!("sink {name}: {} parked change(s)", letters.len());
+            for d in &letters {
+                println!(
+                    "  #{} {} {} key {} at {} (parked {}, {} attempt(s))\n      row: {}\n      reason: {}",
+                    d.id,
+                    d.table,
+                    d.op,
+                    d.key,
+                    d.commit_lsn.as_deref().unwrap_or("-"),
+                    d.parked_at,
+                    d.attempts,
+                    d.row,
+                    d.reason
+                );
+            }
+            parked_total += letters.len() as u64;
+        }
+    }
+    Ok(if parked_total == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {

@@ -62,8 +62,7 @@ impl QueueSender {
 
     /// Bytes queued for or buffered in the sink (held byte permits).
     pub fn bytes_held(&self) -> usize {
-        self.capacity
-            .saturating_sub(self.bytes.available_permits())
+        self.capacity.saturating_sub(self.bytes.available_permits())
     }
 
     /// Batches waiting in the queue.

@@ -21,7 +21,8 @@ impl Limit {
     pub fn per_second(per_second: Option<u32>) -> Option<Limit> {
         let rate = NonZeroU32::new(per_second?)?;
         let burst = (rate.get() / 20).max(1);
-        let quota = Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).expect("at least 1"));
+        let quota =
+            Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).expect("at least 1"));
         Some(Limit {
             limiter: RateLimiter::direct(quota),
             burst,

@@ -11,11 +11,11 @@
 
 use std::time::Duration;
 
+use cutover_core::transform::TransformSink;
 use cutover_core::{
     Change, Checkpoint, ConnectorError, Lsn, Result, Row, Sink, SinkState, Source, StreamEvent,
     StreamItem, TableCopy,
 };
-use cutover_core::transform::TransformSink;
 use cutover_kafka::KafkaSink;
 use cutover_mongodb::MongoSink;
 use cutover_nats::NatsSink;
@@ -408,6 +408,7 @@ async fn stream(
                 queue_bytes: 0,
                 stalled_ms: 0,
                 throttled_ms: 0,
+                parked: 0,
                 last_commit_micros: None,
             })
             .collect();
@@ -723,6 +724,7 @@ async fn drive_sink(
                             p.durable = cp.end_lsn;
                             p.changes_applied = applied;
                             p.last_commit_micros = last_commit_time;
+                            p.parked = sink.parked();
                         }
                     });
                 }

@@ -35,6 +35,8 @@ pub struct SinkProgress {
     pub stalled_ms: u64,
     /// Total time this sink's rate limits held changes back.
     pub throttled_ms: u64,
+    /// Changes the target rejected for good and this run parked as dead letters.
+    pub parked: u64,
     /// Commit time (µs since the Unix epoch) of the last durable transaction.
     pub last_commit_micros: Option<i64>,
 }
@@ -146,6 +148,9 @@ impl Status {
                                 ", reader stalled {:.1} s",
                                 s.stalled_ms as f64 / 1e3
                             ));
+                        }
+                        if s.parked > 0 {
+                            text.push_str(&format!(", {} PARKED (cutover dlq list)", s.parked));
                         }
                         if s.throttled_ms > 0 {
                             text.push_str(&format!(

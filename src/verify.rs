@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cutover_core::transform::TableTransform;
 use cutover_core::verify::{
     compare_range, compare_rows, Bound, CanonRow, KeyBound, Precision, RowDiff, TableSide,
 };
 use cutover_core::{ConnectorError, Lsn, Result, Sink as _, TableSchema};
-use cutover_core::transform::TableTransform;
 use cutover_kafka::verify::KafkaTableSide;
 use cutover_mongodb::verify::MongoTableSide;
 use cutover_nats::verify::NatsTableSide;
@@ -282,7 +282,15 @@ pub async fn verify(
             };
             reports.push(
                 check_table(
-                    cfg, &source, index, table, target_table, shaped, opts, running, progress,
+                    cfg,
+                    &source,
+                    index,
+                    table,
+                    target_table,
+                    shaped,
+                    opts,
+                    running,
+                    progress,
                 )
                 .await?,
             );

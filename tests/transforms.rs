@@ -47,19 +47,22 @@ async fn wait_shaped(env: &Env, timeout: Duration) {
 async fn check_hashes(env: &Env) {
     let src = env.source().await;
     let tgt = env.target().await;
-    let pairs = rows(
-        &tgt,
-        "SELECT id || ' ' || email FROM people ORDER BY id",
+    let pairs = rows(&tgt, "SELECT id || ' ' || email FROM people ORDER BY id").await;
+    let emails = rows(
+        &src,
+        "SELECT id || ' ' || email FROM customers WHERE tenant = 1 ORDER BY id",
     )
     .await;
-    let emails = rows(&src, "SELECT id || ' ' || email FROM customers WHERE tenant = 1 ORDER BY id").await;
     assert_eq!(pairs.len(), emails.len());
     let mut by_email = std::collections::HashMap::new();
     for (p, e) in pairs.iter().zip(&emails) {
         let (id, hash) = p.split_once(' ').unwrap();
         let (id2, email) = e.split_once(' ').unwrap();
         assert_eq!(id, id2);
-        assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{hash}");
+        assert!(
+            hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{hash}"
+        );
         assert_ne!(hash, email);
         if let Some(prev) = by_email.insert(email.to_string(), hash.to_string()) {
             assert_eq!(prev, hash, "equal emails hash equally");
@@ -156,7 +159,12 @@ exclude = true
         if have == want {
             break;
         }
-        assert!(Instant::now() < deadline, "kafka holds {} rows, the target {}", have.len(), want.len());
+        assert!(
+            Instant::now() < deadline,
+            "kafka holds {} rows, the target {}",
+            have.len(),
+            want.len()
+        );
     }
 
     // verify shapes the source the same way: no drift on either target...
@@ -168,7 +176,10 @@ exclude = true
         .unwrap();
     let (code, out, _) = cutover(&["verify", path.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("\"id\": 3") || out.contains("\"id\":3"), "{out}");
+    assert!(
+        out.contains("\"id\": 3") || out.contains("\"id\":3"),
+        "{out}"
+    );
     assert!(out.contains("surname"), "{out}");
     let (code, out, err) = cutover(&["verify", path.to_str().unwrap(), "--repair"]);
     assert!(code == 0, "repair through the rules: {out}\n{err}");
@@ -239,20 +250,27 @@ async fn rate_limits_hold_within_ten_percent() {
     );
     let mut run = env.start(&path);
     env.wait_equal(&["public.r"], Duration::from_secs(60)).await;
-    run.wait_log("streaming changes", Duration::from_secs(10)).await;
+    run.wait_log("streaming changes", Duration::from_secs(10))
+        .await;
     let log = run.log_text();
     let at = |text: &str| log_time(log.lines().find(|l| l.contains(text)).unwrap());
     // 6000 rows at 2000 rows/s: 3 s.
     let copy = at("table copied") - at("copying tables");
     let rate = 6000.0 / copy;
-    assert!((1800.0..=2200.0).contains(&rate), "snapshot read {rate:.0} rows/s for a limit of 2000");
+    assert!(
+        (1800.0..=2200.0).contains(&rate),
+        "snapshot read {rate:.0} rows/s for a limit of 2000"
+    );
 
     // 5000 changes at 1000 changes/s: 5 s from the commit until the last is applied.
     let began = Instant::now();
     env.on_source("UPDATE r SET v = 'w' WHERE id <= 5000").await;
     env.wait_equal(&["public.r"], Duration::from_secs(30)).await;
     let rate = 5000.0 / began.elapsed().as_secs_f64();
-    assert!((900.0..=1100.0).contains(&rate), "the sink took {rate:.0} changes/s for a limit of 1000");
+    assert!(
+        (900.0..=1100.0).contains(&rate),
+        "the sink took {rate:.0} changes/s for a limit of 1000"
+    );
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }

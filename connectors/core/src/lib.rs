@@ -12,12 +12,12 @@ pub mod datum;
 pub mod envelope;
 mod error;
 pub mod naming;
-pub mod transform;
 pub mod outbox;
 mod position;
 mod schema;
 mod sink;
 mod source;
+pub mod transform;
 pub mod verify;
 
 pub use change::{Change, ChangeEvent, Row, StreamEvent, Value};

@@ -73,6 +73,13 @@ pub trait Sink: Send + Sync {
 
     /// Bytes applied and not yet sealed; the runtime seals a write when this passes its batch bound.
     fn buffered_bytes(&self) -> usize;
+
+    /// Changes this sink has parked as dead letters since it was connected (rejected by the
+    /// target for a reason retrying cannot fix). Sinks without a dead-letter store park
+    /// nothing: a rejected change stops them.
+    fn parked(&self) -> u64 {
+        0
+    }
 }
 
 /// One table's snapshot copy into one sink.

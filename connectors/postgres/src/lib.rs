@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod conn;
 pub mod copy_binary;
+pub mod dead_letters;
 pub mod error;
 pub mod pgoutput;
 pub mod preflight;

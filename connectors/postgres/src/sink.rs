@@ -18,8 +18,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use cutover_core::{
-    quote_ident, Change, Checkpoint, ConnectorError, Lsn, PendingWrite, Result, Row, Sink,
-    SinkState, StreamEvent, TableCopy, TableName, TableSchema, Value,
+    quote_ident, Change, Checkpoint, ConnectorError, ErrorKind, Lsn, PendingWrite, Result, Row,
+    Sink, SinkState, StreamEvent, TableCopy, TableName, TableSchema, Value,
 };
 use futures::SinkExt;
 use rustc_hash::FxHashMap;
@@ -71,6 +71,11 @@ pub struct PgSink {
     /// What was applied since the last seal, in the order it must reach the target.
     segments: Vec<Segment>,
     buffered: usize,
+    /// Whether the target holds parked changes of this sink (then every write looks for keys
+    /// that must wait behind them).
+    any_parked: Arc<std::sync::atomic::AtomicBool>,
+    /// Changes parked by this process.
+    parked: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One target table and its staging tables.
@@ -131,6 +136,8 @@ impl PgSink {
             applied: None,
             segments: Vec::new(),
             buffered: 0,
+            any_parked: Default::default(),
+            parked: Default::default(),
         })
     }
 
@@ -182,7 +189,9 @@ impl PgSink {
                  table_schema text NOT NULL, table_name text NOT NULL,
                  snapshot_lsn pg_lsn NOT NULL, rows bigint NOT NULL,
                  copied_at timestamptz NOT NULL DEFAULT now(),
-                 PRIMARY KEY (pipeline, sink, table_schema, table_name));"
+                 PRIMARY KEY (pipeline, sink, table_schema, table_name));
+             {}",
+            crate::dead_letters::create_sql()
         ))
         .await
     }
@@ -464,6 +473,90 @@ impl PgSink {
         self.in_source_txn = false;
         self.txn_open = false;
         self.exec("COMMIT").await
+    }
+
+    /// The sink's parked changes, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<crate::dead_letters::DeadLetter>> {
+        if !self.state_tables_exist().await? {
+            return Ok(Vec::new());
+        }
+        self.create_state_tables().await?;
+        crate::dead_letters::list(&self.client, &self.options.pipeline, &self.options.name).await
+    }
+
+    /// Applies the sink's parked changes again, oldest first, in one target transaction: each
+    /// that now applies is removed; one that still fails stays (with the new reason) and holds
+    /// back the later changes of its key. Returns (applied, still parked). The sink must have
+    /// been opened with the tables the changes belong to.
+    pub async fn replay_dead_letters(&mut self) -> Result<(u64, u64)> {
+        let client = self.client.clone();
+        let ctx = format!("target {}", self.options.name);
+        let exec = |sql: &'static str| {
+            let client = client.clone();
+            let ctx = ctx.clone();
+            async move {
+                client
+                    .batch_execute(sql)
+                    .await
+                    .map_err(|e| classify(e, &ctx))
+            }
+        };
+        exec("BEGIN").await?;
+        let stored =
+            crate::dead_letters::lock_all(&client, &self.options.pipeline, &self.options.name)
+                .await?;
+        let mut blocked: std::collections::HashSet<(TableName, Vec<u8>)> = Default::default();
+        let (mut applied, mut still) = (0u64, 0u64);
+        for d in stored {
+            let id = (d.layout.name.clone(), d.key_bytes.clone());
+            if blocked.contains(&id) {
+                still += 1;
+                continue;
+            }
+            let Some(table) = self.tables.get(&d.layout.name).cloned() else {
+                exec("ROLLBACK").await?;
+                return Err(ConnectorError::fatal(format!(
+                    "a parked change belongs to table {}, which the pipeline no longer writes to sink {}",
+                    d.layout.name, self.options.name
+                ))
+                .with_hint("add the table back to the pipeline, or delete its rows from cutover.dead_letters"));
+            };
+            let op = if d.op == "delete" {
+                Op::Delete(d.row)
+            } else {
+                Op::Upsert(d.row)
+            };
+            let one: FxHashMap<Vec<u8>, Op> = [(d.key_bytes, op)].into_iter().collect();
+            exec("SAVEPOINT cutover_replay").await?;
+            match write_table(
+                &client,
+                &d.layout,
+                &table.quoted,
+                &table.stage_rows,
+                &table.stage_keys,
+                &one,
+            )
+            .await
+            {
+                Ok(()) => {
+                    crate::dead_letters::remove(&client, d.id).await?;
+                    exec("RELEASE SAVEPOINT cutover_replay").await?;
+                    applied += 1;
+                }
+                Err(e) if e.kind == ErrorKind::Poison => {
+                    exec("ROLLBACK TO SAVEPOINT cutover_replay").await?;
+                    crate::dead_letters::failed_again(&client, d.id, &e.message).await?;
+                    blocked.insert(id);
+                    still += 1;
+                }
+                Err(e) => {
+                    let _ = exec("ROLLBACK").await;
+                    return Err(e);
+                }
+            }
+        }
+        exec("COMMIT").await?;
+        Ok((applied, still))
     }
 
     /// Checks that a change's column layout is the one the target table was prepared for.
@@ -801,10 +894,119 @@ struct Write {
     commit: Option<(Checkpoint, i64)>,
     pipeline: String,
     sink: String,
+    any_parked: Arc<std::sync::atomic::AtomicBool>,
+    parked: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Write {
-    async fn run(self) -> Result<Option<Checkpoint>> {
+    /// Writes one table's folded changes. A change the target rejects for good (a data or
+    /// integrity error) is found by writing the batch's changes one by one, and parked with
+    /// the reason; the others are written. Keys with parked changes wait behind them.
+    async fn write_changes(&self, changes: TableChanges) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let client = &self.client;
+        let TableChanges { table, mut ops } = changes;
+        let t = &table;
+        let ctx = format!("target {}", self.sink);
+        let exec = |sql: &'static str| async {
+            client
+                .batch_execute(sql)
+                .await
+                .map_err(|e| classify(e, &ctx))
+        };
+        if self.any_parked.load(Relaxed) {
+            let parked = crate::dead_letters::parked_keys(
+                client,
+                &self.pipeline,
+                &self.sink,
+                &t.layout.name,
+            )
+            .await?;
+            let waiting: Vec<Vec<u8>> = ops
+                .keys()
+                .filter(|k| parked.contains(*k))
+                .cloned()
+                .collect();
+            for key in waiting {
+                let op = ops.remove(&key).expect("listed above");
+                self.park(
+                    &t.layout,
+                    &key,
+                    &op,
+                    "waiting behind an earlier parked change of this key".into(),
+                )
+                .await?;
+            }
+        }
+        exec("SAVEPOINT cutover_batch").await?;
+        match write_table(
+            client,
+            &t.layout,
+            &t.quoted,
+            &t.stage_rows,
+            &t.stage_keys,
+            &ops,
+        )
+        .await
+        {
+            Ok(()) => exec("RELEASE SAVEPOINT cutover_batch").await,
+            Err(e) if e.kind == ErrorKind::Poison => {
+                exec("ROLLBACK TO SAVEPOINT cutover_batch").await?;
+                tracing::info!(sink = %self.sink, table = %t.layout.name, changes = ops.len(), error = %e, "the target rejected a batch; writing its changes one by one to find the rejected ones");
+                for (key, op) in ops {
+                    let one: FxHashMap<Vec<u8>, Op> = [(key, op)].into_iter().collect();
+                    exec("SAVEPOINT cutover_row").await?;
+                    let result = write_table(
+                        client,
+                        &t.layout,
+                        &t.quoted,
+                        &t.stage_rows,
+                        &t.stage_keys,
+                        &one,
+                    )
+                    .await;
+                    match result {
+                        Ok(()) => exec("RELEASE SAVEPOINT cutover_row").await?,
+                        Err(e) if e.kind == ErrorKind::Poison => {
+                            exec("ROLLBACK TO SAVEPOINT cutover_row").await?;
+                            let (key, op) = one.into_iter().next().expect("one change");
+                            self.park(&t.layout, &key, &op, e.message.clone()).await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                exec("RELEASE SAVEPOINT cutover_batch").await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn park(&self, layout: &TableSchema, key: &[u8], op: &Op, reason: String) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (op, row) = match op {
+            Op::Upsert(row) => ("upsert", row),
+            Op::Delete(row) => ("delete", row),
+        };
+        crate::dead_letters::park(
+            &self.client,
+            &self.pipeline,
+            &self.sink,
+            crate::dead_letters::Parked {
+                layout,
+                key_bytes: key,
+                op,
+                row,
+                commit_lsn: self.commit.map(|(cp, _)| cp.commit_lsn.to_string()),
+                reason,
+            },
+        )
+        .await?;
+        self.any_parked.store(true, Relaxed);
+        self.parked.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    async fn run(mut self) -> Result<Option<Checkpoint>> {
         let ctx = format!("target {}", self.sink);
         let client = &self.client;
         let ctx_ref = &ctx;
@@ -817,20 +1019,11 @@ impl Write {
         if self.begin {
             exec("BEGIN".to_string()).await?;
         }
-        for segment in self.segments {
+        for segment in std::mem::take(&mut self.segments) {
             match segment {
                 Segment::Changes(tables) => {
                     for (_, changes) in tables {
-                        let t = &changes.table;
-                        write_table(
-                            client,
-                            &t.layout,
-                            &t.quoted,
-                            &t.stage_rows,
-                            &t.stage_keys,
-                            changes.ops,
-                        )
-                        .await?;
+                        self.write_changes(changes).await?;
                     }
                 }
                 Segment::Truncate(table) => exec(format!("TRUNCATE {}", table.quoted)).await?,
@@ -936,15 +1129,15 @@ async fn write_table(
     quoted: &str,
     stage_rows: &str,
     stage_keys: &str,
-    pending: FxHashMap<Vec<u8>, Op>,
+    pending: &FxHashMap<Vec<u8>, Op>,
 ) -> Result<()> {
     let ctx = format!("cannot apply changes to {}", layout.name);
     let keys: Vec<usize> = layout.key_indexes().collect();
     let all: Vec<usize> = (0..layout.columns.len()).collect();
     let mut deletes = Vec::new();
     let mut full = Vec::new();
-    let mut partial: BTreeMap<Vec<usize>, Vec<Row>> = BTreeMap::new();
-    for op in pending.into_values() {
+    let mut partial: BTreeMap<Vec<usize>, Vec<&Row>> = BTreeMap::new();
+    for op in pending.values() {
         match op {
             Op::Delete(k) => deletes.push(k),
             Op::Upsert(row) if row.0.contains(&Value::Unchanged) => {
@@ -1056,7 +1249,7 @@ async fn copy_rows(
     table: &str,
     layout: &TableSchema,
     cols: &[usize],
-    rows: &[Row],
+    rows: &[&Row],
     ctx: &str,
 ) -> Result<()> {
     let list = cols
@@ -1122,6 +1315,11 @@ impl Sink for PgSink {
             }
         }
         self.state = self.read_state().await?;
+        self.any_parked.store(
+            crate::dead_letters::any(&self.client, &self.options.pipeline, &self.options.name)
+                .await?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for (n, source_table) in tables.iter().enumerate() {
             let from_target = behind.remove(&source_table.name);
             let from_stream = from_target.is_some();
@@ -1231,9 +1429,15 @@ impl Sink for PgSink {
                 commit,
                 pipeline: self.options.pipeline.clone(),
                 sink: self.options.name.clone(),
+                any_parked: self.any_parked.clone(),
+                parked: self.parked.clone(),
             }
             .run(),
         )
+    }
+
+    fn parked(&self) -> u64 {
+        self.parked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn buffered_bytes(&self) -> usize {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
+use cutover_core::transform::TableTransform;
 use cutover_core::verify::{
     self, canon_values, Bound, CanonRow, KeyBound, Precision, RangeScan, ScanLimits, TableSide,
 };
-use cutover_core::transform::TableTransform;
 use cutover_core::{quote_ident, ConnectorError, Lsn, Result, Row, TableSchema, Value};
 use futures::{pin_mut, TryStreamExt};
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};

@@ -540,7 +540,10 @@ impl Stage {
                     .map_or(&spec.table.place, |n| &n.place);
                 return refuse(
                     place,
-                    format!("column {} is part of the key of {table} and cannot be left out", c.name),
+                    format!(
+                        "column {} is part of the key of {table} and cannot be left out",
+                        c.name
+                    ),
                     "keep every key column (rename it if the target calls it differently)",
                 );
             }
@@ -550,7 +553,11 @@ impl Stage {
         for (old, new) in &spec.rename_columns {
             let i = find(old, "rename_columns")?;
             if new.is_empty() {
-                return refuse(&old.place, "a column cannot be renamed to an empty name", "give it a name");
+                return refuse(
+                    &old.place,
+                    "a column cannot be renamed to an empty name",
+                    "give it a name",
+                );
             }
             names[i] = new.clone();
         }
@@ -608,7 +615,10 @@ impl Stage {
             if seen.insert(name.value.clone(), &name.place).is_some() || name.value.is_empty() {
                 return refuse(
                     &name.place,
-                    format!("the added column {:?} has the name of another column of {table} (or none)", name.value),
+                    format!(
+                        "the added column {:?} has the name of another column of {table} (or none)",
+                        name.value
+                    ),
                     "give the added column a name of its own",
                 );
             }
@@ -644,12 +654,18 @@ impl Stage {
                                 "write column references as {column_name}",
                             );
                         };
-                        let col = Placed::new(rest[open + 1..open + close].to_string(), name.place.clone());
+                        let col = Placed::new(
+                            rest[open + 1..open + close].to_string(),
+                            name.place.clone(),
+                        );
                         let index = find(&col, "a template")?;
                         if masked.contains_key(&index) {
                             return refuse(
                                 &name.place,
-                                format!("the template reads column {:?}, which is masked", col.value),
+                                format!(
+                                    "the template reads column {:?}, which is masked",
+                                    col.value
+                                ),
                                 "build derived columns from columns that are not masked",
                             );
                         }
@@ -694,11 +710,7 @@ impl Stage {
     }
 
     fn project(&self, row: &Row) -> Row {
-        Row(self
-            .columns
-            .iter()
-            .map(|o| self.value(o, &row.0))
-            .collect())
+        Row(self.columns.iter().map(|o| self.value(o, &row.0)).collect())
     }
 
     fn project_key(&self, row: &Row) -> Row {
@@ -725,7 +737,9 @@ impl Stage {
                         Ok(d) => push_value(&mut canonical, &d, Precision::default()),
                         Err(_) => canonical.extend_from_slice(b),
                     }
-                    let key = self.hash_key.expect("hash masks are compiled only with a key");
+                    let key = self
+                        .hash_key
+                        .expect("hash masks are compiled only with a key");
                     let hash = blake3::keyed_hash(&key, &canonical);
                     Value::Binary(Bytes::from(hash.to_hex().to_string()))
                 }
@@ -739,13 +753,12 @@ impl Stage {
                         Piece::Column { index, type_oid } => match &values[*index] {
                             Value::Null => return Value::Null,
                             Value::Unchanged => return Value::Unchanged,
-                            Value::Binary(b) => match datum::decode(*type_oid, b)
-                                .ok()
-                                .and_then(|d| d.render())
-                            {
-                                Some(t) => text.push_str(&t),
-                                None => text.push_str(&String::from_utf8_lossy(b)),
-                            },
+                            Value::Binary(b) => {
+                                match datum::decode(*type_oid, b).ok().and_then(|d| d.render()) {
+                                    Some(t) => text.push_str(&t),
+                                    None => text.push_str(&String::from_utf8_lossy(b)),
+                                }
+                            }
                         },
                     }
                 }
@@ -853,7 +866,12 @@ fn numeric_binary(text: &str) -> Option<Vec<u8>> {
     let mut groups: Vec<i16> = all
         .as_bytes()
         .chunks(4)
-        .map(|c| std::str::from_utf8(c).expect("ascii").parse().expect("digits"))
+        .map(|c| {
+            std::str::from_utf8(c)
+                .expect("ascii")
+                .parse()
+                .expect("digits")
+        })
         .collect();
     let mut weight = ((int.len() + int_pad) / 4) as i16 - 1;
     while groups.first() == Some(&0) {
@@ -869,7 +887,14 @@ fn numeric_binary(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(8 + groups.len() * 2);
     out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
     out.extend_from_slice(&weight.to_be_bytes());
-    out.extend_from_slice(&(if negative && !groups.is_empty() { 0x4000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(
+        &(if negative && !groups.is_empty() {
+            0x4000u16
+        } else {
+            0
+        })
+        .to_be_bytes(),
+    );
     out.extend_from_slice(&dscale.to_be_bytes());
     for g in groups {
         out.extend_from_slice(&g.to_be_bytes());

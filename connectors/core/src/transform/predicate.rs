@@ -790,7 +790,10 @@ mod tests {
         assert_eq!(eval("id >= 8", &r), Verdict::NotTrue);
         assert_eq!(eval("total > 12.4 AND total <= 12.5", &r), Verdict::True);
         assert_eq!(eval("status IN ('trial', 'active')", &r), Verdict::True);
-        assert_eq!(eval("status NOT IN ('trial', 'active')", &r), Verdict::NotTrue);
+        assert_eq!(
+            eval("status NOT IN ('trial', 'active')", &r),
+            Verdict::NotTrue
+        );
         assert_eq!(eval("region = 'eu'", &r), Verdict::True);
         assert_eq!(eval("NOT (id = 7) OR status = 'active'", &r), Verdict::True);
         assert_eq!(eval("at >= '2000-01-01 00:00:00+00'", &r), Verdict::True);
@@ -809,7 +812,9 @@ mod tests {
     fn mistakes_are_explained() {
         let bind = |f: &str| Predicate::parse(f).and_then(|p| p.bind(&table()).map(|_| ()));
         assert!(bind("nope = 1").unwrap_err().contains("does not have"));
-        assert!(bind("status = 1").unwrap_err().contains("text, in single quotes"));
+        assert!(bind("status = 1")
+            .unwrap_err()
+            .contains("text, in single quotes"));
         assert!(bind("id = 'x'").unwrap_err().contains("a number"));
         assert!(bind("id = NULL").unwrap_err().contains("IS NULL"));
         assert!(bind("id = 1 status = 'a'")

@@ -162,6 +162,10 @@ impl Sink for TransformSink {
     fn buffered_bytes(&self) -> usize {
         self.inner.buffered_bytes()
     }
+
+    fn parked(&self) -> u64 {
+        self.inner.parked()
+    }
 }
 
 /// The copy of a table this sink does not take.

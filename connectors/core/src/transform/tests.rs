@@ -33,11 +33,20 @@ fn text(s: &str) -> Value {
 }
 
 fn row(id: i64, email: &str, tenant: i32) -> Row {
-    Row(vec![int8(id), text(email), int4(tenant), text("Ada"), text("Lovelace")])
+    Row(vec![
+        int8(id),
+        text(email),
+        int4(tenant),
+        text("Ada"),
+        text("Lovelace"),
+    ])
 }
 
 fn spec() -> TransformSpec {
-    let mut s = TransformSpec::new(Placed::new(TableName::new("public", "customers"), at("table")));
+    let mut s = TransformSpec::new(Placed::new(
+        TableName::new("public", "customers"),
+        at("table"),
+    ));
     s.rename = Some(Placed::new(TableName::new("crm", "people"), at("rename")));
     s.rename_columns = vec![(placed("last"), "surname".into())];
     s.masks = vec![(placed("email"), Mask::Hash)];
@@ -55,7 +64,10 @@ fn spec() -> TransformSpec {
             },
         },
     ];
-    s.filter = Some(Placed::new(Predicate::parse("tenant = 42").unwrap(), at("filter")));
+    s.filter = Some(Placed::new(
+        Predicate::parse("tenant = 42").unwrap(),
+        at("filter"),
+    ));
     s
 }
 
@@ -72,7 +84,10 @@ fn a_chain_renames_masks_derives_and_filters() {
     let out = t.output();
     assert_eq!(out.name, TableName::new("crm", "people"));
     let names: Vec<&str> = out.columns.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["id", "email", "tenant", "surname", "full_name", "origin"]);
+    assert_eq!(
+        names,
+        ["id", "email", "tenant", "surname", "full_name", "origin"]
+    );
     assert_eq!(out.columns[1].type_oid, oid::TEXT);
     let r = t.row(row(1, "ada@example.com", 42)).unwrap();
     assert_eq!(r.0[0], int8(1));
@@ -80,7 +95,9 @@ fn a_chain_renames_masks_derives_and_filters() {
     assert_eq!(r.0[4], text("Ada Lovelace"));
     assert_eq!(r.0[5], text("legacy"));
     // The hash is keyed, 64 hex characters, equal for equal values and for int4/int8 alike.
-    let Value::Binary(h) = &r.0[1] else { panic!("hashed") };
+    let Value::Binary(h) = &r.0[1] else {
+        panic!("hashed")
+    };
     assert_eq!(h.len(), 64);
     assert_ne!(h.as_ref(), b"ada@example.com");
     let again = t.row(row(2, "ada@example.com", 42)).unwrap();
@@ -92,7 +109,10 @@ fn a_chain_renames_masks_derives_and_filters() {
     .compile(&[], &table())
     .unwrap()
     .unwrap();
-    assert_ne!(other_key.row(row(1, "ada@example.com", 42)).unwrap().0[1], r.0[1]);
+    assert_ne!(
+        other_key.row(row(1, "ada@example.com", 42)).unwrap().0[1],
+        r.0[1]
+    );
     assert!(t.row(row(1, "x", 7)).is_none(), "tenant 7 is filtered out");
 }
 
@@ -100,7 +120,12 @@ fn a_chain_renames_masks_derives_and_filters() {
 fn updates_moving_across_the_filter_become_inserts_or_deletes() {
     let t = set(vec![spec()]).compile(&[], &table()).unwrap().unwrap();
     // Insert outside: dropped. Update into the filter: an upsert with the whole row.
-    assert_eq!(t.change(Change::Insert { row: row(1, "a", 7) }), None);
+    assert_eq!(
+        t.change(Change::Insert {
+            row: row(1, "a", 7)
+        }),
+        None
+    );
     let Some(Change::Update { row: r, .. }) = t.change(Change::Update {
         old_key: None,
         row: row(1, "a", 42),
@@ -119,7 +144,9 @@ fn updates_moving_across_the_filter_become_inserts_or_deletes() {
     assert!(key.0[1..].iter().all(|v| *v == Value::Null));
     // Deletes always pass; truncates too.
     assert!(matches!(
-        t.change(Change::Delete { key: row(1, "a", 7) }),
+        t.change(Change::Delete {
+            key: row(1, "a", 7)
+        }),
         Some(Change::Delete { .. })
     ));
     assert_eq!(t.change(Change::Truncate), Some(Change::Truncate));
@@ -147,9 +174,15 @@ fn wrong_rules_name_their_place() {
     s.rename_columns = vec![(placed("last"), "email".into())];
     assert!(compile(s).message.contains("would be named \"email\""));
     let mut s = spec();
-    s.filter = Some(Placed::new(Predicate::parse("email = 'x'").unwrap(), at("filter")));
+    s.filter = Some(Placed::new(
+        Predicate::parse("email = 'x'").unwrap(),
+        at("filter"),
+    ));
     let e = compile(s);
-    assert!(e.message.contains("masked") && e.place == at("filter"), "{e}");
+    assert!(
+        e.message.contains("masked") && e.place == at("filter"),
+        "{e}"
+    );
     let mut s = spec();
     s.masks = vec![(placed("id"), Mask::Null)];
     assert!(compile(s).message.contains("key"));
@@ -163,7 +196,11 @@ fn wrong_rules_name_their_place() {
         pipeline: vec![spec()],
         key: None,
     };
-    assert!(no_key.compile(&[], &table()).unwrap_err().fix.contains("[masking]"));
+    assert!(no_key
+        .compile(&[], &table())
+        .unwrap_err()
+        .fix
+        .contains("[masking]"));
     // Two tables renamed to one name.
     let other = Arc::new(TableSchema {
         name: TableName::new("public", "leads"),
@@ -193,7 +230,10 @@ fn constants_encode_in_their_type() {
         assert_eq!(d.render().unwrap(), want, "{ty} {text}");
     }
     assert!(matches!(
-        datum::decode(oid::TIMESTAMPTZ, &encode_text(oid::TIMESTAMPTZ, "2000-01-01 01:00:00+01").unwrap()),
+        datum::decode(
+            oid::TIMESTAMPTZ,
+            &encode_text(oid::TIMESTAMPTZ, "2000-01-01 01:00:00+01").unwrap()
+        ),
         Ok(Datum::TimestampTz(0))
     ));
     assert!(encode_text(oid::INT2, "70000").is_none());

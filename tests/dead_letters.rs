@@ -1,0 +1,125 @@
+//! Dead letters on real servers: a change the target rejects (a CHECK that exists only on the
+//! target) is parked with its reason while other rows and tables flow on; later changes of the
+//! parked key wait behind it; after the target is fixed, `cutover dlq replay` brings the target
+//! equal to the source.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{contents, cutover, Env};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_change_is_parked_and_replayed_after_the_fix() {
+    let env = Env::new("dead_letters").await;
+    env.on_source(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int, owner text);
+         CREATE TABLE audit (id int PRIMARY KEY, note text);
+         INSERT INTO accounts SELECT g, 100, 'o' || g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    // The target refuses negative balances; the source does not.
+    let target = env.target().await;
+    target
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance int CHECK (balance >= 0), owner text);
+             CREATE TABLE audit (id int PRIMARY KEY, note text);",
+        )
+        .await
+        .unwrap();
+    let path = env.pipeline("[\"public.accounts\", \"public.audit\"]", "");
+    let mut run = env.start(&path);
+    env.wait_equal(&["accounts", "audit"], Duration::from_secs(60))
+        .await;
+
+    env.on_source(
+        "BEGIN;
+         UPDATE accounts SET balance = -5 WHERE id = 7;            -- rejected by the target
+         UPDATE accounts SET balance = balance + 1 WHERE id <> 7;  -- same table, same batch
+         INSERT INTO audit VALUES (1, 'same transaction, other table');
+         COMMIT;",
+    )
+    .await;
+    // Everything but key 7 arrives.
+    let src = env.source().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let want: Vec<String> = contents(&src, "accounts")
+            .await
+            .into_iter()
+            .filter(|r| !r.starts_with("(7,"))
+            .collect();
+        let have: Vec<String> = contents(&target, "accounts")
+            .await
+            .into_iter()
+            .filter(|r| !r.starts_with("(7,"))
+            .collect();
+        if want == have && contents(&src, "audit").await == contents(&target, "audit").await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "other rows did not flow on:\n{}",
+            run.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        contents(&target, "accounts")
+            .await
+            .iter()
+            .find(|r| r.starts_with("(7,"))
+            .unwrap(),
+        "(7,100,o7)",
+        "the parked key keeps its last good row"
+    );
+    let (code, out, err) = cutover(&["dlq", "list", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "parked changes make list exit 1: {out}{err}");
+    assert!(out.contains("1 parked change(s)"), "{out}");
+    assert!(
+        out.contains("check constraint") && out.contains("{\"id\":\"7\"}"),
+        "{out}"
+    );
+    // A later change of the parked key waits behind it (parked too); other keys go on.
+    env.on_source(
+        "UPDATE accounts SET owner = 'later' WHERE id = 7;
+         INSERT INTO audit VALUES (2, 'after');",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
+        if out.contains("2 parked change(s)") && out.contains("waiting behind") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    env.wait_equal(&["audit"], Duration::from_secs(30)).await;
+    assert!(contents(&target, "accounts")
+        .await
+        .contains(&"(7,100,o7)".to_string()));
+    // Replay before the fix: still parked, nothing lost.
+    let (_, out, _) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
+    assert!(
+        out.contains("0 parked change(s) applied, 2 still parked"),
+        "{out}"
+    );
+    // Fix the target, replay while the pipeline runs: the target equals the source.
+    target
+        .batch_execute("ALTER TABLE accounts DROP CONSTRAINT accounts_balance_check")
+        .await
+        .unwrap();
+    let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("2 parked change(s) applied, 0 still parked"),
+        "{out}"
+    );
+    env.on_source("UPDATE accounts SET balance = 1 WHERE id = 8")
+        .await;
+    env.wait_equal(&["accounts", "audit"], Duration::from_secs(30))
+        .await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
