@@ -89,32 +89,30 @@ async fn shaped_tables_copy_stream_and_verify_in_postgres_and_kafka() {
     .await;
     let m = MessageServices::get();
     let topic = format!("{}-people", env.name);
-    let extra = format!(
-        r#"[masking]
+    let extra = r#"[masking]
 key = "a-test-secret-of-enough-length"
 
 [[transform]]
 table = "public.customers"
 rename = "people"
 filter = "tenant = 1"
-mask = {{ email = "hash" }}
+mask = { email = "hash" }
 exclude_columns = ["ssn", "first"]
-rename_columns = {{ last = "surname" }}
+rename_columns = { last = "surname" }
 add_columns = [
-  {{ name = "full_name", template = "{{first}} {{last}}" }},
-  {{ name = "origin", value = "legacy" }},
+  { name = "full_name", template = "{first} {last}" },
+  { name = "origin", value = "legacy" },
 ]
 
 [[transform]]
 table = "public.orders"
 exclude = true
-"#
-    );
+"#;
     let kafka = format!(
         "\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{}\"\n\n[[sink.transform]]\ntable = \"public.people\"\nroute = \"{topic}\"\n",
         m.kafka_brokers
     );
-    let path = env.pipeline_with("[\"public.customers\", \"public.orders\"]", &extra, &kafka);
+    let path = env.pipeline_with("[\"public.customers\", \"public.orders\"]", extra, &kafka);
     let (code, out, err) = cutover(&["check", path.to_str().unwrap()]);
     assert!(out.contains("transform rules fit"), "{code} {out} {err}");
 

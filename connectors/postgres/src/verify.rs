@@ -69,7 +69,7 @@ pub struct PgTableSide {
     keys: Arc<[usize]>,
     /// Transform rules the rows pass before they are compared (the sink's), and the layout
     /// and key positions they produce.
-    shape: Option<(Arc<TableTransform>, Arc<TableSchema>, Arc<[usize]>)>,
+    shape: Option<Shape>,
     precision: Precision,
     /// Range queries: no bound, low only, high only, both.
     ranges: [Statement; 4],
@@ -77,6 +77,9 @@ pub struct PgTableSide {
     /// By key, every column in binary format (no text casts): rows to write back.
     raw_by_key: Statement,
 }
+
+/// A transform, the layout it produces and that layout's key positions.
+type Shape = (Arc<TableTransform>, Arc<TableSchema>, Arc<[usize]>);
 
 /// What the checker found about a table on a target before reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -442,7 +442,7 @@ impl Literal {
         match self {
             Literal::Number(n) => format!("the number {n}"),
             Literal::Text(t) => format!("the text '{t}'"),
-            Literal::Bool(b) => format!("{}", if *b { "TRUE" } else { "FALSE" }),
+            Literal::Bool(b) => (if *b { "TRUE" } else { "FALSE" }).to_string(),
         }
     }
 }
