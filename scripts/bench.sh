@@ -2,7 +2,7 @@
 # Benchmarks cutover against the peers that run here, in the same run, on its own servers
 # (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
 #
-#   scripts/bench.sh [snapshot|apply|memory|messages|latency|verify|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#   scripts/bench.sh [snapshot|apply|transform|memory|messages|latency|verify|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
 #                                                     APPLY_TXNS=1200 by default)
 #
 # snapshot  1M rows (~160 B) into an empty target: cutover vs
@@ -15,6 +15,9 @@
 #           (tansu), and into NATS JetStream, vs pg_recvlogical reading the same changes from a
 #           slot of its own (the capture ceiling)
 # latency   commit-to-consumer latency through Kafka, and NATS, at a fixed 5k changes/s (p50, p99)
+# transform the apply backlog through a pipeline with a typical rule chain (table rename, column
+#           rename, keyed-hash mask, a filter every row passes) vs the same backlog through a
+#           pipeline without rules, each on a slot of its own, alternating which goes first
 # verify    VERIFY_ROWS (default 1M) identical rows in two clusters: cutover verify vs reladiff
 #           (PyPI, every column compared); then 10 scattered differing rows; peak RSS of cutover
 #           verify at 100k and at 1M rows
@@ -106,6 +109,19 @@ bench_snapshot() {
     echo "   median: pipe $pm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$pm))") rows/s), cutover $cm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$cm))") rows/s); cutover throughput = $(ratio "$pm" "$cm") x pipe"
 }
 
+write_changes_sql() { # the apply backlog's transaction, for pgbench
+    cat > "$WORK/changes.sql" <<'EOF'
+\set n random(1, 400)
+\set k random(1, 480000)
+\set x random(1000000, 900000000)
+BEGIN;
+INSERT INTO t SELECT g, g % 1000, repeat('y', 100), now(), g * 0.01 FROM generate_series(:x, :x + :n - 1) g ON CONFLICT (id) DO NOTHING;
+UPDATE t SET a = a + 1, c = now() WHERE id BETWEEN :k AND :k + :n - 1;
+DELETE FROM t WHERE id BETWEEN :k + :n AND :k + :n + :n / 4;
+END;
+EOF
+}
+
 bench_apply() {
     echo "== apply: backlog of ~$((APPLY_TXNS * 450)) changes in $APPLY_TXNS transactions"
     src -d postgres -c "DROP DATABASE IF EXISTS apply" -c "CREATE DATABASE apply"
@@ -124,16 +140,7 @@ bench_apply() {
         [ "$(tgt -d apply_native -At -c "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'")" = 0 ] && break; sleep 0.1
     done
     kill -TERM $pid; wait $pid
-    cat > "$WORK/changes.sql" <<'EOF'
-\set n random(1, 400)
-\set k random(1, 480000)
-\set x random(1000000, 900000000)
-BEGIN;
-INSERT INTO t SELECT g, g % 1000, repeat('y', 100), now(), g * 0.01 FROM generate_series(:x, :x + :n - 1) g ON CONFLICT (id) DO NOTHING;
-UPDATE t SET a = a + 1, c = now() WHERE id BETWEEN :k AND :k + :n - 1;
-DELETE FROM t WHERE id BETWEEN :k + :n AND :k + :n + :n / 4;
-END;
-EOF
+    write_changes_sql
     local native_times=() cut_times=() changes_list=()
     for r in $(seq 1 "$ROUNDS"); do
         tgt -d apply_native -c "ALTER SUBSCRIPTION native_sub DISABLE"
@@ -172,6 +179,59 @@ EOF
     [ "$s" = "$c" ] || { echo "cutover's target differs from the source" >&2; exit 1; }
     tgt -d apply_native -c "DROP SUBSCRIPTION native_sub"
     "$BIN" teardown "$p" >/dev/null
+}
+
+bench_transform() {
+    echo "== transform: backlog of ~$((APPLY_TXNS * 450)) changes, rules vs none"
+    src -d postgres -c "DROP DATABASE IF EXISTS shape" -c "CREATE DATABASE shape"
+    src -d shape -c "$TABLE_DDL" -c "CREATE TABLE marker (id int PRIMARY KEY, at timestamptz)" \
+        -c "INSERT INTO t SELECT g, g % 1000, repeat('x', 100), now(), g * 0.01 FROM generate_series(1, 500000) g"
+    tgt -d postgres -c "DROP DATABASE IF EXISTS shape_plain" -c "CREATE DATABASE shape_plain" \
+        -c "DROP DATABASE IF EXISTS shape_shaped" -c "CREATE DATABASE shape_shaped"
+    local plain shaped
+    plain=$(pipeline plain shape)
+    shaped=$(pipeline shaped shape '[masking]
+key = "bench-secret-0123456789"
+[[transform]]
+table = "public.t"
+rename = "t_shaped"
+rename_columns = { c = "changed_at" }
+mask = { b = "hash" }
+filter = "a >= 0 AND d IS NOT NULL"')
+    for p in "$plain" "$shaped"; do # copy, then stop: both slots now hold what follows
+        "$BIN" --log-format json run "$p" 2> "$WORK/shape-init.log" &
+        local pid=$!
+        wait_log "$WORK/shape-init.log" "streaming changes"
+        kill -TERM $pid; wait $pid
+    done
+    write_changes_sql
+    local plain_times=() shaped_times=()
+    drain() { # pipeline-file target-db marker-id -> seconds until the marker is on the target
+        local t0; t0=$(now)
+        "$BIN" --log-format json run "$1" 2> "$WORK/shape-run.log" &
+        local pid=$!
+        until [ "$(tgt -d "$2" -At -c "SELECT count(*) FROM marker WHERE id = $3")" = 1 ]; do sleep 0.02; done
+        python3 -c "print($(now) - $t0)"
+        kill -TERM $pid; wait $pid
+    }
+    for r in $(seq 1 "$ROUNDS"); do
+        "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -c 1 -t "$APPLY_TXNS" -f "$WORK/changes.sql" shape >/dev/null
+        src -d shape -c "INSERT INTO marker VALUES ($r, now())"
+        if [ $((r % 2)) = 1 ]; then
+            plain_times+=("$(drain "$plain" shape_plain "$r")"); shaped_times+=("$(drain "$shaped" shape_shaped "$r")")
+        else
+            shaped_times+=("$(drain "$shaped" shape_shaped "$r")"); plain_times+=("$(drain "$plain" shape_plain "$r")")
+        fi
+        echo "   round $r: no rules ${plain_times[-1]} s, rules ${shaped_times[-1]} s"
+    done
+    local pm sm; pm=$(median "${plain_times[@]}"); sm=$(median "${shaped_times[@]}")
+    echo "   median: no rules $pm s, rules $sm s; throughput with rules = $(ratio "$pm" "$sm") x without"
+    local want have
+    want=$(src -d shape -At -c "SELECT md5(string_agg(ROW(id, a, c, d)::text, ',' ORDER BY id)) FROM t WHERE a >= 0 AND d IS NOT NULL")
+    have=$(tgt -d shape_shaped -At -c "SELECT md5(string_agg(ROW(id, a, changed_at, d)::text, ',' ORDER BY id)) FROM t_shaped")
+    echo "   contents: shaped source $want, shaped target $have"
+    [ "$want" = "$have" ] || { echo "the shaped target differs from the shaped source" >&2; exit 1; }
+    "$BIN" teardown "$plain" >/dev/null; "$BIN" teardown "$shaped" >/dev/null
 }
 
 bench_memory() {
@@ -385,10 +445,11 @@ bench_verify() {
 case "$WHAT" in
 snapshot) bench_snapshot ;;
 apply) bench_apply ;;
+transform) bench_transform ;;
 memory) bench_memory ;;
 messages) bench_messages ;;
 latency) bench_latency ;;
 verify) bench_verify ;;
-all) bench_snapshot; bench_apply; bench_memory; bench_messages; bench_latency; bench_verify ;;
-*) echo "usage: $0 [snapshot|apply|memory|messages|latency|verify|all]" >&2; exit 2 ;;
+all) bench_snapshot; bench_apply; bench_transform; bench_memory; bench_messages; bench_latency; bench_verify ;;
+*) echo "usage: $0 [snapshot|apply|transform|memory|messages|latency|verify|all]" >&2; exit 2 ;;
 esac

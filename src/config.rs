@@ -307,6 +307,10 @@ pub struct KafkaSinkConfig {
     /// `${ENV_VAR}` and are never printed.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
+    /// A local file (JSON lines) where messages the brokers refuse for good (larger than they
+    /// accept) are parked while the rest flows on; see `cutover dlq`. Without it such a message
+    /// stops the sink.
+    pub dead_letter_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -686,6 +690,10 @@ pub fn parse(
                         route.place, route.value
                     )));
                 }
+                if matches!(s, SinkConfig::Kafka(_)) {
+                    cutover_kafka::check_topic_name(&route.value)
+                        .map_err(|e| ConfigError(format!("{}: {e}", route.place)))?;
+                }
                 let name = spec.rename.as_ref().map_or(&spec.table.value, |r| &r.value);
                 routes.insert(name.clone(), route.value.clone());
             }
@@ -738,6 +746,10 @@ pub fn parse(
                     delivery_timeout: std::time::Duration::from_millis(k.delivery_timeout_ms.max(1000)),
                     properties,
                     source_database: String::new(),
+                    dead_letter_file: match &k.dead_letter_file {
+                        Some(p) => Some(base_dir.join(expand(p, &key("dead_letter_file"), env)?)),
+                        None => None,
+                    },
                 })
             }
             SinkConfig::Nats(n) => {

@@ -123,3 +123,95 @@ async fn a_rejected_change_is_parked_and_replayed_after_the_fix() {
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }
+
+/// The `[[sink]]` of a Kafka target refusing messages over `max_bytes`, parking them in a file.
+fn kafka_sink(max_bytes: u32) -> String {
+    let m = common::targets::MessageServices::get();
+    format!(
+        "\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{}\"\ndead_letter_file = \"dead-letters.jsonl\"\nproperties = {{ \"message.max.bytes\" = \"{max_bytes}\" }}\n",
+        m.kafka_brokers
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_kafka_message_is_parked_in_a_file_and_sent_after_the_fix() {
+    let env = Env::new("dead_letters_kafka").await;
+    env.on_source(
+        "CREATE TABLE docs (id int PRIMARY KEY, body text);
+         INSERT INTO docs SELECT g, 'small ' || g FROM generate_series(1, 20) g;",
+    )
+    .await;
+    let path = env.pipeline_with("[\"public.docs\"]", "", &kafka_sink(20_000));
+    let mut run = env.start(&path);
+    env.wait_equal(&["docs"], Duration::from_secs(60)).await;
+    // Random text does not compress: a 60 kB body is over the producer's 20 kB limit.
+    env.on_source(
+        "INSERT INTO docs SELECT 100, string_agg(md5(random()::text), '') FROM generate_series(1, 2000);
+         INSERT INTO docs VALUES (21, 'after the big one');",
+    )
+    .await;
+    env.on_source("UPDATE docs SET body = 'shrunk' WHERE id = 100; UPDATE docs SET body = 'changed' WHERE id = 1;")
+        .await;
+    env.wait_equal(&["docs"], Duration::from_secs(30)).await;
+
+    let topic = format!("{}.public.docs", env.name);
+    let mut reader = common::targets::KafkaReader::new(std::slice::from_ref(&topic));
+    let key = |id: i32| format!("{{\"id\":{id}}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        reader.poll(Duration::from_millis(500));
+        let rows = reader.folded.get("public.docs");
+        let changed = rows
+            .and_then(|r| r.get(&key(1)))
+            .is_some_and(|r| r["body"] == "changed");
+        if changed && rows.is_some_and(|r| r.contains_key(&key(21))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "other keys did not flow on: {:?}",
+            reader.folded
+        );
+    }
+    assert!(
+        !reader.folded["public.docs"].contains_key(&key(100)),
+        "the oversized row and the change behind it are parked, not sent"
+    );
+    let (code, out, err) = cutover(&["dlq", "list", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("sink kafka: 2 parked message(s)"), "{out}");
+    assert!(out.contains("waiting behind"), "{out}");
+    assert!(out.to_lowercase().contains("size"), "{out}");
+
+    // Raise the limit; replay sends both, in order, while the pipeline runs.
+    env.pipeline_with("[\"public.docs\"]", "", &kafka_sink(1_000_000));
+    let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("2 parked message(s) sent, 0 still parked"),
+        "{out}"
+    );
+    // A later change of the key is sent normally again.
+    env.on_source("UPDATE docs SET body = 'final' WHERE id = 100")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        reader.poll(Duration::from_millis(500));
+        let copy = common::targets::materialize(
+            &env,
+            "kafka",
+            "CREATE TABLE docs (id int PRIMARY KEY, body text);",
+            &reader.folded,
+        )
+        .await;
+        if contents(&copy, "docs").await == contents(&env.source().await, "docs").await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kafka does not equal the source after the replay"
+        );
+    }
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}

@@ -9,6 +9,7 @@
 
 mod change;
 pub mod datum;
+pub mod dead_letters;
 pub mod envelope;
 mod error;
 pub mod naming;

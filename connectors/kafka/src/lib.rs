@@ -30,7 +30,6 @@ use cutover_core::{
     ConnectorError, Lsn, PendingWrite, Result, Row, Sink, SinkState, StreamEvent, TableCopy,
     TableName, TableSchema,
 };
-use futures::future::try_join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -39,6 +38,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::Mutex;
 
+use cutover_core::dead_letters::{self, FileStore, Letter, Parking};
+use cutover_core::ErrorKind;
 pub use error::classify;
 use state::StateFile;
 
@@ -70,6 +71,9 @@ pub struct KafkaSinkOptions {
     pub properties: Vec<(String, String)>,
     /// Source database name, for Debezium's `source.db`.
     pub source_database: String,
+    /// Where messages the brokers refuse for good (too large) are parked; `None`: such a
+    /// message stops the sink.
+    pub dead_letter_file: Option<PathBuf>,
 }
 
 /// Characters Kafka allows in a topic name.
@@ -97,6 +101,39 @@ pub fn check_topic_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The sink's producer: idempotent, all acknowledgements, the user's extra settings last.
+fn producer(options: &KafkaSinkOptions) -> Result<FutureProducer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &options.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.kbytes", "65536")
+        .set("queue.buffering.max.messages", "200000")
+        .set(
+            "message.timeout.ms",
+            options.delivery_timeout.as_millis().to_string(),
+        )
+        .set(
+            "client.id",
+            format!("cutover-{}-{}", options.pipeline, options.name),
+        );
+    for (k, v) in &options.properties {
+        config.set(k, v);
+    }
+    config.create().map_err(|e| {
+        error::classify(
+            e,
+            &format!(
+                "cannot configure the Kafka producer of sink {}",
+                options.name
+            ),
+        )
+    })
+}
+
 /// A topic of one table: its name and partition count.
 #[derive(Debug, Clone)]
 struct Topic {
@@ -111,40 +148,13 @@ pub struct KafkaSink {
     topics: Arc<HashMap<TableName, Topic>>,
     outbox: Outbox,
     state: Arc<Mutex<(SinkState, StateFile)>>,
+    parking: Option<Arc<Parking>>,
 }
 
 impl KafkaSink {
     /// Creates the producer and checks that the brokers answer.
     pub async fn connect(options: KafkaSinkOptions) -> Result<KafkaSink> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &options.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.kbytes", "65536")
-            .set("queue.buffering.max.messages", "200000")
-            .set(
-                "message.timeout.ms",
-                options.delivery_timeout.as_millis().to_string(),
-            )
-            .set(
-                "client.id",
-                format!("cutover-{}-{}", options.pipeline, options.name),
-            );
-        for (k, v) in &options.properties {
-            config.set(k, v);
-        }
-        let producer: FutureProducer = config.create().map_err(|e| {
-            error::classify(
-                e,
-                &format!(
-                    "cannot configure the Kafka producer of sink {}",
-                    options.name
-                ),
-            )
-        })?;
+        let producer = producer(&options)?;
         let probe = producer.clone();
         let brokers = options.brokers.clone();
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, ADMIN_TIMEOUT))
@@ -166,6 +176,10 @@ impl KafkaSink {
             topics: Arc::new(HashMap::new()),
             outbox: Outbox::new(encoder),
             state: Arc::new(Mutex::new((SinkState::default(), state))),
+            parking: options
+                .dead_letter_file
+                .clone()
+                .map(|path| Arc::new(Parking::new(FileStore::new(path)))),
             options,
         })
     }
@@ -284,20 +298,42 @@ impl KafkaSink {
     }
 }
 
-/// Publishes messages in order and waits until the brokers acknowledged all of them.
+/// Publishes messages in order and waits until the brokers acknowledged all of them. With
+/// `parking`, a message the brokers refuse for good is parked instead of failing the write,
+/// and so is every later message of a key that has a parked message (its order is kept).
 async fn publish(
     producer: &FutureProducer,
     topics: &HashMap<TableName, Topic>,
     messages: &[Outgoing],
+    parking: Option<&Parking>,
 ) -> Result<()> {
-    let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(messages.len());
-    for out in messages {
+    if let Some(p) = parking {
+        blocking(|| p.refresh())?;
+    }
+    let mut deliveries: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(messages.len());
+    let mut parked: Vec<Letter> = Vec::new();
+    for (index, out) in messages.iter().enumerate() {
         let topic = topics.get(&out.table.name).ok_or_else(|| {
             ConnectorError::fatal(format!(
                 "table {} has no topic: it was not known when the sink opened",
                 out.table.name
             ))
         })?;
+        if let (Some(p), Some(key)) = (parking, &out.message.key) {
+            let key = String::from_utf8_lossy(key);
+            if p.holds(&out.table.name, &key)
+                || parked
+                    .iter()
+                    .any(|l| l.key == key && l.table_name() == out.table.name)
+            {
+                parked.push(letter(
+                    out,
+                    &topic.name,
+                    "waiting behind an earlier parked message of this key".into(),
+                ));
+                continue;
+            }
+        }
         let lsn = out.position.commit_lsn.to_string();
         let ordinal = out.position.ordinal.to_string();
         let headers = OwnedHeaders::new_with_capacity(3)
@@ -331,18 +367,166 @@ async fn publish(
             if let Some(p) = partition {
                 record = record.partition(p);
             }
-            deliveries.push(send(producer, record).await?);
+            match send(producer, record).await {
+                Ok(d) => deliveries.push((index, d)),
+                // Refused before it left (larger than message.max.bytes): later messages of
+                // the key are not sent yet, so parking keeps their order.
+                Err(e) if e.kind == ErrorKind::Poison && parking.is_some() => {
+                    parked.push(letter(out, &topic.name, e.message.clone()));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
-    try_join_all(deliveries.into_iter().map(|d| async move {
+    let results = futures::future::join_all(deliveries.into_iter().map(|(index, d)| async move {
         match d.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(error::classify(e, "the broker refused a message")),
-            Err(_) => Err(ConnectorError::retryable("the producer dropped a message")),
+            Ok(Ok(_)) => (index, Ok(())),
+            Ok(Err((e, _))) => (
+                index,
+                Err(error::classify(e, "the broker refused a message")),
+            ),
+            Err(_) => (
+                index,
+                Err(ConnectorError::retryable("the producer dropped a message")),
+            ),
         }
     }))
-    .await?;
+    .await;
+    for (index, result) in results {
+        match result {
+            Ok(()) => {}
+            // Refused by the broker (its own size limit): later messages of the key may be out
+            // already; the letter says so.
+            Err(e) if e.kind == ErrorKind::Poison && parking.is_some() => {
+                let out = &messages[index];
+                let topic = &topics[&out.table.name].name;
+                parked.push(letter(out, topic, format!("{} (refused by the broker after later messages of the key may have been sent)", e.message)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(p) = parking {
+        let p2 = parked;
+        // The file is written (and flushed) before the checkpoint moves past these messages.
+        if !p2.is_empty() {
+            blocking(|| p.park(p2))?;
+        }
+    }
     Ok(())
+}
+
+/// Runs file work that may wait for another process's lock without stalling the runtime's
+/// other tasks (on a multi-threaded runtime).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// A message as it is parked.
+fn letter(out: &Outgoing, destination: &str, reason: String) -> Letter {
+    Letter {
+        id: 0,
+        schema: out.table.name.schema.clone(),
+        table: out.table.name.name.clone(),
+        key: out
+            .message
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        op: out.message.op.name().to_string(),
+        commit_lsn: out.position.commit_lsn.to_string(),
+        ordinal: u64::from(out.position.ordinal),
+        destination: destination.to_string(),
+        payload: out
+            .message
+            .payload
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        reason,
+        attempts: 1,
+        parked_at: dead_letters::now_secs(),
+    }
+}
+
+/// Sends the parked messages of a sink again, oldest first: those the brokers accept now are
+/// removed from the file; one still refused stays (with the new reason) and holds back its
+/// key's later messages. Returns (sent, still parked). Safe while the pipeline runs: the file
+/// is locked meanwhile, and the running sink reloads the parked keys when it changes.
+pub async fn replay_dead_letters(options: &KafkaSinkOptions) -> Result<(u64, u64)> {
+    let Some(path) = &options.dead_letter_file else {
+        return Ok((0, 0));
+    };
+    let store = FileStore::new(path.clone());
+    let producer = producer(options)?;
+    let locked = blocking(|| store.lock())?;
+    let letters = locked.read()?;
+    let mut keep = Vec::new();
+    let mut blocked: std::collections::HashSet<(TableName, String)> = Default::default();
+    let mut sent = 0u64;
+    for mut l in letters {
+        let id = (l.table_name(), l.key.clone());
+        if blocked.contains(&id) {
+            keep.push(l);
+            continue;
+        }
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: "cutover.lsn",
+                value: Some(l.commit_lsn.as_str()),
+            })
+            .insert(Header {
+                key: "cutover.ordinal",
+                value: Some(l.ordinal.to_string().as_str()),
+            })
+            .insert(Header {
+                key: "cutover.op",
+                value: Some(l.op.as_str()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&l.destination).headers(headers);
+        if !l.key.is_empty() {
+            record = record.key(l.key.as_bytes());
+        }
+        if let Some(p) = &l.payload {
+            record = record.payload(p.as_bytes());
+        }
+        let outcome = match send(&producer, record).await {
+            Ok(d) => match d.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(error::classify(e, "the broker refused a message")),
+                Err(_) => Err(ConnectorError::retryable("the producer dropped a message")),
+            },
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => sent += 1,
+            Err(e) if e.kind == ErrorKind::Poison => {
+                l.attempts += 1;
+                l.reason = e.message;
+                blocked.insert(id);
+                keep.push(l);
+            }
+            Err(e) => {
+                // Nothing is lost: what was sent stays in the file too and is sent again by
+                // the next replay.
+                return Err(e);
+            }
+        }
+    }
+    let still = keep.len() as u64;
+    locked.replace(&keep)?;
+    Ok((sent, still))
+}
+
+/// The sink's parked messages, oldest first.
+pub fn dead_letters(options: &KafkaSinkOptions) -> Result<Vec<Letter>> {
+    match &options.dead_letter_file {
+        Some(path) => FileStore::new(path.clone()).lock()?.read(),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Queues one record, waiting while the producer's local queue is full (backpressure).
@@ -399,6 +583,7 @@ impl Sink for KafkaSink {
             started_micros: now_micros(),
             rows: 0,
             state: self.state.clone(),
+            parking: self.parking.clone(),
         }))
     }
 
@@ -418,8 +603,9 @@ impl Sink for KafkaSink {
         let producer = self.producer.clone();
         let topics = self.topics.clone();
         let state = self.state.clone();
+        let parking = self.parking.clone();
         Box::pin(async move {
-            publish(&producer, &topics, &messages).await?;
+            publish(&producer, &topics, &messages, parking.as_deref()).await?;
             if let Some(cp) = checkpoint {
                 let mut guard = state.lock().await;
                 guard.0.checkpoint = Some(cp);
@@ -432,6 +618,12 @@ impl Sink for KafkaSink {
 
     fn buffered_bytes(&self) -> usize {
         self.outbox.bytes()
+    }
+
+    fn parked(&self) -> u64 {
+        self.parking
+            .as_ref()
+            .map_or(0, |p| p.parked.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -446,6 +638,7 @@ struct KafkaTableCopy {
     started_micros: i64,
     rows: u64,
     state: Arc<Mutex<(SinkState, StateFile)>>,
+    parking: Option<Arc<Parking>>,
 }
 
 #[async_trait]
@@ -458,7 +651,13 @@ impl TableCopy for KafkaTableCopy {
             self.snapshot_lsn,
             self.started_micros,
         )?;
-        publish(&self.producer, &self.topics, &messages).await?;
+        publish(
+            &self.producer,
+            &self.topics,
+            &messages,
+            self.parking.as_deref(),
+        )
+        .await?;
         self.rows += rows.len() as u64;
         Ok(())
     }

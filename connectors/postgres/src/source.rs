@@ -359,6 +359,19 @@ impl PgSource {
             .collect())
     }
 
+    /// Whether `table` has `REPLICA IDENTITY FULL` (updates then carry the whole old row).
+    pub async fn replica_identity_full(&self, table: &cutover_core::TableName) -> Result<bool> {
+        self.client
+            .query_one(
+                "SELECT c.relreplident = 'f' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| classify(e, &format!("cannot read the replica identity of {table}")))
+    }
+
     /// The sequences behind the selected tables' columns, with their current values.
     pub async fn sequences(&self) -> Result<Vec<crate::sequences::SourceSequence>> {
         let names: Vec<_> = self.tables.iter().map(|t| t.schema.name.clone()).collect();

@@ -1,0 +1,304 @@
+//! A dead-letter store in a local file, for sinks whose target cannot keep their rejected
+//! messages itself (Kafka: a message larger than the brokers accept).
+//!
+//! The file holds one JSON document per line, oldest first. Every reader and writer takes an
+//! advisory lock on `<file>.lock` first, so `cutover dlq replay` can rewrite the file while
+//! `cutover run` appends to it. Appends are flushed to disk before the write that parked them
+//! reports its checkpoint: a parked message is never lost (after a crash it may be parked twice;
+//! replay then sends it twice, which a consumer keeping the latest message per key absorbs).
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConnectorError, Result};
+use crate::schema::TableName;
+
+/// One parked message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Letter {
+    /// Increasing within the file.
+    pub id: u64,
+    pub schema: String,
+    pub table: String,
+    /// The message key as the sink wrote it (JSON text); parked keys hold back their later
+    /// messages.
+    pub key: String,
+    /// insert, update, delete, snapshot.
+    pub op: String,
+    pub commit_lsn: String,
+    pub ordinal: u64,
+    /// Where the message was going (topic, subject).
+    pub destination: String,
+    /// The message body, as it was to be sent.
+    pub payload: Option<String>,
+    pub reason: String,
+    pub attempts: u32,
+    /// Seconds since the Unix epoch.
+    pub parked_at: u64,
+}
+
+impl Letter {
+    pub fn table_name(&self) -> TableName {
+        TableName::new(self.schema.clone(), self.table.clone())
+    }
+}
+
+/// The file store. Cheap to share; every call locks the file.
+#[derive(Debug)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+/// The store, locked for one reader-writer.
+pub struct Locked<'a> {
+    store: &'a FileStore,
+    _lock: File,
+}
+
+fn io(path: &Path, what: &str, e: std::io::Error) -> ConnectorError {
+    ConnectorError::fatal(format!(
+        "cannot {what} the dead-letter file {}: {e}",
+        path.display()
+    ))
+    .with_hint(
+        "check that the directory exists and is writable (dead_letter_file in the pipeline file)",
+    )
+}
+
+impl FileStore {
+    pub fn new(path: PathBuf) -> FileStore {
+        FileStore { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the store's lock (blocking until another process releases it).
+    pub fn lock(&self) -> Result<Locked<'_>> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| io(&self.path, "create the directory of", e))?;
+        }
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io(&self.path, "lock", e))?;
+        lock.lock().map_err(|e| io(&self.path, "lock", e))?;
+        Ok(Locked {
+            store: self,
+            _lock: lock,
+        })
+    }
+
+    /// When the file last changed and its length (None: no file).
+    pub fn modified(&self) -> Option<(SystemTime, u64)> {
+        std::fs::metadata(&self.path)
+            .and_then(|m| Ok((m.modified()?, m.len())))
+            .ok()
+    }
+}
+
+impl Locked<'_> {
+    /// Every parked message, oldest first.
+    pub fn read(&self) -> Result<Vec<Letter>> {
+        let path = &self.store.path;
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(path, "read", e)),
+        };
+        let mut out = Vec::new();
+        for (n, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| io(path, "read", e))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let letter: Letter = serde_json::from_str(&line).map_err(|e| {
+                ConnectorError::fatal(format!(
+                    "the dead-letter file {} is damaged at line {}: {e}",
+                    path.display(),
+                    n + 1
+                ))
+                .with_hint("repair or remove that line; every line is one JSON document")
+            })?;
+            out.push(letter);
+        }
+        Ok(out)
+    }
+
+    /// Appends letters (their ids are assigned here) and flushes them to disk.
+    pub fn append(&self, mut letters: Vec<Letter>) -> Result<()> {
+        let path = &self.store.path;
+        let first = self.read()?.last().map_or(1, |l| l.id + 1);
+        let mut text = String::new();
+        for (id, l) in (first..).zip(letters.iter_mut()) {
+            l.id = id;
+            text.push_str(&serde_json::to_string(l).expect("a letter always serializes"));
+            text.push('\n');
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io(path, "write", e))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io(path, "write", e))
+    }
+
+    /// Replaces the file's content (atomically: a new file renamed over the old).
+    pub fn replace(&self, letters: &[Letter]) -> Result<()> {
+        let path = &self.store.path;
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut text = String::new();
+        for l in letters {
+            text.push_str(&serde_json::to_string(l).expect("a letter always serializes"));
+            text.push('\n');
+        }
+        let mut file = File::create(&tmp).map_err(|e| io(path, "write", e))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| io(path, "write", e))
+    }
+}
+
+/// When the file was read (its change time and length) and the keys it held then.
+type Held = (Option<(SystemTime, u64)>, HashSet<(TableName, String)>);
+
+/// What a running sink knows of its dead letters: the keys that hold back their later
+/// messages, reloaded when the file changes (a replay removes keys), and how many this process
+/// parked.
+#[derive(Debug)]
+pub struct Parking {
+    pub store: FileStore,
+    keys: Mutex<Held>,
+    pub parked: AtomicU64,
+}
+
+impl Parking {
+    pub fn new(store: FileStore) -> Parking {
+        Parking {
+            store,
+            keys: Mutex::new((None, HashSet::new())),
+            parked: AtomicU64::new(0),
+        }
+    }
+
+    /// Reloads the parked keys if the file changed since they were read.
+    pub fn refresh(&self) -> Result<()> {
+        let modified = self.store.modified();
+        let mut keys = self.keys.lock().expect("not poisoned");
+        if keys.0.is_some() && keys.0 == modified {
+            return Ok(());
+        }
+        let letters = self.store.lock()?.read()?;
+        keys.1 = letters
+            .iter()
+            .map(|l| (l.table_name(), l.key.clone()))
+            .collect();
+        keys.0 = modified;
+        Ok(())
+    }
+
+    /// Whether `key` of `table` has a parked message.
+    pub fn holds(&self, table: &TableName, key: &str) -> bool {
+        let keys = self.keys.lock().expect("not poisoned");
+        !keys.1.is_empty() && keys.1.contains(&(table.clone(), key.to_string()))
+    }
+
+    /// Parks letters (durably) and holds back their keys from now on.
+    pub fn park(&self, letters: Vec<Letter>) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        for l in &letters {
+            tracing::warn!(
+                table = %l.table_name(),
+                key = %l.key,
+                destination = %l.destination,
+                reason = %l.reason,
+                "message parked as a dead letter; other keys go on (see `cutover dlq list`)"
+            );
+        }
+        let n = letters.len() as u64;
+        let keys: Vec<(TableName, String)> = letters
+            .iter()
+            .map(|l| (l.table_name(), l.key.clone()))
+            .collect();
+        self.store.lock()?.append(letters)?;
+        let mut held = self.keys.lock().expect("not poisoned");
+        held.1.extend(keys);
+        held.0 = self.store.modified();
+        self.parked.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch, for `parked_at`.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(key: &str) -> Letter {
+        Letter {
+            id: 0,
+            schema: "public".into(),
+            table: "t".into(),
+            key: key.into(),
+            op: "insert".into(),
+            commit_lsn: "0/1".into(),
+            ordinal: 1,
+            destination: "topic".into(),
+            payload: Some("{}".into()),
+            reason: "too large".into(),
+            attempts: 1,
+            parked_at: 0,
+        }
+    }
+
+    #[test]
+    fn letters_are_appended_read_back_and_hold_their_keys() {
+        let dir = std::env::temp_dir().join(format!("cutover-dl-{}", std::process::id()));
+        let store = FileStore::new(dir.join("sink.jsonl"));
+        let parking = Parking::new(store);
+        parking.refresh().unwrap();
+        let t = TableName::new("public", "t");
+        assert!(!parking.holds(&t, "{\"id\":1}"));
+        parking
+            .park(vec![letter("{\"id\":1}"), letter("{\"id\":2}")])
+            .unwrap();
+        assert!(parking.holds(&t, "{\"id\":1}"));
+        let locked = parking.store.lock().unwrap();
+        let read = locked.read().unwrap();
+        assert_eq!(read.iter().map(|l| l.id).collect::<Vec<_>>(), vec![1, 2]);
+        locked.replace(&read[1..]).unwrap();
+        drop(locked);
+        // Another process replayed key 1: after a refresh it no longer holds messages back.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        parking.refresh().unwrap();
+        assert!(!parking.holds(&t, "{\"id\":1}"));
+        assert!(parking.holds(&t, "{\"id\":2}"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
