@@ -374,6 +374,10 @@ pub struct MongoSinkConfig {
     /// `{schema}.{table}`).
     #[serde(default = "default_collection")]
     pub collection: String,
+    /// A local file (JSON lines) where writes the server refuses for good (a collection
+    /// validator, a document over 16 MiB) are parked while the rest flows on; see `cutover
+    /// dlq`. Without it such a write stops the sink.
+    pub dead_letter_file: Option<String>,
 }
 
 fn default_destination() -> String {
@@ -786,6 +790,10 @@ pub fn parse(
                     url: expand(&m.url, &key("url"), env)?,
                     database: m.database.clone(),
                     collection,
+                    dead_letter_file: match &m.dead_letter_file {
+                        Some(p) => Some(base_dir.join(expand(p, &key("dead_letter_file"), env)?)),
+                        None => None,
+                    },
                 })
             }
         });

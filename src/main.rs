@@ -580,39 +580,51 @@ async fn dlq(action: DlqAction) -> Outcome {
         }
     }
     for sink in &cfg.sinks {
-        let config::Sink::Kafka(options) = sink else {
-            continue;
+        let (name, listed, replayed) = match sink {
+            config::Sink::Kafka(o) if o.dead_letter_file.is_some() => (
+                &o.name,
+                cutover_kafka::dead_letters(o),
+                if replay {
+                    Some(cutover_kafka::replay_dead_letters(o).await)
+                } else {
+                    None
+                },
+            ),
+            config::Sink::Mongodb(o) if o.dead_letter_file.is_some() => (
+                &o.name,
+                cutover_mongodb::dead_letters(o),
+                if replay {
+                    Some(cutover_mongodb::replay_dead_letters(o).await)
+                } else {
+                    None
+                },
+            ),
+            _ => continue,
         };
-        let name = &options.name;
-        if options.dead_letter_file.is_none() {
+        if let Some(result) = replayed {
+            let (sent, still) = result.map_err(explain)?;
+            println!("sink {name}: {sent} parked change(s) sent, {still} still parked");
+            parked_total += still;
             continue;
         }
-        if replay {
-            let (sent, still) = cutover_kafka::replay_dead_letters(options)
-                .await
-                .map_err(explain)?;
-            println!("sink {name}: {sent} parked message(s) sent, {still} still parked");
-            parked_total += still;
-        } else {
-            let letters = cutover_kafka::dead_letters(options).map_err(explain)?;
-            println!("sink {name}: {} parked message(s)", letters.len());
-            for l in &letters {
-                println!(
-                    "  #{} {}.{} {} key {} to {} at {} (parked at {} s since the epoch, {} attempt(s))\n      reason: {}",
-                    l.id,
-                    l.schema,
-                    l.table,
-                    l.op,
-                    l.key,
-                    l.destination,
-                    l.commit_lsn,
-                    l.parked_at,
-                    l.attempts,
-                    l.reason
-                );
-            }
-            parked_total += letters.len() as u64;
+        let letters = listed.map_err(explain)?;
+        println!("sink {name}: {} parked change(s)", letters.len());
+        for l in &letters {
+            println!(
+                "  #{} {}.{} {} key {} to {} at {} (parked at {} s since the epoch, {} attempt(s))\n      reason: {}",
+                l.id,
+                l.schema,
+                l.table,
+                l.op,
+                l.key,
+                l.destination,
+                l.commit_lsn,
+                l.parked_at,
+                l.attempts,
+                l.reason
+            );
         }
+        parked_total += letters.len() as u64;
     }
     Ok(if parked_total == 0 {
         ExitCode::SUCCESS

@@ -179,7 +179,7 @@ async fn an_oversized_kafka_message_is_parked_in_a_file_and_sent_after_the_fix()
     );
     let (code, out, err) = cutover(&["dlq", "list", path.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("sink kafka: 2 parked message(s)"), "{out}");
+    assert!(out.contains("sink kafka: 2 parked change(s)"), "{out}");
     assert!(out.contains("waiting behind"), "{out}");
     assert!(out.to_lowercase().contains("size"), "{out}");
 
@@ -188,7 +188,7 @@ async fn an_oversized_kafka_message_is_parked_in_a_file_and_sent_after_the_fix()
     let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("2 parked message(s) sent, 0 still parked"),
+        out.contains("2 parked change(s) sent, 0 still parked"),
         "{out}"
     );
     // A later change of the key is sent normally again.
@@ -212,6 +212,112 @@ async fn an_oversized_kafka_message_is_parked_in_a_file_and_sent_after_the_fix()
             "kafka does not equal the source after the replay"
         );
     }
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// Waits until the MongoDB collection of `accounts` holds exactly the source's rows.
+async fn wait_mongo_equal(env: &Env, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let folded = common::targets::mongo_rows(&env.name, &["accounts"]).await;
+        let ok = common::targets::folded_equal(
+            env,
+            "mongo",
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance int, note text);",
+            &folded,
+            &["accounts"],
+            false,
+        )
+        .await;
+        match ok {
+            Ok(()) => return,
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_validator_rejection_is_parked_and_replayed_after_the_fix() {
+    let env = Env::new("dead_letters_mongo").await;
+    env.on_source(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int, note text);
+         INSERT INTO accounts SELECT g, 100, 'n' FROM generate_series(1, 30) g;",
+    )
+    .await;
+    // The target collection refuses negative balances; the source does not.
+    let m = common::targets::MessageServices::get();
+    let mongo = mongodb::Client::with_uri_str(&m.mongo_url).await.unwrap();
+    let db = mongo.database(&env.name);
+    db.run_command(mongodb::bson::doc! {
+        "create": "public.accounts",
+        "validator": { "balance": { "$gte": 0 } },
+    })
+    .await
+    .unwrap();
+    let sink = format!(
+        "\n[[sink]]\nkind = \"mongodb\"\nname = \"mongo\"\nurl = \"{}\"\ndatabase = \"{}\"\ndead_letter_file = \"mongo-dead-letters.jsonl\"\n",
+        m.mongo_url, env.name
+    );
+    let path = env.pipeline_with("[\"public.accounts\"]", "", &sink);
+    let mut run = env.start(&path);
+    wait_mongo_equal(&env, Duration::from_secs(60)).await;
+
+    env.on_source(
+        "UPDATE accounts SET balance = -5 WHERE id = 7;
+         UPDATE accounts SET balance = balance + 1 WHERE id <> 7;
+         INSERT INTO accounts VALUES (31, 1, 'new');",
+    )
+    .await;
+    // Everything but document 7 arrives; then a later change of 7 waits behind the refused one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
+        if out.contains("sink mongo: 1 parked change(s)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}\n{}", run.log_text());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    env.on_source("UPDATE accounts SET note = 'later' WHERE id = 7; UPDATE accounts SET note = 'x' WHERE id = 8;")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
+        if out.contains("sink mongo: 2 parked change(s)") {
+            assert_eq!(code, 1);
+            assert!(
+                out.contains("waiting behind") && out.contains("key 7"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let folded = common::targets::mongo_rows(&env.name, &["accounts"]).await;
+    let rows = &folded["public.accounts"];
+    assert_eq!(rows.len(), 31, "every other document arrived");
+    let seven = rows
+        .values()
+        .find(|r| r["id"] == 7)
+        .expect("document 7 keeps its last good state");
+    assert_eq!(seven["balance"], 100);
+
+    // Fix the target (drop the validator); replay while running: the target equals the source.
+    db.run_command(mongodb::bson::doc! { "collMod": "public.accounts", "validator": {} })
+        .await
+        .unwrap();
+    let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("sink mongo: 2 parked change(s) sent, 0 still parked"),
+        "{out}"
+    );
+    env.on_source("UPDATE accounts SET note = 'after replay' WHERE id = 7")
+        .await;
+    wait_mongo_equal(&env, Duration::from_secs(30)).await;
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }

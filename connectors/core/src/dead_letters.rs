@@ -215,6 +215,11 @@ impl Parking {
         Ok(())
     }
 
+    /// Whether any key has a parked message.
+    pub fn any(&self) -> bool {
+        !self.keys.lock().expect("not poisoned").1.is_empty()
+    }
+
     /// Whether `key` of `table` has a parked message.
     pub fn holds(&self, table: &TableName, key: &str) -> bool {
         let keys = self.keys.lock().expect("not poisoned");
@@ -246,6 +251,15 @@ impl Parking {
         held.0 = self.store.modified();
         self.parked.fetch_add(n, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Runs file work that may wait for another process's lock without stalling the runtime's
+/// other tasks (on a multi-threaded runtime; a current-thread runtime just runs it).
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

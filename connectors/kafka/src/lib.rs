@@ -38,7 +38,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::Mutex;
 
-use cutover_core::dead_letters::{self, FileStore, Letter, Parking};
+use cutover_core::dead_letters::{self, blocking, FileStore, Letter, Parking};
 use cutover_core::ErrorKind;
 pub use error::classify;
 use state::StateFile;
@@ -413,15 +413,6 @@ async fn publish(
         }
     }
     Ok(())
-}
-
-/// Runs file work that may wait for another process's lock without stalling the runtime's
-/// other tasks (on a multi-threaded runtime).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 /// A message as it is parked.

@@ -33,7 +33,7 @@ use std::fmt;
 
 use cutover_core::naming::Template;
 
-pub use sink::MongoSink;
+pub use sink::{dead_letters, replay_dead_letters, MongoSink};
 
 /// The collection that holds each sink's state document, in the sink's database.
 pub(crate) const STATE_COLLECTION: &str = "cutover_state";
@@ -53,6 +53,9 @@ pub struct MongoSinkOptions {
     /// The collection name of each table (`{pipeline}`, `{schema}`, `{table}`); `$` and NUL in
     /// the substituted names become `_`.
     pub collection: Template,
+    /// Where writes the server refuses for good (a collection validator, a document over 16
+    /// MiB) are parked; `None`: such a write stops the sink.
+    pub dead_letter_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for MongoSinkOptions {
@@ -147,6 +150,7 @@ mod tests {
             url: "mongodb://app:hunter2@db:27017/?authSource=admin".into(),
             database: "shop".into(),
             collection: Template::parse("{table}").unwrap(),
+            dead_letter_file: None,
         };
         let shown = format!("{options:?}");
         assert!(

@@ -25,6 +25,7 @@ use crate::{
     check_collection_name, check_database_name, clean_name_part, MongoSinkOptions,
     MAX_NAMESPACE_BYTES, STATE_COLLECTION,
 };
+use cutover_core::dead_letters::{self, blocking, FileStore, Letter, Parking};
 
 /// Write models sent per `bulkWrite` call (the driver splits further to the server's limits).
 const MODELS_PER_CALL: usize = 10_000;
@@ -58,6 +59,8 @@ pub struct MongoSink {
     /// The commit that ended what was applied, if nothing was applied after it.
     last_commit: Option<Checkpoint>,
     buffered: usize,
+    /// Where refused writes are parked, when the sink has a dead-letter file.
+    parking: Option<Arc<Parking>>,
 }
 
 impl MongoSink {
@@ -102,7 +105,6 @@ impl MongoSink {
             "connected to MongoDB"
         );
         Ok(MongoSink {
-            options,
             client,
             servers,
             targets: HashMap::new(),
@@ -111,6 +113,11 @@ impl MongoSink {
             batch: Batch::default(),
             last_commit: None,
             buffered: 0,
+            parking: options
+                .dead_letter_file
+                .clone()
+                .map(|path| Arc::new(Parking::new(FileStore::new(path)))),
+            options,
         })
     }
 
@@ -327,36 +334,96 @@ impl StateStore {
     }
 }
 
-/// Write models waiting to be sent, with the change each came from (for error messages).
+/// A write by `_id` in a form that can be parked and sent again.
+#[derive(Debug, Clone)]
+enum Form {
+    /// Replace (or insert) the whole document.
+    Replace(Document),
+    Delete,
+    /// `$set` of these fields, the document created if missing.
+    Set(Document),
+}
+
+impl Form {
+    fn op(&self) -> &'static str {
+        match self {
+            Form::Replace(_) => "replace",
+            Form::Delete => "delete",
+            Form::Set(_) => "set",
+        }
+    }
+
+    fn model(self, ns: &Namespace, id: Bson) -> WriteModel {
+        match self {
+            Form::Replace(doc) => ReplaceOneModel::builder()
+                .namespace(ns.clone())
+                .filter(doc! {"_id": id})
+                .replacement(doc)
+                .upsert(true)
+                .build()
+                .into(),
+            Form::Delete => DeleteOneModel::builder()
+                .namespace(ns.clone())
+                .filter(doc! {"_id": id})
+                .build()
+                .into(),
+            Form::Set(fields) => UpdateOneModel::builder()
+                .namespace(ns.clone())
+                .filter(doc! {"_id": id})
+                .update(doc! {"$set": fields})
+                .upsert(true)
+                .build()
+                .into(),
+        }
+    }
+}
+
+/// A document `_id` as text, for dead letters (relaxed extended JSON).
+fn id_text(id: &Bson) -> String {
+    id.clone().into_relaxed_extjson().to_string()
+}
+
+/// Write models waiting to be sent, with the change each came from (for error messages) and,
+/// when the sink parks refused writes, the form each can be parked in.
 #[derive(Default)]
 struct Models {
     models: Vec<WriteModel>,
     origins: Vec<(Arc<Target>, Option<Bson>)>,
+    forms: Vec<Option<Form>>,
+    parking: Option<Arc<Parking>>,
+    /// The source position of the write, for dead letters.
+    position: String,
 }
 
 impl Models {
+    fn new(parking: Option<Arc<Parking>>, position: String) -> Models {
+        Models {
+            parking,
+            position,
+            ..Models::default()
+        }
+    }
+
     fn push(&mut self, target: &Arc<Target>, id: Option<Bson>, model: WriteModel) {
         self.models.push(model);
         self.origins.push((target.clone(), id));
+        self.forms.push(None);
+    }
+
+    fn push_form(&mut self, target: &Arc<Target>, id: Bson, form: Form) {
+        let kept = self.parking.as_ref().map(|_| form.clone());
+        self.models.push(form.model(&target.ns, id.clone()));
+        self.origins.push((target.clone(), Some(id)));
+        self.forms.push(kept);
     }
 
     fn replace(&mut self, target: &Arc<Target>, doc: Document) {
         let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
-        let model = ReplaceOneModel::builder()
-            .namespace(target.ns.clone())
-            .filter(doc! {"_id": id.clone()})
-            .replacement(doc)
-            .upsert(true)
-            .build();
-        self.push(target, Some(id), model.into());
+        self.push_form(target, id, Form::Replace(doc));
     }
 
     fn delete(&mut self, target: &Arc<Target>, id: Bson) {
-        let model = DeleteOneModel::builder()
-            .namespace(target.ns.clone())
-            .filter(doc! {"_id": id.clone()})
-            .build();
-        self.push(target, Some(id), model.into());
+        self.push_form(target, id, Form::Delete);
     }
 
     /// `$set` of `fields` (names that are not paths) on the document `id`, created if missing.
@@ -365,13 +432,7 @@ impl Models {
             // _id never changes; keep it only when it is all there is to set.
             fields.remove("_id");
         }
-        let model = UpdateOneModel::builder()
-            .namespace(target.ns.clone())
-            .filter(doc! {"_id": id.clone()})
-            .update(doc! {"$set": fields})
-            .upsert(true)
-            .build();
-        self.push(target, Some(id), model.into());
+        self.push_form(target, id, Form::Set(fields));
     }
 
     fn truncate(&mut self, target: &Arc<Target>) {
@@ -382,14 +443,89 @@ impl Models {
         self.push(target, None, model.into());
     }
 
-    /// Sends everything waiting, in order, in ordered bulk writes.
+    /// The dead letter of write `i`, if it can be parked.
+    fn letter(&self, i: usize, reason: String) -> Option<Letter> {
+        let (target, id) = &self.origins[i];
+        let form = self.forms[i].as_ref()?;
+        let id = id.as_ref()?;
+        let payload = match form {
+            Form::Replace(d) | Form::Set(d) => Some(
+                Bson::Document(d.clone())
+                    .into_canonical_extjson()
+                    .to_string(),
+            ),
+            Form::Delete => None,
+        };
+        Some(Letter {
+            id: 0,
+            schema: target.table.schema.clone(),
+            table: target.table.name.clone(),
+            key: id_text(id),
+            op: form.op().to_string(),
+            commit_lsn: self.position.clone(),
+            ordinal: 0,
+            destination: format!("{}.{}", target.ns.db, target.ns.coll),
+            payload,
+            reason,
+            attempts: 1,
+            parked_at: dead_letters::now_secs(),
+        })
+    }
+
+    /// Whether write `i` is of a document that has a parked write (and so must wait).
+    fn held(&self, i: usize, also: &[Letter]) -> bool {
+        let Some(p) = &self.parking else {
+            return false;
+        };
+        if also.is_empty() && !p.any() {
+            return false;
+        }
+        let (target, Some(id)) = &self.origins[i] else {
+            return false;
+        };
+        let key = id_text(id);
+        p.holds(&target.table, &key)
+            || also
+                .iter()
+                .any(|l| l.key == key && l.table_name() == target.table)
+    }
+
+    /// Sends everything waiting, in order, in ordered bulk writes. With parking, a write the
+    /// server refuses for good is parked, and so is every later write of its document; the
+    /// rest is sent.
     async fn send(&mut self, client: &Client, sink: &str) -> Result<()> {
+        let mut parked: Vec<Letter> = Vec::new();
+        if let Some(p) = &self.parking {
+            blocking(|| p.refresh())?;
+        }
         while !self.models.is_empty() {
-            let n = self.models.len().min(MODELS_PER_CALL);
+            // Writes of documents with a parked write wait behind it (parked too).
+            if self.held(0, &parked) {
+                let letter = self
+                    .letter(
+                        0,
+                        "waiting behind an earlier parked write of this document".into(),
+                    )
+                    .ok_or_else(|| ConnectorError::fatal("a held write cannot be parked"))?;
+                parked.push(letter);
+                self.models.remove(0);
+                self.origins.remove(0);
+                self.forms.remove(0);
+                continue;
+            }
+            let mut n = self.models.len().min(MODELS_PER_CALL);
+            if self.parking.is_some() {
+                // Stop before the next held write so it can be parked in order.
+                if let Some(h) = (1..n).find(|&i| self.held(i, &parked)) {
+                    n = h;
+                }
+            }
             let models: Vec<WriteModel> = self.models.drain(..n).collect();
             let origins: Vec<_> = self.origins.drain(..n).collect();
+            let forms: Vec<_> = self.forms.drain(..n).collect();
             if let Err(e) = client.bulk_write(models).ordered(true).await {
-                let what = match failed_write(&e).and_then(|i| origins.get(i)) {
+                let failed = failed_write(&e);
+                let what = match failed.and_then(|i| origins.get(i)) {
                     Some((target, Some(id))) => format!(
                         "MongoDB sink {sink}: cannot write the row with _id {id} of table {} to {}.{}",
                         target.table, target.ns.db, target.ns.coll
@@ -400,10 +536,127 @@ impl Models {
                     ),
                     None => format!("MongoDB sink {sink}: cannot write"),
                 };
-                return Err(classify(e, &what));
+                let e = classify(e, &what);
+                let Some(i) =
+                    failed.filter(|_| e.kind == ErrorKind::Poison && self.parking.is_some())
+                else {
+                    return Err(e);
+                };
+                // Writes before `i` are done; park `i`; put the rest back in front of what is
+                // waiting (rebuilt from their forms: the driver took the models).
+                let refused = Models {
+                    origins,
+                    forms,
+                    position: self.position.clone(),
+                    ..Models::default()
+                };
+                parked.push(refused.letter(i, e.message.clone()).ok_or(e)?);
+                let mut tail = Vec::new();
+                for (target, id) in &refused.origins[i + 1..] {
+                    let j = tail.len() + i + 1;
+                    let (Some(id), Some(form)) = (id, &refused.forms[j]) else {
+                        return Err(ConnectorError::fatal(format!(
+                            "{what}: a truncate followed a refused write in the same batch"
+                        )));
+                    };
+                    tail.push(form.clone().model(&target.ns, id.clone()));
+                }
+                let Models { origins, forms, .. } = refused;
+                self.models.splice(0..0, tail);
+                self.origins.splice(0..0, origins.into_iter().skip(i + 1));
+                self.forms.splice(0..0, forms.into_iter().skip(i + 1));
+            }
+        }
+        if let Some(p) = &self.parking {
+            if !parked.is_empty() {
+                blocking(|| p.park(parked))?;
             }
         }
         Ok(())
+    }
+}
+
+/// Sends the sink's parked writes again, oldest first: those the server accepts now are
+/// removed from the file; one still refused stays (with the new reason) and holds back the
+/// later writes of its document. Returns (written, still parked). Safe while the pipeline runs.
+pub async fn replay_dead_letters(options: &MongoSinkOptions) -> Result<(u64, u64)> {
+    let Some(path) = &options.dead_letter_file else {
+        return Ok((0, 0));
+    };
+    let (client, _, _) = open_client(options).await?;
+    let store = FileStore::new(path.clone());
+    let locked = blocking(|| store.lock())?;
+    let letters = locked.read()?;
+    let mut keep = Vec::new();
+    let mut blocked: std::collections::HashSet<(TableName, String)> = Default::default();
+    let mut written = 0u64;
+    for mut l in letters {
+        let id = (l.table_name(), l.key.clone());
+        if blocked.contains(&id) {
+            keep.push(l);
+            continue;
+        }
+        let damaged = || {
+            ConnectorError::fatal(format!(
+                "dead letter {} in {} cannot be read back",
+                l.id,
+                path.display()
+            ))
+            .with_hint("repair or remove that line")
+        };
+        let (db, coll) = l.destination.split_once('.').ok_or_else(damaged)?;
+        let ns = Namespace::new(db, coll);
+        let doc_id = serde_json::from_str::<serde_json::Value>(&l.key)
+            .ok()
+            .and_then(|v| Bson::try_from(v).ok())
+            .ok_or_else(damaged)?;
+        let body = match &l.payload {
+            Some(p) => match serde_json::from_str::<serde_json::Value>(p)
+                .ok()
+                .and_then(|v| Bson::try_from(v).ok())
+            {
+                Some(Bson::Document(d)) => Some(d),
+                _ => return Err(damaged()),
+            },
+            None => None,
+        };
+        let form = match (l.op.as_str(), body) {
+            ("replace", Some(d)) => Form::Replace(d),
+            ("set", Some(d)) => Form::Set(d),
+            ("delete", None) => Form::Delete,
+            _ => return Err(damaged()),
+        };
+        match client
+            .bulk_write([form.model(&ns, doc_id)])
+            .ordered(true)
+            .await
+        {
+            Ok(_) => written += 1,
+            Err(e) => {
+                let e = classify(
+                    e,
+                    &format!("MongoDB sink {}: cannot write a parked write", options.name),
+                );
+                if e.kind != ErrorKind::Poison {
+                    return Err(e);
+                }
+                l.attempts += 1;
+                l.reason = e.message;
+                blocked.insert(id);
+                keep.push(l);
+            }
+        }
+    }
+    let still = keep.len() as u64;
+    locked.replace(&keep)?;
+    Ok((written, still))
+}
+
+/// The sink's parked writes, oldest first.
+pub fn dead_letters(options: &MongoSinkOptions) -> Result<Vec<Letter>> {
+    match &options.dead_letter_file {
+        Some(path) => FileStore::new(path.clone()).lock()?.read(),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -454,8 +707,14 @@ async fn patch(
 }
 
 /// Applies folded operations in order.
-async fn write_ops(client: &Client, ops: Vec<Op>, sink: &str) -> Result<()> {
-    let mut models = Models::default();
+async fn write_ops(
+    client: &Client,
+    ops: Vec<Op>,
+    sink: &str,
+    parking: Option<Arc<Parking>>,
+    position: String,
+) -> Result<()> {
+    let mut models = Models::new(parking, position);
     for op in ops {
         match op {
             Op::Replace { target, doc } => models.replace(&target, doc),
@@ -498,12 +757,17 @@ struct Write {
     checkpoint: Option<Checkpoint>,
     store: StateStore,
     sink: String,
+    parking: Option<Arc<Parking>>,
 }
 
 impl Write {
     async fn run(self) -> Result<Option<Checkpoint>> {
         let n = self.ops.len();
-        write_ops(&self.client, self.ops, &self.sink).await?;
+        let position = self
+            .checkpoint
+            .map(|cp| cp.commit_lsn.to_string())
+            .unwrap_or_default();
+        write_ops(&self.client, self.ops, &self.sink, self.parking, position).await?;
         if let Some(cp) = self.checkpoint {
             self.store
                 .change(|shared| shared.state.checkpoint = Some(cp))
@@ -641,12 +905,19 @@ impl Sink for MongoSink {
             checkpoint,
             store: self.store.clone(),
             sink: self.options.name.clone(),
+            parking: self.parking.clone(),
         };
         Box::pin(write.run())
     }
 
     fn buffered_bytes(&self) -> usize {
         self.buffered
+    }
+
+    fn parked(&self) -> u64 {
+        self.parking
+            .as_ref()
+            .map_or(0, |p| p.parked.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

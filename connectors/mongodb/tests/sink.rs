@@ -39,6 +39,7 @@ fn options_without_url(database: &str) -> MongoSinkOptions {
         url: String::new(),
         database: database.to_string(),
         collection: Template::parse("{schema}_{table}").unwrap(),
+        dead_letter_file: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn options(database: &str) -> MongoSinkOptions {
         url: common::url(),
         database: database.to_string(),
         collection: Template::parse("{schema}_{table}").unwrap(),
+        dead_letter_file: None,
     }
 }
 
