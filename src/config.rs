@@ -346,6 +346,10 @@ pub struct NatsSinkConfig {
     /// `cutover` (default) or `debezium`.
     #[serde(default)]
     pub format: EnvelopeFormatConfig,
+    /// A local file (JSON lines) where messages the server refuses for good (over its
+    /// `max_payload` or the stream's maximum message size) are parked while the rest flows on;
+    /// see `cutover dlq`. Without it such a message stops the sink.
+    pub dead_letter_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -769,6 +773,10 @@ pub fn parse(
                     duplicate_window: std::time::Duration::from_secs(n.duplicate_window_s.max(1)),
                     format: format(n.format),
                     source_database: String::new(),
+                    dead_letter_file: match &n.dead_letter_file {
+                        Some(p) => Some(base_dir.join(expand(p, &key("dead_letter_file"), env)?)),
+                        None => None,
+                    },
                 })
             }
             SinkConfig::Mongodb(m) => {

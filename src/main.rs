@@ -590,6 +590,15 @@ async fn dlq(action: DlqAction) -> Outcome {
                     None
                 },
             ),
+            config::Sink::Nats(o) if o.dead_letter_file.is_some() => (
+                &o.name,
+                cutover_nats::dead_letters(o),
+                if replay {
+                    Some(cutover_nats::replay_dead_letters(o).await)
+                } else {
+                    None
+                },
+            ),
             config::Sink::Mongodb(o) if o.dead_letter_file.is_some() => (
                 &o.name,
                 cutover_mongodb::dead_letters(o),

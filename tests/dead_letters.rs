@@ -321,3 +321,113 @@ async fn a_mongodb_validator_rejection_is_parked_and_replayed_after_the_fix() {
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_streams_limit_is_parked_and_sent_after_the_fix() {
+    let env = Env::new("dead_letters_nats").await;
+    env.on_source(
+        "CREATE TABLE docs (id int PRIMARY KEY, body text);
+         INSERT INTO docs SELECT g, 'small ' || g FROM generate_series(1, 10) g;",
+    )
+    .await;
+    let m = common::targets::MessageServices::get();
+    let sink = format!(
+        "\n[[sink]]\nkind = \"nats\"\nname = \"nats\"\nurl = \"{}\"\ndead_letter_file = \"nats-dead-letters.jsonl\"\n",
+        m.nats_url
+    );
+    let path = env.pipeline_with("[\"public.docs\"]", "", &sink);
+    let mut run = env.start(&path);
+    env.wait_equal(&["docs"], Duration::from_secs(60)).await;
+    let stream_name = format!("cutover_{}", env.name);
+    let schema = "CREATE TABLE docs (id int PRIMARY KEY, body text);";
+    let mut reader = common::targets::NatsReader::new(&stream_name).await;
+    common::targets::wait_nats_equal(
+        &env,
+        &mut reader,
+        schema,
+        &["docs"],
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // The stream now refuses messages over 4 kB.
+    let js = async_nats::jetstream::new(async_nats::connect(&m.nats_url).await.unwrap());
+    let set_limit = |limit: i32| {
+        let js = js.clone();
+        let name = stream_name.clone();
+        async move {
+            let mut stream = js.get_stream(&name).await.unwrap();
+            let mut config = stream.info().await.unwrap().config.clone();
+            config.max_message_size = limit;
+            js.update_stream(config).await.unwrap();
+        }
+    };
+    set_limit(4000).await;
+    env.on_source(
+        "INSERT INTO docs SELECT 100, string_agg(md5(g::text), '') FROM generate_series(1, 300) g;
+         INSERT INTO docs VALUES (11, 'after the big one');",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
+        if out.contains("sink nats: 1 parked change(s)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}\n{}", run.log_text());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    env.on_source(
+        "UPDATE docs SET body = 'shrunk' WHERE id = 100; UPDATE docs SET body = 'x' WHERE id = 2;",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
+        if out.contains("sink nats: 2 parked change(s)") {
+            assert!(out.contains("waiting behind"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Every other key flowed on: row 2's change and row 11 are in the stream, 100 is not.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        reader.poll().await;
+        let rows = reader.folded.get("public.docs");
+        let two = rows
+            .and_then(|r| r.get("{\"id\":2}"))
+            .is_some_and(|r| r["body"] == "x");
+        if two && rows.is_some_and(|r| r.contains_key("{\"id\":11}")) {
+            assert!(
+                !rows.unwrap().contains_key("{\"id\":100}"),
+                "the refused row is parked"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", reader.folded);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Lift the limit, replay while running: the stream equals the source.
+    set_limit(-1).await;
+    let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("sink nats: 2 parked change(s) sent, 0 still parked"),
+        "{out}"
+    );
+    env.on_source("UPDATE docs SET body = 'final' WHERE id = 100")
+        .await;
+    common::targets::wait_nats_equal(
+        &env,
+        &mut reader,
+        schema,
+        &["docs"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}

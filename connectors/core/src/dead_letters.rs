@@ -48,6 +48,25 @@ impl Letter {
     pub fn table_name(&self) -> TableName {
         TableName::new(self.schema.clone(), self.table.clone())
     }
+
+    /// The letter of a message that was going to `destination`, refused for `reason`.
+    pub fn of(out: &crate::outbox::Outgoing, destination: &str, reason: String) -> Letter {
+        let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
+        Letter {
+            id: 0,
+            schema: out.table.name.schema.clone(),
+            table: out.table.name.name.clone(),
+            key: out.message.key.as_ref().map(text).unwrap_or_default(),
+            op: out.message.op.name().to_string(),
+            commit_lsn: out.position.commit_lsn.to_string(),
+            ordinal: u64::from(out.position.ordinal),
+            destination: destination.to_string(),
+            payload: out.message.payload.as_ref().map(text),
+            reason,
+            attempts: 1,
+            parked_at: now_secs(),
+        }
+    }
 }
 
 /// The file store. Cheap to share; every call locks the file.

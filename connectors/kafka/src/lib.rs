@@ -38,7 +38,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::Mutex;
 
-use cutover_core::dead_letters::{self, blocking, FileStore, Letter, Parking};
+use cutover_core::dead_letters::{blocking, FileStore, Letter, Parking};
 use cutover_core::ErrorKind;
 pub use error::classify;
 use state::StateFile;
@@ -326,7 +326,7 @@ async fn publish(
                     .iter()
                     .any(|l| l.key == key && l.table_name() == out.table.name)
             {
-                parked.push(letter(
+                parked.push(Letter::of(
                     out,
                     &topic.name,
                     "waiting behind an earlier parked message of this key".into(),
@@ -372,7 +372,7 @@ async fn publish(
                 // Refused before it left (larger than message.max.bytes): later messages of
                 // the key are not sent yet, so parking keeps their order.
                 Err(e) if e.kind == ErrorKind::Poison && parking.is_some() => {
-                    parked.push(letter(out, &topic.name, e.message.clone()));
+                    parked.push(Letter::of(out, &topic.name, e.message.clone()));
                 }
                 Err(e) => return Err(e),
             }
@@ -400,7 +400,7 @@ async fn publish(
             Err(e) if e.kind == ErrorKind::Poison && parking.is_some() => {
                 let out = &messages[index];
                 let topic = &topics[&out.table.name].name;
-                parked.push(letter(out, topic, format!("{} (refused by the broker after later messages of the key may have been sent)", e.message)));
+                parked.push(Letter::of(out, topic, format!("{} (refused by the broker after later messages of the key may have been sent)", e.message)));
             }
             Err(e) => return Err(e),
         }
@@ -413,33 +413,6 @@ async fn publish(
         }
     }
     Ok(())
-}
-
-/// A message as it is parked.
-fn letter(out: &Outgoing, destination: &str, reason: String) -> Letter {
-    Letter {
-        id: 0,
-        schema: out.table.name.schema.clone(),
-        table: out.table.name.name.clone(),
-        key: out
-            .message
-            .key
-            .as_ref()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default(),
-        op: out.message.op.name().to_string(),
-        commit_lsn: out.position.commit_lsn.to_string(),
-        ordinal: u64::from(out.position.ordinal),
-        destination: destination.to_string(),
-        payload: out
-            .message
-            .payload
-            .as_ref()
-            .map(|p| String::from_utf8_lossy(p).into_owned()),
-        reason,
-        attempts: 1,
-        parked_at: dead_letters::now_secs(),
-    }
 }
 
 /// Sends the parked messages of a sink again, oldest first: those the brokers accept now are

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
+use cutover_core::dead_letters::{blocking, FileStore, Letter, Parking};
 use cutover_core::envelope::{Encoder, EnvelopeFormat};
 use cutover_core::naming::{replace_disallowed, Template};
 use cutover_core::outbox::{now_micros, Outbox, Outgoing};
@@ -48,6 +49,9 @@ pub struct NatsSinkOptions {
     pub format: EnvelopeFormat,
     /// Source database name, for Debezium's `source.db`.
     pub source_database: String,
+    /// Where messages the server refuses for good (over `max_payload` or the stream's
+    /// maximum message size) are parked; `None`: such a message stops the sink.
+    pub dead_letter_file: Option<std::path::PathBuf>,
 }
 
 /// Characters allowed in one subject token (a table or schema name substituted into it).
@@ -91,6 +95,7 @@ pub struct NatsSink {
     subjects: Arc<HashMap<TableName, String>>,
     outbox: Outbox,
     state: Arc<Mutex<(SinkState, Option<kv::Store>)>>,
+    parking: Option<Arc<Parking>>,
 }
 
 fn nats_error(
@@ -156,6 +161,10 @@ impl NatsSink {
             subjects: Arc::new(HashMap::new()),
             outbox: Outbox::new(encoder),
             state: Arc::new(Mutex::new((SinkState::default(), None))),
+            parking: options
+                .dead_letter_file
+                .clone()
+                .map(|path| Arc::new(Parking::new(FileStore::new(path)))),
             options,
         })
     }
@@ -302,13 +311,22 @@ fn message_id(out: &Outgoing) -> String {
 }
 
 /// Publishes messages in order and waits for every acknowledgement (at most `ACK_WINDOW`
-/// outstanding, so memory stays bounded).
+/// outstanding, so memory stays bounded). With `parking`, a message the server refuses for good
+/// is parked instead of failing the write, and so is every later message of a key that has a
+/// parked message.
 async fn publish(
     js: &jetstream::Context,
     subjects: &HashMap<TableName, String>,
     messages: Vec<Outgoing>,
+    parking: Option<&Parking>,
 ) -> Result<()> {
-    let mut acks: VecDeque<PublishAckFuture> = VecDeque::with_capacity(ACK_WINDOW);
+    if let Some(p) = parking {
+        blocking(|| p.refresh())?;
+    }
+    let mut parked: Vec<Letter> = Vec::new();
+    // With parking, each acknowledgement keeps the letter its message would become.
+    let mut acks: VecDeque<(PublishAckFuture, Option<Letter>)> =
+        VecDeque::with_capacity(ACK_WINDOW);
     for out in messages {
         let subject = subjects.get(&out.table.name).ok_or_else(|| {
             ConnectorError::fatal(format!(
@@ -316,6 +334,20 @@ async fn publish(
                 out.table.name
             ))
         })?;
+        let pending = parking.map(|_| Letter::of(&out, subject, String::new()));
+        if let (Some(p), Some(l)) = (parking, &pending) {
+            if !l.key.is_empty()
+                && (p.holds(&out.table.name, &l.key)
+                    || parked
+                        .iter()
+                        .any(|o| o.key == l.key && o.table_name() == out.table.name))
+            {
+                let mut l = l.clone();
+                l.reason = "waiting behind an earlier parked message of this key".into();
+                parked.push(l);
+                continue;
+            }
+        }
         let id = message_id(&out);
         let payload = Bytes::from(out.message.payload.unwrap_or_default());
         let message = jetstream::message::PublishMessage::build()
@@ -324,37 +356,150 @@ async fn publish(
             .header("Cutover-Lsn", out.position.commit_lsn.to_string().as_str())
             .header("Cutover-Op", out.message.op.name());
         if acks.len() >= ACK_WINDOW {
-            let ack = acks.pop_front().expect("the window is full");
-            check_ack(ack.await)?;
+            let (ack, letter) = acks.pop_front().expect("the window is full");
+            check_ack(ack.await, letter, &mut parked)?;
         }
-        let ack = js
-            .send_publish(subject.clone(), message)
-            .await
-            .map_err(|e| {
+        match js.send_publish(subject.clone(), message).await {
+            Ok(ack) => acks.push_back((ack, pending)),
+            Err(e) => {
                 let kind = match e.kind() {
                     jetstream::context::PublishErrorKind::MaxPayloadExceeded => ErrorKind::Poison,
                     _ => ErrorKind::Retryable,
                 };
-                nats_error(kind, &format!("cannot publish to {subject}"), e)
-            })?;
-        acks.push_back(ack);
+                let e = nats_error(kind, &format!("cannot publish to {subject}"), e);
+                match pending {
+                    Some(mut l) if kind == ErrorKind::Poison => {
+                        l.reason = e.message;
+                        parked.push(l);
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
     }
-    for ack in acks {
-        check_ack(ack.await)?;
+    for (ack, letter) in acks {
+        check_ack(ack.await, letter, &mut parked)?;
+    }
+    if let Some(p) = parking {
+        if !parked.is_empty() {
+            blocking(|| p.park(parked))?;
+        }
     }
     Ok(())
 }
 
+/// Checks one acknowledgement. A refusal for good (the stream's maximum message or header
+/// size) parks the message when `letter` is given; anything else is retryable.
 fn check_ack(
     ack: std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    letter: Option<Letter>,
+    parked: &mut Vec<Letter>,
 ) -> Result<()> {
-    ack.map(|_| ()).map_err(|e| {
-        nats_error(
-            ErrorKind::Retryable,
-            "JetStream did not acknowledge a message",
-            e,
-        )
-    })
+    let Err(e) = ack else {
+        return Ok(());
+    };
+    let refused = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|j| {
+            matches!(
+                j.error_code(),
+                jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+                    | jetstream::ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM
+            )
+        });
+    let kind = if refused {
+        ErrorKind::Poison
+    } else {
+        ErrorKind::Retryable
+    };
+    let e = nats_error(kind, "JetStream did not acknowledge a message", e);
+    match letter {
+        Some(mut l) if refused => {
+            l.reason = format!(
+                "{} (refused after later messages of the key may have been sent)",
+                e.message
+            );
+            parked.push(l);
+            Ok(())
+        }
+        _ => Err(e),
+    }
+}
+
+/// Sends the sink's parked messages again, oldest first: those the server accepts now are
+/// removed from the file; one still refused stays (with the new reason) and holds back its
+/// key's later messages. Returns (sent, still parked). Safe while the pipeline runs.
+pub async fn replay_dead_letters(options: &NatsSinkOptions) -> Result<(u64, u64)> {
+    let Some(path) = &options.dead_letter_file else {
+        return Ok((0, 0));
+    };
+    let client = open_client(
+        options,
+        format!("cutover-{}-{}-replay", options.pipeline, options.name),
+    )
+    .await?;
+    let js = jetstream::new(client);
+    let store = FileStore::new(path.clone());
+    let locked = blocking(|| store.lock())?;
+    let letters = locked.read()?;
+    let mut keep = Vec::new();
+    let mut blocked: std::collections::HashSet<(TableName, String)> = Default::default();
+    let mut sent = 0u64;
+    for mut l in letters {
+        let id = (l.table_name(), l.key.clone());
+        if blocked.contains(&id) {
+            keep.push(l);
+            continue;
+        }
+        // Its own id: a replay repeated within the duplicate window is dropped by the server.
+        let message = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(l.payload.clone().unwrap_or_default()))
+            .message_id(format!(
+                "{}:{}:dead-letter-{}",
+                l.commit_lsn, l.ordinal, l.id
+            ))
+            .header("Cutover-Lsn", l.commit_lsn.as_str())
+            .header("Cutover-Op", l.op.as_str());
+        let mut refused = Vec::new();
+        let outcome = match js.send_publish(l.destination.clone(), message).await {
+            Ok(ack) => check_ack(ack.await, Some(l.clone()), &mut refused),
+            Err(e) => Err(nats_error(
+                match e.kind() {
+                    jetstream::context::PublishErrorKind::MaxPayloadExceeded => ErrorKind::Poison,
+                    _ => ErrorKind::Retryable,
+                },
+                "cannot publish a parked message",
+                e,
+            )),
+        };
+        match (outcome, refused.pop()) {
+            (Ok(()), None) => sent += 1,
+            (Ok(()), Some(r)) => {
+                l.attempts += 1;
+                l.reason = r.reason;
+                blocked.insert(id);
+                keep.push(l);
+            }
+            (Err(e), _) if e.kind == ErrorKind::Poison => {
+                l.attempts += 1;
+                l.reason = e.message;
+                blocked.insert(id);
+                keep.push(l);
+            }
+            (Err(e), _) => return Err(e),
+        }
+    }
+    let still = keep.len() as u64;
+    locked.replace(&keep)?;
+    Ok((sent, still))
+}
+
+/// The sink's parked messages, oldest first.
+pub fn dead_letters(options: &NatsSinkOptions) -> Result<Vec<Letter>> {
+    match &options.dead_letter_file {
+        Some(path) => FileStore::new(path.clone()).lock()?.read(),
+        None => Ok(Vec::new()),
+    }
 }
 
 async fn save_state(
@@ -457,8 +602,9 @@ impl Sink for NatsSink {
         let subjects = self.subjects.clone();
         let state = self.state.clone();
         let key = self.state_key();
+        let parking = self.parking.clone();
         Box::pin(async move {
-            publish(&js, &subjects, messages).await?;
+            publish(&js, &subjects, messages, parking.as_deref()).await?;
             if let Some(cp) = checkpoint {
                 save_state(&state, &key, |s| s.checkpoint = Some(cp)).await?;
             }
@@ -468,6 +614,12 @@ impl Sink for NatsSink {
 
     fn buffered_bytes(&self) -> usize {
         self.outbox.bytes()
+    }
+
+    fn parked(&self) -> u64 {
+        self.parking
+            .as_ref()
+            .map_or(0, |p| p.parked.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -494,7 +646,8 @@ impl TableCopy for NatsTableCopy {
             self.snapshot_lsn,
             self.started_micros,
         )?;
-        publish(&self.js, &self.subjects, messages).await?;
+        // Snapshot rows are not parked: a refused row stops the copy.
+        publish(&self.js, &self.subjects, messages, None).await?;
         self.rows += rows.len() as u64;
         Ok(())
     }
