@@ -10,7 +10,7 @@ use std::sync::Arc;
 use cutover_core::envelope::EnvelopeFormat;
 use cutover_core::naming::Template;
 use cutover_core::transform::{
-    AddColumn, Derived, Mask, MaskKey, Placed, Predicate, TransformSet, TransformSpec,
+    AddColumn, Derived, Mask, MaskKey, Placed, Predicate, SinkRules, TransformSet, TransformSpec,
 };
 use cutover_core::TableName;
 use cutover_kafka::KafkaSinkOptions;
@@ -203,7 +203,7 @@ pub enum SinkConfig {
 /// The sinks' `[[sink.transform]]` rules, read in a second pass: sinks are told apart by
 /// their `kind` tag, which hides where their values were written, and rules need their places.
 #[derive(Debug, Deserialize)]
-struct SinkRules {
+struct SinkRulesText {
     #[serde(default, rename = "sink")]
     sinks: Vec<OneSinkRules>,
 }
@@ -215,6 +215,16 @@ struct OneSinkRules {
 }
 
 impl SinkConfig {
+    /// The tables the sink takes, if it lists them.
+    pub fn tables(&self) -> Option<&[String]> {
+        match self {
+            SinkConfig::Postgres(p) => p.tables.as_deref(),
+            SinkConfig::Kafka(k) => k.tables.as_deref(),
+            SinkConfig::Nats(n) => n.tables.as_deref(),
+            SinkConfig::Mongodb(m) => m.tables.as_deref(),
+        }
+    }
+
     /// Changes/s and bytes/s limits.
     pub fn rate_limits(&self) -> RateLimits {
         let (c, b) = match self {
@@ -270,12 +280,15 @@ pub struct KafkaSinkConfig {
     /// apply.
     #[serde(default = "yes")]
     pub truncate: bool,
+    /// The tables this sink takes (`schema.table`, `schema.*`, `table`), by source name
+    /// (default: every table the pipeline replicates).
+    pub tables: Option<Vec<String>>,
     /// Most changes per second written to this sink (default: no limit).
     pub max_changes_per_s: Option<u32>,
     /// Most bytes of change data per second written to this sink (default: no limit).
     pub max_bytes_per_s: Option<ByteSize>,
     /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
-    /// (read with their places by [`SinkRules`]; kept raw here).
+    /// (read with their places by [`SinkRulesText`]; kept raw here).
     #[serde(default, rename = "transform")]
     pub _transform: Vec<toml::Value>,
     /// Bootstrap servers, `host:port[,host:port]`, or `${ENV_VAR}`.
@@ -323,12 +336,15 @@ pub struct NatsSinkConfig {
     /// apply.
     #[serde(default = "yes")]
     pub truncate: bool,
+    /// The tables this sink takes (`schema.table`, `schema.*`, `table`), by source name
+    /// (default: every table the pipeline replicates).
+    pub tables: Option<Vec<String>>,
     /// Most changes per second written to this sink (default: no limit).
     pub max_changes_per_s: Option<u32>,
     /// Most bytes of change data per second written to this sink (default: no limit).
     pub max_bytes_per_s: Option<ByteSize>,
     /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
-    /// (read with their places by [`SinkRules`]; kept raw here).
+    /// (read with their places by [`SinkRulesText`]; kept raw here).
     #[serde(default, rename = "transform")]
     pub _transform: Vec<toml::Value>,
     /// Server URL, `nats://host:4222`, or `${ENV_VAR}`.
@@ -362,12 +378,15 @@ pub struct MongoSinkConfig {
     /// apply.
     #[serde(default = "yes")]
     pub truncate: bool,
+    /// The tables this sink takes (`schema.table`, `schema.*`, `table`), by source name
+    /// (default: every table the pipeline replicates).
+    pub tables: Option<Vec<String>>,
     /// Most changes per second written to this sink (default: no limit).
     pub max_changes_per_s: Option<u32>,
     /// Most bytes of change data per second written to this sink (default: no limit).
     pub max_bytes_per_s: Option<ByteSize>,
     /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
-    /// (read with their places by [`SinkRules`]; kept raw here).
+    /// (read with their places by [`SinkRulesText`]; kept raw here).
     #[serde(default, rename = "transform")]
     pub _transform: Vec<toml::Value>,
     /// Connection string, `mongodb://host:27017`, or `${ENV_VAR}`.
@@ -413,12 +432,15 @@ pub struct PostgresSinkConfig {
     /// apply.
     #[serde(default = "yes")]
     pub truncate: bool,
+    /// The tables this sink takes (`schema.table`, `schema.*`, `table`), by source name
+    /// (default: every table the pipeline replicates).
+    pub tables: Option<Vec<String>>,
     /// Most changes per second written to this sink (default: no limit).
     pub max_changes_per_s: Option<u32>,
     /// Most bytes of change data per second written to this sink (default: no limit).
     pub max_bytes_per_s: Option<ByteSize>,
     /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
-    /// (read with their places by [`SinkRules`]; kept raw here).
+    /// (read with their places by [`SinkRulesText`]; kept raw here).
     #[serde(default, rename = "transform")]
     pub _transform: Vec<toml::Value>,
     /// Connection string, or `${ENV_VAR}`.
@@ -516,7 +538,7 @@ pub struct Pipeline {
     /// The pipeline's transform rules and the hash key.
     pub transforms: Arc<TransformSet>,
     /// Per sink, in the order of `sinks`: its own transform rules.
-    pub sink_transforms: Vec<Vec<TransformSpec>>,
+    pub sink_transforms: Vec<SinkRules>,
     /// Per sink, in the order of `sinks`: its write rate limits.
     pub sink_rates: Vec<RateLimits>,
     /// Most rows per second the snapshot reads (None: no limit).
@@ -650,7 +672,8 @@ pub fn parse(
     }
     let mut sinks = Vec::new();
     let mut sink_transforms = Vec::new();
-    let sink_rules: SinkRules = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
+    let sink_rules: SinkRulesText =
+        toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
     let pipeline_transforms = transform_specs(origin, text, &file.transforms, "transform")?;
     if let Some(spec) = pipeline_transforms.iter().find(|s| s.route.is_some()) {
         return Err(ConfigError(format!(
@@ -706,7 +729,10 @@ pub fn parse(
                 routes.insert(name.clone(), route.value.clone());
             }
         }
-        sink_transforms.push(specs);
+        sink_transforms.push(SinkRules {
+            include: s.tables().map(<[String]>::to_vec),
+            specs,
+        });
         let template = |field: &str, text: &str| {
             Template::parse(text)
                 .map(|t| t.with_routes(routes.clone()))

@@ -294,3 +294,35 @@ async fn rate_limits_hold_within_ten_percent() {
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_takes_only_the_tables_it_lists() {
+    let env = Env::new("transforms_tables").await;
+    env.on_source(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);
+         INSERT INTO a VALUES (1, 'a'); INSERT INTO b VALUES (1, 'b');",
+    )
+    .await;
+    let path = env.pipeline_with("[\"public.*\"]", "", "tables = [\"public.a\"]\n");
+    let mut run = env.start(&path);
+    env.wait_equal(&["a"], Duration::from_secs(60)).await;
+    env.on_source("INSERT INTO a VALUES (2, 'a2'); INSERT INTO b VALUES (2, 'b2');")
+        .await;
+    env.wait_equal(&["a"], Duration::from_secs(30)).await;
+    let tgt = env.target().await;
+    assert_eq!(
+        contents(&tgt, "b").await,
+        vec!["<table missing>".to_string()]
+    );
+    let (code, out, err) = cutover(&["verify", path.to_str().unwrap()]);
+    assert_eq!(
+        code, 0,
+        "verify compares only the tables the sink takes: {out}{err}"
+    );
+    assert!(
+        out.contains("public.a") && !out.contains("public.b"),
+        "{out}"
+    );
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}

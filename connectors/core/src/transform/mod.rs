@@ -158,6 +158,28 @@ fn refuse<T>(
     })
 }
 
+/// One sink's own rules: which tables it takes, and its specs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SinkRules {
+    /// Table patterns (`schema.table`, `schema.*`, `table` in `public`) the sink takes, by
+    /// their source names; `None`: every table the pipeline replicates.
+    pub include: Option<Vec<String>>,
+    pub specs: Vec<TransformSpec>,
+}
+
+impl SinkRules {
+    /// Whether the sink takes the source table `name`.
+    pub fn takes(&self, name: &TableName) -> bool {
+        self.include.as_ref().is_none_or(|patterns| {
+            patterns.iter().any(|p| match p.split_once('.') {
+                Some((schema, "*")) => schema == name.schema,
+                Some((schema, table)) => schema == name.schema && table == name.name,
+                None => name.schema == "public" && p == &name.name,
+            })
+        })
+    }
+}
+
 /// Every sink's rules: the pipeline's specs, then each sink's own, and the hash key.
 #[derive(Debug, Clone, Default)]
 pub struct TransformSet {
@@ -167,17 +189,21 @@ pub struct TransformSet {
 
 impl TransformSet {
     /// Whether no rule is declared anywhere for this sink.
-    pub fn is_empty_with(&self, sink: &[TransformSpec]) -> bool {
-        self.pipeline.is_empty() && sink.is_empty()
+    pub fn is_empty_with(&self, sink: &SinkRules) -> bool {
+        self.pipeline.is_empty() && sink.specs.is_empty() && sink.include.is_none()
     }
 
     /// Compiles the chain of rules for one table and one sink's `sink_specs`. Returns `None`
     /// when the table is excluded.
     pub fn compile(
         &self,
-        sink_specs: &[TransformSpec],
+        sink: &SinkRules,
         source: &Arc<TableSchema>,
     ) -> Result<Option<TableTransform>, TransformError> {
+        if !sink.takes(&source.name) {
+            return Ok(None);
+        }
+        let sink_specs = &sink.specs[..];
         let mut layout = source.clone();
         let mut stages = Vec::new();
         let mut route = None;
@@ -208,9 +234,10 @@ impl TransformSet {
     /// tables are left out).
     pub fn compile_all(
         &self,
-        sink_specs: &[TransformSpec],
+        sink: &SinkRules,
         tables: &[Arc<TableSchema>],
     ) -> Result<Vec<TableTransform>, TransformError> {
+        let sink_specs = &sink.specs[..];
         let names: Vec<&TableName> = tables.iter().map(|t| &t.name).collect();
         for spec in &self.pipeline {
             if !names.contains(&&spec.table.value) {
@@ -228,7 +255,7 @@ impl TransformSet {
         let mut by_output: HashMap<TableName, TableName> = HashMap::new();
         let mut reached: Vec<TableName> = Vec::new();
         for table in tables {
-            let Some(t) = self.compile(sink_specs, table)? else {
+            let Some(t) = self.compile(sink, table)? else {
                 continue;
             };
             // The name entering the sink's rules: after the pipeline's rename.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{TableTransform, TransformSet, TransformSpec};
+use super::{SinkRules, TableTransform, TransformSet};
 use crate::change::{ChangeEvent, Row, StreamEvent};
 use crate::error::{ConnectorError, Result};
 use crate::position::Lsn;
@@ -17,18 +17,18 @@ use crate::sink::{PendingWrite, Sink, SinkState, TableCopy};
 pub struct TransformSink {
     inner: Box<dyn Sink>,
     set: Arc<TransformSet>,
-    specs: Vec<TransformSpec>,
+    rules: SinkRules,
     /// Per source table: the layout the transform was compiled for, and the transform (`None`
     /// when the table is excluded from this sink).
     compiled: HashMap<TableName, (Arc<TableSchema>, Option<Arc<TableTransform>>)>,
 }
 
 impl TransformSink {
-    pub fn new(inner: Box<dyn Sink>, set: Arc<TransformSet>, specs: Vec<TransformSpec>) -> Self {
+    pub fn new(inner: Box<dyn Sink>, set: Arc<TransformSet>, rules: SinkRules) -> Self {
         TransformSink {
             inner,
             set,
-            specs,
+            rules,
             compiled: HashMap::new(),
         }
     }
@@ -43,7 +43,7 @@ impl TransformSink {
         }
         let t = self
             .set
-            .compile(&self.specs, table)
+            .compile(&self.rules, table)
             .map_err(|e| {
                 ConnectorError::fatal(format!("sink {}: {e}", self.inner.name())).with_hint(
                     "a schema change on the source no longer fits the transform rules; change the rules and run again",
@@ -84,7 +84,7 @@ impl Sink for TransformSink {
     async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
         let transforms = self
             .set
-            .compile_all(&self.specs, tables)
+            .compile_all(&self.rules, tables)
             .map_err(|e| ConnectorError::fatal(format!("sink {}: {e}", self.inner.name())))?;
         let outputs: Vec<Arc<TableSchema>> =
             transforms.iter().map(|t| t.output().clone()).collect();
@@ -120,7 +120,7 @@ impl Sink for TransformSink {
         // Copies may start in parallel (`&self`): compile here rather than through the cache.
         let t = self
             .set
-            .compile(&self.specs, &table)
+            .compile(&self.rules, &table)
             .map_err(|e| ConnectorError::fatal(format!("sink {}: {e}", self.inner.name())))?;
         Ok(match t {
             None => Box::new(SkippedCopy),

@@ -80,7 +80,10 @@ fn set(specs: Vec<TransformSpec>) -> TransformSet {
 
 #[test]
 fn a_chain_renames_masks_derives_and_filters() {
-    let t = set(vec![spec()]).compile(&[], &table()).unwrap().unwrap();
+    let t = set(vec![spec()])
+        .compile(&SinkRules::default(), &table())
+        .unwrap()
+        .unwrap();
     let out = t.output();
     assert_eq!(out.name, TableName::new("crm", "people"));
     let names: Vec<&str> = out.columns.iter().map(|c| c.name.as_str()).collect();
@@ -106,7 +109,7 @@ fn a_chain_renames_masks_derives_and_filters() {
         pipeline: vec![spec()],
         key: Some(MaskKey::from_secret("other")),
     }
-    .compile(&[], &table())
+    .compile(&SinkRules::default(), &table())
     .unwrap()
     .unwrap();
     assert_ne!(
@@ -118,7 +121,10 @@ fn a_chain_renames_masks_derives_and_filters() {
 
 #[test]
 fn updates_moving_across_the_filter_become_inserts_or_deletes() {
-    let t = set(vec![spec()]).compile(&[], &table()).unwrap().unwrap();
+    let t = set(vec![spec()])
+        .compile(&SinkRules::default(), &table())
+        .unwrap()
+        .unwrap();
     // Insert outside: dropped. Update into the filter: an upsert with the whole row.
     assert_eq!(
         t.change(Change::Insert {
@@ -164,7 +170,12 @@ fn updates_moving_across_the_filter_become_inserts_or_deletes() {
 
 #[test]
 fn wrong_rules_name_their_place() {
-    let compile = |s: TransformSpec| set(vec![s]).compile(&[], &table()).map(|_| ()).unwrap_err();
+    let compile = |s: TransformSpec| {
+        set(vec![s])
+            .compile(&SinkRules::default(), &table())
+            .map(|_| ())
+            .unwrap_err()
+    };
     let mut s = spec();
     s.masks = vec![(placed("emial"), Mask::Null)];
     let e = compile(s);
@@ -197,7 +208,7 @@ fn wrong_rules_name_their_place() {
         key: None,
     };
     assert!(no_key
-        .compile(&[], &table())
+        .compile(&SinkRules::default(), &table())
         .unwrap_err()
         .fix
         .contains("[masking]"));
@@ -209,7 +220,7 @@ fn wrong_rules_name_their_place() {
     let mut s2 = TransformSpec::new(Placed::new(other.name.clone(), at("t2")));
     s2.rename = Some(Placed::new(TableName::new("crm", "people"), at("rename2")));
     let e = set(vec![spec(), s2])
-        .compile_all(&[], &[table(), other])
+        .compile_all(&SinkRules::default(), &[table(), other])
         .unwrap_err();
     assert!(e.message.contains("both be written as crm.people"), "{e}");
 }
@@ -238,4 +249,29 @@ fn constants_encode_in_their_type() {
     ));
     assert!(encode_text(oid::INT2, "70000").is_none());
     assert!(encode_text(oid::INTERVAL, "1 day").is_none());
+}
+
+#[test]
+fn a_sink_takes_only_the_tables_it_lists() {
+    let rules = |p: &[&str]| SinkRules {
+        include: Some(p.iter().map(|s| s.to_string()).collect()),
+        specs: Vec::new(),
+    };
+    let t = table();
+    assert!(set(vec![])
+        .compile(&rules(&["public.customers"]), &t)
+        .unwrap()
+        .is_some());
+    assert!(set(vec![])
+        .compile(&rules(&["customers"]), &t)
+        .unwrap()
+        .is_some());
+    assert!(set(vec![])
+        .compile(&rules(&["public.*"]), &t)
+        .unwrap()
+        .is_some());
+    assert!(set(vec![])
+        .compile(&rules(&["sales.*", "orders"]), &t)
+        .unwrap()
+        .is_none());
 }
