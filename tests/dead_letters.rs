@@ -9,6 +9,22 @@ use std::time::{Duration, Instant};
 
 use common::{contents, cutover, Env};
 
+/// Polls `cutover dlq list` until its output holds every one of `want`; returns the output.
+async fn wait_listed(path: &std::path::Path, want: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
+        if want.iter().all(|w| out.contains(w)) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dlq list never showed {want:?}:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_change_is_parked_and_replayed_after_the_fix() {
     let env = Env::new("dead_letters").await;
@@ -86,15 +102,7 @@ async fn a_rejected_change_is_parked_and_replayed_after_the_fix() {
          INSERT INTO audit VALUES (2, 'after');",
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
-        if out.contains("2 parked change(s)") && out.contains("waiting behind") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{out}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_listed(&path, &["2 parked change(s)", "waiting behind"]).await;
     env.wait_equal(&["audit"], Duration::from_secs(30)).await;
     assert!(contents(&target, "accounts")
         .await
@@ -271,31 +279,16 @@ async fn a_mongodb_validator_rejection_is_parked_and_replayed_after_the_fix() {
     )
     .await;
     // Everything but document 7 arrives; then a later change of 7 waits behind the refused one.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
-        if out.contains("sink mongo: 1 parked change(s)") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{out}\n{}", run.log_text());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_listed(&path, &["sink mongo: 1 parked change(s)"]).await;
     env.on_source("UPDATE accounts SET note = 'later' WHERE id = 7; UPDATE accounts SET note = 'x' WHERE id = 8;")
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
-        if out.contains("sink mongo: 2 parked change(s)") {
-            assert_eq!(code, 1);
-            assert!(
-                out.contains("waiting behind") && out.contains("key 7"),
-                "{out}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "{out}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_listed(
+        &path,
+        &["sink mongo: 2 parked change(s)", "waiting behind", "key 7"],
+    )
+    .await;
+    let (code, _, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "parked changes make list exit 1");
     let folded = common::targets::mongo_rows(&env.name, &["accounts"]).await;
     let rows = &folded["public.accounts"];
     assert_eq!(rows.len(), 31, "every other document arrived");
@@ -368,29 +361,12 @@ async fn a_message_over_the_streams_limit_is_parked_and_sent_after_the_fix() {
          INSERT INTO docs VALUES (11, 'after the big one');",
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
-        if out.contains("sink nats: 1 parked change(s)") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{out}\n{}", run.log_text());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_listed(&path, &["sink nats: 1 parked change(s)"]).await;
     env.on_source(
         "UPDATE docs SET body = 'shrunk' WHERE id = 100; UPDATE docs SET body = 'x' WHERE id = 2;",
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, out, _) = cutover(&["dlq", "list", path.to_str().unwrap()]);
-        if out.contains("sink nats: 2 parked change(s)") {
-            assert!(out.contains("waiting behind"), "{out}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{out}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_listed(&path, &["sink nats: 2 parked change(s)", "waiting behind"]).await;
     // Every other key flowed on: row 2's change and row 11 are in the stream, 100 is not.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

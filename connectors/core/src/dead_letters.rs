@@ -273,6 +273,43 @@ impl Parking {
     }
 }
 
+/// Sends a file store's letters again, oldest first, through `send`, holding the store's lock
+/// meanwhile. A letter sent is removed; one refused for good (`ErrorKind::Poison`) stays, with
+/// the new reason and one more attempt, and holds back the later letters of its key. Any other
+/// error stops the replay with nothing removed (letters already sent are sent again next time).
+/// Returns (sent, still parked).
+pub async fn replay<F, Fut>(store: &FileStore, mut send: F) -> Result<(u64, u64)>
+where
+    F: FnMut(Letter) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let locked = blocking(|| store.lock())?;
+    let letters = locked.read()?;
+    let mut keep = Vec::new();
+    let mut blocked: HashSet<(TableName, String)> = HashSet::new();
+    let mut sent = 0u64;
+    for mut l in letters {
+        let id = (l.table_name(), l.key.clone());
+        if blocked.contains(&id) {
+            keep.push(l);
+            continue;
+        }
+        match send(l.clone()).await {
+            Ok(()) => sent += 1,
+            Err(e) if e.kind == crate::ErrorKind::Poison => {
+                l.attempts += 1;
+                l.reason = e.message;
+                blocked.insert(id);
+                keep.push(l);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let still = keep.len() as u64;
+    locked.replace(&keep)?;
+    Ok((sent, still))
+}
+
 /// Runs file work that may wait for another process's lock without stalling the runtime's
 /// other tasks (on a multi-threaded runtime; a current-thread runtime just runs it).
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {

@@ -38,7 +38,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::Mutex;
 
-use cutover_core::dead_letters::{blocking, FileStore, Letter, Parking};
+use cutover_core::dead_letters::{self, blocking, FileStore, Letter, Parking};
 use cutover_core::ErrorKind;
 pub use error::classify;
 use state::StateFile;
@@ -423,19 +423,10 @@ pub async fn replay_dead_letters(options: &KafkaSinkOptions) -> Result<(u64, u64
     let Some(path) = &options.dead_letter_file else {
         return Ok((0, 0));
     };
-    let store = FileStore::new(path.clone());
     let producer = producer(options)?;
-    let locked = blocking(|| store.lock())?;
-    let letters = locked.read()?;
-    let mut keep = Vec::new();
-    let mut blocked: std::collections::HashSet<(TableName, String)> = Default::default();
-    let mut sent = 0u64;
-    for mut l in letters {
-        let id = (l.table_name(), l.key.clone());
-        if blocked.contains(&id) {
-            keep.push(l);
-            continue;
-        }
+    let producer = &producer;
+    dead_letters::replay(&FileStore::new(path.clone()), |l| async move {
+        let ordinal = l.ordinal.to_string();
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
                 key: "cutover.lsn",
@@ -443,7 +434,7 @@ pub async fn replay_dead_letters(options: &KafkaSinkOptions) -> Result<(u64, u64
             })
             .insert(Header {
                 key: "cutover.ordinal",
-                value: Some(l.ordinal.to_string().as_str()),
+                value: Some(ordinal.as_str()),
             })
             .insert(Header {
                 key: "cutover.op",
@@ -457,32 +448,13 @@ pub async fn replay_dead_letters(options: &KafkaSinkOptions) -> Result<(u64, u64
         if let Some(p) = &l.payload {
             record = record.payload(p.as_bytes());
         }
-        let outcome = match send(&producer, record).await {
-            Ok(d) => match d.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(error::classify(e, "the broker refused a message")),
-                Err(_) => Err(ConnectorError::retryable("the producer dropped a message")),
-            },
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(()) => sent += 1,
-            Err(e) if e.kind == ErrorKind::Poison => {
-                l.attempts += 1;
-                l.reason = e.message;
-                blocked.insert(id);
-                keep.push(l);
-            }
-            Err(e) => {
-                // Nothing is lost: what was sent stays in the file too and is sent again by
-                // the next replay.
-                return Err(e);
-            }
+        match send(producer, record).await?.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(error::classify(e, "the broker refused a message")),
+            Err(_) => Err(ConnectorError::retryable("the producer dropped a message")),
         }
-    }
-    let still = keep.len() as u64;
-    locked.replace(&keep)?;
-    Ok((sent, still))
+    })
+    .await
 }
 
 /// The sink's parked messages, oldest first.

@@ -584,18 +584,8 @@ pub async fn replay_dead_letters(options: &MongoSinkOptions) -> Result<(u64, u64
         return Ok((0, 0));
     };
     let (client, _, _) = open_client(options).await?;
-    let store = FileStore::new(path.clone());
-    let locked = blocking(|| store.lock())?;
-    let letters = locked.read()?;
-    let mut keep = Vec::new();
-    let mut blocked: std::collections::HashSet<(TableName, String)> = Default::default();
-    let mut written = 0u64;
-    for mut l in letters {
-        let id = (l.table_name(), l.key.clone());
-        if blocked.contains(&id) {
-            keep.push(l);
-            continue;
-        }
+    let client = &client;
+    dead_letters::replay(&FileStore::new(path.clone()), |l| async move {
         let damaged = || {
             ConnectorError::fatal(format!(
                 "dead letter {} in {} cannot be read back",
@@ -604,52 +594,32 @@ pub async fn replay_dead_letters(options: &MongoSinkOptions) -> Result<(u64, u64
             ))
             .with_hint("repair or remove that line")
         };
-        let (db, coll) = l.destination.split_once('.').ok_or_else(damaged)?;
-        let ns = Namespace::new(db, coll);
-        let doc_id = serde_json::from_str::<serde_json::Value>(&l.key)
-            .ok()
-            .and_then(|v| Bson::try_from(v).ok())
-            .ok_or_else(damaged)?;
-        let body = match &l.payload {
-            Some(p) => match serde_json::from_str::<serde_json::Value>(p)
+        let bson = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
                 .ok()
                 .and_then(|v| Bson::try_from(v).ok())
-            {
-                Some(Bson::Document(d)) => Some(d),
-                _ => return Err(damaged()),
-            },
-            None => None,
         };
-        let form = match (l.op.as_str(), body) {
-            ("replace", Some(d)) => Form::Replace(d),
-            ("set", Some(d)) => Form::Set(d),
+        let (db, coll) = l.destination.split_once('.').ok_or_else(damaged)?;
+        let doc_id = bson(&l.key).ok_or_else(damaged)?;
+        let form = match (l.op.as_str(), l.payload.as_deref().map(bson)) {
+            ("replace", Some(Some(Bson::Document(d)))) => Form::Replace(d),
+            ("set", Some(Some(Bson::Document(d)))) => Form::Set(d),
             ("delete", None) => Form::Delete,
             _ => return Err(damaged()),
         };
-        match client
-            .bulk_write([form.model(&ns, doc_id)])
+        client
+            .bulk_write([form.model(&Namespace::new(db, coll), doc_id)])
             .ordered(true)
             .await
-        {
-            Ok(_) => written += 1,
-            Err(e) => {
-                let e = classify(
+            .map(|_| ())
+            .map_err(|e| {
+                classify(
                     e,
                     &format!("MongoDB sink {}: cannot write a parked write", options.name),
-                );
-                if e.kind != ErrorKind::Poison {
-                    return Err(e);
-                }
-                l.attempts += 1;
-                l.reason = e.message;
-                blocked.insert(id);
-                keep.push(l);
-            }
-        }
-    }
-    let still = keep.len() as u64;
-    locked.replace(&keep)?;
-    Ok((written, still))
+                )
+            })
+    })
+    .await
 }
 
 /// The sink's parked writes, oldest first.

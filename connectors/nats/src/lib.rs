@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishAckFuture, kv, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
-use cutover_core::dead_letters::{blocking, FileStore, Letter, Parking};
+use cutover_core::dead_letters::{self, blocking, FileStore, Letter, Parking};
 use cutover_core::envelope::{Encoder, EnvelopeFormat};
 use cutover_core::naming::{replace_disallowed, Template};
 use cutover_core::outbox::{now_micros, Outbox, Outgoing};
@@ -438,19 +438,8 @@ pub async fn replay_dead_letters(options: &NatsSinkOptions) -> Result<(u64, u64)
         format!("cutover-{}-{}-replay", options.pipeline, options.name),
     )
     .await?;
-    let js = jetstream::new(client);
-    let store = FileStore::new(path.clone());
-    let locked = blocking(|| store.lock())?;
-    let letters = locked.read()?;
-    let mut keep = Vec::new();
-    let mut blocked: std::collections::HashSet<(TableName, String)> = Default::default();
-    let mut sent = 0u64;
-    for mut l in letters {
-        let id = (l.table_name(), l.key.clone());
-        if blocked.contains(&id) {
-            keep.push(l);
-            continue;
-        }
+    let js = &jetstream::new(client);
+    dead_letters::replay(&FileStore::new(path.clone()), |l| async move {
         // Its own id: a replay repeated within the duplicate window is dropped by the server.
         let message = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(l.payload.clone().unwrap_or_default()))
@@ -460,38 +449,24 @@ pub async fn replay_dead_letters(options: &NatsSinkOptions) -> Result<(u64, u64)
             ))
             .header("Cutover-Lsn", l.commit_lsn.as_str())
             .header("Cutover-Op", l.op.as_str());
-        let mut refused = Vec::new();
-        let outcome = match js.send_publish(l.destination.clone(), message).await {
-            Ok(ack) => check_ack(ack.await, Some(l.clone()), &mut refused),
-            Err(e) => Err(nats_error(
-                match e.kind() {
+        let ack = js
+            .send_publish(l.destination.clone(), message)
+            .await
+            .map_err(|e| {
+                let kind = match e.kind() {
                     jetstream::context::PublishErrorKind::MaxPayloadExceeded => ErrorKind::Poison,
                     _ => ErrorKind::Retryable,
-                },
-                "cannot publish a parked message",
-                e,
-            )),
-        };
-        match (outcome, refused.pop()) {
-            (Ok(()), None) => sent += 1,
-            (Ok(()), Some(r)) => {
-                l.attempts += 1;
-                l.reason = r.reason;
-                blocked.insert(id);
-                keep.push(l);
-            }
-            (Err(e), _) if e.kind == ErrorKind::Poison => {
-                l.attempts += 1;
-                l.reason = e.message;
-                blocked.insert(id);
-                keep.push(l);
-            }
-            (Err(e), _) => return Err(e),
+                };
+                nats_error(kind, "cannot publish a parked message", e)
+            })?;
+        let mut refused = Vec::new();
+        check_ack(ack.await, Some(l), &mut refused)?;
+        match refused.pop() {
+            None => Ok(()),
+            Some(r) => Err(ConnectorError::new(ErrorKind::Poison, r.reason)),
         }
-    }
-    let still = keep.len() as u64;
-    locked.replace(&keep)?;
-    Ok((sent, still))
+    })
+    .await
 }
 
 /// The sink's parked messages, oldest first.
