@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 
 use common::{contents, cutover, Env};
 
+/// Runs `cutover dlq replay`, which must succeed and report `want`.
+fn replay_expecting(path: &std::path::Path, want: &str) {
+    let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(want), "{out}");
+}
+
 /// Polls `cutover dlq list` until its output holds every one of `want`; returns the output.
 async fn wait_listed(path: &std::path::Path, want: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -118,12 +125,7 @@ async fn a_rejected_change_is_parked_and_replayed_after_the_fix() {
         .batch_execute("ALTER TABLE accounts DROP CONSTRAINT accounts_balance_check")
         .await
         .unwrap();
-    let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("2 parked change(s) applied, 0 still parked"),
-        "{out}"
-    );
+    replay_expecting(&path, "2 parked change(s) applied, 0 still parked");
     env.on_source("UPDATE accounts SET balance = 1 WHERE id = 8")
         .await;
     env.wait_equal(&["accounts", "audit"], Duration::from_secs(30))
@@ -193,12 +195,7 @@ async fn an_oversized_kafka_message_is_parked_in_a_file_and_sent_after_the_fix()
 
     // Raise the limit; replay sends both, in order, while the pipeline runs.
     env.pipeline_with("[\"public.docs\"]", "", &kafka_sink(1_000_000));
-    let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("2 parked change(s) sent, 0 still parked"),
-        "{out}"
-    );
+    replay_expecting(&path, "2 parked change(s) sent, 0 still parked");
     // A later change of the key is sent normally again.
     env.on_source("UPDATE docs SET body = 'final' WHERE id = 100")
         .await;
@@ -302,12 +299,7 @@ async fn a_mongodb_validator_rejection_is_parked_and_replayed_after_the_fix() {
     db.run_command(mongodb::bson::doc! { "collMod": "public.accounts", "validator": {} })
         .await
         .unwrap();
-    let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("sink mongo: 2 parked change(s) sent, 0 still parked"),
-        "{out}"
-    );
+    replay_expecting(&path, "sink mongo: 2 parked change(s) sent, 0 still parked");
     env.on_source("UPDATE accounts SET note = 'after replay' WHERE id = 7")
         .await;
     wait_mongo_equal(&env, Duration::from_secs(30)).await;
@@ -388,12 +380,7 @@ async fn a_message_over_the_streams_limit_is_parked_and_sent_after_the_fix() {
 
     // Lift the limit, replay while running: the stream equals the source.
     set_limit(-1).await;
-    let (code, out, err) = cutover(&["dlq", "replay", path.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("sink nats: 2 parked change(s) sent, 0 still parked"),
-        "{out}"
-    );
+    replay_expecting(&path, "sink nats: 2 parked change(s) sent, 0 still parked");
     env.on_source("UPDATE docs SET body = 'final' WHERE id = 100")
         .await;
     common::targets::wait_nats_equal(
