@@ -579,44 +579,34 @@ async fn dlq(action: DlqAction) -> Outcome {
             parked_total += letters.len() as u64;
         }
     }
+    // Kafka, NATS and MongoDB sinks park in a file of their own.
     for sink in &cfg.sinks {
-        let (name, listed, replayed) = match sink {
-            config::Sink::Kafka(o) if o.dead_letter_file.is_some() => (
-                &o.name,
-                cutover_kafka::dead_letters(o),
-                if replay {
-                    Some(cutover_kafka::replay_dead_letters(o).await)
-                } else {
-                    None
-                },
-            ),
-            config::Sink::Nats(o) if o.dead_letter_file.is_some() => (
-                &o.name,
-                cutover_nats::dead_letters(o),
-                if replay {
-                    Some(cutover_nats::replay_dead_letters(o).await)
-                } else {
-                    None
-                },
-            ),
-            config::Sink::Mongodb(o) if o.dead_letter_file.is_some() => (
-                &o.name,
-                cutover_mongodb::dead_letters(o),
-                if replay {
-                    Some(cutover_mongodb::replay_dead_letters(o).await)
-                } else {
-                    None
-                },
-            ),
-            _ => continue,
+        let file = match sink {
+            config::Sink::Kafka(o) => o.dead_letter_file.as_ref(),
+            config::Sink::Nats(o) => o.dead_letter_file.as_ref(),
+            config::Sink::Mongodb(o) => o.dead_letter_file.as_ref(),
+            config::Sink::Postgres { .. } => None,
         };
-        if let Some(result) = replayed {
-            let (sent, still) = result.map_err(explain)?;
+        let Some(file) = file else {
+            continue;
+        };
+        let name = sink.name();
+        if replay {
+            let (sent, still) = match sink {
+                config::Sink::Kafka(o) => cutover_kafka::replay_dead_letters(o).await,
+                config::Sink::Nats(o) => cutover_nats::replay_dead_letters(o).await,
+                config::Sink::Mongodb(o) => cutover_mongodb::replay_dead_letters(o).await,
+                config::Sink::Postgres { .. } => unreachable!("PostgreSQL sinks have no file"),
+            }
+            .map_err(explain)?;
             println!("sink {name}: {sent} parked change(s) sent, {still} still parked");
             parked_total += still;
             continue;
         }
-        let letters = listed.map_err(explain)?;
+        let letters = cutover_core::dead_letters::FileStore::new(file.clone())
+            .lock()
+            .and_then(|store| store.read())
+            .map_err(explain)?;
         println!("sink {name}: {} parked change(s)", letters.len());
         for l in &letters {
             println!(

@@ -210,6 +210,16 @@ pub struct Parking {
 }
 
 impl Parking {
+    /// The parking of a sink with a dead-letter file (`None` without one).
+    pub fn for_file(file: Option<&PathBuf>) -> Option<std::sync::Arc<Parking>> {
+        file.map(|path| std::sync::Arc::new(Parking::new(FileStore::new(path.clone()))))
+    }
+
+    /// Letters parked by this process (0 without a parking).
+    pub fn count(parking: Option<&std::sync::Arc<Parking>>) -> u64 {
+        parking.map_or(0, |p| p.parked.load(Ordering::Relaxed))
+    }
+
     pub fn new(store: FileStore) -> Parking {
         Parking {
             store,

@@ -176,10 +176,7 @@ impl KafkaSink {
             topics: Arc::new(HashMap::new()),
             outbox: Outbox::new(encoder),
             state: Arc::new(Mutex::new((SinkState::default(), state))),
-            parking: options
-                .dead_letter_file
-                .clone()
-                .map(|path| Arc::new(Parking::new(FileStore::new(path)))),
+            parking: Parking::for_file(options.dead_letter_file.as_ref()),
             options,
         })
     }
@@ -457,14 +454,6 @@ pub async fn replay_dead_letters(options: &KafkaSinkOptions) -> Result<(u64, u64
     .await
 }
 
-/// The sink's parked messages, oldest first.
-pub fn dead_letters(options: &KafkaSinkOptions) -> Result<Vec<Letter>> {
-    match &options.dead_letter_file {
-        Some(path) => FileStore::new(path.clone()).lock()?.read(),
-        None => Ok(Vec::new()),
-    }
-}
-
 /// Queues one record, waiting while the producer's local queue is full (backpressure).
 async fn send(
     producer: &FutureProducer,
@@ -557,9 +546,7 @@ impl Sink for KafkaSink {
     }
 
     fn parked(&self) -> u64 {
-        self.parking
-            .as_ref()
-            .map_or(0, |p| p.parked.load(std::sync::atomic::Ordering::Relaxed))
+        Parking::count(self.parking.as_ref())
     }
 }
 

@@ -33,7 +33,7 @@ use std::fmt;
 
 use cutover_core::naming::Template;
 
-pub use sink::{dead_letters, replay_dead_letters, MongoSink};
+pub use sink::{replay_dead_letters, MongoSink};
 
 /// The collection that holds each sink's state document, in the sink's database.
 pub(crate) const STATE_COLLECTION: &str = "cutover_state";

@@ -113,10 +113,7 @@ impl MongoSink {
             batch: Batch::default(),
             last_commit: None,
             buffered: 0,
-            parking: options
-                .dead_letter_file
-                .clone()
-                .map(|path| Arc::new(Parking::new(FileStore::new(path)))),
+            parking: Parking::for_file(options.dead_letter_file.as_ref()),
             options,
         })
     }
@@ -622,14 +619,6 @@ pub async fn replay_dead_letters(options: &MongoSinkOptions) -> Result<(u64, u64
     .await
 }
 
-/// The sink's parked writes, oldest first.
-pub fn dead_letters(options: &MongoSinkOptions) -> Result<Vec<Letter>> {
-    match &options.dead_letter_file {
-        Some(path) => FileStore::new(path.clone()).lock()?.read(),
-        None => Ok(Vec::new()),
-    }
-}
-
 /// Reads one document by `_id`, exactly as stored: it is read raw, because reading into a
 /// `Document` through serde would turn a JSON column's `{"$numberLong": "5"}` into a number.
 async fn read(client: &Client, target: &Target, id: &Bson, sink: &str) -> Result<Option<Document>> {
@@ -885,9 +874,7 @@ impl Sink for MongoSink {
     }
 
     fn parked(&self) -> u64 {
-        self.parking
-            .as_ref()
-            .map_or(0, |p| p.parked.load(std::sync::atomic::Ordering::Relaxed))
+        Parking::count(self.parking.as_ref())
     }
 }
 

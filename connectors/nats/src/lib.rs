@@ -161,10 +161,7 @@ impl NatsSink {
             subjects: Arc::new(HashMap::new()),
             outbox: Outbox::new(encoder),
             state: Arc::new(Mutex::new((SinkState::default(), None))),
-            parking: options
-                .dead_letter_file
-                .clone()
-                .map(|path| Arc::new(Parking::new(FileStore::new(path)))),
+            parking: Parking::for_file(options.dead_letter_file.as_ref()),
             options,
         })
     }
@@ -469,14 +466,6 @@ pub async fn replay_dead_letters(options: &NatsSinkOptions) -> Result<(u64, u64)
     .await
 }
 
-/// The sink's parked messages, oldest first.
-pub fn dead_letters(options: &NatsSinkOptions) -> Result<Vec<Letter>> {
-    match &options.dead_letter_file {
-        Some(path) => FileStore::new(path.clone()).lock()?.read(),
-        None => Ok(Vec::new()),
-    }
-}
-
 async fn save_state(
     state: &Mutex<(SinkState, Option<kv::Store>)>,
     key: &str,
@@ -592,9 +581,7 @@ impl Sink for NatsSink {
     }
 
     fn parked(&self) -> u64 {
-        self.parking
-            .as_ref()
-            .map_or(0, |p| p.parked.load(std::sync::atomic::Ordering::Relaxed))
+        Parking::count(self.parking.as_ref())
     }
 }
 

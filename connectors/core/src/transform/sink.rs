@@ -88,13 +88,22 @@ impl Sink for TransformSink {
             .map_err(|e| ConnectorError::fatal(format!("sink {}: {e}", self.inner.name())))?;
         let outputs: Vec<Arc<TableSchema>> =
             transforms.iter().map(|t| t.output().clone()).collect();
+        // The compiled rules serve the stream too; tables without any are excluded.
+        for table in tables {
+            self.compiled
+                .insert(table.name.clone(), (table.clone(), None));
+        }
+        for t in transforms {
+            let source = t.source().clone();
+            self.compiled
+                .insert(source.name.clone(), (source, Some(Arc::new(t))));
+        }
         let mut state = self.inner.open(&outputs).await?;
         // Progress is kept under the names the sink sees; the runtime speaks the source's.
         let mut copied = std::collections::BTreeMap::new();
         let started = state.checkpoint.is_some() || !state.copied_tables.is_empty();
         for table in tables {
-            let t = self.transform(table)?;
-            match t {
+            match &self.compiled[&table.name].1 {
                 Some(t) => {
                     if let Some(lsn) = state.copied_tables.get(&t.output().name) {
                         copied.insert(table.name.clone(), *lsn);
