@@ -321,9 +321,12 @@ pub struct KafkaSinkConfig {
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
     /// A local file (JSON lines) where messages the brokers refuse for good (larger than they
-    /// accept) are parked while the rest flows on; see `cutover dlq`. Without it such a message
-    /// stops the sink.
+    /// accept) are parked while the rest flows on; see `cutover dlq`. Without it (and without
+    /// `dead_letter_topic`) such a message stops the sink.
     pub dead_letter_file: Option<String>,
+    /// A topic on the same brokers where such messages are parked instead of a file (created
+    /// with one partition and compaction; large letters are split into parts).
+    pub dead_letter_topic: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -757,6 +760,16 @@ pub fn parse(
                         key("partitions")
                     )));
                 }
+                if k.dead_letter_file.is_some() && k.dead_letter_topic.is_some() {
+                    return Err(ConfigError(format!(
+                        "{}: a sink parks its dead letters in one place, not both a dead_letter_file and a dead_letter_topic. Fix: remove one of them.",
+                        key("dead_letter_topic")
+                    )));
+                }
+                if let Some(topic) = &k.dead_letter_topic {
+                    cutover_kafka::check_topic_name(topic)
+                        .map_err(|e| ConfigError(format!("{}: {e}", key("dead_letter_topic"))))?;
+                }
                 let state_path = match &k.state_path {
                     Some(p) => base_dir.join(expand(p, &key("state_path"), env)?),
                     None => base_dir
@@ -784,6 +797,7 @@ pub fn parse(
                         Some(p) => Some(base_dir.join(expand(p, &key("dead_letter_file"), env)?)),
                         None => None,
                     },
+                    dead_letter_topic: k.dead_letter_topic.clone(),
                 })
             }
             SinkConfig::Nats(n) => {
@@ -1236,6 +1250,18 @@ url = "postgres://u:${PW}@h/db"
         let e = with("kind = \"nats\"\nname = \"n\"\nurl = \"nats://h:4222\"\nstream = \"a.b\"")
             .unwrap_err();
         assert!(e.contains("sink[1].stream"), "{e}");
+        let kafka = "kind = \"kafka\"\nname = \"k\"\nbrokers = \"h:1\"\n";
+        assert_eq!(with(&format!("{kafka}dead_letter_topic = \"dlq\"")), Ok(2));
+        let e = with(&format!("{kafka}dead_letter_topic = \"d/l\"")).unwrap_err();
+        assert!(
+            e.contains("sink[1].dead_letter_topic") && e.contains("'/'"),
+            "{e}"
+        );
+        let e = with(&format!(
+            "{kafka}dead_letter_topic = \"dlq\"\ndead_letter_file = \"x\""
+        ))
+        .unwrap_err();
+        assert!(e.contains("not both") && e.contains("Fix:"), "{e}");
     }
 
     #[test]

@@ -579,15 +579,15 @@ async fn dlq(action: DlqAction) -> Outcome {
             parked_total += letters.len() as u64;
         }
     }
-    // Kafka, NATS and MongoDB sinks park in a file of their own.
+    // Kafka, NATS and MongoDB sinks park in a file of their own (Kafka: or a topic).
     for sink in &cfg.sinks {
-        let file = match sink {
-            config::Sink::Kafka(o) => o.dead_letter_file.as_ref(),
-            config::Sink::Nats(o) => o.dead_letter_file.as_ref(),
-            config::Sink::Mongodb(o) => o.dead_letter_file.as_ref(),
+        let store: Option<Box<dyn cutover_core::dead_letters::LetterStore>> = match sink {
+            config::Sink::Kafka(o) => cutover_kafka::dead_letter_store(o).await.map_err(explain)?,
+            config::Sink::Nats(o) => file_store(o.dead_letter_file.as_ref()),
+            config::Sink::Mongodb(o) => file_store(o.dead_letter_file.as_ref()),
             config::Sink::Postgres { .. } => None,
         };
-        let Some(file) = file else {
+        let Some(store) = store else {
             continue;
         };
         let name = sink.name();
@@ -603,10 +603,8 @@ async fn dlq(action: DlqAction) -> Outcome {
             parked_total += still;
             continue;
         }
-        let letters = cutover_core::dead_letters::FileStore::new(file.clone())
-            .lock()
-            .and_then(|store| store.read())
-            .map_err(explain)?;
+        let letters =
+            cutover_core::dead_letters::blocking(|| store.open()?.read()).map_err(explain)?;
         println!("sink {name}: {} parked change(s)", letters.len());
         for l in &letters {
             println!(
@@ -629,6 +627,16 @@ async fn dlq(action: DlqAction) -> Outcome {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// The file store at `path`, if one is configured.
+fn file_store(
+    path: Option<&std::path::PathBuf>,
+) -> Option<Box<dyn cutover_core::dead_letters::LetterStore>> {
+    path.map(|p| {
+        Box::new(cutover_core::dead_letters::FileStore::new(p.clone()))
+            as Box<dyn cutover_core::dead_letters::LetterStore>
     })
 }
 

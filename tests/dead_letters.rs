@@ -134,11 +134,12 @@ async fn a_rejected_change_is_parked_and_replayed_after_the_fix() {
     env.drop_slot().await;
 }
 
-/// The `[[sink]]` of a Kafka target refusing messages over `max_bytes`, parking them in a file.
-fn kafka_sink(max_bytes: u32) -> String {
+/// The `[[sink]]` of a Kafka target refusing messages over `max_bytes`, parking them where
+/// `store` (a `dead_letter_*` line) says.
+fn kafka_sink(max_bytes: u32, store: &str) -> String {
     let m = common::targets::MessageServices::get();
     format!(
-        "\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{}\"\ndead_letter_file = \"dead-letters.jsonl\"\nproperties = {{ \"message.max.bytes\" = \"{max_bytes}\" }}\n",
+        "\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{}\"\n{store}\nproperties = {{ \"message.max.bytes\" = \"{max_bytes}\" }}\n",
         m.kafka_brokers
     )
 }
@@ -146,12 +147,47 @@ fn kafka_sink(max_bytes: u32) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_kafka_message_is_parked_in_a_file_and_sent_after_the_fix() {
     let env = Env::new("dead_letters_kafka").await;
+    oversized_kafka_message(&env, "dead_letter_file = \"dead-letters.jsonl\"").await;
+    assert!(env.dir.join("dead-letters.jsonl").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_kafka_message_is_parked_in_a_topic_and_sent_after_the_fix() {
+    let env = Env::new("dead_letters_kafka_topic").await;
+    let topic = format!("{}.dead-letters", env.name);
+    // Letters of 60 kB go to the topic in parts under the 20 kB limit.
+    oversized_kafka_message(&env, &format!("dead_letter_topic = \"{topic}\"")).await;
+    assert!(!env.dir.join("dead-letters.jsonl").exists());
+    // Every letter was removed from the topic by a tombstone on each of its parts.
+    let records = common::targets::kafka_records(&topic, Duration::from_secs(3));
+    let mut live: std::collections::BTreeMap<&str, bool> = Default::default();
+    for (key, value) in &records {
+        assert!(
+            value.as_ref().is_none_or(|v| v.len() <= 20_000),
+            "part {key} is over the limit"
+        );
+        live.insert(key, value.is_some());
+    }
+    assert!(
+        live.keys().any(|k| !k.ends_with("/1")),
+        "the 60 kB letter was split into parts: {:?}",
+        live.keys()
+    );
+    assert!(
+        !live.is_empty() && live.values().all(|l| !l),
+        "every part ends with a tombstone: {live:?}"
+    );
+}
+
+/// An oversized message (and a later change of its key) is parked in `store` while other keys
+/// flow; after the limit is raised, `dlq replay` sends both in order.
+async fn oversized_kafka_message(env: &Env, store: &str) {
     env.on_source(
         "CREATE TABLE docs (id int PRIMARY KEY, body text);
          INSERT INTO docs SELECT g, 'small ' || g FROM generate_series(1, 20) g;",
     )
     .await;
-    let path = env.pipeline_with("[\"public.docs\"]", "", &kafka_sink(20_000));
+    let path = env.pipeline_with("[\"public.docs\"]", "", &kafka_sink(20_000, store));
     let mut run = env.start(&path);
     env.wait_equal(&["docs"], Duration::from_secs(60)).await;
     // Random text does not compress: a 60 kB body is over the producer's 20 kB limit.
@@ -194,7 +230,7 @@ async fn an_oversized_kafka_message_is_parked_in_a_file_and_sent_after_the_fix()
     assert_eq!(code, 1, "parked changes make list exit 1");
 
     // Raise the limit; replay sends both, in order, while the pipeline runs.
-    env.pipeline_with("[\"public.docs\"]", "", &kafka_sink(1_000_000));
+    env.pipeline_with("[\"public.docs\"]", "", &kafka_sink(1_000_000, store));
     replay_expecting(&path, "2 parked change(s) sent, 0 still parked");
     // A later change of the key is sent normally again.
     env.on_source("UPDATE docs SET body = 'final' WHERE id = 100")
@@ -203,7 +239,7 @@ async fn an_oversized_kafka_message_is_parked_in_a_file_and_sent_after_the_fix()
     loop {
         reader.poll(Duration::from_millis(500));
         let copy = common::targets::materialize(
-            &env,
+            env,
             "kafka",
             "CREATE TABLE docs (id int PRIMARY KEY, body text);",
             &reader.folded,

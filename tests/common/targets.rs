@@ -232,6 +232,39 @@ impl KafkaReader {
     }
 }
 
+/// Every record of a one-partition topic, oldest first: (key, value), read until `idle` passes
+/// without a new one.
+pub fn kafka_records(topic: &str, idle: Duration) -> Vec<(String, Option<Vec<u8>>)> {
+    let m = MessageServices::get();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &m.kafka_brokers)
+        .set(
+            "group.id",
+            format!("cutover-test-raw-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("kafka consumer");
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&list).expect("assign partition");
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                out.push((key, m.payload().map(<[u8]>::to_vec)));
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("kafka consume: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
 /// Reads a JetStream stream from the first message, folding as it reads, and records every
 /// `Nats-Msg-Id` it sees.
 pub struct NatsReader {

@@ -1,5 +1,6 @@
-//! A dead-letter store in a local file, for sinks whose target cannot keep their rejected
-//! messages itself (Kafka: a message larger than the brokers accept).
+//! Dead-letter stores for sinks whose target cannot keep their rejected messages itself
+//! (Kafka: a message larger than the brokers accept): the [`LetterStore`] contract, the local
+//! file store, and the [`Parking`] a running sink keeps over either.
 //!
 //! The file holds one JSON document per line, oldest first. Every reader and writer takes an
 //! advisory lock on `<file>.lock` first, so `cutover dlq replay` can rewrite the file while
@@ -69,6 +70,34 @@ impl Letter {
     }
 }
 
+/// Where a sink's dead letters are kept. Every method may block (file locks, broker round
+/// trips): call them through [`blocking`].
+pub trait LetterStore: Send + Sync + std::fmt::Debug {
+    /// Names the store in messages: "the dead-letter file x", "the dead-letter topic y".
+    fn describe(&self) -> String;
+
+    /// A value that differs whenever the letters may have changed since the last read (a
+    /// running sink re-reads only then). `None`: nothing was ever parked.
+    fn stamp(&self) -> Result<Option<String>>;
+
+    /// Opens the store for one reader-writer (exclusive where the store can lock).
+    fn open(&self) -> Result<Box<dyn LetterSession + '_>>;
+}
+
+/// The store, opened by one reader-writer.
+pub trait LetterSession: Send {
+    /// Every parked letter, oldest first (by id), including those this process parked.
+    fn read(&mut self) -> Result<Vec<Letter>>;
+
+    /// Parks letters durably (returns once they would survive a crash); their ids are assigned
+    /// here, increasing.
+    fn append(&mut self, letters: Vec<Letter>) -> Result<()>;
+
+    /// Ends a replay of `read` (what `read` returned): letters missing from `kept` are removed,
+    /// kept ones are stored as given (a new reason, one more attempt).
+    fn settle(&mut self, read: &[Letter], kept: &[Letter]) -> Result<()>;
+}
+
 /// The file store. Cheap to share; every call locks the file.
 #[derive(Debug)]
 pub struct FileStore {
@@ -126,6 +155,35 @@ impl FileStore {
         std::fs::metadata(&self.path)
             .and_then(|m| Ok((m.modified()?, m.len())))
             .ok()
+    }
+}
+
+impl LetterStore for FileStore {
+    fn describe(&self) -> String {
+        format!("the dead-letter file {}", self.path.display())
+    }
+
+    fn stamp(&self) -> Result<Option<String>> {
+        Ok(self.modified().map(|(at, len)| format!("{at:?}/{len}")))
+    }
+
+    fn open(&self) -> Result<Box<dyn LetterSession + '_>> {
+        Ok(Box::new(self.lock()?))
+    }
+}
+
+impl LetterSession for Locked<'_> {
+    fn read(&mut self) -> Result<Vec<Letter>> {
+        Locked::read(self)
+    }
+
+    fn append(&mut self, letters: Vec<Letter>) -> Result<()> {
+        Locked::append(self, letters)
+    }
+
+    fn settle(&mut self, _read: &[Letter], kept: &[Letter]) -> Result<()> {
+        // Nobody appended since the read: the lock is held.
+        self.replace(kept)
     }
 }
 
@@ -196,15 +254,15 @@ impl Locked<'_> {
     }
 }
 
-/// When the file was read (its change time and length) and the keys it held then.
-type Held = (Option<(SystemTime, u64)>, HashSet<(TableName, String)>);
+/// When the store was read (its stamp) and the keys it held then.
+type Held = (Option<Option<String>>, HashSet<(TableName, String)>);
 
 /// What a running sink knows of its dead letters: the keys that hold back their later
-/// messages, reloaded when the file changes (a replay removes keys), and how many this process
+/// messages, reloaded when the store changes (a replay removes keys), and how many this process
 /// parked.
 #[derive(Debug)]
 pub struct Parking {
-    pub store: FileStore,
+    pub store: Box<dyn LetterStore>,
     keys: Mutex<Held>,
     pub parked: AtomicU64,
 }
@@ -212,7 +270,7 @@ pub struct Parking {
 impl Parking {
     /// The parking of a sink with a dead-letter file (`None` without one).
     pub fn for_file(file: Option<&PathBuf>) -> Option<std::sync::Arc<Parking>> {
-        file.map(|path| std::sync::Arc::new(Parking::new(FileStore::new(path.clone()))))
+        file.map(|path| std::sync::Arc::new(Parking::new(Box::new(FileStore::new(path.clone())))))
     }
 
     /// Letters parked by this process (0 without a parking).
@@ -220,7 +278,7 @@ impl Parking {
         parking.map_or(0, |p| p.parked.load(Ordering::Relaxed))
     }
 
-    pub fn new(store: FileStore) -> Parking {
+    pub fn new(store: Box<dyn LetterStore>) -> Parking {
         Parking {
             store,
             keys: Mutex::new((None, HashSet::new())),
@@ -228,19 +286,19 @@ impl Parking {
         }
     }
 
-    /// Reloads the parked keys if the file changed since they were read.
+    /// Reloads the parked keys if the store changed since they were read.
     pub fn refresh(&self) -> Result<()> {
-        let modified = self.store.modified();
+        let stamp = self.store.stamp()?;
         let mut keys = self.keys.lock().expect("not poisoned");
-        if keys.0.is_some() && keys.0 == modified {
+        if keys.0.as_ref() == Some(&stamp) {
             return Ok(());
         }
-        let letters = self.store.lock()?.read()?;
+        let letters = self.store.open()?.read()?;
         keys.1 = letters
             .iter()
             .map(|l| (l.table_name(), l.key.clone()))
             .collect();
-        keys.0 = modified;
+        keys.0 = Some(stamp);
         Ok(())
     }
 
@@ -274,31 +332,33 @@ impl Parking {
             .iter()
             .map(|l| (l.table_name(), l.key.clone()))
             .collect();
-        self.store.lock()?.append(letters)?;
+        self.store.open()?.append(letters)?;
         let mut held = self.keys.lock().expect("not poisoned");
         held.1.extend(keys);
-        held.0 = self.store.modified();
+        // Read again next time: the stamp now covers the letters just parked.
+        held.0 = None;
         self.parked.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 }
 
-/// Sends a file store's letters again, oldest first, through `send`, holding the store's lock
-/// meanwhile. A letter sent is removed; one refused for good (`ErrorKind::Poison`) stays, with
-/// the new reason and one more attempt, and holds back the later letters of its key. Any other
-/// error stops the replay with nothing removed (letters already sent are sent again next time).
-/// Returns (sent, still parked).
-pub async fn replay<F, Fut>(store: &FileStore, mut send: F) -> Result<(u64, u64)>
+/// Sends a store's letters again, oldest first, through `send`, with the store open (locked,
+/// where it can be) meanwhile. A letter sent is removed; one refused for good
+/// (`ErrorKind::Poison`) stays, with the new reason and one more attempt, and holds back the
+/// later letters of its key. Any other error stops the replay with nothing removed (letters
+/// already sent are sent again next time). Returns (sent, still parked).
+pub async fn replay<F, Fut>(store: &dyn LetterStore, mut send: F) -> Result<(u64, u64)>
 where
     F: FnMut(Letter) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let locked = blocking(|| store.lock())?;
-    let letters = locked.read()?;
+    let mut session = blocking(|| store.open())?;
+    let letters = blocking(|| session.read())?;
     let mut keep = Vec::new();
     let mut blocked: HashSet<(TableName, String)> = HashSet::new();
     let mut sent = 0u64;
-    for mut l in letters {
+    for l in &letters {
+        let mut l = l.clone();
         let id = (l.table_name(), l.key.clone());
         if blocked.contains(&id) {
             keep.push(l);
@@ -316,7 +376,7 @@ where
         }
     }
     let still = keep.len() as u64;
-    locked.replace(&keep)?;
+    blocking(|| session.settle(&letters, &keep))?;
     Ok((sent, still))
 }
 
@@ -360,8 +420,8 @@ mod tests {
     #[test]
     fn letters_are_appended_read_back_and_hold_their_keys() {
         let dir = std::env::temp_dir().join(format!("cutover-dl-{}", std::process::id()));
-        let store = FileStore::new(dir.join("sink.jsonl"));
-        let parking = Parking::new(store);
+        let path = dir.join("sink.jsonl");
+        let parking = Parking::new(Box::new(FileStore::new(path.clone())));
         parking.refresh().unwrap();
         let t = TableName::new("public", "t");
         assert!(!parking.holds(&t, "{\"id\":1}"));
@@ -369,7 +429,8 @@ mod tests {
             .park(vec![letter("{\"id\":1}"), letter("{\"id\":2}")])
             .unwrap();
         assert!(parking.holds(&t, "{\"id\":1}"));
-        let locked = parking.store.lock().unwrap();
+        let file = FileStore::new(path);
+        let locked = file.lock().unwrap();
         let read = locked.read().unwrap();
         assert_eq!(read.iter().map(|l| l.id).collect::<Vec<_>>(), vec![1, 2]);
         locked.replace(&read[1..]).unwrap();

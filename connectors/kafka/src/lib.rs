@@ -14,6 +14,7 @@
 //! mode keeps its offsets in a file.
 
 mod error;
+mod letters;
 mod state;
 pub mod verify;
 
@@ -38,7 +39,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::Mutex;
 
-use cutover_core::dead_letters::{self, blocking, FileStore, Letter, Parking};
+use cutover_core::dead_letters::{self, blocking, FileStore, Letter, LetterStore, Parking};
 use cutover_core::ErrorKind;
 pub use error::classify;
 use state::StateFile;
@@ -71,9 +72,12 @@ pub struct KafkaSinkOptions {
     pub properties: Vec<(String, String)>,
     /// Source database name, for Debezium's `source.db`.
     pub source_database: String,
-    /// Where messages the brokers refuse for good (too large) are parked; `None`: such a
-    /// message stops the sink.
+    /// Where messages the brokers refuse for good (too large) are parked; `None` (and no
+    /// `dead_letter_topic`): such a message stops the sink.
     pub dead_letter_file: Option<PathBuf>,
+    /// A topic on the sink's brokers where such messages are parked instead of a file
+    /// (created with one partition, compacted); see the `letters` module.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Characters Kafka allows in a topic name.
@@ -134,6 +138,81 @@ fn producer(options: &KafkaSinkOptions) -> Result<FutureProducer> {
     })
 }
 
+/// The connection settings every client of the sink shares: the brokers and the user's extra
+/// settings.
+fn client_config(options: &KafkaSinkOptions) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &options.brokers);
+    for (k, v) in &options.properties {
+        config.set(k, v);
+    }
+    config
+}
+
+/// Creates topics that do not exist yet; one that exists is left as it is.
+async fn create_topics(options: &KafkaSinkOptions, new: &[NewTopic<'_>]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(options)
+        .create()
+        .map_err(|e| error::classify(e, "cannot create the Kafka admin client"))?;
+    let results = admin
+        .create_topics(
+            new,
+            &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)),
+        )
+        .await
+        .map_err(|e| error::classify(e, "cannot create the sink's topics"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(error::classify(
+                    KafkaError::AdminOp(code),
+                    &format!("cannot create topic {topic}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The sink's dead-letter store, if it has one: its file, or its topic (created if missing,
+/// written through `producer`).
+async fn open_dead_letters(
+    options: &KafkaSinkOptions,
+    producer: &FutureProducer,
+) -> Result<Option<Box<dyn LetterStore>>> {
+    if let Some(path) = &options.dead_letter_file {
+        return Ok(Some(Box::new(FileStore::new(path.clone()))));
+    }
+    let Some(topic) = &options.dead_letter_topic else {
+        return Ok(None);
+    };
+    let new = NewTopic::new(
+        topic,
+        1,
+        TopicReplication::Fixed(options.replication_factor),
+    )
+    .set("cleanup.policy", "compact");
+    create_topics(options, &[new]).await?;
+    let limit = options
+        .properties
+        .iter()
+        .find(|(k, _)| k == "message.max.bytes")
+        .and_then(|(_, v)| v.parse().ok());
+    let store = letters::TopicStore::new(
+        topic.clone(),
+        producer.clone(),
+        client_config(options),
+        limit,
+    )?;
+    Ok(Some(Box::new(store)))
+}
+
+/// The sink's dead-letter store (`cutover dlq list`), if it has one.
+pub async fn dead_letter_store(options: &KafkaSinkOptions) -> Result<Option<Box<dyn LetterStore>>> {
+    open_dead_letters(options, &producer(options)?).await
+}
+
 /// A topic of one table: its name and partition count.
 #[derive(Debug, Clone)]
 struct Topic {
@@ -156,6 +235,7 @@ impl KafkaSink {
     pub async fn connect(options: KafkaSinkOptions) -> Result<KafkaSink> {
         let producer = producer(&options)?;
         let probe = producer.clone();
+        let probe_producer = producer.clone();
         let brokers = options.brokers.clone();
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, ADMIN_TIMEOUT))
             .await
@@ -176,7 +256,9 @@ impl KafkaSink {
             topics: Arc::new(HashMap::new()),
             outbox: Outbox::new(encoder),
             state: Arc::new(Mutex::new((SinkState::default(), state))),
-            parking: Parking::for_file(options.dead_letter_file.as_ref()),
+            parking: open_dead_letters(&options, &probe_producer)
+                .await?
+                .map(|store| Arc::new(Parking::new(store))),
             options,
         })
     }
@@ -218,14 +300,6 @@ impl KafkaSink {
         unique.sort_unstable();
         unique.dedup();
 
-        let mut admin_config = ClientConfig::new();
-        admin_config.set("bootstrap.servers", &self.options.brokers);
-        for (k, v) in &self.options.properties {
-            admin_config.set(k, v);
-        }
-        let admin: AdminClient<DefaultClientContext> = admin_config
-            .create()
-            .map_err(|e| error::classify(e, "cannot create the Kafka admin client"))?;
         let new: Vec<NewTopic> = unique
             .iter()
             .map(|n| {
@@ -236,24 +310,7 @@ impl KafkaSink {
                 )
             })
             .collect();
-        let results = admin
-            .create_topics(
-                &new,
-                &AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)),
-            )
-            .await
-            .map_err(|e| error::classify(e, "cannot create the sink's topics"))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(error::classify(
-                        KafkaError::AdminOp(code),
-                        &format!("cannot create topic {topic}"),
-                    ))
-                }
-            }
-        }
+        create_topics(&self.options, &new).await?;
         let mut partitions = HashMap::new();
         for name in unique {
             let probe = self.producer.clone();
@@ -413,16 +470,17 @@ async fn publish(
 }
 
 /// Sends the parked messages of a sink again, oldest first: those the brokers accept now are
-/// removed from the file; one still refused stays (with the new reason) and holds back its
-/// key's later messages. Returns (sent, still parked). Safe while the pipeline runs: the file
-/// is locked meanwhile, and the running sink reloads the parked keys when it changes.
+/// removed from the store (file or topic); one still refused stays (with the new reason) and
+/// holds back its key's later messages. Returns (sent, still parked). Safe while the pipeline
+/// runs: the running sink reloads the parked keys when the store changes (a file is locked
+/// meanwhile; a topic cannot be, so two replays must not run at once).
 pub async fn replay_dead_letters(options: &KafkaSinkOptions) -> Result<(u64, u64)> {
-    let Some(path) = &options.dead_letter_file else {
+    let producer = producer(options)?;
+    let Some(store) = open_dead_letters(options, &producer).await? else {
         return Ok((0, 0));
     };
-    let producer = producer(options)?;
     let producer = &producer;
-    dead_letters::replay(&FileStore::new(path.clone()), |l| async move {
+    dead_letters::replay(store.as_ref(), |l| async move {
         let ordinal = l.ordinal.to_string();
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
