@@ -134,6 +134,69 @@ async fn a_rejected_change_is_parked_and_replayed_after_the_fix() {
     env.drop_slot().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_rows_the_target_refuses_are_parked_and_the_copy_goes_on() {
+    let env = Env::new("dead_letters_snapshot").await;
+    // 20 000 rows, three of them refused by a CHECK only the target has, spread over the table.
+    env.on_source(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int, owner text);
+         INSERT INTO accounts SELECT g, CASE WHEN g IN (17, 9000, 19999) THEN -1 ELSE g END, 'o' || g
+           FROM generate_series(1, 20000) g;",
+    )
+    .await;
+    let target = env.target().await;
+    target
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance int CHECK (balance >= 0), owner text);",
+        )
+        .await
+        .unwrap();
+    let path = env.pipeline("[\"public.accounts\"]", "");
+    let mut run = env.start(&path);
+    let out = wait_listed(&path, &["sink target: 3 parked change(s)"]).await;
+    assert!(out.contains("check constraint"), "{out}");
+    for id in [17, 9000, 19999] {
+        assert!(out.contains(&format!("{{\"id\":\"{id}\"}}")), "{out}");
+    }
+    // Every other row was copied; a later change of a refused key waits behind it.
+    let src = env.source().await;
+    let others = |rows: Vec<String>| -> Vec<String> {
+        rows.into_iter()
+            .filter(|r| {
+                !["(17,", "(9000,", "(19999,"]
+                    .iter()
+                    .any(|k| r.starts_with(k))
+            })
+            .collect()
+    };
+    env.on_source("UPDATE accounts SET owner = 'later' WHERE id = 17; UPDATE accounts SET owner = 'x' WHERE id = 18;")
+        .await;
+    wait_listed(
+        &path,
+        &["sink target: 4 parked change(s)", "waiting behind"],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while others(contents(&target, "accounts").await) != others(contents(&src, "accounts").await) {
+        assert!(
+            Instant::now() < deadline,
+            "the other rows did not arrive:\n{}",
+            run.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(contents(&target, "accounts").await.len(), 19_997);
+    // Fix the target; replay while running: equal to the source.
+    target
+        .batch_execute("ALTER TABLE accounts DROP CONSTRAINT accounts_balance_check")
+        .await
+        .unwrap();
+    replay_expecting(&path, "4 parked change(s) applied, 0 still parked");
+    env.wait_equal(&["accounts"], Duration::from_secs(30)).await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
 /// The `[[sink]]` of a Kafka target refusing messages over `max_bytes`, parking them where
 /// `store` (a `dead_letter_*` line) says.
 fn kafka_sink(max_bytes: u32, store: &str) -> String {

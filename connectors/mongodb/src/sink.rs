@@ -823,6 +823,7 @@ impl Sink for MongoSink {
             rows: 0,
             store: self.store.clone(),
             sink: self.options.name.clone(),
+            parking: self.parking.clone(),
         }))
     }
 
@@ -888,12 +889,13 @@ struct MongoCopy {
     rows: u64,
     store: StateStore,
     sink: String,
+    parking: Option<Arc<Parking>>,
 }
 
 #[async_trait]
 impl TableCopy for MongoCopy {
     async fn write(&mut self, rows: &[Row]) -> Result<()> {
-        let mut models = Models::default();
+        let mut models = Models::new(self.parking.clone(), self.snapshot_lsn.to_string());
         for row in rows {
             let id = document_id(&self.table, row)?;
             let fields = row_fields(&self.table, row, &id)?;

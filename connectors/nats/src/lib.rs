@@ -546,6 +546,7 @@ impl Sink for NatsSink {
             rows: 0,
             state: self.state.clone(),
             state_key: self.state_key(),
+            parking: self.parking.clone(),
         }))
     }
 
@@ -596,6 +597,7 @@ struct NatsTableCopy {
     rows: u64,
     state: Arc<Mutex<(SinkState, Option<kv::Store>)>>,
     state_key: String,
+    parking: Option<Arc<Parking>>,
 }
 
 #[async_trait]
@@ -608,8 +610,7 @@ impl TableCopy for NatsTableCopy {
             self.snapshot_lsn,
             self.started_micros,
         )?;
-        // Snapshot rows are not parked: a refused row stops the copy.
-        publish(&self.js, &self.subjects, messages, None).await?;
+        publish(&self.js, &self.subjects, messages, self.parking.as_deref()).await?;
         self.rows += rows.len() as u64;
         Ok(())
     }

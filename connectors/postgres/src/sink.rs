@@ -12,7 +12,6 @@
 //! exactly which source transactions it has, and skips them when they are replayed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,6 +34,10 @@ pub const STATE_SCHEMA: &str = "cutover";
 
 /// Bytes of COPY data sent to the server per message.
 const COPY_CHUNK: usize = 1 << 20;
+
+/// Bytes of snapshot rows written by one COPY under one savepoint: a row the target refuses
+/// costs a search in this much, and it is held in memory until the COPY is done.
+const COPY_SEGMENT: usize = 16 << 20;
 
 /// How the sink behaves.
 #[derive(Debug, Clone)]
@@ -1369,31 +1372,18 @@ impl Sink for PgSink {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| classify(e, &ctx))?;
-        let list = table
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sink: CopyInSink<Bytes> = client
-            .copy_in(&format!(
-                "COPY {} ({list}) FROM STDIN (FORMAT binary)",
-                table.name.quoted()
-            ))
-            .await
-            .map_err(|e| classify(e, &ctx))?;
-        let mut buf = BytesMut::with_capacity(COPY_CHUNK + (64 << 10));
-        put_header(&mut buf);
         Ok(Box::new(PgTableCopy {
             client,
-            copy: Box::pin(sink),
-            buf,
+            segment: BytesMut::with_capacity(COPY_SEGMENT + (64 << 10)),
+            starts: Vec::new(),
             table,
             snapshot_lsn,
             rows: 0,
             pipeline: self.options.pipeline.clone(),
             sink_name: self.options.name.clone(),
             ctx,
+            any_parked: self.any_parked.clone(),
+            parked: self.parked.clone(),
         }))
     }
 
@@ -1445,30 +1435,161 @@ impl Sink for PgSink {
     }
 }
 
-/// A snapshot copy of one table into the target, in its own transaction.
+/// A snapshot copy of one table into the target, in its own transaction: rows are written in
+/// segments of `COPY_SEGMENT` bytes, one COPY each under a savepoint. When the target refuses a
+/// segment for good (a constraint or type only the target has), the segment is halved until
+/// the refused rows are found; each is parked in `cutover.dead_letters` (op `upsert`, in this
+/// transaction) and the rest are copied. Later changes of a parked key wait behind it.
 struct PgTableCopy {
     client: Client,
-    copy: Pin<Box<CopyInSink<Bytes>>>,
-    buf: BytesMut,
+    /// Encoded tuples (binary COPY) of the rows not yet written, and where each starts.
+    segment: BytesMut,
+    starts: Vec<usize>,
     table: Arc<TableSchema>,
     snapshot_lsn: Lsn,
     rows: u64,
     pipeline: String,
     sink_name: String,
     ctx: String,
+    any_parked: Arc<std::sync::atomic::AtomicBool>,
+    parked: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PgTableCopy {
+    /// Sends the tuples in `data` as one COPY.
+    async fn copy_tuples(&self, data: Bytes) -> Result<()> {
+        let list = self
+            .table
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sink: CopyInSink<Bytes> = self
+            .client
+            .copy_in(&format!(
+                "COPY {} ({list}) FROM STDIN (FORMAT binary)",
+                self.table.name.quoted()
+            ))
+            .await
+            .map_err(|e| classify(e, &self.ctx))?;
+        let mut sink = Box::pin(sink);
+        let mut head = BytesMut::with_capacity(32);
+        put_header(&mut head);
+        sink.feed(head.freeze())
+            .await
+            .map_err(|e| classify(e, &self.ctx))?;
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + COPY_CHUNK).min(data.len());
+            sink.send(data.slice(at..end))
+                .await
+                .map_err(|e| classify(e, &self.ctx))?;
+            at = end;
+        }
+        let mut tail = BytesMut::with_capacity(2);
+        put_trailer(&mut tail);
+        sink.send(tail.freeze())
+            .await
+            .map_err(|e| classify(e, &self.ctx))?;
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| classify(e, &self.ctx))?;
+        Ok(())
+    }
+
+    async fn exec(&self, sql: &str) -> Result<()> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| classify(e, &self.ctx))
+    }
+
+    /// Writes the held segment; refused rows are found by halving and parked.
+    async fn flush(&mut self) -> Result<()> {
+        if self.starts.is_empty() {
+            return Ok(());
+        }
+        let data = self.segment.split().freeze();
+        let starts = std::mem::take(&mut self.starts);
+        let bytes = |rows: &std::ops::Range<usize>| {
+            let end = starts.get(rows.end).copied().unwrap_or(data.len());
+            data.slice(starts[rows.start]..end)
+        };
+        let mut todo = vec![0..starts.len()];
+        let mut searching = false;
+        while let Some(rows) = todo.pop() {
+            self.exec("SAVEPOINT cutover_copy").await?;
+            match self.copy_tuples(bytes(&rows)).await {
+                Ok(()) => self.exec("RELEASE SAVEPOINT cutover_copy").await?,
+                Err(e) if e.kind == ErrorKind::Poison => {
+                    self.exec("ROLLBACK TO SAVEPOINT cutover_copy").await?;
+                    if !searching {
+                        searching = true;
+                        tracing::info!(sink = %self.sink_name, table = %self.table.name, rows = rows.len(), error = %e, "the target refused snapshot rows; halving the segment to find them");
+                    }
+                    if rows.len() == 1 {
+                        self.park(bytes(&rows), e.message).await?;
+                    } else {
+                        let mid = rows.start + rows.len() / 2;
+                        todo.push(mid..rows.end);
+                        todo.push(rows.start..mid);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Parks one refused snapshot row (its encoded tuple) with the target's reason.
+    async fn park(&self, tuple: Bytes, reason: String) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut framed = BytesMut::with_capacity(tuple.len() + 32);
+        put_header(&mut framed);
+        framed.extend_from_slice(&tuple);
+        put_trailer(&mut framed);
+        let mut rows = Vec::with_capacity(1);
+        crate::copy_binary::CopyParser::new(self.table.columns.len())
+            .feed(framed.freeze(), &mut rows)
+            .ok()
+            .filter(|()| rows.len() == 1)
+            .ok_or_else(|| {
+                ConnectorError::fatal(format!(
+                    "a refused row of {} could not be read back to park it",
+                    self.table.name
+                ))
+            })?;
+        let row = &rows[0];
+        crate::dead_letters::park(
+            &self.client,
+            &self.pipeline,
+            &self.sink_name,
+            crate::dead_letters::Parked {
+                layout: &self.table,
+                key_bytes: &key_bytes(&self.table, row),
+                op: "upsert",
+                row,
+                commit_lsn: Some(self.snapshot_lsn.to_string()),
+                reason,
+            },
+        )
+        .await?;
+        self.any_parked.store(true, Relaxed);
+        self.parked.fetch_add(1, Relaxed);
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl TableCopy for PgTableCopy {
     async fn write(&mut self, rows: &[Row]) -> Result<()> {
         for row in rows {
-            put_row(&mut self.buf, row.0.iter());
-            if self.buf.len() >= COPY_CHUNK {
-                let chunk = self.buf.split().freeze();
-                self.copy
-                    .send(chunk)
-                    .await
-                    .map_err(|e| classify(e, &self.ctx))?;
+            self.starts.push(self.segment.len());
+            put_row(&mut self.segment, row.0.iter());
+            if self.segment.len() >= COPY_SEGMENT {
+                self.flush().await?;
             }
         }
         self.rows += rows.len() as u64;
@@ -1476,17 +1597,7 @@ impl TableCopy for PgTableCopy {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64> {
-        put_trailer(&mut self.buf);
-        let chunk = self.buf.split().freeze();
-        self.copy
-            .send(chunk)
-            .await
-            .map_err(|e| classify(e, &self.ctx))?;
-        self.copy
-            .as_mut()
-            .finish()
-            .await
-            .map_err(|e| classify(e, &self.ctx))?;
+        self.flush().await?;
         self.client
             .execute(
                 &format!(
