@@ -1517,7 +1517,9 @@ impl PgTableCopy {
             let end = starts.get(rows.end).copied().unwrap_or(data.len());
             data.slice(starts[rows.start]..end)
         };
-        let mut todo: Vec<std::ops::Range<usize>> = Vec::from([0..starts.len()]);
+        // Row ranges still to write, the next on top.
+        let mut todo = Vec::with_capacity(32);
+        todo.push(0..starts.len());
         let mut searching = false;
         while let Some(rows) = todo.pop() {
             self.exec("SAVEPOINT cutover_copy").await?;
