@@ -285,8 +285,86 @@ async fn run_once(
         }
         drop(session);
     }
+    merge_partitions(&source, &mut sinks, &states, cfg).await?;
 
     stream(cfg, &source, sinks, states, status, stop).await
+}
+
+/// Writes the rows of partitions attached since their root was copied (see
+/// `cutover_postgres::partitions`) to every sink, as inserts in transactions at the sink's own
+/// checkpoint (so the checkpoint does not move), chunk by chunk, then records them as copied.
+/// Streaming then replays the changes made to those rows since the sink's checkpoint.
+async fn merge_partitions(
+    source: &PgSource,
+    sinks: &mut [Box<dyn Sink>],
+    states: &[SinkState],
+    cfg: &Pipeline,
+) -> Result<()> {
+    let (merge, record) = source.partition_plan().await?;
+    for (root, partition) in &merge {
+        let Some(table) = source.tables().iter().find(|t| &t.schema.name == root) else {
+            continue;
+        };
+        tracing::info!(%root, %partition, "copying the rows a partition held when it was attached");
+        let (tx, mut rx) = mpsc::channel::<Vec<Row>>(4);
+        let read = source.copy_partition(table, partition, cfg.chunk_bytes, tx);
+        let write = async {
+            let mut rows_total = 0u64;
+            while let Some(rows) = rx.recv().await {
+                for (sink, state) in sinks.iter_mut().zip(states) {
+                    let at = state.checkpoint.unwrap_or_else(|| {
+                        // Never streamed: the oldest copy's position, which every table's own
+                        // snapshot position is at or past.
+                        let lsn = state
+                            .copied_tables
+                            .values()
+                            .min()
+                            .copied()
+                            .unwrap_or(Lsn::ZERO);
+                        Checkpoint {
+                            commit_lsn: lsn,
+                            end_lsn: lsn,
+                        }
+                    });
+                    let time = cutover_core::outbox::now_micros();
+                    let mut events = Vec::with_capacity(rows.len() + 2);
+                    events.push(StreamEvent::Begin {
+                        commit_lsn: at.commit_lsn,
+                        xid: 0,
+                        commit_time_micros: time,
+                    });
+                    events.extend(rows.iter().enumerate().map(|(n, row)| {
+                        StreamEvent::Change(cutover_core::ChangeEvent {
+                            position: cutover_core::Position {
+                                commit_lsn: at.commit_lsn,
+                                ordinal: n as u32,
+                            },
+                            table: table.schema.clone(),
+                            change: Change::Insert { row: row.clone() },
+                        })
+                    }));
+                    events.push(StreamEvent::Commit {
+                        commit_lsn: at.commit_lsn,
+                        end_lsn: at.end_lsn,
+                        commit_time_micros: time,
+                    });
+                    sink.apply_all(events).await?;
+                    sink.seal().await?;
+                }
+                rows_total += rows.len() as u64;
+            }
+            Ok::<u64, ConnectorError>(rows_total)
+        };
+        let (read, write) = tokio::join!(read, write);
+        let rows = write?;
+        read?;
+        tracing::info!(%root, %partition, rows, "partition rows copied; its later changes follow from the stream");
+    }
+    if let Err(e) = source.record_partitions(&record).await {
+        // Without the record, partitions attached later cannot be told apart: say so.
+        tracing::warn!(error = %e, "cannot record the partitions of the partitioned tables on the publication; rows of partitions attached later will not be copied (make cutover's user own the publication)");
+    }
+    Ok(())
 }
 
 /// Copies tables (up to `parallel_tables` at a time) into the sinks that need them.
@@ -482,6 +560,18 @@ async fn stream(
                     found_tables = found;
                     break 'run Ok(());
                 }
+                let attached = match source.new_partitions().await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look for attached partitions; streaming goes on");
+                        Vec::new()
+                    }
+                };
+                if !attached.is_empty() {
+                    tracing::info!(partitions = ?attached.iter().map(|(r, p)| format!("{p} of {r}")).collect::<Vec<_>>(), "partitions attached to replicated tables: draining, then copying the rows they held");
+                    found_tables = attached.into_iter().map(|(_, p)| p).collect();
+                    break 'run Ok(());
+                }
             }
             Some(joined) = drivers.join_next() => break 'run Err(driver_ended(joined)),
             Some((i, cp)) = durable_rx.recv() => {
@@ -627,7 +717,7 @@ async fn stream(
         // Retryable: the runtime starts again from what every sink made durable, and the new
         // run adds the tables to the publication and copies them.
         return Err(ConnectorError::retryable(format!(
-            "new table(s) {} to copy",
+            "new table(s) or partition(s) {} to copy",
             found_tables
                 .iter()
                 .map(ToString::to_string)

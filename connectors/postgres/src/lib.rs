@@ -8,6 +8,7 @@ pub mod conn;
 pub mod copy_binary;
 pub mod dead_letters;
 pub mod error;
+pub mod partitions;
 pub mod pgoutput;
 pub mod preflight;
 pub mod sequences;

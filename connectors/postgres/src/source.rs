@@ -1,6 +1,6 @@
 //! The PostgreSQL source: publication and slot, snapshot copy, change stream.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cutover_core::{
     quote_ident, Change, ChangeEvent, ConnectorError, Lsn, Position, Result, Row, Source,
-    StreamEvent, StreamItem, TableSchema,
+    StreamEvent, StreamItem, TableName, TableSchema,
 };
 use futures::StreamExt;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -19,6 +19,7 @@ use crate::catalog::{self, SourceTable};
 use crate::conn::PgEndpoint;
 use crate::copy_binary::CopyParser;
 use crate::error::{classify, classify_replication};
+use crate::partitions;
 use crate::pgoutput::{Decoder, Message};
 use crate::preflight::{self, Finding};
 
@@ -62,6 +63,8 @@ pub struct PgSource {
     options: PgSourceOptions,
     client: Client,
     tables: Vec<SourceTable>,
+    /// The leaf partitions of each selected partitioned table when this source connected.
+    partitions: BTreeMap<TableName, BTreeSet<TableName>>,
 }
 
 impl PgSource {
@@ -69,12 +72,64 @@ impl PgSource {
     pub async fn connect(endpoint: PgEndpoint, options: PgSourceOptions) -> Result<Self> {
         let client = endpoint.connect().await?;
         let tables = catalog::resolve_tables(&client, &options.tables).await?;
-        Ok(PgSource {
+        let mut source = PgSource {
             endpoint,
             options,
             client,
             tables,
-        })
+            partitions: BTreeMap::new(),
+        };
+        source.partitions = source.current_partitions().await?;
+        Ok(source)
+    }
+
+    /// The leaf partitions of each selected partitioned table now.
+    async fn current_partitions(&self) -> Result<BTreeMap<TableName, BTreeSet<TableName>>> {
+        let mut out = BTreeMap::new();
+        for t in self.tables.iter().filter(|t| t.relkind == 'p') {
+            out.insert(
+                t.schema.name.clone(),
+                partitions::leaves(&self.client, &t.schema.name).await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Partitions attached to a selected partitioned table since this source connected, as
+    /// (root, partition).
+    pub async fn new_partitions(&self) -> Result<Vec<(TableName, TableName)>> {
+        let now = self.current_partitions().await?;
+        let mut out = Vec::new();
+        for (root, leaves) in now {
+            let before = self.partitions.get(&root);
+            for leaf in leaves {
+                if !before.is_some_and(|b| b.contains(&leaf)) {
+                    out.push((root.clone(), leaf));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The partitions whose rows must be merged into the sinks (attached since their root was
+    /// copied, by the record on the publication), and the record to write once they are. See
+    /// [`partitions`].
+    pub async fn partition_plan(
+        &self,
+    ) -> Result<(Vec<(TableName, TableName)>, partitions::PartitionMap)> {
+        if self.partitions.is_empty() {
+            return Ok((Vec::new(), partitions::PartitionMap::new()));
+        }
+        let recorded = partitions::recorded(&self.client, &self.options.publication).await?;
+        Ok(partitions::plan(&self.partitions, recorded.as_ref()))
+    }
+
+    /// Records which partitions the sinks hold (see [`PgSource::partition_plan`]).
+    pub async fn record_partitions(&self, map: &partitions::PartitionMap) -> Result<()> {
+        if map.is_empty() {
+            return Ok(());
+        }
+        partitions::record(&self.client, &self.options.publication, map).await
     }
 
     pub fn tables(&self) -> &[SourceTable] {
@@ -235,14 +290,43 @@ impl PgSource {
         chunk_bytes: usize,
         out: mpsc::Sender<Vec<Row>>,
     ) -> Result<u64> {
-        let name = &table.schema.name;
+        let setup = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            snapshot.snapshot_name.replace('\'', "''")
+        );
+        self.copy_out(table, None, &setup, chunk_bytes, out).await
+    }
+
+    /// Streams the rows of `partition` (a partition of `table`), with `table`'s columns, read in
+    /// a repeatable-read transaction of its own (see [`partitions`] for why no exported
+    /// snapshot is needed).
+    pub async fn copy_partition(
+        &self,
+        table: &SourceTable,
+        partition: &TableName,
+        chunk_bytes: usize,
+        out: mpsc::Sender<Vec<Row>>,
+    ) -> Result<u64> {
+        let setup = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+        self.copy_out(table, Some(partition), setup, chunk_bytes, out)
+            .await
+            .map_err(|e| partitions::unreadable(&table.schema.name, partition, e))
+    }
+
+    /// Streams the rows of `table` (or of one of its partitions, `from`) after running `setup`.
+    async fn copy_out(
+        &self,
+        table: &SourceTable,
+        from: Option<&TableName>,
+        setup: &str,
+        chunk_bytes: usize,
+        out: mpsc::Sender<Vec<Row>>,
+    ) -> Result<u64> {
+        let name = from.unwrap_or(&table.schema.name);
         let ctx = format!("cannot copy {name} from the source");
         let client = self.endpoint.connect().await?;
         client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-                snapshot.snapshot_name.replace('\'', "''")
-            ))
+            .batch_execute(setup)
             .await
             .map_err(|e| classify(e, &ctx))?;
         let columns = table
@@ -252,7 +336,7 @@ impl PgSource {
             .map(|c| quote_ident(&c.name))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = if table.relkind == 'p' {
+        let sql = if table.relkind == 'p' || from.is_some() {
             format!(
                 "COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT binary)",
                 name.quoted()

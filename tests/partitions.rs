@@ -1,0 +1,85 @@
+//! A partitioned table replicates as one table through its root: snapshot, streamed changes in
+//! every partition (including a row moving between partitions), and a partition attached while
+//! streaming, whose earlier rows never reach the WAL as changes of the root: they are copied,
+//! and the changes made to them afterwards follow. The target ends equal to the source, also
+//! after a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cutover, Env};
+
+const ORDERS: &str = "CREATE TABLE orders (id int, region text, amount numeric(10,2), note text,
+                         PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+                      CREATE TABLE orders_eu PARTITION OF orders FOR VALUES IN ('eu');
+                      CREATE TABLE orders_us PARTITION OF orders FOR VALUES IN ('us');";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_attached_while_streaming_is_copied_and_streamed() {
+    let env = Env::new("partitions").await;
+    env.on_source(&format!(
+        "{ORDERS}
+         INSERT INTO orders SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g * 1.25, 'n' || g
+           FROM generate_series(1, 1000) g;"
+    ))
+    .await;
+    let path = env.pipeline("[\"public.orders\"]", "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "tables = [\"public.orders\"]",
+        "tables = [\"public.orders\"]\ndiscover_interval_s = 1",
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut run = env.start(&path);
+    env.wait_equal(&["orders"], Duration::from_secs(60)).await;
+
+    // Changes in both partitions, and a row moving from one to the other.
+    env.on_source(
+        "UPDATE orders SET amount = amount + 1 WHERE id % 10 = 0;
+         DELETE FROM orders WHERE id BETWEEN 100 AND 120;
+         UPDATE orders SET region = 'us' WHERE id = 2;
+         INSERT INTO orders VALUES (5000, 'eu', 1, 'streamed');",
+    )
+    .await;
+    env.wait_equal(&["orders"], Duration::from_secs(30)).await;
+
+    // A table loaded on its own, then attached: its 300 rows were never changes of `orders`.
+    env.on_source(
+        "CREATE TABLE orders_apac (id int, region text, amount numeric(10,2), note text,
+                                   PRIMARY KEY (id, region));
+         INSERT INTO orders_apac SELECT g, 'apac', g, 'loaded before attach' FROM generate_series(2001, 2300) g;
+         ALTER TABLE orders ATTACH PARTITION orders_apac FOR VALUES IN ('apac');
+         UPDATE orders SET note = 'changed after attach' WHERE id BETWEEN 2001 AND 2010;
+         DELETE FROM orders WHERE id BETWEEN 2291 AND 2300;
+         INSERT INTO orders VALUES (2400, 'apac', 7, 'inserted after attach');",
+    )
+    .await;
+    run.wait_log("partitions attached", Duration::from_secs(30))
+        .await;
+    env.on_source(
+        "UPDATE orders SET amount = 0 WHERE id = 2011;
+         INSERT INTO orders VALUES (2500, 'apac', 8, 'after the copy'), (5001, 'us', 9, 'x');",
+    )
+    .await;
+    env.wait_equal(&["orders"], Duration::from_secs(90)).await;
+    assert!(
+        run.log_text().contains("orders_apac"),
+        "the log names the partition it copied"
+    );
+
+    // A restart copies nothing again and goes on streaming.
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.on_source("UPDATE orders SET note = 'while stopped' WHERE id IN (2012, 3, 4);")
+        .await;
+    let mut run = env.start(&path);
+    env.wait_equal(&["orders"], Duration::from_secs(60)).await;
+    assert!(
+        !run.log_text().contains("copying the rows"),
+        "{}",
+        run.log_text()
+    );
+    let (code, out, err) = cutover(&["verify", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
