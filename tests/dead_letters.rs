@@ -137,10 +137,11 @@ async fn a_rejected_change_is_parked_and_replayed_after_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_rows_the_target_refuses_are_parked_and_the_copy_goes_on() {
     let env = Env::new("dead_letters_snapshot").await;
-    // 20 000 rows, three of them refused by a CHECK only the target has, spread over the table.
+    // 20 000 rows (about 3 MB: the COPY sends several chunks before the server refuses one),
+    // three of them refused by a CHECK only the target has, spread over the table.
     env.on_source(
         "CREATE TABLE accounts (id int PRIMARY KEY, balance int, owner text);
-         INSERT INTO accounts SELECT g, CASE WHEN g IN (17, 9000, 19999) THEN -1 ELSE g END, 'o' || g
+         INSERT INTO accounts SELECT g, CASE WHEN g IN (17, 9000, 19999) THEN -1 ELSE g END, repeat('o', 120) || g
            FROM generate_series(1, 20000) g;",
     )
     .await;

@@ -12,6 +12,7 @@
 //! exactly which source transactions it has, and skips them when they are replayed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -1374,7 +1375,11 @@ impl Sink for PgSink {
             .map_err(|e| classify(e, &ctx))?;
         Ok(Box::new(PgTableCopy {
             client,
-            segment: BytesMut::with_capacity(COPY_SEGMENT + (64 << 10)),
+            copy: None,
+            refused: false,
+            chunk: BytesMut::with_capacity(COPY_CHUNK + (64 << 10)),
+            kept: Vec::new(),
+            kept_len: 0,
             starts: Vec::new(),
             table,
             snapshot_lsn,
@@ -1435,15 +1440,26 @@ impl Sink for PgSink {
     }
 }
 
-/// A snapshot copy of one table into the target, in its own transaction: rows are written in
-/// segments of `COPY_SEGMENT` bytes, one COPY each under a savepoint. When the target refuses a
-/// segment for good (a constraint or type only the target has), the segment is halved until
-/// the refused rows are found; each is parked in `cutover.dead_letters` (op `upsert`, in this
-/// transaction) and the rest are copied. Later changes of a parked key wait behind it.
+/// A snapshot copy of one table into the target, in its own transaction. Rows stream to the
+/// server as they come, in segments of `COPY_SEGMENT` bytes, one COPY each under a savepoint;
+/// the segment's encoded rows are kept (shared, not copied) until its COPY is done. When the
+/// target refuses a segment for good (a constraint or type only the target has), the segment
+/// is halved until the refused rows are found; each is parked in `cutover.dead_letters` (op
+/// `upsert`, in this transaction) and the rest are copied. Later changes of a parked key wait
+/// behind it.
 struct PgTableCopy {
     client: Client,
-    /// Encoded tuples (binary COPY) of the rows not yet written, and where each starts.
-    segment: BytesMut,
+    /// The COPY of the current segment (`None` before its first row, or once the target
+    /// refused it: its rows are then only kept, for the search).
+    copy: Option<Pin<Box<CopyInSink<Bytes>>>>,
+    /// Whether the target refused the current segment.
+    refused: bool,
+    /// Tuples being encoded, not yet sent.
+    chunk: BytesMut,
+    /// The current segment's tuples already sent, and their length.
+    kept: Vec<Bytes>,
+    kept_len: usize,
+    /// Where each tuple of the current segment starts.
     starts: Vec<usize>,
     table: Arc<TableSchema>,
     snapshot_lsn: Lsn,
@@ -1456,8 +1472,8 @@ struct PgTableCopy {
 }
 
 impl PgTableCopy {
-    /// Sends the tuples in `data` as one COPY.
-    async fn copy_tuples(&self, data: Bytes) -> Result<()> {
+    /// Starts a COPY of the table's columns; the header is sent.
+    async fn open_copy(&self) -> Result<Pin<Box<CopyInSink<Bytes>>>> {
         let list = self
             .table
             .columns
@@ -1479,14 +1495,11 @@ impl PgTableCopy {
         sink.feed(head.freeze())
             .await
             .map_err(|e| classify(e, &self.ctx))?;
-        let mut at = 0;
-        while at < data.len() {
-            let end = (at + COPY_CHUNK).min(data.len());
-            sink.send(data.slice(at..end))
-                .await
-                .map_err(|e| classify(e, &self.ctx))?;
-            at = end;
-        }
+        Ok(sink)
+    }
+
+    /// Sends the trailer and waits for the server to take every row.
+    async fn close_copy(&self, mut sink: Pin<Box<CopyInSink<Bytes>>>) -> Result<()> {
         let mut tail = BytesMut::with_capacity(2);
         put_trailer(&mut tail);
         sink.send(tail.freeze())
@@ -1499,6 +1512,20 @@ impl PgTableCopy {
         Ok(())
     }
 
+    /// Sends the tuples in `data` as one COPY.
+    async fn copy_tuples(&self, data: Bytes) -> Result<()> {
+        let mut sink = self.open_copy().await?;
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + COPY_CHUNK).min(data.len());
+            sink.send(data.slice(at..end))
+                .await
+                .map_err(|e| classify(e, &self.ctx))?;
+            at = end;
+        }
+        self.close_copy(sink).await
+    }
+
     async fn exec(&self, sql: &str) -> Result<()> {
         self.client
             .batch_execute(sql)
@@ -1506,31 +1533,88 @@ impl PgTableCopy {
             .map_err(|e| classify(e, &self.ctx))
     }
 
-    /// Writes the held segment; refused rows are found by halving and parked.
-    async fn flush(&mut self) -> Result<()> {
+    /// A refusal for good marks the segment refused (its COPY is dropped, which aborts it);
+    /// any other error is the caller's.
+    fn refusal(&mut self, result: Result<()>) -> Result<()> {
+        match result {
+            Err(e) if e.kind == ErrorKind::Poison => {
+                if !self.refused {
+                    tracing::info!(sink = %self.sink_name, table = %self.table.name, error = %e, "the target refused snapshot rows; halving the segment to find them");
+                }
+                self.refused = true;
+                self.copy = None;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Sends the encoded tuples (unless the segment was refused) and keeps them.
+    async fn ship(&mut self) -> Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.chunk.split().freeze();
+        if let Some(copy) = self.copy.as_mut() {
+            let sent = copy
+                .send(chunk.clone())
+                .await
+                .map_err(|e| classify(e, &self.ctx));
+            self.refusal(sent)?;
+        }
+        self.kept_len += chunk.len();
+        self.kept.push(chunk);
+        Ok(())
+    }
+
+    /// Ends the current segment: its COPY is completed, or, if the target refused it, rolled
+    /// back and the refused rows searched for and parked.
+    async fn end_segment(&mut self) -> Result<()> {
         if self.starts.is_empty() {
             return Ok(());
         }
-        let data = self.segment.split().freeze();
+        self.ship().await?;
+        if let Some(copy) = self.copy.take() {
+            let closed = self.close_copy(copy).await;
+            self.refusal(closed)?;
+        }
         let starts = std::mem::take(&mut self.starts);
+        let kept = std::mem::take(&mut self.kept);
+        self.kept_len = 0;
+        if !std::mem::take(&mut self.refused) {
+            return self.exec("RELEASE SAVEPOINT cutover_copy").await;
+        }
+        self.exec("ROLLBACK TO SAVEPOINT cutover_copy").await?;
+        let mut whole = BytesMut::with_capacity(kept.iter().map(Bytes::len).sum());
+        for chunk in &kept {
+            whole.extend_from_slice(chunk);
+        }
+        drop(kept);
+        self.search(whole.freeze(), &starts).await
+    }
+
+    /// Writes the tuples of a refused segment (`data`, tuples starting at `starts`) in halves
+    /// until the refused ones are single; parks those.
+    async fn search(&mut self, data: Bytes, starts: &[usize]) -> Result<()> {
         let bytes = |rows: &std::ops::Range<usize>| {
             let end = starts.get(rows.end).copied().unwrap_or(data.len());
             data.slice(starts[rows.start]..end)
         };
-        // Row ranges still to write, the next on top.
+        // Row ranges still to write, the next on top; the whole segment is known refused.
         let mut todo = Vec::with_capacity(32);
-        todo.push(0..starts.len());
-        let mut searching = false;
+        let mid = starts.len() / 2;
+        if mid == 0 {
+            todo.push(0..starts.len());
+        } else {
+            todo.push(mid..starts.len());
+            todo.push(0..mid);
+        }
         while let Some(rows) = todo.pop() {
             self.exec("SAVEPOINT cutover_copy").await?;
             match self.copy_tuples(bytes(&rows)).await {
                 Ok(()) => self.exec("RELEASE SAVEPOINT cutover_copy").await?,
                 Err(e) if e.kind == ErrorKind::Poison => {
                     self.exec("ROLLBACK TO SAVEPOINT cutover_copy").await?;
-                    if !searching {
-                        searching = true;
-                        tracing::info!(sink = %self.sink_name, table = %self.table.name, rows = rows.len(), error = %e, "the target refused snapshot rows; halving the segment to find them");
-                    }
                     if rows.len() == 1 {
                         self.park(bytes(&rows), e.message).await?;
                     } else {
@@ -1588,10 +1672,21 @@ impl PgTableCopy {
 impl TableCopy for PgTableCopy {
     async fn write(&mut self, rows: &[Row]) -> Result<()> {
         for row in rows {
-            self.starts.push(self.segment.len());
-            put_row(&mut self.segment, row.0.iter());
-            if self.segment.len() >= COPY_SEGMENT {
-                self.flush().await?;
+            if self.starts.is_empty() {
+                self.exec("SAVEPOINT cutover_copy").await?;
+                let copy = self.open_copy().await;
+                match copy {
+                    Ok(c) => self.copy = Some(c),
+                    Err(e) => self.refusal(Err(e))?,
+                }
+            }
+            self.starts.push(self.kept_len + self.chunk.len());
+            put_row(&mut self.chunk, row.0.iter());
+            if self.chunk.len() >= COPY_CHUNK {
+                self.ship().await?;
+                if self.kept_len >= COPY_SEGMENT {
+                    self.end_segment().await?;
+                }
             }
         }
         self.rows += rows.len() as u64;
@@ -1599,7 +1694,7 @@ impl TableCopy for PgTableCopy {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64> {
-        self.flush().await?;
+        self.end_segment().await?;
         self.client
             .execute(
                 &format!(
