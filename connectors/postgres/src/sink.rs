@@ -38,7 +38,7 @@ const COPY_CHUNK: usize = 1 << 20;
 
 /// Bytes of snapshot rows written by one COPY under one savepoint: a row the target refuses
 /// costs a search in this much, and it is held in memory until the COPY is done.
-const COPY_SEGMENT: usize = 16 << 20;
+const COPY_SEGMENT: usize = 8 << 20;
 
 /// How the sink behaves.
 #[derive(Debug, Clone)]
