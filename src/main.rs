@@ -108,10 +108,15 @@ fn main() -> ExitCode {
         format,
         terminal && matches!(cli.command, Command::Run { .. }),
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `cutover run` moves every change through a few tasks that hand work to each other; on one
+    // thread those hand-offs are plain wake-ups instead of cross-thread ones (measured in
+    // BENCHMARKS.md). Work that may block (dead-letter file locks) runs in place there.
+    let mut builder = if matches!(cli.command, Command::Run { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
