@@ -1303,6 +1303,10 @@ impl Sink for PgSink {
         // whole target table on every flush.
         self.exec("SET enable_hashjoin = off; SET enable_mergejoin = off")
             .await?;
+        // A large batch's merge is costed above `jit_above_cost`, so the server would compile
+        // it to machine code on every flush: tens of milliseconds that this simple DML never
+        // wins back (measured in BENCHMARKS.md).
+        self.exec("SET jit = off").await?;
         self.create_state_tables().await?;
         // A copied table whose columns the source changed while cutover was not streaming is
         // written in the target's own layout until the stream announces the change, which then
