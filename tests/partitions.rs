@@ -24,7 +24,13 @@ async fn a_partition_attached_while_streaming_is_copied_and_streamed() {
            FROM generate_series(1, 1000) g;"
     ))
     .await;
-    let path = env.pipeline("[\"public.orders\"]", "");
+    // A Kafka sink beside the PostgreSQL one: the merged rows reach message targets too.
+    let m = common::targets::MessageServices::get();
+    let kafka = format!(
+        "\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{}\"\n",
+        m.kafka_brokers
+    );
+    let path = env.pipeline_with("[\"public.orders\"]", "", &kafka);
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "tables = [\"public.orders\"]",
         "tables = [\"public.orders\"]\ndiscover_interval_s = 1",
@@ -66,6 +72,29 @@ async fn a_partition_attached_while_streaming_is_copied_and_streamed() {
         run.log_text().contains("orders_apac"),
         "the log names the partition it copied"
     );
+    // The topic, folded by key, holds the source's rows too.
+    let topic = format!("{}.public.orders", env.name);
+    let mut reader = common::targets::KafkaReader::new(std::slice::from_ref(&topic));
+    let src = env.source().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        reader.poll(Duration::from_millis(500));
+        let copy = common::targets::materialize(
+            &env,
+            "kafka",
+            "CREATE TABLE orders (id int, region text, amount numeric(10,2), note text, PRIMARY KEY (id, region));",
+            &reader.folded,
+        )
+        .await;
+        if common::contents(&copy, "orders").await == common::contents(&src, "orders").await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kafka does not equal the source: {} rows folded",
+            reader.folded.get("public.orders").map_or(0, |r| r.len())
+        );
+    }
 
     // A restart copies nothing again and goes on streaming.
     assert!(run.terminate().success(), "{}", run.log_text());
