@@ -109,13 +109,14 @@ fn main() -> ExitCode {
         terminal && matches!(cli.command, Command::Run { .. }),
     );
     // `cutover run` moves every change through a few tasks that hand work to each other; on one
-    // thread those hand-offs are plain wake-ups instead of cross-thread ones (measured in
-    // BENCHMARKS.md). Work that may block (dead-letter file locks) runs in place there.
-    let mut builder = if matches!(cli.command, Command::Run { .. }) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
+    // worker thread those hand-offs are plain wake-ups instead of cross-thread ones (measured in
+    // BENCHMARKS.md). One worker of the multi-threaded scheduler rather than the current-thread
+    // one, so work that may block (dead-letter file locks, a dead-letter topic's broker round
+    // trips) moves off the worker (`block_in_place`) instead of stalling every task.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Run { .. }) {
+        builder.worker_threads(1);
+    }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
