@@ -111,8 +111,10 @@ fn main() -> ExitCode {
     // Every command, `cutover run` included, on the multi-threaded scheduler: one worker thread
     // for `run` used less CPU but one clean-clone CI run saw the MongoDB sink's write never
     // complete on it (BENCHMARKS.md); until that is understood, the tested default stays.
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -285,7 +285,19 @@ impl TopicStore {
     /// watermark that does not count every record of a batch of several. Letters are rare.
     fn put(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         let delivery = self.send(key, value)?;
-        self.settled(vec![delivery])
+        // Waits for the acknowledgement; a letter the brokers refuse is an error of the write
+        // that parked it (nothing is dropped).
+        match futures::executor::block_on(delivery) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(error::classify(
+                e,
+                &format!("the dead-letter topic {} refused a letter", self.topic),
+            )
+            .with_hint("check the topic's settings (max.message.bytes, permissions)")),
+            Err(_) => Err(ConnectorError::retryable(
+                "the producer dropped a dead letter",
+            )),
+        }
     }
 
     fn send(&self, key: &str, value: Option<&[u8]>) -> Result<rdkafka::producer::DeliveryFuture> {
@@ -315,29 +327,6 @@ impl TopicStore {
                 }
             }
         }
-    }
-
-    /// Waits for every delivery; a letter the brokers refuse is an error of the write that
-    /// parked it (nothing is dropped).
-    fn settled(&self, deliveries: Vec<rdkafka::producer::DeliveryFuture>) -> Result<()> {
-        for d in deliveries {
-            match futures::executor::block_on(d) {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(error::classify(
-                        e,
-                        &format!("the dead-letter topic {} refused a letter", self.topic),
-                    )
-                    .with_hint("check the topic's settings (max.message.bytes, permissions)"))
-                }
-                Err(_) => {
-                    return Err(ConnectorError::retryable(
-                        "the producer dropped a dead letter",
-                    ))
-                }
-            }
-        }
-        Ok(())
     }
 }
 

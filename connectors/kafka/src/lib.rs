@@ -235,7 +235,6 @@ impl KafkaSink {
     pub async fn connect(options: KafkaSinkOptions) -> Result<KafkaSink> {
         let producer = producer(&options)?;
         let probe = producer.clone();
-        let probe_producer = producer.clone();
         let brokers = options.brokers.clone();
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, ADMIN_TIMEOUT))
             .await
@@ -251,14 +250,15 @@ impl KafkaSink {
             source_name: options.pipeline.clone(),
             database: options.source_database.clone(),
         };
+        let parking = open_dead_letters(&options, &producer)
+            .await?
+            .map(|store| Arc::new(Parking::new(store)));
         Ok(KafkaSink {
             producer,
             topics: Arc::new(HashMap::new()),
             outbox: Outbox::new(encoder),
             state: Arc::new(Mutex::new((SinkState::default(), state))),
-            parking: open_dead_letters(&options, &probe_producer)
-                .await?
-                .map(|store| Arc::new(Parking::new(store))),
+            parking,
             options,
         })
     }

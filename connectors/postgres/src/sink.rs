@@ -1261,13 +1261,8 @@ async fn copy_rows(
         .map(|&i| quote_ident(&layout.columns[i].name))
         .collect::<Vec<_>>()
         .join(", ");
-    let sink: CopyInSink<Bytes> = client
-        .copy_in(&format!("COPY {table} ({list}) FROM STDIN (FORMAT binary)"))
-        .await
-        .map_err(|e| classify(e, ctx))?;
-    let mut sink = Box::pin(sink);
+    let mut sink = open_binary_copy(client, table, &list, ctx).await?;
     let mut buf = BytesMut::with_capacity(COPY_CHUNK.min(rows.len() * 64 + 32));
-    put_header(&mut buf);
     for row in rows {
         put_row(&mut buf, cols.iter().map(|&i| &row.0[i]));
         if buf.len() >= COPY_CHUNK {
@@ -1276,8 +1271,39 @@ async fn copy_rows(
                 .map_err(|e| classify(e, ctx))?;
         }
     }
-    put_trailer(&mut buf);
-    sink.send(buf.freeze())
+    if !buf.is_empty() {
+        sink.feed(buf.freeze())
+            .await
+            .map_err(|e| classify(e, ctx))?;
+    }
+    close_binary_copy(sink, ctx).await
+}
+
+/// Starts `COPY table (list) FROM STDIN (FORMAT binary)`; the header is queued.
+async fn open_binary_copy(
+    client: &Client,
+    table: &str,
+    list: &str,
+    ctx: &str,
+) -> Result<Pin<Box<CopyInSink<Bytes>>>> {
+    let sink: CopyInSink<Bytes> = client
+        .copy_in(&format!("COPY {table} ({list}) FROM STDIN (FORMAT binary)"))
+        .await
+        .map_err(|e| classify(e, ctx))?;
+    let mut sink = Box::pin(sink);
+    let mut head = BytesMut::with_capacity(32);
+    put_header(&mut head);
+    sink.feed(head.freeze())
+        .await
+        .map_err(|e| classify(e, ctx))?;
+    Ok(sink)
+}
+
+/// Sends the trailer and waits for the server to take every row.
+async fn close_binary_copy(mut sink: Pin<Box<CopyInSink<Bytes>>>, ctx: &str) -> Result<()> {
+    let mut tail = BytesMut::with_capacity(2);
+    put_trailer(&mut tail);
+    sink.send(tail.freeze())
         .await
         .map_err(|e| classify(e, ctx))?;
     sink.as_mut().finish().await.map_err(|e| classify(e, ctx))?;
@@ -1485,35 +1511,11 @@ impl PgTableCopy {
             .map(|c| quote_ident(&c.name))
             .collect::<Vec<_>>()
             .join(", ");
-        let sink: CopyInSink<Bytes> = self
-            .client
-            .copy_in(&format!(
-                "COPY {} ({list}) FROM STDIN (FORMAT binary)",
-                self.table.name.quoted()
-            ))
-            .await
-            .map_err(|e| classify(e, &self.ctx))?;
-        let mut sink = Box::pin(sink);
-        let mut head = BytesMut::with_capacity(32);
-        put_header(&mut head);
-        sink.feed(head.freeze())
-            .await
-            .map_err(|e| classify(e, &self.ctx))?;
-        Ok(sink)
+        open_binary_copy(&self.client, &self.table.name.quoted(), &list, &self.ctx).await
     }
 
-    /// Sends the trailer and waits for the server to take every row.
-    async fn close_copy(&self, mut sink: Pin<Box<CopyInSink<Bytes>>>) -> Result<()> {
-        let mut tail = BytesMut::with_capacity(2);
-        put_trailer(&mut tail);
-        sink.send(tail.freeze())
-            .await
-            .map_err(|e| classify(e, &self.ctx))?;
-        sink.as_mut()
-            .finish()
-            .await
-            .map_err(|e| classify(e, &self.ctx))?;
-        Ok(())
+    async fn close_copy(&self, sink: Pin<Box<CopyInSink<Bytes>>>) -> Result<()> {
+        close_binary_copy(sink, &self.ctx).await
     }
 
     /// Sends the tuples in `data` as one COPY.
