@@ -43,20 +43,32 @@ pub async fn prefill(client: &Client, customers: i64) {
 
 /// Runs random transactions until `stop` is set. Returns the number committed.
 pub async fn run(client: Client, stop: Arc<AtomicBool>, committed: Arc<AtomicU64>, seed: u64) {
-    run_paced(client, stop, committed, seed, std::time::Duration::ZERO).await
+    run_paced(
+        client,
+        stop,
+        committed,
+        seed,
+        std::time::Duration::ZERO,
+        u64::MAX,
+    )
+    .await
 }
 
-/// Like [`run`], pausing `pause` after each transaction.
+/// Like [`run`], pausing `pause` after each transaction and stopping by itself once `limit`
+/// transactions were attempted.
 pub async fn run_paced(
     client: Client,
     stop: Arc<AtomicBool>,
     committed: Arc<AtomicU64>,
     seed: u64,
     pause: std::time::Duration,
+    limit: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut next_id: i64 = 10_000_000 + (seed as i64 % 1000) * 1_000_000;
-    while !stop.load(Ordering::Relaxed) {
+    let mut attempted = 0;
+    while !stop.load(Ordering::Relaxed) && attempted < limit {
+        attempted += 1;
         let id: i64 = rng.gen_range(1..2000);
         let sql = match rng.gen_range(0..8) {
             0 => {
@@ -116,6 +128,16 @@ impl Workload {
 
     /// A workload that pauses `pause` after each transaction (for slow targets).
     pub fn start_paced(client: Client, seed: u64, pause: std::time::Duration) -> Workload {
+        Self::spawn(client, seed, pause, u64::MAX)
+    }
+
+    /// A workload of exactly `transactions` attempts, so a slow target gets the same amount
+    /// of work on a fast machine as on a slow one; [`Workload::stop`] waits for all of them.
+    pub fn start_counted(client: Client, seed: u64, transactions: u64) -> Workload {
+        Self::spawn(client, seed, std::time::Duration::ZERO, transactions)
+    }
+
+    fn spawn(client: Client, seed: u64, pause: std::time::Duration, limit: u64) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));
         let handle = tokio::spawn(run_paced(
@@ -124,12 +146,19 @@ impl Workload {
             committed.clone(),
             seed,
             pause,
+            limit,
         ));
         Workload {
             stop,
             committed,
             handle,
         }
+    }
+
+    /// Waits for a counted workload to finish all its transactions.
+    pub async fn finish(self) -> u64 {
+        self.handle.await.unwrap();
+        self.committed.load(Ordering::Relaxed)
     }
 
     pub async fn stop(self) -> u64 {
