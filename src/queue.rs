@@ -4,13 +4,36 @@
 
 use std::sync::Arc;
 
-use cutover_core::StreamEvent;
+use cutover_core::{Lsn, Row, StreamEvent, TableName, TableSchema};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// A batch of events, in stream order, with the byte budget they hold.
+/// A batch of events, in stream order, with the byte budget they hold, or an instruction about
+/// a table joining the pipeline while it streams (sent between source transactions only).
 pub struct Queued {
     pub events: Vec<StreamEvent>,
     pub permit: OwnedSemaphorePermit,
+    pub control: Option<Control>,
+}
+
+/// The steps of copying a table that joined while streaming (its backfill), in this order.
+#[derive(Clone)]
+pub enum Control {
+    /// Prepare the target for the table and hold its changes from here on.
+    AddTable(Arc<TableSchema>),
+    /// Its copy starts, under a snapshot taken at `lsn`.
+    BeginCopy { table: TableName, lsn: Lsn },
+    /// Rows of the copy, in chunks.
+    CopyRows {
+        table: TableName,
+        rows: Arc<Vec<Row>>,
+    },
+    /// The copy is complete: finish it, apply the held changes made at or after `lsn`, and
+    /// report the sink's index on `done` once that is durable.
+    EndCopy {
+        table: TableName,
+        lsn: Lsn,
+        done: mpsc::UnboundedSender<usize>,
+    },
 }
 
 /// The sending half. `send` waits while the queue is full (backpressure).
@@ -55,7 +78,30 @@ impl QueueSender {
             .await
             .map_err(|_| Closed)?;
         self.tx
-            .send(Queued { events, permit })
+            .send(Queued {
+                events,
+                permit,
+                control: None,
+            })
+            .await
+            .map_err(|_| Closed)
+    }
+
+    /// Sends a control message holding `size` bytes of the budget (the rows it carries).
+    pub async fn send_control(&self, control: Control, size: usize) -> Result<(), Closed> {
+        let need = size.clamp(1, self.max_batch) as u32;
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(need)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx
+            .send(Queued {
+                events: Vec::new(),
+                permit,
+                control: Some(control),
+            })
             .await
             .map_err(|_| Closed)
     }

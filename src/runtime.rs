@@ -9,12 +9,13 @@
 //! or, when nothing is in flight, to the WAL end the server reported idle. A crash at any point
 //! replays from there; sinks are idempotent and the drivers drop what a sink already has.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_core::transform::TransformSink;
 use cutover_core::{
     Change, Checkpoint, ConnectorError, Lsn, Result, Row, Sink, SinkState, Source, StreamEvent,
-    StreamItem, TableCopy,
+    StreamItem, TableCopy, TableSchema,
 };
 use cutover_kafka::KafkaSink;
 use cutover_mongodb::MongoSink;
@@ -29,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{self, Pipeline};
-use crate::queue::{self, Queued};
+use crate::queue::{self, Control, Queued};
 use crate::rate;
 use crate::status::{self, Phase, SharedStatus, SinkProgress, TableProgress};
 
@@ -519,6 +520,7 @@ async fn stream(
             durable_tx.clone(),
             DriverLimits {
                 truncate: cfg.sink_truncate.get(index).copied().unwrap_or(true),
+                hold_bytes: cfg.queue_bytes.max(64 << 20),
                 batch_bytes: cfg.batch_bytes,
                 flush_interval: Duration::from_millis(cfg.flush_interval_ms),
                 linger: Duration::from_millis(cfg.linger_ms),
@@ -542,11 +544,94 @@ async fn stream(
     let discover_every = Duration::from_secs(cfg.discover_interval_s.max(1));
     let mut discover = tokio::time::interval_at(Instant::now() + discover_every, discover_every);
     let mut found_tables: Vec<cutover_core::TableName> = Vec::new();
+    // Tables joining while streaming: copied one at a time beside the stream (see `Control`).
+    let mut waiting: Vec<SourceTable> = Vec::new();
+    let mut joined: std::collections::HashSet<cutover_core::TableName> = Default::default();
+    let mut joining: Option<Joining> = None;
+    let mut copy_task: Option<CopyTask<'_>> = None;
+    let mut steps: Option<mpsc::Receiver<Control>> = None;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<usize>();
+    // While a table joins, the slot stays at or before the position its copy began from.
+    let mut cap: Option<Lsn> = None;
+    let capped = |min: Lsn, cap: Option<Lsn>| cap.map_or(min, |c| min.min(c));
 
     let outcome: Result<()> = 'run: loop {
+        if joining.is_none() && !in_txn {
+            if let Some(table) = waiting.pop() {
+                let name = table.schema.name.clone();
+                stream.learn_table(table.schema.clone());
+                if let Err(e) = source.publish_table(&name).await {
+                    break 'run Err(e);
+                }
+                let add = Control::AddTable(table.schema.clone());
+                tokio::select! {
+                    sent = send_all(&queues, &add, 0) => if sent.is_err() {
+                        break 'run Err(first_driver_error(&mut drivers).await);
+                    },
+                    _ = stop.changed() => break 'run Ok(()),
+                }
+                cap = Some(confirmed.max(last_dispatched));
+                let mut progress_index = 0;
+                status::update(status, |s| {
+                    s.tables.push(TableProgress {
+                        name: name.to_string(),
+                        rows_copied: 0,
+                        rows_estimate: table.rows_estimate,
+                        done: false,
+                    });
+                    progress_index = s.tables.len() - 1;
+                });
+                tracing::info!(table = %name, "a new table matches source.tables: copying it beside the stream; its changes wait in each sink until the copy is complete");
+                let (steps_tx, steps_rx) = mpsc::channel(2);
+                copy_task = Some(Box::pin(copy_joining(source, table, cfg, steps_tx, done_tx.clone())));
+                steps = Some(steps_rx);
+                joining = Some(Joining { name, finished: 0, progress_index });
+            }
+        }
         tokio::select! {
             biased;
             _ = stop.changed() => break 'run Ok(()),
+            copied = run_copy(&mut copy_task) => {
+                copy_task = None;
+                match copied {
+                    Ok(rows) => tracing::info!(rows, "new table read from the source; the sinks finish its copy"),
+                    // Retryable: the next run copies the table with streaming paused.
+                    Err(e) => break 'run Err(e),
+                }
+            }
+            step = next_step(&mut steps), if !in_txn => match step {
+                None => steps = None,
+                Some(step) => {
+                    let size = match &step {
+                        Control::CopyRows { rows, .. } => {
+                            let n = rows.len() as u64;
+                            if let Some(j) = &joining {
+                                status::update(status, |s| s.tables[j.progress_index].rows_copied += n);
+                            }
+                            rows.iter().map(Row::size).sum()
+                        }
+                        _ => 0,
+                    };
+                    tokio::select! {
+                        sent = send_all(&queues, &step, size) => if sent.is_err() {
+                            break 'run Err(first_driver_error(&mut drivers).await);
+                        },
+                        _ = stop.changed() => break 'run Ok(()),
+                    }
+                }
+            },
+            Some(_) = done_rx.recv() => {
+                if let Some(j) = joining.as_mut() {
+                    j.finished += 1;
+                    if j.finished == queues.len() {
+                        tracing::info!(table = %j.name, "new table copied into every sink; it streams like the others");
+                        status::update(status, |s| s.tables[j.progress_index].done = true);
+                        joined.insert(j.name.clone());
+                        joining = None;
+                        cap = None;
+                    }
+                }
+            }
             _ = discover.tick(), if cfg.discover_interval_s > 0 && !in_txn => {
                 let found = match source.new_tables().await {
                     Ok(found) => found,
@@ -555,9 +640,25 @@ async fn stream(
                         Vec::new()
                     }
                 };
-                if !found.is_empty() {
-                    tracing::info!(tables = ?found.iter().map(ToString::to_string).collect::<Vec<_>>(), "new tables match source.tables: draining, then copying them under a snapshot of their own");
-                    found_tables = found;
+                let found: Vec<_> = found
+                    .into_iter()
+                    .filter(|n| {
+                        !joined.contains(n)
+                            && joining.as_ref().is_none_or(|j| &j.name != n)
+                            && !waiting.iter().any(|t| &t.schema.name == n)
+                    })
+                    .collect();
+                for name in found {
+                    match source.resolve_table(&name).await {
+                        Ok(Some(table)) if table.schema.has_key() => waiting.push(table),
+                        // Keyless (refused by the preflight with its fix) or gone: the next run
+                        // says which.
+                        Ok(_) => found_tables.push(name),
+                        Err(e) => tracing::warn!(error = %e, table = %name, "cannot read a new table's definition; looking again at the next tick"),
+                    }
+                }
+                if !found_tables.is_empty() {
+                    tracing::info!(tables = ?found_tables.iter().map(ToString::to_string).collect::<Vec<_>>(), "new tables without a key match source.tables: stopping to check them");
                     break 'run Ok(());
                 }
                 let attached = match source.new_partitions().await {
@@ -576,7 +677,7 @@ async fn stream(
             Some(joined) = drivers.join_next() => break 'run Err(driver_ended(joined)),
             Some((i, cp)) = durable_rx.recv() => {
                 durable[i] = durable[i].max(cp.end_lsn);
-                let min = min_durable(&durable);
+                let min = capped(min_durable(&durable), cap);
                 if min > confirmed {
                     stream.confirm(min);
                     confirmed = min;
@@ -617,7 +718,7 @@ async fn stream(
                 Err(e) => break 'run Err(e),
                 Ok(None) => break 'run Ok(()),
                 Ok(Some(StreamItem::Idle { wal_end })) => {
-                    if !in_txn && min_durable(&durable) >= last_dispatched && wal_end > confirmed {
+                    if !in_txn && cap.is_none() && min_durable(&durable) >= last_dispatched && wal_end > confirmed {
                         stream.confirm(wal_end);
                         confirmed = wal_end;
                         status::update(status, |s| {
@@ -673,7 +774,7 @@ async fn stream(
                         }
                     }
                     if let Some(wal_end) = idle {
-                        if !in_txn && min_durable(&durable) >= last_dispatched && wal_end > confirmed {
+                        if !in_txn && cap.is_none() && min_durable(&durable) >= last_dispatched && wal_end > confirmed {
                             stream.confirm(wal_end);
                             confirmed = wal_end;
                         }
@@ -706,7 +807,7 @@ async fn stream(
     while let Ok((i, cp)) = durable_rx.try_recv() {
         durable[i] = durable[i].max(cp.end_lsn);
     }
-    let final_lsn = min_durable(&durable).max(confirmed);
+    let final_lsn = capped(min_durable(&durable), cap).max(confirmed);
     stream.confirm(final_lsn);
     if let Err(e) = stream.shutdown().await {
         tracing::debug!(error = %e, "replication stream did not close cleanly");
@@ -729,6 +830,107 @@ async fn stream(
     Ok(())
 }
 
+/// A table joining while streaming: which, how many sinks have finished its copy, and its line
+/// in the status.
+struct Joining {
+    name: cutover_core::TableName,
+    finished: usize,
+    progress_index: usize,
+}
+
+/// The reading side of a joining table's copy (see [`copy_joining`]).
+type CopyTask<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64>> + Send + 'a>>;
+
+/// Reads a joining table under a snapshot of its own and hands the copy's steps to the stream
+/// loop, which passes them to every sink between source transactions. Returns the rows read.
+async fn copy_joining(
+    source: &PgSource,
+    table: SourceTable,
+    cfg: &Pipeline,
+    steps: mpsc::Sender<Control>,
+    done: mpsc::UnboundedSender<usize>,
+) -> Result<u64> {
+    let gone = || ConnectorError::retryable("the pipeline stopped during a table's copy");
+    // The temporary slot behind the snapshot lives until the whole table is read.
+    let session = source.export_snapshot().await?;
+    let name = table.schema.name.clone();
+    let lsn = session.lsn;
+    steps
+        .send(Control::BeginCopy {
+            table: name.clone(),
+            lsn,
+        })
+        .await
+        .map_err(|_| gone())?;
+    let (tx, mut rx) = mpsc::channel::<Vec<Row>>(2);
+    let limit = rate::Limit::per_second(cfg.snapshot_rows_per_s);
+    let read = source.copy_table(&table, &session, cfg.chunk_bytes, tx);
+    let forward = async {
+        while let Some(rows) = rx.recv().await {
+            if let Some(limit) = &limit {
+                limit.take(rows.len() as u64).await;
+            }
+            steps
+                .send(Control::CopyRows {
+                    table: name.clone(),
+                    rows: Arc::new(rows),
+                })
+                .await
+                .map_err(|_| gone())?;
+        }
+        Ok::<(), ConnectorError>(())
+    };
+    let (read, forward) = tokio::join!(read, forward);
+    forward?;
+    let rows = read?;
+    drop(session);
+    steps
+        .send(Control::EndCopy {
+            table: name,
+            lsn,
+            done,
+        })
+        .await
+        .map_err(|_| gone())?;
+    Ok(rows)
+}
+
+/// Completes with the joining table's copy; never, when none runs.
+async fn run_copy(task: &mut Option<CopyTask<'_>>) -> Result<u64> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next step of a joining table's copy; never, when none runs.
+async fn next_step(steps: &mut Option<mpsc::Receiver<Control>>) -> Option<Control> {
+    match steps {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a control message to every sink's queue; `Err` when a sink's driver has ended.
+async fn send_all(
+    queues: &[queue::QueueSender],
+    control: &Control,
+    size: usize,
+) -> std::result::Result<(), queue::Closed> {
+    for q in queues {
+        q.send_control(control.clone(), size).await?;
+    }
+    Ok(())
+}
+
+/// Why the first driver to end ended.
+async fn first_driver_error(drivers: &mut JoinSet<Result<()>>) -> ConnectorError {
+    match drivers.join_next().await {
+        Some(joined) => driver_ended(joined),
+        None => ConnectorError::fatal("a sink stopped"),
+    }
+}
+
 fn driver_ended(joined: std::result::Result<Result<()>, tokio::task::JoinError>) -> ConnectorError {
     match joined {
         Ok(Err(e)) => e,
@@ -740,6 +942,8 @@ fn driver_ended(joined: std::result::Result<Result<()>, tokio::task::JoinError>)
 struct DriverLimits {
     /// Whether TRUNCATE events reach this sink.
     truncate: bool,
+    /// Most bytes of a joining table's changes held while it is copied.
+    hold_bytes: usize,
     batch_bytes: usize,
     flush_interval: Duration,
     linger: Duration,
@@ -762,7 +966,8 @@ async fn drive_sink(
     status: SharedStatus,
 ) -> Result<()> {
     let mut checkpoint = state.checkpoint;
-    let copied = state.copied_tables;
+    let mut copied = state.copied_tables;
+    let mut backfill: Option<Backfill> = None;
     let mut held = Vec::new();
     let mut skipping = false;
     let mut in_txn = false;
@@ -806,24 +1011,33 @@ async fn drive_sink(
                     "flushed"
                 );
                 drop(done.permits);
-                if let Some(cp) = result {
-                    checkpoint = Some(cp);
-                    let _ = durable.send((index, cp));
-                    status::update(&status, |s| {
-                        if let Some(p) = s.sinks.get_mut(index) {
-                            p.durable = cp.end_lsn;
-                            p.changes_applied = applied;
-                            p.last_commit_micros = last_commit_time;
-                            p.parked = sink.parked();
-                        }
-                    });
-                }
+                report(index, result, &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
             }
             _ = sleep_until(deadline), if !seal_wanted => seal_wanted = true,
             next = rx.recv(), if !closed => match next {
                 None => {
                     closed = true;
                     seal_wanted = true;
+                }
+                Some(Queued { control: Some(control), permit, .. }) => {
+                    // Between source transactions: let the write in flight and what is
+                    // buffered land first, so the step starts with nothing pending.
+                    if let Some(w) = writing.take() {
+                        let cp = w.write.await?;
+                        report(index, cp, &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
+                    }
+                    let cp = sink.seal().await?;
+                    report(index, cp, &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
+                    held.clear();
+                    buffered_events = 0;
+                    seal_wanted = false;
+                    batch_deadline = None;
+                    idle_deadline = None;
+                    backfill_step(index, &mut sink, control, &mut backfill, &mut checkpoint, &mut copied).await?;
+                    drop(permit);
+                    if let Some(cp) = checkpoint {
+                        report(index, Some(cp), &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
+                    }
                 }
                 Some(q) => {
                     idle_deadline = None;
@@ -841,6 +1055,7 @@ async fn drive_sink(
                                     && copied
                                         .get(&c.table.name)
                                         .is_none_or(|&at| c.position.commit_lsn >= at)
+                                    && !backfill.as_mut().is_some_and(|b| b.hold(c))
                             }
                             StreamEvent::Commit { commit_time_micros, .. } => {
                                 in_txn = false;
@@ -848,6 +1063,13 @@ async fn drive_sink(
                                 !std::mem::take(&mut skipping)
                             }
                         };
+                        if let Some(b) = backfill.as_ref().filter(|b| b.held_bytes > limits.hold_bytes) {
+                            return Err(ConnectorError::retryable(format!(
+                                "table {} changed by more than {} MiB while it was being copied: starting over to copy it with streaming paused",
+                                b.table.name,
+                                limits.hold_bytes >> 20
+                            )));
+                        }
                         if pass {
                             if matches!(event, StreamEvent::Change(_)) {
                                 applied += 1;
@@ -871,6 +1093,159 @@ async fn drive_sink(
             },
         }
     }
+}
+
+/// A table joining while the pipeline streams, in one sink: its copy, and its changes held
+/// until the copy is complete.
+struct Backfill {
+    table: Arc<TableSchema>,
+    copy: Option<Box<dyn TableCopy>>,
+    held: Vec<StreamEvent>,
+    held_bytes: usize,
+}
+
+impl Backfill {
+    /// Holds `change` if it belongs to the joining table; returns whether it did.
+    fn hold(&mut self, change: &cutover_core::ChangeEvent) -> bool {
+        if change.table.name != self.table.name {
+            return false;
+        }
+        self.held_bytes += StreamEvent::Change(change.clone()).size();
+        self.held.push(StreamEvent::Change(change.clone()));
+        true
+    }
+}
+
+/// Reports a new durable checkpoint of sink `index` to the runtime and the status.
+#[allow(clippy::too_many_arguments)]
+fn report(
+    index: usize,
+    cp: Option<Checkpoint>,
+    checkpoint: &mut Option<Checkpoint>,
+    durable: &mpsc::UnboundedSender<(usize, Checkpoint)>,
+    status: &SharedStatus,
+    sink: &dyn Sink,
+    applied: u64,
+    last_commit_time: Option<i64>,
+) {
+    let Some(cp) = cp else { return };
+    *checkpoint = Some(cp);
+    let _ = durable.send((index, cp));
+    status::update(status, |s| {
+        if let Some(p) = s.sinks.get_mut(index) {
+            p.durable = cp.end_lsn;
+            p.changes_applied = applied;
+            p.last_commit_micros = last_commit_time;
+            p.parked = sink.parked();
+        }
+    });
+}
+
+/// One step of a backfill in one sink, with nothing in flight (see [`Control`]).
+///
+/// The end is ordered for crash safety: the sink's checkpoint is first stepped back to the
+/// copy's snapshot position (an empty transaction there), then the copy is finished (the table
+/// is recorded as copied at that position), then the held changes made at or after it are
+/// applied in one transaction at the sink's real checkpoint, which moves it back. A crash
+/// before the copy is finished copies the table again on restart; a crash after it replays
+/// the stream from the snapshot position, held changes included. The runtime keeps the slot
+/// at or before that position until every sink has finished.
+async fn backfill_step(
+    index: usize,
+    sink: &mut Box<dyn Sink>,
+    control: Control,
+    backfill: &mut Option<Backfill>,
+    checkpoint: &mut Option<Checkpoint>,
+    copied: &mut std::collections::BTreeMap<cutover_core::TableName, Lsn>,
+) -> Result<()> {
+    match control {
+        Control::AddTable(table) => {
+            sink.add_table(table.clone()).await?;
+            *backfill = Some(Backfill {
+                table,
+                copy: None,
+                held: Vec::new(),
+                held_bytes: 0,
+            });
+        }
+        Control::BeginCopy { table, lsn } => {
+            let b = backfill_of(backfill, &table)?;
+            b.copy = Some(sink.begin_copy(b.table.clone(), lsn).await?);
+        }
+        Control::CopyRows { table, rows } => {
+            let b = backfill_of(backfill, &table)?;
+            match b.copy.as_mut() {
+                Some(copy) => copy.write(&rows).await?,
+                None => return Err(ConnectorError::fatal("copy rows arrived before the copy began")),
+            }
+        }
+        Control::EndCopy { table, lsn, done } => {
+            let b = backfill_of(backfill, &table)?;
+            let copy = b
+                .copy
+                .take()
+                .ok_or_else(|| ConnectorError::fatal("a copy ended before it began"))?;
+            let at_copy = Checkpoint {
+                commit_lsn: Lsn(lsn.0.saturating_sub(1)),
+                end_lsn: lsn,
+            };
+            let time = cutover_core::outbox::now_micros();
+            let real = checkpoint.unwrap_or(at_copy);
+            if real.end_lsn > lsn {
+                sink.apply_all(vec![
+                    StreamEvent::Begin {
+                        commit_lsn: at_copy.commit_lsn,
+                        xid: 0,
+                        commit_time_micros: time,
+                    },
+                    StreamEvent::Commit {
+                        commit_lsn: at_copy.commit_lsn,
+                        end_lsn: at_copy.end_lsn,
+                        commit_time_micros: time,
+                    },
+                ])
+                .await?;
+                sink.seal().await?;
+            }
+            let rows = copy.finish().await?;
+            let mut events = Vec::with_capacity(b.held.len() + 2);
+            events.push(StreamEvent::Begin {
+                commit_lsn: real.commit_lsn,
+                xid: 0,
+                commit_time_micros: time,
+            });
+            let released_from = events.len();
+            events.extend(std::mem::take(&mut b.held).into_iter().filter(|e| match e {
+                StreamEvent::Change(c) => c.position.commit_lsn >= lsn,
+                _ => false,
+            }));
+            let released = events.len() - released_from;
+            events.push(StreamEvent::Commit {
+                commit_lsn: real.commit_lsn,
+                end_lsn: real.end_lsn,
+                commit_time_micros: time,
+            });
+            sink.apply_all(events).await?;
+            if let Some(cp) = sink.seal().await? {
+                *checkpoint = Some(cp);
+            }
+            copied.insert(table.clone(), lsn);
+            tracing::info!(sink = sink.name(), %table, rows, held_changes = released, snapshot_lsn = %lsn, "table joined: copied, and its changes made during the copy applied");
+            *backfill = None;
+            let _ = done.send(index);
+        }
+    }
+    Ok(())
+}
+
+fn backfill_of<'a>(
+    backfill: &'a mut Option<Backfill>,
+    table: &cutover_core::TableName,
+) -> Result<&'a mut Backfill> {
+    backfill
+        .as_mut()
+        .filter(|b| &b.table.name == table)
+        .ok_or_else(|| ConnectorError::fatal(format!("no copy of {table} is under way")))
 }
 
 /// A sealed write in flight and the byte permits of the events it holds.

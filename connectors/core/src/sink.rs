@@ -42,6 +42,16 @@ pub trait Sink: Send + Sync {
     /// has made durable before.
     async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState>;
 
+    /// Prepares the target for a table that joined the pipeline while it streams (created on
+    /// the source, or newly matching `source.tables`), as [`Sink::open`] does for its tables.
+    /// The runtime calls it with no write in flight and outside a source transaction, before
+    /// the table's copy and its first change. Sinks that set up a table on first sight need
+    /// nothing here.
+    async fn add_table(&mut self, table: Arc<TableSchema>) -> Result<()> {
+        let _ = table;
+        Ok(())
+    }
+
     /// Starts the snapshot copy of one table taken at `snapshot_lsn`. Nothing it writes is
     /// visible as "copied" until [`TableCopy::finish`] returns; a copy that never finishes is
     /// started again from scratch after a restart.

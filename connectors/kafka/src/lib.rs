@@ -536,20 +536,21 @@ impl Sink for KafkaSink {
     }
 
     async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
-        for table in tables {
-            if !table.has_key() {
-                return Err(ConnectorError::fatal(format!(
-                    "table {} has no key, so its messages could not be keyed",
-                    table.name
-                ))
-                .with_hint("add a primary key or a replica identity index to the source table"));
-            }
-        }
+        tables.iter().try_for_each(|t| refuse_keyless(t))?;
         self.topics = Arc::new(self.prepare_topics(tables).await?);
         let mut guard = self.state.lock().await;
         let loaded = guard.1.load().await?;
         guard.0 = loaded.clone();
         Ok(loaded)
+    }
+
+    async fn add_table(&mut self, table: Arc<TableSchema>) -> Result<()> {
+        refuse_keyless(&table)?;
+        let added = self.prepare_topics(std::slice::from_ref(&table)).await?;
+        let mut topics = (*self.topics).clone();
+        topics.extend(added);
+        self.topics = Arc::new(topics);
+        Ok(())
     }
 
     async fn begin_copy(
@@ -653,4 +654,16 @@ impl TableCopy for KafkaTableCopy {
         guard.1.save(doc).await?;
         Ok(self.rows)
     }
+}
+
+/// Refuses a table without a key: its messages could not be keyed.
+fn refuse_keyless(table: &TableSchema) -> Result<()> {
+    if table.has_key() {
+        return Ok(());
+    }
+    Err(ConnectorError::fatal(format!(
+        "table {} has no key, so its messages could not be keyed",
+        table.name
+    ))
+    .with_hint("add a primary key or a replica identity index to the source table"))
 }

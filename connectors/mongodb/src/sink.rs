@@ -774,6 +774,12 @@ impl Sink for MongoSink {
 
     /// Starts a copy. A copy of an older snapshot that did not finish is wiped first (it may hold
     /// rows deleted since); a copy of the same snapshot is continued (its rows are upserted).
+    async fn add_table(&mut self, table: Arc<TableSchema>) -> Result<()> {
+        self.target(&table)?;
+        let coll = self.targets[&table.name].1.ns.coll.clone();
+        self.refuse_foreign_documents(&table.name, &coll).await
+    }
+
     async fn begin_copy(
         &self,
         table: Arc<TableSchema>,

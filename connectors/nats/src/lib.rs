@@ -198,6 +198,29 @@ impl NatsSink {
         format!("{}.{}", self.options.pipeline, self.options.name)
     }
 
+    /// The subject of a table's messages, checked; a table without a key is refused.
+    fn subject_for(&self, table: &TableSchema) -> Result<String> {
+        if !table.has_key() {
+            return Err(ConnectorError::fatal(format!(
+                "table {} has no key, so its messages could not be folded by key",
+                table.name
+            ))
+            .with_hint("add a primary key or a replica identity index to the source table"));
+        }
+        let clean = |s: &str| replace_disallowed(s, subject_char);
+        let subject = self
+            .options
+            .subject
+            .render(&self.options.pipeline, &table.name, &clean);
+        check_subject(&subject).map_err(|e| {
+            ConnectorError::fatal(format!(
+                "sink {}: table {}: {e}",
+                self.options.name, table.name
+            ))
+        })?;
+        Ok(subject)
+    }
+
     /// Creates the stream, or adds missing subjects to an existing one.
     async fn prepare_stream(&self, subjects: &[String]) -> Result<()> {
         let name = &self.options.stream;
@@ -492,27 +515,9 @@ impl Sink for NatsSink {
     }
 
     async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
-        let clean = |s: &str| replace_disallowed(s, subject_char);
         let mut subjects = HashMap::new();
         for table in tables {
-            if !table.has_key() {
-                return Err(ConnectorError::fatal(format!(
-                    "table {} has no key, so its messages could not be folded by key",
-                    table.name
-                ))
-                .with_hint("add a primary key or a replica identity index to the source table"));
-            }
-            let subject = self
-                .options
-                .subject
-                .render(&self.options.pipeline, &table.name, &clean);
-            check_subject(&subject).map_err(|e| {
-                ConnectorError::fatal(format!(
-                    "sink {}: table {}: {e}",
-                    self.options.name, table.name
-                ))
-            })?;
-            subjects.insert(table.name.clone(), subject);
+            subjects.insert(table.name.clone(), self.subject_for(table)?);
         }
         let mut unique: Vec<String> = subjects.values().cloned().collect();
         unique.sort_unstable();
@@ -529,6 +534,15 @@ impl Sink for NatsSink {
         *self.state.lock().await = (loaded.clone(), Some(store));
         self.subjects = Arc::new(subjects);
         Ok(loaded)
+    }
+
+    async fn add_table(&mut self, table: Arc<TableSchema>) -> Result<()> {
+        let subject = self.subject_for(&table)?;
+        self.prepare_stream(std::slice::from_ref(&subject)).await?;
+        let mut subjects = (*self.subjects).clone();
+        subjects.insert(table.name.clone(), subject);
+        self.subjects = Arc::new(subjects);
+        Ok(())
     }
 
     async fn begin_copy(

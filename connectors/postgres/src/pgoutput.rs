@@ -97,6 +97,12 @@ impl Decoder {
         }
     }
 
+    /// Adds a table to the catalog Relation messages are completed from (a table that joined
+    /// the publication while streaming).
+    pub fn learn(&mut self, table: Arc<TableSchema>) {
+        self.catalog.insert(table.name.clone(), table);
+    }
+
     /// The schema announced for a relation OID, if any.
     pub fn relation(&self, oid: u32) -> Option<&Arc<TableSchema>> {
         self.relations.get(&oid)

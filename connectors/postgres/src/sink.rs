@@ -252,6 +252,41 @@ impl PgSink {
 
     /// Refuses a target table that holds rows cutover did not copy: they would be mixed with the
     /// copy, and cutover never overwrites data it does not own.
+    /// Creates the session's staging tables for a target table and starts writing to it in
+    /// `table`'s layout (`from_stream`: a layout read from the target, which the stream will
+    /// bring up to date).
+    async fn stage(&mut self, table: &Arc<TableSchema>, from_stream: bool) -> Result<()> {
+        let n = self.tables.len();
+        let quoted = table.name.quoted();
+        let stage_rows = format!("cutover_stage_rows_{n}");
+        let stage_keys = format!("cutover_stage_keys_{n}");
+        let all = table
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.exec(&format!(
+            "DROP TABLE IF EXISTS pg_temp.{stage_rows}, pg_temp.{stage_keys};
+             CREATE TEMP TABLE {stage_rows} AS SELECT {all} FROM {quoted} WITH NO DATA;
+             CREATE TEMP TABLE {stage_keys} AS SELECT {keys} FROM {quoted} WITH NO DATA;",
+            keys = key_list(table)
+        ))
+        .await?;
+        self.tables.insert(
+            table.name.clone(),
+            TargetTable {
+                quoted,
+                stage_rows,
+                stage_keys,
+                layout: table.clone(),
+                from_stream,
+                version: 0,
+            },
+        );
+        Ok(())
+    }
+
     async fn refuse_foreign_rows(&self, table: &TableSchema) -> Result<()> {
         let quoted = table.name.quoted();
         let has_rows: bool = self
@@ -1354,42 +1389,25 @@ impl Sink for PgSink {
                 .await?,
             std::sync::atomic::Ordering::Relaxed,
         );
-        for (n, source_table) in tables.iter().enumerate() {
+        for source_table in tables {
             let from_target = behind.remove(&source_table.name);
             let from_stream = from_target.is_some();
             let table = from_target.as_ref().unwrap_or(source_table);
-            let quoted = table.name.quoted();
-            let stage_rows = format!("cutover_stage_rows_{n}");
-            let stage_keys = format!("cutover_stage_keys_{n}");
-            let all = table
-                .columns
-                .iter()
-                .map(|c| quote_ident(&c.name))
-                .collect::<Vec<_>>()
-                .join(", ");
-            self.exec(&format!(
-                "DROP TABLE IF EXISTS pg_temp.{stage_rows}, pg_temp.{stage_keys};
-                 CREATE TEMP TABLE {stage_rows} AS SELECT {all} FROM {quoted} WITH NO DATA;
-                 CREATE TEMP TABLE {stage_keys} AS SELECT {keys} FROM {quoted} WITH NO DATA;",
-                keys = key_list(table)
-            ))
-            .await?;
             if !self.state.copied_tables.contains_key(&table.name) {
                 self.refuse_foreign_rows(table).await?;
             }
-            self.tables.insert(
-                table.name.clone(),
-                TargetTable {
-                    quoted,
-                    stage_rows,
-                    stage_keys,
-                    layout: table.clone(),
-                    from_stream,
-                    version: 0,
-                },
-            );
+            self.stage(table, from_stream).await?;
         }
         Ok(self.state.clone())
+    }
+
+    async fn add_table(&mut self, table: Arc<TableSchema>) -> Result<()> {
+        self.check_tables(std::slice::from_ref(&table)).await?;
+        if self.inspect_table(&table).await? == TableCheck::Missing {
+            self.create_table(&table).await?;
+        }
+        self.refuse_foreign_rows(&table).await?;
+        self.stage(&table, false).await
     }
 
     async fn begin_copy(

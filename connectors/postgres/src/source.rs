@@ -443,6 +443,28 @@ impl PgSource {
             .collect())
     }
 
+    /// A table that matches the selection now, resolved as at connect time (`None` if it no
+    /// longer exists or matches).
+    pub async fn resolve_table(&self, name: &TableName) -> Result<Option<SourceTable>> {
+        let now = catalog::resolve_tables(&self.client, &self.options.tables).await?;
+        Ok(now.into_iter().find(|t| &t.schema.name == name))
+    }
+
+    /// Adds a table to the publication while streaming: its changes reach the stream from
+    /// this statement's commit on. A table already published is left as it is.
+    pub async fn publish_table(&self, name: &TableName) -> Result<()> {
+        let publication = quote_ident(&self.options.publication);
+        let sql = format!("ALTER PUBLICATION {publication} ADD TABLE {}", name.quoted());
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(()),
+            Err(e) => Err(classify(
+                e,
+                &format!("cannot add {name} to publication {publication}"),
+            )),
+        }
+    }
+
     /// Whether `table` has `REPLICA IDENTITY FULL` (updates then carry the whole old row).
     pub async fn replica_identity_full(&self, table: &cutover_core::TableName) -> Result<bool> {
         self.client
@@ -654,6 +676,12 @@ impl PgStream {
             table: table.clone(),
             change,
         }))
+    }
+
+    /// Completes this stream's Relation messages for `table` from its catalog definition (a
+    /// table added to the publication while streaming), as for the tables it started with.
+    pub fn learn_table(&mut self, table: Arc<TableSchema>) {
+        self.decoder.learn(table);
     }
 
     fn decode(&mut self, data: &Bytes) -> Result<()> {

@@ -121,6 +121,13 @@ impl Sink for TransformSink {
         Ok(state)
     }
 
+    async fn add_table(&mut self, table: Arc<TableSchema>) -> Result<()> {
+        match self.transform(&table)? {
+            Some(t) => self.inner.add_table(t.output().clone()).await,
+            None => Ok(()),
+        }
+    }
+
     async fn begin_copy(
         &self,
         table: Arc<TableSchema>,
