@@ -583,9 +583,19 @@ async fn stream(
                 });
                 tracing::info!(table = %name, "a new table matches source.tables: copying it beside the stream; its changes wait in each sink until the copy is complete");
                 let (steps_tx, steps_rx) = mpsc::channel(2);
-                copy_task = Some(Box::pin(copy_joining(source, table, cfg, steps_tx, done_tx.clone())));
+                copy_task = Some(Box::pin(copy_joining(
+                    source,
+                    table,
+                    cfg,
+                    steps_tx,
+                    done_tx.clone(),
+                )));
                 steps = Some(steps_rx);
-                joining = Some(Joining { name, finished: 0, progress_index });
+                joining = Some(Joining {
+                    name,
+                    finished: 0,
+                    progress_index,
+                });
             }
         }
         tokio::select! {
@@ -1176,7 +1186,11 @@ async fn backfill_step(
             let b = backfill_of(backfill, &table)?;
             match b.copy.as_mut() {
                 Some(copy) => copy.write(&rows).await?,
-                None => return Err(ConnectorError::fatal("copy rows arrived before the copy began")),
+                None => {
+                    return Err(ConnectorError::fatal(
+                        "copy rows arrived before the copy began",
+                    ))
+                }
             }
         }
         Control::EndCopy { table, lsn, done } => {
@@ -1208,6 +1222,7 @@ async fn backfill_step(
                 sink.seal().await?;
             }
             let rows = copy.finish().await?;
+            crash_point("joined-table-recorded");
             let mut events = Vec::with_capacity(b.held.len() + 2);
             events.push(StreamEvent::Begin {
                 commit_lsn: real.commit_lsn,
@@ -1236,6 +1251,15 @@ async fn backfill_step(
         }
     }
     Ok(())
+}
+
+/// Ends the process at once, as a crash would, when `CUTOVER_CRASH_AT` names this point: the
+/// tests use it to crash between two steps no signal can be timed to fall between.
+fn crash_point(point: &str) {
+    if std::env::var("CUTOVER_CRASH_AT").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "CUTOVER_CRASH_AT: ending the process here");
+        std::process::abort();
+    }
 }
 
 fn backfill_of<'a>(

@@ -19,44 +19,6 @@ fn topics(env: &Env) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the Kafka topics, the NATS stream and the MongoDB collections, each folded to
-/// the latest row per key and loaded into a scratch database, equal the source.
-async fn wait_all_targets_equal(
-    env: &Env,
-    kafka: &mut KafkaReader,
-    nats: &mut NatsReader,
-    timeout: Duration,
-) {
-    let deadline = Instant::now() + timeout;
-    let mut pending = vec!["kafka", "nats", "mongo"];
-    loop {
-        kafka.poll(Duration::from_millis(500));
-        nats.poll().await;
-        let mut failures = Vec::new();
-        for label in pending.clone() {
-            let (folded, millis) = match label {
-                "kafka" => (kafka.folded.clone(), false),
-                "nats" => (nats.folded.clone(), false),
-                _ => (targets::mongo_rows(&env.name, TABLES).await, true),
-            };
-            match targets::folded_equal(env, label, workload::SCHEMA, &folded, TABLES, millis).await
-            {
-                Ok(()) => pending.retain(|p| *p != label),
-                Err(e) => failures.push(format!("{label}: {e}")),
-            }
-        }
-        if pending.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "targets differ from the source after {timeout:?}:\n{}",
-            failures.join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_and_live_writes_reach_every_target() {
     let env = Env::new("fanout").await;
@@ -97,7 +59,15 @@ async fn snapshot_and_live_writes_reach_every_target() {
     env.wait_equal(TABLES, Duration::from_secs(90)).await;
     let mut kafka = KafkaReader::new(&topics(&env));
     let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
-    wait_all_targets_equal(&env, &mut kafka, &mut nats, Duration::from_secs(180)).await;
+    targets::wait_all_equal(
+        &env,
+        workload::SCHEMA,
+        TABLES,
+        &mut kafka,
+        &mut nats,
+        Duration::from_secs(180),
+    )
+    .await;
     assert!(nats.duplicate_ids().is_empty());
     let status = run.terminate();
     assert!(status.success(), "cutover exited with {status}");
@@ -142,7 +112,15 @@ async fn sigkill_and_restart_leave_every_target_equal_without_nats_duplicates() 
     env.wait_equal(TABLES, Duration::from_secs(90)).await;
     let mut kafka = KafkaReader::new(&topics(&env));
     let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
-    wait_all_targets_equal(&env, &mut kafka, &mut nats, Duration::from_secs(180)).await;
+    targets::wait_all_equal(
+        &env,
+        workload::SCHEMA,
+        TABLES,
+        &mut kafka,
+        &mut nats,
+        Duration::from_secs(180),
+    )
+    .await;
     let dups = nats.duplicate_ids();
     assert!(
         dups.is_empty(),

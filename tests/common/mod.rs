@@ -163,6 +163,11 @@ impl Env {
 
     /// Starts `cutover run` in the background; its output goes to a log file in the test dir.
     pub fn start(&self, pipeline: &PathBuf) -> Pipeline {
+        self.start_with_env(pipeline, &[])
+    }
+
+    /// Like [`Env::start`], with extra environment variables for the process.
+    pub fn start_with_env(&self, pipeline: &PathBuf, vars: &[(&str, &str)]) -> Pipeline {
         let log = self.dir.join(format!(
             "run-{}.log",
             COUNTER.fetch_add(1, Ordering::SeqCst)
@@ -174,6 +179,7 @@ impl Env {
                 "CUTOVER_LOG",
                 std::env::var("CUTOVER_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -226,9 +232,9 @@ impl Env {
 
 impl Drop for Env {
     /// Removes the test's directory (pipeline file, logs) when the test passed; keeps it for
-    /// reading when it failed.
+    /// reading when it failed, or when `CUTOVER_TEST_KEEP` is set.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("CUTOVER_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -260,6 +266,22 @@ impl Pipeline {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits for the process to end by itself; panics with its log after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cutover did not end within {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, then waits for the exit status.

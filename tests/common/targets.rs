@@ -597,3 +597,42 @@ pub async fn wait_nats_equal(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Waits until the Kafka topics, the NATS stream and the MongoDB collections, each folded to
+/// the latest row per key and loaded into a scratch database, equal the source.
+pub async fn wait_all_equal(
+    env: &Env,
+    schema: &str,
+    tables: &[&str],
+    kafka: &mut KafkaReader,
+    nats: &mut NatsReader,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut pending = vec!["kafka", "nats", "mongo"];
+    loop {
+        kafka.poll(Duration::from_millis(500));
+        nats.poll().await;
+        let mut failures = Vec::new();
+        for label in pending.clone() {
+            let (folded, millis) = match label {
+                "kafka" => (kafka.folded.clone(), false),
+                "nats" => (nats.folded.clone(), false),
+                _ => (mongo_rows(&env.name, tables).await, true),
+            };
+            match folded_equal(env, label, schema, &folded, tables, millis).await {
+                Ok(()) => pending.retain(|p| *p != label),
+                Err(e) => failures.push(format!("{label}: {e}")),
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "targets differ from the source after {timeout:?}:\n{}",
+            failures.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

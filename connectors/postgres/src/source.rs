@@ -454,10 +454,15 @@ impl PgSource {
     /// this statement's commit on. A table already published is left as it is.
     pub async fn publish_table(&self, name: &TableName) -> Result<()> {
         let publication = quote_ident(&self.options.publication);
-        let sql = format!("ALTER PUBLICATION {publication} ADD TABLE {}", name.quoted());
+        let sql = format!(
+            "ALTER PUBLICATION {publication} ADD TABLE {}",
+            name.quoted()
+        );
         match self.client.batch_execute(&sql).await {
             Ok(()) => Ok(()),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+                Ok(())
+            }
             Err(e) => Err(classify(
                 e,
                 &format!("cannot add {name} to publication {publication}"),
