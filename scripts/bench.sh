@@ -2,7 +2,7 @@
 # Benchmarks cutover against the peers that run here, in the same run, on its own servers
 # (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
 #
-#   scripts/bench.sh [snapshot|apply|transform|memory|messages|latency|verify|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#   scripts/bench.sh [snapshot|apply|transform|memory|messages|latency|join|verify|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
 #                                                     APPLY_TXNS=1200 by default)
 #
 # snapshot  1M rows (~160 B) into an empty target: cutover vs
@@ -18,6 +18,11 @@
 # transform the apply backlog through a pipeline with a typical rule chain (table rename, column
 #           rename, keyed-hash mask, a filter every row passes) vs the same backlog through a
 #           pipeline without rules, each on a slot of its own, alternating which goes first
+# join      a JOIN_ROWS (default 1M) table appears (moved into the selected schema) while 2k
+#           changes/s stream into another table: how stale that table gets on the target during
+#           the new table's copy beside the stream, against the copy's duration (how stale it got
+#           when streaming paused for the copy), and the copy's time against the same table's
+#           copy in an initial snapshot
 # verify    VERIFY_ROWS (default 1M) identical rows in two clusters: cutover verify vs reladiff
 #           (PyPI, every column compared); then 10 scattered differing rows; peak RSS of cutover
 #           verify at 100k and at 1M rows
@@ -375,6 +380,68 @@ EOF
     done
 }
 
+bench_join() {
+    local rows=${JOIN_ROWS:-1000000}
+    echo "== join: a $rows-row table appears while 2k changes/s stream into another"
+    src -d postgres -c "DROP DATABASE IF EXISTS joinb" -c "CREATE DATABASE joinb"
+    src -d joinb -c "CREATE TABLE live (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp(), note text)" \
+        -c "CREATE SCHEMA parked" -c "${TABLE_DDL/TABLE t/TABLE parked.big}" \
+        -c "INSERT INTO parked.big SELECT g, g % 100000, md5(g::text) || md5((g+1)::text) || md5((g+2)::text) || 'abcd', now(), (g % 100000) * 0.01 FROM generate_series(1, $rows) g" \
+        -c "VACUUM ANALYZE parked.big"
+    echo "INSERT INTO live (note) SELECT 'live' FROM generate_series(1, 10);" > "$WORK/live.sql"
+    local join_times=() snap_times=() max_lags=() steady_lags=()
+    for r in $(seq 1 "$ROUNDS"); do
+        src -d joinb -c "ALTER TABLE IF EXISTS public.big SET SCHEMA parked" -c "TRUNCATE live"
+        tgt -d postgres -c "DROP DATABASE IF EXISTS joinb_join" -c "CREATE DATABASE joinb_join"
+        cat > "$WORK/join.toml" <<EOF
+name = "join"
+[source]
+url = "postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/joinb"
+tables = ["public.*"]
+discover_interval_s = 1
+[[sink]]
+kind = "postgres"
+name = "target"
+url = "postgres://postgres@127.0.0.1:$CUTOVER_TARGET_PORT/joinb_join"
+EOF
+        "$BIN" --log-format json run "$WORK/join.toml" 2> "$WORK/join.log" &
+        local pid=$!
+        wait_log "$WORK/join.log" "streaming changes"
+        "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -c 1 -R 200 -T 600 \
+            -f "$WORK/live.sql" joinb > /dev/null 2>&1 &
+        local load=$!
+        local lag_sql="SELECT coalesce(extract(epoch FROM clock_timestamp() - max(at)), 0) FROM live"
+        sleep 2
+        local steady=()
+        for _ in $(seq 1 6); do steady+=("$(tgt -d joinb_join -Atc "$lag_sql")"); sleep 0.5; done
+        src -d joinb -c "ALTER TABLE parked.big SET SCHEMA public"
+        local lags=()
+        until grep -q "copied into every sink" "$WORK/join.log"; do
+            lags+=("$(tgt -d joinb_join -Atc "$lag_sql")"); sleep 0.5
+        done
+        kill $load; wait $load 2>/dev/null || true
+        kill -TERM $pid; wait $pid
+        "$BIN" teardown "$WORK/join.toml" >/dev/null
+        join_times+=("$(log_seconds "$WORK/join.log" "copying it beside the stream" "copied into every sink")")
+        max_lags+=("$(python3 -c 'import sys; print("%.3f" % max(float(x) for x in sys.argv[1:]))' "${lags[@]}")")
+        steady_lags+=("$(median "${steady[@]}")")
+
+        # The same table in an initial snapshot, for the copy's own speed.
+        src -d joinb -c "TRUNCATE live"
+        tgt -d postgres -c "DROP DATABASE IF EXISTS joinb_join" -c "CREATE DATABASE joinb_join"
+        "$BIN" --log-format json run "$WORK/join.toml" 2> "$WORK/join-snap.log" &
+        pid=$!
+        wait_log "$WORK/join-snap.log" "streaming changes"
+        kill -TERM $pid; wait $pid
+        "$BIN" teardown "$WORK/join.toml" >/dev/null
+        snap_times+=("$(log_seconds "$WORK/join-snap.log" "copying tables" "table copied")")
+        echo "   round $r: live table stale ${steady_lags[-1]} s before, at most ${max_lags[-1]} s during the copy; copy beside the stream ${join_times[-1]} s, in a snapshot ${snap_times[-1]} s"
+    done
+    local jm sm lm st
+    jm=$(median "${join_times[@]}"); sm=$(median "${snap_times[@]}"); lm=$(median "${max_lags[@]}"); st=$(median "${steady_lags[@]}")
+    echo "   median: live table stale $st s before, at most $lm s during the copy, against $jm s of copy (what streaming paused for the copy would add); copy beside the stream $jm s vs $sm s in a snapshot = $(ratio "$sm" "$jm") x snapshot speed"
+}
+
 # peak_rss_of COMMAND...: runs it (output to a file) and prints its peak resident memory in MiB.
 peak_rss_of() {
     "$@" > "$WORK/peak.out" 2>&1 &
@@ -449,7 +516,8 @@ transform) bench_transform ;;
 memory) bench_memory ;;
 messages) bench_messages ;;
 latency) bench_latency ;;
+join) bench_join ;;
 verify) bench_verify ;;
-all) bench_snapshot; bench_apply; bench_transform; bench_memory; bench_messages; bench_latency; bench_verify ;;
-*) echo "usage: $0 [snapshot|apply|transform|memory|messages|latency|verify|all]" >&2; exit 2 ;;
+all) bench_snapshot; bench_apply; bench_transform; bench_memory; bench_messages; bench_latency; bench_join; bench_verify ;;
+*) echo "usage: $0 [snapshot|apply|transform|memory|messages|latency|join|verify|all]" >&2; exit 2 ;;
 esac

@@ -554,6 +554,9 @@ async fn stream(
     // While a table joins, the slot stays at or before the position its copy began from.
     let mut cap: Option<Lsn> = None;
     let capped = |min: Lsn, cap: Option<Lsn>| cap.map_or(min, |c| min.min(c));
+    // After each step of a joining table's copy the stream gets its turn (or GATHER_PAUSE to
+    // offer something), so a fast copy does not hold the other tables' changes back.
+    let mut stream_turn = false;
 
     let outcome: Result<()> = 'run: loop {
         if joining.is_none() && !in_txn {
@@ -609,7 +612,8 @@ async fn stream(
                     Err(e) => break 'run Err(e),
                 }
             }
-            step = next_step(&mut steps), if !in_txn => match step {
+            _ = tokio::time::sleep(GATHER_PAUSE), if stream_turn => stream_turn = false,
+            step = next_step(&mut steps), if !in_txn && !stream_turn => match step {
                 None => steps = None,
                 Some(step) => {
                     let size = match &step {
@@ -628,6 +632,7 @@ async fn stream(
                         },
                         _ = stop.changed() => break 'run Ok(()),
                     }
+                    stream_turn = true;
                 }
             },
             Some(_) = done_rx.recv() => {
@@ -728,6 +733,7 @@ async fn stream(
                 Err(e) => break 'run Err(e),
                 Ok(None) => break 'run Ok(()),
                 Ok(Some(StreamItem::Idle { wal_end })) => {
+                    stream_turn = false;
                     if !in_txn && cap.is_none() && min_durable(&durable) >= last_dispatched && wal_end > confirmed {
                         stream.confirm(wal_end);
                         confirmed = wal_end;
@@ -738,6 +744,7 @@ async fn stream(
                     }
                 }
                 Ok(Some(StreamItem::Event(event))) => {
+                    stream_turn = false;
                     // Take every event already decoded (without waiting) and hand them on as one
                     // batch: one queue message per sink instead of one per change.
                     let mut batch = vec![event];
