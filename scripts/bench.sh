@@ -417,7 +417,7 @@ EOF
         src -d joinb -c "ALTER TABLE parked.big SET SCHEMA public"
         local lags=()
         until grep -q "copied into every sink" "$WORK/join.log"; do
-            lags+=("$(tgt -d joinb_join -Atc "$lag_sql")"); sleep 0.5
+            lags+=("$(tgt -d joinb_join -Atc "$lag_sql")"); sleep 0.2
         done
         kill $load; wait $load 2>/dev/null || true
         kill -TERM $pid; wait $pid

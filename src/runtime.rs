@@ -665,15 +665,18 @@ async fn stream(
                     .collect();
                 for name in found {
                     match source.resolve_table(&name).await {
-                        Ok(Some(table)) if table.schema.has_key() => waiting.push(table),
-                        // Keyless (refused by the preflight with its fix) or gone: the next run
-                        // says which.
+                        Ok(Some(table)) if table.schema.has_key() && table.relkind != 'p' => {
+                            waiting.push(table)
+                        }
+                        // Keyless (refused by the preflight with its fix), gone, or partitioned
+                        // (its partitions are tracked from the start of a run): the next run
+                        // takes it.
                         Ok(_) => found_tables.push(name),
                         Err(e) => tracing::warn!(error = %e, table = %name, "cannot read a new table's definition; looking again at the next tick"),
                     }
                 }
                 if !found_tables.is_empty() {
-                    tracing::info!(tables = ?found_tables.iter().map(ToString::to_string).collect::<Vec<_>>(), "new tables without a key match source.tables: stopping to check them");
+                    tracing::info!(tables = ?found_tables.iter().map(ToString::to_string).collect::<Vec<_>>(), "new partitioned or keyless tables match source.tables: draining, then copying them under a snapshot of their own (or refusing them with the fix)");
                     break 'run Ok(());
                 }
                 let attached = match source.new_partitions().await {
