@@ -114,6 +114,28 @@ bench_snapshot() {
     echo "   median: pipe $pm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$pm))") rows/s), cutover $cm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$cm))") rows/s); cutover throughput = $(ratio "$pm" "$cm") x pipe"
 }
 
+cluster_cpu() { # PORT: CPU seconds used so far by that cluster (live processes and reaped backends)
+    python3 - "$(pgrep -f "bin/postgres -D .* -p $1 " | head -1)" <<'PY'
+import os, sys
+pm = sys.argv[1]
+def fields(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    return s[s.rindex(")") + 2:].split()
+f = fields(pm)
+ticks = sum(int(x) for x in f[11:15])  # utime, stime, and the reaped children's
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        g = fields(pid)
+    except OSError:
+        continue
+    if g[1] == pm:
+        ticks += int(g[11]) + int(g[12])
+print("%.2f" % (ticks / os.sysconf("SC_CLK_TCK")))
+PY
+}
+cpu_since() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$1" "$2"; }
+
 write_changes_sql() { # the apply backlog's transaction, for pgbench
     cat > "$WORK/changes.sql" <<'EOF'
 \set n random(1, 400)
@@ -159,19 +181,25 @@ bench_apply() {
         local changes=$((after - before))
         changes_list+=("$changes")
         # native
+        local s0 g0; s0=$(cluster_cpu "$CUTOVER_SOURCE_PORT"); g0=$(cluster_cpu "$CUTOVER_TARGET_PORT")
         local t0; t0=$(now)
         tgt -d apply_native -c "ALTER SUBSCRIPTION native_sub ENABLE"
         until [ "$(tgt -d apply_native -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
         native_times+=("$(python3 -c "print($(now) - $t0)")")
+        local native_cpu
+        native_cpu="source $(cpu_since "$(cluster_cpu "$CUTOVER_SOURCE_PORT")" "$s0") s, target $(cpu_since "$(cluster_cpu "$CUTOVER_TARGET_PORT")" "$g0") s"
         # cutover
+        s0=$(cluster_cpu "$CUTOVER_SOURCE_PORT"); g0=$(cluster_cpu "$CUTOVER_TARGET_PORT")
         t0=$(now)
         "$BIN" --log-format json run "$p" 2> "$WORK/apply-$r.log" &
         pid=$!
         until [ "$(tgt -d apply_apply -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
         cut_times+=("$(python3 -c "print($(now) - $t0)")")
         local cpu; cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
+        local cut_cpu
+        cut_cpu="source $(cpu_since "$(cluster_cpu "$CUTOVER_SOURCE_PORT")" "$s0") s, target $(cpu_since "$(cluster_cpu "$CUTOVER_TARGET_PORT")" "$g0") s"
         kill -TERM $pid; wait $pid
-        echo "   round $r: $changes changes; native $(python3 -c "print('%.2f s, %d/s' % (${native_times[-1]}, $changes/${native_times[-1]}))"), cutover $(python3 -c "print('%.2f s, %d/s' % (${cut_times[-1]}, $changes/${cut_times[-1]}))") using $cpu s of CPU"
+        echo "   round $r: $changes changes; native $(python3 -c "print('%.2f s, %d/s' % (${native_times[-1]}, $changes/${native_times[-1]}))") (CPU: $native_cpu), cutover $(python3 -c "print('%.2f s, %d/s' % (${cut_times[-1]}, $changes/${cut_times[-1]}))") (CPU: $cut_cpu, cutover $cpu s)"
     done
     local nm cm ch; nm=$(median "${native_times[@]}"); cm=$(median "${cut_times[@]}"); ch=$(median "${changes_list[@]}")
     echo "   median: native $nm s ($(python3 -c "print(int($ch/$nm))") changes/s), cutover $cm s ($(python3 -c "print(int($ch/$cm))") changes/s); cutover throughput = $(ratio "$nm" "$cm") x native"
