@@ -1002,7 +1002,7 @@ async fn drive_sink(
     loop {
         if seal_wanted && writing.is_none() {
             writing = Some(InFlight {
-                write: sink.seal(),
+                write: Spawned(tokio::spawn(sink.seal())),
                 permits: std::mem::take(&mut held),
                 events: std::mem::take(&mut buffered_events),
                 began: Instant::now(),
@@ -1042,8 +1042,8 @@ async fn drive_sink(
                 Some(Queued { control: Some(control), permit, .. }) => {
                     // Between source transactions: let the write in flight and what is
                     // buffered land first, so the step starts with nothing pending.
-                    if let Some(w) = writing.take() {
-                        let cp = w.write.await?;
+                    if let Some(mut w) = writing.take() {
+                        let cp = w.result().await?;
                         report(index, cp, &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
                     }
                     let cp = sink.seal().await?;
@@ -1284,7 +1284,7 @@ fn backfill_of<'a>(
 
 /// A sealed write in flight and the byte permits of the events it holds.
 struct InFlight {
-    write: cutover_core::PendingWrite,
+    write: Spawned,
     permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     events: usize,
     began: Instant,
@@ -1293,8 +1293,31 @@ struct InFlight {
 /// Completes with the in-flight write's result; never, when no write is in flight.
 async fn finish(writing: &mut Option<InFlight>) -> Result<Option<Checkpoint>> {
     match writing {
-        Some(w) => w.write.as_mut().await,
+        Some(w) => w.result().await,
         None => std::future::pending().await,
+    }
+}
+
+/// A sealed write running as a task of its own, so it proceeds while the driver folds the next
+/// batch on another thread (rows are encoded and sent while changes are folded). Dropping it
+/// (a driver ending on an error) stops the write.
+struct Spawned(tokio::task::JoinHandle<Result<Option<Checkpoint>>>);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl InFlight {
+    /// The write's result; a write task that panicked or was stopped is a fatal error.
+    async fn result(&mut self) -> Result<Option<Checkpoint>> {
+        match (&mut self.write.0).await {
+            Ok(result) => result,
+            Err(e) => Err(ConnectorError::fatal(format!(
+                "a sink's write task failed: {e}"
+            ))),
+        }
     }
 }
 

@@ -81,6 +81,45 @@ async fn every_change_kind_replicates() {
     env.drop_slot().await;
 }
 
+/// New rows are written by COPY straight into the target table. When the target already has
+/// one of their keys (here put there by hand; in practice a replay or a merged copy), the batch
+/// is written again as upserts: the source's row wins and the batch's other rows land too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_row_whose_key_the_target_has_is_upserted_with_its_batch() {
+    let env = Env::new("insert_conflict").await;
+    env.on_source("CREATE TABLE items (id int PRIMARY KEY, v text, n int)")
+        .await;
+    let mut run = env.start(&env.pipeline(TABLES, ""));
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.target()
+        .await
+        .batch_execute("INSERT INTO items VALUES (500, 'stale, put on the target by hand', -1)")
+        .await
+        .unwrap();
+    env.on_source(
+        "BEGIN;
+         INSERT INTO items SELECT g, 'new ' || g, g FROM generate_series(1, 1000) g;
+         UPDATE items SET n = n * 10 WHERE id % 100 = 0;
+         COMMIT;",
+    )
+    .await;
+    env.wait_equal(&["items"], Duration::from_secs(60)).await;
+    // Later batches take the fast path again.
+    env.on_source(
+        "INSERT INTO items SELECT g, 'later ' || g, g FROM generate_series(1001, 1100) g",
+    )
+    .await;
+    env.wait_equal(&["items"], Duration::from_secs(60)).await;
+    let log = run.log_text();
+    assert!(
+        !log.contains("one by one"),
+        "the conflict sent the batch down the row-by-row path instead of one retry:\n{log}"
+    );
+    assert!(run.terminate().success(), "{log}");
+    env.drop_slot().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_reader_never_sees_half_a_transaction() {
     let env = Env::new("atomic").await;

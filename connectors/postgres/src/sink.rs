@@ -1199,11 +1199,11 @@ fn upsert(changes: &mut TableChanges, layout: &TableSchema, mut row: Row) {
 /// Folds a source INSERT: new to the batch, or, after a change of the same key (a delete and
 /// a new row under the old key), an upsert.
 fn insert(changes: &mut TableChanges, layout: &TableSchema, row: Row) {
-    let key = key_bytes(layout, &row);
-    if changes.ops.contains_key(&key) {
-        upsert(changes, layout, row);
-    } else {
-        changes.ops.insert(key, Op::Insert(row));
+    match changes.ops.entry(key_bytes(layout, &row)) {
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(Op::Insert(row));
+        }
+        std::collections::hash_map::Entry::Occupied(_) => upsert(changes, layout, row),
     }
 }
 
