@@ -70,6 +70,20 @@ impl QueueSender {
     /// is full.
     pub async fn send(&self, events: Vec<StreamEvent>) -> Result<(), Closed> {
         let size: usize = events.iter().map(StreamEvent::size).sum();
+        self.push(events, None, size).await
+    }
+
+    /// Sends a control message holding `size` bytes of the budget (the rows it carries).
+    pub async fn send_control(&self, control: Control, size: usize) -> Result<(), Closed> {
+        self.push(Vec::new(), Some(control), size).await
+    }
+
+    async fn push(
+        &self,
+        events: Vec<StreamEvent>,
+        control: Option<Control>,
+        size: usize,
+    ) -> Result<(), Closed> {
         let need = size.clamp(1, self.max_batch) as u32;
         let permit = self
             .bytes
@@ -81,32 +95,12 @@ impl QueueSender {
             .send(Queued {
                 events,
                 permit,
-                control: None,
+                control,
             })
             .await
             .map_err(|_| Closed)
     }
 
-    /// Sends a control message holding `size` bytes of the budget (the rows it carries).
-    pub async fn send_control(&self, control: Control, size: usize) -> Result<(), Closed> {
-        let need = size.clamp(1, self.max_batch) as u32;
-        let permit = self
-            .bytes
-            .clone()
-            .acquire_many_owned(need)
-            .await
-            .map_err(|_| Closed)?;
-        self.tx
-            .send(Queued {
-                events: Vec::new(),
-                permit,
-                control: Some(control),
-            })
-            .await
-            .map_err(|_| Closed)
-    }
-
-    /// Bytes queued for or buffered in the sink (held byte permits).
     pub fn bytes_held(&self) -> usize {
         self.capacity.saturating_sub(self.bytes.available_permits())
     }

@@ -19,6 +19,24 @@ fn topics(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the PostgreSQL target, the Kafka topics, the NATS stream and the MongoDB
+/// collections all equal the source; returns the NATS reader (for its duplicate check).
+async fn wait_every_target_equal(env: &Env) -> NatsReader {
+    env.wait_equal(TABLES, Duration::from_secs(90)).await;
+    let mut kafka = KafkaReader::new(&topics(env));
+    let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
+    targets::wait_all_equal(
+        env,
+        workload::SCHEMA,
+        TABLES,
+        &mut kafka,
+        &mut nats,
+        Duration::from_secs(180),
+    )
+    .await;
+    nats
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_and_live_writes_reach_every_target() {
     let env = Env::new("fanout").await;
@@ -56,18 +74,7 @@ async fn snapshot_and_live_writes_reach_every_target() {
         .await
         .unwrap();
 
-    env.wait_equal(TABLES, Duration::from_secs(90)).await;
-    let mut kafka = KafkaReader::new(&topics(&env));
-    let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
-    targets::wait_all_equal(
-        &env,
-        workload::SCHEMA,
-        TABLES,
-        &mut kafka,
-        &mut nats,
-        Duration::from_secs(180),
-    )
-    .await;
+    let nats = wait_every_target_equal(&env).await;
     assert!(nats.duplicate_ids().is_empty());
     let status = run.terminate();
     assert!(status.success(), "cutover exited with {status}");
@@ -109,18 +116,7 @@ async fn sigkill_and_restart_leave_every_target_equal_without_nats_duplicates() 
         committed > 50,
         "the workload committed only {committed} transactions"
     );
-    env.wait_equal(TABLES, Duration::from_secs(90)).await;
-    let mut kafka = KafkaReader::new(&topics(&env));
-    let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
-    targets::wait_all_equal(
-        &env,
-        workload::SCHEMA,
-        TABLES,
-        &mut kafka,
-        &mut nats,
-        Duration::from_secs(180),
-    )
-    .await;
+    let nats = wait_every_target_equal(&env).await;
     let dups = nats.duplicate_ids();
     assert!(
         dups.is_empty(),

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::targets::{self, KafkaReader, NatsReader};
-use common::{cutover, Env};
+use common::{cutover, Env, Pipeline};
 
 const FIRST: &str = "CREATE TABLE first (id int PRIMARY KEY, v text)";
 const SECOND: &str = "CREATE TABLE second (id int PRIMARY KEY, n numeric, note text)";
@@ -40,6 +40,28 @@ async fn create_second(env: &Env) {
     .await;
 }
 
+/// A test database whose table `first` (100 rows) streams before `second` appears.
+async fn env_with_first(name: &str) -> Env {
+    let env = Env::new(name).await;
+    env.on_source(&format!(
+        "{FIRST}; INSERT INTO first SELECT g, 'v' || g FROM generate_series(1, 100) g;"
+    ))
+    .await;
+    env
+}
+
+/// Starts the pipeline (with `vars` in its environment), waits for `first` to stream, creates
+/// `second`, waits for its copy to begin and changes it meanwhile.
+async fn start_and_join(env: &Env, path: &std::path::PathBuf, vars: &[(&str, &str)]) -> Pipeline {
+    let run = env.start_with_env(path, vars);
+    env.wait_equal(&["first"], Duration::from_secs(60)).await;
+    create_second(env).await;
+    run.wait_log("copying it beside the stream", Duration::from_secs(30))
+        .await;
+    env.on_source(SECOND_CHANGES).await;
+    run
+}
+
 /// Changes to the joining table while its copy runs: updates of rows copied early and late,
 /// deletes, inserts, and a key change.
 const SECOND_CHANGES: &str = "UPDATE second SET n = -1, note = 'during copy' WHERE id % 1000 = 7;
@@ -49,20 +71,10 @@ const SECOND_CHANGES: &str = "UPDATE second SET n = -1, note = 'during copy' WHE
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_created_while_streaming_is_copied_beside_the_stream() {
-    let env = Env::new("new_tables").await;
-    env.on_source(&format!(
-        "{FIRST}; INSERT INTO first SELECT g, 'v' || g FROM generate_series(1, 100) g;"
-    ))
-    .await;
+    let env = env_with_first("new_tables").await;
     // Every kind of sink takes the joining table: each prepares it while streaming.
     let path = pipeline(&env, &targets::message_sinks(&env, ""));
-    let mut run = env.start(&path);
-    env.wait_equal(&["first"], Duration::from_secs(60)).await;
-
-    create_second(&env).await;
-    run.wait_log("copying it beside the stream", Duration::from_secs(30))
-        .await;
-    env.on_source(SECOND_CHANGES).await;
+    let mut run = start_and_join(&env, &path, &[]).await;
     // The other table streams while the new one is copied.
     env.on_source(
         "INSERT INTO first VALUES (101, 'during the copy'); UPDATE first SET v = 'x' WHERE id = 1;",
@@ -129,18 +141,9 @@ async fn a_table_created_while_streaming_is_copied_beside_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_while_a_new_table_is_copied_loses_nothing() {
-    let env = Env::new("new_tables_kill").await;
-    env.on_source(&format!(
-        "{FIRST}; INSERT INTO first SELECT g, 'v' || g FROM generate_series(1, 100) g;"
-    ))
-    .await;
+    let env = env_with_first("new_tables_kill").await;
     let path = pipeline(&env, "");
-    let mut run = env.start(&path);
-    env.wait_equal(&["first"], Duration::from_secs(60)).await;
-    create_second(&env).await;
-    run.wait_log("copying it beside the stream", Duration::from_secs(30))
-        .await;
-    env.on_source(SECOND_CHANGES).await;
+    let mut run = start_and_join(&env, &path, &[]).await;
     env.on_source("INSERT INTO first VALUES (101, 'during the copy');")
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -163,18 +166,14 @@ async fn a_crash_while_a_new_table_is_copied_loses_nothing() {
 /// was stepped back to the copy's snapshot first, and the slot kept there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_copy_is_recorded_replays_the_held_changes() {
-    let env = Env::new("new_tables_recorded").await;
-    env.on_source(&format!(
-        "{FIRST}; INSERT INTO first SELECT g, 'v' || g FROM generate_series(1, 100) g;"
-    ))
-    .await;
+    let env = env_with_first("new_tables_recorded").await;
     let path = pipeline(&env, "");
-    let mut run = env.start_with_env(&path, &[("CUTOVER_CRASH_AT", "joined-table-recorded")]);
-    env.wait_equal(&["first"], Duration::from_secs(60)).await;
-    create_second(&env).await;
-    run.wait_log("copying it beside the stream", Duration::from_secs(30))
-        .await;
-    env.on_source(SECOND_CHANGES).await;
+    let mut run = start_and_join(
+        &env,
+        &path,
+        &[("CUTOVER_CRASH_AT", "joined-table-recorded")],
+    )
+    .await;
     // Other tables' changes commit during the copy, so the sink's checkpoint passes the
     // copy's snapshot position before the crash.
     env.on_source("INSERT INTO first VALUES (101, 'during the copy');")
