@@ -101,6 +101,21 @@ impl Status {
         ))
     }
 
+    /// The tables being copied, with their rows so far (and a percentage of the estimate).
+    fn copying(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .filter(|t| !t.done && t.rows_copied > 0)
+            .map(|t| {
+                let pct = (t.rows_copied * 100)
+                    .checked_div(t.rows_estimate)
+                    .map(|p| format!(" {}%", p.min(99)))
+                    .unwrap_or_default();
+                format!("{} {} rows{pct}", t.name, t.rows_copied)
+            })
+            .collect()
+    }
+
     /// One human-readable line.
     pub fn line(&self) -> String {
         match self.phase {
@@ -108,18 +123,7 @@ impl Status {
             Phase::Snapshot => {
                 let done = self.tables.iter().filter(|t| t.done).count();
                 let rows: u64 = self.tables.iter().map(|t| t.rows_copied).sum();
-                let active: Vec<String> = self
-                    .tables
-                    .iter()
-                    .filter(|t| !t.done && t.rows_copied > 0)
-                    .map(|t| {
-                        let pct = (t.rows_copied * 100)
-                            .checked_div(t.rows_estimate)
-                            .map(|p| format!(" {}%", p.min(99)))
-                            .unwrap_or_default();
-                        format!("{} {} rows{pct}", t.name, t.rows_copied)
-                    })
-                    .collect();
+                let active = self.copying();
                 format!(
                     "snapshot: {done}/{} tables, {rows} rows copied{}{}",
                     self.tables.len(),
@@ -178,8 +182,18 @@ impl Status {
                         v.at.elapsed().map_or(0, |d| d.as_secs())
                     ),
                 };
+                // A table joining while streaming: the slot waits at its copy's start.
+                let joining = self.copying();
+                let joining = if joining.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; copying new table {} (slot held until every sink has it)",
+                        joining.join(", ")
+                    )
+                };
                 format!(
-                    "{}: lag {lag}; source WAL {}, confirmed {}; {}{verified}",
+                    "{}: lag {lag}; source WAL {}, confirmed {}; {}{verified}{joining}",
                     if self.phase == Phase::Stopping {
                         "stopping"
                     } else {
@@ -235,5 +249,38 @@ pub async fn report(status: SharedStatus, terminal: bool) {
                 s.line()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_joining_while_streaming_shows_its_progress() {
+        let mut status = Status::new();
+        status.phase = Phase::Streaming;
+        status.tables = vec![
+            TableProgress {
+                name: "public.orders".into(),
+                rows_copied: 10,
+                rows_estimate: 10,
+                done: true,
+            },
+            TableProgress {
+                name: "public.big".into(),
+                rows_copied: 500,
+                rows_estimate: 1000,
+                done: false,
+            },
+        ];
+        let line = status.line();
+        assert!(
+            line.contains("copying new table public.big 500 rows 50%")
+                && !line.contains("public.orders"),
+            "{line}"
+        );
+        status.tables[1].done = true;
+        assert!(!status.line().contains("copying"), "{}", status.line());
     }
 }
