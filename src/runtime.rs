@@ -327,29 +327,21 @@ async fn merge_partitions(
                             end_lsn: lsn,
                         }
                     });
-                    let time = cutover_core::outbox::now_micros();
-                    let mut events = Vec::with_capacity(rows.len() + 2);
-                    events.push(StreamEvent::Begin {
-                        commit_lsn: at.commit_lsn,
-                        xid: 0,
-                        commit_time_micros: time,
-                    });
-                    events.extend(rows.iter().enumerate().map(|(n, row)| {
-                        StreamEvent::Change(cutover_core::ChangeEvent {
-                            position: cutover_core::Position {
-                                commit_lsn: at.commit_lsn,
-                                ordinal: n as u32,
-                            },
-                            table: table.schema.clone(),
-                            change: Change::Insert { row: row.clone() },
+                    let inserts = rows
+                        .iter()
+                        .enumerate()
+                        .map(|(n, row)| {
+                            StreamEvent::Change(cutover_core::ChangeEvent {
+                                position: cutover_core::Position {
+                                    commit_lsn: at.commit_lsn,
+                                    ordinal: n as u32,
+                                },
+                                table: table.schema.clone(),
+                                change: Change::Insert { row: row.clone() },
+                            })
                         })
-                    }));
-                    events.push(StreamEvent::Commit {
-                        commit_lsn: at.commit_lsn,
-                        end_lsn: at.end_lsn,
-                        commit_time_micros: time,
-                    });
-                    sink.apply_all(events).await?;
+                        .collect();
+                    sink.apply_all(transaction_at(at, inserts)).await?;
                     sink.seal().await?;
                 }
                 rows_total += rows.len() as u64;
@@ -366,6 +358,26 @@ async fn merge_partitions(
         tracing::warn!(error = %e, "cannot record the partitions of the partitioned tables on the publication; rows of partitions attached later will not be copied (make cutover's user own the publication)");
     }
     Ok(())
+}
+
+/// `changes` wrapped in one transaction stamped with `at`, a position the sink already has:
+/// the sink applies them without its checkpoint moving (rows of a merged partition, changes
+/// held during a table's copy, or none, to step a checkpoint back).
+fn transaction_at(at: Checkpoint, changes: Vec<StreamEvent>) -> Vec<StreamEvent> {
+    let time = cutover_core::outbox::now_micros();
+    let mut events = Vec::with_capacity(changes.len() + 2);
+    events.push(StreamEvent::Begin {
+        commit_lsn: at.commit_lsn,
+        xid: 0,
+        commit_time_micros: time,
+    });
+    events.extend(changes);
+    events.push(StreamEvent::Commit {
+        commit_lsn: at.commit_lsn,
+        end_lsn: at.end_lsn,
+        commit_time_micros: time,
+    });
+    events
 }
 
 /// Copies tables (up to `parallel_tables` at a time) into the sinks that need them.
@@ -1053,11 +1065,9 @@ async fn drive_sink(
                     seal_wanted = false;
                     batch_deadline = None;
                     idle_deadline = None;
-                    backfill_step(index, &mut sink, control, &mut backfill, &mut checkpoint, &mut copied).await?;
+                    let cp = backfill_step(index, &mut sink, control, &mut backfill, checkpoint, &mut copied).await?;
                     drop(permit);
-                    if let Some(cp) = checkpoint {
-                        report(index, Some(cp), &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
-                    }
+                    report(index, cp, &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
                 }
                 Some(q) => {
                     idle_deadline = None;
@@ -1083,19 +1093,19 @@ async fn drive_sink(
                                 !std::mem::take(&mut skipping)
                             }
                         };
-                        if let Some(b) = backfill.as_ref().filter(|b| b.held_bytes > limits.hold_bytes) {
-                            return Err(ConnectorError::retryable(format!(
-                                "table {} changed by more than {} MiB while it was being copied: starting over to copy it with streaming paused",
-                                b.table.name,
-                                limits.hold_bytes >> 20
-                            )));
-                        }
                         if pass {
                             if matches!(event, StreamEvent::Change(_)) {
                                 applied += 1;
                             }
                             passed.push(event);
                         }
+                    }
+                    if let Some(b) = backfill.as_ref().filter(|b| b.held_bytes > limits.hold_bytes) {
+                        return Err(ConnectorError::retryable(format!(
+                            "table {} changed by more than {} MiB while it was being copied: starting over to copy it with streaming paused",
+                            b.table.name,
+                            limits.hold_bytes >> 20
+                        )));
                     }
                     if !passed.is_empty() {
                         buffered_events += passed.len();
@@ -1130,8 +1140,9 @@ impl Backfill {
         if change.table.name != self.table.name {
             return false;
         }
-        self.held_bytes += StreamEvent::Change(change.clone()).size();
-        self.held.push(StreamEvent::Change(change.clone()));
+        let held = StreamEvent::Change(change.clone());
+        self.held_bytes += held.size();
+        self.held.push(held);
         true
     }
 }
@@ -1161,7 +1172,8 @@ fn report(
     });
 }
 
-/// One step of a backfill in one sink, with nothing in flight (see [`Control`]).
+/// One step of a backfill in one sink, with nothing in flight (see [`Control`]). Returns the
+/// checkpoint the step's own write made durable, if it wrote one.
 ///
 /// The end is ordered for crash safety: the sink's checkpoint is first stepped back to the
 /// copy's snapshot position (an empty transaction there), then the copy is finished (the table
@@ -1175,9 +1187,9 @@ async fn backfill_step(
     sink: &mut Box<dyn Sink>,
     control: Control,
     backfill: &mut Option<Backfill>,
-    checkpoint: &mut Option<Checkpoint>,
+    checkpoint: Option<Checkpoint>,
     copied: &mut std::collections::BTreeMap<cutover_core::TableName, Lsn>,
-) -> Result<()> {
+) -> Result<Option<Checkpoint>> {
     match control {
         Control::AddTable(table) => {
             sink.add_table(table.clone()).await?;
@@ -1213,54 +1225,28 @@ async fn backfill_step(
                 commit_lsn: Lsn(lsn.0.saturating_sub(1)),
                 end_lsn: lsn,
             };
-            let time = cutover_core::outbox::now_micros();
             let real = checkpoint.unwrap_or(at_copy);
             if real.end_lsn > lsn {
-                sink.apply_all(vec![
-                    StreamEvent::Begin {
-                        commit_lsn: at_copy.commit_lsn,
-                        xid: 0,
-                        commit_time_micros: time,
-                    },
-                    StreamEvent::Commit {
-                        commit_lsn: at_copy.commit_lsn,
-                        end_lsn: at_copy.end_lsn,
-                        commit_time_micros: time,
-                    },
-                ])
-                .await?;
+                sink.apply_all(transaction_at(at_copy, Vec::new())).await?;
                 sink.seal().await?;
             }
             let rows = copy.finish().await?;
             crash_point("joined-table-recorded");
-            let mut events = Vec::with_capacity(b.held.len() + 2);
-            events.push(StreamEvent::Begin {
-                commit_lsn: real.commit_lsn,
-                xid: 0,
-                commit_time_micros: time,
-            });
-            let released_from = events.len();
-            events.extend(std::mem::take(&mut b.held).into_iter().filter(|e| match e {
-                StreamEvent::Change(c) => c.position.commit_lsn >= lsn,
-                _ => false,
-            }));
-            let released = events.len() - released_from;
-            events.push(StreamEvent::Commit {
-                commit_lsn: real.commit_lsn,
-                end_lsn: real.end_lsn,
-                commit_time_micros: time,
-            });
-            sink.apply_all(events).await?;
-            if let Some(cp) = sink.seal().await? {
-                *checkpoint = Some(cp);
-            }
+            let held: Vec<StreamEvent> = std::mem::take(&mut b.held)
+                .into_iter()
+                .filter(|e| matches!(e, StreamEvent::Change(c) if c.position.commit_lsn >= lsn))
+                .collect();
+            let released = held.len();
+            sink.apply_all(transaction_at(real, held)).await?;
+            let cp = sink.seal().await?;
             copied.insert(table.clone(), lsn);
             tracing::info!(sink = sink.name(), %table, rows, held_changes = released, snapshot_lsn = %lsn, "table joined: copied, and its changes made during the copy applied");
             *backfill = None;
             let _ = done.send(index);
+            return Ok(cp);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Ends the process at once, as a crash would, when `CUTOVER_CRASH_AT` names this point: the
