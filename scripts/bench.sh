@@ -9,7 +9,11 @@
 #           COPY ... TO STDOUT (FORMAT binary) | COPY ... FROM STDIN (FORMAT binary)
 # apply     a backlog of ~500k mixed changes (insert/update/delete, transactions of 1-1000 rows)
 #           in the slot: cutover vs native logical replication (CREATE SUBSCRIPTION), time from
-#           start until a marker committed last is on the target
+#           start until a marker committed last is on the target; both clusters are vacuumed
+#           before each drain, and the CPU each used is shown by kind of process.
+#           APPLY_VARIANT_ENV="NAME=value ..." also drains the backlog with cutover run under that
+#           environment (on a slot of its own), to compare a change with the same run's baseline;
+#           APPLY_SAMPLE=1 samples what cutover's target session waits on, every 5 ms
 # memory    peak RSS of cutover during the snapshot of 100k and of 1M rows with an 8 MiB queue
 # messages  a slot holding MESSAGE_CHANGES (default 1M) changes: cutover draining it into Kafka
 #           (tansu), and into NATS JetStream, vs pg_recvlogical reading the same changes from a
@@ -114,27 +118,54 @@ bench_snapshot() {
     echo "   median: pipe $pm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$pm))") rows/s), cutover $cm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$cm))") rows/s); cutover throughput = $(ratio "$pm" "$cm") x pipe"
 }
 
-cluster_cpu() { # PORT: CPU seconds used so far by that cluster (live processes and reaped backends)
+cluster_cpu() { # PORT: JSON of the CPU seconds used so far by that cluster, by kind of process
     python3 - "$(pgrep -f "bin/postgres -D .* -p $1 " | head -1)" <<'PY'
-import os, sys
+import json, os, sys
 pm = sys.argv[1]
-def fields(pid):
+tck = os.sysconf("SC_CLK_TCK")
+def stat(pid):
     with open(f"/proc/{pid}/stat") as f:
         s = f.read()
     return s[s.rindex(")") + 2:].split()
-f = fields(pm)
-ticks = sum(int(x) for x in f[11:15])  # utime, stime, and the reaped children's
+def kind(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        title = f.read().decode(errors="replace")
+    for k in ("launcher", "replication worker", "walsender", "walwriter", "autovacuum", "checkpointer", "writer"):
+        if k in title:
+            return {"replication worker": "apply worker", "writer": "bgwriter"}.get(k, k)
+    return "sessions"
+f = stat(pm)
+out = {"postmaster": int(f[11]) + int(f[12]), "exited": int(f[13]) + int(f[14])}
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
-        g = fields(pid)
+        g = stat(pid)
+        if g[1] != pm:
+            continue
+        k = kind(pid)
     except OSError:
         continue
-    if g[1] == pm:
-        ticks += int(g[11]) + int(g[12])
-print("%.2f" % (ticks / os.sysconf("SC_CLK_TCK")))
+    out[f"{k}:{pid}"] = int(g[11]) + int(g[12])
+print(json.dumps({k: v / tck for k, v in out.items()}))
 PY
 }
-cpu_since() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$1" "$2"; }
+cpu_since() { # NOW THEN (cluster_cpu outputs): the total, and the CPU by kind of process
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+now, then = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+by = {}
+for k, v in now.items():
+    by[k.split(":")[0]] = by.get(k.split(":")[0], 0) + v - then.get(k, 0)
+parts = ", ".join("%s %.2f" % (k, v) for k, v in sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+print("%.2f s (%s)" % (sum(by.values()), parts))
+PY
+}
+quiesce() { # vacuum every database of both clusters, so no consumer's drain pays for another's dead rows
+    "$PGBIN/vacuumdb" -q --all -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres
+    "$PGBIN/vacuumdb" -q --all -h 127.0.0.1 -p "$CUTOVER_TARGET_PORT" -U postgres
+    for port in "$CUTOVER_SOURCE_PORT" "$CUTOVER_TARGET_PORT"; do
+        until [ "$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" = 0 ]; do sleep 0.2; done
+    done
+}
 
 write_changes_sql() { # the apply backlog's transaction, for pgbench
     cat > "$WORK/changes.sql" <<'EOF'
@@ -156,19 +187,28 @@ bench_apply() {
         -c "INSERT INTO t SELECT g, g % 1000, repeat('x', 100), now(), g * 0.01 FROM generate_series(1, 500000) g" \
         -c "CREATE PUBLICATION native_pub FOR TABLE t, marker"
     tgt -d postgres -c "DROP DATABASE IF EXISTS apply_native" -c "CREATE DATABASE apply_native" \
-        -c "DROP DATABASE IF EXISTS apply_apply" -c "CREATE DATABASE apply_apply"
+        -c "DROP DATABASE IF EXISTS apply_apply" -c "CREATE DATABASE apply_apply" \
+        -c "DROP DATABASE IF EXISTS apply_variant" -c "CREATE DATABASE apply_variant"
     tgt -d apply_native -c "$TABLE_DDL" -c "CREATE TABLE marker (id int PRIMARY KEY, at timestamptz)" \
         -c "CREATE SUBSCRIPTION native_sub CONNECTION 'host=127.0.0.1 port=$CUTOVER_SOURCE_PORT dbname=apply user=postgres' PUBLICATION native_pub WITH (slot_name = native_slot)"
     local p; p=$(pipeline apply apply)
     "$BIN" --log-format json run "$p" 2> "$WORK/apply.log" &
     local pid=$!
     wait_log "$WORK/apply.log" "streaming changes"
+    local pv=
+    if [ -n "${APPLY_VARIANT_ENV:-}" ]; then
+        pv=$(pipeline variant apply)
+        "$BIN" --log-format json run "$pv" 2> "$WORK/variant.log" &
+        local vpid=$!
+        wait_log "$WORK/variant.log" "streaming changes"
+        kill -TERM $vpid; wait $vpid
+    fi
     for _ in $(seq 1 600); do
         [ "$(tgt -d apply_native -At -c "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'")" = 0 ] && break; sleep 0.1
     done
     kill -TERM $pid; wait $pid
     write_changes_sql
-    local native_times=() cut_times=() changes_list=()
+    local native_times=() cut_times=() changes_list=() variant_times=()
     for r in $(seq 1 "$ROUNDS"); do
         tgt -d apply_native -c "ALTER SUBSCRIPTION native_sub DISABLE"
         sleep 1
@@ -181,28 +221,57 @@ bench_apply() {
         local changes=$((after - before))
         changes_list+=("$changes")
         # native
+        quiesce
         local s0 g0; s0=$(cluster_cpu "$CUTOVER_SOURCE_PORT"); g0=$(cluster_cpu "$CUTOVER_TARGET_PORT")
         local t0; t0=$(now)
         tgt -d apply_native -c "ALTER SUBSCRIPTION native_sub ENABLE"
         until [ "$(tgt -d apply_native -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
         native_times+=("$(python3 -c "print($(now) - $t0)")")
         local native_cpu
-        native_cpu="source $(cpu_since "$(cluster_cpu "$CUTOVER_SOURCE_PORT")" "$s0") s, target $(cpu_since "$(cluster_cpu "$CUTOVER_TARGET_PORT")" "$g0") s"
+        native_cpu="source $(cpu_since "$(cluster_cpu "$CUTOVER_SOURCE_PORT")" "$s0"); target $(cpu_since "$(cluster_cpu "$CUTOVER_TARGET_PORT")" "$g0")"
         # cutover
+        quiesce
         s0=$(cluster_cpu "$CUTOVER_SOURCE_PORT"); g0=$(cluster_cpu "$CUTOVER_TARGET_PORT")
         t0=$(now)
         "$BIN" --log-format json run "$p" 2> "$WORK/apply-$r.log" &
         pid=$!
+        local sampler=
+        if [ -n "${APPLY_SAMPLE:-}" ]; then # what cutover's target session waits on, every 5 ms
+            tgt -d apply_apply -c "SET client_min_messages = warning" -c "CREATE UNLOGGED TABLE IF NOT EXISTS waits (round int, state text, wait text)"
+            tgt -d apply_apply -c "DO \$\$ BEGIN FOR i IN 1..1500 LOOP PERFORM pg_stat_clear_snapshot(); INSERT INTO waits SELECT $r, state, coalesce(wait_event_type || ':' || wait_event, 'cpu') FROM pg_stat_activity WHERE datname = 'apply_apply' AND application_name = 'cutover' AND pid <> pg_backend_pid() AND backend_type = 'client backend'; COMMIT; PERFORM pg_sleep(0.005); END LOOP; END \$\$" 2>/dev/null &
+            sampler=$!
+            disown $sampler
+        fi
         until [ "$(tgt -d apply_apply -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
+        if [ -n "$sampler" ]; then
+            kill $sampler 2>/dev/null || true
+            tgt -d apply_apply -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'DO %'" >/dev/null 2>&1
+            tgt -d apply_apply -At -c "SELECT '   target session (samples): ' || string_agg(s || ' ' || n, ', ' ORDER BY n DESC) FROM (SELECT state || '/' || wait AS s, count(*) AS n FROM waits WHERE round = $r GROUP BY 1) x"
+        fi
         cut_times+=("$(python3 -c "print($(now) - $t0)")")
         local cpu; cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
         local cut_cpu
-        cut_cpu="source $(cpu_since "$(cluster_cpu "$CUTOVER_SOURCE_PORT")" "$s0") s, target $(cpu_since "$(cluster_cpu "$CUTOVER_TARGET_PORT")" "$g0") s"
+        cut_cpu="source $(cpu_since "$(cluster_cpu "$CUTOVER_SOURCE_PORT")" "$s0"); target $(cpu_since "$(cluster_cpu "$CUTOVER_TARGET_PORT")" "$g0")"
         kill -TERM $pid; wait $pid
+        if [ -n "$pv" ]; then
+            quiesce
+            t0=$(now)
+            env $APPLY_VARIANT_ENV "$BIN" --log-format json run "$pv" 2> "$WORK/variant-$r.log" &
+            pid=$!
+            until [ "$(tgt -d apply_variant -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
+            variant_times+=("$(python3 -c "print($(now) - $t0)")")
+            kill -TERM $pid; wait $pid
+            echo "   round $r: variant ($APPLY_VARIANT_ENV) $(python3 -c "print('%.2f s, %d/s' % (${variant_times[-1]}, $changes/${variant_times[-1]}))")"
+        fi
         echo "   round $r: $changes changes; native $(python3 -c "print('%.2f s, %d/s' % (${native_times[-1]}, $changes/${native_times[-1]}))") (CPU: $native_cpu), cutover $(python3 -c "print('%.2f s, %d/s' % (${cut_times[-1]}, $changes/${cut_times[-1]}))") (CPU: $cut_cpu, cutover $cpu s)"
     done
     local nm cm ch; nm=$(median "${native_times[@]}"); cm=$(median "${cut_times[@]}"); ch=$(median "${changes_list[@]}")
     echo "   median: native $nm s ($(python3 -c "print(int($ch/$nm))") changes/s), cutover $cm s ($(python3 -c "print(int($ch/$cm))") changes/s); cutover throughput = $(ratio "$nm" "$cm") x native"
+    if [ -n "$pv" ]; then
+        local vm; vm=$(median "${variant_times[@]}")
+        echo "   median: variant ($APPLY_VARIANT_ENV) $vm s; variant throughput = $(ratio "$nm" "$vm") x native, $(ratio "$cm" "$vm") x cutover"
+        "$BIN" teardown "$pv" >/dev/null
+    fi
     # Both targets must hold exactly what the source holds.
     local s n c
     s=$(src -d apply -At -c "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM t")
