@@ -986,8 +986,10 @@ struct DriverLimits {
 /// when the batch is full, when the oldest change has waited `flush_interval`, or when the queue
 /// has been empty at a transaction boundary for `linger`. While one write runs, the next batch is
 /// folded (one write in flight per sink, in seal order), so the target is not idle while cutover
-/// folds. Every new checkpoint is reported on `durable`; byte permits are released when the
-/// write that holds their events has finished.
+/// folds. Every new durable checkpoint is reported on `durable`; byte permits are released when
+/// the write that holds their events has finished. A sink whose commits become durable later
+/// (see `Sink::unsettled`) reports them from later writes, and is settled once its queue has
+/// been quiet for `flush_interval`, before a control step, and before the driver ends.
 async fn drive_sink(
     index: usize,
     mut sink: Box<dyn Sink>,
@@ -1010,6 +1012,9 @@ async fn drive_sink(
     let mut last_commit_time = None;
     let mut writing: Option<InFlight> = None;
     let mut seal_wanted = false;
+    // When a quiet sink makes its committed writes durable (see `Sink::settle`).
+    let mut settle_deadline: Option<Instant> = None;
+    let mut settle_wanted = false;
     let mut closed = false;
     loop {
         if seal_wanted && writing.is_none() {
@@ -1022,14 +1027,27 @@ async fn drive_sink(
             seal_wanted = false;
             batch_deadline = None;
             idle_deadline = None;
+            settle_deadline = None;
+        } else if settle_wanted && writing.is_none() {
+            writing = Some(InFlight {
+                write: Spawned(tokio::spawn(sink.settle())),
+                permits: Vec::new(),
+                events: 0,
+                began: Instant::now(),
+            });
+            settle_wanted = false;
         }
         if closed && writing.is_none() && !seal_wanted {
+            if sink.unsettled() {
+                settle_wanted = true;
+                continue;
+            }
             return Ok(());
         }
-        let deadline = match (batch_deadline, idle_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [batch_deadline, idle_deadline, settle_deadline]
+            .into_iter()
+            .flatten()
+            .min();
         tokio::select! {
             biased;
             result = finish(&mut writing) => {
@@ -1044,8 +1062,18 @@ async fn drive_sink(
                 );
                 drop(done.permits);
                 report(index, result, &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
+                if batch_deadline.is_none() && !seal_wanted && sink.unsettled() {
+                    settle_deadline = Some(Instant::now() + limits.flush_interval);
+                }
             }
-            _ = sleep_until(deadline), if !seal_wanted => seal_wanted = true,
+            _ = sleep_until(deadline), if !seal_wanted => {
+                if settle_deadline == deadline {
+                    settle_deadline = None;
+                    settle_wanted = true;
+                } else {
+                    seal_wanted = true;
+                }
+            }
             next = rx.recv(), if !closed => match next {
                 None => {
                     closed = true;
@@ -1060,6 +1088,11 @@ async fn drive_sink(
                     }
                     let cp = sink.seal().await?;
                     report(index, cp, &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
+                    // The step starts from the sink's exact checkpoint.
+                    let cp = sink.settle().await?;
+                    report(index, cp, &mut checkpoint, &durable, &status, &*sink, applied, last_commit_time);
+                    settle_deadline = None;
+                    settle_wanted = false;
                     held.clear();
                     buffered_events = 0;
                     seal_wanted = false;
@@ -1108,6 +1141,8 @@ async fn drive_sink(
                         )));
                     }
                     if !passed.is_empty() {
+                        settle_deadline = None;
+                        settle_wanted = false;
                         buffered_events += passed.len();
                         sink.apply_all(passed).await?;
                         held.push(q.permit);

@@ -121,6 +121,34 @@ async fn a_new_row_whose_key_the_target_has_is_upserted_with_its_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_of_a_row_the_target_lacks_writes_the_row() {
+    // Updates are written by a join update; a row the target does not have (removed there by
+    // hand, or parked earlier) must still end up equal to the source's, in the same batch as
+    // the updates that did find their rows.
+    let env = Env::new("update_missing").await;
+    env.on_source(
+        "CREATE TABLE items (id int PRIMARY KEY, v text, n int);
+         INSERT INTO items SELECT g, 'row ' || g, g FROM generate_series(1, 2000) g;",
+    )
+    .await;
+    let mut run = env.start(&env.pipeline(TABLES, ""));
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.wait_equal(&["items"], Duration::from_secs(60)).await;
+    env.target()
+        .await
+        .batch_execute("DELETE FROM items WHERE id IN (7, 700, 1999)")
+        .await
+        .unwrap();
+    env.on_source("UPDATE items SET n = -n, v = v || ' updated' WHERE id % 7 = 0 OR id = 1999")
+        .await;
+    env.wait_equal(&["items"], Duration::from_secs(60)).await;
+    let log = run.log_text();
+    assert!(run.terminate().success(), "{log}");
+    env.drop_slot().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_reader_never_sees_half_a_transaction() {
     let env = Env::new("atomic").await;
     let src = env.source().await;

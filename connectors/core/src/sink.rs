@@ -11,7 +11,7 @@ use crate::position::{Checkpoint, Lsn};
 use crate::schema::{TableName, TableSchema};
 
 /// A sealed write to a target: completes when the data is written (and, at a transaction
-/// boundary, durable, with the new checkpoint).
+/// boundary, committed), with the newest checkpoint that is now durable, if any.
 pub type PendingWrite = Pin<Box<dyn Future<Output = Result<Option<Checkpoint>>> + Send>>;
 
 /// What a sink has made durable, read back when it opens.
@@ -77,9 +77,24 @@ pub trait Sink: Send + Sync {
     /// Seals everything applied since the last seal into one write, and returns that write to
     /// run. The runtime runs at most one write of a sink at a time, in seal order, and may apply
     /// further events while it runs. When the last event applied before sealing was a `Commit`,
-    /// the write makes everything durable and returns the new checkpoint; in the middle of a
-    /// source transaction it writes without committing and returns `None`.
+    /// the write commits everything and returns the newest checkpoint that is durable: the new
+    /// one, or an earlier one (or `None`) while the target has not made it durable yet (see
+    /// [`Sink::unsettled`]). In the middle of a source transaction it writes without committing.
     fn seal(&mut self) -> PendingWrite;
+
+    /// Whether a write of this sink has committed a checkpoint it has not reported yet because
+    /// the target has not made it durable (a target that commits without waiting for its own
+    /// flush). The runtime then calls [`Sink::settle`] once the stream is quiet.
+    fn unsettled(&self) -> bool {
+        false
+    }
+
+    /// Makes every committed write durable and returns the newest checkpoint not reported yet.
+    /// Called with no write in flight. Sinks whose commits are durable when they return have
+    /// nothing to settle.
+    fn settle(&mut self) -> PendingWrite {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Bytes applied and not yet sealed; the runtime seals a write when this passes its batch bound.
     fn buffered_bytes(&self) -> usize;

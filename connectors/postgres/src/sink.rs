@@ -24,7 +24,7 @@ use cutover_core::{
 use futures::SinkExt;
 use rustc_hash::FxHashMap;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{Client, CopyInSink};
+use tokio_postgres::{Client, CopyInSink, SimpleQueryMessage};
 
 use crate::conn::PgEndpoint;
 use crate::copy_binary::{put_header, put_row, put_trailer};
@@ -80,6 +80,39 @@ pub struct PgSink {
     any_parked: Arc<std::sync::atomic::AtomicBool>,
     /// Changes parked by this process.
     parked: Arc<std::sync::atomic::AtomicU64>,
+    /// Checkpoints committed but maybe not yet flushed on the target (see [`Unflushed`]).
+    unflushed: Arc<std::sync::Mutex<Unflushed>>,
+}
+
+/// Checkpoints this sink committed asynchronously (`synchronous_commit = off`, as native
+/// logical replication's apply worker does), each with the target's WAL position after its
+/// commit record, in commit order. A checkpoint is reported durable only once the target's WAL
+/// is flushed past that position, so the slot is never confirmed past what a target crash
+/// could lose. Every write's commit reads the flush position in the same round trip;
+/// [`Sink::settle`] forces a flush when the stream goes quiet.
+#[derive(Debug, Default)]
+struct Unflushed(std::collections::VecDeque<(Lsn, Checkpoint)>);
+
+impl Unflushed {
+    /// Records a commit that ends before target WAL position `wal_end`.
+    fn committed(&mut self, wal_end: Lsn, cp: Checkpoint) {
+        self.0.push_back((wal_end, cp));
+    }
+
+    /// Forgets the checkpoints the target has flushed (its WAL is flushed up to `flushed`) and
+    /// returns the newest of them.
+    fn flushed_to(&mut self, flushed: Lsn) -> Option<Checkpoint> {
+        let mut newest = None;
+        while self.0.front().is_some_and(|(end, _)| *end <= flushed) {
+            newest = self.0.pop_front().map(|(_, cp)| cp);
+        }
+        newest
+    }
+
+    /// Forgets every checkpoint (all are flushed) and returns the newest.
+    fn all_flushed(&mut self) -> Option<Checkpoint> {
+        self.0.drain(..).next_back().map(|(_, cp)| cp)
+    }
 }
 
 /// One target table and its staging tables.
@@ -157,6 +190,7 @@ impl PgSink {
             buffered: 0,
             any_parked: Default::default(),
             parked: Default::default(),
+            unflushed: Default::default(),
         })
     }
 
@@ -951,6 +985,7 @@ struct Write {
     sink: String,
     any_parked: Arc<std::sync::atomic::AtomicBool>,
     parked: Arc<std::sync::atomic::AtomicU64>,
+    unflushed: Arc<std::sync::Mutex<Unflushed>>,
 }
 
 impl Write {
@@ -1124,9 +1159,61 @@ impl Write {
             )
             .await
             .map_err(|e| classify(e, &ctx))?;
-        exec("COMMIT".to_string()).await?;
-        Ok(Some(cp))
+        // The commit does not wait for the flush; the same round trip reads where its commit
+        // record ends (at or before the insert position after it) and how far the WAL is flushed.
+        let replies = client
+            .simple_query(
+                "COMMIT; SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text",
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        let (wal_end, flushed) = replies
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some((row.get(0), row.get(1))),
+                _ => None,
+            })
+            .and_then(|(a, b)| Some((a?.parse::<Lsn>().ok()?, b?.parse::<Lsn>().ok()?)))
+            .ok_or_else(|| {
+                ConnectorError::fatal(format!(
+                    "{ctx}: the target did not report its WAL positions after a commit"
+                ))
+            })?;
+        let mut unflushed = self.unflushed.lock().expect("never poisoned");
+        unflushed.committed(wal_end, cp);
+        Ok(unflushed.flushed_to(flushed))
     }
+}
+
+/// Makes every commit of the sink durable on the target with one synchronous commit (which
+/// flushes the WAL up to it, and so every earlier commit), and returns the newest checkpoint
+/// that was waiting for it.
+async fn settle(
+    client: Arc<Client>,
+    pipeline: String,
+    sink: String,
+    unflushed: Arc<std::sync::Mutex<Unflushed>>,
+) -> Result<Option<Checkpoint>> {
+    let ctx = format!("target {sink}");
+    client
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+        .await
+        .map_err(|e| classify(e, &ctx))?;
+    // A row the earlier commits wrote, so this transaction has an id and its commit flushes.
+    client
+        .execute(
+            &format!(
+                "UPDATE {STATE_SCHEMA}.checkpoints SET updated_at = now() WHERE pipeline = $1 AND sink = $2"
+            ),
+            &[&pipeline, &sink],
+        )
+        .await
+        .map_err(|e| classify(e, &ctx))?;
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| classify(e, &ctx))?;
+    Ok(unflushed.lock().expect("never poisoned").all_flushed())
 }
 
 /// How a target table compares with the source's definition.
@@ -1256,6 +1343,21 @@ async fn write_table(
             .collect::<Vec<_>>()
             .join(" AND ")
     };
+    // Sets `cols` of the rows whose keys are staged.
+    let update_from = |cols: &[usize]| {
+        let sets = cols
+            .iter()
+            .map(|&i| {
+                let c = quote_ident(&layout.columns[i].name);
+                format!("{c} = s.{c}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "UPDATE {quoted} t SET {sets} FROM {stage_rows} s WHERE {};",
+            key_match("s")
+        )
+    };
     let mut sql = String::new();
     let t0 = std::time::Instant::now();
     if !deletes.is_empty() {
@@ -1265,38 +1367,54 @@ async fn write_table(
             key_match("s")
         ));
     }
+    // Deletes land before the rows are written (a key may have moved between rows); all of it
+    // runs inside the one target transaction.
+    let non_key: Vec<usize> = all.iter().copied().filter(|i| !keys.contains(i)).collect();
+    let insert_missing = format!(
+        "INSERT INTO {quoted} ({cols}) SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO NOTHING;",
+        cols = names(&all),
+        keys = names(&keys),
+    );
+    let mut updated = None;
     if !full.is_empty() {
         copy_rows(client, stage_rows, layout, &all, &full, &ctx).await?;
-        let non_key: Vec<usize> = all.iter().copied().filter(|i| !keys.contains(i)).collect();
-        let action = if non_key.is_empty() {
-            "NOTHING".to_string()
+        if non_key.is_empty() {
+            sql.push_str(&insert_missing);
+            sql.push_str(&format!("TRUNCATE {stage_rows};"));
         } else {
-            format!(
-                "UPDATE SET {}",
-                non_key
-                    .iter()
-                    .map(|&i| {
-                        let c = quote_ident(&layout.columns[i].name);
-                        format!("{c} = EXCLUDED.{c}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
-        // Deletes must land before upserts (a key may have moved between rows); both run
-        // inside the one target transaction.
-        sql.push_str(&format!(
-            "INSERT INTO {quoted} ({cols}) SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO {action}; TRUNCATE {stage_rows};",
-            cols = names(&all),
-            keys = names(&keys),
-        ));
+            // A full row is almost always one the target has (the source updated it), so it
+            // is written by a join update, which costs less per row than `ON CONFLICT DO
+            // UPDATE` (measured). The rows it did not find are inserted next.
+            sql.push_str(&update_from(&non_key));
+            updated = Some(full.len() as u64);
+        }
     }
     let copied = t0.elapsed();
     if !sql.is_empty() {
-        client
-            .batch_execute(&sql)
+        let done = client
+            .simple_query(&sql)
             .await
             .map_err(|e| classify(e, &ctx))?;
+        if let Some(expected) = updated {
+            // The last statement's count is the update's.
+            let found = done
+                .iter()
+                .rev()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            let rest = if found < expected {
+                format!("{insert_missing} TRUNCATE {stage_rows};")
+            } else {
+                format!("TRUNCATE {stage_rows};")
+            };
+            client
+                .batch_execute(&rest)
+                .await
+                .map_err(|e| classify(e, &ctx))?;
+        }
     }
     // New rows go straight into the table: no staging, no conflict check per row (measured:
     // a 25k-insert, 25k-update batch in 0.25 s instead of 0.30 s). A key the target has after
@@ -1316,21 +1434,14 @@ async fn write_table(
     );
     for (present, rows) in partial {
         copy_rows(client, stage_rows, layout, &present, &rows, &ctx).await?;
-        let sets = present
+        let sets: Vec<usize> = present
             .iter()
+            .copied()
             .filter(|i| !keys.contains(i))
-            .map(|&i| {
-                let c = quote_ident(&layout.columns[i].name);
-                format!("{c} = s.{c}")
-            })
-            .collect::<Vec<_>>();
+            .collect();
         let mut sql = String::new();
         if !sets.is_empty() {
-            sql.push_str(&format!(
-                "UPDATE {quoted} t SET {} FROM {stage_rows} s WHERE {};",
-                sets.join(", "),
-                key_match("s")
-            ));
+            sql.push_str(&update_from(&sets));
         }
         sql.push_str(&format!("TRUNCATE {stage_rows};"));
         client
@@ -1427,6 +1538,10 @@ impl Sink for PgSink {
         // it to machine code on every flush: tens of milliseconds that this simple DML never
         // wins back (measured in BENCHMARKS.md).
         self.exec("SET jit = off").await?;
+        // Commits do not wait for the target's WAL flush (as native logical replication's apply
+        // worker); checkpoints are reported once flushed (see `Unflushed`). Copies commit on
+        // connections of their own, synchronously.
+        self.exec("SET synchronous_commit = off").await?;
         self.create_state_tables().await?;
         // A copied table whose columns the source changed while cutover was not streaming is
         // written in the target's own layout until the stream announces the change, which then
@@ -1533,9 +1648,26 @@ impl Sink for PgSink {
                 sink: self.options.name.clone(),
                 any_parked: self.any_parked.clone(),
                 parked: self.parked.clone(),
+                unflushed: self.unflushed.clone(),
             }
             .run(),
         )
+    }
+
+    fn unsettled(&self) -> bool {
+        !self.txn_open && !self.unflushed.lock().expect("never poisoned").0.is_empty()
+    }
+
+    fn settle(&mut self) -> PendingWrite {
+        if !self.unsettled() {
+            return Box::pin(async { Ok(None) });
+        }
+        Box::pin(settle(
+            self.client.clone(),
+            self.options.pipeline.clone(),
+            self.options.name.clone(),
+            self.unflushed.clone(),
+        ))
     }
 
     fn parked(&self) -> u64 {
@@ -1829,4 +1961,33 @@ impl ToSql for RawParam<'_> {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp(end: u64) -> Checkpoint {
+        Checkpoint {
+            commit_lsn: Lsn(end - 1),
+            end_lsn: Lsn(end),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_is_durable_once_the_target_flushed_past_its_commit() {
+        let mut unflushed = Unflushed::default();
+        unflushed.committed(Lsn(100), cp(10));
+        assert_eq!(unflushed.flushed_to(Lsn(99)), None);
+        unflushed.committed(Lsn(200), cp(20));
+        unflushed.committed(Lsn(300), cp(30));
+        // Flushed through the second commit: the newest flushed one is reported, in order.
+        assert_eq!(unflushed.flushed_to(Lsn(250)), Some(cp(20)));
+        assert_eq!(unflushed.flushed_to(Lsn(250)), None);
+        assert_eq!(unflushed.flushed_to(Lsn(300)), Some(cp(30)));
+        unflushed.committed(Lsn(400), cp(40));
+        unflushed.committed(Lsn(500), cp(50));
+        assert_eq!(unflushed.all_flushed(), Some(cp(50)));
+        assert_eq!(unflushed.all_flushed(), None);
+    }
 }

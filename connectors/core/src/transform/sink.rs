@@ -175,6 +175,14 @@ impl Sink for TransformSink {
         self.inner.seal()
     }
 
+    fn unsettled(&self) -> bool {
+        self.inner.unsettled()
+    }
+
+    fn settle(&mut self) -> PendingWrite {
+        self.inner.settle()
+    }
+
     fn buffered_bytes(&self) -> usize {
         self.inner.buffered_bytes()
     }
