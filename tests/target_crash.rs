@@ -1,0 +1,58 @@
+//! The PostgreSQL sink commits without waiting for the target's WAL flush, as native logical
+//! replication does. A target crash loses the commits whose WAL was not written yet; the slot
+//! must never have been confirmed past them, or their changes would be gone for good.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::workload::{self, Workload};
+use common::{connect, services_var, url, Env};
+
+const TABLES: &str = "[\"public.*\"]";
+
+/// Crashes the spare cluster (immediate stop: nothing more is written) and starts it again.
+fn crash_spare() {
+    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+        .args(["crash", "spare"])
+        .status()
+        .expect("run scripts/services.sh crash spare");
+    assert!(status.success(), "scripts/services.sh crash spare failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_crashes_under_load_lose_nothing() {
+    let mut env = Env::new("target_crash").await;
+    // A cluster of its own, so crashing it takes no other test's target away.
+    let spare: u16 = services_var("CUTOVER_SPARE_PORT").parse().unwrap();
+    connect(&url(spare, "postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {}", env.name))
+        .await
+        .unwrap();
+    env.target_url = url(spare, &env.name);
+    let src = env.source().await;
+    src.batch_execute(workload::SCHEMA).await.unwrap();
+    workload::prefill(&src, 3_000).await;
+    let mut run = env.start(&env.pipeline(TABLES, ""));
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    let load = Workload::start_paced(env.source().await, 11, Duration::from_millis(1));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        crash_spare();
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let committed = load.stop().await;
+    assert!(committed > 100, "the workload committed only {committed} transactions");
+    env.wait_equal(workload::TABLES, Duration::from_secs(120))
+        .await;
+    let log = run.log_text();
+    assert!(
+        log.contains("pipeline interrupted"),
+        "the pipeline never saw the target go away:\n{log}"
+    );
+    assert!(run.terminate().success(), "{log}");
+    env.drop_slot().await;
+}
