@@ -45,7 +45,10 @@ async fn target_crashes_under_load_lose_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let committed = load.stop().await;
-    assert!(committed > 100, "the workload committed only {committed} transactions");
+    assert!(
+        committed > 100,
+        "the workload committed only {committed} transactions"
+    );
     env.wait_equal(workload::TABLES, Duration::from_secs(120))
         .await;
     let log = run.log_text();
