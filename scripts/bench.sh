@@ -267,6 +267,9 @@ bench_apply() {
     done
     local nm cm ch; nm=$(median "${native_times[@]}"); cm=$(median "${cut_times[@]}"); ch=$(median "${changes_list[@]}")
     echo "   median: native $nm s ($(python3 -c "print(int($ch/$nm))") changes/s), cutover $cm s ($(python3 -c "print(int($ch/$cm))") changes/s); cutover throughput = $(ratio "$nm" "$cm") x native"
+    local per_round=()
+    for i in "${!native_times[@]}"; do per_round+=("$(ratio "${native_times[$i]}" "${cut_times[$i]}")"); done
+    echo "   per round: ${per_round[*]} x native; their median $(median "${per_round[@]}") x"
     if [ -n "$pv" ]; then
         local vm; vm=$(median "${variant_times[@]}")
         echo "   median: variant ($APPLY_VARIANT_ENV) $vm s; variant throughput = $(ratio "$nm" "$vm") x native, $(ratio "$cm" "$vm") x cutover"
