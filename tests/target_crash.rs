@@ -1,6 +1,7 @@
 //! The PostgreSQL sink commits without waiting for the target's WAL flush, as native logical
 //! replication does. A target crash loses the commits whose WAL was not written yet; the slot
-//! must never have been confirmed past them, or their changes would be gone for good.
+//! must never have been confirmed past them, or their changes would be gone for good. A target
+//! that does not show the sink's role its WAL positions gets commits that wait for the flush.
 
 mod common;
 
@@ -55,6 +56,59 @@ async fn target_crashes_under_load_lose_nothing() {
     assert!(
         log.contains("pipeline interrupted"),
         "the pipeline never saw the target go away:\n{log}"
+    );
+    assert!(run.terminate().success(), "{log}");
+    env.drop_slot().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_role_without_wal_positions_gets_synchronous_commits() {
+    let mut env = Env::new("sync_commit").await;
+    // An ordinary role, in a database where it may not read the WAL flush position (as on some
+    // managed servers).
+    let role = format!("r_{}", env.name);
+    let port = env.services.target_port;
+    connect(&url(port, "postgres"))
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {db} TO {role}",
+            db = env.name
+        ))
+        .await
+        .unwrap();
+    env.target()
+        .await
+        .batch_execute(&format!(
+            "GRANT CREATE ON SCHEMA public TO {role};
+             REVOKE EXECUTE ON FUNCTION pg_current_wal_flush_lsn() FROM PUBLIC;"
+        ))
+        .await
+        .unwrap();
+    env.on_source(
+        "CREATE TABLE items (id int PRIMARY KEY, v text, n int);
+         INSERT INTO items SELECT g, 'row ' || g, g FROM generate_series(1, 1000) g;",
+    )
+    .await;
+    let admin_url = env.target_url.clone();
+    env.target_url = format!("postgres://{role}@127.0.0.1:{port}/{}", env.name);
+    let mut run = env.start(&env.pipeline(TABLES, ""));
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.on_source(
+        "UPDATE items SET n = -n WHERE id % 3 = 0; DELETE FROM items WHERE id % 7 = 0;
+         INSERT INTO items SELECT g, 'new ' || g, g FROM generate_series(1001, 1500) g;",
+    )
+    .await;
+    env.target_url = admin_url;
+    env.wait_equal(&["items"], Duration::from_secs(60)).await;
+    let log = run.log_text();
+    assert!(
+        log.contains("each commit waits for the target's flush"),
+        "the sink did not fall back to synchronous commits:\n{log}"
+    );
+    assert!(
+        !log.contains("pipeline interrupted"),
+        "the sink failed on the way:\n{log}"
     );
     assert!(run.terminate().success(), "{log}");
     env.drop_slot().await;

@@ -82,6 +82,9 @@ pub struct PgSink {
     parked: Arc<std::sync::atomic::AtomicU64>,
     /// Checkpoints committed but maybe not yet flushed on the target (see [`Unflushed`]).
     unflushed: Arc<std::sync::Mutex<Unflushed>>,
+    /// Commits do not wait for the target's flush (the target reports its WAL positions to
+    /// this role); otherwise every commit waits, and is durable when it returns.
+    async_commit: bool,
 }
 
 /// Checkpoints this sink committed asynchronously (`synchronous_commit = off`, as native
@@ -191,6 +194,7 @@ impl PgSink {
             any_parked: Default::default(),
             parked: Default::default(),
             unflushed: Default::default(),
+            async_commit: false,
         })
     }
 
@@ -986,6 +990,7 @@ struct Write {
     any_parked: Arc<std::sync::atomic::AtomicBool>,
     parked: Arc<std::sync::atomic::AtomicU64>,
     unflushed: Arc<std::sync::Mutex<Unflushed>>,
+    async_commit: bool,
 }
 
 impl Write {
@@ -1159,6 +1164,10 @@ impl Write {
             )
             .await
             .map_err(|e| classify(e, &ctx))?;
+        if !self.async_commit {
+            exec("COMMIT".to_string()).await?;
+            return Ok(Some(cp));
+        }
         // The commit does not wait for the flush; the same round trip reads where its commit
         // record ends (at or before the insert position after it) and how far the WAL is flushed.
         let replies = client
@@ -1539,9 +1548,19 @@ impl Sink for PgSink {
         // wins back (measured in BENCHMARKS.md).
         self.exec("SET jit = off").await?;
         // Commits do not wait for the target's WAL flush (as native logical replication's apply
-        // worker); checkpoints are reported once flushed (see `Unflushed`). Copies commit on
-        // connections of their own, synchronously.
-        self.exec("SET synchronous_commit = off").await?;
+        // worker); checkpoints are reported once flushed (see `Unflushed`). That needs the
+        // target's WAL positions, which some servers do not show every role; there every commit
+        // waits for the flush. Copies commit on connections of their own, synchronously.
+        self.async_commit = self
+            .client
+            .simple_query("SELECT pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn()")
+            .await
+            .is_ok();
+        if self.async_commit {
+            self.exec("SET synchronous_commit = off").await?;
+        } else {
+            tracing::info!(sink = %self.options.name, "the target does not show this role its WAL positions: each commit waits for the target's flush");
+        }
         self.create_state_tables().await?;
         // A copied table whose columns the source changed while cutover was not streaming is
         // written in the target's own layout until the stream announces the change, which then
@@ -1649,6 +1668,7 @@ impl Sink for PgSink {
                 any_parked: self.any_parked.clone(),
                 parked: self.parked.clone(),
                 unflushed: self.unflushed.clone(),
+                async_commit: self.async_commit,
             }
             .run(),
         )
