@@ -259,7 +259,7 @@ impl SinkConfig {
     }
 }
 
-/// The JSON envelope of message sinks (see docs/envelopes.md).
+/// The JSON envelope of message sinks (see `docs/targets.md`, "Envelopes").
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum EnvelopeFormatConfig {

@@ -1,6 +1,6 @@
 //! Message envelopes for event-stream sinks (Kafka, NATS): one keyed JSON message per row change.
 //!
-//! Two formats, documented for consumers in `docs/envelopes.md`:
+//! Two formats, documented for consumers in `docs/targets.md` ("Envelopes"):
 //! - [`EnvelopeFormat::Cutover`]: an object with `op`, `table`, `key`, `row`, `unchanged`, `lsn`,
 //!   `ordinal`, `txid` and `commit_ts`; values rendered by [`crate::datum`]'s text forms (ISO 8601 times, exact
 //!   decimal strings, base64 bytes, embedded JSON documents).
