@@ -12,5 +12,8 @@ source "$env_file"
 trap 'scripts/services.sh stop' EXIT
 
 cargo fmt --all -- --check
+# crash-points: the CUTOVER_CRASH_AT crash points the end-to-end tests use (release builds
+# leave them out).
+cargo clippy --workspace --all-targets --features crash-points -- -D warnings
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --features crash-points

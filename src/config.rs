@@ -171,7 +171,7 @@ pub struct SnapshotSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
-    /// Bound on change events queued per sink.
+    /// Bound on change events queued for, or buffered unwritten in, each sink.
     pub queue_events: Option<usize>,
     /// Bound on bytes queued for and buffered in each sink.
     pub queue_bytes: Option<ByteSize>,

@@ -1,16 +1,11 @@
 //! `cutover`: copy a live PostgreSQL database and stream its changes to targets.
 
-mod config;
-mod queue;
-mod rate;
-mod runtime;
-mod status;
-mod verify;
-
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+
+use cutover::pipeline::{self as runtime, Operator, Telemetry};
+use cutover::{config, status, verify};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cutover_core::{ConnectorError, Sink};
@@ -253,7 +248,7 @@ fn load(path: &std::path::Path) -> Result<config::Pipeline, String> {
 
 async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
     let cfg = load(path)?;
-    let status = Arc::new(Mutex::new(status::Status::new()));
+    let telemetry = Telemetry::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -263,18 +258,19 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         eprintln!("\nsecond stop signal: exiting without draining (nothing is lost; the next run replays)");
         std::process::exit(130);
     });
-    let reporter = tokio::spawn(status::report(status.clone(), terminal));
+    let reporter = tokio::spawn(status::report(telemetry.subscribe(), terminal));
     let checker = (cfg.verify.interval_s > 0)
-        .then(|| tokio::spawn(periodic_verify(cfg.clone(), status.clone())));
-    let result = runtime::run(&cfg, status.clone(), stop_rx).await;
+        .then(|| tokio::spawn(periodic_verify(cfg.clone(), telemetry.clone())));
+    // The handle commands the running pipeline (pause, resume, drain); nothing on the command
+    // line sends any yet.
+    let (mut operator, _handle) = Operator::new();
+    let result = runtime::run(&cfg, &telemetry, stop_rx, &mut operator).await;
     reporter.abort();
     if let Some(checker) = checker {
         checker.abort();
     }
     if terminal {
-        if let Ok(s) = status.lock() {
-            eprintln!("\r\x1b[K{}", s.line());
-        }
+        eprintln!("\r\x1b[K{}", telemetry.snapshot().line());
     }
     result.map(|()| ExitCode::SUCCESS).map_err(explain)
 }
@@ -282,7 +278,7 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
 /// Checks every target against the source every `verify.interval_s` while the pipeline
 /// streams; saves each result for `cutover status` and shows it in the progress output. A check
 /// that fails is logged; the pipeline goes on.
-async fn periodic_verify(cfg: config::Pipeline, status: status::SharedStatus) {
+async fn periodic_verify(cfg: config::Pipeline, telemetry: Telemetry) {
     let every = std::time::Duration::from_secs(cfg.verify.interval_s);
     let opts = verify::VerifyOptions {
         tables: Vec::new(),
@@ -291,10 +287,7 @@ async fn periodic_verify(cfg: config::Pipeline, status: status::SharedStatus) {
     };
     loop {
         tokio::time::sleep(every).await;
-        let streaming = status
-            .lock()
-            .map(|s| s.phase == status::Phase::Streaming)
-            .unwrap_or(false);
+        let streaming = telemetry.snapshot().phase == status::Phase::Streaming;
         if !streaming {
             continue;
         }
@@ -329,15 +322,13 @@ async fn periodic_verify(cfg: config::Pipeline, status: status::SharedStatus) {
                 "consistency check: no drift"
             );
         }
-        status::update(&status, |s| {
-            s.last_verify = Some(status::VerifySummary {
-                at: now,
-                drift_rows: saved.drift_rows,
-                in_flight_rows: saved.in_flight_rows,
-                last_clean: saved
-                    .last_clean_at
-                    .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)),
-            })
+        telemetry.verified(status::VerifySummary {
+            at: now,
+            drift_rows: saved.drift_rows,
+            in_flight_rows: saved.in_flight_rows,
+            last_clean: saved
+                .last_clean_at
+                .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)),
         });
     }
 }

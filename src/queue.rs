@@ -1,18 +1,25 @@
-//! The bounded queue between the source and one sink: bounded in events and in bytes. A byte
-//! permit travels with each event and is released only when the sink has written the event
-//! (dropped after its flush), so the bound covers what is queued and what the sink buffers.
+//! The bounded queue between the source and one sink: bounded in change events and in bytes.
+//! A permit for both travels with each batch and is released only when the sink has written
+//! the batch (dropped after its flush), so the bounds cover what is queued and what the sink
+//! buffers.
 
 use std::sync::Arc;
 
 use cutover_core::{Lsn, Row, StreamEvent, TableName, TableSchema};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// A batch of events, in stream order, with the byte budget they hold, or an instruction about
+/// A batch of events, in stream order, with the budget they hold, or an instruction about
 /// a table joining the pipeline while it streams (sent between source transactions only).
 pub struct Queued {
     pub events: Vec<StreamEvent>,
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Permit,
     pub control: Option<Control>,
+}
+
+/// The share of a queue's bounds (events and bytes) that one batch holds until dropped.
+pub struct Permit {
+    _events: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// The steps of copying a table that joined while streaming (its backfill), in this order.
@@ -28,38 +35,65 @@ pub enum Control {
         rows: Arc<Vec<Row>>,
     },
     /// The copy is complete: finish it, apply the held changes made at or after `lsn`, and
-    /// report the sink's index on `done` once that is durable.
-    EndCopy {
-        table: TableName,
-        lsn: Lsn,
-        done: mpsc::UnboundedSender<usize>,
-    },
+    /// tell the reader once that is durable.
+    EndCopy { table: TableName, lsn: Lsn },
 }
 
 /// The sending half. `send` waits while the queue is full (backpressure).
 pub struct QueueSender {
     tx: mpsc::Sender<Queued>,
-    bytes: Arc<Semaphore>,
+    events: Bound,
+    bytes: Bound,
+}
+
+/// One of a queue's bounds.
+struct Bound {
+    permits: Arc<Semaphore>,
     /// No single batch takes more than this many permits, so a batch larger than the bound
     /// still passes (alone) instead of waiting forever.
     max_batch: usize,
-    /// The byte bound.
     capacity: usize,
+}
+
+impl Bound {
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
+        Bound {
+            permits: Arc::new(Semaphore::new(capacity)),
+            max_batch: (capacity / 2).max(1),
+            capacity,
+        }
+    }
+
+    async fn take(&self, n: usize) -> Result<OwnedSemaphorePermit, Closed> {
+        let need = n.clamp(1, self.max_batch) as u32;
+        self.permits
+            .clone()
+            .acquire_many_owned(need)
+            .await
+            .map_err(|_| Closed)
+    }
+
+    fn held(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.permits.available_permits())
+    }
 }
 
 /// The queue is closed: its sink has stopped.
 #[derive(Debug)]
 pub struct Closed;
 
+/// A queue holding at most `events` change events and `bytes` bytes of them (a batch larger
+/// than half a bound passes alone).
 pub fn bounded(events: usize, bytes: usize) -> (QueueSender, mpsc::Receiver<Queued>) {
+    // Every batch holds at least one event permit, so the channel never holds more batches.
     let (tx, rx) = mpsc::channel(events.max(1));
-    let permits = bytes.clamp(1, Semaphore::MAX_PERMITS);
     (
         QueueSender {
             tx,
-            bytes: Arc::new(Semaphore::new(permits)),
-            max_batch: (permits / 2).max(1),
-            capacity: permits,
+            events: Bound::new(events),
+            bytes: Bound::new(bytes),
         },
         rx,
     )
@@ -84,13 +118,10 @@ impl QueueSender {
         control: Option<Control>,
         size: usize,
     ) -> Result<(), Closed> {
-        let need = size.clamp(1, self.max_batch) as u32;
-        let permit = self
-            .bytes
-            .clone()
-            .acquire_many_owned(need)
-            .await
-            .map_err(|_| Closed)?;
+        let permit = Permit {
+            _events: self.events.take(events.len()).await?,
+            _bytes: self.bytes.take(size).await?,
+        };
         self.tx
             .send(Queued {
                 events,
@@ -101,13 +132,14 @@ impl QueueSender {
             .map_err(|_| Closed)
     }
 
+    /// Bytes of the events queued for, or buffered unwritten in, the sink.
     pub fn bytes_held(&self) -> usize {
-        self.capacity.saturating_sub(self.bytes.available_permits())
+        self.bytes.held()
     }
 
-    /// Batches waiting in the queue.
-    pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+    /// Change events queued for, or buffered unwritten in, the sink.
+    pub fn events_held(&self) -> usize {
+        self.events.held()
     }
 }
 
@@ -138,6 +170,22 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(500), tx.send(vec![begin()]))
             .await
             .expect("released bytes let the sender go on")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_event_bound_counts_events_not_batches() {
+        let (tx, mut rx) = bounded(10, 1 << 20);
+        tx.send(vec![begin(); 5]).await.unwrap();
+        tx.send(vec![begin(); 5]).await.unwrap();
+        assert_eq!(tx.events_held(), 10);
+        let full = tokio::time::timeout(Duration::from_millis(50), tx.send(vec![begin()])).await;
+        assert!(full.is_err(), "an 11th event should wait");
+        drop(rx.recv().await.unwrap());
+        assert_eq!(tx.events_held(), 5);
+        tokio::time::timeout(Duration::from_millis(500), tx.send(vec![begin(); 5]))
+            .await
+            .expect("released events let the sender go on")
             .unwrap();
     }
 }

@@ -1,9 +1,9 @@
 //! What the pipeline is doing, shared between the runtime and the progress display.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cutover_core::Lsn;
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -27,6 +27,7 @@ pub struct SinkProgress {
     /// End LSN of the last transaction the sink made durable.
     pub durable: Lsn,
     pub changes_applied: u64,
+    /// Change events queued for the sink.
     pub queue_depth: usize,
     /// Bytes queued for or buffered in the sink.
     pub queue_bytes: usize,
@@ -39,6 +40,8 @@ pub struct SinkProgress {
     pub parked: u64,
     /// Commit time (µs since the Unix epoch) of the last durable transaction.
     pub last_commit_micros: Option<i64>,
+    /// Paused by an operator: the sink takes nothing from its queue until resumed.
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +55,8 @@ pub struct Status {
     pub confirmed: Lsn,
     /// The last periodic check: when it ended, rows of confirmed drift, rows in flight.
     pub last_verify: Option<VerifySummary>,
+    /// Paused by an operator: the source is not read until resumed.
+    pub reader_paused: bool,
 }
 
 /// The outcome of the last periodic consistency check.
@@ -73,6 +78,7 @@ impl Status {
             source_wal: Lsn::ZERO,
             confirmed: Lsn::ZERO,
             last_verify: None,
+            reader_paused: false,
         }
     }
 
@@ -137,7 +143,7 @@ impl Status {
                     .iter()
                     .map(|s| {
                         let mut text = format!(
-                            "{}: {} changes, queue {} ({} KiB), {} bytes behind",
+                            "{}: {} changes, queue {} events ({} KiB), {} bytes behind",
                             s.name,
                             s.changes_applied,
                             s.queue_depth,
@@ -152,6 +158,9 @@ impl Status {
                                 ", reader stalled {:.1} s",
                                 s.stalled_ms as f64 / 1e3
                             ));
+                        }
+                        if s.paused {
+                            text.push_str(", PAUSED");
                         }
                         if s.parked > 0 {
                             text.push_str(&format!(", {} PARKED (cutover dlq list)", s.parked));
@@ -194,10 +203,10 @@ impl Status {
                 };
                 format!(
                     "{}: lag {lag}; source WAL {}, confirmed {}; {}{verified}{joining}",
-                    if self.phase == Phase::Stopping {
-                        "stopping"
-                    } else {
-                        "streaming"
+                    match (self.phase, self.reader_paused) {
+                        (Phase::Stopping, _) => "stopping",
+                        (_, true) => "streaming (reader PAUSED)",
+                        _ => "streaming",
                     },
                     self.source_wal,
                     self.confirmed,
@@ -214,17 +223,8 @@ impl Default for Status {
     }
 }
 
-pub type SharedStatus = Arc<Mutex<Status>>;
-
-/// Applies `f` to the shared status.
-pub fn update(status: &SharedStatus, f: impl FnOnce(&mut Status)) {
-    if let Ok(mut s) = status.lock() {
-        f(&mut s);
-    }
-}
-
 /// Prints progress: a redrawn line on a terminal, a log line every 10 s otherwise.
-pub async fn report(status: SharedStatus, terminal: bool) {
+pub async fn report(status: watch::Receiver<Status>, terminal: bool) {
     let period = if terminal {
         Duration::from_secs(1)
     } else {
@@ -234,9 +234,7 @@ pub async fn report(status: SharedStatus, terminal: bool) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let Ok(s) = status.lock().map(|s| s.clone()) else {
-            return;
-        };
+        let s = status.borrow().clone();
         if terminal {
             eprint!("\r\x1b[K{}", s.line());
         } else {

@@ -27,7 +27,7 @@ use cutover_postgres::{PgEndpoint, PgSource};
 use serde::Serialize;
 
 use crate::config::{self, Pipeline};
-use crate::runtime;
+use crate::pipeline as runtime;
 
 /// What to compare and how.
 #[derive(Debug, Clone)]

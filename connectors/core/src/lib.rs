@@ -1,7 +1,7 @@
 //! The vocabulary every cutover connector speaks: positions in the source's log, table schemas,
 //! row values, change events, the [`Source`] and [`Sink`] contracts and the error kinds.
 //!
-//! The rules the contracts encode (see `docs/design.md` in the shared docs):
+//! The rules the contracts encode (see `docs/architecture.md`):
 //! - every change travels with its [`Position`]; a sink reports a [`Checkpoint`] only for whole
 //!   source transactions it has made durable;
 //! - delivery is at-least-once, so every sink applies idempotently by primary key;
@@ -18,6 +18,8 @@ mod position;
 mod schema;
 mod sink;
 mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transform;
 pub mod verify;
 

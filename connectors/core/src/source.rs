@@ -3,6 +3,7 @@ use async_trait::async_trait;
 use crate::change::StreamEvent;
 use crate::error::Result;
 use crate::position::Lsn;
+use crate::schema::TableSchema;
 
 /// One item of a source's change stream.
 #[derive(Debug)]
@@ -28,4 +29,15 @@ pub trait Source: Send {
     /// to there may be released. Only ever called with transaction end positions (or idle WAL
     /// ends with nothing in flight), and never moving backwards.
     fn confirm(&mut self, lsn: Lsn);
+
+    /// Learns the definition of a table added to the stream while it runs, before its first
+    /// change arrives. Sources that carry definitions in the stream need nothing here.
+    fn learn_table(&mut self, table: std::sync::Arc<TableSchema>) {
+        let _ = table;
+    }
+
+    /// Ends the stream cleanly, after the last [`Source::confirm`].
+    async fn shutdown(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }

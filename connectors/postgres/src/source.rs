@@ -656,14 +656,6 @@ impl PgStream {
         Ok(())
     }
 
-    /// Stops streaming cleanly.
-    pub async fn shutdown(mut self) -> Result<()> {
-        self.client
-            .shutdown()
-            .await
-            .map_err(|e| classify_replication(e, "error while stopping replication"))
-    }
-
     fn change(&mut self, table: &Arc<TableSchema>, change: Change) -> Result<StreamEvent> {
         let Some((commit_lsn, ordinal)) = self.txn.as_mut() else {
             return Err(ConnectorError::fatal(format!(
@@ -681,12 +673,6 @@ impl PgStream {
             table: table.clone(),
             change,
         }))
-    }
-
-    /// Completes this stream's Relation messages for `table` from its catalog definition (a
-    /// table added to the publication while streaming), as for the tables it started with.
-    pub fn learn_table(&mut self, table: Arc<TableSchema>) {
-        self.decoder.learn(table);
     }
 
     fn decode(&mut self, data: &Bytes) -> Result<()> {
@@ -780,6 +766,20 @@ impl Source for PgStream {
                 | Some(ReplicationEvent::Message { .. }) => {}
             }
         }
+    }
+
+    /// Completes this stream's Relation messages for `table` from its catalog definition (a
+    /// table added to the publication while streaming), as for the tables it started with.
+    fn learn_table(&mut self, table: Arc<TableSchema>) {
+        self.decoder.learn(table);
+    }
+
+    /// Stops streaming cleanly.
+    async fn shutdown(mut self: Box<Self>) -> Result<()> {
+        self.client
+            .shutdown()
+            .await
+            .map_err(|e| classify_replication(e, "error while stopping replication"))
     }
 
     fn confirm(&mut self, lsn: Lsn) {

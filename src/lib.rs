@@ -1,0 +1,9 @@
+//! The `cutover` runtime: the pipeline file, the engine's stages, the live status and the
+//! consistency checker. The binary (`src/main.rs`) is the command line over this library.
+
+pub mod config;
+pub mod pipeline;
+pub mod queue;
+pub mod rate;
+pub mod status;
+pub mod verify;

@@ -1,0 +1,71 @@
+//! Commands an operator (or the switch) sends a running pipeline, and the state they leave that
+//! outlives one run of the stream (a retry keeps a pause and a drain target).
+
+use std::collections::HashSet;
+
+use cutover_core::Lsn;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a running pipeline can be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Stop reading the source (sinks go on writing what they have; the replication connection
+    /// stays open and answers the server).
+    PauseReader,
+    ResumeReader,
+    /// Stop handing changes to one sink: its queue fills, and then the reader waits for it,
+    /// so the whole pipeline holds (the slot cannot move past what that sink has).
+    PauseSink(String),
+    ResumeSink(String),
+    /// Read until every transaction that ended at or before this position is handed to the
+    /// sinks (or the source is idle past it), then stop as on SIGTERM: every sink makes what
+    /// it has durable and the slot is confirmed there. `run` then returns.
+    DrainTo(Lsn),
+}
+
+/// A command with the channel its answer goes back on.
+pub struct Request {
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// Sends commands to a running pipeline.
+#[derive(Clone)]
+pub struct Handle(mpsc::Sender<Request>);
+
+impl Handle {
+    /// Sends `command` and waits for the pipeline's answer.
+    pub async fn send(&self, command: Command) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Request { command, reply })
+            .await
+            .map_err(|_| "the pipeline is not running".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the pipeline stopped before it answered".to_string())?
+    }
+}
+
+/// The operator's side of a pipeline: the commands it receives and what they set.
+#[derive(Default)]
+pub struct Operator {
+    pub commands: Option<mpsc::Receiver<Request>>,
+    pub reader_paused: bool,
+    pub paused_sinks: HashSet<String>,
+    pub drain_to: Option<Lsn>,
+}
+
+impl Operator {
+    /// An operator side and the handle that commands it.
+    pub fn new() -> (Self, Handle) {
+        let (tx, rx) = mpsc::channel(16);
+        (
+            Operator {
+                commands: Some(rx),
+                ..Operator::default()
+            },
+            Handle(tx),
+        )
+    }
+}
