@@ -13,6 +13,8 @@
 #           before each drain, and the CPU each used is shown by kind of process.
 #           APPLY_VARIANT_ENV="NAME=value ..." also drains the backlog with cutover run under that
 #           environment (on a slot of its own), to compare a change with the same run's baseline;
+#           APPLY_VARIANT_BIN=PATH drains it with another cutover binary instead (say, a build of
+#           an earlier commit: a before/after of a change in one run);
 #           APPLY_SAMPLE=1 samples what cutover's target session waits on, every 5 ms
 # memory    peak RSS of cutover during the snapshot of 100k and of 1M rows with an 8 MiB queue
 # messages  a slot holding MESSAGE_CHANGES (default 1M) changes: cutover draining it into Kafka
@@ -196,9 +198,11 @@ bench_apply() {
     local pid=$!
     wait_log "$WORK/apply.log" "streaming changes"
     local pv=
-    if [ -n "${APPLY_VARIANT_ENV:-}" ]; then
+    local vbin=${APPLY_VARIANT_BIN:-$BIN} vname=${APPLY_VARIANT_ENV:-}
+    [ -n "${APPLY_VARIANT_BIN:-}" ] && vname="$vname binary $APPLY_VARIANT_BIN"
+    if [ -n "$vname" ]; then
         pv=$(pipeline variant apply)
-        "$BIN" --log-format json run "$pv" 2> "$WORK/variant.log" &
+        "$vbin" --log-format json run "$pv" 2> "$WORK/variant.log" &
         local vpid=$!
         wait_log "$WORK/variant.log" "streaming changes"
         kill -TERM $vpid; wait $vpid
@@ -256,12 +260,12 @@ bench_apply() {
         if [ -n "$pv" ]; then
             quiesce
             t0=$(now)
-            env $APPLY_VARIANT_ENV "$BIN" --log-format json run "$pv" 2> "$WORK/variant-$r.log" &
+            env ${APPLY_VARIANT_ENV:-} "$vbin" --log-format json run "$pv" 2> "$WORK/variant-$r.log" &
             pid=$!
             until [ "$(tgt -d apply_variant -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
             variant_times+=("$(python3 -c "print($(now) - $t0)")")
             kill -TERM $pid; wait $pid
-            echo "   round $r: variant ($APPLY_VARIANT_ENV) $(python3 -c "print('%.2f s, %d/s' % (${variant_times[-1]}, $changes/${variant_times[-1]}))")"
+            echo "   round $r: variant ($vname) $(python3 -c "print('%.2f s, %d/s' % (${variant_times[-1]}, $changes/${variant_times[-1]}))")"
         fi
         echo "   round $r: $changes changes; native $(python3 -c "print('%.2f s, %d/s' % (${native_times[-1]}, $changes/${native_times[-1]}))") (CPU: $native_cpu), cutover $(python3 -c "print('%.2f s, %d/s' % (${cut_times[-1]}, $changes/${cut_times[-1]}))") (CPU: $cut_cpu, cutover $cpu s)"
     done
@@ -272,7 +276,7 @@ bench_apply() {
     echo "   per round: ${per_round[*]} x native; their median $(median "${per_round[@]}") x"
     if [ -n "$pv" ]; then
         local vm; vm=$(median "${variant_times[@]}")
-        echo "   median: variant ($APPLY_VARIANT_ENV) $vm s; variant throughput = $(ratio "$nm" "$vm") x native, $(ratio "$cm" "$vm") x cutover"
+        echo "   median: variant ($vname) $vm s; variant throughput = $(ratio "$nm" "$vm") x native, $(ratio "$cm" "$vm") x cutover"
         "$BIN" teardown "$pv" >/dev/null
     fi
     # Both targets must hold exactly what the source holds.
