@@ -7,16 +7,13 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use cutover_core::envelope::EnvelopeFormat;
-use cutover_core::naming::Template;
 use cutover_core::transform::{
     AddColumn, Derived, Mask, MaskKey, Placed, Predicate, SinkRules, TransformSet, TransformSpec,
 };
-use cutover_core::TableName;
-use cutover_kafka::KafkaSinkOptions;
-use cutover_mongodb::MongoSinkOptions;
-use cutover_nats::NatsSinkOptions;
+use cutover_core::{BuildContext, TableName, Target};
 use serde::Deserialize;
+
+use crate::targets;
 use toml::Spanned;
 
 /// A pipeline file as written.
@@ -34,9 +31,10 @@ pub struct PipelineFile {
     /// Memory and batching bounds.
     #[serde(default)]
     pub limits: LimitsSection,
-    /// Targets, one `[[sink]]` table each.
+    /// Targets, one `[[sink]]` table each: the keys of [`SinkCommon`] and those of its kind
+    /// (each connector crate's `target` module; see docs/targets.md).
     #[serde(default, rename = "sink")]
-    pub sinks: Vec<SinkConfig>,
+    pub sinks: Vec<BTreeMap<String, Spanned<toml::Value>>>,
     /// How `cutover verify` (and the periodic check inside `cutover run`) compares targets.
     #[serde(default)]
     pub verify: VerifySection,
@@ -186,20 +184,6 @@ pub struct LimitsSection {
     pub stream_buffer_events: Option<usize>,
 }
 
-/// One target.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum SinkConfig {
-    /// A PostgreSQL database.
-    Postgres(PostgresSinkConfig),
-    /// Kafka topics, one per table.
-    Kafka(KafkaSinkConfig),
-    /// NATS JetStream subjects, one per table, in one stream.
-    Nats(NatsSinkConfig),
-    /// MongoDB collections, one per table.
-    Mongodb(MongoSinkConfig),
-}
-
 /// The sinks' `[[sink.transform]]` rules, read in a second pass: sinks are told apart by
 /// their `kind` tag, which hides where their values were written, and rules need their places.
 #[derive(Debug, Deserialize)]
@@ -214,220 +198,12 @@ struct OneSinkRules {
     transform: Vec<TransformConfig>,
 }
 
-impl SinkConfig {
-    /// The tables the sink takes, if it lists them.
-    pub fn tables(&self) -> Option<&[String]> {
-        match self {
-            SinkConfig::Postgres(p) => p.tables.as_deref(),
-            SinkConfig::Kafka(k) => k.tables.as_deref(),
-            SinkConfig::Nats(n) => n.tables.as_deref(),
-            SinkConfig::Mongodb(m) => m.tables.as_deref(),
-        }
-    }
-
-    /// Changes/s and bytes/s limits.
-    pub fn rate_limits(&self) -> RateLimits {
-        let (c, b) = match self {
-            SinkConfig::Postgres(p) => (p.max_changes_per_s, p.max_bytes_per_s),
-            SinkConfig::Kafka(k) => (k.max_changes_per_s, k.max_bytes_per_s),
-            SinkConfig::Nats(n) => (n.max_changes_per_s, n.max_bytes_per_s),
-            SinkConfig::Mongodb(m) => (m.max_changes_per_s, m.max_bytes_per_s),
-        };
-        RateLimits {
-            changes_per_s: c,
-            bytes_per_s: b.map(|b| b.0.min(u32::MAX as usize) as u32),
-        }
-    }
-
-    /// Whether TRUNCATE is replicated to this sink.
-    pub fn truncate(&self) -> bool {
-        match self {
-            SinkConfig::Postgres(p) => p.truncate,
-            SinkConfig::Kafka(k) => k.truncate,
-            SinkConfig::Nats(n) => n.truncate,
-            SinkConfig::Mongodb(m) => m.truncate,
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        match self {
-            SinkConfig::Postgres(p) => &p.name,
-            SinkConfig::Kafka(k) => &k.name,
-            SinkConfig::Nats(n) => &n.name,
-            SinkConfig::Mongodb(m) => &m.name,
-        }
-    }
-}
-
-/// The JSON envelope of message sinks (see `docs/targets.md`, "Envelopes").
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum EnvelopeFormatConfig {
-    /// cutover's envelope: op, table, key, row, unchanged, lsn, ordinal, txid, commit_ts.
-    #[default]
-    Cutover,
-    /// Debezium's PostgreSQL connector envelope (before, after, source, op, ts_ms).
-    Debezium,
-}
-
+/// The keys every `[[sink]]` table has, whatever its kind.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaSinkConfig {
-    /// Names the sink in status output and its state.
-    pub name: String,
-    /// Replicate TRUNCATE to this target (default true). When false, a TRUNCATE on the source
-    /// leaves the target's rows alone (for a target that keeps history); later changes still
-    /// apply.
-    #[serde(default = "yes")]
-    pub truncate: bool,
-    /// The tables this sink takes (`schema.table`, `schema.*`, `table`), by source name
-    /// (default: every table the pipeline replicates).
-    pub tables: Option<Vec<String>>,
-    /// Most changes per second written to this sink (default: no limit).
-    pub max_changes_per_s: Option<u32>,
-    /// Most bytes of change data per second written to this sink (default: no limit).
-    pub max_bytes_per_s: Option<ByteSize>,
-    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
-    /// (read with their places by [`SinkRulesText`]; kept raw here).
-    #[serde(default, rename = "transform")]
-    pub _transform: Vec<toml::Value>,
-    /// Bootstrap servers, `host:port[,host:port]`, or `${ENV_VAR}`.
-    pub brokers: String,
-    /// Topic per table; placeholders {pipeline}, {schema}, {table} (default
-    /// `{pipeline}.{schema}.{table}`). Characters Kafka refuses in names become `_`.
-    #[serde(default = "default_destination")]
-    pub topic: String,
-    /// `cutover` (default) or `debezium`.
-    #[serde(default)]
-    pub format: EnvelopeFormatConfig,
-    /// Follow each delete with a tombstone so log compaction can drop the key (default false).
-    #[serde(default)]
-    pub tombstones: bool,
-    /// Partitions of topics the sink creates (default 3).
-    #[serde(default = "default_partitions")]
-    pub partitions: i32,
-    /// Replication factor of topics the sink creates (default 1).
-    #[serde(default = "default_replication")]
-    pub replication_factor: i32,
-    /// File holding the sink's progress (default `.cutover-state/<pipeline>-<sink>.json` beside
-    /// the pipeline file).
-    pub state_path: Option<String>,
-    /// How long a message may wait for the brokers before the write fails and is retried
-    /// (default 60000).
-    #[serde(default = "default_delivery_timeout")]
-    pub delivery_timeout_ms: u64,
-    /// Extra librdkafka settings, e.g. `{ "security.protocol" = "SASL_SSL" }`; values may use
-    /// `${ENV_VAR}` and are never printed.
-    #[serde(default)]
-    pub properties: std::collections::BTreeMap<String, String>,
-    /// A local file (JSON lines) where messages the brokers refuse for good (larger than they
-    /// accept) are parked while the rest flows on; see `cutover dlq`. Without it (and without
-    /// `dead_letter_topic`) such a message stops the sink.
-    pub dead_letter_file: Option<String>,
-    /// A topic on the same brokers where such messages are parked instead of a file (created
-    /// with one partition and compaction; large letters are split into parts).
-    pub dead_letter_topic: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsSinkConfig {
-    /// Names the sink in status output and its state.
-    pub name: String,
-    /// Replicate TRUNCATE to this target (default true). When false, a TRUNCATE on the source
-    /// leaves the target's rows alone (for a target that keeps history); later changes still
-    /// apply.
-    #[serde(default = "yes")]
-    pub truncate: bool,
-    /// The tables this sink takes (`schema.table`, `schema.*`, `table`), by source name
-    /// (default: every table the pipeline replicates).
-    pub tables: Option<Vec<String>>,
-    /// Most changes per second written to this sink (default: no limit).
-    pub max_changes_per_s: Option<u32>,
-    /// Most bytes of change data per second written to this sink (default: no limit).
-    pub max_bytes_per_s: Option<ByteSize>,
-    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
-    /// (read with their places by [`SinkRulesText`]; kept raw here).
-    #[serde(default, rename = "transform")]
-    pub _transform: Vec<toml::Value>,
-    /// Server URL, `nats://host:4222`, or `${ENV_VAR}`.
-    pub url: String,
-    /// Subject per table; placeholders {pipeline}, {schema}, {table} (default
-    /// `{pipeline}.{schema}.{table}`). Dots, spaces, `*` and `>` in names become `_`.
-    #[serde(default = "default_destination")]
-    pub subject: String,
-    /// JetStream stream holding the subjects, created if absent (default `cutover_<pipeline>`).
-    pub stream: Option<String>,
-    /// How long the server remembers message ids, so replays after a restart are dropped
-    /// (seconds, default 120).
-    #[serde(default = "default_duplicate_window")]
-    pub duplicate_window_s: u64,
-    /// `cutover` (default) or `debezium`.
-    #[serde(default)]
-    pub format: EnvelopeFormatConfig,
-    /// A local file (JSON lines) where messages the server refuses for good (over its
-    /// `max_payload` or the stream's maximum message size) are parked while the rest flows on;
-    /// see `cutover dlq`. Without it such a message stops the sink.
-    pub dead_letter_file: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MongoSinkConfig {
-    /// Names the sink in status output and its state.
-    pub name: String,
-    /// Replicate TRUNCATE to this target (default true). When false, a TRUNCATE on the source
-    /// leaves the target's rows alone (for a target that keeps history); later changes still
-    /// apply.
-    #[serde(default = "yes")]
-    pub truncate: bool,
-    /// The tables this sink takes (`schema.table`, `schema.*`, `table`), by source name
-    /// (default: every table the pipeline replicates).
-    pub tables: Option<Vec<String>>,
-    /// Most changes per second written to this sink (default: no limit).
-    pub max_changes_per_s: Option<u32>,
-    /// Most bytes of change data per second written to this sink (default: no limit).
-    pub max_bytes_per_s: Option<ByteSize>,
-    /// This sink's own transform rules, applied after the pipeline's `[[transform]]` rules
-    /// (read with their places by [`SinkRulesText`]; kept raw here).
-    #[serde(default, rename = "transform")]
-    pub _transform: Vec<toml::Value>,
-    /// Connection string, `mongodb://host:27017`, or `${ENV_VAR}`.
-    pub url: String,
-    /// Database the collections are written to.
-    pub database: String,
-    /// Collection per table; placeholders {pipeline}, {schema}, {table} (default
-    /// `{schema}.{table}`).
-    #[serde(default = "default_collection")]
-    pub collection: String,
-    /// A local file (JSON lines) where writes the server refuses for good (a collection
-    /// validator, a document over 16 MiB) are parked while the rest flows on; see `cutover
-    /// dlq`. Without it such a write stops the sink.
-    pub dead_letter_file: Option<String>,
-}
-
-fn default_destination() -> String {
-    "{pipeline}.{schema}.{table}".into()
-}
-fn default_collection() -> String {
-    "{schema}.{table}".into()
-}
-fn default_partitions() -> i32 {
-    3
-}
-fn default_replication() -> i32 {
-    1
-}
-fn default_delivery_timeout() -> u64 {
-    60_000
-}
-fn default_duplicate_window() -> u64 {
-    120
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresSinkConfig {
+pub struct SinkCommon {
+    /// The kind of target: `postgres`, `kafka`, `nats` or `mongodb`.
+    pub kind: String,
     /// Names the sink in status output and in its checkpoint.
     pub name: String,
     /// Replicate TRUNCATE to this target (default true). When false, a TRUNCATE on the source
@@ -446,11 +222,28 @@ pub struct PostgresSinkConfig {
     /// (read with their places by [`SinkRulesText`]; kept raw here).
     #[serde(default, rename = "transform")]
     pub _transform: Vec<toml::Value>,
-    /// Connection string, or `${ENV_VAR}`.
-    pub url: String,
-    /// Create missing target tables from the source's definitions (default true).
-    #[serde(default = "yes")]
-    pub create_tables: bool,
+}
+
+impl SinkCommon {
+    const KEYS: [&'static str; 7] = [
+        "kind",
+        "name",
+        "truncate",
+        "tables",
+        "max_changes_per_s",
+        "max_bytes_per_s",
+        "transform",
+    ];
+
+    /// Changes/s and bytes/s limits.
+    pub fn rate_limits(&self) -> RateLimits {
+        RateLimits {
+            changes_per_s: self.max_changes_per_s,
+            bytes_per_s: self
+                .max_bytes_per_s
+                .map(|b| b.0.min(u32::MAX as usize) as u32),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -534,7 +327,8 @@ pub struct Pipeline {
     pub flush_interval_ms: u64,
     pub linger_ms: u64,
     pub stream_buffer_events: usize,
-    pub sinks: Vec<Sink>,
+    /// The targets, in the file's order (see [`crate::targets`]).
+    pub sinks: Vec<Arc<dyn Target>>,
     /// Per sink, in the order of `sinks`: whether TRUNCATE is replicated to it.
     pub sink_truncate: Vec<bool>,
     pub verify: VerifySettings,
@@ -564,39 +358,6 @@ pub struct VerifySettings {
     pub settle_timeout_s: u64,
     pub rounds: u32,
     pub report_path: std::path::PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub enum Sink {
-    Postgres {
-        name: String,
-        url: String,
-        create_tables: bool,
-    },
-    Kafka(KafkaSinkOptions),
-    Nats(NatsSinkOptions),
-    Mongodb(MongoSinkOptions),
-}
-
-impl Sink {
-    pub fn name(&self) -> &str {
-        match self {
-            Sink::Postgres { name, .. } => name,
-            Sink::Kafka(k) => &k.name,
-            Sink::Nats(n) => &n.name,
-            Sink::Mongodb(m) => &m.name,
-        }
-    }
-
-    /// The kind as written in the pipeline file.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Sink::Postgres { .. } => "postgres",
-            Sink::Kafka(_) => "kafka",
-            Sink::Nats(_) => "nats",
-            Sink::Mongodb(_) => "mongodb",
-        }
-    }
 }
 
 /// A pipeline file that cannot be used, explained in one paragraph.
@@ -684,8 +445,28 @@ pub fn parse(
             spec.route.as_ref().map_or("", |r| r.place.as_str())
         )));
     }
-    for (i, s) in file.sinks.iter().enumerate() {
-        let name = s.name();
+    // Each table's common keys, its kind, and the kind's own keys.
+    let mut parsed = Vec::with_capacity(file.sinks.len());
+    for (i, table) in file.sinks.iter().enumerate() {
+        let mut own = toml::Table::new();
+        let mut common = toml::Table::new();
+        for (key, value) in table {
+            let keys = if SinkCommon::KEYS.contains(&key.as_str()) {
+                &mut common
+            } else {
+                &mut own
+            };
+            keys.insert(key.clone(), value.get_ref().clone());
+        }
+        let common: SinkCommon = toml::Value::Table(common)
+            .try_into()
+            .map_err(|e: toml::de::Error| sink_error(origin, text, i, table, e.message()))?;
+        let kind =
+            targets::find(&common.kind).map_err(|e| sink_error(origin, text, i, table, &e))?;
+        parsed.push((common, kind, own, table));
+    }
+    for (i, (s, kind, own, table)) in parsed.iter().enumerate() {
+        let name = &s.name;
         if name.is_empty()
             || !name
                 .chars()
@@ -696,7 +477,7 @@ pub fn parse(
                 format!("{name:?} is not a valid sink name. Fix: use letters, digits, - or _."),
             ));
         }
-        if file.sinks[..i].iter().any(|o| o.name() == name) {
+        if parsed[..i].iter().any(|(o, ..)| &o.name == name) {
             return Err(bad(
                 &format!("sink[{i}].name"),
                 format!("{name:?} is used by two sinks. Fix: give each sink its own name."),
@@ -712,139 +493,36 @@ pub fn parse(
         let mut routes = BTreeMap::new();
         for spec in &specs {
             if let Some(route) = &spec.route {
-                if matches!(s, SinkConfig::Postgres(_)) {
-                    return Err(ConfigError(format!(
-                        "{}: route applies to Kafka, NATS and MongoDB sinks. Fix: use rename = \"schema.table\" to write the table under another name in PostgreSQL.",
-                        route.place
-                    )));
-                }
                 if route.value.is_empty() || route.value.contains(['{', '}']) {
                     return Err(ConfigError(format!(
                         "{}: route {:?} must be a destination name, without placeholders. Fix: write the topic, subject or collection name itself.",
                         route.place, route.value
                     )));
                 }
-                if matches!(s, SinkConfig::Kafka(_)) {
-                    cutover_kafka::check_topic_name(&route.value)
-                        .map_err(|e| ConfigError(format!("{}: {e}", route.place)))?;
-                }
+                kind.check_route(&route.value)
+                    .map_err(|e| ConfigError(format!("{}: {e}", route.place)))?;
                 let name = spec.rename.as_ref().map_or(&spec.table.value, |r| &r.value);
                 routes.insert(name.clone(), route.value.clone());
             }
         }
         sink_transforms.push(SinkRules {
-            include: s.tables().map(<[String]>::to_vec),
+            include: s.tables.clone(),
             specs,
         });
-        let template = |field: &str, text: &str| {
-            Template::parse(text)
-                .map(|t| t.with_routes(routes.clone()))
-                .map_err(|e| ConfigError(format!("{}: {e}", key(field))))
+        let expand_key =
+            |value: &str, field: &str| expand(value, &key(field), env).map_err(|e| e.0);
+        let ctx = BuildContext {
+            pipeline: &file.name,
+            name,
+            base_dir: &base_dir,
+            routes: &routes,
+            place: &key,
+            expand: &expand_key,
         };
-        let format = |f: EnvelopeFormatConfig| match f {
-            EnvelopeFormatConfig::Cutover => EnvelopeFormat::Cutover,
-            EnvelopeFormatConfig::Debezium => EnvelopeFormat::Debezium,
-        };
-        sinks.push(match s {
-            SinkConfig::Postgres(p) => Sink::Postgres {
-                name: p.name.clone(),
-                url: expand(&p.url, &key("url"), env)?,
-                create_tables: p.create_tables,
-            },
-            SinkConfig::Kafka(k) => {
-                let brokers = expand(&k.brokers, &key("brokers"), env)?;
-                check_brokers(&brokers).map_err(|e| ConfigError(format!("{}: {e}", key("brokers"))))?;
-                if k.partitions < 1 || k.replication_factor < 1 {
-                    return Err(ConfigError(format!(
-                        "{}: partitions and replication_factor must be at least 1.",
-                        key("partitions")
-                    )));
-                }
-                if k.dead_letter_file.is_some() && k.dead_letter_topic.is_some() {
-                    return Err(ConfigError(format!(
-                        "{}: a sink parks its dead letters in one place, not both a dead_letter_file and a dead_letter_topic. Fix: remove one of them.",
-                        key("dead_letter_topic")
-                    )));
-                }
-                if let Some(topic) = &k.dead_letter_topic {
-                    cutover_kafka::check_topic_name(topic)
-                        .map_err(|e| ConfigError(format!("{}: {e}", key("dead_letter_topic"))))?;
-                }
-                let state_path = match &k.state_path {
-                    Some(p) => base_dir.join(expand(p, &key("state_path"), env)?),
-                    None => base_dir
-                        .join(".cutover-state")
-                        .join(format!("{}-{}.json", file.name, k.name)),
-                };
-                let mut properties = Vec::new();
-                for (name, value) in &k.properties {
-                    properties.push((name.clone(), expand(value, &key(&format!("properties.{name}")), env)?));
-                }
-                Sink::Kafka(KafkaSinkOptions {
-                    name: k.name.clone(),
-                    pipeline: file.name.clone(),
-                    brokers,
-                    topic: template("topic", &k.topic)?,
-                    format: format(k.format),
-                    tombstones: k.tombstones,
-                    partitions: k.partitions,
-                    replication_factor: k.replication_factor,
-                    state_path,
-                    delivery_timeout: std::time::Duration::from_millis(k.delivery_timeout_ms.max(1000)),
-                    properties,
-                    source_database: String::new(),
-                    dead_letter_file: match &k.dead_letter_file {
-                        Some(p) => Some(base_dir.join(expand(p, &key("dead_letter_file"), env)?)),
-                        None => None,
-                    },
-                    dead_letter_topic: k.dead_letter_topic.clone(),
-                })
-            }
-            SinkConfig::Nats(n) => {
-                let stream = n.stream.clone().unwrap_or_else(|| format!("cutover_{}", file.name));
-                cutover_nats::check_stream_name(&stream)
-                    .map_err(|e| ConfigError(format!("{}: {e}", key("stream"))))?;
-                Sink::Nats(NatsSinkOptions {
-                    name: n.name.clone(),
-                    pipeline: file.name.clone(),
-                    url: expand(&n.url, &key("url"), env)?,
-                    subject: template("subject", &n.subject)?,
-                    stream,
-                    duplicate_window: std::time::Duration::from_secs(n.duplicate_window_s.max(1)),
-                    format: format(n.format),
-                    source_database: String::new(),
-                    dead_letter_file: match &n.dead_letter_file {
-                        Some(p) => Some(base_dir.join(expand(p, &key("dead_letter_file"), env)?)),
-                        None => None,
-                    },
-                })
-            }
-            SinkConfig::Mongodb(m) => {
-                let collection = template("collection", &m.collection)?;
-                // The literal parts must make a name MongoDB accepts for any table.
-                let sample = collection.render(&file.name, &cutover_core::TableName::new("s", "t"), &|s| s.to_string());
-                cutover_mongodb::check_collection_name(&sample)
-                    .map_err(|e| ConfigError(format!("{}: {e}", key("collection"))))?;
-                if m.database.is_empty() || m.database.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
-                    return Err(ConfigError(format!(
-                        "{}: {:?} is not a database name MongoDB accepts. Fix: use letters, digits, _ or -.",
-                        key("database"),
-                        m.database
-                    )));
-                }
-                Sink::Mongodb(MongoSinkOptions {
-                    name: m.name.clone(),
-                    pipeline: file.name.clone(),
-                    url: expand(&m.url, &key("url"), env)?,
-                    database: m.database.clone(),
-                    collection,
-                    dead_letter_file: match &m.dead_letter_file {
-                        Some(p) => Some(base_dir.join(expand(p, &key("dead_letter_file"), env)?)),
-                        None => None,
-                    },
-                })
-            }
-        });
+        sinks.push(kind.build(own.clone(), &ctx).map_err(|e| match e {
+            targets::BuildError::Keys(message) => sink_error(origin, text, i, table, &message),
+            targets::BuildError::Invalid(message) => ConfigError(message),
+        })?);
     }
     let d = &defaults;
     let pick = |v: Option<usize>, dv: Option<usize>| v.or(dv).unwrap_or(0);
@@ -881,7 +559,7 @@ pub fn parse(
             d.limits.stream_buffer_events,
         ),
         sinks,
-        sink_truncate: file.sinks.iter().map(SinkConfig::truncate).collect(),
+        sink_truncate: parsed.iter().map(|(c, ..)| c.truncate).collect(),
         transforms: Arc::new(TransformSet {
             pipeline: pipeline_transforms,
             key: match &file.masking.key {
@@ -899,7 +577,7 @@ pub fn parse(
             },
         }),
         sink_transforms,
-        sink_rates: file.sinks.iter().map(SinkConfig::rate_limits).collect(),
+        sink_rates: parsed.iter().map(|(c, ..)| c.rate_limits()).collect(),
         snapshot_rows_per_s: file.snapshot.rows_per_s,
         verify: VerifySettings {
             interval_s: file.verify.interval_s.or(d.verify.interval_s).unwrap_or(0),
@@ -966,23 +644,6 @@ struct PipelineDefaults {
     snapshot: SnapshotSection,
     limits: LimitsSection,
     verify: VerifySection,
-}
-
-/// Checks a Kafka bootstrap list: `host:port` entries separated by commas.
-fn check_brokers(brokers: &str) -> Result<(), String> {
-    for entry in brokers.split(',') {
-        let entry = entry.trim();
-        let port = entry
-            .rsplit_once(':')
-            .filter(|(host, _)| !host.is_empty())
-            .and_then(|(_, port)| port.parse::<u16>().ok());
-        if port.is_none() {
-            return Err(format!(
-                "{entry:?} is not a broker address. Fix: write host:port, several separated by commas (e.g. \"127.0.0.1:9092\")."
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Expands `${VAR}` references. A missing variable is an error naming it (never its value).
@@ -1167,7 +828,37 @@ fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
         Some(span) => place_at(origin, text, span.start),
         None => origin.to_string(),
     };
-    let message = e.message().trim().replace('\n', " ");
+    explained(place, e.message())
+}
+
+/// A key of sink `i` that is unknown, missing, of the wrong type, or a kind there is not: placed
+/// at the key the message names (else at the sink's `kind`).
+fn sink_error(
+    origin: &str,
+    text: &str,
+    i: usize,
+    table: &BTreeMap<String, Spanned<toml::Value>>,
+    message: &str,
+) -> ConfigError {
+    let named = message
+        .split('`')
+        .nth(1)
+        .filter(|_| !message.contains("variant"));
+    let at = named
+        .and_then(|k| table.get(k))
+        .or_else(|| table.get("kind"))
+        .or_else(|| table.values().next())
+        .map(|v| v.span().start);
+    let place = match at {
+        Some(offset) => format!("{}: sink[{i}]", place_at(origin, text, offset)),
+        None => format!("{origin}: sink[{i}]"),
+    };
+    explained(place, message)
+}
+
+/// `place: message. Fix: ...`, the fix chosen by what serde's message says.
+fn explained(place: String, message: &str) -> ConfigError {
+    let message = message.trim().replace('\n', " ");
     let fix = if message.contains("invalid type") || message.contains("invalid value") {
         "give the key a value of the expected type"
     } else if message.contains("unknown field") {
@@ -1213,10 +904,10 @@ url = "postgres://u:${PW}@h/db"
         assert_eq!(p.queue_bytes, 64 << 20);
         assert_eq!(p.batch_bytes, 16 << 20);
         assert_eq!(p.parallel_tables, 2);
-        let Sink::Postgres { url, .. } = &p.sinks[0] else {
+        let Some(pg) = crate::targets::postgres(&*p.sinks[0]) else {
             panic!("the first sink is PostgreSQL")
         };
-        assert_eq!(url, "postgres://u:pa55@h/db");
+        assert_eq!(pg.url, "postgres://u:pa55@h/db");
     }
 
     #[test]

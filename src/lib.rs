@@ -6,4 +6,5 @@ pub mod pipeline;
 pub mod queue;
 pub mod rate;
 pub mod status;
+pub mod targets;
 pub mod verify;

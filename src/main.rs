@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cutover::pipeline::{self as runtime, Operator, Telemetry};
-use cutover::{config, status, verify};
+use cutover::{config, status, targets, verify};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cutover_core::{ConnectorError, Sink};
@@ -430,9 +430,14 @@ async fn check(path: &std::path::Path) -> Outcome {
             }
         }
     }
-    let database = source.endpoint().database();
-    for sink in cfg.sinks.iter().filter(|s| s.kind() != "postgres") {
-        match runtime::connect_sink(&cfg, sink, &database).await {
+    let ctx = runtime::target_context(&cfg, &source.endpoint().database());
+    // PostgreSQL targets were connected and checked above.
+    for sink in cfg
+        .sinks
+        .iter()
+        .filter(|s| targets::postgres(&***s).is_none())
+    {
+        match sink.connect(&ctx).await {
             Ok(_) => println!("sink {} ({}): connected", sink.name(), sink.kind()),
             Err(e) => {
                 failed += 1;
@@ -472,42 +477,10 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
         }
     );
     if target_state {
-        for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
-            sink.forget_state().await.map_err(explain)?;
-            println!("sink {}: checkpoints and copy records deleted", sink.name());
-        }
+        let ctx = runtime::target_context(&cfg, "");
         for sink in &cfg.sinks {
-            match sink {
-                config::Sink::Postgres { .. } => {}
-                config::Sink::Kafka(options) => {
-                    cutover_kafka::KafkaSink::forget_state(options)
-                        .await
-                        .map_err(explain)?;
-                    println!(
-                        "sink {}: state file {} deleted (the topics are left as they are)",
-                        options.name,
-                        options.state_path.display()
-                    );
-                }
-                config::Sink::Nats(options) => {
-                    cutover_nats::NatsSink::forget_state(options)
-                        .await
-                        .map_err(explain)?;
-                    println!(
-                        "sink {}: saved progress deleted (the stream is left as it is)",
-                        options.name
-                    );
-                }
-                config::Sink::Mongodb(options) => {
-                    cutover_mongodb::MongoSink::forget_state(options)
-                        .await
-                        .map_err(explain)?;
-                    println!(
-                        "sink {}: saved progress deleted (the collections are left as they are)",
-                        options.name
-                    );
-                }
-            }
+            let deleted = sink.forget_state(&ctx).await.map_err(explain)?;
+            println!("sink {}: {deleted}", sink.name());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -575,24 +548,12 @@ async fn dlq(action: DlqAction) -> Outcome {
     }
     // Kafka, NATS and MongoDB sinks park in a file of their own (Kafka: or a topic).
     for sink in &cfg.sinks {
-        let store: Option<Box<dyn cutover_core::dead_letters::LetterStore>> = match sink {
-            config::Sink::Kafka(o) => cutover_kafka::dead_letter_store(o).await.map_err(explain)?,
-            config::Sink::Nats(o) => file_store(o.dead_letter_file.as_ref()),
-            config::Sink::Mongodb(o) => file_store(o.dead_letter_file.as_ref()),
-            config::Sink::Postgres { .. } => None,
-        };
-        let Some(store) = store else {
+        let Some(store) = sink.letter_store().await.map_err(explain)? else {
             continue;
         };
         let name = sink.name();
         if replay {
-            let (sent, still) = match sink {
-                config::Sink::Kafka(o) => cutover_kafka::replay_dead_letters(o).await,
-                config::Sink::Nats(o) => cutover_nats::replay_dead_letters(o).await,
-                config::Sink::Mongodb(o) => cutover_mongodb::replay_dead_letters(o).await,
-                config::Sink::Postgres { .. } => unreachable!("PostgreSQL sinks have no file"),
-            }
-            .map_err(explain)?;
+            let (sent, still) = sink.replay_letters().await.map_err(explain)?;
             println!("sink {name}: {sent} parked change(s) sent, {still} still parked");
             parked_total += still;
             continue;
@@ -624,16 +585,6 @@ async fn dlq(action: DlqAction) -> Outcome {
     })
 }
 
-/// The file store at `path`, if one is configured.
-fn file_store(
-    path: Option<&std::path::PathBuf>,
-) -> Option<Box<dyn cutover_core::dead_letters::LetterStore>> {
-    path.map(|p| {
-        Box::new(cutover_core::dead_letters::FileStore::new(p.clone()))
-            as Box<dyn cutover_core::dead_letters::LetterStore>
-    })
-}
-
 async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
     let cfg = load(path)?;
     let source = runtime::connect_source(&cfg).await.map_err(explain)?;
@@ -642,14 +593,16 @@ async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
         println!("no sequence feeds a column of the pipeline's tables; nothing to do");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut targets = 0;
-    for sink in &cfg.sinks {
-        let config::Sink::Postgres { name, url, .. } = sink else {
-            continue;
-        };
-        targets += 1;
-        let endpoint = cutover_postgres::PgEndpoint::parse(url, "target").map_err(explain)?;
-        let client = endpoint.connect().await.map_err(explain)?;
+    let mut synced = 0;
+    for target in cfg.sinks.iter().filter_map(|s| targets::postgres(&**s)) {
+        synced += 1;
+        let name = &target.name;
+        let client = target
+            .endpoint()
+            .map_err(explain)?
+            .connect()
+            .await
+            .map_err(explain)?;
         for seq in &sequences {
             let done = cutover_postgres::sequences::sync_sequence(&client, seq, i64::from(margin))
                 .await
@@ -677,7 +630,7 @@ async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
             );
         }
     }
-    if targets == 0 {
+    if synced == 0 {
         println!("the pipeline has no PostgreSQL sink; sequences exist only there");
     }
     Ok(ExitCode::SUCCESS)
@@ -709,19 +662,15 @@ async fn show_status(path: &std::path::Path) -> Outcome {
         ),
         None => println!("slot {}: does not exist (source WAL {wal})", cfg.slot),
     }
+    let ctx = runtime::target_context(&cfg, "");
     for sink in &cfg.sinks {
-        let state = match sink {
-            config::Sink::Postgres { .. } => continue,
-            config::Sink::Kafka(o) => cutover_kafka::KafkaSink::saved_state(o).await,
-            config::Sink::Nats(o) => cutover_nats::NatsSink::saved_state(o).await,
-            config::Sink::Mongodb(o) => cutover_mongodb::MongoSink::saved_state(o).await,
-        }
-        .map_err(explain)?;
-        print_sink_state(&format!("{} ({})", sink.name(), sink.kind()), &state);
-    }
-    for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
-        let state = sink.read_checkpoint().await.map_err(explain)?;
-        print_sink_state(sink.name(), &state);
+        let state = sink.saved_state(&ctx).await.map_err(explain)?;
+        // PostgreSQL targets, the default kind, go by their name alone.
+        let label = match targets::postgres(&**sink) {
+            Some(_) => sink.name().to_string(),
+            None => format!("{} ({})", sink.name(), sink.kind()),
+        };
+        print_sink_state(&label, &state);
     }
     match verify::SavedCheck::load(&cfg.verify.report_path) {
         None => println!(

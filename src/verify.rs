@@ -15,18 +15,15 @@ use std::time::{Duration, Instant};
 
 use cutover_core::transform::TableTransform;
 use cutover_core::verify::{
-    compare_range, compare_rows, Bound, CanonRow, KeyBound, Precision, RowDiff, TableSide,
+    compare_range, compare_rows, Bound, CanonRow, KeyBound, RowDiff, TableSide,
 };
-use cutover_core::{ConnectorError, Lsn, Result, Sink as _, TableSchema};
-use cutover_kafka::verify::KafkaTableSide;
-use cutover_mongodb::verify::MongoTableSide;
-use cutover_nats::verify::NatsTableSide;
+use cutover_core::{ConnectorError, Lsn, Result, Sink as _, TableSchema, Target};
 use cutover_postgres::catalog;
 use cutover_postgres::verify::PgTableSide;
-use cutover_postgres::{PgEndpoint, PgSource};
+use cutover_postgres::PgSource;
 use serde::Serialize;
 
-use crate::config::{self, Pipeline};
+use crate::config::Pipeline;
 use crate::pipeline as runtime;
 
 /// What to compare and how.
@@ -318,32 +315,8 @@ async fn check_table(
     running: bool,
     progress: ProgressFn<'_>,
 ) -> Result<TableReport> {
-    let sink = &cfg.sinks[index];
-    let (target, precision): (Box<dyn TableSide>, Precision) = match sink {
-        config::Sink::Postgres { url, .. } => {
-            let endpoint = PgEndpoint::parse(url, "target")?;
-            let precision = Precision {
-                user_types_as_text: true,
-                ..Precision::default()
-            };
-            (
-                Box::new(PgTableSide::open(&endpoint, target_table.clone(), precision).await?),
-                precision,
-            )
-        }
-        config::Sink::Kafka(o) => (
-            Box::new(KafkaTableSide::open(o, target_table.clone()).await?),
-            Precision::of_envelope(o.format),
-        ),
-        config::Sink::Nats(o) => (
-            Box::new(NatsTableSide::open(o, target_table.clone()).await?),
-            Precision::of_envelope(o.format),
-        ),
-        config::Sink::Mongodb(o) => (
-            Box::new(MongoTableSide::open(o, target_table.clone()).await?),
-            MongoTableSide::precision(),
-        ),
-    };
+    let sink = &*cfg.sinks[index];
+    let (target, precision) = sink.table_side(target_table.clone()).await?;
     let mut src = PgTableSide::open(source.endpoint(), table.clone(), precision).await?;
     if shaped.is_some() {
         // Compiled again for the layout the source is read in (user types as text).
@@ -398,7 +371,7 @@ struct TableCheck<'a> {
     source: &'a PgSource,
     src: &'a PgTableSide,
     tgt: &'a dyn TableSide,
-    sink: &'a config::Sink,
+    sink: &'a dyn Target,
     table: &'a Arc<TableSchema>,
     /// The sink's transform rules for the table, if it has any.
     shaped: Option<Arc<TableTransform>>,
@@ -669,14 +642,14 @@ async fn wait_applied(source: &PgSource, lsn: Lsn, timeout: Duration) -> Result<
 /// keys the source no longer has), in one target transaction. PostgreSQL sinks only for now.
 async fn repair(
     cfg: &Pipeline,
-    sink: &config::Sink,
+    sink: &dyn Target,
     table: &Arc<TableSchema>,
     shaped: Option<&Arc<TableTransform>>,
     src: &PgTableSide,
     keys: &[Arc<KeyBound>],
 ) -> Result<()> {
     let sink_name = sink.name();
-    if !matches!(sink, config::Sink::Postgres { .. }) {
+    if crate::targets::postgres(sink).is_none() {
         return Err(ConnectorError::fatal(format!(
             "--repair writes through PostgreSQL sinks only; sink {sink_name} is {}",
             sink.kind()

@@ -35,8 +35,8 @@ use tokio::time::Instant;
 pub use control::{Command, Handle, Operator};
 pub use telemetry::Telemetry;
 pub use wiring::{
-    connect_pg_sinks, connect_sink, connect_sinks, connect_source, refuse_failures, source_options,
-    with_transforms,
+    connect_pg_sinks, connect_sinks, connect_source, refuse_failures, source_options,
+    target_context, with_transforms,
 };
 
 use crate::config::{Pipeline, RateLimits};

@@ -2,13 +2,11 @@
 //! transform rules. Used by `run` and by every other command (`check`, `verify`, `status`, ...).
 
 use cutover_core::transform::TransformSink;
-use cutover_core::{ConnectorError, Result, Sink};
-use cutover_kafka::KafkaSink;
-use cutover_mongodb::MongoSink;
-use cutover_nats::NatsSink;
-use cutover_postgres::{PgEndpoint, PgSink, PgSinkOptions, PgSource, PgSourceOptions};
+use cutover_core::{ConnectorError, Result, Sink, TargetContext};
+use cutover_postgres::{PgEndpoint, PgSink, PgSource, PgSourceOptions};
 
-use crate::config::{self, Pipeline};
+use crate::config::Pipeline;
+use crate::targets;
 
 /// Builds the source connection options from the pipeline.
 pub fn source_options(cfg: &Pipeline) -> PgSourceOptions {
@@ -27,48 +25,34 @@ pub async fn connect_source(cfg: &Pipeline) -> Result<PgSource> {
     PgSource::connect(endpoint, source_options(cfg)).await
 }
 
+/// What the targets' operations need of the pipeline; `database` is the source database's
+/// name (Debezium envelopes report it; empty where no sink is connected for streaming).
+pub fn target_context(cfg: &Pipeline, database: &str) -> TargetContext {
+    TargetContext {
+        pipeline: cfg.name.clone(),
+        source_database: database.to_string(),
+        apply_schema_changes: cfg.apply_schema_changes,
+        batch_bytes: cfg.batch_bytes,
+    }
+}
+
 /// Connects every PostgreSQL sink of the pipeline.
 pub async fn connect_pg_sinks(cfg: &Pipeline) -> Result<Vec<PgSink>> {
+    let ctx = target_context(cfg, "");
     let mut sinks = Vec::new();
-    for sink in &cfg.sinks {
-        if let config::Sink::Postgres {
-            name,
-            url,
-            create_tables,
-        } = sink
-        {
-            sinks.push(connect_pg_sink(cfg, name, url, *create_tables).await?);
-        }
+    for target in cfg.sinks.iter().filter_map(|t| targets::postgres(&**t)) {
+        sinks.push(target.connect_sink(&ctx).await?);
     }
     Ok(sinks)
 }
 
-async fn connect_pg_sink(
-    cfg: &Pipeline,
-    name: &str,
-    url: &str,
-    create_tables: bool,
-) -> Result<PgSink> {
-    let endpoint = PgEndpoint::parse(url, "target")?;
-    PgSink::connect(
-        endpoint,
-        PgSinkOptions {
-            apply_schema_changes: cfg.apply_schema_changes,
-            name: name.to_string(),
-            pipeline: cfg.name.clone(),
-            create_tables,
-            batch_bytes: cfg.batch_bytes,
-        },
-    )
-    .await
-}
-
-/// Connects every sink of the pipeline, in the order the file declares them. `database` is the
-/// source database's name, which Debezium envelopes report.
+/// Connects every sink of the pipeline, in the order the file declares them, each behind its
+/// transform rules. `database` is the source database's name.
 pub async fn connect_sinks(cfg: &Pipeline, database: &str) -> Result<Vec<Box<dyn Sink>>> {
+    let ctx = target_context(cfg, database);
     let mut sinks = Vec::with_capacity(cfg.sinks.len());
-    for (i, sink) in cfg.sinks.iter().enumerate() {
-        let connected = connect_sink(cfg, sink, database).await?;
+    for (i, target) in cfg.sinks.iter().enumerate() {
+        let connected = target.connect(&ctx).await?;
         sinks.push(with_transforms(cfg, i, connected));
     }
     Ok(sinks)
@@ -82,32 +66,6 @@ pub fn with_transforms(cfg: &Pipeline, index: usize, sink: Box<dyn Sink>) -> Box
     } else {
         Box::new(TransformSink::new(sink, cfg.transforms.clone(), specs))
     }
-}
-
-/// Connects one sink.
-pub async fn connect_sink(
-    cfg: &Pipeline,
-    sink: &config::Sink,
-    database: &str,
-) -> Result<Box<dyn Sink>> {
-    Ok(match sink {
-        config::Sink::Postgres {
-            name,
-            url,
-            create_tables,
-        } => Box::new(connect_pg_sink(cfg, name, url, *create_tables).await?),
-        config::Sink::Kafka(options) => {
-            let mut options = options.clone();
-            options.source_database = database.to_string();
-            Box::new(KafkaSink::connect(options).await?)
-        }
-        config::Sink::Nats(options) => {
-            let mut options = options.clone();
-            options.source_database = database.to_string();
-            Box::new(NatsSink::connect(options).await?)
-        }
-        config::Sink::Mongodb(options) => Box::new(MongoSink::connect(options.clone()).await?),
-    })
 }
 
 /// Turns failed preflight findings into one fatal error listing every failure and its fix.

@@ -120,6 +120,11 @@ fn io(path: &Path, what: &str, e: std::io::Error) -> ConnectorError {
     )
 }
 
+/// The file store at `path`, if the sink configures one (`dead_letter_file`).
+pub fn file_store(path: Option<&std::path::Path>) -> Option<Box<dyn LetterStore>> {
+    path.map(|p| Box::new(FileStore::new(p.to_path_buf())) as Box<dyn LetterStore>)
+}
+
 impl FileStore {
     pub fn new(path: PathBuf) -> FileStore {
         FileStore { path }

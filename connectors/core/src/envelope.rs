@@ -28,10 +28,14 @@ use crate::schema::TableSchema;
 /// in `unchanged` instead and leaves them out of `row`.
 pub const DEBEZIUM_UNAVAILABLE: &str = "__debezium_unavailable_value";
 
-/// Which JSON envelope a sink writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which JSON envelope a sink writes (`format = "cutover"` or `"debezium"` in a sink's table).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EnvelopeFormat {
+    /// cutover's envelope: op, table, key, row, unchanged, lsn, ordinal, txid, commit_ts.
+    #[default]
     Cutover,
+    /// Debezium's PostgreSQL connector envelope (before, after, source, op, ts_ms).
     Debezium,
 }
 

@@ -18,6 +18,7 @@ mod position;
 mod schema;
 mod sink;
 mod source;
+pub mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transform;
@@ -29,3 +30,4 @@ pub use position::{Checkpoint, Lsn, ParseLsnError, Position};
 pub use schema::{quote_ident, Column, TableName, TableSchema};
 pub use sink::{PendingWrite, Sink, SinkState, TableCopy};
 pub use source::{Source, StreamItem};
+pub use target::{BuildContext, Target, TargetConfig, TargetContext};

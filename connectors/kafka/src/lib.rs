@@ -16,6 +16,7 @@
 mod error;
 mod letters;
 mod state;
+pub mod target;
 pub mod verify;
 
 use std::collections::HashMap;

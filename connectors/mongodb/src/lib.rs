@@ -27,6 +27,7 @@ mod batch;
 mod error;
 pub mod mapping;
 mod sink;
+pub mod target;
 pub mod verify;
 
 use std::fmt;

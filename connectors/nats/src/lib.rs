@@ -27,6 +27,7 @@ use cutover_core::{
 use tokio::sync::Mutex;
 
 /// Acknowledgements awaited at most at once (the client's in-flight limit is set above it).
+pub mod target;
 pub mod verify;
 
 const ACK_WINDOW: usize = 4096;

@@ -75,18 +75,81 @@ fn kind_of(code: &SqlState) -> (ErrorKind, Option<&'static str>) {
     }
 }
 
-/// Classifies a replication-transport error.
+/// Classifies a replication-transport error. A server error is classified by its SQLSTATE as
+/// on the SQL path (a terminated walsender, 57P01, or a server shutting down is retryable), except
+/// that no replication error is poison, and WAL the slot needs that is gone (58P01) is fatal.
 pub fn classify_replication(err: pgwire_replication::PgWireError, context: &str) -> ConnectorError {
-    let kind = if err.is_auth() {
-        ErrorKind::Fatal
-    } else if err.is_transient() || err.is_io() {
-        ErrorKind::Retryable
+    let code = if err.is_server() {
+        sqlstate_in(&err.to_string())
     } else {
-        ErrorKind::Fatal
+        None
+    };
+    let (kind, hint) = if err.is_auth() {
+        (
+            ErrorKind::Fatal,
+            Some("check the user name and password in the source connection string"),
+        )
+    } else if err.is_transient() || err.is_io() {
+        (ErrorKind::Retryable, None)
+    } else if let Some(code) = code {
+        if code == SqlState::UNDEFINED_FILE {
+            (
+                ErrorKind::Fatal,
+                Some("the WAL this slot needs was removed from the source (max_slot_wal_keep_size, or the slot was recreated): copy the tables again under a new slot (cutover teardown --target-state PIPELINE, empty the targets, run again)"),
+            )
+        } else {
+            match kind_of(&code) {
+                (ErrorKind::Poison, hint) => (ErrorKind::Fatal, hint),
+                other => other,
+            }
+        }
+    } else {
+        (ErrorKind::Fatal, None)
     };
     let mut e = ConnectorError::new(kind, format!("{context}: {err}."));
-    if err.is_auth() {
-        e = e.with_hint("check the user name and password in the source connection string");
+    if let Some(h) = hint {
+        e = e.with_hint(h);
     }
     e.with_source(err)
+}
+
+/// The SQLSTATE a server error's text carries (`... (SQLSTATE 57P01)`).
+fn sqlstate_in(text: &str) -> Option<SqlState> {
+    let at = text.rfind("(SQLSTATE ")?;
+    let code = text[at + 10..].get(..5)?;
+    code.chars()
+        .all(|c| c.is_ascii_alphanumeric())
+        .then(|| SqlState::from_code(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwire_replication::PgWireError;
+
+    fn kind(text: &str) -> ErrorKind {
+        classify_replication(PgWireError::Server(text.into()), "replication").kind
+    }
+
+    #[test]
+    fn replication_server_errors_are_classified_by_their_sqlstate() {
+        assert_eq!(
+            kind("terminating connection due to administrator command (SQLSTATE 57P01)"),
+            ErrorKind::Retryable
+        );
+        assert_eq!(
+            kind("the database system is shutting down (SQLSTATE 57P03)"),
+            ErrorKind::Retryable
+        );
+        assert_eq!(
+            kind("replication slot \"x\" does not exist (SQLSTATE 42704)"),
+            ErrorKind::Fatal
+        );
+        assert_eq!(
+            kind("requested WAL segment 000000010000000000000003 has already been removed (SQLSTATE 58P01)"),
+            ErrorKind::Fatal
+        );
+        assert_eq!(kind("invalid input syntax (SQLSTATE 22P02)"), ErrorKind::Fatal);
+        assert_eq!(kind("no code at all"), ErrorKind::Fatal);
+    }
 }

@@ -14,6 +14,7 @@ pub mod preflight;
 pub mod sequences;
 pub mod sink;
 pub mod source;
+pub mod target;
 pub mod verify;
 
 pub use conn::PgEndpoint;

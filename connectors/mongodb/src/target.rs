@@ -1,0 +1,117 @@
+//! The MongoDB sink as a target plug-in: its part of a `[[sink]]` table and what cutover's
+//! commands need of it.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cutover_core::dead_letters::{file_store, LetterStore};
+use cutover_core::verify::{Precision, TableSide};
+use cutover_core::{
+    BuildContext, Result, Sink, SinkState, TableName, TableSchema, Target, TargetConfig,
+    TargetContext,
+};
+use serde::Deserialize;
+
+use crate::verify::MongoTableSide;
+use crate::{check_collection_name, MongoSink, MongoSinkOptions};
+
+/// `kind = "mongodb"`: MongoDB collections, one per table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    /// Connection string, `mongodb://host:27017`, or `${ENV_VAR}`.
+    pub url: String,
+    /// Database the collections are written to.
+    pub database: String,
+    /// Collection per table; placeholders {pipeline}, {schema}, {table} (default
+    /// `{schema}.{table}`).
+    #[serde(default = "default_collection")]
+    pub collection: String,
+    /// A local file (JSON lines) where writes the server refuses for good (a collection
+    /// validator, a document over 16 MiB) are parked while the rest flows on; see `cutover
+    /// dlq`. Without it such a write stops the sink.
+    pub dead_letter_file: Option<String>,
+}
+
+fn default_collection() -> String {
+    "{schema}.{table}".into()
+}
+
+impl TargetConfig for MongoConfig {
+    const KIND: &'static str = "mongodb";
+
+    fn build(self, ctx: &BuildContext<'_>) -> std::result::Result<Arc<dyn Target>, String> {
+        let collection = ctx.template("collection", &self.collection)?;
+        // The literal parts must make a name MongoDB accepts for any table.
+        let sample = collection.render(ctx.pipeline, &TableName::new("s", "t"), &|s| s.to_string());
+        check_collection_name(&sample).map_err(|e| ctx.fail("collection", e))?;
+        if self.database.is_empty()
+            || self
+                .database
+                .contains(['/', '\\', '.', ' ', '"', '$', '\0'])
+        {
+            return Err(ctx.fail(
+                "database",
+                format!(
+                    "{:?} is not a database name MongoDB accepts. Fix: use letters, digits, _ or -.",
+                    self.database
+                ),
+            ));
+        }
+        Ok(Arc::new(MongoSinkOptions {
+            name: ctx.name.to_string(),
+            pipeline: ctx.pipeline.to_string(),
+            url: ctx.expand("url", &self.url)?,
+            database: self.database,
+            collection,
+            dead_letter_file: match &self.dead_letter_file {
+                Some(p) => Some(ctx.path("dead_letter_file", p)?),
+                None => None,
+            },
+        }))
+    }
+}
+
+#[async_trait]
+impl Target for MongoSinkOptions {
+    fn kind(&self) -> &'static str {
+        MongoConfig::KIND
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn connect(&self, _ctx: &TargetContext) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(MongoSink::connect(self.clone()).await?))
+    }
+
+    async fn saved_state(&self, _ctx: &TargetContext) -> Result<SinkState> {
+        MongoSink::saved_state(self).await
+    }
+
+    async fn forget_state(&self, _ctx: &TargetContext) -> Result<String> {
+        MongoSink::forget_state(self).await?;
+        Ok("saved progress deleted (the collections are left as they are)".into())
+    }
+
+    async fn letter_store(&self) -> Result<Option<Box<dyn LetterStore>>> {
+        Ok(file_store(self.dead_letter_file.as_deref()))
+    }
+
+    async fn replay_letters(&self) -> Result<(u64, u64)> {
+        crate::replay_dead_letters(self).await
+    }
+
+    async fn table_side(&self, table: Arc<TableSchema>) -> Result<(Box<dyn TableSide>, Precision)> {
+        Ok((
+            Box::new(MongoTableSide::open(self, table).await?),
+            MongoTableSide::precision(),
+        ))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
