@@ -15,7 +15,9 @@ use cutover_core::{datum, Column, ConnectorError, Result, Row, TableName, TableS
 use tokio_postgres::Client;
 
 use crate::error::classify;
-use crate::sink::STATE_SCHEMA;
+
+/// Schema in the target that holds cutover's own state.
+pub const STATE_SCHEMA: &str = "cutover";
 
 /// Creates the dead-letter table (idempotent).
 pub fn create_sql() -> String {

@@ -1,0 +1,203 @@
+//! Inspecting target tables against the source's definitions, without changing anything: their
+//! columns and keys, their own layout, and rows cutover did not copy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cutover_core::{ConnectorError, Result, TableSchema};
+
+use super::PgSink;
+use crate::error::classify;
+
+impl PgSink {
+    /// Refuses a target table that holds rows cutover did not copy: they would be mixed with the
+    /// copy, and cutover never overwrites data it does not own.
+    pub(super) async fn refuse_foreign_rows(&self, table: &TableSchema) -> Result<()> {
+        let quoted = table.name.quoted();
+        let has_rows: bool = self
+            .client
+            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {quoted})"), &[])
+            .await
+            .map_err(|e| classify(e, "cannot inspect a target table"))?
+            .get(0);
+        if !has_rows {
+            return Ok(());
+        }
+        Err(ConnectorError::fatal(format!(
+            "target table {} on {} already holds rows that cutover did not copy, and cutover will not overwrite them.",
+            table.name, self.options.name
+        ))
+        .with_hint(format!(
+            "if they can go, run TRUNCATE {quoted}; on the target; otherwise point the sink at another database"
+        )))
+    }
+
+    /// Everything `run` would refuse about this target, checked without changing anything:
+    /// table compatibility, then rows that cutover did not copy.
+    pub async fn preflight(&self, tables: &[Arc<TableSchema>]) -> Result<()> {
+        self.check_tables(tables).await?;
+        let copied = self.read_checkpoint().await?.copied_tables;
+        for table in tables {
+            if !copied.contains_key(&table.name)
+                && self.inspect_table(table).await? == TableCheck::Ready
+            {
+                self.refuse_foreign_rows(table).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The target table's own columns, in its order, with the source's key flags: the layout
+    /// rows are written in until the stream announces the source's newer one.
+    pub(super) async fn target_layout(&self, table: &TableSchema) -> Result<Arc<TableSchema>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT attname::text, atttypid, atttypmod, format_type(atttypid, atttypmod), attnotnull
+                   FROM pg_attribute
+                  WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped
+                  ORDER BY attnum",
+                &[&table.name.quoted()],
+            )
+            .await
+            .map_err(|e| classify(e, &format!("cannot read the columns of target table {}", table.name)))?;
+        let columns = rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                cutover_core::Column {
+                    key: table.columns.iter().any(|c| c.key && c.name == name),
+                    name,
+                    type_oid: r.get(1),
+                    type_modifier: r.get(2),
+                    type_name: r.get(3),
+                    nullable: !r.get::<_, bool>(4),
+                    default: None,
+                }
+            })
+            .collect();
+        Ok(Arc::new(TableSchema {
+            name: table.name.clone(),
+            columns,
+        }))
+    }
+
+    /// Compares a target table with the source's definition, without changing anything.
+    pub async fn inspect_table(&self, table: &TableSchema) -> Result<TableCheck> {
+        let quoted = table.name.quoted();
+        let ctx = format!("cannot inspect target table {}", table.name);
+        let oid: Option<u32> = self
+            .client
+            .query_one("SELECT to_regclass($1)::oid", &[&quoted])
+            .await
+            .map_err(|e| classify(e, &ctx))?
+            .get(0);
+        let Some(oid) = oid else {
+            return Ok(TableCheck::Missing);
+        };
+        let target_columns: HashMap<String, String> = self
+            .client
+            .query(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut problems = Vec::new();
+        for c in &table.columns {
+            match target_columns.get(&c.name) {
+                None => problems.push(format!("column {} ({}) is missing", c.name, c.type_name)),
+                Some(t) if *t != c.type_name => problems.push(format!(
+                    "column {} is {t} on the target but {} on the source",
+                    c.name, c.type_name
+                )),
+                Some(_) => {}
+            }
+        }
+        let column_problems = problems.len();
+        let mut key: Vec<String> = table
+            .key_indexes()
+            .map(|i| table.columns[i].name.clone())
+            .collect();
+        key.sort();
+        let unique_keys: Vec<Vec<String>> = self
+            .client
+            .query(
+                "SELECT array_agg(a.attname::text ORDER BY a.attname)
+                   FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                  WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL
+                  GROUP BY i.indexrelid",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !unique_keys.contains(&key) {
+            problems.push(format!(
+                "no primary key or unique index on ({})",
+                key.join(", ")
+            ));
+        }
+        Ok(if problems.is_empty() {
+            TableCheck::Ready
+        } else if problems.len() == column_problems {
+            TableCheck::Behind { problems }
+        } else {
+            TableCheck::Mismatch(problems)
+        })
+    }
+
+    /// Checks every table without changing anything; the error names every problem at once.
+    pub async fn check_tables(&self, tables: &[Arc<TableSchema>]) -> Result<()> {
+        let copied = self.read_checkpoint().await?.copied_tables;
+        let mut problems = Vec::new();
+        for table in tables {
+            match self.inspect_table(table).await? {
+                TableCheck::Ready => {}
+                TableCheck::Missing if self.options.create_tables => {}
+                TableCheck::Missing => {
+                    problems.push(format!("table {} does not exist", table.name))
+                }
+                // A table cutover copied whose columns the source changed while it was not
+                // streaming is brought forward when the sink opens.
+                TableCheck::Behind { .. }
+                    if self.options.apply_schema_changes && copied.contains_key(&table.name) => {}
+                TableCheck::Mismatch(p) | TableCheck::Behind { problems: p, .. } => {
+                    problems.push(format!("table {}: {}", table.name, p.join("; ")))
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConnectorError::fatal(format!(
+            "target {} ({}) cannot take the source's tables: {}.",
+            self.options.name,
+            self.endpoint,
+            problems.join("; ")
+        ))
+        .with_hint(
+            "alter the target tables to match the source, drop them and let cutover create them \
+             (create_tables = true), or create the missing ones",
+        ))
+    }
+}
+
+/// How a target table compares with the source's definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableCheck {
+    Ready,
+    /// Only columns differ (missing, or of another type): a table cutover copied is then written
+    /// in its own layout until the stream announces the source's change.
+    Behind {
+        problems: Vec<String>,
+    },
+    Missing,
+    Mismatch(Vec<String>),
+}

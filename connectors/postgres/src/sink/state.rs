@@ -1,0 +1,206 @@
+//! The sink's state in the target: its checkpoint and copy records (created, read, forgotten),
+//! and which asynchronously committed checkpoints the target has flushed.
+
+use std::sync::Arc;
+
+use cutover_core::{Checkpoint, ConnectorError, Lsn, Result, SinkState, TableName};
+use tokio_postgres::Client;
+
+use super::{PgSink, STATE_SCHEMA};
+use crate::error::classify;
+
+impl PgSink {
+    pub(super) async fn state_tables_exist(&self) -> Result<bool> {
+        Ok(self
+            .client
+            .query_one("SELECT to_regclass('cutover.checkpoints') IS NOT NULL", &[])
+            .await
+            .map_err(|e| classify(e, "cannot read the target's state tables"))?
+            .get(0))
+    }
+
+    /// Deletes this sink's checkpoint and copy records (used by `teardown --target-state`).
+    pub async fn forget_state(&self) -> Result<()> {
+        let exists = self.state_tables_exist().await?;
+        if exists {
+            for table in ["checkpoints", "copied_tables"] {
+                self.client
+                    .execute(
+                        &format!(
+                            "DELETE FROM {STATE_SCHEMA}.{table} WHERE pipeline = $1 AND sink = $2"
+                        ),
+                        &[&self.options.pipeline, &self.options.name],
+                    )
+                    .await
+                    .map_err(|e| classify(e, "cannot delete the target's state"))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn create_state_tables(&self) -> Result<()> {
+        self.exec(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.checkpoints (
+                 pipeline text NOT NULL, sink text NOT NULL,
+                 commit_lsn pg_lsn NOT NULL, end_lsn pg_lsn NOT NULL,
+                 commit_time timestamptz, updated_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, sink));
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.copied_tables (
+                 pipeline text NOT NULL, sink text NOT NULL,
+                 table_schema text NOT NULL, table_name text NOT NULL,
+                 snapshot_lsn pg_lsn NOT NULL, rows bigint NOT NULL,
+                 copied_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, sink, table_schema, table_name));
+             {}",
+            crate::dead_letters::create_sql()
+        ))
+        .await
+    }
+
+    /// Reads the sink's checkpoint and copy records without changing anything.
+    pub async fn read_checkpoint(&self) -> Result<SinkState> {
+        let exists = self.state_tables_exist().await?;
+        if exists {
+            self.read_state().await
+        } else {
+            Ok(SinkState::default())
+        }
+    }
+
+    pub(super) async fn read_state(&self) -> Result<SinkState> {
+        let ctx = "cannot read the sink's checkpoint";
+        let mut state = SinkState::default();
+        if let Some(row) = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT commit_lsn::text, end_lsn::text FROM {STATE_SCHEMA}.checkpoints
+                      WHERE pipeline = $1 AND sink = $2"
+                ),
+                &[&self.options.pipeline, &self.options.name],
+            )
+            .await
+            .map_err(|e| classify(e, ctx))?
+        {
+            state.checkpoint = Some(Checkpoint {
+                commit_lsn: parse_lsn(row.get(0))?,
+                end_lsn: parse_lsn(row.get(1))?,
+            });
+        }
+        for row in self
+            .client
+            .query(
+                &format!(
+                    "SELECT table_schema, table_name, snapshot_lsn::text FROM {STATE_SCHEMA}.copied_tables
+                      WHERE pipeline = $1 AND sink = $2"
+                ),
+                &[&self.options.pipeline, &self.options.name],
+            )
+            .await
+            .map_err(|e| classify(e, ctx))?
+        {
+            state.copied_tables.insert(
+                TableName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+                parse_lsn(row.get(2))?,
+            );
+        }
+        Ok(state)
+    }
+}
+
+/// Checkpoints this sink committed asynchronously (`synchronous_commit = off`, as native
+/// logical replication's apply worker does), each with the target's WAL position after its
+/// commit record, in commit order. A checkpoint is reported durable only once the target's WAL
+/// is flushed past that position, so the slot is never confirmed past what a target crash
+/// could lose. Every write's commit reads the flush position in the same round trip;
+/// [`Sink::settle`] forces a flush when the stream goes quiet.
+#[derive(Debug, Default)]
+pub(super) struct Unflushed(pub(super) std::collections::VecDeque<(Lsn, Checkpoint)>);
+
+impl Unflushed {
+    /// Records a commit that ends before target WAL position `wal_end`.
+    pub(super) fn committed(&mut self, wal_end: Lsn, cp: Checkpoint) {
+        self.0.push_back((wal_end, cp));
+    }
+
+    /// Forgets the checkpoints the target has flushed (its WAL is flushed up to `flushed`) and
+    /// returns the newest of them.
+    pub(super) fn flushed_to(&mut self, flushed: Lsn) -> Option<Checkpoint> {
+        let mut newest = None;
+        while self.0.front().is_some_and(|(end, _)| *end <= flushed) {
+            newest = self.0.pop_front().map(|(_, cp)| cp);
+        }
+        newest
+    }
+
+    /// Forgets every checkpoint (all are flushed) and returns the newest.
+    fn all_flushed(&mut self) -> Option<Checkpoint> {
+        self.0.drain(..).next_back().map(|(_, cp)| cp)
+    }
+}
+
+/// Makes every commit of the sink durable on the target with one synchronous commit (which
+/// flushes the WAL up to it, and so every earlier commit), and returns the newest checkpoint
+/// that was waiting for it.
+pub(super) async fn settle(
+    client: Arc<Client>,
+    pipeline: String,
+    sink: String,
+    unflushed: Arc<std::sync::Mutex<Unflushed>>,
+) -> Result<Option<Checkpoint>> {
+    let ctx = format!("target {sink}");
+    client
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+        .await
+        .map_err(|e| classify(e, &ctx))?;
+    // A row the earlier commits wrote, so this transaction has an id and its commit flushes.
+    client
+        .execute(
+            &format!(
+                "UPDATE {STATE_SCHEMA}.checkpoints SET updated_at = now() WHERE pipeline = $1 AND sink = $2"
+            ),
+            &[&pipeline, &sink],
+        )
+        .await
+        .map_err(|e| classify(e, &ctx))?;
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| classify(e, &ctx))?;
+    Ok(unflushed.lock().expect("never poisoned").all_flushed())
+}
+
+fn parse_lsn(text: String) -> Result<Lsn> {
+    text.parse()
+        .map_err(|e: cutover_core::ParseLsnError| ConnectorError::fatal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp(end: u64) -> Checkpoint {
+        Checkpoint {
+            commit_lsn: Lsn(end - 1),
+            end_lsn: Lsn(end),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_is_durable_once_the_target_flushed_past_its_commit() {
+        let mut unflushed = Unflushed::default();
+        unflushed.committed(Lsn(100), cp(10));
+        assert_eq!(unflushed.flushed_to(Lsn(99)), None);
+        unflushed.committed(Lsn(200), cp(20));
+        unflushed.committed(Lsn(300), cp(30));
+        // Flushed through the second commit: the newest flushed one is reported, in order.
+        assert_eq!(unflushed.flushed_to(Lsn(250)), Some(cp(20)));
+        assert_eq!(unflushed.flushed_to(Lsn(250)), None);
+        assert_eq!(unflushed.flushed_to(Lsn(300)), Some(cp(30)));
+        unflushed.committed(Lsn(400), cp(40));
+        unflushed.committed(Lsn(500), cp(50));
+        assert_eq!(unflushed.all_flushed(), Some(cp(50)));
+        assert_eq!(unflushed.all_flushed(), None);
+    }
+}
