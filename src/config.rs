@@ -16,8 +16,8 @@ use serde::Deserialize;
 use crate::targets;
 use toml::Spanned;
 
-/// A pipeline file as written.
-#[derive(Debug, Deserialize)]
+/// A pipeline file as written (no `Debug`: it may hold secrets as written).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineFile {
     /// Names the pipeline: its replication slot and publication default to `cutover_<name>`, and
@@ -47,7 +47,7 @@ pub struct PipelineFile {
     pub masking: MaskingSection,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaskingSection {
     /// The secret that keys `hash` masks, best given as `${ENV_VAR}`; never printed. The same
@@ -121,7 +121,7 @@ pub struct VerifySection {
     pub report_path: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Connection string, e.g. `postgres://user@host:5432/db`, or `${ENV_VAR}` to read it from
@@ -182,6 +182,8 @@ pub struct LimitsSection {
     pub linger_ms: Option<u64>,
     /// Raw replication messages held between the socket and the decoder.
     pub stream_buffer_events: Option<usize>,
+    /// Retries in a row, without a run that lasted a minute, before the pipeline gives up.
+    pub max_retries: Option<u32>,
 }
 
 /// The sinks' `[[sink.transform]]` rules, read in a second pass: sinks are told apart by
@@ -307,8 +309,9 @@ impl fmt::Display for ByteSize {
     }
 }
 
-/// A pipeline with defaults applied and environment variables expanded.
-#[derive(Debug, Clone)]
+/// A pipeline with defaults applied and environment variables expanded. `Debug` leaves out
+/// the connection strings and the masking key.
+#[derive(Clone)]
 pub struct Pipeline {
     pub name: String,
     pub source_url: String,
@@ -327,6 +330,8 @@ pub struct Pipeline {
     pub flush_interval_ms: u64,
     pub linger_ms: u64,
     pub stream_buffer_events: usize,
+    /// Retries in a row before `cutover run` stops with the last error (0: never stops).
+    pub max_retries: u32,
     /// The targets, in the file's order (see [`crate::targets`]).
     pub sinks: Vec<Arc<dyn Target>>,
     /// Per sink, in the order of `sinks`: whether TRUNCATE is replicated to it.
@@ -340,6 +345,18 @@ pub struct Pipeline {
     pub sink_rates: Vec<RateLimits>,
     /// Most rows per second the snapshot reads (None: no limit).
     pub snapshot_rows_per_s: Option<u32>,
+}
+
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .field("tables", &self.tables)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("sinks", &self.sinks)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A sink's write rate limits (None: no limit).
@@ -558,6 +575,11 @@ pub fn parse(
             file.limits.stream_buffer_events,
             d.limits.stream_buffer_events,
         ),
+        max_retries: file
+            .limits
+            .max_retries
+            .or(d.limits.max_retries)
+            .unwrap_or(30),
         sinks,
         sink_truncate: parsed.iter().map(|(c, ..)| c.truncate).collect(),
         transforms: Arc::new(TransformSet {

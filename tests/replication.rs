@@ -390,3 +390,91 @@ async fn walsender_pid(src: &tokio_postgres::Client, pipeline: &str) -> Option<i
     .map(|r| r.get::<_, i32>(0))
     .ok()
 }
+
+/// An operator's `pg_terminate_backend` on the walsender (or a failover tool doing the same)
+/// interrupts the stream; it is not the end of the run. cutover reconnects from the last
+/// durable position, three times over, under writes, and the target ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_walsender_is_retried_and_nothing_is_lost() {
+    let env = Env::new("walsender").await;
+    let src = env.source().await;
+    src.batch_execute(workload::SCHEMA).await.unwrap();
+    workload::prefill(&src, 2_000).await;
+    let mut run = env.start(&env.pipeline(TABLES, ""));
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    let load = Workload::start(env.source().await, 7);
+    let slot = format!("cutover_{}", env.name);
+    for round in 0..3 {
+        // The walsender of this run's slot, once it streams again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let terminated: i64 = src
+                .query_one(
+                    "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if terminated == 1 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: the slot never became active again:\n{}",
+                run.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let committed = load.stop().await;
+    assert!(committed > 20, "the workload committed only {committed}");
+    env.wait_equal(workload::TABLES, Duration::from_secs(90))
+        .await;
+    let log = run.log_text();
+    assert!(
+        log.matches("pipeline interrupted; resuming").count() >= 3,
+        "{log}"
+    );
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// A target that stays unreachable does not keep the run retrying forever: after
+/// `limits.max_retries` retries in a row it stops with the last error and the count, and a run
+/// started once the target is back catches up with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_after_their_budget_with_the_last_error() {
+    let env = Env::new("budget").await;
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
+        .await;
+    let proxy = common::proxy::Proxy::start(env.services.target_port).await;
+    let path = env.pipeline("[\"t\"]", "[limits]\nmax_retries = 2");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&env.target_url, &common::url(proxy.port, &env.name));
+    std::fs::write(&path, text).unwrap();
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.wait_equal(&["t"], Duration::from_secs(30)).await;
+    proxy.cut();
+    env.on_source("INSERT INTO t VALUES (2, 'while the target is away');")
+        .await;
+    let status = run.wait_exit(Duration::from_secs(90));
+    assert!(!status.success(), "{}", run.log_text());
+    let log = run.log_text();
+    assert!(log.contains("gave up after 2 retries"), "{log}");
+    assert_eq!(
+        log.matches("pipeline interrupted; resuming").count(),
+        2,
+        "{log}"
+    );
+    proxy.restore();
+    let mut run = env.start(&path);
+    env.wait_equal(&["t"], Duration::from_secs(60)).await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}

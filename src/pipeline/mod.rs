@@ -62,6 +62,7 @@ pub async fn run(
 ) -> Result<()> {
     let mut started = false;
     let mut backoff = Duration::from_millis(500);
+    let mut retries = 0u32;
     loop {
         let began = Instant::now();
         match run_once(cfg, telemetry, &mut stop, operator, &mut started).await {
@@ -69,10 +70,15 @@ pub async fn run(
             Err(e) if e.is_retryable() && started && !*stop.borrow() => {
                 if began.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(500);
+                    retries = 0;
+                }
+                retries += 1;
+                if cfg.max_retries > 0 && retries > cfg.max_retries {
+                    return Err(gave_up(e, cfg.max_retries));
                 }
                 let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
                 let wait = backoff + Duration::from_millis(jitter);
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "pipeline interrupted; resuming from the last durable position");
+                tracing::warn!(error = %e, retry = retries, retry_in_ms = wait.as_millis() as u64, "pipeline interrupted; resuming from the last durable position");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => return Ok(()),
@@ -82,6 +88,19 @@ pub async fn run(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The error a run stops with when its retries are spent: the last error, and how many.
+fn gave_up(last: cutover_core::ConnectorError, retries: u32) -> cutover_core::ConnectorError {
+    let mut e = cutover_core::ConnectorError::fatal(format!(
+        "gave up after {retries} retries in a row; the last error: {}",
+        last.message
+    ))
+    .with_hint(last.hint.clone().unwrap_or_else(|| {
+        "fix the cause, then run again (nothing is lost: it resumes from the last durable position); limits.max_retries sets how many retries are made".into()
+    }));
+    e.source = Some(Box::new(last));
+    e
 }
 
 /// One run: connect, open the sinks, copy what some sink lacks, merge attached partitions,

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -193,21 +193,30 @@ impl LetterSession for Locked<'_> {
 }
 
 impl Locked<'_> {
-    /// Every parked message, oldest first.
+    /// Every parked message, oldest first. A partial last line (an append cut off by a crash or
+    /// a full disk) is no letter: it is skipped with a warning, and the next append removes it.
+    /// A damaged line anywhere else is an error naming the line.
     pub fn read(&self) -> Result<Vec<Letter>> {
         let path = &self.store.path;
-        let file = match File::open(path) {
-            Ok(f) => f,
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io(path, "read", e)),
         };
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if complete < bytes.len() {
+            tracing::warn!(
+                file = %path.display(),
+                bytes = bytes.len() - complete,
+                "the dead-letter file ends in a partial line (an interrupted write); it is ignored, and removed by the next append"
+            );
+        }
         let mut out = Vec::new();
-        for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|e| io(path, "read", e))?;
-            if line.trim().is_empty() {
+        for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let letter: Letter = serde_json::from_str(&line).map_err(|e| {
+            let letter: Letter = serde_json::from_slice(line).map_err(|e| {
                 ConnectorError::fatal(format!(
                     "the dead-letter file {} is damaged at line {}: {e}",
                     path.display(),
@@ -220,22 +229,28 @@ impl Locked<'_> {
         Ok(out)
     }
 
-    /// Appends letters (their ids are assigned here) and flushes them to disk.
+    /// Appends letters (their ids are assigned here, after the last one in the file) and
+    /// flushes them to disk. Reads only the file's last line, not the whole file; a partial
+    /// last line left by an interrupted append is cut off first (it was never a letter).
     pub fn append(&self, mut letters: Vec<Letter>) -> Result<()> {
         let path = &self.store.path;
-        let first = self.read()?.last().map_or(1, |l| l.id + 1);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io(path, "write", e))?;
+        let first = last_id(&mut file, path)? + 1;
         let mut text = String::new();
         for (id, l) in (first..).zip(letters.iter_mut()) {
             l.id = id;
             text.push_str(&serde_json::to_string(l).expect("a letter always serializes"));
             text.push('\n');
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| io(path, "write", e))?;
-        file.write_all(text.as_bytes())
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::End(0))
+            .and_then(|_| file.write_all(text.as_bytes()))
             .and_then(|()| file.sync_data())
             .map_err(|e| io(path, "write", e))
     }
@@ -257,6 +272,61 @@ impl Locked<'_> {
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| io(path, "write", e))
     }
+}
+
+/// The id of the file's last letter (0 when it has none), reading backwards from its end. A
+/// partial last line (no newline: an interrupted append) is cut off, with a warning.
+fn last_id(file: &mut File, path: &Path) -> Result<u64> {
+    let len = file.metadata().map_err(|e| io(path, "read", e))?.len();
+    let end = match newline_before(file, len).map_err(|e| io(path, "read", e))? {
+        Some(at) => at,
+        None => {
+            if len > 0 {
+                tracing::warn!(file = %path.display(), bytes = len, "the dead-letter file holds only a partial line (an interrupted write); removing it");
+                file.set_len(0).map_err(|e| io(path, "write", e))?;
+            }
+            return Ok(0);
+        }
+    };
+    if end + 1 < len {
+        tracing::warn!(file = %path.display(), bytes = len - end - 1, "the dead-letter file ends in a partial line (an interrupted write); removing it");
+        file.set_len(end + 1).map_err(|e| io(path, "write", e))?;
+    }
+    let start = newline_before(file, end)
+        .map_err(|e| io(path, "read", e))?
+        .map_or(0, |at| at + 1);
+    let mut line = vec![0; (end - start) as usize];
+    use std::io::{Read, Seek};
+    file.seek(std::io::SeekFrom::Start(start))
+        .and_then(|_| file.read_exact(&mut line))
+        .map_err(|e| io(path, "read", e))?;
+    let last: Letter = serde_json::from_slice(&line).map_err(|e| {
+        ConnectorError::fatal(format!(
+            "the dead-letter file {} is damaged at its last line: {e}",
+            path.display()
+        ))
+        .with_hint("repair or remove that line; every line is one JSON document")
+    })?;
+    Ok(last.id)
+}
+
+/// The position of the last newline before `before`, reading backwards in chunks.
+fn newline_before(file: &mut File, before: u64) -> std::io::Result<Option<u64>> {
+    use std::io::{Read, Seek};
+    const CHUNK: u64 = 64 << 10;
+    let mut end = before;
+    let mut buf = vec![0; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(std::io::SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + i as u64));
+        }
+        end = start;
+    }
+    Ok(None)
 }
 
 /// When the store was read (its stamp) and the keys it held then.
@@ -445,6 +515,66 @@ mod tests {
         parking.refresh().unwrap();
         assert!(!parking.holds(&t, "{\"id\":1}"));
         assert!(parking.holds(&t, "{\"id\":2}"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_no_letter_before_it_is_lost() {
+        let dir = std::env::temp_dir().join(format!("cutover-dl-torn-{}", std::process::id()));
+        let path = dir.join("sink.jsonl");
+        let file = FileStore::new(path.clone());
+        let locked = file.lock().unwrap();
+        locked
+            .append(vec![letter("{\"id\":1}"), letter("{\"id\":2}")])
+            .unwrap();
+        // A crash in the middle of the next append: half a line, no newline.
+        let whole = std::fs::read(&path).unwrap();
+        let one_line = whole.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&whole[..one_line / 2]);
+        std::fs::write(&path, &torn).unwrap();
+        let read = locked.read().unwrap();
+        assert_eq!(read.iter().map(|l| l.id).collect::<Vec<_>>(), vec![1, 2]);
+        locked.append(vec![letter("{\"id\":3}")]).unwrap();
+        let read = locked.read().unwrap();
+        assert_eq!(read.iter().map(|l| l.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(read[2].key, "{\"id\":3}");
+        assert!(std::fs::read(&path).unwrap().ends_with(b"\n"));
+        // A damaged line in the middle is an error that names it.
+        let mut damaged = std::fs::read(&path).unwrap();
+        damaged[one_line + 1] = b'#';
+        std::fs::write(&path, &damaged).unwrap();
+        let e = locked.read().unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        // A file holding only a partial line: the append starts over at id 1.
+        std::fs::write(&path, b"{\"id\":7,\"sche").unwrap();
+        locked.append(vec![letter("{\"id\":9}")]).unwrap();
+        assert_eq!(
+            locked
+                .read()
+                .unwrap()
+                .iter()
+                .map(|l| l.id)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+        drop(locked);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn append_finds_the_last_id_behind_a_long_line() {
+        let dir = std::env::temp_dir().join(format!("cutover-dl-long-{}", std::process::id()));
+        let path = dir.join("sink.jsonl");
+        let file = FileStore::new(path.clone());
+        let locked = file.lock().unwrap();
+        let mut big = letter("{\"id\":1}");
+        big.payload = Some("x".repeat(200_000));
+        locked.append(vec![letter("{\"id\":0}"), big]).unwrap();
+        locked.append(vec![letter("{\"id\":2}")]).unwrap();
+        let ids: Vec<u64> = locked.read().unwrap().iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        drop(locked);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

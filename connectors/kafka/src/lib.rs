@@ -48,8 +48,9 @@ use state::StateFile;
 /// How long to wait for the brokers when connecting and creating topics.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Settings of one Kafka sink.
-#[derive(Debug, Clone)]
+/// Settings of one Kafka sink. `Debug` leaves out the property values (they may hold
+/// `sasl.password` or `ssl.key.password`).
+#[derive(Clone)]
 pub struct KafkaSinkOptions {
     /// Names the sink in status output and logs.
     pub name: String,
@@ -79,6 +80,21 @@ pub struct KafkaSinkOptions {
     /// A topic on the sink's brokers where such messages are parked instead of a file
     /// (created with one partition, compacted); see the `letters` module.
     pub dead_letter_topic: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaSinkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSinkOptions")
+            .field("name", &self.name)
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic.as_str())
+            .field("format", &self.format)
+            .field(
+                "properties",
+                &self.properties.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// Characters Kafka allows in a topic name.

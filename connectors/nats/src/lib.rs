@@ -34,7 +34,8 @@ const ACK_WINDOW: usize = 4096;
 const STATE_BUCKET: &str = "cutover_state";
 
 /// Settings of one NATS sink.
-#[derive(Debug, Clone)]
+/// `Debug` shows the server without the URL's credentials.
+#[derive(Clone)]
 pub struct NatsSinkOptions {
     /// Names the sink in status output, logs and its state key.
     pub name: String,
@@ -53,6 +54,17 @@ pub struct NatsSinkOptions {
     /// Where messages the server refuses for good (over `max_payload` or the stream's
     /// maximum message size) are parked; `None`: such a message stops the sink.
     pub dead_letter_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for NatsSinkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSinkOptions")
+            .field("name", &self.name)
+            .field("server", &redacted(&self.url))
+            .field("subject", &self.subject.as_str())
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Characters allowed in one subject token (a table or schema name substituted into it).

@@ -22,6 +22,16 @@ impl PgEndpoint {
     /// Parses a libpq-style URL or key=value string. `role` names the endpoint in messages
     /// (`source`, `target`).
     pub fn parse(url: &str, role: &'static str) -> Result<Self> {
+        if let Some((_, rest)) = url.split_once("://") {
+            // The URL parser splits at the first @: the rest of a password holding an @ would
+            // be taken for the host name (and shown in messages).
+            if rest.matches('@').count() > 1 {
+                return Err(ConnectorError::fatal(format!(
+                    "the {role} connection string has more than one unescaped @ before the host"
+                ))
+                .with_hint("write an @ in the user name or password as %40"));
+            }
+        }
         let mut config = Config::from_str(url).map_err(|e| {
             ConnectorError::fatal(format!(
                 "the {role} connection string is not valid: {}",
@@ -77,7 +87,8 @@ impl PgEndpoint {
             .unwrap_or_else(|| self.user())
     }
 
-    /// Opens an ordinary SQL session. The connection task runs in the background.
+    /// Opens an ordinary SQL session, with cutover's own session settings (see
+    /// [`SESSION_SETTINGS`]). The connection task runs in the background.
     pub async fn connect(&self) -> Result<Client> {
         let (client, connection) = self
             .config
@@ -89,9 +100,24 @@ impl PgEndpoint {
                 tracing::debug!(error = %e, "PostgreSQL connection closed");
             }
         });
+        client.batch_execute(SESSION_SETTINGS).await.map_err(|e| {
+            classify(
+                e,
+                &format!(
+                    "cannot set cutover's session settings on the {} {self}",
+                    self.role
+                ),
+            )
+        })?;
         Ok(client)
     }
 }
+
+/// What every cutover session sets first, over the role's and the database's defaults: no
+/// statement, lock or idle-in-transaction timeout. A role-level `statement_timeout` would
+/// otherwise cancel a long snapshot COPY or merge, which is retried from its start forever.
+pub const SESSION_SETTINGS: &str =
+    "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0";
 
 impl fmt::Display for PgEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,6 +165,19 @@ mod tests {
         assert!(!shown.contains("s3cret-pw"), "{shown}");
         assert_eq!(e.to_string(), "postgres://app@db.internal:6543/shop");
         assert_eq!(e.password(), "s3cret-pw");
+    }
+
+    #[test]
+    fn an_unescaped_at_in_a_password_is_refused_without_showing_it() {
+        let e = PgEndpoint::parse("postgres://app:tail@of-secret@db:5432/shop", "target")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("of-secret") && !e.contains("tail"), "{e}");
+        assert!(e.contains("%40"), "{e}");
+        let ok =
+            PgEndpoint::parse("postgres://app:tail%40of-secret@db:5432/shop", "target").unwrap();
+        assert_eq!(ok.password(), "tail@of-secret");
+        assert_eq!(ok.to_string(), "postgres://app@db:5432/shop");
     }
 
     #[test]

@@ -149,7 +149,10 @@ mod tests {
             kind("requested WAL segment 000000010000000000000003 has already been removed (SQLSTATE 58P01)"),
             ErrorKind::Fatal
         );
-        assert_eq!(kind("invalid input syntax (SQLSTATE 22P02)"), ErrorKind::Fatal);
+        assert_eq!(
+            kind("invalid input syntax (SQLSTATE 22P02)"),
+            ErrorKind::Fatal
+        );
         assert_eq!(kind("no code at all"), ErrorKind::Fatal);
     }
 }

@@ -48,6 +48,10 @@ pub enum DecodeError {
     },
     #[error("empty pgoutput message")]
     Empty,
+    /// cutover asks for every value in its type's binary format; a type without a binary send
+    /// function arrives as text, which cutover would write wrongly, so it stops instead.
+    #[error("pgoutput sent column {column} of {table} in text format: its type has no binary send function, so cutover cannot carry its values exactly. Fix: change the column to a type with binary I/O (for example text, with a cast), or leave the table out of source.tables")]
+    TextValue { table: String, column: String },
 }
 
 /// One decoded message.
@@ -318,12 +322,18 @@ impl Reader<'_> {
             });
         }
         let mut values = Vec::with_capacity(count);
-        for _ in 0..count {
+        for column in &table.columns {
             let kind = self.u8()?;
             values.push(match kind {
                 b'n' => Value::Null,
                 b'u' => Value::Unchanged,
-                b't' | b'b' => {
+                b't' => {
+                    return Err(DecodeError::TextValue {
+                        table: table.name.to_string(),
+                        column: column.name.clone(),
+                    })
+                }
+                b'b' => {
                     let len = self.i32()?;
                     if len < 0 {
                         return Err(DecodeError::NegativeLength {
@@ -410,13 +420,13 @@ mod tests {
         b.put_u32(16384);
         b.put_u8(b'K');
         b.put_i16(2);
-        b.put_u8(b't');
+        b.put_u8(b'b');
         b.put_i32(1);
         b.put_u8(b'1');
         b.put_u8(b'n');
         b.put_u8(b'N');
         b.put_i16(2);
-        b.put_u8(b't');
+        b.put_u8(b'b');
         b.put_i32(1);
         b.put_u8(b'2');
         b.put_u8(b'u');
@@ -425,6 +435,30 @@ mod tests {
         };
         assert!(old_key.is_some());
         assert_eq!(row.0[1], Value::Unchanged);
+    }
+
+    #[test]
+    fn a_text_format_value_is_refused_with_its_column_not_read_as_binary() {
+        let mut d = Decoder::new();
+        d.decode(&relation_frame()).unwrap();
+        let mut b = BytesMut::new();
+        b.put_u8(b'I');
+        b.put_u32(16384);
+        b.put_u8(b'N');
+        b.put_i16(2);
+        b.put_u8(b'b');
+        b.put_i32(8);
+        b.put_i64(7);
+        b.put_u8(b't');
+        b.put_i32(3);
+        b.put_slice(b"abc");
+        let e = d.decode(&b.freeze()).unwrap_err();
+        let DecodeError::TextValue { table, column } = &e else {
+            panic!("not a text-format refusal: {e}")
+        };
+        assert_eq!(table, "public.orders");
+        assert_eq!(column, "note");
+        assert!(e.to_string().contains("binary send function"), "{e}");
     }
 
     #[test]

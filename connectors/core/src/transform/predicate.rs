@@ -80,7 +80,12 @@ impl Predicate {
     /// Parses `text`; the error says where (character offset) and what was expected.
     pub fn parse(text: &str) -> Result<Predicate, String> {
         let tokens = tokenize(text)?;
-        let mut p = Parser { tokens, at: 0 };
+        let mut p = Parser {
+            tokens,
+            at: 0,
+            depth: 0,
+            joins: 0,
+        };
         let expr = p.or()?;
         match p.tokens.get(p.at) {
             None => Ok(expr),
@@ -578,9 +583,20 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
+/// Deepest nesting of parentheses and NOT a filter may have: the parser, and every walk of the
+/// parsed condition, recurse once per level.
+const MAX_DEPTH: usize = 64;
+
+/// Most AND/OR joins in one filter (each is a level of the parsed condition).
+const MAX_JOINS: usize = 256;
+
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    /// Parentheses and NOTs open at this point.
+    depth: usize,
+    /// AND and OR joins so far.
+    joins: usize,
 }
 
 impl Parser {
@@ -606,6 +622,7 @@ impl Parser {
     fn or(&mut self) -> Result<Predicate, String> {
         let mut left = self.and()?;
         while self.eat_keyword("or") {
+            self.joined()?;
             left = Predicate::Or(Box::new(left), Box::new(self.and()?));
         }
         Ok(left)
@@ -614,14 +631,39 @@ impl Parser {
     fn and(&mut self) -> Result<Predicate, String> {
         let mut left = self.not()?;
         while self.eat_keyword("and") {
+            self.joined()?;
             left = Predicate::And(Box::new(left), Box::new(self.not()?));
         }
         Ok(left)
     }
 
+    fn joined(&mut self) -> Result<(), String> {
+        self.joins += 1;
+        if self.joins > MAX_JOINS {
+            return Err(format!(
+                "the filter joins more than {MAX_JOINS} conditions with AND/OR; use IN (...) for a list of values, or split the rule"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Enters one level of nesting (a parenthesis or a NOT).
+    fn deeper(&mut self) -> Result<(), String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(format!(
+                "the filter nests parentheses and NOT more than {MAX_DEPTH} deep; write it flatter"
+            ));
+        }
+        Ok(())
+    }
+
     fn not(&mut self) -> Result<Predicate, String> {
         if self.eat_keyword("not") {
-            return Ok(Predicate::Not(Box::new(self.not()?)));
+            self.deeper()?;
+            let inner = self.not()?;
+            self.depth -= 1;
+            return Ok(Predicate::Not(Box::new(inner)));
         }
         self.primary()
     }
@@ -629,7 +671,9 @@ impl Parser {
     fn primary(&mut self) -> Result<Predicate, String> {
         let column = match self.next() {
             Some(Token::Open) => {
+                self.deeper()?;
                 let inner = self.or()?;
+                self.depth -= 1;
                 return match self.next() {
                     Some(Token::Close) => Ok(inner),
                     other => Err(format!("expected `)`, found {}", describe(other.as_ref()))),
@@ -828,5 +872,21 @@ mod tests {
                 .columns(),
             vec!["a", "b", "C d"]
         );
+    }
+
+    #[test]
+    fn deep_or_long_filters_are_refused_clearly_not_by_a_stack_overflow() {
+        let deep = format!("{}a = 1{}", "(".repeat(100_000), ")".repeat(100_000));
+        let e = Predicate::parse(&deep).unwrap_err();
+        assert!(e.contains("more than 64 deep"), "{e}");
+        let nots = format!("{}a = 1", "NOT ".repeat(100_000));
+        assert!(Predicate::parse(&nots).unwrap_err().contains("deep"));
+        let long = vec!["a = 1"; 100_000].join(" AND ");
+        let e = Predicate::parse(&long).unwrap_err();
+        assert!(e.contains("more than 256 conditions"), "{e}");
+        // Within the limits, nesting still parses.
+        let ok = format!("{}a = 1{}", "(".repeat(60), ")".repeat(60));
+        assert!(Predicate::parse(&ok).is_ok());
+        assert!(Predicate::parse(&vec!["a = 1"; 200].join(" OR ")).is_ok());
     }
 }
