@@ -12,6 +12,7 @@ pub mod datum;
 pub mod dead_letters;
 pub mod envelope;
 mod error;
+pub mod event_sink;
 pub mod naming;
 pub mod outbox;
 mod position;

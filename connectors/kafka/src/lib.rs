@@ -26,19 +26,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cutover_core::envelope::{Encoder, EnvelopeFormat, Op};
+use cutover_core::event_sink::{EventSink, Routes, Transport};
 use cutover_core::naming::{replace_disallowed, Template};
-use cutover_core::outbox::{now_micros, Outbox, Outgoing};
-use cutover_core::{
-    ConnectorError, Lsn, PendingWrite, Result, Row, Sink, SinkState, StreamEvent, TableCopy,
-    TableName, TableSchema,
-};
+use cutover_core::outbox::Outgoing;
+use cutover_core::{ConnectorError, Result, SinkState, TableName, TableSchema};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use tokio::sync::Mutex;
 
 use cutover_core::dead_letters::{self, blocking, FileStore, Letter, LetterStore, Parking};
 use cutover_core::ErrorKind;
@@ -232,23 +229,23 @@ pub async fn dead_letter_store(options: &KafkaSinkOptions) -> Result<Option<Box<
 
 /// A topic of one table: its name and partition count.
 #[derive(Debug, Clone)]
-struct Topic {
+pub struct Topic {
     name: String,
     partitions: i32,
 }
 
 /// The Kafka sink. See the crate documentation for its delivery contract.
-pub struct KafkaSink {
+pub type KafkaSink = EventSink<KafkaTransport>;
+
+/// How the Kafka sink reaches the brokers and keeps its progress (a local state file).
+pub struct KafkaTransport {
     options: KafkaSinkOptions,
     producer: FutureProducer,
-    topics: Arc<HashMap<TableName, Topic>>,
-    outbox: Outbox,
-    state: Arc<Mutex<(SinkState, StateFile)>>,
-    parking: Option<Arc<Parking>>,
+    state: StateFile,
 }
 
-impl KafkaSink {
-    /// Creates the producer and checks that the brokers answer.
+impl KafkaTransport {
+    /// Creates the producer, checks that the brokers answer, and returns the sink.
     pub async fn connect(options: KafkaSinkOptions) -> Result<KafkaSink> {
         let producer = producer(&options)?;
         let probe = producer.clone();
@@ -270,14 +267,15 @@ impl KafkaSink {
         let parking = open_dead_letters(&options, &producer)
             .await?
             .map(|store| Arc::new(Parking::new(store)));
-        Ok(KafkaSink {
-            producer,
-            topics: Arc::new(HashMap::new()),
-            outbox: Outbox::new(encoder),
-            state: Arc::new(Mutex::new((SinkState::default(), state))),
+        Ok(EventSink::new(
+            KafkaTransport {
+                options,
+                producer,
+                state,
+            },
+            encoder,
             parking,
-            options,
-        })
+        ))
     }
 
     /// Reads the sink's saved progress (`cutover status`).
@@ -547,129 +545,33 @@ async fn send(
 }
 
 #[async_trait]
-impl Sink for KafkaSink {
+impl Transport for KafkaTransport {
+    type Route = Topic;
+
     fn name(&self) -> &str {
         &self.options.name
     }
 
-    async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
+    async fn prepare(&self, tables: &[Arc<TableSchema>]) -> Result<Routes<Topic>> {
         tables.iter().try_for_each(|t| refuse_keyless(t))?;
-        self.topics = Arc::new(self.prepare_topics(tables).await?);
-        let mut guard = self.state.lock().await;
-        let loaded = guard.1.load().await?;
-        guard.0 = loaded.clone();
-        Ok(loaded)
+        self.prepare_topics(tables).await
     }
 
-    async fn add_table(&mut self, table: Arc<TableSchema>) -> Result<()> {
-        refuse_keyless(&table)?;
-        let added = self.prepare_topics(std::slice::from_ref(&table)).await?;
-        let mut topics = (*self.topics).clone();
-        topics.extend(added);
-        self.topics = Arc::new(topics);
-        Ok(())
-    }
-
-    async fn begin_copy(
+    async fn publish(
         &self,
-        table: Arc<TableSchema>,
-        snapshot_lsn: Lsn,
-    ) -> Result<Box<dyn TableCopy>> {
-        Ok(Box::new(KafkaTableCopy {
-            producer: self.producer.clone(),
-            topics: self.topics.clone(),
-            encoder: self.outbox.encoder().clone(),
-            table,
-            snapshot_lsn,
-            started_micros: now_micros(),
-            rows: 0,
-            state: self.state.clone(),
-            parking: self.parking.clone(),
-        }))
+        routes: &Routes<Topic>,
+        messages: Vec<Outgoing>,
+        parking: Option<&Parking>,
+    ) -> Result<()> {
+        publish(&self.producer, routes, &messages, parking).await
     }
 
-    async fn apply(&mut self, event: StreamEvent) -> Result<()> {
-        self.outbox.push(event)
+    async fn load_state(&self) -> Result<SinkState> {
+        self.state.load().await
     }
 
-    async fn apply_all(&mut self, events: Vec<StreamEvent>) -> Result<()> {
-        for event in events {
-            self.outbox.push(event)?;
-        }
-        Ok(())
-    }
-
-    fn seal(&mut self) -> PendingWrite {
-        let (messages, checkpoint) = self.outbox.take();
-        let producer = self.producer.clone();
-        let topics = self.topics.clone();
-        let state = self.state.clone();
-        let parking = self.parking.clone();
-        Box::pin(async move {
-            publish(&producer, &topics, &messages, parking.as_deref()).await?;
-            if let Some(cp) = checkpoint {
-                let mut guard = state.lock().await;
-                guard.0.checkpoint = Some(cp);
-                let doc = guard.0.to_json();
-                guard.1.save(doc).await?;
-            }
-            Ok(checkpoint)
-        })
-    }
-
-    fn buffered_bytes(&self) -> usize {
-        self.outbox.bytes()
-    }
-
-    fn parked(&self) -> u64 {
-        Parking::count(self.parking.as_ref())
-    }
-}
-
-/// One table's snapshot into Kafka: `op: snapshot` (Debezium `r`) messages, acknowledged chunk
-/// by chunk; the table counts as copied once `finish` saved the state.
-struct KafkaTableCopy {
-    producer: FutureProducer,
-    topics: Arc<HashMap<TableName, Topic>>,
-    encoder: Encoder,
-    table: Arc<TableSchema>,
-    snapshot_lsn: Lsn,
-    started_micros: i64,
-    rows: u64,
-    state: Arc<Mutex<(SinkState, StateFile)>>,
-    parking: Option<Arc<Parking>>,
-}
-
-#[async_trait]
-impl TableCopy for KafkaTableCopy {
-    async fn write(&mut self, rows: &[Row]) -> Result<()> {
-        let messages = Outbox::snapshot(
-            &self.encoder,
-            &self.table,
-            rows,
-            self.snapshot_lsn,
-            self.started_micros,
-        )?;
-        publish(
-            &self.producer,
-            &self.topics,
-            &messages,
-            self.parking.as_deref(),
-        )
-        .await?;
-        self.rows += rows.len() as u64;
-        Ok(())
-    }
-
-    async fn finish(self: Box<Self>) -> Result<u64> {
-        let mut guard = self.state.lock().await;
-        guard
-            .0
-            .copied_tables
-            .insert(self.table.name.clone(), self.snapshot_lsn);
-        let doc = guard.0.to_json();
-        guard.1.save(doc).await?;
-        Ok(self.rows)
+    async fn save_state(&self, state: &SinkState) -> Result<()> {
+        self.state.save(state.to_json()).await
     }
 }
 

@@ -16,7 +16,7 @@ use cutover_core::{
 use serde::Deserialize;
 
 use crate::verify::KafkaTableSide;
-use crate::{check_topic_name, KafkaSink, KafkaSinkOptions};
+use crate::{check_topic_name, KafkaSinkOptions, KafkaTransport};
 
 /// `kind = "kafka"`: Kafka topics, one per table.
 #[derive(Debug, Deserialize)]
@@ -164,15 +164,15 @@ impl Target for KafkaSinkOptions {
     async fn connect(&self, ctx: &TargetContext) -> Result<Box<dyn Sink>> {
         let mut options = self.clone();
         options.source_database = ctx.source_database.clone();
-        Ok(Box::new(KafkaSink::connect(options).await?))
+        Ok(Box::new(KafkaTransport::connect(options).await?))
     }
 
     async fn saved_state(&self, _ctx: &TargetContext) -> Result<SinkState> {
-        KafkaSink::saved_state(self).await
+        KafkaTransport::saved_state(self).await
     }
 
     async fn forget_state(&self, _ctx: &TargetContext) -> Result<String> {
-        KafkaSink::forget_state(self).await?;
+        KafkaTransport::forget_state(self).await?;
         Ok(format!(
             "state file {} deleted (the topics are left as they are)",
             self.state_path.display()

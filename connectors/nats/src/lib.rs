@@ -18,13 +18,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cutover_core::dead_letters::{self, blocking, FileStore, Letter, Parking};
 use cutover_core::envelope::{Encoder, EnvelopeFormat};
+use cutover_core::event_sink::{EventSink, Routes, Transport};
 use cutover_core::naming::{replace_disallowed, Template};
-use cutover_core::outbox::{now_micros, Outbox, Outgoing};
-use cutover_core::{
-    ConnectorError, ErrorKind, Lsn, PendingWrite, Result, Row, Sink, SinkState, StreamEvent,
-    TableCopy, TableName, TableSchema,
-};
-use tokio::sync::Mutex;
+use cutover_core::outbox::Outgoing;
+use cutover_core::{ConnectorError, ErrorKind, Result, SinkState, TableName, TableSchema};
 
 /// Acknowledgements awaited at most at once (the client's in-flight limit is set above it).
 pub mod target;
@@ -102,13 +99,14 @@ pub fn check_subject(subject: &str) -> std::result::Result<(), String> {
 }
 
 /// The NATS sink. See the crate documentation for its delivery contract.
-pub struct NatsSink {
+pub type NatsSink = EventSink<NatsTransport>;
+
+/// How the NATS sink reaches JetStream and keeps its progress (a key-value bucket).
+pub struct NatsTransport {
     options: NatsSinkOptions,
     js: jetstream::Context,
-    subjects: Arc<HashMap<TableName, String>>,
-    outbox: Outbox,
-    state: Arc<Mutex<(SinkState, Option<kv::Store>)>>,
-    parking: Option<Arc<Parking>>,
+    /// The state bucket, opened by the first `load_state`.
+    store: tokio::sync::OnceCell<kv::Store>,
 }
 
 fn nats_error(
@@ -151,9 +149,25 @@ pub(crate) async fn open_client(
         })
 }
 
-impl NatsSink {
-    /// Connects to the server; fails at once (retryable) when it does not answer.
+impl NatsTransport {
+    /// Connects to the server and returns the sink; fails at once (retryable) when the server
+    /// does not answer.
     pub async fn connect(options: NatsSinkOptions) -> Result<NatsSink> {
+        let encoder = Encoder {
+            format: options.format,
+            tombstones: false,
+            source_name: options.pipeline.clone(),
+            database: options.source_database.clone(),
+        };
+        let parking = Parking::for_file(options.dead_letter_file.as_ref());
+        Ok(EventSink::new(
+            NatsTransport::open(options).await?,
+            encoder,
+            parking,
+        ))
+    }
+
+    async fn open(options: NatsSinkOptions) -> Result<NatsTransport> {
         let client = open_client(
             &options,
             format!("cutover-{}-{}", options.pipeline, options.name),
@@ -163,25 +177,16 @@ impl NatsSink {
             .timeout(Duration::from_secs(30))
             .max_ack_inflight(ACK_WINDOW * 2)
             .build(client);
-        let encoder = Encoder {
-            format: options.format,
-            tombstones: false,
-            source_name: options.pipeline.clone(),
-            database: options.source_database.clone(),
-        };
-        Ok(NatsSink {
-            js,
-            subjects: Arc::new(HashMap::new()),
-            outbox: Outbox::new(encoder),
-            state: Arc::new(Mutex::new((SinkState::default(), None))),
-            parking: Parking::for_file(options.dead_letter_file.as_ref()),
+        Ok(NatsTransport {
             options,
+            js,
+            store: tokio::sync::OnceCell::new(),
         })
     }
 
     /// Reads the sink's saved progress without preparing anything (`cutover status`).
     pub async fn saved_state(options: &NatsSinkOptions) -> Result<SinkState> {
-        let sink = NatsSink::connect(options.clone()).await?;
+        let sink = NatsTransport::open(options.clone()).await?;
         let Ok(store) = sink.js.get_key_value(STATE_BUCKET).await else {
             return Ok(SinkState::default());
         };
@@ -198,7 +203,7 @@ impl NatsSink {
     /// Deletes the sink's saved progress (`cutover teardown --target-state`), so the next run
     /// copies every table again. The stream and its messages are left alone.
     pub async fn forget_state(options: &NatsSinkOptions) -> Result<()> {
-        let sink = NatsSink::connect(options.clone()).await?;
+        let sink = NatsTransport::open(options.clone()).await?;
         if let Ok(store) = sink.js.get_key_value(STATE_BUCKET).await {
             store.purge(sink.state_key()).await.map_err(|e| {
                 nats_error(ErrorKind::Retryable, "cannot delete the sink's progress", e)
@@ -502,32 +507,15 @@ pub async fn replay_dead_letters(options: &NatsSinkOptions) -> Result<(u64, u64)
     .await
 }
 
-async fn save_state(
-    state: &Mutex<(SinkState, Option<kv::Store>)>,
-    key: &str,
-    update: impl FnOnce(&mut SinkState),
-) -> Result<()> {
-    let mut guard = state.lock().await;
-    update(&mut guard.0);
-    let doc = Bytes::from(guard.0.to_json());
-    let store = guard
-        .1
-        .as_ref()
-        .ok_or_else(|| ConnectorError::fatal("the sink was not opened"))?;
-    store
-        .put(key, doc)
-        .await
-        .map_err(|e| nats_error(ErrorKind::Retryable, "cannot save the sink's progress", e))?;
-    Ok(())
-}
-
 #[async_trait]
-impl Sink for NatsSink {
+impl Transport for NatsTransport {
+    type Route = String;
+
     fn name(&self) -> &str {
         &self.options.name
     }
 
-    async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState> {
+    async fn prepare(&self, tables: &[Arc<TableSchema>]) -> Result<Routes<String>> {
         let mut subjects = HashMap::new();
         for table in tables {
             subjects.insert(table.name.clone(), self.subject_for(table)?);
@@ -536,119 +524,40 @@ impl Sink for NatsSink {
         unique.sort_unstable();
         unique.dedup();
         self.prepare_stream(&unique).await?;
-        let store = self.state_store().await?;
-        let loaded =
-            match store.get(self.state_key()).await.map_err(|e| {
-                nats_error(ErrorKind::Retryable, "cannot read the sink's progress", e)
-            })? {
-                Some(doc) => SinkState::from_json(&doc)?,
-                None => SinkState::default(),
-            };
-        *self.state.lock().await = (loaded.clone(), Some(store));
-        self.subjects = Arc::new(subjects);
-        Ok(loaded)
+        Ok(subjects)
     }
 
-    async fn add_table(&mut self, table: Arc<TableSchema>) -> Result<()> {
-        let subject = self.subject_for(&table)?;
-        self.prepare_stream(std::slice::from_ref(&subject)).await?;
-        let mut subjects = (*self.subjects).clone();
-        subjects.insert(table.name.clone(), subject);
-        self.subjects = Arc::new(subjects);
-        Ok(())
-    }
-
-    async fn begin_copy(
+    async fn publish(
         &self,
-        table: Arc<TableSchema>,
-        snapshot_lsn: Lsn,
-    ) -> Result<Box<dyn TableCopy>> {
-        Ok(Box::new(NatsTableCopy {
-            js: self.js.clone(),
-            subjects: self.subjects.clone(),
-            encoder: self.outbox.encoder().clone(),
-            table,
-            snapshot_lsn,
-            started_micros: now_micros(),
-            rows: 0,
-            state: self.state.clone(),
-            state_key: self.state_key(),
-            parking: self.parking.clone(),
-        }))
+        routes: &Routes<String>,
+        messages: Vec<Outgoing>,
+        parking: Option<&Parking>,
+    ) -> Result<()> {
+        publish(&self.js, routes, messages, parking).await
     }
 
-    async fn apply(&mut self, event: StreamEvent) -> Result<()> {
-        self.outbox.push(event)
-    }
-
-    async fn apply_all(&mut self, events: Vec<StreamEvent>) -> Result<()> {
-        for event in events {
-            self.outbox.push(event)?;
+    async fn load_state(&self) -> Result<SinkState> {
+        let store = self.store.get_or_try_init(|| self.state_store()).await?;
+        match store
+            .get(self.state_key())
+            .await
+            .map_err(|e| nats_error(ErrorKind::Retryable, "cannot read the sink's progress", e))?
+        {
+            Some(doc) => SinkState::from_json(&doc),
+            None => Ok(SinkState::default()),
         }
+    }
+
+    async fn save_state(&self, state: &SinkState) -> Result<()> {
+        let store = self
+            .store
+            .get()
+            .ok_or_else(|| ConnectorError::fatal("the sink was not opened"))?;
+        store
+            .put(self.state_key(), Bytes::from(state.to_json()))
+            .await
+            .map_err(|e| nats_error(ErrorKind::Retryable, "cannot save the sink's progress", e))?;
         Ok(())
-    }
-
-    fn seal(&mut self) -> PendingWrite {
-        let (messages, checkpoint) = self.outbox.take();
-        let js = self.js.clone();
-        let subjects = self.subjects.clone();
-        let state = self.state.clone();
-        let key = self.state_key();
-        let parking = self.parking.clone();
-        Box::pin(async move {
-            publish(&js, &subjects, messages, parking.as_deref()).await?;
-            if let Some(cp) = checkpoint {
-                save_state(&state, &key, |s| s.checkpoint = Some(cp)).await?;
-            }
-            Ok(checkpoint)
-        })
-    }
-
-    fn buffered_bytes(&self) -> usize {
-        self.outbox.bytes()
-    }
-
-    fn parked(&self) -> u64 {
-        Parking::count(self.parking.as_ref())
-    }
-}
-
-/// One table's snapshot into the stream, acknowledged chunk by chunk.
-struct NatsTableCopy {
-    js: jetstream::Context,
-    subjects: Arc<HashMap<TableName, String>>,
-    encoder: Encoder,
-    table: Arc<TableSchema>,
-    snapshot_lsn: Lsn,
-    started_micros: i64,
-    rows: u64,
-    state: Arc<Mutex<(SinkState, Option<kv::Store>)>>,
-    state_key: String,
-    parking: Option<Arc<Parking>>,
-}
-
-#[async_trait]
-impl TableCopy for NatsTableCopy {
-    async fn write(&mut self, rows: &[Row]) -> Result<()> {
-        let messages = Outbox::snapshot(
-            &self.encoder,
-            &self.table,
-            rows,
-            self.snapshot_lsn,
-            self.started_micros,
-        )?;
-        publish(&self.js, &self.subjects, messages, self.parking.as_deref()).await?;
-        self.rows += rows.len() as u64;
-        Ok(())
-    }
-
-    async fn finish(self: Box<Self>) -> Result<u64> {
-        let (table, lsn) = (self.table.name.clone(), self.snapshot_lsn);
-        save_state(&self.state, &self.state_key, |s| {
-            s.copied_tables.insert(table, lsn);
-        })
-        .await?;
-        Ok(self.rows)
     }
 }
 

@@ -15,7 +15,7 @@ use cutover_core::{
 use serde::Deserialize;
 
 use crate::verify::NatsTableSide;
-use crate::{check_stream_name, NatsSink, NatsSinkOptions};
+use crate::{check_stream_name, NatsSinkOptions, NatsTransport};
 
 /// `kind = "nats"`: NATS JetStream subjects, one per table, in one stream.
 #[derive(Debug, Deserialize)]
@@ -88,15 +88,15 @@ impl Target for NatsSinkOptions {
     async fn connect(&self, ctx: &TargetContext) -> Result<Box<dyn Sink>> {
         let mut options = self.clone();
         options.source_database = ctx.source_database.clone();
-        Ok(Box::new(NatsSink::connect(options).await?))
+        Ok(Box::new(NatsTransport::connect(options).await?))
     }
 
     async fn saved_state(&self, _ctx: &TargetContext) -> Result<SinkState> {
-        NatsSink::saved_state(self).await
+        NatsTransport::saved_state(self).await
     }
 
     async fn forget_state(&self, _ctx: &TargetContext) -> Result<String> {
-        NatsSink::forget_state(self).await?;
+        NatsTransport::forget_state(self).await?;
         Ok("saved progress deleted (the stream is left as it is)".into())
     }
 

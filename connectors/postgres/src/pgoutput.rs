@@ -441,14 +441,9 @@ mod tests {
     fn a_text_format_value_is_refused_with_its_column_not_read_as_binary() {
         let mut d = Decoder::new();
         d.decode(&relation_frame()).unwrap();
-        let mut b = BytesMut::new();
-        b.put_u8(b'I');
-        b.put_u32(16384);
-        b.put_u8(b'N');
-        b.put_i16(2);
-        b.put_u8(b'b');
-        b.put_i32(8);
-        b.put_i64(7);
+        // The insert, with its last column (`note`) in text format instead of NULL.
+        let insert = insert_frame();
+        let mut b = BytesMut::from(&insert[..insert.len() - 1]);
         b.put_u8(b't');
         b.put_i32(3);
         b.put_slice(b"abc");
