@@ -277,20 +277,14 @@ pub async fn verify(
             } else {
                 (compiled.output().clone(), Some(Arc::new(compiled)))
             };
-            reports.push(
-                check_table(
-                    cfg,
-                    &source,
-                    index,
-                    table,
-                    target_table,
-                    shaped,
-                    opts,
-                    running,
-                    progress,
-                )
-                .await?,
-            );
+            let run = Checking {
+                cfg,
+                source: &source,
+                opts,
+                running,
+                progress,
+            };
+            reports.push(check_table(&run, index, table, target_table, shaped).await?);
         }
     }
     Ok(Report {
@@ -301,20 +295,32 @@ pub async fn verify(
     })
 }
 
-/// Compares one table of one sink: `target_table` is the table as the sink holds it, and
+/// What every table's check in one `verify` shares.
+struct Checking<'a> {
+    cfg: &'a Pipeline,
+    source: &'a PgSource,
+    opts: &'a VerifyOptions,
+    /// Whether the pipeline streams while the check runs.
+    running: bool,
+    progress: ProgressFn<'a>,
+}
+
+/// Compares one table of sink `index`: `target_table` is the table as the sink holds it, and
 /// `shaped` the sink's transform rules for it (None: the target holds the source's table).
-#[allow(clippy::too_many_arguments)]
 async fn check_table(
-    cfg: &Pipeline,
-    source: &PgSource,
+    run: &Checking<'_>,
     index: usize,
     table: &Arc<TableSchema>,
     target_table: Arc<TableSchema>,
     shaped: Option<Arc<TableTransform>>,
-    opts: &VerifyOptions,
-    running: bool,
-    progress: ProgressFn<'_>,
 ) -> Result<TableReport> {
+    let Checking {
+        cfg,
+        source,
+        opts,
+        running,
+        progress,
+    } = *run;
     let sink = &*cfg.sinks[index];
     let (target, precision) = sink.table_side(target_table.clone()).await?;
     let mut src = PgTableSide::open(source.endpoint(), table.clone(), precision).await?;
