@@ -54,10 +54,16 @@ pub trait Target: Send + Sync + Any {
     /// operator (`cutover teardown --target-state`).
     async fn forget_state(&self, ctx: &TargetContext) -> Result<String>;
 
-    /// Where the target parks dead letters outside itself (a file, a topic), if anywhere.
-    /// Targets that park inside themselves list their letters on their own.
+    /// The local file the target parks dead letters in, if it is configured with one.
+    fn dead_letter_file(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Where the target parks dead letters outside itself (a file, a topic), if anywhere: by
+    /// default its [`Target::dead_letter_file`]. Targets that park inside themselves list their
+    /// letters on their own.
     async fn letter_store(&self) -> Result<Option<Box<dyn LetterStore>>> {
-        Ok(None)
+        Ok(crate::dead_letters::file_store(self.dead_letter_file()))
     }
 
     /// Sends the letters parked in [`Target::letter_store`] again: (sent, still parked).

@@ -5,7 +5,6 @@ use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cutover_core::dead_letters::{file_store, LetterStore};
 use cutover_core::verify::{Precision, TableSide};
 use cutover_core::{
     BuildContext, Result, Sink, SinkState, TableName, TableSchema, Target, TargetConfig,
@@ -96,8 +95,8 @@ impl Target for MongoSinkOptions {
         Ok("saved progress deleted (the collections are left as they are)".into())
     }
 
-    async fn letter_store(&self) -> Result<Option<Box<dyn LetterStore>>> {
-        Ok(file_store(self.dead_letter_file.as_deref()))
+    fn dead_letter_file(&self) -> Option<&std::path::Path> {
+        self.dead_letter_file.as_deref()
     }
 
     async fn replay_letters(&self) -> Result<(u64, u64)> {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cutover_core::dead_letters::{file_store, LetterStore};
 use cutover_core::envelope::EnvelopeFormat;
 use cutover_core::verify::{Precision, TableSide};
 use cutover_core::{
@@ -100,8 +99,8 @@ impl Target for NatsSinkOptions {
         Ok("saved progress deleted (the stream is left as it is)".into())
     }
 
-    async fn letter_store(&self) -> Result<Option<Box<dyn LetterStore>>> {
-        Ok(file_store(self.dead_letter_file.as_deref()))
+    fn dead_letter_file(&self) -> Option<&std::path::Path> {
+        self.dead_letter_file.as_deref()
     }
 
     async fn replay_letters(&self) -> Result<(u64, u64)> {
