@@ -45,6 +45,47 @@ pub struct PipelineFile {
     /// The secret behind `hash` masks.
     #[serde(default)]
     pub masking: MaskingSection,
+    /// The switch of traffic to a PostgreSQL target and back (`cutover switch`, `rollback`).
+    #[serde(default)]
+    pub cutover: CutoverSection,
+}
+
+/// `[cutover]`: the readiness gates and how traffic moves (see docs/switch.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverSection {
+    /// The PostgreSQL sink that becomes the primary (default: the pipeline's only one).
+    pub target: Option<String>,
+    /// Readiness: most WAL the pipeline may be behind the source.
+    pub max_lag_bytes: Option<ByteSize>,
+    /// Readiness: most seconds the pipeline may be behind the source.
+    pub max_lag_s: Option<f64>,
+    /// Readiness: most seconds since the last clean consistency check.
+    pub verify_max_age_s: Option<u64>,
+    /// How long the switch waits for every sink to be durable at the fence's position.
+    pub drain_timeout_s: Option<u64>,
+    /// How long fencing waits for a table lock that a running transaction holds.
+    pub fence_lock_timeout_ms: Option<u64>,
+    /// Steps the target's sequences are set ahead of the source's.
+    pub sequence_margin: Option<u32>,
+    /// A shell command run to move traffic (after PgBouncer, when both are set), with the new
+    /// primary in `CUTOVER_PRIMARY_HOST`, `_PORT`, `_DATABASE` and the direction in
+    /// `CUTOVER_DIRECTION`.
+    pub switch_command: Option<String>,
+    /// PgBouncer in front of the application: paused during the switch, then repointed.
+    pub pgbouncer: Option<PgBouncerSection>,
+}
+
+/// `[cutover.pgbouncer]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgBouncerSection {
+    /// The admin console, e.g. `postgres://pgbouncer@127.0.0.1:6432/pgbouncer` (or `${VAR}`).
+    pub admin_url: String,
+    /// The database entry the application connects to (`[databases]` in the config file).
+    pub database: String,
+    /// PgBouncer's config file: its `database` entry's host, port and dbname are rewritten.
+    pub config_file: String,
 }
 
 #[derive(Default, Deserialize)]
@@ -345,6 +386,40 @@ pub struct Pipeline {
     pub sink_rates: Vec<RateLimits>,
     /// Most rows per second the snapshot reads (None: no limit).
     pub snapshot_rows_per_s: Option<u32>,
+    /// The switch's settings.
+    pub cutover: CutoverSettings,
+    /// After a switch of direction: the position the new direction's slot started at. Every
+    /// sink is complete up to it, so a table a sink has no copy record of counts as copied
+    /// there (see [`crate::switch`]).
+    pub epoch_start: Option<cutover_core::Lsn>,
+    /// The database name the sinks report as the source's (message envelopes, topic names);
+    /// after a switch, the original source's, so topics and subjects stay the same.
+    pub source_label: Option<String>,
+}
+
+/// `[cutover]` with defaults applied (see [`CutoverSection`]).
+#[derive(Clone)]
+pub struct CutoverSettings {
+    /// Index into `sinks` of the PostgreSQL target that becomes the primary, if there is one.
+    pub target: Option<usize>,
+    /// Why there is no target (two PostgreSQL sinks and no `target` key, or none).
+    pub no_target: Option<String>,
+    pub max_lag_bytes: u64,
+    pub max_lag_s: f64,
+    pub verify_max_age_s: u64,
+    pub drain_timeout_s: u64,
+    pub fence_lock_timeout_ms: u64,
+    pub sequence_margin: u32,
+    pub switch_command: Option<String>,
+    pub pgbouncer: Option<PgBouncerSettings>,
+}
+
+/// `[cutover.pgbouncer]` with the admin URL expanded (it may hold a password: never printed).
+#[derive(Clone)]
+pub struct PgBouncerSettings {
+    pub admin_url: String,
+    pub database: String,
+    pub config_file: std::path::PathBuf,
 }
 
 impl fmt::Debug for Pipeline {
@@ -601,6 +676,9 @@ pub fn parse(
         sink_transforms,
         sink_rates: parsed.iter().map(|(c, ..)| c.rate_limits()).collect(),
         snapshot_rows_per_s: file.snapshot.rows_per_s,
+        cutover: cutover_settings(&file, origin, &base_dir, env)?,
+        epoch_start: None,
+        source_label: None,
         verify: VerifySettings {
             interval_s: file.verify.interval_s.or(d.verify.interval_s).unwrap_or(0),
             rows_per_range: file
@@ -658,6 +736,81 @@ pub fn parse(
         ));
     }
     Ok(pipeline)
+}
+
+/// `[cutover]` with defaults; the primary target resolved to a PostgreSQL sink.
+fn cutover_settings(
+    file: &PipelineFile,
+    origin: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<CutoverSettings, ConfigError> {
+    let c = &file.cutover;
+    let kind = |t: &BTreeMap<String, Spanned<toml::Value>>| {
+        t.get("kind")
+            .and_then(|v| v.get_ref().as_str().map(str::to_string))
+            .unwrap_or_else(|| "postgres".into())
+    };
+    let name = |t: &BTreeMap<String, Spanned<toml::Value>>| {
+        t.get("name")
+            .and_then(|v| v.get_ref().as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let pg: Vec<(usize, String)> = file
+        .sinks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| kind(t) == "postgres")
+        .map(|(i, t)| (i, name(t)))
+        .collect();
+    let (target, no_target) = match &c.target {
+        Some(wanted) => match pg.iter().find(|(_, n)| n == wanted) {
+            Some((i, _)) => (Some(*i), None),
+            None => {
+                return Err(ConfigError(format!(
+                    "{origin}: cutover.target: {wanted:?} is not a PostgreSQL sink of this pipeline. Fix: name one of: {}.",
+                    pg.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        },
+        None if pg.len() == 1 => (Some(pg[0].0), None),
+        None if pg.is_empty() => (
+            None,
+            Some("the pipeline has no PostgreSQL sink to switch traffic to".to_string()),
+        ),
+        None => (
+            None,
+            Some("the pipeline has several PostgreSQL sinks. Fix: name the one traffic moves to in [cutover] target = \"...\"".to_string()),
+        ),
+    };
+    let pgbouncer = match &c.pgbouncer {
+        None => None,
+        Some(p) => Some(PgBouncerSettings {
+            admin_url: expand(
+                &p.admin_url,
+                &format!("{origin}: cutover.pgbouncer.admin_url"),
+                env,
+            )?,
+            database: p.database.clone(),
+            config_file: base_dir.join(expand(
+                &p.config_file,
+                &format!("{origin}: cutover.pgbouncer.config_file"),
+                env,
+            )?),
+        }),
+    };
+    Ok(CutoverSettings {
+        target,
+        no_target,
+        max_lag_bytes: c.max_lag_bytes.map_or(16 << 20, |b| b.0 as u64),
+        max_lag_s: c.max_lag_s.unwrap_or(5.0),
+        verify_max_age_s: c.verify_max_age_s.unwrap_or(3600),
+        drain_timeout_s: c.drain_timeout_s.unwrap_or(30),
+        fence_lock_timeout_ms: c.fence_lock_timeout_ms.unwrap_or(5000),
+        sequence_margin: c.sequence_margin.unwrap_or(1000),
+        switch_command: c.switch_command.clone(),
+        pgbouncer,
+    })
 }
 
 #[derive(Deserialize)]

@@ -1,10 +1,11 @@
-//! The `cutover` runtime: the pipeline file, the engine's stages, the live status and the
-//! consistency checker. The binary (`src/main.rs`) is the command line over this library.
+//! The `cutover` runtime: the pipeline file, the engine's stages, the live status, the
+//! consistency checker and the switch of traffic. The binary (`src/main.rs`) is the command line over this library.
 
 pub mod config;
 pub mod pipeline;
 pub mod queue;
 pub mod rate;
 pub mod status;
+pub mod switch;
 pub mod targets;
 pub mod verify;

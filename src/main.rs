@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cutover::pipeline::{self as runtime, Operator, Telemetry};
+use cutover::switch::{self, Direction};
 use cutover::{config, status, targets, verify};
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -47,8 +48,30 @@ enum Command {
         #[arg(long)]
         target_state: bool,
     },
-    /// Show the slot's lag and each target's checkpoint.
-    Status { pipeline: PathBuf },
+    /// Show the slot's lag, each target's checkpoint and the switch's readiness gates, ending
+    /// with READY or NOT READY. Exit code 0: ready to switch; 3: not ready.
+    Status {
+        pipeline: PathBuf,
+        /// `text` (default) or `json` (one document on standard output).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
+    /// Move the application from the source to the target: fence the source, drain, verify,
+    /// sync sequences, create the reverse slot, move traffic (PgBouncer, switch_command); then
+    /// `cutover run` streams target -> source so the way back stays open. Exit code 3: a gate
+    /// is closed (nothing changed).
+    Switch {
+        pipeline: PathBuf,
+        #[command(flatten)]
+        how: SwitchFlags,
+    },
+    /// The switch in the other direction: the application back on the source, every write the
+    /// target took since the switch there first.
+    Rollback {
+        pipeline: PathBuf,
+        #[command(flatten)]
+        how: SwitchFlags,
+    },
     /// Set every target sequence behind a replicated column past the source's current value
     /// (creating it, and the column's default, where the target lacks them). Run it right
     /// before traffic moves to the target: logical replication does not carry sequences.
@@ -83,6 +106,19 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         max_keys: usize,
     },
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct SwitchFlags {
+    /// Check every gate and print the plan with an estimate of each step; change nothing.
+    #[arg(long, conflicts_with_all = ["resume", "abort"])]
+    dry_run: bool,
+    /// Finish a switch that was interrupted (a crash, a failed traffic move).
+    #[arg(long, conflicts_with = "abort")]
+    resume: bool,
+    /// Undo a switch that was interrupted before its point of no return.
+    #[arg(long)]
+    abort: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -139,7 +175,13 @@ fn main() -> ExitCode {
                 pipeline,
                 target_state,
             } => teardown(&pipeline, target_state).await,
-            Command::Status { pipeline } => show_status(&pipeline).await,
+            Command::Status { pipeline, format } => show_status(&pipeline, format).await,
+            Command::Switch { pipeline, how } => {
+                run_switch(&pipeline, Direction::Reverse, how).await
+            }
+            Command::Rollback { pipeline, how } => {
+                run_switch(&pipeline, Direction::Forward, how).await
+            }
             Command::SyncSequences { pipeline, margin } => sync_sequences(&pipeline, margin).await,
             Command::Dlq { action } => dlq(action).await,
             Command::Verify { .. } => unreachable!("verify is run above"),
@@ -164,13 +206,14 @@ async fn run_verify(
     format: ReportFormat,
     terminal: bool,
 ) -> ExitCode {
-    let cfg = match load(path) {
+    let cfg = match load_current(path).await {
         Ok(cfg) => cfg,
         Err(message) => {
             eprintln!("error: {message}");
             return ExitCode::from(2);
         }
     };
+    let whole = opts.tables.is_empty();
     let show = |p: &verify::Progress| {
         if terminal {
             let elapsed = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
@@ -191,6 +234,12 @@ async fn run_verify(
     }
     match result {
         Ok(report) => {
+            // A check of every table counts for the switch's readiness.
+            if whole {
+                if let Err(e) = verify::SavedCheck::record(&report, &cfg.verify.report_path) {
+                    eprintln!("warning: cannot save the check's result for `cutover status`: {e}");
+                }
+            }
             match format {
                 ReportFormat::Text => print!("{}", report.text()),
                 ReportFormat::Json => match serde_json::to_string_pretty(&report) {
@@ -246,8 +295,34 @@ fn load(path: &std::path::Path) -> Result<config::Pipeline, String> {
     config::load(path).map_err(|e| e.to_string())
 }
 
-async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
+/// The pipeline as it runs now: after a switch, from the new primary (see [`switch`]).
+async fn load_current(path: &std::path::Path) -> Result<config::Pipeline, String> {
     let cfg = load(path)?;
+    let rec = switch::load(&cfg).await.map_err(explain)?;
+    switch::current(&cfg, &rec).map_err(explain)
+}
+
+async fn run_switch(path: &std::path::Path, towards: Direction, how: SwitchFlags) -> Outcome {
+    let cfg = load(path)?;
+    let opts = switch::steps::Options {
+        dry_run: how.dry_run,
+        resume: how.resume,
+        abort: how.abort,
+    };
+    match switch::steps::switch(&cfg, towards, opts)
+        .await
+        .map_err(explain)?
+    {
+        Some(readiness) if !readiness.ready => {
+            eprintln!("refused: {}", readiness.closed());
+            Ok(ExitCode::from(3))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
+    let file = load(path)?;
     let telemetry = Telemetry::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -259,16 +334,32 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         std::process::exit(130);
     });
     let reporter = tokio::spawn(status::report(telemetry.subscribe(), terminal));
-    let checker = (cfg.verify.interval_s > 0)
-        .then(|| tokio::spawn(periodic_verify(cfg.clone(), telemetry.clone())));
-    // The handle commands the running pipeline (pause, resume, drain); nothing on the command
-    // line sends any yet.
-    let (mut operator, _handle) = Operator::new();
-    let result = runtime::run(&cfg, &telemetry, stop_rx, &mut operator).await;
+    // One pass per direction: a switch (or rollback) ends the pass at its fence, and the next
+    // one streams from the new primary.
+    let result = loop {
+        let rec = switch::load(&file).await.map_err(explain)?;
+        let cfg = switch::current(&file, &rec).map_err(explain)?;
+        if let Err(e) = switch::drop_other_direction(&file, &rec).await {
+            tracing::warn!(error = %e, "cannot drop the other direction's slot yet");
+        }
+        if rec.epoch > 0 {
+            tracing::info!(epoch = rec.epoch, direction = %rec.direction, "streaming after a switch");
+        }
+        let checker = (cfg.verify.interval_s > 0)
+            .then(|| tokio::spawn(periodic_verify(cfg.clone(), telemetry.clone())));
+        // The handle commands the running pipeline: the switch watcher drains it at a fence.
+        let (mut operator, handle) = Operator::new();
+        let watcher = tokio::spawn(switch::watch_epoch(file.clone(), rec.epoch, handle));
+        let result = runtime::run(&cfg, &telemetry, stop_rx.clone(), &mut operator).await;
+        watcher.abort();
+        if let Some(checker) = checker {
+            checker.abort();
+        }
+        if result.is_err() || *stop_rx.borrow() {
+            break result;
+        }
+    };
     reporter.abort();
-    if let Some(checker) = checker {
-        checker.abort();
-    }
     if terminal {
         eprintln!("\r\x1b[K{}", telemetry.snapshot().line());
     }
@@ -299,15 +390,14 @@ async fn periodic_verify(cfg: config::Pipeline, telemetry: Telemetry) {
             }
         };
         let now = std::time::SystemTime::now();
-        let secs = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         let path = &cfg.verify.report_path;
-        let saved =
-            verify::SavedCheck::after(&report, verify::SavedCheck::load(path).as_ref(), secs);
-        if let Err(e) = saved.save(path) {
-            tracing::warn!(error = %e, path = %path.display(), "cannot save the consistency check's result");
-        }
+        let saved = match verify::SavedCheck::record(&report, path) {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot save the consistency check's result");
+                continue;
+            }
+        };
         if saved.drift_rows > 0 {
             tracing::warn!(
                 drift_rows = saved.drift_rows,
@@ -356,7 +446,7 @@ async fn wait_for_signal() {
 }
 
 async fn check(path: &std::path::Path) -> Outcome {
-    let cfg = load(path)?;
+    let cfg = load_current(path).await?;
     println!("pipeline file {}: ok", path.display());
     let source = runtime::connect_source(&cfg).await.map_err(explain)?;
     println!(
@@ -501,7 +591,7 @@ async fn dlq(action: DlqAction) -> Outcome {
         DlqAction::List { pipeline } => (pipeline, false),
         DlqAction::Replay { pipeline } => (pipeline, true),
     };
-    let cfg = load(path)?;
+    let cfg = load_current(path).await?;
     let mut parked_total = 0u64;
     let schemas = if replay {
         let source = runtime::connect_source(&cfg).await.map_err(explain)?;
@@ -586,83 +676,69 @@ async fn dlq(action: DlqAction) -> Outcome {
 }
 
 async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
-    let cfg = load(path)?;
-    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
-    let sequences = source.sequences().await.map_err(explain)?;
-    if sequences.is_empty() {
-        println!("no sequence feeds a column of the pipeline's tables; nothing to do");
+    let cfg = load_current(path).await?;
+    if cfg.sinks.iter().all(|s| targets::postgres(&**s).is_none()) {
+        println!("the pipeline has no PostgreSQL sink; sequences exist only there");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut synced = 0;
-    for target in cfg.sinks.iter().filter_map(|s| targets::postgres(&**s)) {
-        synced += 1;
-        let name = &target.name;
-        let client = target
-            .endpoint()
-            .map_err(explain)?
-            .connect()
-            .await
-            .map_err(explain)?;
-        for seq in &sequences {
-            let done = cutover_postgres::sequences::sync_sequence(&client, seq, i64::from(margin))
-                .await
-                .map_err(explain)?;
-            let before = done
-                .target_before
-                .map_or("created".to_string(), |b| format!("was {b}"));
-            let moved = if Some(done.target_after) == done.target_before {
-                " (already ahead, left alone)"
-            } else {
-                ""
-            };
-            println!(
-                "sink {name}: {} ({}.{}): source at {}, target set to {} ({before}){moved}{}",
-                done.sequence,
-                seq.table,
-                seq.column,
-                done.source_value,
-                done.target_after,
-                if done.default_added {
-                    "; column default nextval added"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
+    let synced = switch::steps::sync_sequences(&cfg, margin)
+        .await
+        .map_err(explain)?;
     if synced == 0 {
-        println!("the pipeline has no PostgreSQL sink; sequences exist only there");
+        println!("no sequence feeds a column of the pipeline's tables; nothing to do");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_sink_state(name: &str, state: &cutover_core::SinkState) {
+fn sink_state_line(name: &str, state: &cutover_core::SinkState) -> String {
     match state.checkpoint {
-        Some(cp) => println!(
+        Some(cp) => format!(
             "sink {name}: applied through {} ({} tables copied)",
             cp.end_lsn,
             state.copied_tables.len()
         ),
-        None => println!(
+        None => format!(
             "sink {name}: no streamed transaction applied yet ({} tables copied)",
             state.copied_tables.len()
         ),
     }
 }
 
-async fn show_status(path: &std::path::Path) -> Outcome {
-    let cfg = load(path)?;
+/// `cutover status`: where the pipeline is, its last check and the switch's gates. Text or one
+/// JSON document; exit code 0 when READY, 3 when NOT READY.
+async fn show_status(path: &std::path::Path, format: ReportFormat) -> Outcome {
+    let file = load(path)?;
+    let rec = switch::load(&file).await.map_err(explain)?;
+    let cfg = switch::current(&file, &rec).map_err(explain)?;
+    let mut lines = Vec::new();
+    if rec.epoch > 0 || rec.step != switch::Step::Idle {
+        lines.push(format!(
+            "direction: {} (epoch {}{})",
+            rec.direction,
+            rec.epoch,
+            if rec.step == switch::Step::Idle {
+                String::new()
+            } else {
+                format!(
+                    "; a switch is in progress at step {}: finish with --resume or undo with --abort",
+                    rec.step.as_str()
+                )
+            }
+        ));
+    }
     let source = runtime::connect_source(&cfg).await.map_err(explain)?;
     let wal = source.current_wal_lsn().await.map_err(explain)?;
-    match source.confirmed_lsn().await.map_err(explain)? {
-        Some(confirmed) => println!(
+    let confirmed = source.confirmed_lsn().await.map_err(explain)?;
+    lines.push(match confirmed {
+        Some(confirmed) => format!(
             "slot {}: confirmed {confirmed}, source WAL {wal}, lag {} bytes",
             cfg.slot,
             wal.0.saturating_sub(confirmed.0)
         ),
-        None => println!("slot {}: does not exist (source WAL {wal})", cfg.slot),
-    }
+        None => format!("slot {}: does not exist (source WAL {wal})", cfg.slot),
+    });
     let ctx = runtime::target_context(&cfg, "");
+    let mut sinks = Vec::new();
     for sink in &cfg.sinks {
         let state = sink.saved_state(&ctx).await.map_err(explain)?;
         // PostgreSQL targets, the default kind, go by their name alone.
@@ -670,40 +746,84 @@ async fn show_status(path: &std::path::Path) -> Outcome {
             Some(_) => sink.name().to_string(),
             None => format!("{} ({})", sink.name(), sink.kind()),
         };
-        print_sink_state(&label, &state);
+        lines.push(sink_state_line(&label, &state));
+        sinks.push(serde_json::json!({
+            "name": sink.name(),
+            "kind": sink.kind(),
+            "applied_through": state.checkpoint.map(|c| c.end_lsn.to_string()),
+            "tables_copied": state.copied_tables.len(),
+        }));
     }
-    match verify::SavedCheck::load(&cfg.verify.report_path) {
-        None => println!(
-            "consistency: no periodic check saved (set verify.interval_s, or run `cutover verify`)"
-        ),
-        Some(check) => {
-            let ago = |t: u64| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                format!("{} s ago", now.saturating_sub(t))
-            };
-            let clean = check.last_clean_at.map_or("never".to_string(), &ago);
-            if check.drift_rows > 0 {
-                println!(
-                    "consistency: DRIFT at the last check ({}): {} rows ({}); last clean check: {clean}",
-                    ago(check.checked_at),
-                    check.drift_rows,
-                    check
-                        .drift_by_table
-                        .iter()
-                        .map(|(t, n)| format!("{t}: {n}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            } else {
-                println!(
-                    "consistency: no drift at the last check ({}, {} rows in flight); last clean check: {clean}",
-                    ago(check.checked_at),
-                    check.in_flight_rows
-                );
+    let saved = verify::SavedCheck::load(&cfg.verify.report_path);
+    lines.push(consistency_line(saved.as_ref()));
+    let readiness = switch::gates::check(&file, &rec).await.map_err(explain)?;
+    match format {
+        ReportFormat::Text => {
+            for l in &lines {
+                println!("{l}");
             }
+            print!("{}", readiness.text());
+        }
+        ReportFormat::Json => {
+            let doc = serde_json::json!({
+                "pipeline": file.name,
+                "epoch": rec.epoch,
+                "direction": rec.direction,
+                "switch_step": rec.step,
+                "switch_log": rec.log,
+                "slot": {
+                    "name": cfg.slot,
+                    "confirmed": confirmed.map(|c| c.to_string()),
+                    "source_wal": wal.to_string(),
+                    "lag_bytes": confirmed.map(|c| wal.0.saturating_sub(c.0)),
+                },
+                "sinks": sinks,
+                "last_verify": saved,
+                "ready": readiness.ready,
+                "gates": readiness.gates,
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+            );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if readiness.ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn consistency_line(check: Option<&verify::SavedCheck>) -> String {
+    let Some(check) = check else {
+        return "consistency: no check saved (run `cutover verify`, or set verify.interval_s)"
+            .to_string();
+    };
+    let ago = |t: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("{} s ago", now.saturating_sub(t))
+    };
+    let clean = check.last_clean_at.map_or("never".to_string(), &ago);
+    if check.drift_rows > 0 {
+        format!(
+            "consistency: DRIFT at the last check ({}): {} rows ({}); last clean check: {clean}",
+            ago(check.checked_at),
+            check.drift_rows,
+            check
+                .drift_by_table
+                .iter()
+                .map(|(t, n)| format!("{t}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        format!(
+            "consistency: no drift at the last check ({}, {} rows in flight); last clean check: {clean}",
+            ago(check.checked_at),
+            check.in_flight_rows
+        )
+    }
 }

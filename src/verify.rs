@@ -205,6 +205,9 @@ pub struct SavedCheck {
     pub in_flight_rows: u64,
     /// Rows of confirmed drift per `sink/table`, for tables with any.
     pub drift_by_table: std::collections::BTreeMap<String, u64>,
+    /// How long the check took (absent in checks saved before it was kept).
+    #[serde(default)]
+    pub elapsed_ms: Option<u64>,
 }
 
 impl SavedCheck {
@@ -226,7 +229,19 @@ impl SavedCheck {
             drift_rows: report.tables.iter().map(TableReport::drift).sum(),
             in_flight_rows: report.tables.iter().map(|t| t.in_flight_count).sum(),
             drift_by_table,
+            elapsed_ms: Some(report.elapsed_ms),
         }
+    }
+
+    /// Saves the check after `report` at `path` (carrying the last clean time over) and
+    /// returns it.
+    pub fn record(report: &Report, path: &std::path::Path) -> std::io::Result<SavedCheck> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let saved = SavedCheck::after(report, SavedCheck::load(path).as_ref(), now);
+        saved.save(path)?;
+        Ok(saved)
     }
 
     /// Reads the saved check; `None` when there is none (or it cannot be read).

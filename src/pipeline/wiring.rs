@@ -30,7 +30,10 @@ pub async fn connect_source(cfg: &Pipeline) -> Result<PgSource> {
 pub fn target_context(cfg: &Pipeline, database: &str) -> TargetContext {
     TargetContext {
         pipeline: cfg.name.clone(),
-        source_database: database.to_string(),
+        source_database: match &cfg.source_label {
+            Some(label) if !database.is_empty() => label.clone(),
+            _ => database.to_string(),
+        },
         apply_schema_changes: cfg.apply_schema_changes,
         batch_bytes: cfg.batch_bytes,
     }
@@ -114,7 +117,32 @@ pub async fn open_sinks(
                 "start the copy over: empty the target tables, run `cutover teardown --target-state PIPELINE`, then run again",
             ));
         }
-        states.push(state);
+        states.push(after_switch(cfg, state, schemas));
     }
     Ok(states)
+}
+
+/// After a switch of direction every sink holds everything up to the new slot's start
+/// (`epoch_start`): a table it has no copy record of under this direction counts as copied
+/// there, and with no checkpoint yet it is at that start. The first transaction it applies
+/// saves its own checkpoint; copy records are never written for these tables, so this is
+/// applied at every start of the epoch.
+fn after_switch(
+    cfg: &Pipeline,
+    mut state: cutover_core::SinkState,
+    schemas: &[std::sync::Arc<cutover_core::TableSchema>],
+) -> cutover_core::SinkState {
+    let Some(start) = cfg.epoch_start else {
+        return state;
+    };
+    for t in schemas {
+        state.copied_tables.entry(t.name.clone()).or_insert(start);
+    }
+    if state.checkpoint.is_none() {
+        state.checkpoint = Some(cutover_core::Checkpoint {
+            commit_lsn: start,
+            end_lsn: start,
+        });
+    }
+    state
 }

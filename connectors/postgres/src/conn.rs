@@ -116,8 +116,10 @@ impl PgEndpoint {
 /// What every cutover session sets first, over the role's and the database's defaults: no
 /// statement, lock or idle-in-transaction timeout. A role-level `statement_timeout` would
 /// otherwise cancel a long snapshot COPY or merge, which is retried from its start forever.
+/// `cutover.apply = on` lets cutover's writes through the write fence a switch puts on the
+/// database that is not the primary (the `cutover.fence()` trigger).
 pub const SESSION_SETTINGS: &str =
-    "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0";
+    "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET cutover.apply = on";
 
 impl fmt::Display for PgEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

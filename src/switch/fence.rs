@@ -1,0 +1,118 @@
+//! The write fence: how a database refuses application writes to the replicated tables while
+//! cutover's own sessions still write.
+//!
+//! A statement-level `BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE` trigger, `cutover_fence`,
+//! on each table, calling `cutover.fence()`, which raises SQLSTATE 25006
+//! (`read_only_sql_transaction`) unless the session has set `cutover.apply = on` (every cutover
+//! session does; see `cutover_postgres::conn::SESSION_SETTINGS`). Creating the triggers takes a
+//! `SHARE ROW EXCLUSIVE` lock on each table, so the fence's commit waits for the transactions
+//! writing to them and every later write sees it: after the commit, the database's WAL position
+//! is past every application write it will ever take. The lock wait is bounded
+//! (`cutover.fence_lock_timeout_ms`): a long transaction makes the switch stop and undo, naming
+//! it, instead of stalling the application.
+//!
+//! Chosen over the other ways of refusing writes: a role's `default_transaction_read_only` is
+//! read at connection start (sessions already open keep writing) and any session can turn it
+//! off; revoking privileges misses owners and superusers and must be restored exactly; a lock
+//! held by cutover ends with cutover's session (a crash would reopen the old primary). The
+//! trigger is durable, survives crashes of cutover and restarts of the database, and is undone
+//! by dropping it. It does not stop a superuser who sets `cutover.apply` or disables triggers,
+//! and, on a partitioned table, writes that name a partition directly.
+
+use cutover_core::{ConnectorError, Lsn, Result, TableName};
+use tokio_postgres::Client;
+
+use super::sql_error;
+
+const FUNCTION: &str = "CREATE SCHEMA IF NOT EXISTS cutover;
+CREATE OR REPLACE FUNCTION cutover.fence() RETURNS trigger LANGUAGE plpgsql AS $fence$
+BEGIN
+    IF current_setting('cutover.apply', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION USING
+        ERRCODE = '25006',
+        MESSAGE = format('cutover: %I.%I does not take writes here: pipeline %s moved the application to the other database',
+                         TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]),
+        HINT = 'connect to the current primary (`cutover status` names it)';
+END
+$fence$";
+
+/// Fences `tables` (idempotent) and returns the WAL position after the fence's commit. A lock
+/// held longer than `lock_timeout_ms` by another transaction is an error naming the table.
+pub async fn install(
+    client: &Client,
+    pipeline: &str,
+    tables: &[TableName],
+    lock_timeout_ms: u64,
+) -> Result<Lsn> {
+    let mut sql = format!("BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}; {FUNCTION};");
+    for t in tables {
+        let q = t.quoted();
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS cutover_fence ON {q}; \
+             CREATE TRIGGER cutover_fence BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {q} \
+             FOR EACH STATEMENT EXECUTE FUNCTION cutover.fence({});",
+            quote_literal(pipeline)
+        ));
+    }
+    sql.push_str("COMMIT;");
+    if let Err(e) = client.batch_execute(&sql).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        let lock = e.as_db_error().is_some_and(|d| d.code().code() == "55P03");
+        if lock {
+            return Err(ConnectorError::fatal(format!(
+                "cannot fence the old primary's tables: a transaction held a lock on one of them for more than {lock_timeout_ms} ms"
+            ))
+            .with_hint("find it in pg_stat_activity (state 'idle in transaction' or a long write), end it, and switch again; or raise cutover.fence_lock_timeout_ms"));
+        }
+        return Err(sql_error(e, "cannot fence the tables"));
+    }
+    wal_position(client).await
+}
+
+/// Removes the fence from `tables` (idempotent).
+pub async fn remove(client: &Client, tables: &[TableName]) -> Result<()> {
+    let mut sql = String::from("BEGIN;");
+    for t in tables {
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS cutover_fence ON {};",
+            t.quoted()
+        ));
+    }
+    sql.push_str("COMMIT;");
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| sql_error(e, "cannot remove the fence"))
+}
+
+/// How many of `tables` carry the fence.
+pub async fn fenced(client: &Client, tables: &[TableName]) -> Result<usize> {
+    let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger
+             WHERE tgname = 'cutover_fence' AND tgrelid = ANY (SELECT to_regclass(n)::oid FROM unnest($1::text[]) n)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| sql_error(e, "cannot read pg_trigger"))?
+        .get(0);
+    Ok(n as usize)
+}
+
+/// The database's WAL write position.
+pub async fn wal_position(client: &Client) -> Result<Lsn> {
+    let text: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| sql_error(e, "cannot read the WAL position"))?
+        .get(0);
+    text.parse()
+        .map_err(|e: cutover_core::ParseLsnError| ConnectorError::fatal(e.to_string()))
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

@@ -1,0 +1,429 @@
+//! The switch of application traffic from the source to a PostgreSQL target, and back.
+//!
+//! A pipeline lives in *epochs*. Epoch 0 streams source → targets while the application writes
+//! to the source. `cutover switch` ends an epoch: it fences the old primary, drains every sink
+//! to the fence's position, verifies, moves sequences, creates the slot of the other direction
+//! on the new primary, then records the next epoch, in which `cutover run` streams the new
+//! primary → the old one (and every other sink), and the application writes to the new primary.
+//! `cutover rollback` is the same switch in the other direction.
+//!
+//! The switch's progress is one row per pipeline in the primary target's `cutover.switch_state`
+//! table, written before each step runs; [`Record`] is that row. A crash leaves the step in
+//! progress there, from which `--resume` finishes and `--abort` undoes (until the record moves to
+//! the next epoch: past that point the new primary may have taken writes, and the way back is a
+//! rollback). The rule that never breaks: no moment when both databases take application
+//! writes, because the old primary is fenced before the new one is unfenced
+//! ([`fence`]).
+
+pub mod fence;
+pub mod gates;
+pub mod pgbouncer;
+pub mod steps;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_core::{ConnectorError, Lsn, Result, Target};
+use cutover_postgres::target::PgTarget;
+use cutover_postgres::PgEndpoint;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::config::Pipeline;
+use crate::pipeline::{Command, Handle};
+use crate::targets;
+
+/// Which way the pipeline streams, and so which database the application writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Source → targets; the application writes to the source.
+    Forward,
+    /// Primary target → source and the other sinks; the application writes to the target.
+    Reverse,
+}
+
+impl Direction {
+    pub fn other(self) -> Direction {
+        match self {
+            Direction::Forward => Direction::Reverse,
+            Direction::Reverse => Direction::Forward,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Direction> {
+        match text {
+            "forward" => Ok(Direction::Forward),
+            "reverse" => Ok(Direction::Reverse),
+            other => Err(ConnectorError::fatal(format!(
+                "cutover.switch_state holds an unknown direction {other:?}"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Forward => "source → target (the application writes to the source)",
+            Direction::Reverse => "target → source (the application writes to the target)",
+        })
+    }
+}
+
+/// A step of a switch. The record holds the step about to run (or running when a crash came).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// No switch in progress.
+    Idle,
+    /// Fence the new primary (it must not take writes yet), then pause PgBouncer.
+    Pausing,
+    /// Fence the old primary; its WAL position then is where every sink must get to.
+    Fencing,
+    /// Wait until the running pipeline has made every sink durable at the fence's position.
+    Draining,
+    /// Check every table of every sink: it must be equal.
+    Verifying,
+    /// Set the new primary's sequences ahead of the old one's.
+    Sequences,
+    /// Create the publication and slot of the next direction on the new primary.
+    ReverseSlot,
+    /// Past this point the next epoch is recorded: unfence the new primary, move traffic.
+    Moving,
+}
+
+impl Step {
+    pub const ALL: [Step; 8] = [
+        Step::Idle,
+        Step::Pausing,
+        Step::Fencing,
+        Step::Draining,
+        Step::Verifying,
+        Step::Sequences,
+        Step::ReverseSlot,
+        Step::Moving,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Idle => "idle",
+            Step::Pausing => "pausing",
+            Step::Fencing => "fencing",
+            Step::Draining => "draining",
+            Step::Verifying => "verifying",
+            Step::Sequences => "sequences",
+            Step::ReverseSlot => "reverse_slot",
+            Step::Moving => "moving",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Step> {
+        Step::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                ConnectorError::fatal(format!(
+                    "cutover.switch_state holds an unknown step {text:?}"
+                ))
+            })
+    }
+
+    /// Whether the step is before the record moves to the next epoch (so `--abort` can undo).
+    pub fn undoable(self) -> bool {
+        self < Step::Moving
+    }
+}
+
+/// One step's time, kept in the record's log and printed at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepTime {
+    pub step: String,
+    pub ms: u64,
+}
+
+/// The pipeline's switch state, as stored on the primary target.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// 0 until the first switch; one more at every switch and rollback.
+    pub epoch: i32,
+    /// How the current epoch streams.
+    pub direction: Direction,
+    /// The switch in progress (towards `direction.other()` while before `Moving`; at `Moving`
+    /// the epoch has already moved), or `Idle`.
+    pub step: Step,
+    /// The old primary's position after it was fenced.
+    pub fence_lsn: Option<Lsn>,
+    /// Where the current epoch's slot started (None in epoch 0).
+    pub epoch_start: Option<Lsn>,
+    /// The next epoch's slot start, once created.
+    pub next_start: Option<Lsn>,
+    /// The steps of the last switch, timed.
+    pub log: Vec<StepTime>,
+}
+
+impl Record {
+    fn initial() -> Record {
+        Record {
+            epoch: 0,
+            direction: Direction::Forward,
+            step: Step::Idle,
+            fence_lsn: None,
+            epoch_start: None,
+            next_start: None,
+            log: Vec::new(),
+        }
+    }
+}
+
+const STATE_TABLE: &str = "cutover.switch_state";
+
+const CREATE_STATE: &str = "CREATE SCHEMA IF NOT EXISTS cutover;
+CREATE TABLE IF NOT EXISTS cutover.switch_state (
+    pipeline text PRIMARY KEY,
+    epoch integer NOT NULL,
+    direction text NOT NULL,
+    step text NOT NULL,
+    fence_lsn text,
+    epoch_start text,
+    next_start text,
+    log jsonb NOT NULL DEFAULT '[]',
+    updated_at timestamptz NOT NULL DEFAULT now()
+)";
+
+/// The PostgreSQL target traffic moves to, or why the pipeline has none.
+pub fn primary_target(cfg: &Pipeline) -> std::result::Result<&PgTarget, String> {
+    match cfg.cutover.target {
+        Some(i) => targets::postgres(&*cfg.sinks[i]).ok_or_else(|| "not a PostgreSQL sink".into()),
+        None => Err(cfg
+            .cutover
+            .no_target
+            .clone()
+            .unwrap_or_else(|| "no PostgreSQL target".into())),
+    }
+}
+
+/// Where the record is kept: the primary target, or None for a pipeline without one.
+pub struct Store {
+    client: Client,
+    pipeline: String,
+}
+
+impl Store {
+    /// Connects to the primary target; None when the pipeline has no PostgreSQL target.
+    pub async fn open(cfg: &Pipeline) -> Result<Option<Store>> {
+        let Ok(target) = primary_target(cfg) else {
+            return Ok(None);
+        };
+        let client = target.endpoint()?.connect().await?;
+        Ok(Some(Store {
+            client,
+            pipeline: cfg.name.clone(),
+        }))
+    }
+
+    /// The pipeline's record (the initial one when no switch was ever made).
+    pub async fn load(&self) -> Result<Record> {
+        let exists: bool = self
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&STATE_TABLE])
+            .await
+            .map_err(|e| sql_error(e, "cannot read the switch state on the target"))?
+            .get(0);
+        if !exists {
+            return Ok(Record::initial());
+        }
+        let row = self
+            .client
+            .query_opt(
+                "SELECT epoch, direction, step, fence_lsn, epoch_start, next_start, log::text
+                 FROM cutover.switch_state WHERE pipeline = $1",
+                &[&self.pipeline],
+            )
+            .await
+            .map_err(|e| sql_error(e, "cannot read the switch state on the target"))?;
+        let Some(row) = row else {
+            return Ok(Record::initial());
+        };
+        let lsn = |i: usize| -> Option<Lsn> {
+            row.get::<_, Option<String>>(i).and_then(|t| t.parse().ok())
+        };
+        Ok(Record {
+            epoch: row.get(0),
+            direction: Direction::parse(row.get(1))?,
+            step: Step::parse(row.get(2))?,
+            fence_lsn: lsn(3),
+            epoch_start: lsn(4),
+            next_start: lsn(5),
+            log: serde_json::from_str(row.get(6)).unwrap_or_default(),
+        })
+    }
+
+    /// Writes the record (durably: the target commits synchronously for this session).
+    pub async fn save(&self, rec: &Record) -> Result<()> {
+        let text = |l: Option<Lsn>| l.map(|l| l.to_string());
+        let log = serde_json::to_string(&rec.log).unwrap_or_else(|_| "[]".into());
+        self.client
+            .batch_execute(CREATE_STATE)
+            .await
+            .map_err(|e| sql_error(e, "cannot create the switch state table on the target"))?;
+        self.client
+            .execute(
+                "INSERT INTO cutover.switch_state AS s
+                     (pipeline, epoch, direction, step, fence_lsn, epoch_start, next_start, log, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, now())
+                 ON CONFLICT (pipeline) DO UPDATE SET epoch = EXCLUDED.epoch,
+                     direction = EXCLUDED.direction, step = EXCLUDED.step,
+                     fence_lsn = EXCLUDED.fence_lsn, epoch_start = EXCLUDED.epoch_start,
+                     next_start = EXCLUDED.next_start, log = EXCLUDED.log, updated_at = now()",
+                &[
+                    &self.pipeline,
+                    &rec.epoch,
+                    &rec.direction.as_str(),
+                    &rec.step.as_str(),
+                    &text(rec.fence_lsn),
+                    &text(rec.epoch_start),
+                    &text(rec.next_start),
+                    &log,
+                ],
+            )
+            .await
+            .map_err(|e| sql_error(e, "cannot save the switch state on the target"))?;
+        Ok(())
+    }
+}
+
+pub(crate) fn sql_error(e: tokio_postgres::Error, what: &str) -> ConnectorError {
+    cutover_postgres::error::classify(e, what)
+}
+
+/// The pipeline as it runs in `direction`: forward, the file as written; reverse, the primary
+/// target is the source and the original source takes its place among the sinks (under the
+/// name `source`), with its own slot and publication (`<slot>_reverse`), and its own
+/// checkpoints (pipeline `<name>_reverse`).
+pub fn pipeline_for(
+    cfg: &Pipeline,
+    direction: Direction,
+    epoch_start: Option<Lsn>,
+) -> Result<Pipeline> {
+    let mut p = cfg.clone();
+    p.epoch_start = epoch_start;
+    if direction == Direction::Forward {
+        return Ok(p);
+    }
+    let target = primary_target(cfg).map_err(|why| {
+        ConnectorError::fatal(format!("the pipeline cannot run in reverse: {why}"))
+    })?;
+    let index = cfg.cutover.target.unwrap_or(0);
+    let source_db = PgEndpoint::parse(&cfg.source_url, "source")?.database();
+    p.name = format!("{}_reverse", cfg.name);
+    p.source_url = target.url.clone();
+    p.slot = reverse_name(&cfg.slot);
+    p.publication = reverse_name(&cfg.publication);
+    p.source_label = Some(source_db);
+    let old: Arc<dyn Target> = Arc::new(PgTarget {
+        name: "source".into(),
+        url: cfg.source_url.clone(),
+        create_tables: false,
+    });
+    let keep = |i: &usize| *i != index;
+    p.sinks = std::iter::once(old)
+        .chain(
+            (0..cfg.sinks.len())
+                .filter(keep)
+                .map(|i| cfg.sinks[i].clone()),
+        )
+        .collect();
+    p.sink_truncate = std::iter::once(true)
+        .chain(
+            (0..cfg.sinks.len())
+                .filter(keep)
+                .map(|i| cfg.sink_truncate[i]),
+        )
+        .collect();
+    p.sink_rates = std::iter::once(Default::default())
+        .chain((0..cfg.sinks.len()).filter(keep).map(|i| cfg.sink_rates[i]))
+        .collect();
+    p.sink_transforms = std::iter::once(Default::default())
+        .chain(
+            (0..cfg.sinks.len())
+                .filter(keep)
+                .map(|i| cfg.sink_transforms[i].clone()),
+        )
+        .collect();
+    p.cutover.target = Some(0);
+    Ok(p)
+}
+
+/// The reverse direction's slot or publication name for a forward one.
+fn reverse_name(name: &str) -> String {
+    let mut n = format!("{name}_reverse");
+    n.truncate(63);
+    n
+}
+
+/// The pipeline as the record says it runs now.
+pub fn current(cfg: &Pipeline, rec: &Record) -> Result<Pipeline> {
+    pipeline_for(cfg, rec.direction, rec.epoch_start)
+}
+
+/// Reads the record, or the initial one for a pipeline without a PostgreSQL target.
+pub async fn load(cfg: &Pipeline) -> Result<Record> {
+    match Store::open(cfg).await? {
+        Some(store) => store.load().await,
+        None => Ok(Record::initial()),
+    }
+}
+
+/// While `cutover run` streams epoch `epoch`: looks at the record once a second and, once a
+/// switch has moved it to the next epoch, tells the running pipeline to drain to the fence's
+/// position and stop (`cutover run` then starts the next direction).
+pub async fn watch_epoch(cfg: Pipeline, epoch: i32, handle: Handle) {
+    let mut store: Option<Store> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if store.is_none() {
+            store = Store::open(&cfg).await.ok().flatten();
+        }
+        let Some(s) = &store else { continue };
+        match s.load().await {
+            Ok(rec) if rec.epoch != epoch => {
+                let at = rec.fence_lsn.unwrap_or(Lsn::ZERO);
+                tracing::info!(epoch = rec.epoch, fence = %at, "the switch moved the pipeline to its next direction: draining to the fence, then restarting");
+                let _ = handle.send(Command::DrainTo(at)).await;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the switch state; trying again");
+                store = None;
+            }
+        }
+    }
+}
+
+/// At the start of an epoch with no switch in progress: drops what is left of the other
+/// direction (its slot, which would hold WAL back for ever, and its publication), once no
+/// session streams from it.
+pub async fn drop_other_direction(cfg: &Pipeline, rec: &Record) -> Result<()> {
+    if rec.step != Step::Idle || primary_target(cfg).is_err() {
+        return Ok(());
+    }
+    let other = pipeline_for(cfg, rec.direction.other(), None)?;
+    let endpoint = PgEndpoint::parse(&other.source_url, "source")?;
+    steps::drop_slot_and_publication(
+        &endpoint,
+        &other.slot,
+        &other.publication,
+        Duration::from_secs(30),
+    )
+    .await
+}

@@ -1,0 +1,604 @@
+//! `cutover switch` and `cutover rollback`: the steps, each recorded before it runs, timed, and
+//! undone in reverse order when one fails before the point of no return.
+
+use std::time::{Duration, Instant};
+
+use cutover_core::{ConnectorError, Lsn, Result, TableName};
+use cutover_postgres::{PgEndpoint, PgSource, SlotStart};
+use tokio_postgres::Client;
+
+use super::gates::{self, Readiness};
+use super::{fence, pgbouncer, pipeline_for, sql_error, Direction, Record, Step, StepTime, Store};
+use crate::config::Pipeline;
+use crate::pipeline::{self as runtime, crash_point};
+use crate::verify;
+
+/// What the command was asked to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Check the gates and print the plan; change nothing.
+    pub dry_run: bool,
+    /// Finish a switch a crash interrupted.
+    pub resume: bool,
+    /// Undo a switch a crash interrupted (before its point of no return).
+    pub abort: bool,
+}
+
+/// The two databases of a switch and the tables between them.
+struct Sides {
+    /// The pipeline as it runs before the switch (its source is the old primary).
+    before: Pipeline,
+    /// The pipeline as it runs after (its source is the new primary).
+    after: Pipeline,
+    old: PgEndpoint,
+    new: PgEndpoint,
+    tables: Vec<TableName>,
+}
+
+impl Sides {
+    async fn of(cfg: &Pipeline, rec: &Record, from: Direction) -> Result<Sides> {
+        let epoch_start = if rec.direction == from {
+            rec.epoch_start
+        } else {
+            None
+        };
+        let before = pipeline_for(cfg, from, epoch_start)?;
+        let after = pipeline_for(cfg, from.other(), rec.next_start)?;
+        let old = PgEndpoint::parse(&before.source_url, "source")?;
+        let new = PgEndpoint::parse(&after.source_url, "target")?;
+        let source = runtime::connect_source(&before).await?;
+        let tables = source
+            .tables()
+            .iter()
+            .map(|t| t.schema.name.clone())
+            .collect();
+        Ok(Sides {
+            before,
+            after,
+            old,
+            new,
+            tables,
+        })
+    }
+}
+
+/// Runs `cutover switch` (towards [`Direction::Reverse`]) or `cutover rollback` (towards
+/// [`Direction::Forward`]). Prints each step; returns the readiness when it refused to start
+/// (for the exit code), or an error when a step failed (after undoing what came before).
+pub async fn switch(
+    cfg: &Pipeline,
+    towards: Direction,
+    opts: Options,
+) -> Result<Option<Readiness>> {
+    let command = command_name(towards);
+    let store = Store::open(cfg).await?.ok_or_else(|| {
+        ConnectorError::fatal(format!(
+            "cannot {command}: {}",
+            super::primary_target(cfg).err().unwrap_or_default()
+        ))
+    })?;
+    let mut rec = store.load().await?;
+    let in_progress = rec.step != Step::Idle;
+    // The direction the switch in progress (or the one asked for) starts from.
+    let from = match rec.step {
+        Step::Moving => rec.direction.other(),
+        _ => rec.direction,
+    };
+    if in_progress && from.other() != towards {
+        return Err(ConnectorError::fatal(format!(
+            "a {} is in progress (step {}), not a {command}",
+            command_name(from.other()),
+            rec.step.as_str()
+        ))
+        .with_hint(format!(
+            "finish it with `cutover {} --resume PIPELINE` or undo it with --abort",
+            command_name(from.other())
+        )));
+    }
+    if opts.abort {
+        if !in_progress {
+            println!("no {command} is in progress; nothing to undo");
+            return Ok(None);
+        }
+        if !rec.step.undoable() {
+            return Err(ConnectorError::fatal(format!(
+                "the {command} is past its point of no return (step {}): the new primary may already have taken writes",
+                rec.step.as_str()
+            ))
+            .with_hint(format!(
+                "finish it with `cutover {command} --resume PIPELINE`; to go back afterwards, run `cutover {}`",
+                command_name(towards.other())
+            )));
+        }
+        let sides = Sides::of(cfg, &rec, from).await?;
+        undo(cfg, &store, &mut rec, &sides).await?;
+        println!(
+            "{command} undone: the application writes to {} again",
+            sides.old
+        );
+        return Ok(None);
+    }
+    if in_progress && !opts.resume {
+        return Err(ConnectorError::fatal(format!(
+            "a {command} was interrupted at step {}",
+            rec.step.as_str()
+        ))
+        .with_hint(format!(
+            "finish it with `cutover {command} --resume PIPELINE`, or undo it with `cutover {command} --abort PIPELINE`"
+        )));
+    }
+    if !in_progress {
+        if opts.resume {
+            println!("no {command} is in progress; nothing to resume");
+            return Ok(None);
+        }
+        if rec.direction == towards {
+            return Err(
+                ConnectorError::fatal(format!("the pipeline already streams {towards}")).with_hint(
+                    format!(
+                        "to move the application the other way, run `cutover {}`",
+                        command_name(towards.other())
+                    ),
+                ),
+            );
+        }
+        let readiness = gates::check(cfg, &rec).await?;
+        print!("{}", readiness.text());
+        if opts.dry_run {
+            let sides = Sides::of(cfg, &rec, from).await?;
+            print!("{}", plan(cfg, &sides, &readiness));
+            return Ok(Some(readiness));
+        }
+        if !readiness.ready {
+            return Ok(Some(readiness));
+        }
+        rec.log.clear();
+        rec.step = Step::Pausing;
+        store.save(&rec).await?;
+    }
+    let sides = Sides::of(cfg, &rec, from).await?;
+    let began = Instant::now();
+    match run_steps(cfg, &store, &mut rec, &sides).await {
+        Ok(()) => {}
+        Err(e) if rec.step.undoable() => {
+            tracing::warn!(step = rec.step.as_str(), error = %e, "the {command} failed; undoing it");
+            if let Err(undo_err) = undo(cfg, &store, &mut rec, &sides).await {
+                return Err(ConnectorError::fatal(format!(
+                    "the {command} failed ({e}), and undoing it failed too: {undo_err}"
+                ))
+                .with_hint(format!("run `cutover {command} --abort PIPELINE` once the cause is fixed")));
+            }
+            return Err(ConnectorError::fatal(format!(
+                "the {command} failed and was undone (the application writes to {} again): {e}",
+                sides.old
+            ))
+            .with_hint(e.hint.clone().unwrap_or_else(|| "fix the cause and run it again".into())));
+        }
+        Err(e) => {
+            return Err(e.with_hint(format!(
+                "the new primary is live; run `cutover {command} --resume PIPELINE` to finish moving traffic"
+            )))
+        }
+    }
+    let times: Vec<String> = rec
+        .log
+        .iter()
+        .map(|s| format!("{} {} ms", s.step, s.ms))
+        .collect();
+    println!(
+        "{command} done in {} ms ({}): the application writes to {}; `cutover run` streams {}",
+        began.elapsed().as_millis(),
+        times.join(", "),
+        sides.new,
+        towards
+    );
+    Ok(None)
+}
+
+fn command_name(towards: Direction) -> &'static str {
+    match towards {
+        Direction::Reverse => "switch",
+        Direction::Forward => "rollback",
+    }
+}
+
+/// The plan `--dry-run` prints, with an estimate of each step.
+fn plan(cfg: &Pipeline, sides: &Sides, readiness: &Readiness) -> String {
+    let c = &cfg.cutover;
+    let verify_s = readiness
+        .verify_elapsed_ms
+        .map_or("as long as a `cutover verify`".to_string(), |ms| {
+            format!("about {:.1} s (the last check's time)", ms as f64 / 1e3)
+        });
+    let mut out = String::from("plan:\n");
+    let mut n = 0;
+    let mut step = |text: String| {
+        n += 1;
+        out.push_str(&format!("  {n}. {text}\n"));
+    };
+    step(format!(
+        "fence {} tables on the new primary {} (it takes no application writes until step 8)",
+        sides.tables.len(),
+        sides.new
+    ));
+    if let Some(p) = &c.pgbouncer {
+        step(format!(
+            "PgBouncer PAUSE {} (new transactions wait; writes are held from here to step 9)",
+            p.database
+        ));
+    }
+    step(format!(
+        "fence the old primary {}: < 0.1 s unless a transaction holds a table lock (waits at most {} ms)",
+        sides.old, c.fence_lock_timeout_ms
+    ));
+    step(format!(
+        "drain every sink to the fence's position: {} bytes behind now (waits at most {} s)",
+        readiness.lag_bytes, c.drain_timeout_s
+    ));
+    step(format!("verify every table on every sink: {verify_s}"));
+    step(format!(
+        "set the new primary's sequences {} steps ahead",
+        c.sequence_margin
+    ));
+    step(format!(
+        "create publication {} and slot {} on the new primary: < 0.5 s",
+        sides.after.publication, sides.after.slot
+    ));
+    step("record the next epoch (the point of no return) and unfence the new primary".into());
+    if let Some(p) = &c.pgbouncer {
+        step(format!(
+            "repoint PgBouncer's {} to {}, RELOAD, RESUME",
+            p.database, sides.new
+        ));
+    }
+    if let Some(cmd) = &c.switch_command {
+        step(format!("run switch_command `{cmd}`"));
+    }
+    step(format!(
+        "`cutover run` drains, drops slot {} and streams from the new primary",
+        sides.before.slot
+    ));
+    out
+}
+
+/// Runs the steps from the recorded one to the end.
+async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Sides) -> Result<()> {
+    let old = sides.old.connect().await?;
+    let new = sides.new.connect().await?;
+    let bouncer = match &cfg.cutover.pgbouncer {
+        Some(p) => Some(pgbouncer::Console::connect(p).await?),
+        None => None,
+    };
+    let settings = &cfg.cutover;
+    loop {
+        crash_point(&format!("switch_{}", rec.step.as_str()));
+        let step = rec.step;
+        let began = Instant::now();
+        let next = match step {
+            Step::Idle => return Ok(()),
+            Step::Pausing => {
+                fence::install(
+                    &new,
+                    &cfg.name,
+                    &sides.tables,
+                    settings.fence_lock_timeout_ms,
+                )
+                .await?;
+                if let Some(b) = &bouncer {
+                    b.pause().await?;
+                }
+                Step::Fencing
+            }
+            Step::Fencing => {
+                let at = fence::install(
+                    &old,
+                    &cfg.name,
+                    &sides.tables,
+                    settings.fence_lock_timeout_ms,
+                )
+                .await?;
+                rec.fence_lsn = Some(at);
+                Step::Draining
+            }
+            Step::Draining => {
+                let at = rec.fence_lsn.unwrap_or(Lsn::ZERO);
+                drain(
+                    &sides.before,
+                    at,
+                    Duration::from_secs(settings.drain_timeout_s),
+                )
+                .await?;
+                Step::Verifying
+            }
+            Step::Verifying => {
+                final_verify(&sides.before).await?;
+                Step::Sequences
+            }
+            Step::Sequences => {
+                sync_sequences(&sides.before, settings.sequence_margin).await?;
+                Step::ReverseSlot
+            }
+            Step::ReverseSlot => {
+                let start = create_slot(&sides.after).await?;
+                rec.next_start = Some(start);
+                // The point of no return: the next epoch is recorded.
+                rec.epoch += 1;
+                rec.direction = rec.direction.other();
+                rec.epoch_start = Some(start);
+                Step::Moving
+            }
+            Step::Moving => {
+                fence::remove(&new, &sides.tables).await?;
+                move_traffic(cfg, bouncer.as_ref(), &sides.new, rec.direction).await?;
+                Step::Idle
+            }
+        };
+        let ms = began.elapsed().as_millis() as u64;
+        tracing::info!(step = step.as_str(), ms, "switch step done");
+        println!("  {:<13} {ms:>6} ms", step.as_str());
+        rec.log.push(StepTime {
+            step: step.as_str().into(),
+            ms,
+        });
+        rec.step = next;
+        if next == Step::Idle {
+            rec.next_start = None;
+        }
+        store.save(rec).await?;
+        if next == Step::Idle {
+            // Not part of the switch's time: the old slot goes once `cutover run` lets it go.
+            let wait = Duration::from_secs(30);
+            if let Err(e) = drop_slot_and_publication(
+                &sides.old,
+                &sides.before.slot,
+                &sides.before.publication,
+                wait,
+            )
+            .await
+            {
+                tracing::warn!(error = %e, slot = %sides.before.slot, "cannot drop the old direction's slot yet; `cutover run` drops it when it next starts");
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until the running pipeline has confirmed `at`: every sink durable there.
+async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
+    let source = runtime::connect_source(before).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match source.slot_activity().await? {
+            Some((_, Some(confirmed))) if confirmed >= at => return Ok(()),
+            Some((true, _)) => {}
+            _ => {
+                return Err(ConnectorError::fatal(format!(
+                    "no `cutover run` streams from slot {}, so nothing drains to the fence",
+                    before.slot
+                ))
+                .with_hint("start `cutover run PIPELINE`, then switch again"))
+            }
+        }
+        if Instant::now() > deadline {
+            let confirmed = source.confirmed_lsn().await?.unwrap_or(Lsn::ZERO);
+            return Err(ConnectorError::fatal(format!(
+                "the sinks did not reach the fence's position {at} within {} s (the slot is at {confirmed})",
+                timeout.as_secs()
+            ))
+            .with_hint("see which sink is behind in `cutover status`; raise [cutover] drain_timeout_s for a slow one"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Compares every table of every sink with the old primary, which no longer changes: anything
+/// but equal stops the switch.
+async fn final_verify(before: &Pipeline) -> Result<()> {
+    let opts = verify::VerifyOptions {
+        tables: Vec::new(),
+        repair: false,
+        max_keys: 5,
+    };
+    let report = verify::verify(before, &opts, &|_| {}).await?;
+    if let Err(e) = verify::SavedCheck::record(&report, &before.verify.report_path) {
+        tracing::warn!(error = %e, "cannot save the final check's result");
+    }
+    if report.equal() {
+        return Ok(());
+    }
+    let differing: Vec<String> = report
+        .tables
+        .iter()
+        .filter(|t| t.drift() > 0 || t.in_flight_count > 0)
+        .map(|t| {
+            format!(
+                "{}/{}: {} differing rows",
+                t.sink,
+                t.table,
+                t.drift() + t.in_flight_count
+            )
+        })
+        .collect();
+    Err(ConnectorError::fatal(format!(
+        "the final check found differences: {}",
+        differing.join(", ")
+    ))
+    .with_hint("see `cutover verify PIPELINE` for the keys; repair with `cutover verify --repair PIPELINE`"))
+}
+
+/// Sets every PostgreSQL sink's sequences `margin` steps past the source's (what
+/// `cutover sync-sequences` does). Prints one line per sequence.
+pub async fn sync_sequences(cfg: &Pipeline, margin: u32) -> Result<usize> {
+    let source = runtime::connect_source(cfg).await?;
+    let sequences = source.sequences().await?;
+    let mut targets = 0;
+    for target in cfg
+        .sinks
+        .iter()
+        .filter_map(|s| crate::targets::postgres(&**s))
+    {
+        targets += 1;
+        let name = &target.name;
+        let client = target.endpoint()?.connect().await?;
+        for seq in &sequences {
+            let done =
+                cutover_postgres::sequences::sync_sequence(&client, seq, i64::from(margin)).await?;
+            let before = done
+                .target_before
+                .map_or("created".to_string(), |b| format!("was {b}"));
+            let moved = if Some(done.target_after) == done.target_before {
+                " (already ahead, left alone)"
+            } else {
+                ""
+            };
+            println!(
+                "sink {name}: {} ({}.{}): source at {}, target set to {} ({before}){moved}{}",
+                done.sequence,
+                seq.table,
+                seq.column,
+                done.source_value,
+                done.target_after,
+                if done.default_added {
+                    "; column default nextval added"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(if targets == 0 { 0 } else { sequences.len() })
+}
+
+/// Creates the publication and slot the pipeline streams from after the switch, on the new
+/// primary; returns the slot's start. A slot already there (a resumed switch) is kept.
+async fn create_slot(after: &Pipeline) -> Result<Lsn> {
+    let source: PgSource = runtime::connect_source(after).await?;
+    source.ensure_publication().await?;
+    match source.ensure_slot().await? {
+        SlotStart::Created(session) => Ok(session.lsn),
+        SlotStart::Existing => source.confirmed_lsn().await?.ok_or_else(|| {
+            ConnectorError::fatal(format!(
+                "slot {} vanished while the switch created it",
+                after.slot
+            ))
+        }),
+    }
+}
+
+/// Points the application at the new primary: PgBouncer, then the switch command.
+async fn move_traffic(
+    cfg: &Pipeline,
+    bouncer: Option<&pgbouncer::Console>,
+    primary: &PgEndpoint,
+    direction: Direction,
+) -> Result<()> {
+    if let (Some(b), Some(p)) = (bouncer, &cfg.cutover.pgbouncer) {
+        pgbouncer::repoint(
+            &p.config_file,
+            &p.database,
+            &primary.host(),
+            primary.port(),
+            &primary.database(),
+        )?;
+        b.reload().await?;
+        b.resume().await?;
+    }
+    if let Some(command) = &cfg.cutover.switch_command {
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("CUTOVER_PIPELINE", &cfg.name)
+            .env(
+                "CUTOVER_DIRECTION",
+                match direction {
+                    Direction::Forward => "forward",
+                    Direction::Reverse => "reverse",
+                },
+            )
+            .env("CUTOVER_PRIMARY_HOST", primary.host())
+            .env("CUTOVER_PRIMARY_PORT", primary.port().to_string())
+            .env("CUTOVER_PRIMARY_DATABASE", primary.database())
+            .status()
+            .await
+            .map_err(|e| {
+                ConnectorError::fatal(format!("cannot run [cutover] switch_command: {e}"))
+            })?;
+        if !status.success() {
+            return Err(ConnectorError::fatal(format!(
+                "[cutover] switch_command exited with {status}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Undoes a switch before its point of no return: PgBouncer resumed, the old primary
+/// unfenced, the next direction's slot and publication dropped. The new primary stays fenced.
+async fn undo(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Sides) -> Result<()> {
+    if let Some(p) = &cfg.cutover.pgbouncer {
+        pgbouncer::Console::connect(p).await?.resume().await?;
+    }
+    let old: Client = sides.old.connect().await?;
+    fence::remove(&old, &sides.tables).await?;
+    drop_slot_and_publication(
+        &sides.new,
+        &sides.after.slot,
+        &sides.after.publication,
+        Duration::from_secs(5),
+    )
+    .await?;
+    rec.step = Step::Idle;
+    rec.fence_lsn = None;
+    rec.next_start = None;
+    rec.log.push(StepTime {
+        step: "undone".into(),
+        ms: 0,
+    });
+    store.save(rec).await
+}
+
+/// Drops `slot` (once no session streams from it, waiting at most `wait`) and `publication` on
+/// the database at `endpoint`; either may be missing.
+pub async fn drop_slot_and_publication(
+    endpoint: &PgEndpoint,
+    slot: &str,
+    publication: &str,
+    wait: Duration,
+) -> Result<()> {
+    let client = endpoint.connect().await?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let active: Option<bool> = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| sql_error(e, "cannot read pg_replication_slots"))?
+            .map(|r| r.get(0));
+        match active {
+            None => break,
+            Some(false) => {
+                client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                    .map_err(|e| sql_error(e, &format!("cannot drop replication slot {slot}")))?;
+                tracing::info!(slot, server = %endpoint, "replication slot of the other direction dropped");
+                break;
+            }
+            Some(true) if Instant::now() > deadline => {
+                return Err(ConnectorError::fatal(format!(
+                    "replication slot {slot} on {endpoint} is still in use"
+                )))
+            }
+            Some(true) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    client
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            cutover_core::quote_ident(publication)
+        ))
+        .await
+        .map_err(|e| sql_error(e, "cannot drop the publication"))
+}
