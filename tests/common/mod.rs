@@ -353,3 +353,86 @@ pub fn cutover(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A PgBouncer of the test's own in front of `target_url`'s database, pooling by transaction,
+/// its admin console open to `postgres`; its config file is the test's (the switch rewrites it).
+pub struct Bouncer {
+    pub child: Child,
+    pub port: u16,
+    pub config: PathBuf,
+    /// The database entry the application connects to.
+    pub database: String,
+}
+
+impl Bouncer {
+    pub fn start(dir: &std::path::Path, database: &str, port_of_db: u16, dbname: &str) -> Bouncer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("pgbouncer.ini");
+        let users = dir.join("userlist.txt");
+        std::fs::write(&users, "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[databases]\n{database} = host=127.0.0.1 port={port_of_db} dbname={dbname}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\nadmin_users = postgres\npool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 20\nignore_startup_parameters = extra_float_digits,options\nlogfile =\n",
+                users.display()
+            ),
+        )
+        .unwrap();
+        let bin = services_var("CUTOVER_PGBOUNCER_BIN");
+        let log = std::fs::File::create(dir.join("pgbouncer.log")).unwrap();
+        // PgBouncer refuses to run as root.
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", &bin]);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        let child = cmd
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start pgbouncer");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pgbouncer did not listen on {port}: {}",
+                std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Bouncer {
+            child,
+            port,
+            config,
+            database: database.to_string(),
+        }
+    }
+
+    /// What the application connects to.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{}",
+            self.port, self.database
+        )
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/pgbouncer", self.port)
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}

@@ -29,6 +29,10 @@ pub struct TargetContext {
     pub apply_schema_changes: bool,
     /// Bytes at which a write is sealed (sinks that stage rows size their buffers by it).
     pub batch_bytes: usize,
+    /// After a switch of direction: every table is complete on the target up to this position,
+    /// so a table the target holds rows of but has no copy record of is taken over as copied
+    /// there, not refused as foreign rows.
+    pub adopt_at: Option<crate::Lsn>,
 }
 
 /// One configured target.

@@ -71,6 +71,7 @@ impl PgTarget {
                 pipeline: ctx.pipeline.clone(),
                 create_tables: self.create_tables,
                 batch_bytes: ctx.batch_bytes,
+                adopt_at: ctx.adopt_at,
             },
         )
         .await

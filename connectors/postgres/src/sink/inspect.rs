@@ -32,6 +32,31 @@ impl PgSink {
         )))
     }
 
+    /// Records `table` as copied at `at` (see [`cutover_core::TargetContext::adopt_at`]).
+    pub(super) async fn adopt(&mut self, table: &TableSchema, at: cutover_core::Lsn) -> Result<()> {
+        self.client
+            .execute(
+                &format!(
+                    "INSERT INTO {}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
+                     VALUES ($1, $2, $3, $4, $5::text::pg_lsn, 0)
+                     ON CONFLICT (pipeline, sink, table_schema, table_name) DO NOTHING",
+                    crate::dead_letters::STATE_SCHEMA
+                ),
+                &[
+                    &self.options.pipeline,
+                    &self.options.name,
+                    &table.name.schema,
+                    &table.name.name,
+                    &at.to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot record a table taken over after a switch"))?;
+        self.state.copied_tables.insert(table.name.clone(), at);
+        tracing::info!(table = %table.name, sink = %self.options.name, %at, "table taken over as copied after the switch");
+        Ok(())
+    }
+
     /// Everything `run` would refuse about this target, checked without changing anything:
     /// table compatibility, then rows that cutover did not copy.
     pub async fn preflight(&self, tables: &[Arc<TableSchema>]) -> Result<()> {
@@ -39,6 +64,7 @@ impl PgSink {
         let copied = self.read_checkpoint().await?.copied_tables;
         for table in tables {
             if !copied.contains_key(&table.name)
+                && self.options.adopt_at.is_none()
                 && self.inspect_table(table).await? == TableCheck::Ready
             {
                 self.refuse_foreign_rows(table).await?;

@@ -61,6 +61,8 @@ pub struct PgSinkOptions {
     /// Apply the source's schema changes (added, dropped, renamed and retyped columns) to the
     /// target in stream order; when false, a schema change stops the pipeline with a fix.
     pub apply_schema_changes: bool,
+    /// See [`cutover_core::TargetContext::adopt_at`].
+    pub adopt_at: Option<cutover_core::Lsn>,
 }
 
 /// A PostgreSQL target.
@@ -217,7 +219,10 @@ impl Sink for PgSink {
             let from_stream = from_target.is_some();
             let table = from_target.as_ref().unwrap_or(source_table);
             if !self.state.copied_tables.contains_key(&table.name) {
-                self.refuse_foreign_rows(table).await?;
+                match self.options.adopt_at {
+                    Some(at) => self.adopt(table, at).await?,
+                    None => self.refuse_foreign_rows(table).await?,
+                }
             }
             self.stage(table, from_stream).await?;
         }
