@@ -2,7 +2,7 @@
 # Benchmarks cutover against the peers that run here, in the same run, on its own servers
 # (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
 #
-#   scripts/bench.sh [snapshot|apply|transform|memory|messages|latency|join|verify|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#   scripts/bench.sh [snapshot|apply|transform|memory|messages|latency|join|verify|switch|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
 #                                                     APPLY_TXNS=1200 by default)
 #
 # snapshot  1M rows (~160 B) into an empty target: cutover vs
@@ -32,6 +32,10 @@
 # verify    VERIFY_ROWS (default 1M) identical rows in two clusters: cutover verify vs reladiff
 #           (PyPI, every column compared); then 10 scattered differing rows; peak RSS of cutover
 #           verify at 100k and at 1M rows
+# switch    pgbench (4 clients, SWITCH_TPS default 1000 tps, scale SWITCH_SCALE default 10) through
+#           PgBouncer while `cutover switch` runs, then `cutover rollback`: the longest transaction
+#           latency and the longest gap between commits over the switch's window (pgbench -l),
+#           against the same figures in the 3 s before it (no switch), and each step's time
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -613,6 +617,112 @@ bench_verify() {
     done
 }
 
+pgbouncer_start() { # NAME DB PORT_OF_DB: a PgBouncer (transaction pooling) of the benchmark's own; prints its port
+    local dir="$WORK/$1-bouncer" port
+    mkdir -p "$dir"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    printf '"postgres" ""\n' > "$dir/users.txt"
+    cat > "$dir/pgbouncer.ini" <<EOF
+[databases]
+app = host=127.0.0.1 port=$3 dbname=$2
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/users.txt
+admin_users = postgres
+pool_mode = transaction
+max_client_conn = 200
+default_pool_size = 20
+ignore_startup_parameters = extra_float_digits,options
+logfile =
+EOF
+    chown -R postgres "$dir" 2>/dev/null || true
+    # PgBouncer refuses to run as root
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- pgbouncer "$dir/pgbouncer.ini" > "$dir/log" 2>&1 &
+    else pgbouncer "$dir/pgbouncer.ini" > "$dir/log" 2>&1 & fi
+    echo $! > "$dir/pid"
+    for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+    echo "$port"
+}
+
+write_stall() { # PGBENCH_LOG_PREFIX FROM TO: over the transactions started between the epoch times
+    # FROM and TO (pgbench -l logs), the longest latency and the longest gap between two commits,
+    # in ms, and the number of transactions in the whole log
+    python3 - "$@" <<'PY'
+import glob, sys
+ends, worst = [], 0.0
+lo, hi = float(sys.argv[2]), float(sys.argv[3])
+for f in glob.glob(sys.argv[1] + "*"):
+    for line in open(f):
+        p = line.split()
+        # client_id transaction_no time(us) script_no time_epoch time_us
+        if len(p) < 6 or not p[2].isdigit():
+            continue
+        end = int(p[4]) + int(p[5]) / 1e6
+        lat = int(p[2]) / 1e6
+        if lo <= end - lat <= hi:
+            worst = max(worst, lat)
+        ends.append(end)
+ends.sort()
+gaps = [b - a for a, b in zip(ends, ends[1:]) if lo <= b and a <= hi]
+print("%.0f %.0f %d" % (worst * 1e3, max(gaps, default=0) * 1e3, len(ends)))
+PY
+}
+
+bench_switch() {
+    local rate=${SWITCH_TPS:-1000} scale=${SWITCH_SCALE:-10}
+    echo "== switch: pgbench at $rate tps (4 clients, scale $scale) through PgBouncer; switch, then rollback, $ROUNDS rounds each"
+    src -d postgres -c "DROP DATABASE IF EXISTS sw" -c "CREATE DATABASE sw"
+    tgt -d postgres -c "DROP DATABASE IF EXISTS sw_sw" -c "CREATE DATABASE sw_sw"
+    "$PGBIN/pgbench" -i -q -s "$scale" -I dtgvp -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres sw >/dev/null 2>&1
+    src -d sw -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY"
+    local bport; bport=$(pgbouncer_start sw sw "$CUTOVER_SOURCE_PORT")
+    local p; p=$(pipeline sw sw "[cutover]
+max_lag_s = 30
+verify_max_age_s = 3600
+[cutover.pgbouncer]
+admin_url = \"postgres://postgres@127.0.0.1:$bport/pgbouncer\"
+database = \"app\"
+config_file = \"$WORK/sw-bouncer/pgbouncer.ini\"")
+    printf 'create_tables = true\n' >> "$p"
+    "$BIN" --log-format json run "$p" 2> "$WORK/sw.log" &
+    local pid=$!
+    wait_log "$WORK/sw.log" "streaming changes"
+    local base_lat=() stalls=() gaps=() totals=() rb_stalls=() rb_gaps=() rb_totals=()
+    for r in $(seq 1 "$ROUNDS"); do
+        for command in switch rollback; do
+            "$BIN" verify "$p" > "$WORK/verify.out" || { echo "verify before $command failed:" >&2; cat "$WORK/verify.out" >&2; exit 1; }
+            rm -f "$WORK"/swlog*
+            (cd "$WORK" && "$PGBIN/pgbench" -n -c 4 -j 2 -R "$rate" -T 16 -l --log-prefix=swlog -h 127.0.0.1 -p "$bport" -U postgres app > "$WORK/pgbench.out" 2>&1) &
+            local load=$!
+            sleep 5
+            local b0; b0=$(now)
+            sleep 3
+            local b1; b1=$(now)
+            "$BIN" "$command" "$p" > "$WORK/$command.out" || { cat "$WORK/$command.out" >&2; exit 1; }
+            local s1; s1=$(now)
+            wait $load
+            grep -q "number of failed transactions: 0" "$WORK/pgbench.out" || { echo "pgbench failed:"; cat "$WORK/pgbench.out"; exit 1; } >&2
+            local bl bg lat gap n total steps
+            read -r bl bg _ <<< "$(write_stall "$WORK/swlog" "$b0" "$b1")"
+            read -r lat gap n <<< "$(write_stall "$WORK/swlog" "$b1" "$s1")"
+            total=$(grep -oE "done in [0-9]+ ms" "$WORK/$command.out" | grep -oE "[0-9]+")
+            steps=$(grep -oE "done in [0-9]+ ms \([^)]*\)" "$WORK/$command.out" | sed 's/.*(//; s/)//')
+            echo "   round $r $command: longest transaction $lat ms, longest commit gap $gap ms (3 s before: $bl ms, $bg ms); $command $total ms: $steps; $n transactions, 0 failed"
+            if [ "$command" = switch ]; then stalls+=("$lat"); gaps+=("$gap"); totals+=("$total"); base_lat+=("$bl")
+            else rb_stalls+=("$lat"); rb_gaps+=("$gap"); rb_totals+=("$total"); fi
+            # `cutover run` drains and streams the next direction by itself
+            sleep 3
+        done
+    done
+    kill -TERM $pid; wait $pid || true
+    kill "$(cat "$WORK/sw-bouncer/pid")" 2>/dev/null || true
+    echo "   median switch: longest transaction $(median "${stalls[@]}") ms, longest commit gap $(median "${gaps[@]}") ms, switch $(median "${totals[@]}") ms; without a switch (same run, 3 s before): longest transaction $(median "${base_lat[@]}") ms"
+    echo "   median rollback: longest transaction $(median "${rb_stalls[@]}") ms, longest commit gap $(median "${rb_gaps[@]}") ms, rollback $(median "${rb_totals[@]}") ms"
+}
+
 case "$WHAT" in
 snapshot) bench_snapshot ;;
 apply) bench_apply ;;
@@ -622,6 +732,7 @@ messages) bench_messages ;;
 latency) bench_latency ;;
 join) bench_join ;;
 verify) bench_verify ;;
-all) bench_snapshot; bench_apply; bench_transform; bench_memory; bench_messages; bench_latency; bench_join; bench_verify ;;
-*) echo "usage: $0 [snapshot|apply|transform|memory|messages|latency|join|verify|all]" >&2; exit 2 ;;
+switch) bench_switch ;;
+all) bench_snapshot; bench_apply; bench_transform; bench_memory; bench_messages; bench_latency; bench_join; bench_verify; bench_switch ;;
+*) echo "usage: $0 [snapshot|apply|transform|memory|messages|latency|join|verify|switch|all]" >&2; exit 2 ;;
 esac

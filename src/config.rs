@@ -395,6 +395,9 @@ pub struct Pipeline {
     /// The database name the sinks report as the source's (message envelopes, topic names);
     /// after a switch, the original source's, so topics and subjects stay the same.
     pub source_label: Option<String>,
+    /// True while the pipeline streams the other way after a switch (see
+    /// [`cutover_core::TargetContext::reverse`]).
+    pub reverse: bool,
 }
 
 /// `[cutover]` with defaults applied (see [`CutoverSection`]).
@@ -676,9 +679,10 @@ pub fn parse(
         sink_transforms,
         sink_rates: parsed.iter().map(|(c, ..)| c.rate_limits()).collect(),
         snapshot_rows_per_s: file.snapshot.rows_per_s,
-        cutover: cutover_settings(&file, origin, &base_dir, env)?,
+        cutover: cutover_settings(&file, &d.cutover, origin, &base_dir, env)?,
         epoch_start: None,
         source_label: None,
+        reverse: false,
         verify: VerifySettings {
             interval_s: file.verify.interval_s.or(d.verify.interval_s).unwrap_or(0),
             rows_per_range: file
@@ -741,6 +745,7 @@ pub fn parse(
 /// `[cutover]` with defaults; the primary target resolved to a PostgreSQL sink.
 fn cutover_settings(
     file: &PipelineFile,
+    d: &CutoverSection,
     origin: &str,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
@@ -802,12 +807,18 @@ fn cutover_settings(
     Ok(CutoverSettings {
         target,
         no_target,
-        max_lag_bytes: c.max_lag_bytes.map_or(16 << 20, |b| b.0 as u64),
-        max_lag_s: c.max_lag_s.unwrap_or(5.0),
-        verify_max_age_s: c.verify_max_age_s.unwrap_or(3600),
-        drain_timeout_s: c.drain_timeout_s.unwrap_or(30),
-        fence_lock_timeout_ms: c.fence_lock_timeout_ms.unwrap_or(5000),
-        sequence_margin: c.sequence_margin.unwrap_or(1000),
+        max_lag_bytes: c
+            .max_lag_bytes
+            .or(d.max_lag_bytes)
+            .map_or(16 << 20, |b| b.0 as u64),
+        max_lag_s: c.max_lag_s.or(d.max_lag_s).unwrap_or(5.0),
+        verify_max_age_s: c.verify_max_age_s.or(d.verify_max_age_s).unwrap_or(3600),
+        drain_timeout_s: c.drain_timeout_s.or(d.drain_timeout_s).unwrap_or(30),
+        fence_lock_timeout_ms: c
+            .fence_lock_timeout_ms
+            .or(d.fence_lock_timeout_ms)
+            .unwrap_or(5000),
+        sequence_margin: c.sequence_margin.or(d.sequence_margin).unwrap_or(1000),
         switch_command: c.switch_command.clone(),
         pgbouncer,
     })
@@ -819,6 +830,7 @@ struct PipelineDefaults {
     snapshot: SnapshotSection,
     limits: LimitsSection,
     verify: VerifySection,
+    cutover: CutoverSection,
 }
 
 /// Expands `${VAR}` references. A missing variable is an error naming it (never its value).
@@ -1079,6 +1091,8 @@ url = "postgres://u:${PW}@h/db"
         assert_eq!(p.queue_bytes, 64 << 20);
         assert_eq!(p.batch_bytes, 16 << 20);
         assert_eq!(p.parallel_tables, 2);
+        assert_eq!(p.cutover.max_lag_bytes, 16 << 20);
+        assert_eq!(p.cutover.fence_lock_timeout_ms, 5000);
         let Some(pg) = crate::targets::postgres(&*p.sinks[0]) else {
             panic!("the first sink is PostgreSQL")
         };

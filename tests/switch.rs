@@ -96,7 +96,7 @@ fn pgbench_done(env: &Env, mut child: Child, seconds: u32) -> u64 {
     processed
 }
 
-/// Whether an application write to pgbench_history is taken (rolled back either way).
+/// Whether an application write is taken (rolled back either way).
 async fn takes_writes(url: &str) -> bool {
     let client = common::connect(url).await;
     client.batch_execute("BEGIN").await.unwrap();
@@ -230,6 +230,242 @@ async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
     let (code, out, _) = cutover(&["status", p]);
     assert!(out.contains("epoch 2"), "{out}");
     let _ = code;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    drop_slots(&env).await;
+}
+
+/// A closed gate refuses the switch, names the gate and its fix, and changes nothing; a target
+/// that cannot stream back is named by the reverse-path gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_gate_refuses_the_switch_and_changes_nothing() {
+    let env = Env::new("switch_gates").await;
+    pgbench_init(&env).await;
+    let path = pipeline(&env, None);
+    let p = path.to_str().unwrap();
+    let (code, out, _) = cutover(&["status", p]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("FAIL  pipeline streaming") && out.trim_end().ends_with("NOT READY"),
+        "{out}"
+    );
+
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(90))
+        .await;
+    wait_equal(&env).await;
+    // No consistency check yet.
+    let (code, out, err) = cutover(&["switch", p]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(out.contains("FAIL  last verify: no check saved"), "{out}");
+    assert!(
+        err.contains("refused: last verify") && err.contains("fix: run `cutover verify"),
+        "{err}"
+    );
+    let (code, out, _) = cutover(&["switch", "--dry-run", p]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("plan:") && out.contains("fence the old primary"),
+        "{out}"
+    );
+    assert!(takes_writes(&env.source_url).await && takes_writes(&env.target_url).await);
+    let (code, out, _) = cutover(&["status", "--format", "json", p]);
+    assert_eq!(code, 3);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["ready"], false);
+    assert_eq!(doc["epoch"], 0);
+    let verify_gate = doc["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == "last verify")
+        .unwrap();
+    assert_eq!(verify_gate["ok"], false, "{verify_gate}");
+    // A dirty check closes the gate too.
+    env.target()
+        .await
+        .batch_execute(
+            "SET cutover.apply = on; UPDATE pgbench_tellers SET tbalance = 7 WHERE tid = 3",
+        )
+        .await
+        .unwrap();
+    let (code, _, _) = cutover(&["verify", p]);
+    assert_eq!(code, 1);
+    let (code, out, _) = cutover(&["switch", p]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("FAIL  last verify: DRIFT: 1 rows"), "{out}");
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+
+    // A target without wal_level = logical has no way back.
+    let plain = common::connect(&common::url(env.services.plain_port, "postgres")).await;
+    plain
+        .batch_execute(&format!("CREATE DATABASE {}", env.name))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &env.target_url,
+        &common::url(env.services.plain_port, &env.name),
+    );
+    std::fs::write(&path, text).unwrap();
+    let (code, out, _) = cutover(&["status", p]);
+    assert_eq!(code, 3);
+    assert!(
+        out.contains("FAIL  reverse path") && out.contains("wal_level replica"),
+        "{out}"
+    );
+}
+
+/// Runs `cutover` with `CUTOVER_CRASH_AT` set to a switch step.
+fn crash_at(step: &str, args: &[&str]) -> i32 {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .env("CUTOVER_CRASH_AT", format!("switch_{step}"))
+        .output()
+        .unwrap()
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+/// A crash before each step: the record says a switch is in progress, a plain switch is
+/// refused, `--abort` returns to before it; past the point of no return `--abort` is refused
+/// and `--resume` finishes. After every crash at most one database takes application writes.
+#[cfg(feature = "crash-points")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_is_resumed_or_aborted_and_never_leaves_two_primaries() {
+    let env = Env::new("switch_crash").await;
+    pgbench_init(&env).await;
+    let path = pipeline(&env, None);
+    let p = path.to_str().unwrap();
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(90))
+        .await;
+    wait_equal(&env).await;
+    let (code, out, _) = cutover(&["verify", p]);
+    assert_eq!(code, 0, "{out}");
+    for step in [
+        "pausing",
+        "fencing",
+        "draining",
+        "verifying",
+        "sequences",
+        "reverse_slot",
+    ] {
+        assert_eq!(crash_at(step, &["switch", p]), 70, "no crash at {step}");
+        let (src, tgt) = (
+            takes_writes(&env.source_url).await,
+            takes_writes(&env.target_url).await,
+        );
+        assert!(!(src && tgt), "two primaries after a crash at {step}");
+        let (code, out, err) = cutover(&["switch", p]);
+        assert_ne!(code, 0, "{out}");
+        assert!(
+            err.contains("interrupted at step") && err.contains("--abort"),
+            "{err}"
+        );
+        let (_, out, _) = cutover(&["status", p]);
+        assert!(out.contains("a switch is in progress at step"), "{out}");
+        let (code, out, err) = cutover(&["switch", "--abort", p]);
+        assert_eq!(code, 0, "abort after {step}: {out}\n{err}");
+        assert!(
+            takes_writes(&env.source_url).await,
+            "source fenced after aborting at {step}"
+        );
+        assert!(
+            !takes_writes(&env.target_url).await,
+            "target open after aborting at {step}"
+        );
+        env.on_source("UPDATE pgbench_branches SET bbalance = bbalance + 1")
+            .await;
+    }
+    wait_equal(&env).await;
+    let (code, ..) = cutover(&["verify", p]);
+    assert_eq!(code, 0);
+    // Past the point of no return.
+    assert_eq!(crash_at("moving", &["switch", p]), 70);
+    assert!(!takes_writes(&env.source_url).await && !takes_writes(&env.target_url).await);
+    let (code, _, err) = cutover(&["switch", "--abort", p]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("point of no return") && err.contains("--resume"),
+        "{err}"
+    );
+    let (code, out, err) = cutover(&["switch", "--resume", p]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!takes_writes(&env.source_url).await && takes_writes(&env.target_url).await);
+    env.target()
+        .await
+        .batch_execute("UPDATE pgbench_accounts SET abalance = 42 WHERE aid < 50")
+        .await
+        .unwrap();
+    wait_equal(&env).await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    drop_slots(&env).await;
+}
+
+/// The message and document sinks follow the switch: after it their changes come from the new
+/// primary, into the same topics, stream and collections, and after the rollback from the old
+/// one again; folded by key, each equals the database the application writes to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_sinks_follow_the_switch_and_the_rollback() {
+    use common::targets::{self, KafkaReader, NatsReader};
+    use common::workload::{self, Workload};
+
+    let env = Env::new("switch_msgs").await;
+    let src = env.source().await;
+    src.batch_execute(workload::SCHEMA).await.unwrap();
+    workload::prefill(&src, 100).await;
+    let path = env.pipeline_with(
+        "[\"public.*\"]",
+        "[cutover]\nmax_lag_s = 30\nverify_max_age_s = 600\n",
+        &targets::message_sinks(&env, ""),
+    );
+    let p = path.to_str().unwrap();
+    let topics: Vec<String> = workload::TABLES
+        .iter()
+        .map(|t| format!("{}.public.{t}", env.name))
+        .collect();
+    let mut kafka = KafkaReader::new(&topics);
+    let mut nats = NatsReader::new(&format!("cutover_{}", env.name)).await;
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(90))
+        .await;
+    // Each phase: writes on the database the application uses, then every target equal.
+    for (phase, command) in [
+        ("forward", "switch"),
+        ("reverse", "rollback"),
+        ("forward again", ""),
+    ] {
+        let primary = if phase == "reverse" {
+            env.target().await
+        } else {
+            env.source().await
+        };
+        let seed = phase.len() as u64;
+        let committed = Workload::start_counted(primary, seed, 60).finish().await;
+        assert!(committed > 20, "{phase}: only {committed} transactions");
+        env.wait_equal(workload::TABLES, Duration::from_secs(90))
+            .await;
+        targets::wait_all_equal(
+            &env,
+            workload::SCHEMA,
+            workload::TABLES,
+            &mut kafka,
+            &mut nats,
+            Duration::from_secs(180),
+        )
+        .await;
+        assert!(nats.duplicate_ids().is_empty(), "{phase}: NATS duplicates");
+        if command.is_empty() {
+            break;
+        }
+        let (code, out, err) = cutover(&["verify", p]);
+        assert_eq!(code, 0, "{phase}: verify\n{out}\n{err}");
+        let (code, out, err) = cutover(&[command, p]);
+        assert_eq!(code, 0, "{command}:\n{out}\n{err}\n{}", run.log_text());
+    }
+    let (_, out, _) = cutover(&["status", p]);
+    assert!(out.contains("epoch 2"), "{out}");
     assert!(run.terminate().success(), "{}", run.log_text());
     drop_slots(&env).await;
 }

@@ -37,6 +37,7 @@ pub fn target_context(cfg: &Pipeline, database: &str) -> TargetContext {
         apply_schema_changes: cfg.apply_schema_changes,
         batch_bytes: cfg.batch_bytes,
         adopt_at: cfg.epoch_start,
+        reverse: cfg.reverse,
     }
 }
 

@@ -329,6 +329,7 @@ pub fn pipeline_for(
     p.slot = reverse_name(&cfg.slot);
     p.publication = reverse_name(&cfg.publication);
     p.source_label = Some(source_db);
+    p.reverse = true;
     let old: Arc<dyn Target> = Arc::new(PgTarget {
         name: "source".into(),
         url: cfg.source_url.clone(),

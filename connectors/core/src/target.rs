@@ -33,6 +33,20 @@ pub struct TargetContext {
     /// so a table the target holds rows of but has no copy record of is taken over as copied
     /// there, not refused as foreign rows.
     pub adopt_at: Option<crate::Lsn>,
+    /// True while the pipeline streams the other way after a switch (the primary target is
+    /// the source). Positions of one server mean nothing on the other, so a target keeps its
+    /// saved state apart for each direction ([`TargetContext::state_key`]).
+    pub reverse: bool,
+}
+
+/// The name under which a target keeps one direction's saved state: `key` itself forward,
+/// `key` with `.reverse` appended in reverse (see [`TargetContext::reverse`]).
+pub fn directed_state_key(key: &str, reverse: bool) -> String {
+    if reverse {
+        format!("{key}.reverse")
+    } else {
+        key.to_string()
+    }
 }
 
 /// One configured target.

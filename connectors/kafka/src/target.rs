@@ -151,6 +151,20 @@ impl TargetConfig for KafkaConfig {
     }
 }
 
+impl KafkaSinkOptions {
+    /// These options for the direction `ctx` streams in: after a switch, the progress is kept
+    /// in a state file of that direction's own (`state_path` with `.reverse` appended).
+    fn directed(&self, ctx: &TargetContext) -> KafkaSinkOptions {
+        let mut options = self.clone();
+        if let Some(file) = self.state_path.file_name() {
+            let file =
+                cutover_core::target::directed_state_key(&file.to_string_lossy(), ctx.reverse);
+            options.state_path = self.state_path.with_file_name(file);
+        }
+        options
+    }
+}
+
 #[async_trait]
 impl Target for KafkaSinkOptions {
     fn kind(&self) -> &'static str {
@@ -162,20 +176,21 @@ impl Target for KafkaSinkOptions {
     }
 
     async fn connect(&self, ctx: &TargetContext) -> Result<Box<dyn Sink>> {
-        let mut options = self.clone();
+        let mut options = self.directed(ctx);
         options.source_database = ctx.source_database.clone();
         Ok(Box::new(KafkaTransport::connect(options).await?))
     }
 
-    async fn saved_state(&self, _ctx: &TargetContext) -> Result<SinkState> {
-        KafkaTransport::saved_state(self).await
+    async fn saved_state(&self, ctx: &TargetContext) -> Result<SinkState> {
+        KafkaTransport::saved_state(&self.directed(ctx)).await
     }
 
-    async fn forget_state(&self, _ctx: &TargetContext) -> Result<String> {
-        KafkaTransport::forget_state(self).await?;
+    async fn forget_state(&self, ctx: &TargetContext) -> Result<String> {
+        let options = self.directed(ctx);
+        KafkaTransport::forget_state(&options).await?;
         Ok(format!(
             "state file {} deleted (the topics are left as they are)",
-            self.state_path.display()
+            options.state_path.display()
         ))
     }
 

@@ -57,6 +57,9 @@ pub struct MongoSinkOptions {
     /// Where writes the server refuses for good (a collection validator, a document over 16
     /// MiB) are parked; `None`: such a write stops the sink.
     pub dead_letter_file: Option<std::path::PathBuf>,
+    /// Streams the other way after a switch: the state document is this direction's own
+    /// (see [`cutover_core::TargetContext::reverse`]).
+    pub reverse: bool,
 }
 
 impl fmt::Debug for MongoSinkOptions {
@@ -152,6 +155,7 @@ mod tests {
             database: "shop".into(),
             collection: Template::parse("{table}").unwrap(),
             dead_letter_file: None,
+            reverse: false,
         };
         let shown = format!("{options:?}");
         assert!(

@@ -95,7 +95,7 @@ impl MongoSink {
                     .write_concern(journaled)
                     .build(),
             ),
-            id: format!("{}/{}", options.pipeline, options.name),
+            id: state_id(&options),
             shared: Arc::new(Mutex::new(Shared::default())),
         };
         tracing::info!(
@@ -234,6 +234,15 @@ struct Shared {
     /// Collections whose snapshot copy was started and has not finished, with the snapshot's
     /// LSN: what they hold is cutover's, from that copy.
     copying: BTreeMap<String, Lsn>,
+}
+
+/// The `_id` of the sink's state document: `<pipeline>/<sink>`, with `.reverse` appended while
+/// the pipeline streams the other way after a switch.
+fn state_id(options: &MongoSinkOptions) -> String {
+    cutover_core::target::directed_state_key(
+        &format!("{}/{}", options.pipeline, options.name),
+        options.reverse,
+    )
 }
 
 /// The sink's state document: `{_id: "<pipeline>/<sink>", state: "<SinkState JSON>", copying:

@@ -68,7 +68,18 @@ impl TargetConfig for MongoConfig {
                 Some(p) => Some(ctx.path("dead_letter_file", p)?),
                 None => None,
             },
+            reverse: false,
         }))
+    }
+}
+
+impl MongoSinkOptions {
+    /// These options for the direction `ctx` streams in.
+    fn directed(&self, ctx: &TargetContext) -> MongoSinkOptions {
+        MongoSinkOptions {
+            reverse: ctx.reverse,
+            ..self.clone()
+        }
     }
 }
 
@@ -82,16 +93,16 @@ impl Target for MongoSinkOptions {
         &self.name
     }
 
-    async fn connect(&self, _ctx: &TargetContext) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(MongoSink::connect(self.clone()).await?))
+    async fn connect(&self, ctx: &TargetContext) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(MongoSink::connect(self.directed(ctx)).await?))
     }
 
-    async fn saved_state(&self, _ctx: &TargetContext) -> Result<SinkState> {
-        MongoSink::saved_state(self).await
+    async fn saved_state(&self, ctx: &TargetContext) -> Result<SinkState> {
+        MongoSink::saved_state(&self.directed(ctx)).await
     }
 
-    async fn forget_state(&self, _ctx: &TargetContext) -> Result<String> {
-        MongoSink::forget_state(self).await?;
+    async fn forget_state(&self, ctx: &TargetContext) -> Result<String> {
+        MongoSink::forget_state(&self.directed(ctx)).await?;
         Ok("saved progress deleted (the collections are left as they are)".into())
     }
 

@@ -40,6 +40,7 @@ fn options_without_url(database: &str) -> MongoSinkOptions {
         database: database.to_string(),
         collection: Template::parse("{schema}_{table}").unwrap(),
         dead_letter_file: None,
+        reverse: false,
     }
 }
 

@@ -35,6 +35,7 @@ fn options(database: &str) -> MongoSinkOptions {
         database: database.to_string(),
         collection: Template::parse("{schema}_{table}").unwrap(),
         dead_letter_file: None,
+        reverse: false,
     }
 }
 

@@ -51,6 +51,10 @@ pub struct NatsSinkOptions {
     /// Where messages the server refuses for good (over `max_payload` or the stream's
     /// maximum message size) are parked; `None`: such a message stops the sink.
     pub dead_letter_file: Option<std::path::PathBuf>,
+    /// Streams the other way after a switch: the saved state is this direction's own, and
+    /// message ids carry an `r` so that no position of the other server is taken for a replay
+    /// (see [`cutover_core::TargetContext::reverse`]).
+    pub reverse: bool,
 }
 
 impl std::fmt::Debug for NatsSinkOptions {
@@ -213,7 +217,10 @@ impl NatsTransport {
     }
 
     fn state_key(&self) -> String {
-        format!("{}.{}", self.options.pipeline, self.options.name)
+        cutover_core::target::directed_state_key(
+            &format!("{}.{}", self.options.pipeline, self.options.name),
+            self.options.reverse,
+        )
     }
 
     /// The subject of a table's messages, checked; a table without a key is refused.
@@ -328,8 +335,18 @@ fn subject_matches(filter: &str, subject: &str) -> bool {
     }
 }
 
-/// The message id that lets the server drop a replayed message.
-fn message_id(out: &Outgoing) -> String {
+/// The message id that lets the server drop a replayed message; `r` first while streaming the
+/// other way after a switch (positions on the two servers are unrelated).
+fn message_id(out: &Outgoing, reverse: bool) -> String {
+    let id = position_id(out);
+    if reverse {
+        format!("r{id}")
+    } else {
+        id
+    }
+}
+
+fn position_id(out: &Outgoing) -> String {
     match out.message.op {
         cutover_core::envelope::Op::Snapshot => {
             let mut h = blake3::Hasher::new();
@@ -351,12 +368,13 @@ fn message_id(out: &Outgoing) -> String {
 /// Publishes messages in order and waits for every acknowledgement (at most `ACK_WINDOW`
 /// outstanding, so memory stays bounded). With `parking`, a message the server refuses for good
 /// is parked instead of failing the write, and so is every later message of a key that has a
-/// parked message.
+/// parked message. `reverse`: see [`NatsSinkOptions::reverse`].
 async fn publish(
     js: &jetstream::Context,
     subjects: &HashMap<TableName, String>,
     messages: Vec<Outgoing>,
     parking: Option<&Parking>,
+    reverse: bool,
 ) -> Result<()> {
     if let Some(p) = parking {
         blocking(|| p.refresh())?;
@@ -386,7 +404,7 @@ async fn publish(
                 continue;
             }
         }
-        let id = message_id(&out);
+        let id = message_id(&out, reverse);
         let payload = Bytes::from(out.message.payload.unwrap_or_default());
         let message = jetstream::message::PublishMessage::build()
             .payload(payload)
@@ -533,7 +551,7 @@ impl Transport for NatsTransport {
         messages: Vec<Outgoing>,
         parking: Option<&Parking>,
     ) -> Result<()> {
-        publish(&self.js, routes, messages, parking).await
+        publish(&self.js, routes, messages, parking, self.options.reverse).await
     }
 
     async fn load_state(&self) -> Result<SinkState> {

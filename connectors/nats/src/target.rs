@@ -70,6 +70,7 @@ impl TargetConfig for NatsConfig {
                 Some(p) => Some(ctx.path("dead_letter_file", p)?),
                 None => None,
             },
+            reverse: false,
         }))
     }
 }
@@ -87,15 +88,24 @@ impl Target for NatsSinkOptions {
     async fn connect(&self, ctx: &TargetContext) -> Result<Box<dyn Sink>> {
         let mut options = self.clone();
         options.source_database = ctx.source_database.clone();
+        options.reverse = ctx.reverse;
         Ok(Box::new(NatsTransport::connect(options).await?))
     }
 
-    async fn saved_state(&self, _ctx: &TargetContext) -> Result<SinkState> {
-        NatsTransport::saved_state(self).await
+    async fn saved_state(&self, ctx: &TargetContext) -> Result<SinkState> {
+        NatsTransport::saved_state(&NatsSinkOptions {
+            reverse: ctx.reverse,
+            ..self.clone()
+        })
+        .await
     }
 
-    async fn forget_state(&self, _ctx: &TargetContext) -> Result<String> {
-        NatsTransport::forget_state(self).await?;
+    async fn forget_state(&self, ctx: &TargetContext) -> Result<String> {
+        NatsTransport::forget_state(&NatsSinkOptions {
+            reverse: ctx.reverse,
+            ..self.clone()
+        })
+        .await?;
         Ok("saved progress deleted (the stream is left as it is)".into())
     }
 
