@@ -153,6 +153,16 @@ pub async fn switch(
             return Ok(Some(readiness));
         }
         rec.log.clear();
+        // The new primary refuses application writes before the record says a switch is in
+        // progress, so that after a crash at any step at most one database takes them.
+        let sides = Sides::of(cfg, &rec, from).await?;
+        fence::install(
+            &sides.new.connect().await?,
+            &cfg.name,
+            &sides.tables,
+            cfg.cutover.fence_lock_timeout_ms,
+        )
+        .await?;
         rec.step = Step::Pausing;
         store.save(&rec).await?;
     }

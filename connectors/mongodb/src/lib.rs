@@ -60,6 +60,10 @@ pub struct MongoSinkOptions {
     /// Streams the other way after a switch: the state document is this direction's own
     /// (see [`cutover_core::TargetContext::reverse`]).
     pub reverse: bool,
+    /// After a switch of direction: every collection is complete up to this position, so
+    /// documents the sink has no copy record of are taken over, not refused (see
+    /// [`cutover_core::TargetContext::adopt_at`]).
+    pub adopt_at: Option<cutover_core::Lsn>,
 }
 
 impl fmt::Debug for MongoSinkOptions {
@@ -156,6 +160,7 @@ mod tests {
             collection: Template::parse("{table}").unwrap(),
             dead_letter_file: None,
             reverse: false,
+            adopt_at: None,
         };
         let shown = format!("{options:?}");
         assert!(

@@ -764,6 +764,7 @@ impl Sink for MongoSink {
             let coll = self.targets[&table.name].1.ns.coll.clone();
             if !shared.state.copied_tables.contains_key(&table.name)
                 && !shared.copying.contains_key(&coll)
+                && self.options.adopt_at.is_none()
             {
                 self.refuse_foreign_documents(&table.name, &coll).await?;
             }

@@ -69,6 +69,7 @@ impl TargetConfig for MongoConfig {
                 None => None,
             },
             reverse: false,
+            adopt_at: None,
         }))
     }
 }
@@ -78,6 +79,7 @@ impl MongoSinkOptions {
     fn directed(&self, ctx: &TargetContext) -> MongoSinkOptions {
         MongoSinkOptions {
             reverse: ctx.reverse,
+            adopt_at: ctx.adopt_at,
             ..self.clone()
         }
     }

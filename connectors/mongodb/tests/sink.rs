@@ -41,6 +41,7 @@ fn options_without_url(database: &str) -> MongoSinkOptions {
         collection: Template::parse("{schema}_{table}").unwrap(),
         dead_letter_file: None,
         reverse: false,
+        adopt_at: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn options(database: &str) -> MongoSinkOptions {
         collection: Template::parse("{schema}_{table}").unwrap(),
         dead_letter_file: None,
         reverse: false,
+        adopt_at: None,
     }
 }
 
