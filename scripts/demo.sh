@@ -7,7 +7,9 @@
 #      pgbench keeps writing to the source, so the copy and the stream both see live writes;
 #   3. when the writes stop, waits for every target to catch up, shows the lag, compares every
 #      table's full contents: PostgreSQL directly, Kafka and NATS by folding topic and stream to
-#      the latest row per key, MongoDB by reading the collections; then stops everything.
+#      the latest row per key, MongoDB by reading the collections, then `cutover verify`;
+#   4. switches the application's writes to the target (`cutover switch`): the source is fenced,
+#      and a write on the target streams back to it; then stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -96,6 +98,27 @@ if $bin verify pipelines/demo.toml > "$CUTOVER_SERVICES_DIR/verify.log" 2>&1; th
 else
     sed 's/^/   /' "$CUTOVER_SERVICES_DIR/verify.log" | head -30 | cut -c1-200
     same=0
+fi
+
+if [ "$same" = 1 ]; then
+    echo "== the switch: readiness, then the application's writes move to the target"
+    $bin status pipelines/demo.toml | sed -n '/readiness/,$p' | sed 's/^/   /'
+    if $bin switch pipelines/demo.toml > "$CUTOVER_SERVICES_DIR/switch.log" 2>&1; then
+        sed 's/^/   /' "$CUTOVER_SERVICES_DIR/switch.log" | grep -v "^   readiness\|^     *ok\|^   READY" | cut -c1-200
+    else
+        sed 's/^/   /' "$CUTOVER_SERVICES_DIR/switch.log" | cut -c1-200; same=0
+    fi
+    echo "   the old primary now refuses application writes:"
+    psql_src -d shop -c "UPDATE customers SET name = name WHERE id = 1" 2>&1 | head -1 | sed 's/^/     /' || true
+    echo "   a write on the new primary streams back to the old one (the way back stays open):"
+    psql_tgt -d shop -c "UPDATE customers SET name = 'written on the new primary' WHERE id = 1"
+    for _ in $(seq 1 120); do
+        back=$(psql_src -d shop -At -c "SELECT name FROM customers WHERE id = 1")
+        [ "$back" = "written on the new primary" ] && break
+        sleep 0.5
+    done
+    if [ "$back" = "written on the new primary" ]; then echo "     old primary: customers 1 is '$back'"
+    else echo "     old primary: customers 1 is still '$back'"; same=0; fi
 fi
 
 echo "== stopping cutover (SIGTERM: drain, confirm, exit 0)"

@@ -68,12 +68,28 @@ pub struct CutoverSection {
     pub fence_lock_timeout_ms: Option<u64>,
     /// Steps the target's sequences are set ahead of the source's.
     pub sequence_margin: Option<u32>,
+    /// The switch's final check: `changed` compares the rows changed since the last clean
+    /// check (every row of a table whose changed keys are not all known), `full` every row.
+    pub final_verify: Option<FinalVerify>,
+    /// Most changed keys `cutover run` keeps for the final check; past it, the table that
+    /// overflows is checked in full.
+    pub changed_keys_max: Option<usize>,
     /// A shell command run to move traffic (after PgBouncer, when both are set), with the new
     /// primary in `CUTOVER_PRIMARY_HOST`, `_PORT`, `_DATABASE` and the direction in
     /// `CUTOVER_DIRECTION`.
     pub switch_command: Option<String>,
     /// PgBouncer in front of the application: paused during the switch, then repointed.
     pub pgbouncer: Option<PgBouncerSection>,
+}
+
+/// What the switch's final check compares (`[cutover] final_verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinalVerify {
+    /// The rows changed since the last clean check.
+    Changed,
+    /// Every row.
+    Full,
 }
 
 /// `[cutover.pgbouncer]`.
@@ -413,6 +429,8 @@ pub struct CutoverSettings {
     pub drain_timeout_s: u64,
     pub fence_lock_timeout_ms: u64,
     pub sequence_margin: u32,
+    pub final_verify: FinalVerify,
+    pub changed_keys_max: usize,
     pub switch_command: Option<String>,
     pub pgbouncer: Option<PgBouncerSettings>,
 }
@@ -819,6 +837,14 @@ fn cutover_settings(
             .or(d.fence_lock_timeout_ms)
             .unwrap_or(5000),
         sequence_margin: c.sequence_margin.or(d.sequence_margin).unwrap_or(1000),
+        final_verify: c
+            .final_verify
+            .or(d.final_verify)
+            .unwrap_or(FinalVerify::Changed),
+        changed_keys_max: c
+            .changed_keys_max
+            .or(d.changed_keys_max)
+            .unwrap_or(1_000_000),
         switch_command: c.switch_command.clone(),
         pgbouncer,
     })

@@ -164,6 +164,7 @@ fn main() -> ExitCode {
             tables,
             repair,
             max_keys,
+            changed: None,
         };
         return runtime.block_on(run_verify(&pipeline, opts, format, terminal));
     }
@@ -348,7 +349,9 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         let checker = (cfg.verify.interval_s > 0)
             .then(|| tokio::spawn(periodic_verify(cfg.clone(), telemetry.clone())));
         // The handle commands the running pipeline: the switch watcher drains it at a fence.
-        let (mut operator, handle) = Operator::new();
+        let (operator, handle) = Operator::new();
+        let mut operator =
+            operator.tracking(cfg.cutover.changed_keys_max, cfg.verify.report_path.clone());
         let watcher = tokio::spawn(switch::watch_epoch(file.clone(), rec.epoch, handle));
         let result = runtime::run(&cfg, &telemetry, stop_rx.clone(), &mut operator).await;
         watcher.abort();
@@ -375,6 +378,7 @@ async fn periodic_verify(cfg: config::Pipeline, telemetry: Telemetry) {
         tables: Vec::new(),
         repair: false,
         max_keys: 20,
+        changed: None,
     };
     loop {
         tokio::time::sleep(every).await;

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::config::Pipeline;
 use crate::pipeline as runtime;
+use crate::pipeline::changed::{Journal, Scope};
 
 /// What to compare and how.
 #[derive(Debug, Clone)]
@@ -35,6 +36,10 @@ pub struct VerifyOptions {
     pub repair: bool,
     /// Differing keys listed per kind and table (all are counted).
     pub max_keys: usize,
+    /// Compare only the keys changed after a clean check that began at the position given,
+    /// in the tables whose changed keys the journal knows (the others in full). For a source
+    /// that no longer changes (the switch's final check): differences are not re-checked.
+    pub changed: Option<(Arc<Journal>, Lsn)>,
 }
 
 /// Progress of a running check, for a terminal line.
@@ -55,6 +60,10 @@ pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub pipeline: String,
+    /// The source's WAL position when the check began (a clean check proves every row equal
+    /// as of then or later).
+    #[serde(skip)]
+    pub source_lsn_at_start: Option<Lsn>,
     /// Whether the pipeline was streaming from its slot during the check.
     pub pipeline_running: bool,
     pub elapsed_ms: u64,
@@ -85,6 +94,9 @@ pub struct TableReport {
     pub repaired: u64,
     pub still_differing_after_repair: u64,
     pub elapsed_ms: u64,
+    /// Only the keys changed since the last clean check were compared (`source_rows` and
+    /// `target_rows` count those rows).
+    pub keys_only: bool,
 }
 
 /// A row present on both sides with different values.
@@ -208,6 +220,10 @@ pub struct SavedCheck {
     /// How long the check took (absent in checks saved before it was kept).
     #[serde(default)]
     pub elapsed_ms: Option<u64>,
+    /// The source's WAL position (as a number) when the last clean check began: rows changed
+    /// after it are the ones the switch's final check compares.
+    #[serde(default)]
+    pub clean_from: Option<u64>,
 }
 
 impl SavedCheck {
@@ -230,6 +246,11 @@ impl SavedCheck {
             in_flight_rows: report.tables.iter().map(|t| t.in_flight_count).sum(),
             drift_by_table,
             elapsed_ms: Some(report.elapsed_ms),
+            clean_from: if report.equal() {
+                report.source_lsn_at_start.map(|l| l.0)
+            } else {
+                previous.and_then(|p| p.clean_from)
+            },
         }
     }
 
@@ -271,6 +292,7 @@ pub async fn verify(
 ) -> Result<Report> {
     let started = Instant::now();
     let source = runtime::connect_source(cfg).await?;
+    let source_lsn_at_start = source.current_wal_lsn().await.ok();
     let tables = select_tables(&source, &opts.tables)?;
     let running = matches!(source.slot_activity().await?, Some((true, _)));
     let mut reports = Vec::new();
@@ -304,6 +326,7 @@ pub async fn verify(
     }
     Ok(Report {
         pipeline: cfg.name.clone(),
+        source_lsn_at_start,
         pipeline_running: running,
         elapsed_ms: started.elapsed().as_millis() as u64,
         tables: reports,
@@ -402,47 +425,28 @@ struct TableCheck<'a> {
 
 impl TableCheck<'_> {
     async fn run(&self, progress: ProgressFn<'_>) -> Result<TableReport> {
-        let TableCheck {
-            cfg,
-            source,
-            src,
-            tgt,
-            sink,
-            table,
-            shaped: _,
-            opts,
-            running,
-        } = *self;
-        let sink_name = sink.name();
         let started = Instant::now();
-        let settings = &cfg.verify;
-        let (estimate, bounds) = src.sample_bounds(settings.rows_per_range).await?;
-        let mut ranges = Vec::with_capacity(bounds.len() + 1);
-        let mut low = Bound::Unbounded;
-        for b in bounds {
-            let high = Bound::Key(b);
-            ranges.push((low, high.clone()));
-            low = high;
-        }
-        ranges.push((low, Bound::Unbounded));
-        let per_range = estimate / ranges.len() as u64 + 1;
-        let mut shown = Progress {
-            sink: sink_name.to_string(),
-            table: table.name.to_string(),
-            ranges: ranges.len(),
-            started: Some(started),
-            ..Progress::default()
+        let mut report = self.empty_report();
+        let (confirmed, in_flight) = match self.changed_keys() {
+            Some(keys) => (self.compare_keys(keys, &mut report).await?, Vec::new()),
+            None => self.compare_ranges(&mut report, progress).await?,
         };
-        let mut report = TableReport {
-            sink: sink_name.to_string(),
-            kind: sink.kind(),
+        self.tally(&mut report, &confirmed, &in_flight);
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    fn empty_report(&self) -> TableReport {
+        TableReport {
+            sink: self.sink.name().to_string(),
+            kind: self.sink.kind(),
             table: match self.shaped.as_ref().map(|t| &t.output().name) {
-                Some(out) if *out != table.name => format!("{} (as {out})", table.name),
-                _ => table.name.to_string(),
+                Some(out) if *out != self.table.name => format!("{} (as {out})", self.table.name),
+                _ => self.table.name.to_string(),
             },
             source_rows: 0,
             target_rows: 0,
-            ranges: ranges.len(),
+            ranges: 0,
             range_reads: 0,
             missing_count: 0,
             extra_count: 0,
@@ -455,6 +459,81 @@ impl TableCheck<'_> {
             repaired: 0,
             still_differing_after_repair: 0,
             elapsed_ms: 0,
+            keys_only: false,
+        }
+    }
+
+    /// The keys to compare instead of every row, when the options limit this table to them.
+    fn changed_keys(&self) -> Option<Vec<Vec<Option<bytes::Bytes>>>> {
+        let (journal, clean_from) = self.opts.changed.as_ref()?;
+        match journal.scope(&self.table.name, *clean_from) {
+            Scope::Keys(keys) => Some(keys),
+            Scope::Full => None,
+        }
+    }
+
+    /// Compares the rows of `keys` on both sides; the source must no longer change.
+    async fn compare_keys(
+        &self,
+        keys: Vec<Vec<Option<bytes::Bytes>>>,
+        report: &mut TableReport,
+    ) -> Result<Vec<RowDiff>> {
+        const CHUNK: usize = 1000;
+        report.keys_only = true;
+        let bounds: Vec<Arc<KeyBound>> = keys
+            .into_iter()
+            .map(|k| KeyBound::of_values(self.table, k).map(Arc::new))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| {
+                ConnectorError::fatal(format!("table {}: a changed key: {e}", self.table.name))
+            })?;
+        let mut diffs = Vec::new();
+        for chunk in bounds.chunks(CHUNK) {
+            let (s, t) = futures::try_join!(self.src.fetch(chunk), self.tgt.fetch(chunk))?;
+            report.range_reads += 1;
+            report.source_rows += s.iter().flatten().count() as u64;
+            report.target_rows += t.iter().flatten().count() as u64;
+            diffs.extend(s.into_iter().zip(t).filter_map(|(s, t)| diff_between(s, t)));
+        }
+        Ok(diffs)
+    }
+
+    /// Compares every row, range by range; differing rows are checked again while changes
+    /// flow, and repaired when asked. Returns the confirmed drift and the rows in flight.
+    async fn compare_ranges(
+        &self,
+        report: &mut TableReport,
+        progress: ProgressFn<'_>,
+    ) -> Result<(Vec<RowDiff>, Vec<CanonRow>)> {
+        let TableCheck {
+            cfg,
+            source,
+            src,
+            tgt,
+            sink,
+            table,
+            shaped: _,
+            opts,
+            running,
+        } = *self;
+        let settings = &cfg.verify;
+        let (estimate, bounds) = src.sample_bounds(settings.rows_per_range).await?;
+        let mut ranges = Vec::with_capacity(bounds.len() + 1);
+        let mut low = Bound::Unbounded;
+        for b in bounds {
+            let high = Bound::Key(b);
+            ranges.push((low, high.clone()));
+            low = high;
+        }
+        ranges.push((low, Bound::Unbounded));
+        let per_range = estimate / ranges.len() as u64 + 1;
+        report.ranges = ranges.len();
+        let mut shown = Progress {
+            sink: sink.name().to_string(),
+            table: table.name.to_string(),
+            ranges: ranges.len(),
+            started: Some(Instant::now()),
+            ..Progress::default()
         };
         let mut diffs = Vec::new();
         for (i, (low, high)) in ranges.into_iter().enumerate() {
@@ -467,11 +546,7 @@ impl TableCheck<'_> {
             shown.rows = report.source_rows;
             progress(&shown);
         }
-        // Columns are reported under the target's names (after the sink's rules).
-        let shown = self.shaped.as_ref().map_or(table, |t| t.output());
-        let names: Vec<String> = shown.columns.iter().map(|c| c.name.clone()).collect();
-        let (confirmed, in_flight) = recheck(source, src, tgt, diffs, cfg, running).await?;
-        let mut confirmed = confirmed;
+        let (mut confirmed, in_flight) = recheck(source, src, tgt, diffs, cfg, running).await?;
         if opts.repair && !confirmed.is_empty() {
             let keys: Vec<Arc<KeyBound>> = confirmed.iter().map(diff_key).collect();
             report.repaired = keys.len() as u64;
@@ -484,17 +559,27 @@ impl TableCheck<'_> {
                 .collect();
             report.still_differing_after_repair = confirmed.len() as u64;
         }
-        for diff in &confirmed {
+        Ok((confirmed, in_flight))
+    }
+
+    /// Counts the confirmed drift and the rows in flight into `report`, listing at most
+    /// `max_keys` of each kind.
+    fn tally(&self, report: &mut TableReport, confirmed: &[RowDiff], in_flight: &[CanonRow]) {
+        let max_keys = self.opts.max_keys;
+        // Columns are reported under the target's names (after the sink's rules).
+        let shown = self.shaped.as_ref().map_or(self.table, |t| t.output());
+        let names: Vec<String> = shown.columns.iter().map(|c| c.name.clone()).collect();
+        for diff in confirmed {
             match diff {
                 RowDiff::Missing(row) => {
                     report.missing_count += 1;
-                    if report.missing.len() < opts.max_keys {
+                    if report.missing.len() < max_keys {
                         report.missing.push(row.key_text(&names));
                     }
                 }
                 RowDiff::Extra(row) => {
                     report.extra_count += 1;
-                    if report.extra.len() < opts.max_keys {
+                    if report.extra.len() < max_keys {
                         report.extra.push(row.key_text(&names));
                     }
                 }
@@ -504,7 +589,7 @@ impl TableCheck<'_> {
                     columns,
                 } => {
                     report.different_count += 1;
-                    if report.different.len() < opts.max_keys {
+                    if report.different.len() < max_keys {
                         report.different.push(Difference {
                             key: source.key_text(&names),
                             columns: columns
@@ -523,11 +608,9 @@ impl TableCheck<'_> {
         report.in_flight_count = in_flight.len() as u64;
         report.in_flight = in_flight
             .iter()
-            .take(opts.max_keys)
+            .take(max_keys)
             .map(|r| r.key_text(&names))
             .collect();
-        report.elapsed_ms = started.elapsed().as_millis() as u64;
-        Ok(report)
     }
 }
 

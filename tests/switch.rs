@@ -174,6 +174,11 @@ async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
     let (code, out, err) = cutover(&["switch", p]);
     assert_eq!(code, 0, "switch:\n{out}\n{err}\n{}", run.log_text());
     assert!(out.contains("switch done"), "{out}");
+    // The final check compared the rows pgbench changed since the clean check, not every row.
+    assert!(
+        out.contains("final check: 4 table(s) by the") && out.contains("0 in full (0 rows); equal"),
+        "{out}"
+    );
     let history_at_switch: i64 = env
         .target()
         .await
@@ -207,7 +212,10 @@ async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
     run.wait_log("streaming after a switch", Duration::from_secs(30))
         .await;
 
-    // And back.
+    // And back, after a check made in this direction (the switch's own check was of the other).
+    let (code, out, _) = cutover(&["status", p]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("FAIL  last verify: no check saved"), "{out}");
     verify_and_ready(p);
     let load = pgbench_load(&env, &bouncer, 10);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -465,6 +473,57 @@ async fn message_sinks_follow_the_switch_and_the_rollback() {
     }
     let (_, out, _) = cutover(&["status", p]);
     assert!(out.contains("epoch 2"), "{out}");
+    assert!(run.terminate().success(), "{}", run.log_text());
+    drop_slots(&env).await;
+}
+
+/// The final check compares the rows the stream changed since the last clean check: a change
+/// the target lost (a trigger there drops it) is found, the switch is undone, and the
+/// application goes on writing to the old primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_target_lost_is_found_by_the_final_check_and_the_switch_undone() {
+    let env = Env::new("switch_lost").await;
+    pgbench_init(&env).await;
+    let path = pipeline(&env, None);
+    let p = path.to_str().unwrap();
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(90))
+        .await;
+    wait_equal(&env).await;
+    verify_and_ready(p);
+    env.target()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION lose() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN IF NEW.bid = 1 THEN RETURN NULL; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER lose BEFORE UPDATE ON pgbench_branches
+                 FOR EACH ROW EXECUTE FUNCTION lose();
+             ALTER TABLE pgbench_branches ENABLE ALWAYS TRIGGER lose;",
+        )
+        .await
+        .unwrap();
+    env.on_source("UPDATE pgbench_branches SET bbalance = bbalance + 5")
+        .await;
+    env.on_source("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid < 100")
+        .await;
+    let (code, out, err) = cutover(&["switch", p]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("failed and was undone")
+            && err.contains("final check found differences")
+            && err.contains("pgbench_branches: 1 differing rows"),
+        "{err}"
+    );
+    assert!(
+        takes_writes(&env.source_url).await,
+        "the old primary stays fenced"
+    );
+    assert!(
+        !takes_writes(&env.target_url).await,
+        "the target takes writes"
+    );
+    let (_, out, _) = cutover(&["status", p]);
+    assert!(!out.contains("a switch is in progress"), "{out}");
     assert!(run.terminate().success(), "{}", run.log_text());
     drop_slots(&env).await;
 }

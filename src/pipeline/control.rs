@@ -2,6 +2,7 @@
 //! outlives one run of the stream (a retry keeps a pause and a drain target).
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 
 use cutover_core::Lsn;
 use tokio::sync::{mpsc, oneshot};
@@ -21,6 +22,13 @@ pub enum Command {
     /// sinks (or the source is idle past it), then stop as on SIGTERM: every sink makes what
     /// it has durable and the slot is confirmed there. `run` then returns.
     DrainTo(Lsn),
+    /// Once every transaction that ended at or before this position is handed to the sinks,
+    /// write the keys they changed to `path` (the switch's final check reads them; see
+    /// [`super::changed`]).
+    WriteChangedKeys {
+        through: Lsn,
+        path: PathBuf,
+    },
 }
 
 /// A command with the channel its answer goes back on.
@@ -54,6 +62,12 @@ pub struct Operator {
     pub reader_paused: bool,
     pub paused_sinks: HashSet<String>,
     pub drain_to: Option<Lsn>,
+    /// The keys of the changes handed to the sinks, for the switch's final check.
+    pub changed: super::changed::ChangedKeys,
+    /// A journal of them to write once the reader is past a position.
+    pub write_changed: Option<(Lsn, PathBuf)>,
+    /// The saved consistency check, read now and then to forget the keys a clean one covers.
+    pub report_path: Option<PathBuf>,
 }
 
 impl Operator {
@@ -67,5 +81,13 @@ impl Operator {
             },
             Handle(tx),
         )
+    }
+
+    /// Tracks at most `max_keys` changed keys for the switch's final check, forgetting those a
+    /// clean check saved at `report_path` covers.
+    pub fn tracking(mut self, max_keys: usize, report_path: PathBuf) -> Self {
+        self.changed = super::changed::ChangedKeys::new(max_keys);
+        self.report_path = Some(report_path);
+        self
     }
 }

@@ -11,6 +11,7 @@
 //! one change and where each rule is enforced: `docs/architecture.md`.
 
 pub mod backfill;
+pub mod changed;
 pub mod control;
 pub mod discovery;
 pub mod driver;
@@ -153,6 +154,10 @@ async fn run_once(
     partitions::merge_partitions(&source, &mut sinks, &states, cfg).await?;
 
     let start = stream_start(&states);
+    for (table, _) in &needs {
+        // Copied before the stream starts: a check begun after that start covers its rows.
+        operator.changed.copied(&table.schema.name, start);
+    }
     let stream = source.stream(start).await?;
     tracing::info!(%start, slot = %cfg.slot, "streaming changes");
     let discover_every = Duration::from_secs(cfg.discover_interval_s);
@@ -164,6 +169,7 @@ async fn run_once(
         next_discovery: Instant::now() + discover_every.max(Duration::from_secs(1)),
     };
     let settings = Settings::of(cfg);
+    operator.changed.begin(start);
     let reader = start_stream(
         &settings,
         Box::new(stream),

@@ -110,7 +110,13 @@ impl Progress {
     /// Whether every transaction that ended at or before `target` has been handed to the sinks
     /// and no transaction is open: reading may stop there.
     pub fn read_past(&self, target: Lsn) -> bool {
-        !self.in_txn && self.last_dispatched.max(self.idle_seen) >= target
+        self.read_through().is_some_and(|read| read >= target)
+    }
+
+    /// Between source transactions, the position up to which every change has been handed to
+    /// the sinks (the last transaction's end, or the idle source's WAL end); None inside one.
+    pub fn read_through(&self) -> Option<Lsn> {
+        (!self.in_txn).then(|| self.last_dispatched.max(self.idle_seen))
     }
 
     /// Where the slot is confirmed when the pipeline stops, every sink having ended.

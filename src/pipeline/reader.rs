@@ -167,6 +167,7 @@ impl Reader<'_> {
             if let Err(exit) = self.start_join(stop).await {
                 break exit;
             }
+            self.write_changed();
             if self.drained() {
                 tracing::info!(target = ?self.operator.drain_to, "drained to the requested position: stopping");
                 break Ok(Ended::Stopped);
@@ -280,6 +281,8 @@ impl Reader<'_> {
             return Ok(());
         };
         let table = starting.table;
+        // Rows copied, not streamed: the switch's final check compares the whole table.
+        self.operator.changed.mark_full(&table.schema.name);
         self.stream.learn_table(table.schema.clone());
         catalog
             .source
@@ -385,8 +388,43 @@ impl Reader<'_> {
                 self.operator.drain_to = Some(lsn);
                 tracing::info!(target = %lsn, "draining to the requested position, then stopping");
             }
+            Command::WriteChangedKeys { through, path } => {
+                self.operator.write_changed = Some((through, path));
+            }
         }
         Ok(())
+    }
+
+    /// Writes the changed keys once the reader is past the position they were asked through.
+    fn write_changed(&mut self) {
+        let Some((through, _)) = &self.operator.write_changed else {
+            return;
+        };
+        let Some(read) = self.progress.read_through().filter(|r| r >= through) else {
+            return;
+        };
+        let Some((_, path)) = self.operator.write_changed.take() else {
+            return;
+        };
+        match self.operator.changed.journal(read).save(&path) {
+            Ok(()) => {
+                tracing::info!(through = %read, path = %path.display(), "changed keys written for the switch's final check")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot write the changed keys; the switch checks every row")
+            }
+        }
+    }
+
+    /// Forgets the changed keys a clean consistency check covers (every ten seconds).
+    fn prune_changed(&mut self) {
+        let (Some(path), Some(read)) = (&self.operator.report_path, self.progress.read_through())
+        else {
+            return;
+        };
+        if let Some(from) = crate::verify::SavedCheck::load(path).and_then(|c| c.clean_from) {
+            self.operator.changed.prune(Lsn(from), read);
+        }
     }
 
     /// Once a second: sample the source and the queues; every ten, log backpressure; look for
@@ -410,6 +448,7 @@ impl Reader<'_> {
         self.telemetry.sampled(wal, &samples);
         if self.ticks.is_multiple_of(STALL_LOG_TICKS) {
             self.log_backpressure();
+            self.prune_changed();
         }
         self.discover().await
     }
@@ -493,6 +532,7 @@ impl Reader<'_> {
                 Some(Ok(None)) | None => break,
             }
         }
+        self.operator.changed.record(&batch);
         self.progress.dispatched(&batch);
         let small = batch.len() < GATHER_BELOW;
         let last = self.lanes.len().saturating_sub(1);

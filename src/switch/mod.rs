@@ -307,8 +307,9 @@ pub(crate) fn sql_error(e: tokio_postgres::Error, what: &str) -> ConnectorError 
 
 /// The pipeline as it runs in `direction`: forward, the file as written; reverse, the primary
 /// target is the source and the original source takes its place among the sinks (under the
-/// name `source`), with its own slot and publication (`<slot>_reverse`), and its own
-/// checkpoints (pipeline `<name>_reverse`).
+/// name `source`), with its own slot and publication (`<slot>_reverse`), its own
+/// checkpoints (pipeline `<name>_reverse`) and its own saved consistency check (the report
+/// file with `.reverse` appended).
 pub fn pipeline_for(
     cfg: &Pipeline,
     direction: Direction,
@@ -330,6 +331,10 @@ pub fn pipeline_for(
     p.publication = reverse_name(&cfg.publication);
     p.source_label = Some(source_db);
     p.reverse = true;
+    if let Some(file) = cfg.verify.report_path.file_name() {
+        let file = cutover_core::target::directed_state_key(&file.to_string_lossy(), true);
+        p.verify.report_path = cfg.verify.report_path.with_file_name(file);
+    }
     let old: Arc<dyn Target> = Arc::new(PgTarget {
         name: "source".into(),
         url: cfg.source_url.clone(),
@@ -384,13 +389,18 @@ pub async fn load(cfg: &Pipeline) -> Result<Record> {
     }
 }
 
-/// While `cutover run` streams epoch `epoch`: looks at the record once a second and, once a
-/// switch has moved it to the next epoch, tells the running pipeline to drain to the fence's
-/// position and stop (`cutover run` then starts the next direction).
+/// While `cutover run` streams epoch `epoch`: looks at the record once a second (every 20 ms
+/// while a switch is in progress). Once a switch has fenced the old primary, tells the running
+/// pipeline to write the keys it changed up to the fence (the final check reads them); once the
+/// switch has moved the record to the next epoch, tells it to drain to the fence's position and
+/// stop (`cutover run` then starts the next direction).
 pub async fn watch_epoch(cfg: Pipeline, epoch: i32, handle: Handle) {
     let mut store: Option<Store> = None;
+    let mut asked_for: Option<Lsn> = None;
+    let mut switching = false;
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pause = if switching { 20 } else { 1000 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
         if store.is_none() {
             store = Store::open(&cfg).await.ok().flatten();
         }
@@ -402,13 +412,37 @@ pub async fn watch_epoch(cfg: Pipeline, epoch: i32, handle: Handle) {
                 let _ = handle.send(Command::DrainTo(at)).await;
                 return;
             }
-            Ok(_) => {}
+            Ok(rec) => {
+                switching = rec.step != Step::Idle;
+                if let (Some(fence), true) = (rec.fence_lsn, rec.step >= Step::Draining) {
+                    if asked_for != Some(fence) {
+                        asked_for = Some(fence);
+                        let path = changed_keys_path(&cfg, &rec);
+                        let _ = handle
+                            .send(Command::WriteChangedKeys {
+                                through: fence,
+                                path,
+                            })
+                            .await;
+                    }
+                }
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the switch state; trying again");
                 store = None;
             }
         }
     }
+}
+
+/// Where `cutover run` writes the keys it changed for the final check of a switch from the
+/// direction `rec` records.
+pub fn changed_keys_path(cfg: &Pipeline, rec: &Record) -> std::path::PathBuf {
+    let report = match pipeline_for(cfg, rec.direction, rec.epoch_start) {
+        Ok(p) => p.verify.report_path,
+        Err(_) => cfg.verify.report_path.clone(),
+    };
+    crate::pipeline::changed::Journal::path(&report)
 }
 
 /// At the start of an epoch with no switch in progress: drops what is left of the other

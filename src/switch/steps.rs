@@ -1,6 +1,7 @@
 //! `cutover switch` and `cutover rollback`: the steps, each recorded before it runs, timed, and
 //! undone in reverse order when one fails before the point of no return.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover_core::{ConnectorError, Lsn, Result, TableName};
@@ -9,7 +10,8 @@ use tokio_postgres::Client;
 
 use super::gates::{self, Readiness};
 use super::{fence, pgbouncer, pipeline_for, sql_error, Direction, Record, Step, StepTime, Store};
-use crate::config::Pipeline;
+use crate::config::{FinalVerify, Pipeline};
+use crate::pipeline::changed::Journal;
 use crate::pipeline::{self as runtime, crash_point};
 use crate::verify;
 
@@ -245,7 +247,10 @@ fn plan(cfg: &Pipeline, sides: &Sides, readiness: &Readiness) -> String {
         "drain every sink to the fence's position: {} bytes behind now (waits at most {} s)",
         readiness.lag_bytes, c.drain_timeout_s
     ));
-    step(format!("verify every table on every sink: {verify_s}"));
+    step(match c.final_verify {
+        FinalVerify::Changed => "check, on every sink, the rows whose keys the stream changed since the last clean check (a table whose changed keys are not all known: every row): well under the last full check's time".to_string(),
+        FinalVerify::Full => format!("check every row of every table on every sink: {verify_s}"),
+    });
     step(format!(
         "set the new primary's sequences {} steps ahead",
         c.sequence_margin
@@ -321,7 +326,9 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                 Step::Verifying
             }
             Step::Verifying => {
-                final_verify(&sides.before).await?;
+                let at = rec.fence_lsn.unwrap_or(Lsn::ZERO);
+                let summary = final_verify(&sides.before, at, settings.final_verify).await?;
+                println!("  final check: {summary}");
                 Step::Sequences
             }
             Step::Sequences => {
@@ -335,6 +342,9 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                 rec.epoch += 1;
                 rec.direction = rec.direction.other();
                 rec.epoch_start = Some(start);
+                // A check saved in an earlier epoch of the next direction says nothing of it:
+                // the way back needs a check made after this switch.
+                forget_check(&sides.after.verify.report_path)?;
                 Step::Moving
             }
             Step::Moving => {
@@ -373,6 +383,17 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
     }
 }
 
+/// Removes the consistency check saved at `path`, if any.
+fn forget_check(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ConnectorError::fatal(format!(
+            "cannot remove the saved consistency check {}: {e}",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Waits until the running pipeline has confirmed `at`: every sink durable there.
 async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
     let source = runtime::connect_source(before).await?;
@@ -401,20 +422,46 @@ async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
     }
 }
 
-/// Compares every table of every sink with the old primary, which no longer changes: anything
-/// but equal stops the switch.
-async fn final_verify(before: &Pipeline) -> Result<()> {
+/// Compares every sink with the old primary, which no longer changes since the fence at
+/// `fence`: with [`FinalVerify::Changed`], the rows the stream changed since the last clean
+/// check began (see [`crate::pipeline::changed`]), else every row. Anything but equal stops the
+/// switch. Returns what was compared, for the operator.
+async fn final_verify(before: &Pipeline, fence: Lsn, how: FinalVerify) -> Result<String> {
+    let changed = match how {
+        FinalVerify::Changed => changed_keys(before, fence).await,
+        FinalVerify::Full => None,
+    };
     let opts = verify::VerifyOptions {
         tables: Vec::new(),
         repair: false,
         max_keys: 5,
+        changed,
     };
     let report = verify::verify(before, &opts, &|_| {}).await?;
-    if let Err(e) = verify::SavedCheck::record(&report, &before.verify.report_path) {
-        tracing::warn!(error = %e, "cannot save the final check's result");
+    let keyed: Vec<_> = report.tables.iter().filter(|t| t.keys_only).collect();
+    let summary =
+        format!(
+        "{} table(s) by the {} key(s) changed since the last clean check, {} in full ({} rows); {}",
+        keyed.len(),
+        keyed.iter().map(|t| t.source_rows.max(t.target_rows)).sum::<u64>(),
+        report.tables.len() - keyed.len(),
+        report
+            .tables
+            .iter()
+            .filter(|t| !t.keys_only)
+            .map(|t| t.source_rows)
+            .sum::<u64>(),
+        if report.equal() { "equal" } else { "DIFFERENT" }
+    );
+    tracing::info!(%summary, "the switch's final check");
+    if keyed.is_empty() {
+        // A check of every row proves as much as any `cutover verify`.
+        if let Err(e) = verify::SavedCheck::record(&report, &before.verify.report_path) {
+            tracing::warn!(error = %e, "cannot save the final check's result");
+        }
     }
     if report.equal() {
-        return Ok(());
+        return Ok(summary);
     }
     let differing: Vec<String> = report
         .tables
@@ -435,6 +482,33 @@ async fn final_verify(before: &Pipeline) -> Result<()> {
     ))
     .with_hint("see `cutover verify PIPELINE` for the keys; repair with `cutover verify --repair PIPELINE`"))
 }
+
+/// The keys the running pipeline changed up to `fence`, with the position the last clean check
+/// began at; None (every row is compared) when either is missing.
+async fn changed_keys(before: &Pipeline, fence: Lsn) -> Option<(Arc<Journal>, Lsn)> {
+    let report = &before.verify.report_path;
+    let Some(clean_from) = verify::SavedCheck::load(report).and_then(|c| c.clean_from) else {
+        tracing::info!(
+            "no clean check with its start position saved: the final check compares every row"
+        );
+        return None;
+    };
+    let path = Journal::path(report);
+    let deadline = Instant::now() + CHANGED_KEYS_WAIT;
+    loop {
+        if let Some(journal) = Journal::load(&path).filter(|j| j.through >= fence.0) {
+            return Some((Arc::new(journal), Lsn(clean_from)));
+        }
+        if Instant::now() > deadline {
+            tracing::warn!(path = %path.display(), "the running pipeline wrote no changed keys up to the fence: the final check compares every row");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How long the final check waits for the running pipeline's changed keys.
+const CHANGED_KEYS_WAIT: Duration = Duration::from_secs(5);
 
 /// Sets every PostgreSQL sink's sequences `margin` steps past the source's (what
 /// `cutover sync-sequences` does). Prints one line per sequence.

@@ -26,6 +26,43 @@ impl KeyBound {
             values: row.key_values(),
         }
     }
+
+    /// The bound at a key given as its columns' values in PostgreSQL's binary send format
+    /// (`None`: NULL), in the order of `table`'s key columns. The error names the column whose
+    /// value cannot be decoded or ordered.
+    pub fn of_values(
+        table: &crate::TableSchema,
+        values: Vec<Option<Bytes>>,
+    ) -> std::result::Result<KeyBound, String> {
+        let mut sort_key = Vec::with_capacity(16 * values.len());
+        let columns: Vec<usize> = table.key_indexes().collect();
+        if columns.len() != values.len() {
+            return Err(format!(
+                "table {} has {} key columns, the key has {} values",
+                table.name,
+                columns.len(),
+                values.len()
+            ));
+        }
+        for (&i, value) in columns.iter().zip(&values) {
+            let column = &table.columns[i];
+            let datum = match value {
+                None => crate::datum::Datum::Null,
+                Some(b) => crate::datum::decode(column.type_oid, b)
+                    .map_err(|e| format!("key column {}: {e}", column.name))?,
+            };
+            super::canonical::push_sort_key(&mut sort_key, &datum).map_err(|_| {
+                format!(
+                    "key column {} of type {} has no order the checker knows",
+                    column.name, column.type_name
+                )
+            })?;
+        }
+        Ok(KeyBound {
+            sort_key: sort_key.into(),
+            values,
+        })
+    }
 }
 
 /// One end of a key range. Ranges are `(low, high]`: the low bound is excluded, the high one

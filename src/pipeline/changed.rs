@@ -1,0 +1,448 @@
+//! The keys the stream changed: what the switch's final check compares, instead of every row.
+//!
+//! `cutover run` records, for each table, the key of every change it hands to the sinks and the
+//! commit position of its last change ([`ChangedKeys`]). When a switch has fenced the old
+//! primary, the running pipeline writes them to a journal file beside the saved consistency
+//! check, once it has read past the fence ([`Journal`]). The final check then compares only
+//! those keys whose last change came after the start of the last clean check: every other row
+//! was proven equal by that check and has not changed on the source since.
+//!
+//! A table is checked in full instead when its keys are not all known: its rows reached the
+//! sinks other than as changes (a copy while streaming, a truncate), more keys changed than
+//! `[cutover] changed_keys_max` allows, or tracking (or the table's copy) started after the
+//! last clean check began (a new `cutover run` since). Tracking starts again, for such a table, at the next prune after
+//! a clean check (see [`ChangedKeys::prune`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use cutover_core::{Change, ChangeEvent, Lsn, Row, StreamEvent, TableName, Value};
+use serde::{Deserialize, Serialize};
+
+/// One table's tracked keys.
+#[derive(Debug, Default)]
+struct Tracked {
+    /// Changes after this position are all recorded (unless `full`).
+    from: Lsn,
+    /// The keys are not all known: the final check compares the whole table.
+    full: bool,
+    /// Each key (its columns' binary values, length-prefixed) and the commit position of its
+    /// last change.
+    keys: HashMap<Box<[u8]>, Lsn>,
+}
+
+/// The keys of the changes one pass of `cutover run` handed to its sinks, bounded in count.
+#[derive(Debug, Default)]
+pub struct ChangedKeys {
+    tables: HashMap<TableName, Tracked>,
+    /// Where tracking began (the stream's first start in this pass).
+    from: Option<Lsn>,
+    /// Keys held in all, and the most allowed.
+    held: usize,
+    max: usize,
+}
+
+impl ChangedKeys {
+    /// Tracking with at most `max` keys held (0: none; every table is then checked in full).
+    pub fn new(max: usize) -> ChangedKeys {
+        ChangedKeys {
+            max,
+            ..ChangedKeys::default()
+        }
+    }
+
+    /// The stream starts at `start`: changes after it are recorded. A later start in the same
+    /// pass (a retry) replays from at most where the earlier one read, so the first one stays.
+    pub fn begin(&mut self, start: Lsn) {
+        self.from.get_or_insert(start);
+    }
+
+    /// Records the keys of `events`, as handed to the sinks.
+    pub fn record(&mut self, events: &[StreamEvent]) {
+        for event in events {
+            if let StreamEvent::Change(change) = event {
+                self.record_change(change);
+            }
+        }
+    }
+
+    fn record_change(&mut self, event: &ChangeEvent) {
+        let lsn = event.position.commit_lsn;
+        let from = self.from.unwrap_or(Lsn::ZERO);
+        let name = &event.table.name;
+        let keys: Vec<usize> = event.table.key_indexes().collect();
+        let rows: [Option<&Row>; 2] = match &event.change {
+            Change::Insert { row } | Change::Delete { key: row } => [Some(row), None],
+            Change::Update { old_key, row } => [Some(row), old_key.as_ref()],
+            Change::Truncate => {
+                self.mark_full(name);
+                return;
+            }
+        };
+        let mut raw = Vec::with_capacity(2);
+        for row in rows.into_iter().flatten() {
+            match raw_key(row, &keys) {
+                Some(key) => raw.push(key),
+                None => {
+                    // A key value the source did not send: the table cannot be tracked by key.
+                    self.mark_full(name);
+                    return;
+                }
+            }
+        }
+        let tracked = self.tables.entry(name.clone()).or_insert_with(|| Tracked {
+            from,
+            ..Tracked::default()
+        });
+        if tracked.full {
+            return;
+        }
+        for key in raw {
+            if tracked.keys.insert(key, lsn).is_none() {
+                self.held += 1;
+            }
+        }
+        if self.held > self.max {
+            self.mark_full(name);
+        }
+    }
+
+    /// `table` was copied to the sinks before the stream position `at`: only a check begun
+    /// after it covers the copied rows (the keys changed after it are still recorded).
+    pub fn copied(&mut self, table: &TableName, at: Lsn) {
+        let tracked = self.tables.entry(table.clone()).or_default();
+        tracked.from = tracked.from.max(at);
+    }
+
+    /// `table`'s keys are not all known from here on (its rows reached the sinks other than
+    /// as changes, or too many of them changed).
+    pub fn mark_full(&mut self, table: &TableName) {
+        let tracked = self.tables.entry(table.clone()).or_default();
+        if !tracked.full {
+            self.held -= tracked.keys.len();
+            tracked.keys = HashMap::new();
+            tracked.full = true;
+        }
+    }
+
+    /// After a clean check that began at `clean_from`: forgets the keys changed before it, and
+    /// starts tracking again, from `read`, the tables checked in full (the reader has handed on
+    /// every change up to `read`; a later clean check then covers them).
+    pub fn prune(&mut self, clean_from: Lsn, read: Lsn) {
+        for tracked in self.tables.values_mut() {
+            if tracked.full && read > tracked.from {
+                tracked.full = false;
+                tracked.from = read;
+            }
+            if tracked.from <= clean_from {
+                let before = tracked.keys.len();
+                tracked.keys.retain(|_, lsn| *lsn > clean_from);
+                self.held -= before - tracked.keys.len();
+            }
+        }
+    }
+
+    /// The journal of what was recorded, complete through `through`.
+    pub fn journal(&self, through: Lsn) -> Journal {
+        Journal {
+            from: self.from.unwrap_or(through).0,
+            through: through.0,
+            tables: self
+                .tables
+                .iter()
+                .map(|(name, t)| JournalTable {
+                    schema: name.schema.clone(),
+                    name: name.name.clone(),
+                    from: t.from.0,
+                    full: t.full,
+                    keys: t.keys.iter().map(|(k, lsn)| (hex(k), lsn.0)).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A key's raw form: each key column's value length-prefixed (-1 for NULL); None when a key
+/// value is missing from the row.
+fn raw_key(row: &Row, keys: &[usize]) -> Option<Box<[u8]>> {
+    let mut out = Vec::with_capacity(8 * keys.len());
+    for &i in keys {
+        match row.0.get(i)? {
+            Value::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Value::Binary(b) => {
+                out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                out.extend_from_slice(b);
+            }
+            Value::Unchanged => return None,
+        }
+    }
+    Some(out.into())
+}
+
+/// The key columns' values of a raw key.
+fn key_values(raw: &[u8]) -> Option<Vec<Option<Bytes>>> {
+    let mut values = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            values.push(None);
+        } else {
+            let len = len as usize;
+            values.push(Some(Bytes::copy_from_slice(rest.get(..len)?)));
+            rest = &rest[len..];
+        }
+    }
+    Some(values)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The changed keys as written for a switch.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Journal {
+    /// Tracking began here (an LSN as a number, as are the others).
+    pub from: u64,
+    /// Every change up to here is recorded.
+    pub through: u64,
+    pub tables: Vec<JournalTable>,
+}
+
+/// One table of a [`Journal`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JournalTable {
+    pub schema: String,
+    pub name: String,
+    /// Changes after this position are all recorded (unless `full`).
+    pub from: u64,
+    pub full: bool,
+    /// Hex of each raw key, and the commit position of its last change.
+    pub keys: Vec<(String, u64)>,
+}
+
+/// What the final check compares of one table.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// These keys (their columns' binary values); every other row is as the last clean check
+    /// found it.
+    Keys(Vec<Vec<Option<Bytes>>>),
+    /// Every row.
+    Full,
+}
+
+impl Journal {
+    /// Where the pipeline writes the journal: beside the saved check, `.changed-keys` appended.
+    pub fn path(report_path: &Path) -> PathBuf {
+        let mut name = report_path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".changed-keys");
+        report_path.with_file_name(name)
+    }
+
+    /// Writes the journal atomically.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Reads a journal; None when there is none or it cannot be read.
+    pub fn load(path: &Path) -> Option<Journal> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// What the final check must compare of `table`, given a clean check that began at
+    /// `clean_from`: the keys changed after it, or every row when they are not all known.
+    pub fn scope(&self, table: &TableName, clean_from: Lsn) -> Scope {
+        let clean_from = clean_from.0;
+        if self.from > clean_from {
+            return Scope::Full;
+        }
+        let Some(t) = self
+            .tables
+            .iter()
+            .find(|t| t.schema == table.schema && t.name == table.name)
+        else {
+            // Not changed since tracking began.
+            return Scope::Keys(Vec::new());
+        };
+        if t.full || t.from > clean_from {
+            return Scope::Full;
+        }
+        let keys: Option<Vec<_>> = t
+            .keys
+            .iter()
+            .filter(|(_, lsn)| *lsn > clean_from)
+            .map(|(k, _)| key_values(&unhex(k)?))
+            .collect();
+        keys.map_or(Scope::Full, Scope::Keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cutover_core::{Column, Position, TableSchema};
+
+    use super::*;
+
+    fn table() -> Arc<TableSchema> {
+        let column = |name: &str, key: bool| Column {
+            name: name.into(),
+            type_oid: 20,
+            type_name: "bigint".into(),
+            type_modifier: -1,
+            nullable: !key,
+            key,
+            default: None,
+        };
+        Arc::new(TableSchema {
+            name: TableName::new("public", "t"),
+            columns: vec![column("id", true), column("v", false)],
+        })
+    }
+
+    fn int(v: i64) -> Value {
+        Value::Binary(Bytes::copy_from_slice(&v.to_be_bytes()))
+    }
+
+    fn change(lsn: u64, change: Change) -> StreamEvent {
+        StreamEvent::Change(ChangeEvent {
+            position: Position {
+                commit_lsn: Lsn(lsn),
+                ordinal: 0,
+            },
+            table: table(),
+            change,
+        })
+    }
+
+    fn keys(scope: Scope) -> Vec<i64> {
+        let Scope::Keys(keys) = scope else {
+            panic!("a full check")
+        };
+        let mut ids: Vec<i64> = keys
+            .iter()
+            .map(|k| i64::from_be_bytes(k[0].as_ref().unwrap()[..].try_into().unwrap()))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn the_keys_changed_after_a_clean_check_began_are_compared() {
+        let mut changed = ChangedKeys::new(100);
+        changed.begin(Lsn(10));
+        changed.record(&[
+            change(
+                20,
+                Change::Insert {
+                    row: Row(vec![int(1), int(0)]),
+                },
+            ),
+            change(
+                30,
+                Change::Delete {
+                    key: Row(vec![int(2), Value::Null]),
+                },
+            ),
+            change(
+                40,
+                Change::Update {
+                    old_key: Some(Row(vec![int(3), Value::Null])),
+                    row: Row(vec![int(4), Value::Unchanged]),
+                },
+            ),
+        ]);
+        let path = std::env::temp_dir().join(format!("cutover-changed-{}", std::process::id()));
+        changed.journal(Lsn(50)).save(&path).unwrap();
+        let journal = Journal::load(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let t = TableName::new("public", "t");
+        assert_eq!(keys(journal.scope(&t, Lsn(10))), vec![1, 2, 3, 4]);
+        assert_eq!(keys(journal.scope(&t, Lsn(30))), vec![3, 4]);
+        // Another table, not changed: nothing to compare.
+        assert_eq!(
+            journal.scope(&TableName::new("public", "u"), Lsn(10)),
+            Scope::Keys(vec![])
+        );
+        // A check that began before tracking did: every row.
+        assert_eq!(journal.scope(&t, Lsn(5)), Scope::Full);
+    }
+
+    #[test]
+    fn a_truncate_or_too_many_keys_means_a_full_check_until_a_later_clean_one() {
+        let t = TableName::new("public", "t");
+        let mut changed = ChangedKeys::new(2);
+        changed.begin(Lsn(10));
+        let inserts: Vec<StreamEvent> = (1..=3)
+            .map(|i| {
+                change(
+                    20 + i,
+                    Change::Insert {
+                        row: Row(vec![int(i as i64), int(0)]),
+                    },
+                )
+            })
+            .collect();
+        changed.record(&inserts);
+        assert_eq!(changed.journal(Lsn(30)).scope(&t, Lsn(10)), Scope::Full);
+        assert_eq!(changed.held, 0);
+        // A clean check began at 25; tracking starts again where the reader is (30).
+        changed.prune(Lsn(25), Lsn(30));
+        changed.record(&[change(
+            35,
+            Change::Insert {
+                row: Row(vec![int(9), int(0)]),
+            },
+        )]);
+        assert_eq!(changed.journal(Lsn(40)).scope(&t, Lsn(25)), Scope::Full);
+        assert_eq!(keys(changed.journal(Lsn(40)).scope(&t, Lsn(31))), vec![9]);
+        changed.record(&[change(45, Change::Truncate)]);
+        assert_eq!(changed.journal(Lsn(50)).scope(&t, Lsn(31)), Scope::Full);
+        // Pruning drops keys older than the clean check.
+        let mut changed = ChangedKeys::new(100);
+        changed.begin(Lsn(10));
+        changed.record(&inserts);
+        changed.prune(Lsn(22), Lsn(30));
+        assert_eq!(changed.held, 1);
+        assert_eq!(keys(changed.journal(Lsn(30)).scope(&t, Lsn(22))), vec![3]);
+    }
+
+    #[test]
+    fn a_table_copied_at_the_stream_start_is_covered_by_a_check_begun_after_it() {
+        let t = TableName::new("public", "t");
+        let mut changed = ChangedKeys::new(100);
+        changed.begin(Lsn(10));
+        changed.copied(&t, Lsn(15));
+        changed.record(&[change(
+            20,
+            Change::Insert {
+                row: Row(vec![int(7), int(0)]),
+            },
+        )]);
+        let journal = changed.journal(Lsn(30));
+        assert_eq!(journal.scope(&t, Lsn(12)), Scope::Full);
+        assert_eq!(keys(journal.scope(&t, Lsn(16))), vec![7]);
+    }
+}
