@@ -143,11 +143,13 @@ impl ChangedKeys {
         }
     }
 
-    /// The journal of what was recorded, complete through `through`.
-    pub fn journal(&self, through: Lsn) -> Journal {
+    /// The journal of what was recorded, complete through `through`, with every sink durable
+    /// through `confirmed`.
+    pub fn journal(&self, through: Lsn, confirmed: Lsn) -> Journal {
         Journal {
             from: self.from.unwrap_or(through).0,
             through: through.0,
+            confirmed: confirmed.0,
             tables: self
                 .tables
                 .iter()
@@ -216,6 +218,8 @@ pub struct Journal {
     pub from: u64,
     /// Every change up to here is recorded.
     pub through: u64,
+    /// Every sink has made everything up to here durable (the slot is confirmed here).
+    pub confirmed: u64,
     pub tables: Vec<JournalTable>,
 }
 
@@ -375,7 +379,7 @@ mod tests {
             ),
         ]);
         let path = std::env::temp_dir().join(format!("cutover-changed-{}", std::process::id()));
-        changed.journal(Lsn(50)).save(&path).unwrap();
+        changed.journal(Lsn(50), Lsn(50)).save(&path).unwrap();
         let journal = Journal::load(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         let t = TableName::new("public", "t");
@@ -406,7 +410,10 @@ mod tests {
             })
             .collect();
         changed.record(&inserts);
-        assert_eq!(changed.journal(Lsn(30)).scope(&t, Lsn(10)), Scope::Full);
+        assert_eq!(
+            changed.journal(Lsn(30), Lsn(30)).scope(&t, Lsn(10)),
+            Scope::Full
+        );
         assert_eq!(changed.held, 0);
         // A clean check began at 25; tracking starts again where the reader is (30).
         changed.prune(Lsn(25), Lsn(30));
@@ -416,17 +423,29 @@ mod tests {
                 row: Row(vec![int(9), int(0)]),
             },
         )]);
-        assert_eq!(changed.journal(Lsn(40)).scope(&t, Lsn(25)), Scope::Full);
-        assert_eq!(keys(changed.journal(Lsn(40)).scope(&t, Lsn(31))), vec![9]);
+        assert_eq!(
+            changed.journal(Lsn(40), Lsn(40)).scope(&t, Lsn(25)),
+            Scope::Full
+        );
+        assert_eq!(
+            keys(changed.journal(Lsn(40), Lsn(40)).scope(&t, Lsn(31))),
+            vec![9]
+        );
         changed.record(&[change(45, Change::Truncate)]);
-        assert_eq!(changed.journal(Lsn(50)).scope(&t, Lsn(31)), Scope::Full);
+        assert_eq!(
+            changed.journal(Lsn(50), Lsn(50)).scope(&t, Lsn(31)),
+            Scope::Full
+        );
         // Pruning drops keys older than the clean check.
         let mut changed = ChangedKeys::new(100);
         changed.begin(Lsn(10));
         changed.record(&inserts);
         changed.prune(Lsn(22), Lsn(30));
         assert_eq!(changed.held, 1);
-        assert_eq!(keys(changed.journal(Lsn(30)).scope(&t, Lsn(22))), vec![3]);
+        assert_eq!(
+            keys(changed.journal(Lsn(30), Lsn(30)).scope(&t, Lsn(22))),
+            vec![3]
+        );
     }
 
     #[test]
@@ -441,7 +460,7 @@ mod tests {
                 row: Row(vec![int(7), int(0)]),
             },
         )]);
-        let journal = changed.journal(Lsn(30));
+        let journal = changed.journal(Lsn(30), Lsn(30));
         assert_eq!(journal.scope(&t, Lsn(12)), Scope::Full);
         assert_eq!(keys(journal.scope(&t, Lsn(16))), vec![7]);
     }

@@ -69,12 +69,16 @@ impl Progress {
     }
 
     /// Sink `sink` made everything up to `end_lsn` durable. Returns the position to confirm
-    /// the slot to, when it moves.
+    /// the slot to, when it moves: once everything dispatched is durable, that is the source's
+    /// idle position seen since (rule 6, without waiting for the next keepalive).
     pub fn durable(&mut self, sink: usize, end_lsn: Lsn) -> Option<Lsn> {
         if let Some(d) = self.durable.get_mut(sink) {
             *d = (*d).max(end_lsn);
         }
-        let min = self.capped(self.min_durable());
+        let mut min = self.capped(self.min_durable());
+        if self.cap.is_none() && !self.in_txn && min >= self.last_dispatched {
+            min = min.max(self.idle_seen);
+        }
         (min > self.confirmed).then(|| {
             self.confirmed = min;
             min
@@ -168,15 +172,23 @@ mod tests {
         p.dispatched(&[begin(20), commit(20, 21)]);
         assert_eq!(p.idle(Lsn(50)), None, "a sink has not made 21 durable");
         p.durable(0, Lsn(21));
-        assert_eq!(p.durable(1, Lsn(21)), Some(Lsn(21)));
+        assert_eq!(
+            p.durable(1, Lsn(21)),
+            Some(Lsn(50)),
+            "everything durable, and the source was idle up to 50"
+        );
         p.dispatched(&[begin(60)]);
         assert_eq!(p.idle(Lsn(70)), None, "inside a transaction");
         p.dispatched(&[commit(60, 61)]);
         assert_eq!(p.idle(Lsn(70)), None, "61 is in flight");
-        p.durable(0, Lsn(61));
-        p.durable(1, Lsn(61));
-        assert_eq!(p.idle(Lsn(70)), Some(Lsn(70)));
+        assert_eq!(p.durable(0, Lsn(61)), None, "the other sink is at 21");
+        assert_eq!(
+            p.durable(1, Lsn(61)),
+            Some(Lsn(70)),
+            "61 durable everywhere, and the source idle up to 70"
+        );
         assert_eq!(p.idle(Lsn(70)), None, "already there");
+        assert_eq!(p.idle(Lsn(80)), Some(Lsn(80)));
     }
 
     #[test]
@@ -198,7 +210,11 @@ mod tests {
         assert_eq!(p.final_position(), Lsn(21));
         p.release();
         assert_eq!(p.final_position(), Lsn(31));
-        assert_eq!(p.durable(0, Lsn(31)), Some(Lsn(31)));
+        assert_eq!(
+            p.durable(0, Lsn(31)),
+            Some(Lsn(40)),
+            "released: 31 durable, and the source idle up to 40 since"
+        );
     }
 
     #[test]

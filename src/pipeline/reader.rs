@@ -395,18 +395,24 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Writes the changed keys once the reader is past the position they were asked through.
+    /// Writes the changed keys once the reader is past the position they were asked through
+    /// and every sink is durable there (the switch's drain reads that too).
     fn write_changed(&mut self) {
         let Some((through, _)) = &self.operator.write_changed else {
             return;
         };
-        let Some(read) = self.progress.read_through().filter(|r| r >= through) else {
+        let confirmed = self.progress.confirmed();
+        let Some(read) = self
+            .progress
+            .read_through()
+            .filter(|r| r >= through && confirmed >= *through)
+        else {
             return;
         };
         let Some((_, path)) = self.operator.write_changed.take() else {
             return;
         };
-        match self.operator.changed.journal(read).save(&path) {
+        match self.operator.changed.journal(read, confirmed).save(&path) {
             Ok(()) => {
                 tracing::info!(through = %read, path = %path.display(), "changed keys written for the switch's final check")
             }

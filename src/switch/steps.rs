@@ -394,11 +394,23 @@ fn forget_check(path: &std::path::Path) -> Result<()> {
     }
 }
 
-/// Waits until the running pipeline has confirmed `at`: every sink durable there.
+/// Waits until the running pipeline has confirmed `at`: every sink durable there. The slot
+/// shows it within the stream's status interval; the changed keys the pipeline writes for the
+/// final check show it at once.
 async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
     let source = runtime::connect_source(before).await?;
     let deadline = Instant::now() + timeout;
+    let journal = Journal::path(&before.verify.report_path);
+    let mut seen = None;
     loop {
+        // Read again only when rewritten (it may hold many keys).
+        let written = std::fs::metadata(&journal).and_then(|m| m.modified()).ok();
+        if written.is_some() && written != seen {
+            seen = written;
+            if Journal::load(&journal).is_some_and(|j| j.confirmed >= at.0) {
+                return Ok(());
+            }
+        }
         match source.slot_activity().await? {
             Some((_, Some(confirmed))) if confirmed >= at => return Ok(()),
             Some((true, _)) => {}

@@ -216,7 +216,9 @@ impl PgSource {
         .with_binary(true)
         .with_start_lsn(pgwire_replication::Lsn::from_u64(start.0))
         .with_ack_lsn(pgwire_replication::Lsn::from_u64(start.0))
-        .with_status_interval(Duration::from_millis(500))
+        // Frequent status updates: the server pings an idle stream once per reply, so this also
+        // bounds how soon an idle position (and a switch's fence) can be confirmed.
+        .with_status_interval(Duration::from_millis(100))
         .with_wakeup_interval(Duration::from_secs(1))
         .with_buffer_size(self.options.stream_buffer_events.max(1))
         .with_application_name(self.options.application_name.clone())
