@@ -762,7 +762,9 @@ async fn run_checks_periodically_and_status_shows_the_last_result() {
     run.wait_log("consistency check: DRIFT", Duration::from_secs(60))
         .await;
     let (code, out, _) = cutover(&["status", path.to_str().unwrap()]);
-    assert_eq!(code, 0);
+    // Drift closes the switch's last-verify gate: NOT READY, exit code 3.
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("FAIL  last verify: DRIFT"), "{out}");
     assert!(
         out.contains("consistency: DRIFT at the last check"),
         "{out}"

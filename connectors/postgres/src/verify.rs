@@ -76,6 +76,28 @@ pub struct PgTableSide {
     by_key: Statement,
     /// By key, every column in binary format (no text casts): rows to write back.
     raw_by_key: Statement,
+    /// Many keys in one query (an array per key column), where every key column has a
+    /// built-in type; otherwise keys are read one query each (pipelined).
+    by_keys: Option<Statement>,
+}
+
+/// Keys read per query by [`PgTableSide`]'s batched fetch.
+const KEYS_PER_QUERY: usize = 5000;
+
+/// PostgreSQL's binary array format for a one-dimensional array of `elements` (none NULL) of
+/// the type `element_oid`.
+fn binary_array(element_oid: u32, elements: &[&Bytes]) -> Bytes {
+    let mut out = BytesMut::with_capacity(20 + elements.iter().map(|e| 4 + e.len()).sum::<usize>());
+    out.put_i32(1); // dimensions
+    out.put_i32(0); // no NULLs
+    out.put_u32(element_oid);
+    out.put_i32(elements.len() as i32);
+    out.put_i32(1); // lower bound
+    for e in elements {
+        out.put_i32(e.len() as i32);
+        out.put_slice(e);
+    }
+    out.freeze()
 }
 
 /// A transform, the layout it produces and that layout's key positions.
@@ -193,6 +215,58 @@ impl PgTableSide {
         }
         let raw_by_key = by_key.pop().expect("two statements");
         let by_key = by_key.pop().expect("two statements");
+        let batched = keys.iter().all(|&k| {
+            let c = &table.columns[k];
+            !c.type_name.is_empty() && c.type_oid < verify::canonical::FIRST_USER_OID
+        });
+        let by_keys = if batched {
+            let arrays = keys
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| format!("${}::{}[]", i + 1, table.columns[k].type_name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let names = (0..keys.len())
+                .map(|i| format!("cutover_key_{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let on = keys
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| {
+                    format!(
+                        "t.{} = k.cutover_key_{i}",
+                        quote_ident(&table.columns[k].name)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let columns = table
+                .columns
+                .iter()
+                .map(|c| {
+                    let q = format!("t.{}", quote_ident(&c.name));
+                    if as_text(c) {
+                        format!("{q}::text")
+                    } else {
+                        q
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {columns} FROM {} t JOIN unnest({arrays}) AS k({names}) ON {on}",
+                table.name.quoted()
+            );
+            Some(
+                client
+                    .prepare(&sql)
+                    .await
+                    .map_err(|e| classify(e, &format!("cannot read {} by key", table.name)))?,
+            )
+        } else {
+            None
+        };
         // Values are decoded as they are read: columns cast to text decode as text.
         let read = Arc::new(TableSchema {
             name: table.name.clone(),
@@ -218,7 +292,58 @@ impl PgTableSide {
             ranges,
             by_key,
             raw_by_key,
+            by_keys,
         })
+    }
+
+    /// Reads the rows of `keys` with one query per [`KEYS_PER_QUERY`] keys; None when the
+    /// table's keys cannot be read so (a key column of a user type, a NULL key value, rows
+    /// reshaped by transform rules).
+    async fn fetch_batched(
+        &self,
+        keys: &[Arc<KeyBound>],
+        ctx: &str,
+    ) -> Option<Result<Vec<Option<CanonRow>>>> {
+        let statement = self.by_keys.as_ref()?;
+        if self.shape.is_some() || keys.iter().any(|k| k.values.iter().any(Option::is_none)) {
+            return None;
+        }
+        let oids: Vec<u32> = self
+            .keys
+            .iter()
+            .map(|&k| self.table.columns[k].type_oid)
+            .collect();
+        let read = async {
+            let mut out = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(KEYS_PER_QUERY) {
+                let arrays: Vec<Bytes> = oids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &oid)| {
+                        let column: Vec<&Bytes> =
+                            chunk.iter().filter_map(|k| k.values[i].as_ref()).collect();
+                        binary_array(oid, &column)
+                    })
+                    .collect();
+                let params: Vec<RawParam> = arrays.iter().map(|a| RawParam(Some(a))).collect();
+                let rows = self
+                    .client
+                    .query_raw(statement, params.iter())
+                    .await
+                    .map_err(|e| classify(e, ctx))?;
+                pin_mut!(rows);
+                let mut found: std::collections::HashMap<Box<[u8]>, CanonRow> =
+                    std::collections::HashMap::with_capacity(chunk.len());
+                while let Some(row) = rows.try_next().await.map_err(|e| classify(e, ctx))? {
+                    if let Some(canon) = self.to_canon(&row, ctx)? {
+                        found.insert(canon.sort_key.clone(), canon);
+                    }
+                }
+                out.extend(chunk.iter().map(|k| found.get(&k.sort_key).cloned()));
+            }
+            Ok(out)
+        };
+        Some(read.await)
     }
 
     /// Passes every row read through `transform` (compiled for [`PgTableSide::table`]) before
@@ -581,6 +706,9 @@ impl TableSide for PgTableSide {
             self.endpoint
         );
         let ctx = &ctx;
+        if let Some(rows) = self.fetch_batched(keys, ctx).await {
+            return rows;
+        }
         let queries = keys.iter().map(|key| async move {
             let params: Vec<RawParam> = key.values.iter().map(|v| RawParam(v.as_ref())).collect();
             let stream = self
