@@ -322,6 +322,7 @@ async fn a_closed_gate_refuses_the_switch_and_changes_nothing() {
 }
 
 /// Runs `cutover` with `CUTOVER_CRASH_AT` set to a switch step.
+#[cfg(feature = "crash-points")]
 fn crash_at(step: &str, args: &[&str]) -> i32 {
     Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args(args)
