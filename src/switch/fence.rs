@@ -4,9 +4,9 @@
 //! A statement-level `BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE` trigger, `cutover_fence`,
 //! on each table, calling `cutover.fence()`, which raises SQLSTATE 25006
 //! (`read_only_sql_transaction`) unless the session has set `cutover.apply = on` (every cutover
-//! session does; see `cutover_postgres::conn::SESSION_SETTINGS`). Creating the triggers takes a
-//! `SHARE ROW EXCLUSIVE` lock on each table, so the fence's commit waits for the transactions
-//! writing to them and every later write sees it: after the commit, the database's WAL position
+//! session does; see `cutover_postgres::conn::SESSION_SETTINGS`). The fence first locks every
+//! table in `SHARE ROW EXCLUSIVE` mode in one statement (reads go on), so its commit waits for
+//! the transactions writing to them and every later write sees it: after the commit, the database's WAL position
 //! is past every application write it will ever take. The lock wait is bounded
 //! (`cutover.fence_lock_timeout_ms`): a long transaction makes the switch stop and undo, naming
 //! it, instead of stalling the application.
@@ -38,26 +38,67 @@ BEGIN
 END
 $fence$";
 
+/// Times the fence is tried again when its transaction and writers deadlock (PostgreSQL ends
+/// one of them, possibly the fence's, after `deadlock_timeout`).
+const DEADLOCK_TRIES: u32 = 5;
+
 /// Fences `tables` (idempotent) and returns the WAL position after the fence's commit. A lock
 /// held longer than `lock_timeout_ms` by another transaction is an error naming the table.
+///
+/// The tables are locked first, all in one statement, in `SHARE ROW EXCLUSIVE` mode (what
+/// creating a trigger takes; reads go on), so the fence never waits holding some tables while
+/// a writer holds others longer than needed; a deadlock with a writer is retried.
 pub async fn install(
     client: &Client,
     pipeline: &str,
     tables: &[TableName],
     lock_timeout_ms: u64,
 ) -> Result<Lsn> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| sql_error(e, "cannot read the server version"))?
+        .get(0);
     let mut sql = format!("BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}; {FUNCTION};");
+    if !tables.is_empty() {
+        let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
+        sql.push_str(&format!(
+            "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;",
+            list.join(", ")
+        ));
+    }
     for t in tables {
         let q = t.quoted();
+        // CREATE OR REPLACE TRIGGER (PostgreSQL 14+) keeps the table readable; before 14 the
+        // trigger is dropped first, which locks reads out for the fence's short transaction.
+        let create = if version >= 140_000 {
+            "CREATE OR REPLACE TRIGGER".to_string()
+        } else {
+            format!("DROP TRIGGER IF EXISTS cutover_fence ON {q}; CREATE TRIGGER")
+        };
         sql.push_str(&format!(
-            "DROP TRIGGER IF EXISTS cutover_fence ON {q}; \
-             CREATE TRIGGER cutover_fence BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {q} \
+            "{create} cutover_fence BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {q} \
              FOR EACH STATEMENT EXECUTE FUNCTION cutover.fence({});",
             quote_literal(pipeline)
         ));
     }
     sql.push_str("COMMIT;");
-    if let Err(e) = client.batch_execute(&sql).await {
+    let mut tries = 0;
+    let outcome = loop {
+        tries += 1;
+        match client.batch_execute(&sql).await {
+            Err(e)
+                if tries < DEADLOCK_TRIES
+                    && e.as_db_error().is_some_and(|d| d.code().code() == "40P01") =>
+            {
+                let _ = client.batch_execute("ROLLBACK").await;
+                tracing::info!(tries, "the fence deadlocked with a writer; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(tries))).await;
+            }
+            other => break other,
+        }
+    };
+    if let Err(e) = outcome {
         let _ = client.batch_execute("ROLLBACK").await;
         let lock = e.as_db_error().is_some_and(|d| d.code().code() == "55P03");
         if lock {
