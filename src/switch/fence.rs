@@ -40,7 +40,7 @@ $fence$";
 
 /// Times the fence is tried again when its transaction and writers deadlock (PostgreSQL ends
 /// one of them, possibly the fence's, after `deadlock_timeout`).
-const DEADLOCK_TRIES: u32 = 5;
+const DEADLOCK_TRIES: u32 = 10;
 
 /// Fences `tables` (idempotent) and returns the WAL position after the fence's commit. A lock
 /// held longer than `lock_timeout_ms` by another transaction is an error naming the table.

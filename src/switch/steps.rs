@@ -162,7 +162,7 @@ pub async fn switch(
             &sides.new.connect().await?,
             &cfg.name,
             &sides.tables,
-            cfg.cutover.fence_lock_timeout_ms,
+            new_primary_lock_timeout_ms(cfg),
         )
         .await?;
         rec.step = Step::Pausing;
@@ -212,6 +212,13 @@ fn command_name(towards: Direction) -> &'static str {
         Direction::Reverse => "switch",
         Direction::Forward => "rollback",
     }
+}
+
+/// How long fencing the new primary may wait for a table lock: its only writer is cutover's
+/// own apply, and application writes do not wait on it yet (PgBouncer is paused after it), so
+/// as long as the drain may take, not `fence_lock_timeout_ms`.
+fn new_primary_lock_timeout_ms(cfg: &Pipeline) -> u64 {
+    (cfg.cutover.drain_timeout_s * 1000).max(cfg.cutover.fence_lock_timeout_ms)
 }
 
 /// The plan `--dry-run` prints, with an estimate of each step.
@@ -296,7 +303,7 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                     &new,
                     &cfg.name,
                     &sides.tables,
-                    settings.fence_lock_timeout_ms,
+                    new_primary_lock_timeout_ms(cfg),
                 )
                 .await?;
                 if let Some(b) = &bouncer {
