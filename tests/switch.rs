@@ -115,6 +115,20 @@ async fn takes_writes(url: &str) -> bool {
     }
 }
 
+/// Asserts that the application's writes are taken by the source alone (`source`) or by the
+/// target alone, `when` saying at which point of the test.
+async fn assert_writes_go_to(env: &Env, source: bool, when: &str) {
+    let (on_source, on_target) = (
+        takes_writes(&env.source_url).await,
+        takes_writes(&env.target_url).await,
+    );
+    assert_eq!(
+        (on_source, on_target),
+        (source, !source),
+        "{when}: writes taken by the source: {on_source}, by the target: {on_target}"
+    );
+}
+
 fn pipeline(env: &Env, bouncer: Option<&Bouncer>) -> std::path::PathBuf {
     let mut extra = String::from("[cutover]\nmax_lag_s = 30\nverify_max_age_s = 600\n");
     if let Some(b) = bouncer {
@@ -141,6 +155,21 @@ fn verify_and_ready(path: &str) {
     assert!(out.trim_end().ends_with("READY"), "{out}");
 }
 
+/// Starts `cutover run` on `path` and waits until it streams and the target equals the source.
+async fn start_streaming(env: &Env, path: &std::path::PathBuf) -> common::Pipeline {
+    let run = env.start(path);
+    run.wait_log("streaming changes", Duration::from_secs(90))
+        .await;
+    wait_equal(env).await;
+    run
+}
+
+/// Stops `cutover run` (it must drain and exit 0) and drops both directions' slots.
+async fn stop(env: &Env, mut run: common::Pipeline) {
+    assert!(run.terminate().success(), "{}", run.log_text());
+    drop_slots(env).await;
+}
+
 async fn drop_slots(env: &Env) {
     env.drop_slot().await;
     let _ = env
@@ -163,10 +192,7 @@ async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
     let bouncer = Bouncer::start(&env.dir, "app", env.services.source_port, &env.name);
     let path = pipeline(&env, Some(&bouncer));
     let p = path.to_str().unwrap();
-    let mut run = env.start(&path);
-    run.wait_log("streaming changes", Duration::from_secs(90))
-        .await;
-    wait_equal(&env).await;
+    let run = start_streaming(&env, &path).await;
     verify_and_ready(p);
 
     let load = pgbench_load(&env, &bouncer, 12);
@@ -188,14 +214,7 @@ async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
         .get(0);
     let done = pgbench_done(&env, load, 12);
     assert!(done > 600, "pgbench ran {done} transactions");
-    assert!(
-        !takes_writes(&env.source_url).await,
-        "the old primary takes writes"
-    );
-    assert!(
-        takes_writes(&env.target_url).await,
-        "the new primary refuses writes"
-    );
+    assert_writes_go_to(&env, false, "after the switch").await;
     let history_after: i64 = env
         .target()
         .await
@@ -222,22 +241,13 @@ async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
     let (code, out, err) = cutover(&["rollback", p]);
     assert_eq!(code, 0, "rollback:\n{out}\n{err}\n{}", run.log_text());
     pgbench_done(&env, load, 10);
-    assert!(
-        takes_writes(&env.source_url).await,
-        "the source refuses writes after the rollback"
-    );
-    assert!(
-        !takes_writes(&env.target_url).await,
-        "the target takes writes after the rollback"
-    );
+    assert_writes_go_to(&env, true, "after the rollback").await;
     env.on_source("UPDATE pgbench_branches SET bbalance = bbalance + 1")
         .await;
     wait_equal(&env).await;
-    let (code, out, _) = cutover(&["status", p]);
+    let (_, out, _) = cutover(&["status", p]);
     assert!(out.contains("epoch 2"), "{out}");
-    let _ = code;
-    assert!(run.terminate().success(), "{}", run.log_text());
-    drop_slots(&env).await;
+    stop(&env, run).await;
 }
 
 /// A closed gate refuses the switch, names the gate and its fix, and changes nothing; a target
@@ -255,10 +265,7 @@ async fn a_closed_gate_refuses_the_switch_and_changes_nothing() {
         "{out}"
     );
 
-    let mut run = env.start(&path);
-    run.wait_log("streaming changes", Duration::from_secs(90))
-        .await;
-    wait_equal(&env).await;
+    let mut run = start_streaming(&env, &path).await;
     // No consistency check yet.
     let (code, out, err) = cutover(&["switch", p]);
     assert_eq!(code, 3, "{out}\n{err}");
@@ -344,10 +351,7 @@ async fn a_crash_at_any_step_is_resumed_or_aborted_and_never_leaves_two_primarie
     pgbench_init(&env).await;
     let path = pipeline(&env, None);
     let p = path.to_str().unwrap();
-    let mut run = env.start(&path);
-    run.wait_log("streaming changes", Duration::from_secs(90))
-        .await;
-    wait_equal(&env).await;
+    let run = start_streaming(&env, &path).await;
     let (code, out, _) = cutover(&["verify", p]);
     assert_eq!(code, 0, "{out}");
     for step in [
@@ -374,14 +378,7 @@ async fn a_crash_at_any_step_is_resumed_or_aborted_and_never_leaves_two_primarie
         assert!(out.contains("a switch is in progress at step"), "{out}");
         let (code, out, err) = cutover(&["switch", "--abort", p]);
         assert_eq!(code, 0, "abort after {step}: {out}\n{err}");
-        assert!(
-            takes_writes(&env.source_url).await,
-            "source fenced after aborting at {step}"
-        );
-        assert!(
-            !takes_writes(&env.target_url).await,
-            "target open after aborting at {step}"
-        );
+        assert_writes_go_to(&env, true, &format!("after aborting at {step}")).await;
         env.on_source("UPDATE pgbench_branches SET bbalance = bbalance + 1")
             .await;
     }
@@ -406,8 +403,7 @@ async fn a_crash_at_any_step_is_resumed_or_aborted_and_never_leaves_two_primarie
         .await
         .unwrap();
     wait_equal(&env).await;
-    assert!(run.terminate().success(), "{}", run.log_text());
-    drop_slots(&env).await;
+    stop(&env, run).await;
 }
 
 /// The message and document sinks follow the switch: after it their changes come from the new
@@ -432,7 +428,7 @@ async fn message_sinks_follow_the_switch_and_the_rollback() {
         .iter()
         .map(|t| format!("{}.public.{t}", env.name))
         .collect();
-    let mut run = env.start(&path);
+    let run = env.start(&path);
     run.wait_log("streaming changes", Duration::from_secs(90))
         .await;
     let mut kafka = KafkaReader::new(&topics);
@@ -474,8 +470,7 @@ async fn message_sinks_follow_the_switch_and_the_rollback() {
     }
     let (_, out, _) = cutover(&["status", p]);
     assert!(out.contains("epoch 2"), "{out}");
-    assert!(run.terminate().success(), "{}", run.log_text());
-    drop_slots(&env).await;
+    stop(&env, run).await;
 }
 
 /// The final check compares the rows the stream changed since the last clean check: a change
@@ -487,10 +482,7 @@ async fn a_change_the_target_lost_is_found_by_the_final_check_and_the_switch_und
     pgbench_init(&env).await;
     let path = pipeline(&env, None);
     let p = path.to_str().unwrap();
-    let mut run = env.start(&path);
-    run.wait_log("streaming changes", Duration::from_secs(90))
-        .await;
-    wait_equal(&env).await;
+    let run = start_streaming(&env, &path).await;
     verify_and_ready(p);
     env.target()
         .await
@@ -515,16 +507,8 @@ async fn a_change_the_target_lost_is_found_by_the_final_check_and_the_switch_und
             && err.contains("pgbench_branches: 1 differing rows"),
         "{err}"
     );
-    assert!(
-        takes_writes(&env.source_url).await,
-        "the old primary stays fenced"
-    );
-    assert!(
-        !takes_writes(&env.target_url).await,
-        "the target takes writes"
-    );
+    assert_writes_go_to(&env, true, "after the undone switch").await;
     let (_, out, _) = cutover(&["status", p]);
     assert!(!out.contains("a switch is in progress"), "{out}");
-    assert!(run.terminate().success(), "{}", run.log_text());
-    drop_slots(&env).await;
+    stop(&env, run).await;
 }
