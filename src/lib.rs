@@ -5,6 +5,7 @@ pub mod config;
 pub mod pipeline;
 pub mod queue;
 pub mod rate;
+pub mod state_file;
 pub mod status;
 pub mod switch;
 pub mod targets;

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use cutover_core::{Change, ChangeEvent, Lsn, Row, StreamEvent, TableName, Value};
+use cutover_core::verify::{push_raw_key_value, split_raw_key};
+use cutover_core::{Change, ChangeEvent, Lsn, Row, StreamEvent, TableName, TableSchema, Value};
 use serde::{Deserialize, Serialize};
 
 /// One table's tracked keys.
@@ -41,6 +42,8 @@ pub struct ChangedKeys {
     /// Keys held in all, and the most allowed.
     held: usize,
     max: usize,
+    /// The raw key being built, reused from change to change.
+    scratch: Vec<u8>,
 }
 
 impl ChangedKeys {
@@ -69,42 +72,53 @@ impl ChangedKeys {
 
     fn record_change(&mut self, event: &ChangeEvent) {
         let lsn = event.position.commit_lsn;
-        let from = self.from.unwrap_or(Lsn::ZERO);
-        let name = &event.table.name;
-        let keys: Vec<usize> = event.table.key_indexes().collect();
+        let table = &event.table;
         let rows: [Option<&Row>; 2] = match &event.change {
             Change::Insert { row } | Change::Delete { key: row } => [Some(row), None],
             Change::Update { old_key, row } => [Some(row), old_key.as_ref()],
             Change::Truncate => {
-                self.mark_full(name);
+                self.mark_full(&table.name);
                 return;
             }
         };
-        let mut raw = Vec::with_capacity(2);
-        for row in rows.into_iter().flatten() {
-            match raw_key(row, &keys) {
-                Some(key) => raw.push(key),
-                None => {
-                    // A key value the source did not send: the table cannot be tracked by key.
-                    self.mark_full(name);
-                    return;
-                }
-            }
+        // No allocation for a table or key already held: this runs for every change.
+        if !self.tables.contains_key(&table.name) {
+            let from = self.from.unwrap_or(Lsn::ZERO);
+            self.tables.insert(
+                table.name.clone(),
+                Tracked {
+                    from,
+                    ..Tracked::default()
+                },
+            );
         }
-        let tracked = self.tables.entry(name.clone()).or_insert_with(|| Tracked {
-            from,
-            ..Tracked::default()
-        });
+        let ChangedKeys {
+            tables, scratch, ..
+        } = self;
+        let tracked = tables.get_mut(&table.name).expect("inserted above");
         if tracked.full {
             return;
         }
-        for key in raw {
-            if tracked.keys.insert(key, lsn).is_none() {
-                self.held += 1;
+        let mut added = 0;
+        for row in rows.into_iter().flatten() {
+            scratch.clear();
+            if !raw_key(scratch, row, table) {
+                // A key value the source did not send: the table cannot be tracked by key.
+                self.held += added;
+                self.mark_full(&table.name);
+                return;
+            }
+            match tracked.keys.get_mut(scratch.as_slice()) {
+                Some(last) => *last = lsn,
+                None => {
+                    tracked.keys.insert(scratch.as_slice().into(), lsn);
+                    added += 1;
+                }
             }
         }
+        self.held += added;
         if self.held > self.max {
-            self.mark_full(name);
+            self.mark_full(&table.name);
         }
     }
 
@@ -165,39 +179,17 @@ impl ChangedKeys {
     }
 }
 
-/// A key's raw form: each key column's value length-prefixed (-1 for NULL); None when a key
+/// Puts `row`'s key in its raw form into `out` (see [`push_raw_key_value`]); false when a key
 /// value is missing from the row.
-fn raw_key(row: &Row, keys: &[usize]) -> Option<Box<[u8]>> {
-    let mut out = Vec::with_capacity(8 * keys.len());
-    for &i in keys {
-        match row.0.get(i)? {
-            Value::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            Value::Binary(b) => {
-                out.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                out.extend_from_slice(b);
-            }
-            Value::Unchanged => return None,
+fn raw_key(out: &mut Vec<u8>, row: &Row, table: &TableSchema) -> bool {
+    for i in table.key_indexes() {
+        match row.0.get(i) {
+            Some(Value::Null) => push_raw_key_value(out, None),
+            Some(Value::Binary(b)) => push_raw_key_value(out, Some(b)),
+            _ => return false,
         }
     }
-    Some(out.into())
-}
-
-/// The key columns' values of a raw key.
-fn key_values(raw: &[u8]) -> Option<Vec<Option<Bytes>>> {
-    let mut values = Vec::new();
-    let mut rest = raw;
-    while !rest.is_empty() {
-        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-        rest = &rest[4..];
-        if len < 0 {
-            values.push(None);
-        } else {
-            let len = len as usize;
-            values.push(Some(Bytes::copy_from_slice(rest.get(..len)?)));
-            rest = &rest[len..];
-        }
-    }
-    Some(values)
+    true
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -258,15 +250,10 @@ impl Journal {
 
     /// Writes the journal atomically.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, path)
+        crate::state_file::replace(
+            path,
+            &serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )
     }
 
     /// Reads a journal; None when there is none or it cannot be read.
@@ -296,7 +283,7 @@ impl Journal {
             .keys
             .iter()
             .filter(|(_, lsn)| *lsn > clean_from)
-            .map(|(k, _)| key_values(&unhex(k)?))
+            .map(|(k, _)| unhex(k).map(|raw| split_raw_key(&raw)))
             .collect();
         keys.map_or(Scope::Full, Scope::Keys)
     }

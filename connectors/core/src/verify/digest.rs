@@ -20,6 +20,36 @@ pub struct CanonRow {
     pub hash: [u8; 32],
 }
 
+/// Appends one key column's binary value (`None`: NULL) to a raw key: its length as a
+/// big-endian i32 (-1 for NULL), then its bytes.
+pub fn push_raw_key_value(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        Some(b) => {
+            out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+/// The key columns' binary values of a raw key built by [`push_raw_key_value`].
+pub fn split_raw_key(raw: &[u8]) -> Vec<Option<bytes::Bytes>> {
+    let mut values = Vec::new();
+    let mut rest = raw;
+    while rest.len() >= 4 {
+        let len = i32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
+        rest = &rest[4..];
+        if len < 0 {
+            values.push(None);
+        } else {
+            let n = (len as usize).min(rest.len());
+            values.push(Some(bytes::Bytes::copy_from_slice(&rest[..n])));
+            rest = &rest[n..];
+        }
+    }
+    values
+}
+
 impl CanonRow {
     /// Builds a row from its sort key and the canonical encodings of its columns; the hash is
     /// BLAKE3 over the key columns' encodings followed by every column's.
@@ -47,20 +77,7 @@ impl CanonRow {
 
     /// The key columns' binary values (see [`CanonRow::key_raw`]).
     pub fn key_values(&self) -> Vec<Option<bytes::Bytes>> {
-        let mut values = Vec::with_capacity(self.key_columns.len());
-        let mut rest = &self.key_raw[..];
-        while rest.len() >= 4 {
-            let len = i32::from_be_bytes(rest[..4].try_into().expect("4 bytes"));
-            rest = &rest[4..];
-            if len < 0 {
-                values.push(None);
-            } else {
-                let n = (len as usize).min(rest.len());
-                values.push(Some(bytes::Bytes::copy_from_slice(&rest[..n])));
-                rest = &rest[n..];
-            }
-        }
-        values
+        split_raw_key(&self.key_raw)
     }
 
     /// The canonical bytes of column `i`.

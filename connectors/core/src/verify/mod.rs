@@ -14,7 +14,7 @@ mod sorted;
 use std::sync::Arc;
 
 pub use canonical::Precision;
-pub use digest::{compare_rows, CanonRow, RangeDigest, RowDiff};
+pub use digest::{compare_rows, push_raw_key_value, split_raw_key, CanonRow, RangeDigest, RowDiff};
 pub use range::{
     compare_range, Bound, KeyBound, RangeOutcome, RangeScan, ScanLimits, TableSide, SPLIT_WAYS,
 };
@@ -96,13 +96,7 @@ pub fn canon_values<'a>(
                     type_name: column.type_name.clone(),
                 }
             })?;
-            match value {
-                None => key_raw.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(b) => {
-                    key_raw.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                    key_raw.extend_from_slice(b);
-                }
-            }
+            digest::push_raw_key_value(&mut key_raw, value);
         }
     }
     Ok(CanonRow::new(sort_key, bytes, ends, keys.clone(), key_raw))
