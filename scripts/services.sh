@@ -123,6 +123,10 @@ start_cluster() {
 local   all             all                                     trust
 host    all             cutover_secret  127.0.0.1/32            scram-sha-256
 host    replication     cutover_secret  127.0.0.1/32            scram-sha-256
+host    all             cutover_odd     127.0.0.1/32            scram-sha-256
+host    replication     cutover_odd     127.0.0.1/32            scram-sha-256
+host    all             cutover_md5     127.0.0.1/32            md5
+host    replication     cutover_md5     127.0.0.1/32            md5
 host    all             all             127.0.0.1/32            trust
 host    replication     all             127.0.0.1/32            trust
 HBA
@@ -169,6 +173,13 @@ start)
     for port in "$src" "$tgt" "$plain" "$spare"; do
         "$PG_BIN/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
             -c "CREATE ROLE cutover_secret LOGIN REPLICATION SUPERUSER PASSWORD 'hunter2-not-a-real-secret'" >/dev/null
+        # A password with every character a URL must escape, and one kept as an md5 hash (the
+        # authentication older servers and managed services still use): tests/auth.rs.
+        "$PG_BIN/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+            -c "CREATE ROLE cutover_odd LOGIN REPLICATION SUPERUSER PASSWORD 'p@ss:w/rd%ü-odd-not-a-real-secret'" >/dev/null
+        "$PG_BIN/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+            -c "SET password_encryption = 'md5'" \
+            -c "CREATE ROLE cutover_md5 LOGIN REPLICATION SUPERUSER PASSWORD 'md5-pw-not-a-real-secret'" >/dev/null
     done
     kafka=$(free_port)
     start_daemon kafka "$kafka" "$(tansu_bin)" broker --listener-url "tcp://127.0.0.1:$kafka" \

@@ -239,6 +239,9 @@ pub struct LimitsSection {
     pub linger_ms: Option<u64>,
     /// Raw replication messages held between the socket and the decoder.
     pub stream_buffer_events: Option<usize>,
+    /// Least time between heartbeats (empty transactions the sinks record) while the source
+    /// writes nothing the pipeline takes.
+    pub heartbeat_interval_ms: Option<u64>,
     /// Retries in a row, without a run that lasted a minute, before the pipeline gives up.
     pub max_retries: Option<u32>,
 }
@@ -387,6 +390,8 @@ pub struct Pipeline {
     pub flush_interval_ms: u64,
     pub linger_ms: u64,
     pub stream_buffer_events: usize,
+    /// Least time between heartbeats to the sinks while the source is idle, in ms.
+    pub heartbeat_interval_ms: u64,
     /// Retries in a row before `cutover run` stops with the last error (0: never stops).
     pub max_retries: u32,
     /// The targets, in the file's order (see [`crate::targets`]).
@@ -671,6 +676,11 @@ pub fn parse(
             file.limits.stream_buffer_events,
             d.limits.stream_buffer_events,
         ),
+        heartbeat_interval_ms: file
+            .limits
+            .heartbeat_interval_ms
+            .or(d.limits.heartbeat_interval_ms)
+            .unwrap_or(1000),
         max_retries: file
             .limits
             .max_retries
@@ -885,6 +895,7 @@ fn expand(
         rest = &after[end + 1..];
     }
     out.push_str(rest);
+    cutover_core::secrets::register(key, &out);
     Ok(out)
 }
 

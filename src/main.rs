@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use cutover::pipeline::{self as runtime, Operator, Telemetry};
 use cutover::switch::{self, Direction};
-use cutover::{config, status, targets, verify};
+use cutover::{config, say, say_err, say_part, status, targets, verify};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cutover_core::{ConnectorError, Sink};
@@ -47,6 +47,16 @@ enum Command {
         /// Also delete the pipeline's checkpoints and copy records from every target.
         #[arg(long)]
         target_state: bool,
+    },
+    /// Delete one sink's saved progress (checkpoint and copy records), so the next run copies
+    /// its tables into it again while the other sinks stream on. For a sink that fell behind
+    /// the slot (restored from a backup, its state replaced): empty its tables first. Refused
+    /// while the pipeline streams.
+    Forget {
+        pipeline: PathBuf,
+        /// The sink, by its name in the pipeline file.
+        #[arg(long)]
+        sink: String,
     },
     /// Show the slot's lag, each target's checkpoint and the switch's readiness gates, ending
     /// with READY or NOT READY. Exit code 0: ready to switch; 3: not ready.
@@ -148,7 +158,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say_err!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -176,6 +186,7 @@ fn main() -> ExitCode {
                 pipeline,
                 target_state,
             } => teardown(&pipeline, target_state).await,
+            Command::Forget { pipeline, sink } => forget(&pipeline, &sink).await,
             Command::Status { pipeline, format } => show_status(&pipeline, format).await,
             Command::Switch { pipeline, how } => {
                 run_switch(&pipeline, Direction::Reverse, how).await
@@ -192,9 +203,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(message) => {
             if terminal {
-                eprintln!();
+                say_err!();
             }
-            eprintln!("error: {message}");
+            say_err!("error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -210,7 +221,7 @@ async fn run_verify(
     let cfg = match load_current(path).await {
         Ok(cfg) => cfg,
         Err(message) => {
-            eprintln!("error: {message}");
+            say_err!("error: {message}");
             return ExitCode::from(2);
         }
     };
@@ -238,15 +249,15 @@ async fn run_verify(
             // A check of every table counts for the switch's readiness.
             if whole {
                 if let Err(e) = verify::SavedCheck::record(&report, &cfg.verify.report_path) {
-                    eprintln!("warning: cannot save the check's result for `cutover status`: {e}");
+                    say_err!("warning: cannot save the check's result for `cutover status`: {e}");
                 }
             }
             match format {
-                ReportFormat::Text => print!("{}", report.text()),
+                ReportFormat::Text => say_part!("{}", report.text()),
                 ReportFormat::Json => match serde_json::to_string_pretty(&report) {
-                    Ok(json) => println!("{json}"),
+                    Ok(json) => say!("{json}"),
                     Err(e) => {
-                        eprintln!("error: cannot write the report as JSON: {e}");
+                        say_err!("error: cannot write the report as JSON: {e}");
                         return ExitCode::from(2);
                     }
                 },
@@ -258,7 +269,7 @@ async fn run_verify(
             }
         }
         Err(e) => {
-            eprintln!("error: {}", explain(e));
+            say_err!("error: {}", explain(e));
             ExitCode::from(2)
         }
     }
@@ -276,13 +287,29 @@ fn init_logging(format: LogFormat, live_progress: bool) {
     let filter = EnvFilter::try_from_env("CUTOVER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| ScrubbedStderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_target(false);
     if format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
+    }
+}
+
+/// Standard error through [`cutover_core::secrets::scrub`]. The log formatter writes each
+/// event in one call, so a secret never straddles two writes.
+struct ScrubbedStderr;
+
+impl std::io::Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(cutover_core::secrets::scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -315,7 +342,7 @@ async fn run_switch(path: &std::path::Path, towards: Direction, how: SwitchFlags
         .map_err(explain)?
     {
         Some(readiness) if !readiness.ready => {
-            eprintln!("refused: {}", readiness.closed());
+            say_err!("refused: {}", readiness.closed());
             Ok(ExitCode::from(3))
         }
         _ => Ok(ExitCode::SUCCESS),
@@ -331,7 +358,7 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         tracing::info!("stop requested: draining, then confirming");
         let _ = stop_tx.send(true);
         wait_for_signal().await;
-        eprintln!("\nsecond stop signal: exiting without draining (nothing is lost; the next run replays)");
+        say_err!("\nsecond stop signal: exiting without draining (nothing is lost; the next run replays)");
         std::process::exit(130);
     });
     let reporter = tokio::spawn(status::report(telemetry.subscribe(), terminal));
@@ -364,7 +391,7 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
     };
     reporter.abort();
     if terminal {
-        eprintln!("\r\x1b[K{}", telemetry.snapshot().line());
+        say_err!("\r\x1b[K{}", telemetry.snapshot().line());
     }
     result.map(|()| ExitCode::SUCCESS).map_err(explain)
 }
@@ -451,9 +478,9 @@ async fn wait_for_signal() {
 
 async fn check(path: &std::path::Path) -> Outcome {
     let cfg = load_current(path).await?;
-    println!("pipeline file {}: ok", path.display());
+    say!("pipeline file {}: ok", path.display());
     let source = runtime::connect_source(&cfg).await.map_err(explain)?;
-    println!(
+    say!(
         "source {}: connected, {} tables selected",
         source.endpoint(),
         source.tables().len()
@@ -462,12 +489,12 @@ async fn check(path: &std::path::Path) -> Outcome {
     let mut failed = 0;
     for f in &findings {
         if f.ok {
-            println!("  ok    {}: {}", f.check, f.detail);
+            say!("  ok    {}: {}", f.check, f.detail);
         } else {
             failed += 1;
-            println!("  FAIL  {}: {}", f.check, f.detail);
+            say!("  FAIL  {}: {}", f.check, f.detail);
             if let Some(fix) = &f.fix {
-                println!("        fix: {fix}");
+                say!("        fix: {fix}");
             }
         }
     }
@@ -485,7 +512,7 @@ async fn check(path: &std::path::Path) -> Outcome {
         {
             Ok(ts) => {
                 if !cfg.transforms.is_empty_with(&cfg.sink_transforms[i]) {
-                    println!(
+                    say!(
                         "sink {}: transform rules fit the tables ({} table(s) reach it)",
                         sink.name(),
                         ts.len()
@@ -494,11 +521,11 @@ async fn check(path: &std::path::Path) -> Outcome {
                 for t in ts.iter().filter(|t| t.filters()) {
                     let name = &t.source().name;
                     if !source.replica_identity_full(name).await.map_err(explain)? {
-                        println!(
+                        say!(
                             "  warn  sink {}: {name} is filtered but has no REPLICA IDENTITY FULL: a row that enters the filter through an update leaving a TOASTed value (over ~2 kB) untouched arrives without that value (cutover verify finds it)",
                             sink.name()
                         );
-                        println!("        fix: ALTER TABLE {} REPLICA IDENTITY FULL (more WAL per update), or accept it", name.quoted());
+                        say!("        fix: ALTER TABLE {} REPLICA IDENTITY FULL (more WAL per update), or accept it", name.quoted());
                     }
                 }
                 shaped.insert(
@@ -508,7 +535,7 @@ async fn check(path: &std::path::Path) -> Outcome {
             }
             Err(e) => {
                 failed += 1;
-                println!("sink {}: FAIL transform rules: {e}", sink.name());
+                say!("sink {}: FAIL transform rules: {e}", sink.name());
             }
         }
     }
@@ -517,10 +544,10 @@ async fn check(path: &std::path::Path) -> Outcome {
             continue;
         };
         match sink.preflight(tables).await {
-            Ok(()) => println!("sink {}: connected, tables compatible", sink.name()),
+            Ok(()) => say!("sink {}: connected, tables compatible", sink.name()),
             Err(e) => {
                 failed += 1;
-                println!("sink {}: FAIL {e}", sink.name());
+                say!("sink {}: FAIL {e}", sink.name());
             }
         }
     }
@@ -532,10 +559,10 @@ async fn check(path: &std::path::Path) -> Outcome {
         .filter(|s| targets::postgres(&***s).is_none())
     {
         match sink.connect(&ctx).await {
-            Ok(_) => println!("sink {} ({}): connected", sink.name(), sink.kind()),
+            Ok(_) => say!("sink {} ({}): connected", sink.name(), sink.kind()),
             Err(e) => {
                 failed += 1;
-                println!(
+                say!(
                     "sink {} ({}): FAIL {}",
                     sink.name(),
                     sink.kind(),
@@ -545,7 +572,7 @@ async fn check(path: &std::path::Path) -> Outcome {
         }
     }
     if failed == 0 {
-        println!("ready: `cutover run {}` can start", path.display());
+        say!("ready: `cutover run {}` can start", path.display());
         Ok(ExitCode::SUCCESS)
     } else {
         Err(format!("{failed} check(s) failed; see the fixes above"))
@@ -556,12 +583,12 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
     let cfg = load(path)?;
     let source = runtime::connect_source(&cfg).await.map_err(explain)?;
     let (slot, publication) = source.teardown().await.map_err(explain)?;
-    println!(
+    say!(
         "replication slot {}: {}",
         cfg.slot,
         if slot { "dropped" } else { "did not exist" }
     );
-    println!(
+    say!(
         "publication {}: {}",
         cfg.publication,
         if publication {
@@ -574,9 +601,37 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
         let ctx = runtime::target_context(&cfg, "");
         for sink in &cfg.sinks {
             let deleted = sink.forget_state(&ctx).await.map_err(explain)?;
-            println!("sink {}: {deleted}", sink.name());
+            say!("sink {}: {deleted}", sink.name());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn forget(path: &std::path::Path, name: &str) -> Outcome {
+    let cfg = load_current(path).await?;
+    let Some(sink) = cfg.sinks.iter().find(|s| s.name() == name) else {
+        let names: Vec<_> = cfg.sinks.iter().map(|s| s.name().to_string()).collect();
+        return Err(format!(
+            "{}: no sink is named {name:?}; the sinks are: {}",
+            path.display(),
+            names.join(", ")
+        ));
+    };
+    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    if matches!(
+        source.slot_activity().await.map_err(explain)?,
+        Some((true, _))
+    ) {
+        return Err(format!(
+            "replication slot {} is in use: stop `cutover run` for this pipeline first, then forget the sink",
+            cfg.slot
+        ));
+    }
+    let deleted = sink
+        .forget_state(&runtime::target_context(&cfg, ""))
+        .await
+        .map_err(explain)?;
+    say!("sink {name}: {deleted}; the next run copies its tables again");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -618,13 +673,13 @@ async fn dlq(action: DlqAction) -> Outcome {
                 .await
                 .map_err(explain)?;
             let (applied, still) = sink.replay_dead_letters().await.map_err(explain)?;
-            println!("sink {name}: {applied} parked change(s) applied, {still} still parked");
+            say!("sink {name}: {applied} parked change(s) applied, {still} still parked");
             parked_total += still;
         } else {
             let letters = sink.dead_letters().await.map_err(explain)?;
-            println!("sink {name}: {} parked change(s)", letters.len());
+            say!("sink {name}: {} parked change(s)", letters.len());
             for d in &letters {
-                println!(
+                say!(
                     "  #{} {} {} key {} at {} (parked {}, {} attempt(s))\n      row: {}\n      reason: {}",
                     d.id,
                     d.table,
@@ -648,15 +703,15 @@ async fn dlq(action: DlqAction) -> Outcome {
         let name = sink.name();
         if replay {
             let (sent, still) = sink.replay_letters().await.map_err(explain)?;
-            println!("sink {name}: {sent} parked change(s) sent, {still} still parked");
+            say!("sink {name}: {sent} parked change(s) sent, {still} still parked");
             parked_total += still;
             continue;
         }
         let letters =
             cutover_core::dead_letters::blocking(|| store.open()?.read()).map_err(explain)?;
-        println!("sink {name}: {} parked change(s)", letters.len());
+        say!("sink {name}: {} parked change(s)", letters.len());
         for l in &letters {
-            println!(
+            say!(
                 "  #{} {}.{} {} key {} to {} at {} (parked at {} s since the epoch, {} attempt(s))\n      reason: {}",
                 l.id,
                 l.schema,
@@ -682,14 +737,14 @@ async fn dlq(action: DlqAction) -> Outcome {
 async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
     let cfg = load_current(path).await?;
     if cfg.sinks.iter().all(|s| targets::postgres(&**s).is_none()) {
-        println!("the pipeline has no PostgreSQL sink; sequences exist only there");
+        say!("the pipeline has no PostgreSQL sink; sequences exist only there");
         return Ok(ExitCode::SUCCESS);
     }
     let synced = switch::steps::sync_sequences(&cfg, margin)
         .await
         .map_err(explain)?;
     if synced == 0 {
-        println!("no sequence feeds a column of the pipeline's tables; nothing to do");
+        say!("no sequence feeds a column of the pipeline's tables; nothing to do");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -764,9 +819,9 @@ async fn show_status(path: &std::path::Path, format: ReportFormat) -> Outcome {
     match format {
         ReportFormat::Text => {
             for l in &lines {
-                println!("{l}");
+                say!("{l}");
             }
-            print!("{}", readiness.text());
+            say_part!("{}", readiness.text());
         }
         ReportFormat::Json => {
             let doc = serde_json::json!({
@@ -786,7 +841,7 @@ async fn show_status(path: &std::path::Path, format: ReportFormat) -> Outcome {
                 "ready": readiness.ready,
                 "gates": readiness.gates,
             });
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
             );

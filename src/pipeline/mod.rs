@@ -120,8 +120,12 @@ async fn run_once(
     refuse_failures(&source.preflight().await?)?;
     let schemas = source.schemas();
     let mut sinks = connect_sinks(cfg, &source.endpoint().database()).await?;
-    let slot_exists = source.slot_exists().await?;
-    let mut states = wiring::open_sinks(cfg, &mut sinks, &schemas, slot_exists).await?;
+    let slot = if source.slot_exists().await? {
+        Some(source.confirmed_lsn().await?)
+    } else {
+        None
+    };
+    let mut states = wiring::open_sinks(cfg, &mut sinks, &schemas, slot).await?;
     source.ensure_publication().await?;
     let slot = source.ensure_slot().await?;
     *started = true;
@@ -190,6 +194,8 @@ pub struct Settings {
     pub batch_bytes: usize,
     pub flush_interval: Duration,
     pub linger: Duration,
+    /// Least time between heartbeats to the sinks while the source is idle.
+    pub heartbeat: Duration,
     /// Per sink, in the file's order: whether TRUNCATE reaches it, and its rate limits.
     pub sinks: Vec<(bool, RateLimits)>,
 }
@@ -202,6 +208,7 @@ impl Settings {
             batch_bytes: cfg.batch_bytes,
             flush_interval: Duration::from_millis(cfg.flush_interval_ms),
             linger: Duration::from_millis(cfg.linger_ms),
+            heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms),
             sinks: (0..cfg.sinks.len())
                 .map(|i| {
                     (
@@ -303,6 +310,8 @@ pub fn start_stream<'a>(
         catalog,
         operator,
         ticks: 0,
+        heartbeat_every: settings.heartbeat,
+        next_heartbeat: Instant::now(),
     }
 }
 
@@ -310,17 +319,7 @@ pub fn start_stream<'a>(
 fn stream_start(states: &[SinkState]) -> Lsn {
     states
         .iter()
-        .map(|s| match s.checkpoint {
-            Some(cp) => cp.end_lsn,
-            // Lsn::ZERO marks a table the sink does not take (excluded by its rules).
-            None => s
-                .copied_tables
-                .values()
-                .copied()
-                .filter(|&l| l != Lsn::ZERO)
-                .min()
-                .unwrap_or(Lsn::ZERO),
-        })
+        .map(|s| wiring::sink_position(s).unwrap_or(Lsn::ZERO))
         .min()
         .unwrap_or(Lsn::ZERO)
 }

@@ -1,9 +1,12 @@
 //! Each sink's durable position and the slot's confirmed position.
 //!
 //! The rule this stage enforces: the slot is confirmed only to the lowest transaction end that
-//! every sink has made durable, never backwards; or, with nothing in flight, to the WAL end the
-//! server reported while idle (so a quiet source does not pile up WAL). While a table joins the
-//! stream, the slot is held at or before the position its copy started from.
+//! every sink has made durable, never backwards, so no sink's saved position is ever behind the
+//! slot (a restart that finds one behind knows changes were lost to it; see
+//! [`super::wiring::open_sinks`]). A quiet source still moves on: while the server reports WAL
+//! beyond the last transaction handed on, the reader hands every sink a heartbeat (an empty
+//! transaction ending at that WAL end), and the slot follows once the sinks recorded it. While a
+//! table joins the stream, the slot is held at or before the position its copy started from.
 
 use cutover_core::{Lsn, StreamEvent};
 
@@ -69,36 +72,27 @@ impl Progress {
     }
 
     /// Sink `sink` made everything up to `end_lsn` durable. Returns the position to confirm
-    /// the slot to, when it moves: once everything dispatched is durable, that is the source's
-    /// idle position seen since (rule 6, without waiting for the next keepalive).
+    /// the slot to, when it moves.
     pub fn durable(&mut self, sink: usize, end_lsn: Lsn) -> Option<Lsn> {
         if let Some(d) = self.durable.get_mut(sink) {
             *d = (*d).max(end_lsn);
         }
-        let mut min = self.capped(self.min_durable());
-        if self.cap.is_none() && !self.in_txn && min >= self.last_dispatched {
-            min = min.max(self.idle_seen);
-        }
+        let min = self.capped(self.min_durable());
         (min > self.confirmed).then(|| {
             self.confirmed = min;
             min
         })
     }
 
-    /// The source is idle up to `wal_end`. Returns the position to confirm the slot to, when
-    /// nothing is in flight and it moves.
-    pub fn idle(&mut self, wal_end: Lsn) -> Option<Lsn> {
+    /// The source is idle up to `wal_end` (everything before it was read). Returns whether a
+    /// heartbeat there would move the sinks on: no transaction open, no table joining, and
+    /// `wal_end` past the last transaction handed on.
+    pub fn idle(&mut self, wal_end: Lsn) -> bool {
         if self.in_txn {
-            return None;
+            return false;
         }
         self.idle_seen = self.idle_seen.max(wal_end);
-        let settled = self.cap.is_none()
-            && self.min_durable() >= self.last_dispatched
-            && wal_end > self.confirmed;
-        settled.then(|| {
-            self.confirmed = wal_end;
-            wal_end
-        })
+        self.cap.is_none() && wal_end > self.last_dispatched
     }
 
     /// A table starts joining: hold the slot at what is confirmed or dispatched so far.
@@ -127,6 +121,26 @@ impl Progress {
     pub fn final_position(&self) -> Lsn {
         self.capped(self.min_durable()).max(self.confirmed)
     }
+}
+
+/// A heartbeat at `wal_end`: an empty transaction that ends there, for the sinks to record as
+/// their position while the source writes nothing they take. Its commit position is one before
+/// `wal_end`, so a real transaction whose commit record starts exactly at `wal_end` is still
+/// newer than what the sinks recorded (a sink skips transactions at or before its checkpoint).
+pub fn heartbeat(wal_end: Lsn, now_micros: i64) -> [StreamEvent; 2] {
+    let commit_lsn = Lsn(wal_end.0.saturating_sub(1));
+    [
+        StreamEvent::Begin {
+            commit_lsn,
+            xid: 0,
+            commit_time_micros: now_micros,
+        },
+        StreamEvent::Commit {
+            commit_lsn,
+            end_lsn: wal_end,
+            commit_time_micros: now_micros,
+        },
+    ]
 }
 
 #[cfg(test)]
@@ -167,28 +181,39 @@ mod tests {
     }
 
     #[test]
-    fn idle_confirms_the_wal_end_only_with_nothing_in_flight() {
+    fn an_idle_source_moves_the_slot_only_through_a_heartbeat_every_sink_recorded() {
         let mut p = Progress::new(Lsn(10), vec![Lsn(10), Lsn(10)]);
         p.dispatched(&[begin(20), commit(20, 21)]);
-        assert_eq!(p.idle(Lsn(50)), None, "a sink has not made 21 durable");
+        assert!(p.idle(Lsn(50)), "WAL beyond what was handed on");
         p.durable(0, Lsn(21));
         assert_eq!(
             p.durable(1, Lsn(21)),
-            Some(Lsn(50)),
-            "everything durable, and the source was idle up to 50"
+            Some(Lsn(21)),
+            "idle WAL alone never moves the slot past what the sinks hold"
         );
+        p.dispatched(&heartbeat(Lsn(50), 0));
+        assert!(!p.idle(Lsn(50)), "the heartbeat is on its way");
+        assert_eq!(p.durable(0, Lsn(50)), None, "one sink recorded it");
+        assert_eq!(p.durable(1, Lsn(50)), Some(Lsn(50)), "every sink did");
         p.dispatched(&[begin(60)]);
-        assert_eq!(p.idle(Lsn(70)), None, "inside a transaction");
+        assert!(!p.idle(Lsn(70)), "inside a transaction");
         p.dispatched(&[commit(60, 61)]);
-        assert_eq!(p.idle(Lsn(70)), None, "61 is in flight");
-        assert_eq!(p.durable(0, Lsn(61)), None, "the other sink is at 21");
+        assert!(p.idle(Lsn(70)));
         assert_eq!(
-            p.durable(1, Lsn(61)),
+            p.read_through(),
             Some(Lsn(70)),
-            "61 durable everywhere, and the source idle up to 70"
+            "everything before 70 was read"
         );
-        assert_eq!(p.idle(Lsn(70)), None, "already there");
-        assert_eq!(p.idle(Lsn(80)), Some(Lsn(80)));
+    }
+
+    #[test]
+    fn a_heartbeat_is_older_than_a_transaction_committed_at_its_position() {
+        let [StreamEvent::Begin { commit_lsn, .. }, StreamEvent::Commit { end_lsn, .. }] =
+            heartbeat(Lsn(50), 0)
+        else {
+            panic!("a heartbeat is a begin and a commit");
+        };
+        assert!(commit_lsn < Lsn(50) && end_lsn == Lsn(50));
     }
 
     #[test]
@@ -202,19 +227,12 @@ mod tests {
             Some(Lsn(21)),
             "held at the copy's start"
         );
-        assert_eq!(
-            p.idle(Lsn(40)),
-            None,
-            "idle confirms nothing while a table joins"
-        );
+        assert!(!p.idle(Lsn(40)), "no heartbeat while a table joins");
         assert_eq!(p.final_position(), Lsn(21));
         p.release();
         assert_eq!(p.final_position(), Lsn(31));
-        assert_eq!(
-            p.durable(0, Lsn(31)),
-            Some(Lsn(40)),
-            "released: 31 durable, and the source idle up to 40 since"
-        );
+        assert_eq!(p.durable(0, Lsn(31)), Some(Lsn(31)), "released");
+        assert!(p.idle(Lsn(40)));
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn settings(sinks: usize) -> Settings {
         batch_bytes: 1 << 20,
         flush_interval: Duration::from_millis(20),
         linger: Duration::from_millis(1),
+        heartbeat: Duration::from_millis(10),
         sinks: vec![(true, RateLimits::default()); sinks],
     }
 }
@@ -139,6 +140,51 @@ async fn the_slot_is_confirmed_only_to_what_every_sink_has_made_durable() {
         assert!(confirmed.windows(2).all(|w| w[0] < w[1]), "{confirmed:?}");
         // Every confirmation is a transaction end (11, 21, 31), never a position inside one.
         assert!(confirmed.iter().all(|l| l.0 % 10 == 1), "{confirmed:?}");
+        bench
+    })
+    .await;
+}
+
+/// An idle source (WAL moving on tables outside the pipeline) moves the slot only through a
+/// heartbeat every sink recorded, so no sink's saved position is ever behind the slot; a
+/// stalled sink holds the slot at what it has.
+#[tokio::test]
+async fn an_idle_source_is_confirmed_only_once_every_sink_recorded_the_heartbeat() {
+    let t = testing::table("t");
+    on_memory(settings(2), &["fast", "slow"], |bench| async move {
+        bench.send(testing::transaction(&t, 10, &[1]));
+        bench
+            .wait_for("both sinks", |b| b.checkpoint(1) == Some(Lsn(11)))
+            .await;
+        bench.gates[1].shut();
+        bench
+            .feed
+            .send(StreamItem::Idle { wal_end: Lsn(50) })
+            .unwrap();
+        bench
+            .wait_for("the fast sink's heartbeat", |b| {
+                b.checkpoint(0) == Some(Lsn(50))
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            bench.probe.last_confirmed(),
+            Some(Lsn(11)),
+            "the slot passed what the stalled sink recorded"
+        );
+        bench.gates[1].open();
+        bench
+            .wait_for("the slot at the idle WAL end", |b| {
+                b.probe.last_confirmed() == Some(Lsn(50)) && b.checkpoint(1) == Some(Lsn(50))
+            })
+            .await;
+        // A transaction committed right at the heartbeat's position is still applied.
+        bench.send(testing::transaction(&t, 50, &[2]));
+        bench
+            .wait_for("the transaction at 50", |b| {
+                b.checkpoint(1) == Some(Lsn(51))
+            })
+            .await;
         bench
     })
     .await;

@@ -99,7 +99,7 @@ pub async fn switch(
     }
     if opts.abort {
         if !in_progress {
-            println!("no {command} is in progress; nothing to undo");
+            say!("no {command} is in progress; nothing to undo");
             return Ok(None);
         }
         if !rec.step.undoable() {
@@ -114,7 +114,7 @@ pub async fn switch(
         }
         let sides = Sides::of(cfg, &rec, from).await?;
         undo(cfg, &store, &mut rec, &sides).await?;
-        println!(
+        say!(
             "{command} undone: the application writes to {} again",
             sides.old
         );
@@ -131,7 +131,7 @@ pub async fn switch(
     }
     if !in_progress {
         if opts.resume {
-            println!("no {command} is in progress; nothing to resume");
+            say!("no {command} is in progress; nothing to resume");
             return Ok(None);
         }
         if rec.direction == towards {
@@ -145,10 +145,10 @@ pub async fn switch(
             );
         }
         let readiness = gates::check(cfg, &rec).await?;
-        print!("{}", readiness.text());
+        say_part!("{}", readiness.text());
         if opts.dry_run {
             let sides = Sides::of(cfg, &rec, from).await?;
-            print!("{}", plan(cfg, &sides, &readiness));
+            say_part!("{}", plan(cfg, &sides, &readiness));
             return Ok(Some(readiness));
         }
         if !readiness.ready {
@@ -197,7 +197,7 @@ pub async fn switch(
         .iter()
         .map(|s| format!("{} {} ms", s.step, s.ms))
         .collect();
-    println!(
+    say!(
         "{command} done in {} ms ({}): the application writes to {}; `cutover run` streams {}",
         began.elapsed().as_millis(),
         times.join(", "),
@@ -335,7 +335,7 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
             Step::Verifying => {
                 let at = rec.fence_lsn.unwrap_or(Lsn::ZERO);
                 let summary = final_verify(&sides.before, at, settings.final_verify).await?;
-                println!("  final check: {summary}");
+                say!("  final check: {summary}");
                 Step::Sequences
             }
             Step::Sequences => {
@@ -362,7 +362,7 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
         };
         let ms = began.elapsed().as_millis() as u64;
         tracing::info!(step = step.as_str(), ms, "switch step done");
-        println!("  {:<13} {ms:>6} ms", step.as_str());
+        say!("  {:<13} {ms:>6} ms", step.as_str());
         rec.log.push(StepTime {
             step: step.as_str().into(),
             ms,
@@ -554,7 +554,7 @@ pub async fn sync_sequences(cfg: &Pipeline, margin: u32) -> Result<usize> {
             } else {
                 ""
             };
-            println!(
+            say!(
                 "sink {name}: {} ({}.{}): source at {}, target set to {} ({before}){moved}{}",
                 done.sequence,
                 seq.table,

@@ -17,6 +17,7 @@ pub mod naming;
 pub mod outbox;
 mod position;
 mod schema;
+pub mod secrets;
 mod sink;
 mod source;
 pub mod target;

@@ -44,7 +44,15 @@ pub fn classify(e: KafkaError, what: &str) -> ConnectorError {
             _ => (ErrorKind::Retryable, None),
         },
     };
-    let mut err = ConnectorError::new(kind, format!("{what}: {e}")).with_source(e);
+    let mut err = match &e {
+        // Its text carries the value, which may be a password (`sasl.password`): name the
+        // setting and the reason only, and keep the error itself out of the chain.
+        KafkaError::ClientConfig(_, description, key, _value) => ConnectorError::new(
+            kind,
+            format!("{what}: librdkafka refused the setting {key}: {description}"),
+        ),
+        _ => ConnectorError::new(kind, format!("{what}: {e}")).with_source(e),
+    };
     if let Some(h) = hint {
         err = err.with_hint(h);
     }
@@ -54,6 +62,24 @@ pub fn classify(e: KafkaError, what: &str) -> ConnectorError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_setting_is_named_without_its_value() {
+        let e = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value".into(),
+            "sasl.password".into(),
+            "kafka-secret-value".into(),
+        );
+        let err = classify(e, "cannot create the Kafka producer");
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("kafka-secret-value"), "{shown}");
+        assert!(
+            shown.contains("sasl.password") && shown.contains("Invalid value"),
+            "{shown}"
+        );
+        assert_eq!(err.kind, ErrorKind::Fatal);
+    }
 
     #[test]
     fn codes_map_to_kinds() {
