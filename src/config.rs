@@ -237,8 +237,8 @@ pub struct LimitsSection {
     /// How long a sink waits for more changes when its queue runs empty at a transaction
     /// boundary before it writes what it has.
     pub linger_ms: Option<u64>,
-    /// Raw replication messages held between the socket and the decoder.
-    pub stream_buffer_events: Option<usize>,
+    /// Bytes of raw replication messages held between the socket and the decoder.
+    pub stream_buffer_bytes: Option<ByteSize>,
     /// Least time between heartbeats (empty transactions the sinks record) while the source
     /// writes nothing the pipeline takes.
     pub heartbeat_interval_ms: Option<u64>,
@@ -389,7 +389,8 @@ pub struct Pipeline {
     pub batch_bytes: usize,
     pub flush_interval_ms: u64,
     pub linger_ms: u64,
-    pub stream_buffer_events: usize,
+    /// Bytes of raw replication messages held between the socket and the decoder.
+    pub stream_buffer_bytes: usize,
     /// Least time between heartbeats to the sinks while the source is idle, in ms.
     pub heartbeat_interval_ms: u64,
     /// Retries in a row before `cutover run` stops with the last error (0: never stops).
@@ -672,9 +673,9 @@ pub fn parse(
             .or(d.limits.flush_interval_ms)
             .unwrap_or(100),
         linger_ms: file.limits.linger_ms.or(d.limits.linger_ms).unwrap_or(5),
-        stream_buffer_events: pick(
-            file.limits.stream_buffer_events,
-            d.limits.stream_buffer_events,
+        stream_buffer_bytes: pick(
+            file.limits.stream_buffer_bytes.map(|b| b.0),
+            d.limits.stream_buffer_bytes.map(|b| b.0),
         ),
         heartbeat_interval_ms: file
             .limits
@@ -752,7 +753,7 @@ pub fn parse(
         ("limits.queue_events", pipeline.queue_events),
         ("limits.queue_bytes", pipeline.queue_bytes),
         ("limits.batch_bytes", pipeline.batch_bytes),
-        ("limits.stream_buffer_events", pipeline.stream_buffer_events),
+        ("limits.stream_buffer_bytes", pipeline.stream_buffer_bytes),
     ] {
         if value == 0 {
             return Err(bad(key, "must be greater than 0.".into()));

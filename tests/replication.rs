@@ -381,6 +381,54 @@ async fn stalled_sink_keeps_memory_bounded_and_the_connection_alive() {
     env.drop_slot().await;
 }
 
+/// Rows of 4 MB each behind a stalled sink: what is read ahead of the decoder is bounded in
+/// bytes (`limits.stream_buffer_bytes`), not by a count of messages that may each be a wide
+/// row, so memory stays far below the 240 MB backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_behind_a_stalled_sink_keep_memory_bounded() {
+    let env = Env::new("widerows").await;
+    let src = env.source().await;
+    src.batch_execute("CREATE TABLE blobs (id int PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    let pipeline = env.pipeline(
+        TABLES,
+        "[limits]\nqueue_bytes = \"8 MiB\"\nbatch_bytes = \"2 MiB\"\nstream_buffer_bytes = \"8 MiB\"\n",
+    );
+    let mut run = env.start(&pipeline);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = run.rss_kib();
+    let tgt = env.target().await;
+    tgt.batch_execute("BEGIN; LOCK TABLE blobs IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for id in 0..60 {
+        // 4 MB that TOAST cannot shrink much, sent whole by the replication stream.
+        src.execute(
+            "INSERT INTO blobs SELECT $1, string_agg(md5(($1 * 1000000 + g)::text), '') FROM generate_series(1, 131072) g",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    }
+    let mut peak = 0;
+    for _ in 0..40 {
+        peak = peak.max(run.rss_kib());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("wide rows behind a stalled sink: RSS {baseline} KiB before, {peak} KiB at the peak");
+    tgt.batch_execute("COMMIT").await.unwrap();
+    env.wait_equal(&["blobs"], Duration::from_secs(180)).await;
+    assert!(
+        peak < baseline + 128 * 1024,
+        "RSS grew from {baseline} KiB to {peak} KiB behind a 240 MB backlog of wide rows"
+    );
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
 async fn walsender_pid(src: &tokio_postgres::Client, pipeline: &str) -> Option<i32> {
     src.query_one(
         "SELECT pid FROM pg_stat_replication WHERE application_name = $1",

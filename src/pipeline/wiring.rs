@@ -15,7 +15,7 @@ pub fn source_options(cfg: &Pipeline) -> PgSourceOptions {
         slot: cfg.slot.clone(),
         publication: cfg.publication.clone(),
         application_name: format!("cutover-{}", cfg.name),
-        stream_buffer_events: cfg.stream_buffer_events,
+        stream_buffer_bytes: cfg.stream_buffer_bytes,
     }
 }
 

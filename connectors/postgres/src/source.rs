@@ -12,7 +12,8 @@ use cutover_core::{
 };
 use futures::StreamExt;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::catalog::{self, SourceTable};
@@ -22,6 +23,11 @@ use crate::error::{classify, classify_replication};
 use crate::partitions;
 use crate::pgoutput::{Decoder, Message};
 use crate::preflight::{self, Finding};
+
+/// Raw messages the replication client holds for the feed (see [`Feed`]): few, so that what
+/// waits between the socket and the decoder is bounded by the feed's bytes, not by a count of
+/// messages that may each be a large row.
+const RAW_EVENTS: usize = 8;
 
 /// Microseconds between the PostgreSQL epoch (2000-01-01) and the Unix epoch.
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -35,8 +41,9 @@ pub struct PgSourceOptions {
     pub publication: String,
     /// Shown as `application_name` in `pg_stat_activity` and `pg_stat_replication`.
     pub application_name: String,
-    /// Raw replication messages buffered between the socket and the decoder.
-    pub stream_buffer_events: usize,
+    /// Bytes of raw replication messages buffered between the socket and the decoder (one
+    /// message larger than this is still taken, alone).
+    pub stream_buffer_bytes: usize,
 }
 
 /// How the replication slot was found.
@@ -220,7 +227,7 @@ impl PgSource {
         // bounds how soon an idle position (and a switch's fence) can be confirmed.
         .with_status_interval(Duration::from_millis(100))
         .with_wakeup_interval(Duration::from_secs(1))
-        .with_buffer_size(self.options.stream_buffer_events.max(1))
+        .with_buffer_size(RAW_EVENTS)
         .with_application_name(self.options.application_name.clone())
     }
 
@@ -386,25 +393,24 @@ impl PgSource {
     /// Opens the change stream at `start` (a position every sink has made durable; the server
     /// starts at the slot's confirmed position if that is later).
     pub async fn stream(&self, start: Lsn) -> Result<PgStream> {
-        let client = ReplicationClient::connect(self.replication_config(start))
+        let mut client = ReplicationClient::connect(self.replication_config(start))
             .await
             .map_err(|e| classify_replication(e, "cannot start replication"))?;
-        let mut stream = PgStream {
-            client,
+        client.wait_started().await.map_err(|e| {
+            classify_replication(
+                e,
+                &format!("cannot start replication from slot {}", self.options.slot),
+            )
+        })?;
+        Ok(PgStream {
+            feed: Feed::start(client, start, self.options.stream_buffer_bytes),
             decoder: Decoder::with_catalog(self.schemas()),
             pending: VecDeque::new(),
             txn: None,
             confirmed: start,
             catalog: self.endpoint.connect().await?,
             incomplete: Vec::new(),
-        };
-        stream.client.wait_started().await.map_err(|e| {
-            classify_replication(
-                e,
-                &format!("cannot start replication from slot {}", self.options.slot),
-            )
-        })?;
-        Ok(stream)
+        })
     }
 
     /// The source's current WAL write position.
@@ -596,9 +602,136 @@ impl PgSource {
     }
 }
 
+/// One raw replication message (or the end of the stream), holding its share of the feed's
+/// byte budget until it is decoded.
+type Fed = (
+    std::result::Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>,
+    OwnedSemaphorePermit,
+);
+
+/// The replication client's messages on their way to the decoder, bounded in bytes: a task
+/// takes each message from the client as soon as the byte budget has room for it, and forwards
+/// the applied position and the stop to the client meanwhile. With the client holding only
+/// [`RAW_EVENTS`] messages, memory between the socket and the decoder stays within the budget
+/// plus a few messages, whatever the size of the rows.
+struct Feed {
+    rx: mpsc::UnboundedReceiver<Fed>,
+    applied: watch::Sender<Lsn>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::result::Result<(), pgwire_replication::PgWireError>>>,
+}
+
+impl Feed {
+    fn start(client: ReplicationClient, start: Lsn, budget_bytes: usize) -> Self {
+        let budget = budget_bytes.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (applied, applied_rx) = watch::channel(start);
+        let (stop, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(pump(
+            client,
+            tx,
+            Arc::new(Semaphore::new(budget as usize)),
+            budget,
+            applied_rx,
+            stop_rx,
+        ));
+        Feed {
+            rx,
+            applied,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The next message; the stream's end when the task is gone.
+    async fn recv(
+        &mut self,
+    ) -> std::result::Result<Option<ReplicationEvent>, pgwire_replication::PgWireError> {
+        match self.rx.recv().await {
+            Some((event, _permit)) => event,
+            None => Ok(None),
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::result::Result<(), pgwire_replication::PgWireError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.rx.close();
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| {
+                Err(pgwire_replication::PgWireError::Task(format!(
+                    "the replication feed failed: {e}"
+                )))
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // The task drops the client (which stops its worker) once it sees the feed gone.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Bytes a message counts for in the feed's budget.
+fn fed_size(
+    event: &std::result::Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>,
+) -> usize {
+    match event {
+        Ok(Some(ReplicationEvent::XLogData { data, .. })) => data.len() + 64,
+        Ok(Some(ReplicationEvent::Message { content, .. })) => content.len() + 64,
+        _ => 64,
+    }
+}
+
+/// The feed's task (see [`Feed`]).
+async fn pump(
+    mut client: ReplicationClient,
+    tx: mpsc::UnboundedSender<Fed>,
+    budget: Arc<Semaphore>,
+    max_permits: u32,
+    mut applied: watch::Receiver<Lsn>,
+    mut stop: oneshot::Receiver<()>,
+) -> std::result::Result<(), pgwire_replication::PgWireError> {
+    let apply = |client: &ReplicationClient, lsn: Lsn| {
+        client.update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+    };
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = &mut stop => return client.shutdown().await,
+            Ok(()) = applied.changed() => {
+                apply(&client, *applied.borrow_and_update());
+                continue;
+            }
+            event = client.recv() => event,
+        };
+        let last = !matches!(event, Ok(Some(_)));
+        let want = fed_size(&event).min(max_permits as usize) as u32;
+        let permit = loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => return client.shutdown().await,
+                Ok(()) = applied.changed() => apply(&client, *applied.borrow_and_update()),
+                permit = budget.clone().acquire_many_owned(want) => {
+                    break permit.expect("the feed's budget is never closed");
+                }
+            }
+        };
+        if tx.send((event, permit)).is_err() || last {
+            return Ok(());
+        }
+    }
+}
+
 /// The pgoutput change stream of one slot.
 pub struct PgStream {
-    client: ReplicationClient,
+    feed: Feed,
     decoder: Decoder,
     pending: VecDeque<StreamItem>,
     /// The open transaction's commit LSN and the next change ordinal in it.
@@ -727,7 +860,7 @@ impl Source for PgStream {
                 return Ok(Some(item));
             }
             let event = self
-                .client
+                .feed
                 .recv()
                 .await
                 .map_err(|e| classify_replication(e, "the replication stream failed"))?;
@@ -778,7 +911,7 @@ impl Source for PgStream {
 
     /// Stops streaming cleanly.
     async fn shutdown(mut self: Box<Self>) -> Result<()> {
-        self.client
+        self.feed
             .shutdown()
             .await
             .map_err(|e| classify_replication(e, "error while stopping replication"))
@@ -787,8 +920,7 @@ impl Source for PgStream {
     fn confirm(&mut self, lsn: Lsn) {
         if lsn > self.confirmed {
             self.confirmed = lsn;
-            self.client
-                .update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+            self.feed.applied.send_replace(lsn);
         }
     }
 }
