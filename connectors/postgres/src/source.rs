@@ -10,7 +10,7 @@ use cutover_core::{
     quote_ident, Change, ChangeEvent, ConnectorError, Lsn, Position, Result, Row, Source,
     StreamEvent, StreamItem, TableName, TableSchema,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -27,7 +27,7 @@ use crate::preflight::{self, Finding};
 /// Raw messages the replication client holds for the feed (see [`Feed`]): few, so that what
 /// waits between the socket and the decoder is bounded by the feed's bytes, not by a count of
 /// messages that may each be a large row.
-const RAW_EVENTS: usize = 8;
+const RAW_EVENTS: usize = 16;
 
 /// Microseconds between the PostgreSQL epoch (2000-01-01) and the Unix epoch.
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -602,20 +602,23 @@ impl PgSource {
     }
 }
 
-/// One raw replication message (or the end of the stream), holding its share of the feed's
-/// byte budget until it is decoded.
-type Fed = (
-    std::result::Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>,
-    OwnedSemaphorePermit,
-);
+/// One raw replication message, or the end of the stream.
+type Raw = std::result::Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>;
+
+/// Raw messages taken from the client together, holding their share of the feed's byte budget
+/// until the last of them is decoded.
+type Fed = (Vec<Raw>, OwnedSemaphorePermit);
 
 /// The replication client's messages on their way to the decoder, bounded in bytes: a task
-/// takes each message from the client as soon as the byte budget has room for it, and forwards
-/// the applied position and the stop to the client meanwhile. With the client holding only
+/// takes the client's messages as soon as the byte budget has room for them, and forwards the
+/// applied position and the stop to the client meanwhile. With the client holding only
 /// [`RAW_EVENTS`] messages, memory between the socket and the decoder stays within the budget
 /// plus a few messages, whatever the size of the rows.
 struct Feed {
     rx: mpsc::UnboundedReceiver<Fed>,
+    /// The batch being decoded, and its share of the budget.
+    current: std::collections::vec_deque::IntoIter<Raw>,
+    held: Option<OwnedSemaphorePermit>,
     applied: watch::Sender<Lsn>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::result::Result<(), pgwire_replication::PgWireError>>>,
@@ -623,7 +626,7 @@ struct Feed {
 
 impl Feed {
     fn start(client: ReplicationClient, start: Lsn, budget_bytes: usize) -> Self {
-        let budget = budget_bytes.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let budget = budget_bytes.clamp(1, u32::MAX as usize) as u32;
         let (tx, rx) = mpsc::unbounded_channel();
         let (applied, applied_rx) = watch::channel(start);
         let (stop, stop_rx) = oneshot::channel();
@@ -637,19 +640,28 @@ impl Feed {
         ));
         Feed {
             rx,
+            current: VecDeque::new().into_iter(),
+            held: None,
             applied,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
-    /// The next message; the stream's end when the task is gone.
-    async fn recv(
-        &mut self,
-    ) -> std::result::Result<Option<ReplicationEvent>, pgwire_replication::PgWireError> {
-        match self.rx.recv().await {
-            Some((event, _permit)) => event,
-            None => Ok(None),
+    /// The next message; the stream's end when the task is gone. Cancel-safe.
+    async fn recv(&mut self) -> Raw {
+        loop {
+            if let Some(raw) = self.current.next() {
+                return raw;
+            }
+            self.held = None;
+            match self.rx.recv().await {
+                Some((batch, permit)) => {
+                    self.current = VecDeque::from(batch).into_iter();
+                    self.held = Some(permit);
+                }
+                None => return Ok(None),
+            }
         }
     }
 
@@ -679,17 +691,17 @@ impl Drop for Feed {
 }
 
 /// Bytes a message counts for in the feed's budget.
-fn fed_size(
-    event: &std::result::Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>,
-) -> usize {
-    match event {
+fn fed_size(raw: &Raw) -> usize {
+    match raw {
         Ok(Some(ReplicationEvent::XLogData { data, .. })) => data.len() + 64,
         Ok(Some(ReplicationEvent::Message { content, .. })) => content.len() + 64,
         _ => 64,
     }
 }
 
-/// The feed's task (see [`Feed`]).
+/// The feed's task (see [`Feed`]): waits for a message and budget for it, takes every other
+/// message the client already holds while the budget has room (the one that finds it full
+/// waits with the batch), hands the batch on. Besides the budget, it holds at most one message.
 async fn pump(
     mut client: ReplicationClient,
     tx: mpsc::UnboundedSender<Fed>,
@@ -701,29 +713,57 @@ async fn pump(
     let apply = |client: &ReplicationClient, lsn: Lsn| {
         client.update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
     };
+    let share = |raw: &Raw| fed_size(raw).min(max_permits as usize) as u32;
     loop {
-        let event = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = &mut stop => return client.shutdown().await,
             Ok(()) = applied.changed() => {
                 apply(&client, *applied.borrow_and_update());
                 continue;
             }
-            event = client.recv() => event,
+            raw = client.recv() => raw,
         };
-        let last = !matches!(event, Ok(Some(_)));
-        let want = fed_size(&event).min(max_permits as usize) as u32;
-        let permit = loop {
+        let mut last = !matches!(first, Ok(Some(_)));
+        let mut wanted = share(&first);
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        let mut batch = vec![first];
+        while !last && batch.len() < RAW_EVENTS * 4 {
+            let Some(raw) = client.recv().now_or_never() else {
+                break;
+            };
+            last = !matches!(raw, Ok(Some(_)));
+            let size = share(&raw);
+            batch.push(raw);
+            match budget.clone().try_acquire_many_owned(size) {
+                Ok(p) => match held.as_mut() {
+                    Some(h) => h.merge(p),
+                    None => held = Some(p),
+                },
+                Err(_) => {
+                    wanted += size;
+                    break;
+                }
+            }
+        }
+        let rest = loop {
             tokio::select! {
                 biased;
                 _ = &mut stop => return client.shutdown().await,
                 Ok(()) = applied.changed() => apply(&client, *applied.borrow_and_update()),
-                permit = budget.clone().acquire_many_owned(want) => {
+                permit = budget.clone().acquire_many_owned(wanted.min(max_permits)) => {
                     break permit.expect("the feed's budget is never closed");
                 }
             }
         };
-        if tx.send((event, permit)).is_err() || last {
+        let permit = match held {
+            Some(mut h) => {
+                h.merge(rest);
+                h
+            }
+            None => rest,
+        };
+        if tx.send((batch, permit)).is_err() || last {
             return Ok(());
         }
     }
