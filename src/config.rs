@@ -48,6 +48,32 @@ pub struct PipelineFile {
     /// The switch of traffic to a PostgreSQL target and back (`cutover switch`, `rollback`).
     #[serde(default)]
     pub cutover: CutoverSection,
+    /// The admin HTTP server of `cutover run` (metrics, probes, status, actions).
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[admin]`: where `cutover run` serves `/metrics`, `/healthz`, `/readyz`, `/api/status` and
+/// the actions (see [`crate::admin`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `host:port` to listen on, or `off` (default `127.0.0.1:9187`).
+    pub listen: Option<String>,
+    /// The token actions must carry (`Authorization: Bearer TOKEN`); without one, actions are
+    /// refused. Write it as `${VAR}`.
+    pub token: Option<String>,
+}
+
+/// `[admin]` with defaults applied.
+#[derive(Clone)]
+pub struct AdminSettings {
+    /// None: the server is off.
+    pub listen: Option<std::net::SocketAddr>,
+    pub token: Option<String>,
+    /// Why the token cannot be used (its variable unset, too short): only `cutover run`
+    /// refuses it, so the other commands work in a shell without the admin token.
+    pub token_error: Option<String>,
 }
 
 /// `[cutover]`: the readiness gates and how traffic moves (see docs/switch.md).
@@ -410,6 +436,8 @@ pub struct Pipeline {
     pub snapshot_rows_per_s: Option<u32>,
     /// The switch's settings.
     pub cutover: CutoverSettings,
+    /// The admin server's settings.
+    pub admin: AdminSettings,
     /// After a switch of direction: the position the new direction's slot started at. Every
     /// sink is complete up to it, so a table a sink has no copy record of counts as copied
     /// there (see [`crate::switch`]).
@@ -709,6 +737,7 @@ pub fn parse(
         sink_rates: parsed.iter().map(|(c, ..)| c.rate_limits()).collect(),
         snapshot_rows_per_s: file.snapshot.rows_per_s,
         cutover: cutover_settings(&file, &d.cutover, origin, &base_dir, env)?,
+        admin: admin_settings(&file.admin, &d.admin, origin, env)?,
         epoch_start: None,
         source_label: None,
         reverse: false,
@@ -868,6 +897,49 @@ struct PipelineDefaults {
     limits: LimitsSection,
     verify: VerifySection,
     cutover: CutoverSection,
+    admin: AdminSection,
+}
+
+fn admin_settings(
+    file: &AdminSection,
+    defaults: &AdminSection,
+    origin: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<AdminSettings, ConfigError> {
+    let listen = file
+        .listen
+        .as_deref()
+        .or(defaults.listen.as_deref())
+        .unwrap_or("127.0.0.1:9187");
+    let listen = expand(listen, &format!("{origin}: admin.listen"), env)?;
+    let listen = if listen == "off" {
+        None
+    } else {
+        Some(listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "{origin}: admin.listen: {listen:?} is not an address. Fix: write host:port with a numeric host (e.g. \"127.0.0.1:9187\" or \"0.0.0.0:9187\"), or \"off\"."
+            ))
+        })?)
+    };
+    let token = file.token.as_ref().map(|t| {
+        let token = expand(t, &format!("{origin}: admin.token"), env).map_err(|e| e.0)?;
+        if token.len() < 16 {
+            return Err(format!(
+                "{origin}: admin.token: is shorter than 16 characters. Fix: use a long random secret (e.g. openssl rand -hex 32), given as ${{ENV_VAR}}."
+            ));
+        }
+        Ok(token)
+    });
+    let (token, token_error) = match token {
+        Some(Ok(t)) => (Some(t), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
+    Ok(AdminSettings {
+        listen,
+        token,
+        token_error,
+    })
 }
 
 /// Expands `${VAR}` references. A missing variable is an error naming it (never its value).

@@ -22,10 +22,12 @@ macro_rules! say_err {
     ($($arg:tt)*) => { eprintln!("{}", ::cutover_core::secrets::scrub(&format!($($arg)*))) };
 }
 
+pub mod admin;
 pub mod config;
 pub mod pipeline;
 pub mod queue;
 pub mod rate;
+pub mod report;
 pub mod state_file;
 pub mod status;
 pub mod switch;

@@ -3,14 +3,16 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use cutover::admin::Admin;
 use cutover::pipeline::{self as runtime, Operator, Telemetry};
 use cutover::switch::{self, Direction};
 use cutover::{config, say, say_err, say_part, status, targets, verify};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cutover_core::{ConnectorError, Sink};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 #[derive(Parser)]
 #[command(
@@ -351,6 +353,9 @@ async fn run_switch(path: &std::path::Path, towards: Direction, how: SwitchFlags
 
 async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
     let file = load(path)?;
+    if let Some(e) = &file.admin.token_error {
+        return Err(e.clone());
+    }
     let telemetry = Telemetry::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -362,6 +367,11 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         std::process::exit(130);
     });
     let reporter = tokio::spawn(status::report(telemetry.subscribe(), terminal));
+    let verify_now = Arc::new(Notify::new());
+    let admin = Admin::new(&file, telemetry.clone(), verify_now.clone());
+    if let Some(listen) = file.admin.listen {
+        tokio::spawn(admin.clone().serve(listen));
+    }
     // One pass per direction: a switch (or rollback) ends the pass at its fence, and the next
     // one streams from the new primary.
     let result = loop {
@@ -373,18 +383,21 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         if rec.epoch > 0 {
             tracing::info!(epoch = rec.epoch, direction = %rec.direction, "streaming after a switch");
         }
-        let checker = (cfg.verify.interval_s > 0)
-            .then(|| tokio::spawn(periodic_verify(cfg.clone(), telemetry.clone())));
+        let checker = tokio::spawn(periodic_verify(
+            cfg.clone(),
+            telemetry.clone(),
+            verify_now.clone(),
+        ));
         // The handle commands the running pipeline: the switch watcher drains it at a fence.
         let (operator, handle) = Operator::new();
         let mut operator =
             operator.tracking(cfg.cutover.changed_keys_max, cfg.verify.report_path.clone());
+        admin.set_handle(Some(handle.clone()));
         let watcher = tokio::spawn(switch::watch_epoch(file.clone(), rec.epoch, handle));
         let result = runtime::run(&cfg, &telemetry, stop_rx.clone(), &mut operator).await;
+        admin.set_handle(None);
         watcher.abort();
-        if let Some(checker) = checker {
-            checker.abort();
-        }
+        checker.abort();
         if result.is_err() || *stop_rx.borrow() {
             break result;
         }
@@ -396,10 +409,11 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
     result.map(|()| ExitCode::SUCCESS).map_err(explain)
 }
 
-/// Checks every target against the source every `verify.interval_s` while the pipeline
-/// streams; saves each result for `cutover status` and shows it in the progress output. A check
-/// that fails is logged; the pipeline goes on.
-async fn periodic_verify(cfg: config::Pipeline, telemetry: Telemetry) {
+/// Checks every target against the source every `verify.interval_s` (when set) and whenever
+/// the admin server asks (`verify_now`) while the pipeline streams; saves each result for
+/// `cutover status` and shows it in the progress output and the metrics. A check that fails is
+/// logged; the pipeline goes on.
+async fn periodic_verify(cfg: config::Pipeline, telemetry: Telemetry, verify_now: Arc<Notify>) {
     let every = std::time::Duration::from_secs(cfg.verify.interval_s);
     let opts = verify::VerifyOptions {
         tables: Vec::new(),
@@ -408,7 +422,10 @@ async fn periodic_verify(cfg: config::Pipeline, telemetry: Telemetry) {
         changed: None,
     };
     loop {
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every), if !every.is_zero() => {}
+            _ = verify_now.notified() => {}
+        }
         let streaming = telemetry.snapshot().phase == status::Phase::Streaming;
         if !streaming {
             continue;
@@ -749,140 +766,23 @@ async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn sink_state_line(name: &str, state: &cutover_core::SinkState) -> String {
-    match state.checkpoint {
-        Some(cp) => format!(
-            "sink {name}: applied through {} ({} tables copied)",
-            cp.end_lsn,
-            state.copied_tables.len()
-        ),
-        None => format!(
-            "sink {name}: no streamed transaction applied yet ({} tables copied)",
-            state.copied_tables.len()
-        ),
-    }
-}
-
 /// `cutover status`: where the pipeline is, its last check and the switch's gates. Text or one
 /// JSON document; exit code 0 when READY, 3 when NOT READY.
 async fn show_status(path: &std::path::Path, format: ReportFormat) -> Outcome {
     let file = load(path)?;
-    let rec = switch::load(&file).await.map_err(explain)?;
-    let cfg = switch::current(&file, &rec).map_err(explain)?;
-    let mut lines = Vec::new();
-    if rec.epoch > 0 || rec.step != switch::Step::Idle {
-        lines.push(format!(
-            "direction: {} (epoch {}{})",
-            rec.direction,
-            rec.epoch,
-            if rec.step == switch::Step::Idle {
-                String::new()
-            } else {
-                format!(
-                    "; a switch is in progress at step {}: finish with --resume or undo with --abort",
-                    rec.step.as_str()
-                )
-            }
-        ));
-    }
-    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
-    let wal = source.current_wal_lsn().await.map_err(explain)?;
-    let confirmed = source.confirmed_lsn().await.map_err(explain)?;
-    lines.push(match confirmed {
-        Some(confirmed) => format!(
-            "slot {}: confirmed {confirmed}, source WAL {wal}, lag {} bytes",
-            cfg.slot,
-            wal.0.saturating_sub(confirmed.0)
-        ),
-        None => format!("slot {}: does not exist (source WAL {wal})", cfg.slot),
-    });
-    let ctx = runtime::target_context(&cfg, "");
-    let mut sinks = Vec::new();
-    for sink in &cfg.sinks {
-        let state = sink.saved_state(&ctx).await.map_err(explain)?;
-        // PostgreSQL targets, the default kind, go by their name alone.
-        let label = match targets::postgres(&**sink) {
-            Some(_) => sink.name().to_string(),
-            None => format!("{} ({})", sink.name(), sink.kind()),
-        };
-        lines.push(sink_state_line(&label, &state));
-        sinks.push(serde_json::json!({
-            "name": sink.name(),
-            "kind": sink.kind(),
-            "applied_through": state.checkpoint.map(|c| c.end_lsn.to_string()),
-            "tables_copied": state.copied_tables.len(),
-        }));
-    }
-    let saved = verify::SavedCheck::load(&cfg.verify.report_path);
-    lines.push(consistency_line(saved.as_ref()));
-    let readiness = switch::gates::check(&file, &rec).await.map_err(explain)?;
+    let report = cutover::report::StatusReport::collect(&file)
+        .await
+        .map_err(explain)?;
     match format {
-        ReportFormat::Text => {
-            for l in &lines {
-                say!("{l}");
-            }
-            say_part!("{}", readiness.text());
-        }
-        ReportFormat::Json => {
-            let doc = serde_json::json!({
-                "pipeline": file.name,
-                "epoch": rec.epoch,
-                "direction": rec.direction,
-                "switch_step": rec.step,
-                "switch_log": rec.log,
-                "slot": {
-                    "name": cfg.slot,
-                    "confirmed": confirmed.map(|c| c.to_string()),
-                    "source_wal": wal.to_string(),
-                    "lag_bytes": confirmed.map(|c| wal.0.saturating_sub(c.0)),
-                },
-                "sinks": sinks,
-                "last_verify": saved,
-                "ready": readiness.ready,
-                "gates": readiness.gates,
-            });
-            say!(
-                "{}",
-                serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
-            );
-        }
+        ReportFormat::Text => say_part!("{}", report.text()),
+        ReportFormat::Json => say!(
+            "{}",
+            serde_json::to_string_pretty(&report.doc).map_err(|e| e.to_string())?
+        ),
     }
-    Ok(if readiness.ready {
+    Ok(if report.ready {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
     })
-}
-
-fn consistency_line(check: Option<&verify::SavedCheck>) -> String {
-    let Some(check) = check else {
-        return "consistency: no check saved (run `cutover verify`, or set verify.interval_s)"
-            .to_string();
-    };
-    let ago = |t: u64| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        format!("{} s ago", now.saturating_sub(t))
-    };
-    let clean = check.last_clean_at.map_or("never".to_string(), &ago);
-    if check.drift_rows > 0 {
-        format!(
-            "consistency: DRIFT at the last check ({}): {} rows ({}); last clean check: {clean}",
-            ago(check.checked_at),
-            check.drift_rows,
-            check
-                .drift_by_table
-                .iter()
-                .map(|(t, n)| format!("{t}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    } else {
-        format!(
-            "consistency: no drift at the last check ({}, {} rows in flight); last clean check: {clean}",
-            ago(check.checked_at),
-            check.in_flight_rows
-        )
-    }
 }

@@ -57,6 +57,8 @@ pub struct Status {
     pub last_verify: Option<VerifySummary>,
     /// Paused by an operator: the source is not read until resumed.
     pub reader_paused: bool,
+    /// When the stream last sampled the source (once a second while streaming).
+    pub sampled_at: Option<SystemTime>,
 }
 
 /// The outcome of the last periodic consistency check.
@@ -79,6 +81,7 @@ impl Status {
             confirmed: Lsn::ZERO,
             last_verify: None,
             reader_paused: false,
+            sampled_at: None,
         }
     }
 

@@ -106,6 +106,7 @@ impl Telemetry {
     /// The source's WAL position and each sink's queue, sampled.
     pub fn sampled(&self, source_wal: Lsn, queues: &[QueueSample]) {
         self.update(|s| {
+            s.sampled_at = Some(std::time::SystemTime::now());
             s.source_wal = source_wal.max(s.confirmed);
             for (p, q) in s.sinks.iter_mut().zip(queues) {
                 p.queue_depth = q.events;

@@ -1,0 +1,554 @@
+//! The admin HTTP server of `cutover run` (`[admin] listen`): Prometheus metrics, health and
+//! readiness probes, the status report as JSON, and actions an operator posts with the admin
+//! token.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format, every name under `cutover_` (see [`render_metrics`]) |
+//! | `GET /healthz` | 200 while the process runs and, when streaming, samples its source; else 503 |
+//! | `GET /readyz` | 200 when every readiness gate of the switch is open, else 503; the gates as JSON |
+//! | `GET /api/status` | the document `cutover status --format json` prints |
+//! | `POST /api/pause`, `/api/resume` | the source reader, or one sink with `?sink=NAME` |
+//! | `POST /api/verify` | a consistency check now (its result lands in the status and metrics) |
+//!
+//! Actions need `Authorization: Bearer TOKEN` with `[admin] token`; without a configured token
+//! they are refused. The report behind `/readyz`, `/api/status` and the gate metrics reads the
+//! source and every target, so it is refreshed in the background (every `REFRESH`), not per
+//! request; each answer says how old it is. Nothing served holds a secret: URLs are shown
+//! without passwords and every body passes through [`cutover_core::secrets::scrub`].
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::config::Pipeline;
+use crate::pipeline::{Command, Handle, Telemetry};
+use crate::report::StatusReport;
+use crate::status::{Phase, Status};
+
+/// How often the status report (gates, slot, saved state) is read again.
+const REFRESH: Duration = Duration::from_secs(10);
+
+/// A streaming pipeline whose source was not sampled for this long is unhealthy.
+const STALE_SAMPLE: Duration = Duration::from_secs(30);
+
+/// The last status report read in the background.
+struct Cached {
+    at: SystemTime,
+    report: std::result::Result<(serde_json::Value, bool), String>,
+}
+
+/// What the admin server shares with the running pipeline.
+#[derive(Clone)]
+pub struct Admin {
+    file: Arc<Pipeline>,
+    telemetry: Telemetry,
+    /// The running pass's command handle (a switch starts a new pass, with a new handle).
+    handle: Arc<Mutex<Option<Handle>>>,
+    verify_now: Arc<Notify>,
+    token: Option<String>,
+    cached: Arc<RwLock<Option<Cached>>>,
+}
+
+impl Admin {
+    pub fn new(file: &Pipeline, telemetry: Telemetry, verify_now: Arc<Notify>) -> Self {
+        Admin {
+            file: Arc::new(file.clone()),
+            telemetry,
+            handle: Arc::new(Mutex::new(None)),
+            verify_now,
+            token: file.admin.token.clone(),
+            cached: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    /// The handle of the pass that runs now (`None` between passes).
+    pub fn set_handle(&self, handle: Option<Handle>) {
+        *self.handle.lock().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+
+    /// Binds `listen` and serves until the process ends. A port in use is logged and the
+    /// pipeline runs on without the server: the migration matters more than its dashboard.
+    pub async fn serve(self, listen: SocketAddr) {
+        let listener = match TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%listen, error = %e, "admin server not started ([admin] listen); the pipeline runs without it");
+                return;
+            }
+        };
+        let bound = listener.local_addr().unwrap_or(listen);
+        tracing::info!(listen = %bound, "admin server listening (/metrics, /healthz, /readyz, /api/status)");
+        tokio::spawn(self.clone().refresh());
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/api/status", get(api_status))
+            .route("/api/pause", post(pause))
+            .route("/api/resume", post(resume))
+            .route("/api/verify", post(verify_now))
+            .with_state(self);
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "admin server stopped");
+        }
+    }
+
+    /// Reads the status report every [`REFRESH`].
+    async fn refresh(self) {
+        loop {
+            let report = StatusReport::collect(&self.file)
+                .await
+                .map(|r| (r.doc, r.ready))
+                .map_err(|e| e.to_string());
+            *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
+                at: SystemTime::now(),
+                report,
+            });
+            tokio::time::sleep(REFRESH).await;
+        }
+    }
+
+    /// The cached report: (document, ready, age in seconds), or why there is none.
+    fn report(&self) -> std::result::Result<(serde_json::Value, bool, f64), String> {
+        let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = cached.as_ref() else {
+            return Err("the first status report is still being read".into());
+        };
+        let age = c.at.elapsed().map_or(0.0, |d| d.as_secs_f64());
+        c.report.clone().map(|(doc, ready)| (doc, ready, age))
+    }
+
+    /// The refusal of an action without the configured token; `None` lets it through.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let Some(token) = &self.token else {
+            return Some(text(
+                StatusCode::FORBIDDEN,
+                "actions are off: set [admin] token (e.g. token = \"${CUTOVER_ADMIN_TOKEN}\") and restart".into(),
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            None
+        } else {
+            Some(text(
+                StatusCode::UNAUTHORIZED,
+                "send the admin token as `Authorization: Bearer TOKEN`".into(),
+            ))
+        }
+    }
+
+    async fn command(&self, command: Command) -> Response {
+        let handle = self
+            .handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(handle) = handle else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the pipeline is between passes; try again".into(),
+            );
+        };
+        match handle.send(command).await {
+            Ok(()) => text(StatusCode::OK, "done\n".into()),
+            Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        cutover_core::secrets::scrub(&body).into_owned(),
+    )
+        .into_response()
+}
+
+fn json(status: StatusCode, doc: &serde_json::Value) -> Response {
+    let body = serde_json::to_string_pretty(doc).unwrap_or_default();
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        cutover_core::secrets::scrub(&body).into_owned(),
+    )
+        .into_response()
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let status = admin.telemetry.snapshot();
+    let body = render_metrics(&admin.file.name, &status, admin.report().ok());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        cutover_core::secrets::scrub(&body).into_owned(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(admin): State<Admin>) -> Response {
+    let status = admin.telemetry.snapshot();
+    let age = status
+        .sampled_at
+        .and_then(|t| t.elapsed().ok())
+        .map(|d| d.as_secs_f64());
+    let stale =
+        status.phase == Phase::Streaming && age.is_none_or(|a| a > STALE_SAMPLE.as_secs_f64());
+    let doc = serde_json::json!({
+        "healthy": !stale,
+        "phase": phase_name(status.phase),
+        "last_source_sample_seconds_ago": age,
+    });
+    json(
+        if stale {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        },
+        &doc,
+    )
+}
+
+async fn readyz(State(admin): State<Admin>) -> Response {
+    match admin.report() {
+        Ok((doc, ready, age)) => json(
+            if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            &serde_json::json!({
+                "ready": ready,
+                "gates": doc.get("gates"),
+                "report_age_seconds": age,
+            }),
+        ),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+async fn api_status(State(admin): State<Admin>) -> Response {
+    match admin.report() {
+        Ok((mut doc, _, age)) => {
+            if let Some(map) = doc.as_object_mut() {
+                map.insert("report_age_seconds".into(), age.into());
+            }
+            json(StatusCode::OK, &doc)
+        }
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+#[derive(Deserialize)]
+struct Target {
+    sink: Option<String>,
+}
+
+async fn pause(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Query(t): Query<Target>,
+) -> Response {
+    if let Some(refused) = admin.refusal(&headers) {
+        return refused;
+    }
+    admin
+        .command(match t.sink {
+            Some(name) => Command::PauseSink(name),
+            None => Command::PauseReader,
+        })
+        .await
+}
+
+async fn resume(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Query(t): Query<Target>,
+) -> Response {
+    if let Some(refused) = admin.refusal(&headers) {
+        return refused;
+    }
+    admin
+        .command(match t.sink {
+            Some(name) => Command::ResumeSink(name),
+            None => Command::ResumeReader,
+        })
+        .await
+}
+
+async fn verify_now(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Some(refused) = admin.refusal(&headers) {
+        return refused;
+    }
+    if admin.telemetry.snapshot().phase != Phase::Streaming {
+        return text(
+            StatusCode::CONFLICT,
+            "consistency checks run while the pipeline streams; try again once the copy is done\n"
+                .into(),
+        );
+    }
+    admin.verify_now.notify_one();
+    text(
+        StatusCode::ACCEPTED,
+        "a consistency check starts now; its result shows in /api/status and /metrics\n".into(),
+    )
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Starting => "starting",
+        Phase::Snapshot => "snapshot",
+        Phase::Streaming => "streaming",
+        Phase::Stopping => "stopping",
+    }
+}
+
+/// Prometheus text exposition, one family at a time.
+struct Exposition {
+    out: String,
+    pipeline: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let _ = write!(self.out, "{name}{{pipeline=\"{}\"", escape(&self.pipeline));
+        for (k, v) in labels {
+            let _ = write!(self.out, ",{k}=\"{}\"", escape(v));
+        }
+        let _ = writeln!(self.out, "}} {value}");
+    }
+
+    /// A family with one sample.
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// A label value as the text format wants it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The metrics of pipeline `pipeline`: the live status of this process, and the gates of the
+/// last status report (`report`: document, ready, age) when there is one.
+pub fn render_metrics(
+    pipeline: &str,
+    status: &Status,
+    report: Option<(serde_json::Value, bool, f64)>,
+) -> String {
+    let mut m = Exposition {
+        out: String::new(),
+        pipeline: pipeline.to_string(),
+    };
+    m.one(
+        "cutover_up",
+        "gauge",
+        "1 while cutover run serves this pipeline.",
+        1.0,
+    );
+    m.family(
+        "cutover_phase",
+        "gauge",
+        "1 for the phase the pipeline is in.",
+    );
+    for phase in [
+        Phase::Starting,
+        Phase::Snapshot,
+        Phase::Streaming,
+        Phase::Stopping,
+    ] {
+        let on = if status.phase == phase { 1.0 } else { 0.0 };
+        m.sample("cutover_phase", &[("phase", phase_name(phase))], on);
+    }
+    m.one(
+        "cutover_source_wal_position_bytes",
+        "gauge",
+        "The source's WAL write position (an LSN as a byte offset) at the last sample.",
+        status.source_wal.0 as f64,
+    );
+    m.one(
+        "cutover_slot_confirmed_position_bytes",
+        "gauge",
+        "The replication slot's confirmed position (an LSN as a byte offset).",
+        status.confirmed.0 as f64,
+    );
+    m.one(
+        "cutover_lag_bytes",
+        "gauge",
+        "WAL bytes between the source's position and the slot's confirmed position.",
+        status.lag_bytes() as f64,
+    );
+    m.one(
+        "cutover_reader_paused",
+        "gauge",
+        "1 while an operator has paused the source reader.",
+        if status.reader_paused { 1.0 } else { 0.0 },
+    );
+    let now_micros = unix_seconds(SystemTime::now()) * 1e6;
+    type SinkValue = fn(&crate::status::SinkProgress, &Status, f64) -> f64;
+    let per_sink: [(&str, &str, &str, SinkValue); 10] = [
+        ("cutover_sink_durable_position_bytes", "gauge", "The end of the last transaction the sink made durable (an LSN as a byte offset).", |s, _, _| s.durable.0 as f64),
+        ("cutover_sink_lag_bytes", "gauge", "WAL bytes between the source's position and what the sink made durable.", |s, st, _| st.source_wal.0.saturating_sub(s.durable.0) as f64),
+        ("cutover_sink_lag_seconds", "gauge", "Age of the newest transaction the sink made durable while it is behind; 0 when caught up.", |s, st, now| {
+            if st.source_wal.0 <= s.durable.0 {
+                0.0
+            } else {
+                s.last_commit_micros.map_or(0.0, |c| ((now - c as f64) / 1e6).max(0.0))
+            }
+        }),
+        ("cutover_sink_changes_applied_total", "counter", "Changed rows this run handed to the sink.", |s, _, _| s.changes_applied as f64),
+        ("cutover_sink_queue_events", "gauge", "Change events queued for or buffered in the sink.", |s, _, _| s.queue_depth as f64),
+        ("cutover_sink_queue_bytes", "gauge", "Bytes queued for or buffered in the sink.", |s, _, _| s.queue_bytes as f64),
+        ("cutover_sink_stalled_seconds_total", "counter", "Time the source reader waited for this sink's full queue.", |s, _, _| s.stalled_ms as f64 / 1e3),
+        ("cutover_sink_throttled_seconds_total", "counter", "Time this sink's rate limits held changes back.", |s, _, _| s.throttled_ms as f64 / 1e3),
+        ("cutover_sink_dead_letters", "gauge", "Changes the sink's target refused for good and parked as dead letters.", |s, _, _| s.parked as f64),
+        ("cutover_sink_paused", "gauge", "1 while an operator has paused the sink.", |s, _, _| if s.paused { 1.0 } else { 0.0 }),
+    ];
+    for (name, kind, help, value) in per_sink {
+        m.family(name, kind, help);
+        for s in &status.sinks {
+            m.sample(name, &[("sink", &s.name)], value(s, status, now_micros));
+        }
+    }
+    m.family(
+        "cutover_snapshot_rows_copied_total",
+        "counter",
+        "Rows of the table this run's snapshot has copied.",
+    );
+    for t in &status.tables {
+        m.sample(
+            "cutover_snapshot_rows_copied_total",
+            &[("table", &t.name)],
+            t.rows_copied as f64,
+        );
+    }
+    m.family(
+        "cutover_snapshot_rows_estimated",
+        "gauge",
+        "The table's row count as the source's statistics estimate it.",
+    );
+    for t in &status.tables {
+        m.sample(
+            "cutover_snapshot_rows_estimated",
+            &[("table", &t.name)],
+            t.rows_estimate as f64,
+        );
+    }
+    m.family(
+        "cutover_snapshot_table_done",
+        "gauge",
+        "1 once the table's copy is in every sink.",
+    );
+    for t in &status.tables {
+        m.sample(
+            "cutover_snapshot_table_done",
+            &[("table", &t.name)],
+            if t.done { 1.0 } else { 0.0 },
+        );
+    }
+    if let Some(v) = &status.last_verify {
+        m.one(
+            "cutover_verify_drift_rows",
+            "gauge",
+            "Rows that differed at the last consistency check of this run.",
+            v.drift_rows as f64,
+        );
+        m.one(
+            "cutover_verify_in_flight_rows",
+            "gauge",
+            "Rows still changing at the last consistency check of this run.",
+            v.in_flight_rows as f64,
+        );
+        m.one(
+            "cutover_verify_last_timestamp_seconds",
+            "gauge",
+            "When this run's last consistency check ended (Unix time).",
+            unix_seconds(v.at),
+        );
+        if let Some(clean) = v.last_clean {
+            m.one(
+                "cutover_verify_last_clean_timestamp_seconds",
+                "gauge",
+                "When a consistency check last found every table equal (Unix time).",
+                unix_seconds(clean),
+            );
+        }
+    }
+    if let Some((doc, ready, age)) = report {
+        m.one(
+            "cutover_ready",
+            "gauge",
+            "1 when every readiness gate of the switch is open.",
+            if ready { 1.0 } else { 0.0 },
+        );
+        m.family(
+            "cutover_gate_open",
+            "gauge",
+            "1 when the switch's readiness gate is open.",
+        );
+        for g in doc
+            .get("gates")
+            .and_then(|g| g.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let name = g.get("gate").and_then(|n| n.as_str()).unwrap_or("");
+            let ok = g.get("ok").and_then(|o| o.as_bool()).unwrap_or(false);
+            m.sample(
+                "cutover_gate_open",
+                &[("gate", name)],
+                if ok { 1.0 } else { 0.0 },
+            );
+        }
+        if let Some(step) = doc.get("switch_step").and_then(|s| s.as_str()) {
+            m.family(
+                "cutover_switch_step",
+                "gauge",
+                "1 for the step the switch record is at (idle: no switch in progress).",
+            );
+            m.sample("cutover_switch_step", &[("step", step)], 1.0);
+        }
+        m.one(
+            "cutover_status_report_age_seconds",
+            "gauge",
+            "Age of the status report behind the gate metrics.",
+            age,
+        );
+    }
+    m.out
+}

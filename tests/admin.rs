@@ -1,0 +1,344 @@
+//! The admin server of `cutover run` on a real pipeline: `/metrics` checked against the truth
+//! (rows copied, changes applied, lag back to 0, dead letters parked), `promtool check metrics`
+//! on its body, the probes, the status JSON, and the token-protected actions (pause and resume
+//! stop and restart the flow; a verify on demand lands in the metrics).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Env, Pipeline};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+const TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// One HTTP/1.1 request; returns (status code, body).
+async fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the admin server");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    stream
+        .write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// The samples of a metrics body, by `name{labels}` as written.
+fn samples(body: &str) -> HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn metric(body: &str, name: &str, labels: &str) -> f64 {
+    let key = format!("{name}{{pipeline=\"{}\"{labels}}}", pipeline_of(body));
+    *samples(body)
+        .get(&key)
+        .unwrap_or_else(|| panic!("no sample {key} in:\n{body}"))
+}
+
+fn pipeline_of(body: &str) -> String {
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("cutover_up{"))
+        .expect("cutover_up");
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+/// The admin server's port, from the run's log.
+async fn admin_port(run: &Pipeline) -> u16 {
+    run.wait_log("admin server listening", Duration::from_secs(60))
+        .await;
+    let log = run.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("admin server listening"))
+        .unwrap();
+    let at = line.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();
+    line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// Polls `/metrics` until `done` holds for its body.
+async fn wait_metrics(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = http(port, "GET", "/metrics", None).await;
+        assert_eq!(code, 200, "{body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_probes_status_and_actions_on_a_real_run() {
+    let env = Env::new("admin").await;
+    env.on_source(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int);
+         INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 2500) g;",
+    )
+    .await;
+    // The target refuses negative balances: one change will be parked as a dead letter.
+    env.target()
+        .await
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance int CHECK (balance >= 0))",
+        )
+        .await
+        .unwrap();
+    let path = env.pipeline(
+        "[\"accounts\"]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${CUTOVER_TEST_ADMIN_TOKEN}\"\n",
+    );
+    let mut run = env.start_with_env(&path, &[("CUTOVER_TEST_ADMIN_TOKEN", TOKEN)]);
+    let port = admin_port(&run).await;
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.wait_equal(&["accounts"], Duration::from_secs(60)).await;
+
+    // Rows copied = the table's rows.
+    let body = wait_metrics(port, "the copy", |b| {
+        b.contains("cutover_snapshot_table_done")
+    })
+    .await;
+    let table = ",table=\"public.accounts\"";
+    assert_eq!(
+        metric(&body, "cutover_snapshot_rows_copied_total", table),
+        2500.0
+    );
+    assert_eq!(metric(&body, "cutover_snapshot_table_done", table), 1.0);
+
+    // 300 changes, one of them refused by the target: applied counts all that were handed on,
+    // the dead-letter gauge the one parked, and lag falls back to 0 once writes stop.
+    env.on_source("UPDATE accounts SET balance = balance + 1 WHERE id <= 299; UPDATE accounts SET balance = -1 WHERE id = 300;")
+        .await;
+    let sink = ",sink=\"target\"";
+    let body = wait_metrics(port, "the changes and lag 0", |b| {
+        let s = samples(b);
+        let key = |n: &str| format!("{n}{{pipeline=\"{}\"{sink}}}", pipeline_of(b));
+        s.get(&key("cutover_sink_changes_applied_total")) == Some(&300.0)
+            && s.get(&key("cutover_sink_lag_bytes")) == Some(&0.0)
+    })
+    .await;
+    assert_eq!(metric(&body, "cutover_sink_dead_letters", sink), 1.0);
+    assert_eq!(metric(&body, "cutover_sink_lag_seconds", sink), 0.0);
+    assert_eq!(metric(&body, "cutover_lag_bytes", ""), 0.0);
+    assert_eq!(metric(&body, "cutover_phase", ",phase=\"streaming\""), 1.0);
+    let (code, out, err) = common::cutover(&["dlq", "list", path.to_str().unwrap()]);
+    assert!(
+        out.contains("1 parked change(s)"),
+        "the metric disagrees with the parked changes ({code}):\n{out}\n{err}"
+    );
+    {
+        let promtool = common::services_var("CUTOVER_PROMTOOL_BIN");
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Probes and the status document.
+    let (code, body) = http(port, "GET", "/healthz", None).await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (code, body) = http(port, "GET", "/api/status", None).await;
+        if code == 200 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no status report: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(doc["pipeline"], env.name.as_str(), "{status}");
+    let (code, body) = http(port, "GET", "/readyz", None).await;
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code == 200, ready["ready"] == true, "{body}");
+    assert_eq!(ready["ready"], doc["ready"], "{body}\n{status}");
+
+    // Actions: refused without the token or with a wrong one.
+    let (code, _) = http(port, "POST", "/api/pause", None).await;
+    assert_eq!(code, 401);
+    let (code, _) = http(port, "POST", "/api/pause", Some("wrong-token-wrong-token")).await;
+    assert_eq!(code, 401);
+    // Paused, a write does not arrive; resumed, it does.
+    let (code, body) = http(port, "POST", "/api/pause", Some(TOKEN)).await;
+    assert_eq!(code, 200, "{body}");
+    wait_metrics(port, "the reader paused", |b| {
+        b.contains(&format!(
+            "cutover_reader_paused{{pipeline=\"{}\"}} 1",
+            pipeline_of(b)
+        ))
+    })
+    .await;
+    env.on_source("INSERT INTO accounts VALUES (5000, 1)").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let arrived = env
+        .target()
+        .await
+        .query_opt("SELECT 1 FROM accounts WHERE id = 5000", &[])
+        .await
+        .unwrap();
+    assert!(
+        arrived.is_none(),
+        "a change arrived while the reader was paused"
+    );
+    let (code, body) = http(port, "POST", "/api/resume", Some(TOKEN)).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http(port, "POST", "/api/pause?sink=nosuch", Some(TOKEN)).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("nosuch"), "{body}");
+
+    // A verify on demand: the key parked on the target differs, and the metrics say so.
+    let (code, body) = http(port, "POST", "/api/verify", Some(TOKEN)).await;
+    assert_eq!(code, 202, "{body}");
+    let body = wait_metrics(port, "the verify's result", |b| {
+        b.contains("cutover_verify_drift_rows")
+    })
+    .await;
+    assert_eq!(
+        metric(&body, "cutover_verify_drift_rows", ""),
+        1.0,
+        "{body}"
+    );
+
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// Every metric name in `text` (a rule file, a dashboard).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("cutover_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+/// The alert rules pass promtool's check and their unit tests (each alert fires on the series
+/// it is for, and not before its time), and every metric the rules and the Grafana dashboard
+/// query is one `cutover run` serves.
+#[test]
+fn alert_rules_and_dashboard_query_metrics_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let promtool = common::services_var("CUTOVER_PROMTOOL_BIN");
+    for args in [
+        ["check", "rules", "cutover-alerts.yml"],
+        ["test", "rules", "cutover-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(root.join("config/prometheus"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every family the server can serve: a status with a sink, a table and a check, and a
+    // report with gates.
+    let mut status = cutover::status::Status::new();
+    status.sinks.push(cutover::status::SinkProgress {
+        name: "target".into(),
+        durable: cutover_core::Lsn(1),
+        changes_applied: 0,
+        queue_depth: 0,
+        queue_bytes: 0,
+        stalled_ms: 0,
+        throttled_ms: 0,
+        parked: 0,
+        last_commit_micros: None,
+        paused: false,
+    });
+    status.tables.push(cutover::status::TableProgress {
+        name: "public.t".into(),
+        rows_copied: 1,
+        rows_estimate: 1,
+        done: true,
+    });
+    status.last_verify = Some(cutover::status::VerifySummary {
+        at: std::time::SystemTime::now(),
+        drift_rows: 0,
+        in_flight_rows: 0,
+        last_clean: Some(std::time::SystemTime::now()),
+    });
+    let report = serde_json::json!({"gates": [{"gate": "lag", "ok": true}], "switch_step": "idle"});
+    let body = cutover::admin::render_metrics("p", &status, Some((report, true, 1.0)));
+    let served = metric_names(&body);
+    for file in [
+        "config/prometheus/cutover-alerts.yml",
+        "config/grafana/cutover-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let used = metric_names(&text);
+        assert!(!used.is_empty(), "{file} queries no cutover metric");
+        let unknown: Vec<_> = used.difference(&served).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} queries metrics cutover does not serve: {unknown:?}"
+        );
+    }
+    serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(root.join("config/grafana/cutover-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+}
