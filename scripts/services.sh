@@ -49,30 +49,20 @@ install_postgres() {
 
 # PgBouncer (the switch's tests put one in front of the application): each test starts its own,
 # with a config file it owns, since the switch rewrites it.
-install_pgbouncer() {
-    if command -v pgbouncer >/dev/null 2>&1; then return; fi
-    log "installing PgBouncer from Debian packages"
+# install_debian COMMAND PACKAGE WHAT: installs PACKAGE from Debian's packages unless COMMAND is
+# there, and stops the service the package may start (the tests start their own).
+install_debian() {
+    local command=$1 package=$2 what=$3
+    if command -v "$command" >/dev/null 2>&1; then return; fi
+    log "installing $what from Debian packages"
     if [ "$(id -u)" != 0 ]; then
-        log "PgBouncer is missing and this is not root: run 'apt-get install pgbouncer' first"
+        log "$what is missing and this is not root: run 'apt-get install $package' first"
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq pgbouncer >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
-    # The package's own service is not wanted: the tests start theirs on free ports.
-    if command -v service >/dev/null 2>&1; then service pgbouncer stop >/dev/null 2>&1 || true; fi
-}
-
-# promtool (Debian's prometheus package) checks the admin server's /metrics in tests/admin.rs.
-install_promtool() {
-    if command -v promtool >/dev/null 2>&1; then return; fi
-    log "installing promtool (prometheus) from Debian packages"
-    if [ "$(id -u)" != 0 ]; then
-        log "promtool is missing and this is not root: run 'apt-get install prometheus' first"
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
-    if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
+    apt-get install -y -qq --no-install-recommends "$package" >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$package" >/dev/null; }
+    if command -v service >/dev/null 2>&1; then service "$package" stop >/dev/null 2>&1 || true; fi
 }
 
 TOOLS=${CUTOVER_TOOLS_DIR:-$HOME/.cache/cutover-tools}
@@ -174,8 +164,9 @@ stop_all() {
 case "${1:-}" in
 start)
     install_postgres
-    install_pgbouncer
-    install_promtool
+    install_debian pgbouncer pgbouncer PgBouncer
+    # promtool checks the admin server's /metrics and the alert rules (tests/admin.rs).
+    install_debian promtool prometheus "promtool (prometheus)"
     install_py_servers
     stop_all
     mkdir -p "$DIR"

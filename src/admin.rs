@@ -271,15 +271,7 @@ async fn pause(
     headers: HeaderMap,
     Query(t): Query<Target>,
 ) -> Response {
-    if let Some(refused) = admin.refusal(&headers) {
-        return refused;
-    }
-    admin
-        .command(match t.sink {
-            Some(name) => Command::PauseSink(name),
-            None => Command::PauseReader,
-        })
-        .await
+    pause_or_resume(admin, headers, t, true).await
 }
 
 async fn resume(
@@ -287,15 +279,21 @@ async fn resume(
     headers: HeaderMap,
     Query(t): Query<Target>,
 ) -> Response {
+    pause_or_resume(admin, headers, t, false).await
+}
+
+/// Pauses (or resumes) the source reader, or the sink `t.sink`.
+async fn pause_or_resume(admin: Admin, headers: HeaderMap, t: Target, pause: bool) -> Response {
     if let Some(refused) = admin.refusal(&headers) {
         return refused;
     }
-    admin
-        .command(match t.sink {
-            Some(name) => Command::ResumeSink(name),
-            None => Command::ResumeReader,
-        })
-        .await
+    let command = match (t.sink, pause) {
+        (Some(name), true) => Command::PauseSink(name),
+        (Some(name), false) => Command::ResumeSink(name),
+        (None, true) => Command::PauseReader,
+        (None, false) => Command::ResumeReader,
+    };
+    admin.command(command).await
 }
 
 async fn verify_now(State(admin): State<Admin>, headers: HeaderMap) -> Response {
