@@ -167,6 +167,8 @@ start)
     install_debian pgbouncer pgbouncer PgBouncer
     # promtool checks the admin server's /metrics and the alert rules (tests/admin.rs).
     install_debian promtool prometheus "promtool (prometheus)"
+    # A headless browser renders the admin server's console (tests/admin.rs).
+    install_debian chromium chromium Chromium
     install_py_servers
     stop_all
     mkdir -p "$DIR"
@@ -215,6 +217,7 @@ export CUTOVER_TEST_NATS_URL=nats://127.0.0.1:$nats
 export CUTOVER_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo/?directConnection=true
 export CUTOVER_PGBOUNCER_BIN=$(command -v pgbouncer)
 export CUTOVER_PROMTOOL_BIN=$(command -v promtool)
+export CUTOVER_CHROMIUM_BIN=$(command -v chromium)
 ENV
     log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, mongo (SecantusDB) :$mongo"
     echo "$ENV_FILE"

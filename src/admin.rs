@@ -4,6 +4,8 @@
 //!
 //! | route | what |
 //! |---|---|
+//! | `GET /` | the web console (one page, embedded in the binary, refreshing itself) |
+//! | `GET /api/live` | this process's live view: phase, tables with rate and ETA, sinks, the last hour of lag |
 //! | `GET /metrics` | Prometheus text format, every name under `cutover_` (see [`render_metrics`]) |
 //! | `GET /healthz` | 200 while the process runs and, when streaming, samples its source; else 503 |
 //! | `GET /readyz` | 200 when every readiness gate of the switch is open, else 503; the gates as JSON |
@@ -17,6 +19,7 @@
 //! request; each answer says how old it is. Nothing served holds a secret: URLs are shown
 //! without passwords and every body passes through [`cutover_core::secrets::scrub`].
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,13 +37,42 @@ use tokio::sync::Notify;
 use crate::config::Pipeline;
 use crate::pipeline::{Command, Handle, Telemetry};
 use crate::report::StatusReport;
-use crate::status::{Phase, Status};
+use crate::status::{Phase, SinkProgress, Status};
 
 /// How often the status report (gates, slot, saved state) is read again.
 const REFRESH: Duration = Duration::from_secs(10);
 
 /// A streaming pipeline whose source was not sampled for this long is unhealthy.
 const STALE_SAMPLE: Duration = Duration::from_secs(30);
+
+/// How often the live view samples the status (rates, the lag history).
+const SAMPLE: Duration = Duration::from_secs(5);
+
+/// Samples of lag kept for the console's chart: one hour.
+const HISTORY: usize = 720;
+
+/// The console page, served as is.
+const CONSOLE: &str = include_str!("admin/console.html");
+
+/// One sample of every sink's lag.
+#[derive(Clone, serde::Serialize)]
+struct LagSample {
+    /// Unix time, seconds.
+    at: f64,
+    /// Per sink, in the order of the status: (bytes, seconds) behind.
+    sinks: Vec<(u64, f64)>,
+}
+
+/// What the live view keeps between samples.
+#[derive(Default)]
+struct Live {
+    history: std::collections::VecDeque<LagSample>,
+    /// Rows copied per table at the previous sample, and when.
+    copied: HashMap<String, u64>,
+    sampled: Option<SystemTime>,
+    /// Rows per second per table over the last sample.
+    rates: HashMap<String, f64>,
+}
 
 /// The last status report read in the background.
 struct Cached {
@@ -58,6 +90,7 @@ pub struct Admin {
     verify_now: Arc<Notify>,
     token: Option<String>,
     cached: Arc<RwLock<Option<Cached>>>,
+    live: Arc<Mutex<Live>>,
 }
 
 impl Admin {
@@ -69,6 +102,7 @@ impl Admin {
             verify_now,
             token: file.admin.token.clone(),
             cached: Arc::new(RwLock::new(None)),
+            live: Arc::new(Mutex::new(Live::default())),
         }
     }
 
@@ -90,7 +124,10 @@ impl Admin {
         let bound = listener.local_addr().unwrap_or(listen);
         tracing::info!(listen = %bound, "admin server listening (/metrics, /healthz, /readyz, /api/status)");
         tokio::spawn(self.clone().refresh());
+        tokio::spawn(self.clone().sample());
         let app = Router::new()
+            .route("/", get(console))
+            .route("/api/live", get(live))
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
@@ -116,6 +153,43 @@ impl Admin {
                 report,
             });
             tokio::time::sleep(REFRESH).await;
+        }
+    }
+
+    /// Samples the status every [`SAMPLE`]: table copy rates and the lag history.
+    async fn sample(self) {
+        loop {
+            self.sample_once();
+            tokio::time::sleep(SAMPLE).await;
+        }
+    }
+
+    fn sample_once(&self) {
+        let status = self.telemetry.snapshot();
+        let now = SystemTime::now();
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = live
+            .sampled
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|d| d.as_secs_f64());
+        for t in &status.tables {
+            let before = live.copied.insert(t.name.clone(), t.rows_copied);
+            if let (Some(before), Some(dt)) = (before, elapsed.filter(|d| *d > 0.0)) {
+                let rate = t.rows_copied.saturating_sub(before) as f64 / dt;
+                live.rates.insert(t.name.clone(), rate);
+            }
+        }
+        live.sampled = Some(now);
+        live.history.push_back(LagSample {
+            at: unix_seconds(now),
+            sinks: status
+                .sinks
+                .iter()
+                .map(|s| (sink_lag_bytes(s, &status), sink_lag_seconds(s, &status)))
+                .collect(),
+        });
+        while live.history.len() > HISTORY {
+            live.history.pop_front();
         }
     }
 
@@ -206,6 +280,66 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         cutover_core::secrets::scrub(&body).into_owned(),
     )
         .into_response()
+}
+
+async fn console() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        CONSOLE,
+    )
+        .into_response()
+}
+
+/// The console's live view of this process (see the module's table).
+async fn live(State(admin): State<Admin>) -> Response {
+    let status = admin.telemetry.snapshot();
+    let live = admin.live.lock().unwrap_or_else(|e| e.into_inner());
+    let tables: Vec<_> = status
+        .tables
+        .iter()
+        .map(|t| {
+            let rate = live.rates.get(&t.name).copied().unwrap_or(0.0);
+            let left = t.rows_estimate.saturating_sub(t.rows_copied) as f64;
+            let eta = (!t.done && rate > 0.0).then(|| left / rate);
+            serde_json::json!({
+                "name": t.name,
+                "rows_copied": t.rows_copied,
+                "rows_estimate": t.rows_estimate,
+                "done": t.done,
+                "rows_per_second": rate,
+                "eta_seconds": eta,
+            })
+        })
+        .collect();
+    let sinks: Vec<_> = status
+        .sinks
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name,
+                "lag_bytes": sink_lag_bytes(s, &status),
+                "lag_seconds": sink_lag_seconds(s, &status),
+                "changes_applied": s.changes_applied,
+                "queue_bytes": s.queue_bytes,
+                "dead_letters": s.parked,
+                "paused": s.paused,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "pipeline": admin.file.name,
+        "phase": phase_name(status.phase),
+        "reader_paused": status.reader_paused,
+        "source_wal": status.source_wal.to_string(),
+        "confirmed": status.confirmed.to_string(),
+        "lag_bytes": status.lag_bytes(),
+        "tables": tables,
+        "sinks": sinks,
+        "history": live.history,
+    });
+    drop(live);
+    json(StatusCode::OK, &doc)
 }
 
 async fn healthz(State(admin): State<Admin>) -> Response {
@@ -357,6 +491,21 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// WAL bytes between the source's position and what `sink` made durable.
+fn sink_lag_bytes(sink: &SinkProgress, status: &Status) -> u64 {
+    status.source_wal.0.saturating_sub(sink.durable.0)
+}
+
+/// Age of the newest transaction `sink` made durable while it is behind; 0 when caught up.
+fn sink_lag_seconds(sink: &SinkProgress, status: &Status) -> f64 {
+    if sink_lag_bytes(sink, status) == 0 {
+        return 0.0;
+    }
+    let now = unix_seconds(SystemTime::now());
+    sink.last_commit_micros
+        .map_or(0.0, |c| (now - c as f64 / 1e6).max(0.0))
+}
+
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -418,17 +567,11 @@ pub fn render_metrics(
         if status.reader_paused { 1.0 } else { 0.0 },
     );
     let now_micros = unix_seconds(SystemTime::now()) * 1e6;
-    type SinkValue = fn(&crate::status::SinkProgress, &Status, f64) -> f64;
+    type SinkValue = fn(&SinkProgress, &Status, f64) -> f64;
     let per_sink: [(&str, &str, &str, SinkValue); 10] = [
         ("cutover_sink_durable_position_bytes", "gauge", "The end of the last transaction the sink made durable (an LSN as a byte offset).", |s, _, _| s.durable.0 as f64),
-        ("cutover_sink_lag_bytes", "gauge", "WAL bytes between the source's position and what the sink made durable.", |s, st, _| st.source_wal.0.saturating_sub(s.durable.0) as f64),
-        ("cutover_sink_lag_seconds", "gauge", "Age of the newest transaction the sink made durable while it is behind; 0 when caught up.", |s, st, now| {
-            if st.source_wal.0 <= s.durable.0 {
-                0.0
-            } else {
-                s.last_commit_micros.map_or(0.0, |c| ((now - c as f64) / 1e6).max(0.0))
-            }
-        }),
+        ("cutover_sink_lag_bytes", "gauge", "WAL bytes between the source's position and what the sink made durable.", |s, st, _| sink_lag_bytes(s, st) as f64),
+        ("cutover_sink_lag_seconds", "gauge", "Age of the newest transaction the sink made durable while it is behind; 0 when caught up.", |s, st, _| sink_lag_seconds(s, st)),
         ("cutover_sink_changes_applied_total", "counter", "Changed rows this run handed to the sink.", |s, _, _| s.changes_applied as f64),
         ("cutover_sink_queue_events", "gauge", "Change events queued for or buffered in the sink.", |s, _, _| s.queue_depth as f64),
         ("cutover_sink_queue_bytes", "gauge", "Bytes queued for or buffered in the sink.", |s, _, _| s.queue_bytes as f64),

@@ -342,3 +342,64 @@ fn alert_rules_and_dashboard_query_metrics_that_exist() {
     )
     .expect("the dashboard is JSON");
 }
+
+/// The web console in a headless Chromium: the page the binary serves (no external assets)
+/// fills itself from the live view and the status report: the pipeline, the table's copy, the
+/// sink, the lag chart, the gates and the verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_pipeline_in_a_headless_browser() {
+    let env = Env::new("console").await;
+    env.on_source(
+        "CREATE TABLE orders (id int PRIMARY KEY, total int);
+         INSERT INTO orders SELECT g, g FROM generate_series(1, 500) g;",
+    )
+    .await;
+    let path = env.pipeline("[\"orders\"]", "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let mut run = env.start(&path);
+    let port = admin_port(&run).await;
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.wait_equal(&["orders"], Duration::from_secs(60)).await;
+    // Two samples of lag for the chart, and the first status report.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let profile = env.dir.join("chromium-profile");
+    let out = tokio::process::Command::new(common::services_var("CUTOVER_CHROMIUM_BIN"))
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .await
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    for (what, text) in [
+        ("the pipeline", env.name.as_str()),
+        ("the phase", "streaming"),
+        ("the table", "public.orders"),
+        ("the copy done", " done"),
+        ("the sink", "<td>target</td>"),
+        ("the lag chart", "<polyline"),
+        ("a readiness gate", "pipeline streaming"),
+    ] {
+        assert!(
+            dom.contains(text),
+            "the console does not show {what} ({text:?}):\n{dom}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        dom.contains(">READY<") || dom.contains(">NOT READY<"),
+        "no verdict:\n{dom}"
+    );
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
