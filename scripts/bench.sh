@@ -15,7 +15,9 @@
 #           environment (on a slot of its own), to compare a change with the same run's baseline;
 #           APPLY_VARIANT_BIN=PATH drains it with another cutover binary instead (say, a build of
 #           an earlier commit: a before/after of a change in one run);
-#           APPLY_SAMPLE=1 samples what cutover's target session waits on, every 5 ms
+#           APPLY_SAMPLE=1 samples what cutover's target session waits on, every 5 ms;
+#           APPLY_ADMIN_OVERHEAD=1 drains with the admin server off, and as the variant with it
+#           on and /metrics and /api/live scraped every second (the server's overhead)
 # memory    peak RSS of cutover during the snapshot of 100k and of 1M rows with an 8 MiB queue
 # messages  a slot holding MESSAGE_CHANGES (default 1M) changes: cutover draining it into Kafka
 #           (tansu), and into NATS JetStream, vs pg_recvlogical reading the same changes from a
@@ -197,7 +199,16 @@ bench_apply() {
         -c "DROP DATABASE IF EXISTS apply_variant" -c "CREATE DATABASE apply_variant"
     tgt -d apply_native -c "$TABLE_DDL" -c "CREATE TABLE marker (id int PRIMARY KEY, at timestamptz)" \
         -c "CREATE SUBSCRIPTION native_sub CONNECTION 'host=127.0.0.1 port=$CUTOVER_SOURCE_PORT dbname=apply user=postgres' PUBLICATION native_pub WITH (slot_name = native_slot)"
-    local p; p=$(pipeline apply apply)
+    # The admin server as the product ships it (on), unless its overhead is measured: then off
+    # here, and on (and scraped) in the variant.
+    local admin_toml='[admin]
+listen = "${CUTOVER_ADMIN_LISTEN}"'
+    export CUTOVER_ADMIN_LISTEN=127.0.0.1:9187
+    if [ -n "${APPLY_ADMIN_OVERHEAD:-}" ]; then
+        export CUTOVER_ADMIN_LISTEN=off
+        APPLY_VARIANT_ENV="CUTOVER_ADMIN_LISTEN=127.0.0.1:9188"
+    fi
+    local p; p=$(pipeline apply apply "$admin_toml")
     "$BIN" --log-format json run "$p" 2> "$WORK/apply.log" &
     local pid=$!
     wait_log "$WORK/apply.log" "streaming changes"
@@ -205,7 +216,7 @@ bench_apply() {
     local vbin=${APPLY_VARIANT_BIN:-$BIN} vname=${APPLY_VARIANT_ENV:-}
     [ -n "${APPLY_VARIANT_BIN:-}" ] && vname="$vname binary $APPLY_VARIANT_BIN"
     if [ -n "$vname" ]; then
-        pv=$(pipeline variant apply)
+        pv=$(pipeline variant apply "$admin_toml")
         "$vbin" --log-format json run "$pv" 2> "$WORK/variant.log" &
         local vpid=$!
         wait_log "$WORK/variant.log" "streaming changes"
@@ -266,8 +277,18 @@ bench_apply() {
             t0=$(now)
             env ${APPLY_VARIANT_ENV:-} "$vbin" --log-format json run "$pv" 2> "$WORK/variant-$r.log" &
             pid=$!
+            local scraper=
+            if [ -n "${APPLY_ADMIN_OVERHEAD:-}" ]; then
+                (while :; do
+                    curl -s -o /dev/null http://127.0.0.1:9188/metrics
+                    curl -s -o /dev/null http://127.0.0.1:9188/api/live
+                    sleep 1
+                done) &
+                scraper=$!
+            fi
             until [ "$(tgt -d apply_variant -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
             variant_times+=("$(python3 -c "print($(now) - $t0)")")
+            if [ -n "$scraper" ]; then kill $scraper 2>/dev/null || true; wait $scraper 2>/dev/null || true; fi
             kill -TERM $pid; wait $pid
             echo "   round $r: variant ($vname) $(python3 -c "print('%.2f s, %d/s' % (${variant_times[-1]}, $changes/${variant_times[-1]}))")"
         fi
