@@ -43,11 +43,13 @@ impl StatusReport {
         let source = runtime::connect_source(&cfg).await?;
         let wal = source.current_wal_lsn().await?;
         let confirmed = source.confirmed_lsn().await?;
+        let retained = source.retained_wal_bytes().await?;
         lines.push(match confirmed {
             Some(confirmed) => format!(
-                "slot {}: confirmed {confirmed}, source WAL {wal}, lag {} bytes",
+                "slot {}: confirmed {confirmed}, source WAL {wal}, lag {} bytes, {} bytes of WAL retained",
                 cfg.slot,
-                wal.0.saturating_sub(confirmed.0)
+                wal.0.saturating_sub(confirmed.0),
+                retained.unwrap_or(0)
             ),
             None => format!("slot {}: does not exist (source WAL {wal})", cfg.slot),
         });
@@ -68,6 +70,21 @@ impl StatusReport {
                 "tables_copied": state.copied_tables.len(),
             }));
         }
+        // The running pipeline's own view, when its admin server answers.
+        // Another pipeline may hold the port: only this pipeline's answer counts.
+        let live = match file.admin.listen {
+            Some(listen) if listen.port() != 0 => crate::admin::fetch_live(listen)
+                .await
+                .filter(|l| l["pipeline"].as_str() == Some(file.name.as_str())),
+            _ => None,
+        };
+        match &live {
+            Some(live) => lines.extend(crate::admin::live_lines(live)),
+            None => lines.push(
+                "running: no `cutover run` answers on [admin] listen; the figures come from the source and the saved state"
+                    .to_string(),
+            ),
+        }
         let saved = verify::SavedCheck::load(&cfg.verify.report_path);
         lines.push(consistency_line(saved.as_ref()));
         let readiness = switch::gates::check(file, &rec).await?;
@@ -82,11 +99,13 @@ impl StatusReport {
                 "confirmed": confirmed.map(|c| c.to_string()),
                 "source_wal": wal.to_string(),
                 "lag_bytes": confirmed.map(|c| wal.0.saturating_sub(c.0)),
+                "retained_wal_bytes": retained,
             },
             "sinks": sinks,
             "last_verify": saved,
             "ready": readiness.ready,
             "gates": readiness.gates,
+            "live": live,
         });
         Ok(StatusReport {
             lines,

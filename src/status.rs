@@ -226,7 +226,80 @@ impl Default for Status {
     }
 }
 
-/// Prints progress: a redrawn line on a terminal, a log line every 10 s otherwise.
+/// Progress bars for the tables being copied, with each one's rate and ETA (rates measured
+/// between two draws).
+#[derive(Default)]
+pub struct Bars {
+    /// Per table: rows copied at the last draw, and when.
+    previous: std::collections::HashMap<String, (u64, std::time::Instant)>,
+    /// Per table: rows per second, smoothed.
+    rates: std::collections::HashMap<String, f64>,
+}
+
+/// Width of a bar, in characters.
+const BAR: usize = 24;
+
+impl Bars {
+    /// One line per table still copying, then the status line; rates taken as of `now`.
+    pub fn lines(&mut self, status: &Status, now: std::time::Instant) -> Vec<String> {
+        let copying: Vec<&TableProgress> = status.tables.iter().filter(|t| !t.done).collect();
+        let width = copying.iter().map(|t| t.name.len()).max().unwrap_or(0);
+        let mut lines = Vec::new();
+        for t in copying {
+            if let Some((rows, at)) = self.previous.get(&t.name) {
+                let dt = now.duration_since(*at).as_secs_f64();
+                if dt > 0.0 {
+                    let rate = t.rows_copied.saturating_sub(*rows) as f64 / dt;
+                    let smoothed = match self.rates.get(&t.name) {
+                        Some(r) => 0.7 * r + 0.3 * rate,
+                        None => rate,
+                    };
+                    self.rates.insert(t.name.clone(), smoothed);
+                }
+            }
+            self.previous.insert(t.name.clone(), (t.rows_copied, now));
+            let share = if t.rows_estimate > 0 {
+                (t.rows_copied as f64 / t.rows_estimate as f64).min(0.99)
+            } else {
+                0.0
+            };
+            let filled = (share * BAR as f64).round() as usize;
+            let rate = self.rates.get(&t.name).copied().unwrap_or(0.0);
+            let left = t.rows_estimate.saturating_sub(t.rows_copied) as f64;
+            let eta = if rate > 0.0 && left > 0.0 {
+                format_duration(Duration::from_secs_f64(left / rate))
+            } else {
+                "?".to_string()
+            };
+            lines.push(format!(
+                "{:<width$} [{}{}] {:>3}% {} rows, {:.0} rows/s, ETA {eta}",
+                t.name,
+                "#".repeat(filled),
+                "-".repeat(BAR - filled),
+                (share * 100.0) as u32,
+                t.rows_copied,
+                rate,
+            ));
+        }
+        lines.push(status.line());
+        lines
+    }
+}
+
+/// `1 h 2 min`, `3 min 4 s`, `5 s`.
+fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{} h {} min", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// Prints progress: on a terminal, a bar per table being copied (rate, ETA) above a status line,
+/// redrawn every second; otherwise a log line every 10 s.
 pub async fn report(status: watch::Receiver<Status>, terminal: bool) {
     let period = if terminal {
         Duration::from_secs(1)
@@ -235,11 +308,21 @@ pub async fn report(status: watch::Receiver<Status>, terminal: bool) {
     };
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
+    let mut bars = Bars::default();
+    let mut drawn = 0usize;
     loop {
         tick.tick().await;
         let s = status.borrow().clone();
         if terminal {
-            eprint!("\r\x1b[K{}", s.line());
+            let lines = bars.lines(&s, std::time::Instant::now());
+            // Back to the first line drawn last time, clear down, draw again.
+            let up = if drawn > 1 {
+                format!("\x1b[{}A", drawn - 1)
+            } else {
+                String::new()
+            };
+            eprint!("{up}\r\x1b[J{}", lines.join("\n"));
+            drawn = lines.len();
         } else {
             tracing::info!(
                 phase = ?s.phase,
@@ -256,6 +339,49 @@ pub async fn report(status: watch::Receiver<Status>, terminal: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copying_table_gets_a_bar_with_its_rate_and_eta() {
+        let mut status = Status::new();
+        status.phase = Phase::Snapshot;
+        status.tables = vec![
+            TableProgress {
+                name: "public.orders".into(),
+                rows_copied: 100_000,
+                rows_estimate: 1_000_000,
+                done: false,
+            },
+            TableProgress {
+                name: "public.done".into(),
+                rows_copied: 10,
+                rows_estimate: 10,
+                done: true,
+            },
+        ];
+        let mut bars = Bars::default();
+        let t0 = std::time::Instant::now();
+        let first = bars.lines(&status, t0);
+        assert_eq!(
+            first.len(),
+            2,
+            "one bar (the finished table has none), then the line"
+        );
+        assert!(first[0].contains("ETA ?"), "no rate yet: {}", first[0]);
+        status.tables[0].rows_copied = 300_000;
+        let second = bars.lines(&status, t0 + Duration::from_secs(2));
+        let bar = &second[0];
+        assert!(bar.starts_with("public.orders ["), "{bar}");
+        assert!(
+            bar.contains(" 30% 300000 rows, 100000 rows/s, ETA 7 s"),
+            "{bar}"
+        );
+        assert_eq!(bar.matches('#').count(), 7, "30% of 24: {bar}");
+        assert!(
+            second[1].starts_with("snapshot: 1/2 tables"),
+            "{}",
+            second[1]
+        );
+    }
 
     #[test]
     fn a_table_joining_while_streaming_shows_its_progress() {

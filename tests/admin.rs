@@ -129,9 +129,10 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
         "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${CUTOVER_TEST_ADMIN_TOKEN}\"\n",
     );
     // Both connections as a role with a password, to prove no endpoint shows it.
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("postgres://postgres@", &format!("postgres://{ODD_ROLE}:{ODD_ESCAPED}@"));
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "postgres://postgres@",
+        &format!("postgres://{ODD_ROLE}:{ODD_ESCAPED}@"),
+    );
     std::fs::write(&path, text).unwrap();
     let mut run = env.start_with_env(&path, &[("CUTOVER_TEST_ADMIN_TOKEN", TOKEN)]);
     let port = admin_port(&run).await;
@@ -152,7 +153,9 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
     assert_eq!(metric(&body, "cutover_snapshot_table_done", table), 1.0);
 
     // 300 changes, one of them refused by the target: applied counts all that were handed on,
-    // the dead-letter gauge the one parked, and lag falls back to 0 once writes stop.
+    // the dead-letter gauge the one parked, and lag falls back once writes stop. Not to 0 bytes:
+    // the source cluster is shared with other tests, whose WAL moves its position; a quiet
+    // pipeline's sinks record a heartbeat at the WAL end every second, so it stays within that.
     env.on_source("UPDATE accounts SET balance = balance + 1 WHERE id <= 299; UPDATE accounts SET balance = -1 WHERE id = 300;")
         .await;
     let sink = ",sink=\"target\"";
@@ -160,12 +163,13 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
         let s = samples(b);
         let key = |n: &str| format!("{n}{{pipeline=\"{}\"{sink}}}", pipeline_of(b));
         s.get(&key("cutover_sink_changes_applied_total")) == Some(&300.0)
-            && s.get(&key("cutover_sink_lag_bytes")) == Some(&0.0)
+            && s.get(&key("cutover_sink_lag_bytes"))
+                .is_some_and(|l| *l < 1_048_576.0)
+            && s.get(&key("cutover_sink_lag_seconds"))
+                .is_some_and(|l| *l < 5.0)
     })
     .await;
     assert_eq!(metric(&body, "cutover_sink_dead_letters", sink), 1.0);
-    assert_eq!(metric(&body, "cutover_sink_lag_seconds", sink), 0.0);
-    assert_eq!(metric(&body, "cutover_lag_bytes", ""), 0.0);
     assert_eq!(metric(&body, "cutover_phase", ",phase=\"streaming\""), 1.0);
     let (code, out, err) = common::cutover(&["dlq", "list", path.to_str().unwrap()]);
     assert!(
@@ -432,7 +436,7 @@ async fn the_console_shows_the_pipeline_in_a_headless_browser() {
 }
 
 /// The console's actions in Chromium (playwright-core): the sink paused from the page while
-/// the source takes writes shows its lag growing; resumed from the page, it drains to 0 and the
+/// the source takes writes shows its lag growing; resumed from the page, it drains and the
 /// target ends equal to the source. The page's screenshot goes to the test's directory, or
 /// where `CUTOVER_TEST_CONSOLE_SHOT` says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,8 +475,14 @@ async fn a_sink_paused_and_resumed_from_the_console_falls_behind_then_drains() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| env.dir.join("console.png"));
     let out = tokio::process::Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/pause_resume.cjs"))
-        .env("PLAYWRIGHT_CORE", common::services_var("CUTOVER_PLAYWRIGHT_CORE"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/console/pause_resume.cjs"
+        ))
+        .env(
+            "PLAYWRIGHT_CORE",
+            common::services_var("CUTOVER_PLAYWRIGHT_CORE"),
+        )
         .env("CHROMIUM", common::services_var("CUTOVER_CHROMIUM_BIN"))
         .env("URL", format!("http://127.0.0.1:{port}/"))
         .env("TOKEN", TOKEN)
@@ -487,15 +497,67 @@ async fn a_sink_paused_and_resumed_from_the_console_falls_behind_then_drains() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "the console script failed:\n{said}\n{}", run.log_text());
-    assert!(said.contains("lag grew") && said.contains("lag drained to 0"), "{said}");
+    assert!(
+        out.status.success(),
+        "the console script failed:\n{said}\n{}",
+        run.log_text()
+    );
+    assert!(
+        said.contains("lag grew") && said.contains("lag drained"),
+        "{said}"
+    );
     assert!(written > 50, "only {written} rows written");
     assert!(
-        run.log_text().contains("sink paused or resumed by the operator"),
+        run.log_text()
+            .contains("sink paused or resumed by the operator"),
         "the pipeline did not log the page's actions"
     );
-    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000), "no screenshot");
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),
+        "no screenshot"
+    );
     env.wait_equal(&["events"], Duration::from_secs(60)).await;
     assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// `cutover status` shows the running pipeline's live view (its phase, each sink's lag and
+/// changes applied) when its admin server answers, and says it reads the saved state when
+/// nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_the_running_pipeline_and_falls_back_without_it() {
+    let env = Env::new("status_live").await;
+    env.on_source("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1), (2);")
+        .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = env.pipeline(
+        "[\"items\"]",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let file = path.to_str().unwrap();
+    let mut run = env.start(&path);
+    run.wait_log("admin server listening", Duration::from_secs(60))
+        .await;
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.on_source("INSERT INTO items VALUES (3);").await;
+    env.wait_equal(&["items"], Duration::from_secs(60)).await;
+    let (_, out, err) = common::cutover(&["status", file]);
+    assert!(
+        out.contains("running: streaming (live from the pipeline's admin server)")
+            && out.contains("sink target: ")
+            && out.contains("changes applied this run"),
+        "no live view in:\n{out}\n{err}"
+    );
+    let (_, out, _) = common::cutover(&["status", "--format", "json", file]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["live"]["phase"], "streaming", "{out}");
+    assert!(run.terminate().success(), "{}", run.log_text());
+    let (_, out, _) = common::cutover(&["status", file]);
+    assert!(out.contains("running: no `cutover run` answers"), "{out}");
     env.drop_slot().await;
 }

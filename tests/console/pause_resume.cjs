@@ -1,6 +1,6 @@
 // Drives the admin console in Chromium (playwright-core), for tests/admin.rs: pauses the sink
 // from the page while the test writes to the source, waits for the page to show its lag grow,
-// takes a screenshot, resumes it from the page, and waits for the lag to drain to 0.
+// takes a screenshot, resumes it from the page, and waits for the lag to drain.
 // Environment: PLAYWRIGHT_CORE (the package's directory), CHROMIUM, URL, TOKEN, SINK, SHOT.
 "use strict";
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
@@ -47,8 +47,11 @@ async function main() {
     console.log("resumed from the page");
     const drained = Date.now() + 60000;
     while (Date.now() < drained) {
-      if (lagBytes(await lagCell.textContent()) === 0) {
-        console.log("lag drained to 0");
+      // Drained: back under what it grew to, and within what a second of other databases' WAL
+      // on the shared test cluster can add before the next heartbeat (256 KiB).
+      const lag = lagBytes(await lagCell.textContent());
+      if (lag < Math.min(grown, 262144)) {
+        console.log("lag drained to " + lag + " bytes");
         return;
       }
       await page.waitForTimeout(500);

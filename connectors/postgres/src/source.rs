@@ -497,6 +497,20 @@ impl PgSource {
         crate::sequences::source_sequences(&self.client, &names).await
     }
 
+    /// WAL the source keeps for the slot (from its restart position to the current one), in
+    /// bytes; `None` when the slot does not exist.
+    pub async fn retained_wal_bytes(&self) -> Result<Option<i64>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.options.slot],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_replication_slots"))?;
+        Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
+    }
+
     /// Whether a session streams from the slot now, and the slot's confirmed position; `None`
     /// when the slot does not exist.
     pub async fn slot_activity(&self) -> Result<Option<(bool, Option<Lsn>)>> {
