@@ -636,11 +636,12 @@ pub fn render_metrics(
     );
     let now_micros = unix_seconds(SystemTime::now()) * 1e6;
     type SinkValue = fn(&SinkProgress, &Status, f64) -> f64;
-    let per_sink: [(&str, &str, &str, SinkValue); 10] = [
+    let per_sink: [(&str, &str, &str, SinkValue); 11] = [
         ("cutover_sink_durable_position_bytes", "gauge", "The end of the last transaction the sink made durable (an LSN as a byte offset).", |s, _, _| s.durable.0 as f64),
         ("cutover_sink_lag_bytes", "gauge", "WAL bytes between the source's position and what the sink made durable.", |s, st, _| sink_lag_bytes(s, st) as f64),
         ("cutover_sink_lag_seconds", "gauge", "Age of the newest transaction the sink made durable while it is behind; 0 when caught up.", |s, st, _| sink_lag_seconds(s, st)),
         ("cutover_sink_changes_applied_total", "counter", "Changed rows this run handed to the sink.", |s, _, _| s.changes_applied as f64),
+        ("cutover_sink_change_bytes_total", "counter", "Approximate bytes (as held in memory) of the changed rows this run handed to the sink.", |s, _, _| s.bytes_applied as f64),
         ("cutover_sink_queue_events", "gauge", "Change events queued for or buffered in the sink.", |s, _, _| s.queue_depth as f64),
         ("cutover_sink_queue_bytes", "gauge", "Bytes queued for or buffered in the sink.", |s, _, _| s.queue_bytes as f64),
         ("cutover_sink_stalled_seconds_total", "counter", "Time the source reader waited for this sink's full queue.", |s, _, _| s.stalled_ms as f64 / 1e3),
@@ -653,6 +654,39 @@ pub fn render_metrics(
         for s in &status.sinks {
             m.sample(name, &[("sink", &s.name)], value(s, status, now_micros));
         }
+    }
+    type SinkHistogram = fn(&SinkProgress) -> &crate::status::Histogram;
+    let histograms: [(&str, &str, SinkHistogram); 2] = [
+        ("cutover_sink_write_seconds", "How long each write of the sink took, from its seal to done.", |s| &s.write_seconds),
+        ("cutover_sink_commit_to_durable_seconds", "From a transaction's commit on the source to its durability in the sink, per write (a backlog's age while catching up).", |s| &s.commit_to_durable_seconds),
+    ];
+    for (name, help, of) in histograms {
+        m.family(name, "histogram", help);
+        for s in &status.sinks {
+            let h = of(s);
+            for (le, n) in h.cumulative() {
+                m.sample(
+                    &format!("{name}_bucket"),
+                    &[("sink", &s.name), ("le", &le.to_string())],
+                    n as f64,
+                );
+            }
+            m.sample(
+                &format!("{name}_bucket"),
+                &[("sink", &s.name), ("le", "+Inf")],
+                h.count as f64,
+            );
+            m.sample(&format!("{name}_sum"), &[("sink", &s.name)], h.sum);
+            m.sample(
+                &format!("{name}_count"),
+                &[("sink", &s.name)],
+                h.count as f64,
+            );
+        }
+    }
+    m.family("cutover_retries_total", "counter", "Runs interrupted and retried from the last durable position, by cause (a SQLSTATE, connection, other).");
+    for (cause, n) in &status.retries {
+        m.sample("cutover_retries_total", &[("cause", cause)], *n as f64);
     }
     m.family(
         "cutover_snapshot_rows_copied_total",

@@ -21,12 +21,51 @@ pub struct TableProgress {
     pub done: bool,
 }
 
-#[derive(Debug, Clone)]
+/// A distribution in fixed buckets (seconds), as Prometheus histograms are exposed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Per bound of [`Histogram::BOUNDS`]: observations at or below it (not cumulative).
+    pub buckets: [u64; 13],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in seconds (and +Inf beyond the last).
+    pub const BOUNDS: [f64; 13] = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+
+    pub fn observe(&mut self, seconds: f64) {
+        if let Some(i) = Self::BOUNDS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    /// Cumulative counts per bound, as `le` buckets want them.
+    pub fn cumulative(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let mut total = 0;
+        Self::BOUNDS.iter().zip(self.buckets).map(move |(b, n)| {
+            total += n;
+            (*b, total)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct SinkProgress {
     pub name: String,
     /// End LSN of the last transaction the sink made durable.
     pub durable: Lsn,
     pub changes_applied: u64,
+    /// Approximate bytes of the changed rows handed to the sink (as held in memory).
+    pub bytes_applied: u64,
+    /// How long each write of the sink took (seal to done).
+    pub write_seconds: Histogram,
+    /// From a transaction's commit on the source to its durability in the sink, per write.
+    pub commit_to_durable_seconds: Histogram,
     /// Change events queued for the sink.
     pub queue_depth: usize,
     /// Bytes queued for or buffered in the sink.
@@ -59,6 +98,8 @@ pub struct Status {
     pub reader_paused: bool,
     /// When the stream last sampled the source (once a second while streaming).
     pub sampled_at: Option<SystemTime>,
+    /// Retries of an interrupted run, by cause (a SQLSTATE, `connection` or `other`).
+    pub retries: std::collections::BTreeMap<String, u64>,
 }
 
 /// The outcome of the last periodic consistency check.
@@ -82,6 +123,7 @@ impl Status {
             last_verify: None,
             reader_paused: false,
             sampled_at: None,
+            retries: std::collections::BTreeMap::new(),
         }
     }
 
@@ -339,6 +381,21 @@ pub async fn report(status: watch::Receiver<Status>, terminal: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_observation_once_and_cumulates_by_bound() {
+        let mut h = Histogram::default();
+        for s in [0.001, 0.02, 0.02, 3.0, 120.0] {
+            h.observe(s);
+        }
+        assert_eq!(h.count, 5);
+        assert!((h.sum - 123.041).abs() < 1e-9);
+        let cumulative: Vec<(f64, u64)> = h.cumulative().collect();
+        assert_eq!(cumulative[0], (0.005, 1));
+        assert_eq!(cumulative[2], (0.025, 3));
+        assert_eq!(cumulative[9], (5.0, 4));
+        assert_eq!(cumulative.last(), Some(&(60.0, 4)), "120 s is only in +Inf");
+    }
 
     #[test]
     fn a_copying_table_gets_a_bar_with_its_rate_and_eta() {

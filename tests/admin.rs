@@ -170,6 +170,18 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
     })
     .await;
     assert_eq!(metric(&body, "cutover_sink_dead_letters", sink), 1.0);
+    assert!(metric(&body, "cutover_sink_change_bytes_total", sink) > 300.0 * 20.0);
+    let writes = metric(&body, "cutover_sink_write_seconds_count", sink);
+    assert!(writes >= 1.0, "no write observed:\n{body}");
+    assert_eq!(
+        metric(
+            &body,
+            "cutover_sink_write_seconds_bucket",
+            &format!("{sink},le=\"+Inf\"")
+        ),
+        writes
+    );
+    assert!(metric(&body, "cutover_sink_commit_to_durable_seconds_count", sink) >= 1.0);
     assert_eq!(metric(&body, "cutover_phase", ",phase=\"streaming\""), 1.0);
     let (code, out, err) = common::cutover(&["dlq", "list", path.to_str().unwrap()]);
     assert!(
@@ -331,15 +343,9 @@ fn alert_rules_and_dashboard_query_metrics_that_exist() {
     status.sinks.push(cutover::status::SinkProgress {
         name: "target".into(),
         durable: cutover_core::Lsn(1),
-        changes_applied: 0,
-        queue_depth: 0,
-        queue_bytes: 0,
-        stalled_ms: 0,
-        throttled_ms: 0,
-        parked: 0,
-        last_commit_micros: None,
-        paused: false,
+        ..Default::default()
     });
+    status.retries.insert("connection".into(), 1);
     status.tables.push(cutover::status::TableProgress {
         name: "public.t".into(),
         rows_copied: 1,

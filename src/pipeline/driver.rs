@@ -71,6 +71,7 @@ pub struct SinkDriver {
     skipping: bool,
     in_txn: bool,
     applied: u64,
+    applied_bytes: u64,
     last_commit_time: Option<i64>,
     batch: Batching,
     closed: bool,
@@ -117,6 +118,7 @@ impl SinkDriver {
             skipping: false,
             in_txn: false,
             applied: 0,
+            applied_bytes: 0,
             last_commit_time: None,
             batch: Batching::default(),
             closed: false,
@@ -210,6 +212,10 @@ impl SinkDriver {
             "flushed"
         );
         drop(done.permits);
+        if done.events > 0 {
+            self.telemetry
+                .sink_wrote(self.index, done.began.elapsed().as_secs_f64());
+        }
         self.report(result);
         let b = &mut self.batch;
         if b.batch_deadline.is_none() && !b.seal_wanted && self.sink.unsettled() {
@@ -253,8 +259,9 @@ impl SinkDriver {
         let mut passed = Vec::with_capacity(q.events.len());
         for event in q.events {
             if self.passes(&event) {
-                if matches!(event, StreamEvent::Change(_)) {
+                if let StreamEvent::Change(c) = &event {
                     self.applied += 1;
+                    self.applied_bytes += c.size() as u64;
                 }
                 passed.push(event);
             }
@@ -324,9 +331,12 @@ impl SinkDriver {
         self.telemetry.sink_durable(
             self.index,
             cp.end_lsn,
-            self.applied,
-            self.last_commit_time,
-            self.sink.parked(),
+            super::telemetry::SinkFigures {
+                changes_applied: self.applied,
+                bytes_applied: self.applied_bytes,
+                last_commit_micros: self.last_commit_time,
+                parked: self.sink.parked(),
+            },
         );
     }
 }

@@ -80,6 +80,7 @@ pub async fn run(
                 let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
                 let wait = backoff + Duration::from_millis(jitter);
                 tracing::warn!(error = %e, retry = retries, retry_in_ms = wait.as_millis() as u64, "pipeline interrupted; resuming from the last durable position");
+                telemetry.retried(&retry_cause(&e));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => return Ok(()),
@@ -88,6 +89,58 @@ pub async fn run(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// What interrupted a run, as a metric label: the SQLSTATE a server gave (`sqlstate_57P01`),
+/// `connection` for a connection lost or refused without one, `other` otherwise. Bounded: a
+/// few dozen values at most.
+fn retry_cause(e: &cutover_core::ConnectorError) -> String {
+    let text = e.to_string();
+    if let Some(at) = text.find("SQLSTATE ") {
+        let code: String = text[at + 9..]
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .take(5)
+            .collect();
+        if code.len() == 5 {
+            return format!("sqlstate_{code}");
+        }
+    }
+    let lower = text.to_ascii_lowercase();
+    if [
+        "connection",
+        "refused",
+        "reset",
+        "closed",
+        "broken pipe",
+        "timed out",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+    {
+        "connection".into()
+    } else {
+        "other".into()
+    }
+}
+
+#[cfg(test)]
+mod cause_tests {
+    use cutover_core::ConnectorError;
+
+    #[test]
+    fn a_retry_is_labelled_by_sqlstate_or_connection() {
+        let cause = |m: &str| super::retry_cause(&ConnectorError::retryable(m));
+        assert_eq!(
+            cause("the replication stream failed: terminating connection due to administrator command (SQLSTATE 57P01)."),
+            "sqlstate_57P01"
+        );
+        assert_eq!(
+            cause("cannot connect to the target: Connection refused"),
+            "connection"
+        );
+        assert_eq!(cause("a sink task failed: panic"), "other");
     }
 }
 
@@ -243,14 +296,8 @@ pub fn start_stream<'a>(
             .map(|(k, st)| SinkProgress {
                 name: k.name().to_string(),
                 durable: st.checkpoint.map_or(start, |c| c.end_lsn),
-                changes_applied: 0,
-                queue_depth: 0,
-                queue_bytes: 0,
-                stalled_ms: 0,
-                throttled_ms: 0,
-                parked: 0,
-                last_commit_micros: None,
                 paused: operator.paused_sinks.contains(k.name()),
+                ..SinkProgress::default()
             })
             .collect(),
     );

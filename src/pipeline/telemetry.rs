@@ -15,6 +15,15 @@ use crate::status::{Phase, SinkProgress, Status, TableProgress, VerifySummary};
 #[derive(Clone)]
 pub struct Telemetry(Arc<watch::Sender<Status>>);
 
+/// A sink's figures at a durable checkpoint.
+pub struct SinkFigures {
+    pub changes_applied: u64,
+    pub bytes_applied: u64,
+    /// Source commit time (µs since the Unix epoch) of the last transaction made durable.
+    pub last_commit_micros: Option<i64>,
+    pub parked: u64,
+}
+
 /// One sink's queue and backpressure figures at a sample.
 pub struct QueueSample {
     pub events: usize,
@@ -118,22 +127,37 @@ impl Telemetry {
     }
 
     /// Sink `index` made everything up to `durable` durable.
-    pub fn sink_durable(
-        &self,
-        index: usize,
-        durable: Lsn,
-        changes_applied: u64,
-        last_commit_micros: Option<i64>,
-        parked: u64,
-    ) {
+    pub fn sink_durable(&self, index: usize, durable: Lsn, figures: SinkFigures) {
         self.update(|s| {
             if let Some(p) = s.sinks.get_mut(index) {
                 p.durable = durable;
-                p.changes_applied = changes_applied;
-                p.last_commit_micros = last_commit_micros;
-                p.parked = parked;
+                p.changes_applied = figures.changes_applied;
+                p.bytes_applied = figures.bytes_applied;
+                p.last_commit_micros = figures.last_commit_micros;
+                p.parked = figures.parked;
+                if let Some(micros) = figures.last_commit_micros {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as i64);
+                    let latency = now.saturating_sub(micros).max(0) as f64 / 1e6;
+                    p.commit_to_durable_seconds.observe(latency);
+                }
             }
         });
+    }
+
+    /// Sink `index` finished a write that took `seconds`.
+    pub fn sink_wrote(&self, index: usize, seconds: f64) {
+        self.update(|s| {
+            if let Some(p) = s.sinks.get_mut(index) {
+                p.write_seconds.observe(seconds);
+            }
+        });
+    }
+
+    /// A run was interrupted by `cause` and is retried.
+    pub fn retried(&self, cause: &str) {
+        self.update(|s| *s.retries.entry(cause.to_string()).or_default() += 1);
     }
 
     /// Sink `index` was paused or resumed by an operator.
