@@ -217,6 +217,10 @@ pub struct SavedCheck {
     pub in_flight_rows: u64,
     /// Rows of confirmed drift per `sink/table`, for tables with any.
     pub drift_by_table: std::collections::BTreeMap<String, u64>,
+    /// Per `sink/table` with drift, the first keys that differ ([`SHOWN_KEYS`] at most), each as
+    /// `missing KEY`, `extra KEY` or `differs KEY (columns)`: what the console shows.
+    #[serde(default)]
+    pub drift_keys: std::collections::BTreeMap<String, Vec<String>>,
     /// How long the check took (absent in checks saved before it was kept).
     #[serde(default)]
     pub elapsed_ms: Option<u64>,
@@ -226,9 +230,32 @@ pub struct SavedCheck {
     pub clean_from: Option<u64>,
 }
 
+/// Differing keys a saved check keeps per table.
+pub const SHOWN_KEYS: usize = 20;
+
 impl SavedCheck {
     /// The saved check after `report`, carrying the last clean time over from `previous`.
     pub fn after(report: &Report, previous: Option<&SavedCheck>, now: u64) -> SavedCheck {
+        let drift_keys = report
+            .tables
+            .iter()
+            .filter(|t| t.drift() > 0)
+            .map(|t| {
+                let keys = t
+                    .missing
+                    .iter()
+                    .map(|k| format!("missing {k}"))
+                    .chain(t.extra.iter().map(|k| format!("extra {k}")))
+                    .chain(t.different.iter().map(|d| {
+                        let columns: Vec<&str> =
+                            d.columns.iter().map(|c| c.column.as_str()).collect();
+                        format!("differs {} ({})", d.key, columns.join(", "))
+                    }))
+                    .take(SHOWN_KEYS)
+                    .collect();
+                (format!("{}/{}", t.sink, t.table), keys)
+            })
+            .collect();
         let drift_by_table = report
             .tables
             .iter()
@@ -245,6 +272,7 @@ impl SavedCheck {
             drift_rows: report.tables.iter().map(TableReport::drift).sum(),
             in_flight_rows: report.tables.iter().map(|t| t.in_flight_count).sum(),
             drift_by_table,
+            drift_keys,
             elapsed_ms: Some(report.elapsed_ms),
             clean_from: if report.equal() {
                 report.source_lsn_at_start.map(|l| l.0)

@@ -293,6 +293,25 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
         1.0,
         "{body}"
     );
+    // The status names the differing key (what the console lists), once its report is read again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http(port, "GET", "/api/status", None).await;
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let keys = doc["last_verify"]["drift_keys"]["target/public.accounts"].to_string();
+        if keys.contains("300") {
+            assert!(
+                keys.contains("differs") && keys.contains("balance"),
+                "{keys}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no differing key in the status:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
