@@ -12,6 +12,7 @@
 //! | `GET /api/status` | the document `cutover status --format json` prints |
 //! | `POST /api/pause`, `/api/resume` | the source reader, or one sink with `?sink=NAME` |
 //! | `POST /api/verify` | a consistency check now (its result lands in the status and metrics) |
+//! | `POST /api/rate?sink=NAME&changes_per_s=N&bytes_per_s=M` | a sink's rate limits until the process ends (absent or 0: none) |
 //!
 //! Actions need `Authorization: Bearer TOKEN` with `[admin] token`; without a configured token
 //! they are refused. The report behind `/readyz`, `/api/status` and the gate metrics reads the
@@ -135,6 +136,7 @@ impl Admin {
             .route("/api/pause", post(pause))
             .route("/api/resume", post(resume))
             .route("/api/verify", post(verify_now))
+            .route("/api/rate", post(set_rate))
             .with_state(self);
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "admin server stopped");
@@ -496,6 +498,34 @@ async fn pause_or_resume(admin: Admin, headers: HeaderMap, t: Target, pause: boo
         (None, false) => Command::ResumeReader,
     };
     admin.command(command).await
+}
+
+#[derive(Deserialize)]
+struct Rate {
+    sink: Option<String>,
+    changes_per_s: Option<u32>,
+    bytes_per_s: Option<u32>,
+}
+
+async fn set_rate(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Query(r): Query<Rate>,
+) -> Response {
+    if let Some(refused) = admin.refusal(&headers) {
+        return refused;
+    }
+    let Some(sink) = r.sink else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "name the sink: /api/rate?sink=NAME&changes_per_s=N&bytes_per_s=M (absent or 0: no limit)\n".into(),
+        );
+    };
+    let limits = crate::config::RateLimits {
+        changes_per_s: r.changes_per_s.filter(|n| *n > 0),
+        bytes_per_s: r.bytes_per_s.filter(|n| *n > 0),
+    };
+    admin.command(Command::SetRate(sink, limits)).await
 }
 
 async fn verify_now(State(admin): State<Admin>, headers: HeaderMap) -> Response {

@@ -6,8 +6,9 @@
 use std::num::NonZeroU32;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::config::RateLimits;
 use crate::queue::Queued;
 
 /// A limit of `per_second` units per second.
@@ -43,16 +44,33 @@ impl Limit {
     }
 }
 
-/// Passes a sink's queued batches on at no more than its limits, and counts how long it held
-/// them (shown as the sink's time throttled). Ends when either side closes.
+/// Passes a sink's queued batches on at no more than its limits (read from `limits` before
+/// each batch, so an operator can change them), and counts how long it held them (shown as
+/// the sink's time throttled). Ends when either side closes.
 pub async fn pace(
     mut rx: mpsc::Receiver<Queued>,
     tx: mpsc::Sender<Queued>,
-    changes: Option<Limit>,
-    bytes: Option<Limit>,
+    mut limits: watch::Receiver<RateLimits>,
     throttled_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
+    let mut current = *limits.borrow_and_update();
+    let mut changes = Limit::per_second(current.changes_per_s);
+    let mut bytes = Limit::per_second(current.bytes_per_s);
     while let Some(q) = rx.recv().await {
+        if limits.has_changed().unwrap_or(false) {
+            let new = *limits.borrow_and_update();
+            if new != current {
+                current = new;
+                changes = Limit::per_second(current.changes_per_s);
+                bytes = Limit::per_second(current.bytes_per_s);
+            }
+        }
+        if changes.is_none() && bytes.is_none() {
+            if tx.send(q).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let began = tokio::time::Instant::now();
         if let Some(limit) = &changes {
             let n = q

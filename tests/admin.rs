@@ -265,6 +265,27 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("nosuch"), "{body}");
 
+    // A rate limit set while running holds the sink back (its throttled time grows), and is
+    // lifted the same way.
+    let (code, body) = http(port, "POST", "/api/rate?changes_per_s=100", Some(TOKEN)).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = http(port, "POST", "/api/rate?sink=target&changes_per_s=100", Some(TOKEN)).await;
+    assert_eq!(code, 200, "{body}");
+    env.on_source("INSERT INTO accounts SELECT g, 1 FROM generate_series(6001, 6300) g")
+        .await;
+    wait_metrics(port, "the sink throttled", |b| {
+        samples(b)
+            .get(&format!(
+                "cutover_sink_throttled_seconds_total{{pipeline=\"{}\"{sink}}}",
+                pipeline_of(b)
+            ))
+            .is_some_and(|t| *t > 1.0)
+    })
+    .await;
+    let (code, body) = http(port, "POST", "/api/rate?sink=target", Some(TOKEN)).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(run.log_text().contains("sink rate limits set by the operator"));
+
     // No endpoint shows the password, in any form.
     for (method, route) in [
         ("GET", "/"),

@@ -29,6 +29,8 @@ pub enum Command {
         through: Lsn,
         path: PathBuf,
     },
+    /// Replace one sink's write rate limits until the process ends (`None`: no limit).
+    SetRate(String, crate::config::RateLimits),
 }
 
 /// A command with the channel its answer goes back on.
@@ -68,6 +70,9 @@ pub struct Operator {
     pub write_changed: Option<(Lsn, PathBuf)>,
     /// The saved consistency check, read now and then to forget the keys a clean one covers.
     pub report_path: Option<PathBuf>,
+    /// Rate limits an operator set while running, by sink: they replace the file's until the
+    /// process ends (a retried run keeps them).
+    pub rates: std::collections::HashMap<String, crate::config::RateLimits>,
 }
 
 impl Operator {

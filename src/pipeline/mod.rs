@@ -309,18 +309,15 @@ pub fn start_stream<'a>(
         let (tx, mut rx) = queue::bounded(settings.queue_events, settings.queue_bytes);
         let throttled = Arc::new(AtomicU64::new(0));
         let (truncate, limits) = settings.sinks.get(index).copied().unwrap_or_default();
-        let (changes, bytes) = (
-            rate::Limit::per_second(limits.changes_per_s),
-            rate::Limit::per_second(limits.bytes_per_s),
-        );
-        if changes.is_some() || bytes.is_some() {
-            // A pacer between the queue and the driver: the driver never waits on a limit
-            // with a write in flight, and the byte permits travel on with the batches.
-            let (paced_tx, paced_rx) = mpsc::channel(1);
-            pacers.spawn(rate::pace(rx, paced_tx, changes, bytes, throttled.clone()));
-            rx = paced_rx;
-        }
         let name = sink.name().to_string();
+        let limits = operator.rates.get(&name).copied().unwrap_or(limits);
+        // A pacer between the queue and the driver, also for a sink without limits (an
+        // operator may set some while it runs): the driver never waits on a limit with a write
+        // in flight, and the byte permits travel on with the batches.
+        let (rate_tx, rate_rx) = watch::channel(limits);
+        let (paced_tx, paced_rx) = mpsc::channel(1);
+        pacers.spawn(rate::pace(rx, paced_tx, rate_rx, throttled.clone()));
+        rx = paced_rx;
         let (pause, paused) = watch::channel(operator.paused_sinks.contains(&name));
         let driver = SinkDriver::new(
             index,
@@ -341,7 +338,7 @@ pub fn start_stream<'a>(
             },
         );
         tasks.spawn(driver.run());
-        lanes.push(SinkLane::new(name, tx, pause, throttled));
+        lanes.push(SinkLane::new(name, tx, pause, rate_tx, throttled));
     }
     telemetry.reader_paused(operator.reader_paused);
     Reader {

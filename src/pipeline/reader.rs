@@ -41,6 +41,8 @@ pub struct SinkLane {
     pub name: String,
     pub queue: QueueSender,
     pub pause: watch::Sender<bool>,
+    /// Its rate limits, read by its pacer before each batch.
+    pub rate: watch::Sender<crate::config::RateLimits>,
     /// Time its rate limits held changes back, in ms (written by its pacer).
     pub throttled_ms: Arc<AtomicU64>,
     /// Time the reader waited for its full queue, in ms.
@@ -53,12 +55,14 @@ impl SinkLane {
         name: String,
         queue: QueueSender,
         pause: watch::Sender<bool>,
+        rate: watch::Sender<crate::config::RateLimits>,
         throttled_ms: Arc<AtomicU64>,
     ) -> Self {
         SinkLane {
             name,
             queue,
             pause,
+            rate,
             throttled_ms,
             stalled_ms: 0,
             stall_logged: 0,
@@ -394,6 +398,12 @@ impl Reader<'_> {
             }
             Command::WriteChangedKeys { through, path } => {
                 self.operator.write_changed = Some((through, path));
+            }
+            Command::SetRate(name, limits) => {
+                let i = sink(&name, &self.lanes)?;
+                self.lanes[i].rate.send_replace(limits);
+                self.operator.rates.insert(name.clone(), limits);
+                tracing::info!(sink = %name, changes_per_s = ?limits.changes_per_s, bytes_per_s = ?limits.bytes_per_s, "sink rate limits set by the operator");
             }
         }
         Ok(())
