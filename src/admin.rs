@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `GET /` | the web console (one page, embedded in the binary, refreshing itself) |
 //! | `GET /api/live` | this process's live view: phase, tables with rate and ETA, sinks, the last hour of lag |
+//! | `GET /api/switch` | the switch record read now: direction, epoch, step, the timed steps |
 //! | `GET /metrics` | Prometheus text format, every name under `cutover_` (see [`render_metrics`]) |
 //! | `GET /healthz` | 200 while the process runs and, when streaming, samples its source; else 503 |
 //! | `GET /readyz` | 200 when every readiness gate of the switch is open, else 503; the gates as JSON |
@@ -129,6 +130,7 @@ impl Admin {
         let app = Router::new()
             .route("/", get(console))
             .route("/api/live", get(live))
+            .route("/api/switch", get(switch_record))
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
@@ -410,6 +412,23 @@ async fn live(State(admin): State<Admin>) -> Response {
     });
     drop(live);
     json(StatusCode::OK, &doc)
+}
+
+/// The switch record, read from the primary target on each request (the console follows a
+/// switch's steps with it).
+async fn switch_record(State(admin): State<Admin>) -> Response {
+    match crate::switch::load(&admin.file).await {
+        Ok(rec) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "epoch": rec.epoch,
+                "direction": rec.direction,
+                "step": rec.step,
+                "log": rec.log,
+            }),
+        ),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
 }
 
 async fn healthz(State(admin): State<Admin>) -> Response {
@@ -818,6 +837,16 @@ pub fn render_metrics(
                 "1 for the step the switch record is at (idle: no switch in progress).",
             );
             m.sample("cutover_switch_step", &[("step", step)], 1.0);
+        }
+        m.family(
+            "cutover_switch_step_seconds",
+            "gauge",
+            "How long each step of the last switch or rollback took.",
+        );
+        for s in doc["switch_log"].as_array().into_iter().flatten() {
+            if let (Some(step), Some(ms)) = (s["step"].as_str(), s["ms"].as_f64()) {
+                m.sample("cutover_switch_step_seconds", &[("step", step)], ms / 1e3);
+            }
         }
         m.one(
             "cutover_status_report_age_seconds",

@@ -227,6 +227,14 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
     };
     let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(doc["pipeline"], env.name.as_str(), "{status}");
+    let (code, body) = http(port, "GET", "/api/switch", None).await;
+    assert_eq!(code, 200, "{body}");
+    let rec: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (rec["step"].as_str(), rec["epoch"].as_i64()),
+        (Some("idle"), Some(0)),
+        "{body}"
+    );
     let (code, body) = http(port, "GET", "/readyz", None).await;
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(code == 200, ready["ready"] == true, "{body}");
@@ -269,7 +277,13 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
     // lifted the same way.
     let (code, body) = http(port, "POST", "/api/rate?changes_per_s=100", Some(TOKEN)).await;
     assert_eq!(code, 400, "{body}");
-    let (code, body) = http(port, "POST", "/api/rate?sink=target&changes_per_s=100", Some(TOKEN)).await;
+    let (code, body) = http(
+        port,
+        "POST",
+        "/api/rate?sink=target&changes_per_s=100",
+        Some(TOKEN),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     env.on_source("INSERT INTO accounts SELECT g, 1 FROM generate_series(6001, 6300) g")
         .await;
@@ -284,7 +298,9 @@ async fn metrics_probes_status_and_actions_on_a_real_run() {
     .await;
     let (code, body) = http(port, "POST", "/api/rate?sink=target", Some(TOKEN)).await;
     assert_eq!(code, 200, "{body}");
-    assert!(run.log_text().contains("sink rate limits set by the operator"));
+    assert!(run
+        .log_text()
+        .contains("sink rate limits set by the operator"));
 
     // No endpoint shows the password, in any form.
     for (method, route) in [
@@ -466,6 +482,7 @@ async fn the_console_shows_the_pipeline_in_a_headless_browser() {
         ("the sink", "<td>target</td>"),
         ("the lag chart", "<polyline"),
         ("a readiness gate", "pipeline streaming"),
+        ("the switch record", "direction forward, epoch 0, step idle"),
     ] {
         assert!(
             dom.contains(text),
