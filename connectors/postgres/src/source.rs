@@ -714,8 +714,10 @@ fn fed_size(raw: &Raw) -> usize {
 }
 
 /// The feed's task (see [`Feed`]): waits for a message and budget for it, takes every other
-/// message the client already holds while the budget has room (the one that finds it full
-/// waits with the batch), hands the batch on. Besides the budget, it holds at most one message.
+/// message the client already holds while the budget has room, hands the batch on. The message
+/// that finds the budget full waits for what the budget can still give beside what the batch
+/// holds (never for permits the batch itself holds), then goes with the batch: besides the
+/// budget, the task holds at most that one message.
 async fn pump(
     mut client: ReplicationClient,
     tx: mpsc::UnboundedSender<Fed>,
@@ -724,23 +726,23 @@ async fn pump(
     mut applied: watch::Receiver<Lsn>,
     mut stop: oneshot::Receiver<()>,
 ) -> std::result::Result<(), pgwire_replication::PgWireError> {
-    let apply = |client: &ReplicationClient, lsn: Lsn| {
-        client.update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
-    };
     let share = |raw: &Raw| fed_size(raw).min(max_permits as usize) as u32;
     loop {
         let first = tokio::select! {
             biased;
             _ = &mut stop => return client.shutdown().await,
             Ok(()) = applied.changed() => {
-                apply(&client, *applied.borrow_and_update());
+                forward_applied(&client, &mut applied);
                 continue;
             }
             raw = client.recv() => raw,
         };
         let mut last = !matches!(first, Ok(Some(_)));
-        let mut wanted = share(&first);
-        let mut held: Option<OwnedSemaphorePermit> = None;
+        let Some(mut held) =
+            permits(&budget, share(&first), &client, &mut applied, &mut stop).await
+        else {
+            return client.shutdown().await;
+        };
         let mut batch = vec![first];
         while !last && batch.len() < RAW_EVENTS * 4 {
             let Some(raw) = client.recv().now_or_never() else {
@@ -749,36 +751,47 @@ async fn pump(
             last = !matches!(raw, Ok(Some(_)));
             let size = share(&raw);
             batch.push(raw);
-            match budget.clone().try_acquire_many_owned(size) {
-                Ok(p) => match held.as_mut() {
-                    Some(h) => h.merge(p),
-                    None => held = Some(p),
-                },
-                Err(_) => {
-                    wanted += size;
-                    break;
-                }
+            if let Ok(p) = budget.clone().try_acquire_many_owned(size) {
+                held.merge(p);
+                continue;
             }
+            let room = max_permits.saturating_sub(held.num_permits() as u32);
+            let Some(p) = permits(&budget, size.min(room), &client, &mut applied, &mut stop).await
+            else {
+                return client.shutdown().await;
+            };
+            held.merge(p);
+            break;
         }
-        let rest = loop {
-            tokio::select! {
-                biased;
-                _ = &mut stop => return client.shutdown().await,
-                Ok(()) = applied.changed() => apply(&client, *applied.borrow_and_update()),
-                permit = budget.clone().acquire_many_owned(wanted.min(max_permits)) => {
-                    break permit.expect("the feed's budget is never closed");
-                }
-            }
-        };
-        let permit = match held {
-            Some(mut h) => {
-                h.merge(rest);
-                h
-            }
-            None => rest,
-        };
-        if tx.send((batch, permit)).is_err() || last {
+        if tx.send((batch, held)).is_err() || last {
             return Ok(());
+        }
+    }
+}
+
+/// Reports the newest applied position to the client.
+fn forward_applied(client: &ReplicationClient, applied: &mut watch::Receiver<Lsn>) {
+    let lsn = *applied.borrow_and_update();
+    client.update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+}
+
+/// Waits for `n` permits of the feed's budget, forwarding the applied position meanwhile;
+/// `None` when a stop is requested first.
+async fn permits(
+    budget: &Arc<Semaphore>,
+    n: u32,
+    client: &ReplicationClient,
+    applied: &mut watch::Receiver<Lsn>,
+    stop: &mut oneshot::Receiver<()>,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut *stop => return None,
+            Ok(()) = applied.changed() => forward_applied(client, applied),
+            permit = budget.clone().acquire_many_owned(n) => {
+                return Some(permit.expect("the feed's budget is never closed"));
+            }
         }
     }
 }
