@@ -148,7 +148,7 @@ impl Admin {
     /// Reads the status report every [`REFRESH`].
     async fn refresh(self) {
         loop {
-            let report = StatusReport::collect(&self.file)
+            let report = StatusReport::collect(&self.file, Some(self.live_doc()))
                 .await
                 .map(|r| (r.doc, r.ready))
                 .map_err(|e| e.to_string());
@@ -195,6 +195,57 @@ impl Admin {
         while live.history.len() > HISTORY {
             live.history.pop_front();
         }
+    }
+
+    /// This process's live view: phase, each table's copy with rate and ETA, each sink's lag,
+    /// and the lag history (what `/api/live` serves and the status report embeds).
+    fn live_doc(&self) -> serde_json::Value {
+        let status = self.telemetry.snapshot();
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let tables: Vec<_> = status
+            .tables
+            .iter()
+            .map(|t| {
+                let rate = live.rates.get(&t.name).copied().unwrap_or(0.0);
+                let left = t.rows_estimate.saturating_sub(t.rows_copied) as f64;
+                let eta = (!t.done && rate > 0.0).then(|| left / rate);
+                serde_json::json!({
+                    "name": t.name,
+                    "rows_copied": t.rows_copied,
+                    "rows_estimate": t.rows_estimate,
+                    "done": t.done,
+                    "rows_per_second": rate,
+                    "eta_seconds": eta,
+                })
+            })
+            .collect();
+        let sinks: Vec<_> = status
+            .sinks
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "lag_bytes": sink_lag_bytes(s, &status),
+                    "lag_seconds": sink_lag_seconds(s, &status),
+                    "changes_applied": s.changes_applied,
+                    "queue_bytes": s.queue_bytes,
+                    "dead_letters": s.parked,
+                    "paused": s.paused,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "pipeline": self.file.name,
+            "phase": phase_name(status.phase),
+            "reader_paused": status.reader_paused,
+            "source_wal": status.source_wal.to_string(),
+            "confirmed": status.confirmed.to_string(),
+            "lag_bytes": status.lag_bytes(),
+            "tables": tables,
+            "sinks": sinks,
+            "history": live.history,
+        });
+        doc
     }
 
     /// The cached report: (document, ready, age in seconds), or why there is none.
@@ -365,53 +416,7 @@ async fn console() -> Response {
 
 /// The console's live view of this process (see the module's table).
 async fn live(State(admin): State<Admin>) -> Response {
-    let status = admin.telemetry.snapshot();
-    let live = admin.live.lock().unwrap_or_else(|e| e.into_inner());
-    let tables: Vec<_> = status
-        .tables
-        .iter()
-        .map(|t| {
-            let rate = live.rates.get(&t.name).copied().unwrap_or(0.0);
-            let left = t.rows_estimate.saturating_sub(t.rows_copied) as f64;
-            let eta = (!t.done && rate > 0.0).then(|| left / rate);
-            serde_json::json!({
-                "name": t.name,
-                "rows_copied": t.rows_copied,
-                "rows_estimate": t.rows_estimate,
-                "done": t.done,
-                "rows_per_second": rate,
-                "eta_seconds": eta,
-            })
-        })
-        .collect();
-    let sinks: Vec<_> = status
-        .sinks
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "name": s.name,
-                "lag_bytes": sink_lag_bytes(s, &status),
-                "lag_seconds": sink_lag_seconds(s, &status),
-                "changes_applied": s.changes_applied,
-                "queue_bytes": s.queue_bytes,
-                "dead_letters": s.parked,
-                "paused": s.paused,
-            })
-        })
-        .collect();
-    let doc = serde_json::json!({
-        "pipeline": admin.file.name,
-        "phase": phase_name(status.phase),
-        "reader_paused": status.reader_paused,
-        "source_wal": status.source_wal.to_string(),
-        "confirmed": status.confirmed.to_string(),
-        "lag_bytes": status.lag_bytes(),
-        "tables": tables,
-        "sinks": sinks,
-        "history": live.history,
-    });
-    drop(live);
-    json(StatusCode::OK, &doc)
+    json(StatusCode::OK, &admin.live_doc())
 }
 
 /// The switch record, read from the primary target on each request (the console follows a

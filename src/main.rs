@@ -770,7 +770,8 @@ async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
 /// JSON document; exit code 0 when READY, 3 when NOT READY.
 async fn show_status(path: &std::path::Path, format: ReportFormat) -> Outcome {
     let file = load(path)?;
-    let report = cutover::report::StatusReport::collect(&file)
+    let live = cutover::report::live_of(&file).await;
+    let report = cutover::report::StatusReport::collect(&file, live)
         .await
         .map_err(explain)?;
     match format {

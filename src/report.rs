@@ -8,6 +8,17 @@ use crate::config::Pipeline;
 use crate::pipeline as runtime;
 use crate::{switch, targets, verify};
 
+/// The running pipeline's live view, when its admin server (`[admin] listen`) answers. Another
+/// pipeline may hold the port: only this pipeline's answer counts.
+pub async fn live_of(file: &Pipeline) -> Option<serde_json::Value> {
+    match file.admin.listen {
+        Some(listen) if listen.port() != 0 => crate::admin::fetch_live(listen)
+            .await
+            .filter(|l| l["pipeline"].as_str() == Some(file.name.as_str())),
+        _ => None,
+    }
+}
+
 /// One status report: its text lines, the same as one JSON document, and the verdict.
 pub struct StatusReport {
     pub lines: Vec<String>,
@@ -21,7 +32,9 @@ pub struct StatusReport {
 impl StatusReport {
     /// Reads everything the report shows, for the pipeline file `file` (in the direction its
     /// switch record says).
-    pub async fn collect(file: &Pipeline) -> Result<Self> {
+    /// `live` is the running pipeline's live view (see [`live_of`]), or `None` when none
+    /// answers.
+    pub async fn collect(file: &Pipeline, live: Option<serde_json::Value>) -> Result<Self> {
         let rec = switch::load(file).await?;
         let cfg = switch::current(file, &rec)?;
         let mut lines = Vec::new();
@@ -70,14 +83,6 @@ impl StatusReport {
                 "tables_copied": state.copied_tables.len(),
             }));
         }
-        // The running pipeline's own view, when its admin server answers.
-        // Another pipeline may hold the port: only this pipeline's answer counts.
-        let live = match file.admin.listen {
-            Some(listen) if listen.port() != 0 => crate::admin::fetch_live(listen)
-                .await
-                .filter(|l| l["pipeline"].as_str() == Some(file.name.as_str())),
-            _ => None,
-        };
         match &live {
             Some(live) => lines.extend(crate::admin::live_lines(live)),
             None => lines.push(

@@ -354,11 +354,7 @@ async fn stalled_sink_keeps_memory_bounded_and_the_connection_alive() {
         .await
         .unwrap();
     }
-    let mut peak = 0;
-    for _ in 0..40 {
-        peak = peak.max(run.rss_kib());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let peak = peak_rss_kib(&run).await;
     tgt.batch_execute("COMMIT").await.unwrap();
     env.wait_equal(&["events"], Duration::from_secs(120)).await;
     let after = walsender_pid(&src, &env.name).await;
@@ -413,11 +409,7 @@ async fn wide_rows_behind_a_stalled_sink_keep_memory_bounded() {
         .await
         .unwrap();
     }
-    let mut peak = 0;
-    for _ in 0..40 {
-        peak = peak.max(run.rss_kib());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let peak = peak_rss_kib(&run).await;
     eprintln!("wide rows behind a stalled sink: RSS {baseline} KiB before, {peak} KiB at the peak");
     tgt.batch_execute("COMMIT").await.unwrap();
     env.wait_equal(&["blobs"], Duration::from_secs(180)).await;
@@ -427,6 +419,16 @@ async fn wide_rows_behind_a_stalled_sink_keep_memory_bounded() {
     );
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
+}
+
+/// The pipeline's highest RSS over ten seconds (sampled every 250 ms), in KiB.
+async fn peak_rss_kib(run: &common::Pipeline) -> u64 {
+    let mut peak = 0;
+    for _ in 0..40 {
+        peak = peak.max(run.rss_kib());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    peak
 }
 
 async fn walsender_pid(src: &tokio_postgres::Client, pipeline: &str) -> Option<i32> {
