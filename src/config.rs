@@ -942,7 +942,9 @@ fn admin_settings(
     })
 }
 
-/// Expands `${VAR}` references. A missing variable is an error naming it (never its value).
+/// Expands `${VAR}` references, and `${file:PATH}` to the contents of a file (a Docker or
+/// Kubernetes secret) without its trailing line break. A missing variable or unreadable file is
+/// an error naming it (never its value). Every expanded value is offered to the secret mask.
 fn expand(
     text: &str,
     key: &str,
@@ -959,17 +961,34 @@ fn expand(
             )));
         };
         let name = &after[..end];
-        let value = env(name).ok_or_else(|| {
-            ConfigError(format!(
-                "{key}: refers to the environment variable {name}, which is not set. Fix: export {name}=... before running cutover."
-            ))
-        })?;
+        let value = match name.strip_prefix("file:") {
+            Some(path) => secret_file(path, key)?,
+            None => env(name).ok_or_else(|| {
+                ConfigError(format!(
+                    "{key}: refers to the environment variable {name}, which is not set. Fix: export {name}=... before running cutover."
+                ))
+            })?,
+        };
         out.push_str(&value);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
     cutover_core::secrets::register(key, &out);
     Ok(out)
+}
+
+/// The contents of a secret file, without the line break an editor or `echo` leaves at its end.
+/// The whole contents are masked wherever cutover prints.
+fn secret_file(path: &str, key: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "{key}: cannot read the secret file {path}: {e}. Fix: mount the secret at that path, or correct the path in ${{file:...}} (relative paths start at the directory cutover runs in)."
+        ))
+    })?;
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    let value = value.strip_suffix('\r').unwrap_or(value).to_string();
+    cutover_core::secrets::register(&format!("{key} (secret file)"), &value);
+    Ok(value)
 }
 
 /// `file, line L, column C` for a byte offset of the pipeline text.
@@ -1207,6 +1226,31 @@ url = "postgres://u:${PW}@h/db"
             panic!("the first sink is PostgreSQL")
         };
         assert_eq!(pg.url, "postgres://u:pa55@h/db");
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_and_masked() {
+        let dir = std::env::temp_dir().join(format!("cutover-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-a-file-pw\n").unwrap();
+        let text = GOOD.replace("${PW}", &format!("${{file:{}}}", file.display()));
+        let p = parse(&text, "shop.toml", &env).unwrap();
+        let Some(pg) = crate::targets::postgres(&*p.sinks[0]) else {
+            panic!("the first sink is PostgreSQL")
+        };
+        assert_eq!(pg.url, "postgres://u:from-a-file-pw@h/db");
+        let masked = cutover_core::secrets::scrub("said from-a-file-pw here");
+        assert!(!masked.contains("from-a-file-pw"), "{masked}");
+
+        let missing = dir.join("absent");
+        let text = GOOD.replace("${PW}", &format!("${{file:{}}}", missing.display()));
+        let e = parse(&text, "shop.toml", &env).unwrap_err().to_string();
+        assert!(
+            e.contains("sink[0].url") && e.contains("cannot read the secret file") && e.contains("absent"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

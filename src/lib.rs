@@ -24,6 +24,7 @@ macro_rules! say_err {
 
 pub mod admin;
 pub mod config;
+pub mod lock;
 pub mod pipeline;
 pub mod queue;
 pub mod rate;

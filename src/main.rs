@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cutover::admin::Admin;
+use cutover::lock::{self, Hold};
 use cutover::pipeline::{self as runtime, Operator, Telemetry};
 use cutover::switch::{self, Direction};
 use cutover::{config, say, say_err, say_part, status, targets, verify};
@@ -220,6 +221,22 @@ async fn run_verify(
     format: ReportFormat,
     terminal: bool,
 ) -> ExitCode {
+    // A repair writes to the targets: one at a time, beside a running pipeline.
+    let _lock = if opts.repair {
+        let taken = match load(path) {
+            Ok(file) => lock::take(&file, &[Hold::Change], "verify --repair").await,
+            Err(message) => Err(message),
+        };
+        match taken {
+            Ok(l) => Some(l),
+            Err(message) => {
+                say_err!("error: {message}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let cfg = match load_current(path).await {
         Ok(cfg) => cfg,
         Err(message) => {
@@ -334,6 +351,15 @@ async fn load_current(path: &std::path::Path) -> Result<config::Pipeline, String
 
 async fn run_switch(path: &std::path::Path, towards: Direction, how: SwitchFlags) -> Outcome {
     let cfg = load(path)?;
+    let command = match towards {
+        Direction::Reverse => "switch",
+        Direction::Forward => "rollback",
+    };
+    let _lock = if how.dry_run {
+        None
+    } else {
+        Some(lock::take(&cfg, &[Hold::Change], command).await?)
+    };
     let opts = switch::steps::Options {
         dry_run: how.dry_run,
         resume: how.resume,
@@ -356,6 +382,8 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
     if let Some(e) = &file.admin.token_error {
         return Err(e.clone());
     }
+    // Held until the process ends, through every pass and retry.
+    lock::take(&file, &[Hold::Run], "run").await?.keep();
     let telemetry = Telemetry::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -598,6 +626,7 @@ async fn check(path: &std::path::Path) -> Outcome {
 
 async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
     let cfg = load(path)?;
+    let _lock = lock::take(&cfg, &[Hold::Run, Hold::Change], "teardown").await?;
     let source = runtime::connect_source(&cfg).await.map_err(explain)?;
     let (slot, publication) = source.teardown().await.map_err(explain)?;
     say!(
@@ -625,6 +654,7 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
 }
 
 async fn forget(path: &std::path::Path, name: &str) -> Outcome {
+    let _lock = lock::take(&load(path)?, &[Hold::Run, Hold::Change], "forget").await?;
     let cfg = load_current(path).await?;
     let Some(sink) = cfg.sinks.iter().find(|s| s.name() == name) else {
         let names: Vec<_> = cfg.sinks.iter().map(|s| s.name().to_string()).collect();
@@ -666,6 +696,11 @@ async fn dlq(action: DlqAction) -> Outcome {
     let (path, replay) = match &action {
         DlqAction::List { pipeline } => (pipeline, false),
         DlqAction::Replay { pipeline } => (pipeline, true),
+    };
+    let _lock = if replay {
+        Some(lock::take(&load(path)?, &[Hold::Change], "dlq replay").await?)
+    } else {
+        None
     };
     let cfg = load_current(path).await?;
     let mut parked_total = 0u64;
@@ -752,6 +787,7 @@ async fn dlq(action: DlqAction) -> Outcome {
 }
 
 async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
+    let _lock = lock::take(&load(path)?, &[Hold::Change], "sync-sequences").await?;
     let cfg = load_current(path).await?;
     if cfg.sinks.iter().all(|s| targets::postgres(&**s).is_none()) {
         say!("the pipeline has no PostgreSQL sink; sequences exist only there");

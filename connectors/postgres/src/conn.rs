@@ -6,22 +6,26 @@ use std::time::Duration;
 
 use cutover_core::{ConnectorError, Result};
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use crate::error::classify;
+use crate::tls::PgTls;
 
 /// A PostgreSQL server and database to connect to. Its `Display` and `Debug` name the server by
 /// user, host, port and database only: the password never appears.
 #[derive(Clone)]
 pub struct PgEndpoint {
     config: Config,
+    tls: PgTls,
     role: &'static str,
 }
 
 impl PgEndpoint {
-    /// Parses a libpq-style URL or key=value string. `role` names the endpoint in messages
-    /// (`source`, `target`).
+    /// Parses a libpq-style URL or key=value string, with libpq's TLS options (see
+    /// [`crate::tls`]). `role` names the endpoint in messages (`source`, `target`).
     pub fn parse(url: &str, role: &'static str) -> Result<Self> {
+        let (url, tls) = PgTls::split(url, role)?;
+        let url = url.as_str();
         if let Some((_, rest)) = url.split_once("://") {
             // The URL parser splits at the first @: the rest of a password holding an @ would
             // be taken for the host name (and shown in messages).
@@ -49,7 +53,13 @@ impl PgEndpoint {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.application_name("cutover");
-        Ok(PgEndpoint { config, role })
+        config.ssl_mode(tls.driver_mode());
+        Ok(PgEndpoint { config, tls, role })
+    }
+
+    /// The TLS options this endpoint connects with.
+    pub fn tls(&self) -> &PgTls {
+        &self.tls
     }
 
     pub fn role(&self) -> &'static str {
@@ -92,7 +102,7 @@ impl PgEndpoint {
     pub async fn connect(&self) -> Result<Client> {
         let (client, connection) = self
             .config
-            .connect(NoTls)
+            .connect(self.tls.connector())
             .await
             .map_err(|e| classify(e, &format!("cannot connect to the {} {self}", self.role)))?;
         tokio::spawn(async move {

@@ -9,7 +9,10 @@ pub fn classify(err: tokio_postgres::Error, context: &str) -> ConnectorError {
     let (kind, detail, hint) = match err.as_db_error() {
         Some(db) => {
             let code = db.code();
-            let (kind, hint) = kind_of(code);
+            let (kind, mut hint) = kind_of(code);
+            if db.message().contains("no encryption") {
+                hint = Some("the server accepts only TLS connections here: add sslmode=require (or verify-full) to the connection string");
+            }
             let mut detail = format!("{} (SQLSTATE {})", db.message(), code.code());
             if let Some(d) = db.detail() {
                 detail.push_str(&format!("; {d}"));
@@ -26,12 +29,23 @@ pub fn classify(err: tokio_postgres::Error, context: &str) -> ConnectorError {
             } else {
                 format!("{text}: {io}")
             };
-            let hint = if detail.contains("refused") || detail.contains("timed out") {
-                Some("check that the server is running and that host and port are right")
+            if let Some(refused) = tls_refusal(&err) {
+                let hint = crate::tls::refused_hint(&refused);
+                (ErrorKind::Fatal, detail, Some(hint))
+            } else if detail.contains("server does not support TLS") {
+                (
+                    ErrorKind::Fatal,
+                    detail,
+                    Some("the server does not offer TLS (ssl = off): turn ssl on, or use sslmode=prefer"),
+                )
             } else {
-                None
-            };
-            (ErrorKind::Retryable, detail, hint)
+                let hint = if detail.contains("refused") || detail.contains("timed out") {
+                    Some("check that the server is running and that host and port are right")
+                } else {
+                    None
+                };
+                (ErrorKind::Retryable, detail, hint)
+            }
         }
     };
     let mut e = ConnectorError::new(kind, format!("{context}: {detail}."));
@@ -75,6 +89,18 @@ fn kind_of(code: &SqlState) -> (ErrorKind, Option<&'static str>) {
     }
 }
 
+/// The message of a TLS handshake refused by cutover's certificate check, if that is the error.
+fn tls_refusal(err: &tokio_postgres::Error) -> Option<String> {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<crate::tls::TlsRefused>() {
+            return Some(r.0.clone());
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// Classifies a replication-transport error. A server error is classified by its SQLSTATE as
 /// on the SQL path (a terminated walsender, 57P01, or a server shutting down is retryable), except
 /// that no replication error is poison, and WAL the slot needs that is gone (58P01) is fatal.
@@ -84,7 +110,9 @@ pub fn classify_replication(err: pgwire_replication::PgWireError, context: &str)
     } else {
         None
     };
-    let (kind, hint) = if err.is_auth() {
+    let (kind, hint) = if err.is_tls() {
+        (ErrorKind::Fatal, Some(crate::tls::refused_hint(&err.to_string())))
+    } else if err.is_auth() {
         (
             ErrorKind::Fatal,
             Some("check the user name and password in the source connection string"),

@@ -15,6 +15,7 @@ pub mod sequences;
 pub mod sink;
 pub mod source;
 pub mod target;
+pub mod tls;
 pub mod verify;
 
 pub use conn::PgEndpoint;

@@ -220,6 +220,7 @@ impl PgSource {
             self.options.publication.clone(),
         )
         .with_port(e.port())
+        .with_tls(e.tls().replication(&e.host()))
         .with_binary(true)
         .with_start_lsn(pgwire_replication::Lsn::from_u64(start.0))
         .with_ack_lsn(pgwire_replication::Lsn::from_u64(start.0))

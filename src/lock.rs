@@ -1,0 +1,237 @@
+//! One process per pipeline: session advisory locks on the source database.
+//!
+//! Two locks per pipeline, both keyed by the pipeline's configured slot name (which names the
+//! pipeline on its source across every epoch of a switch):
+//! - **run** (`pg_try_advisory_lock(1668641793, hashtext(slot))`): held by `cutover run` from its
+//!   start (before the slot exists, through the snapshot, while streaming, across switches),
+//!   and taken as well by the commands that must not meet a running pipeline (`teardown`,
+//!   `forget`).
+//! - **change** (`pg_try_advisory_lock(1668641794, hashtext(slot))`): held by each command that
+//!   changes the pipeline beside a running one (`switch`, `rollback`, `verify --repair`,
+//!   `dlq replay`, `sync-sequences`, and `teardown` and `forget` again), so two of them never
+//!   run at once.
+//!
+//! The locks live in a session of the source database, so they hold across machines. They go
+//! with the session: a killed process frees them at once, and nothing is left to clean up. Each
+//! holder's session has an `application_name` that says which command, host and process hold
+//! it; a refusal reads it back from `pg_locks` and `pg_stat_activity`.
+
+use std::time::Duration;
+
+use cutover_core::ConnectorError;
+use cutover_postgres::PgEndpoint;
+use tokio_postgres::Client;
+
+use crate::config::Pipeline;
+
+/// The first half of the key of the run lock (`"cut"` and 1 in its bytes).
+pub const RUN_LOCK: i32 = 0x6375_7401;
+/// The first half of the key of the change lock.
+pub const CHANGE_LOCK: i32 = 0x6375_7402;
+
+/// What a command holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The pipeline runs: `cutover run`.
+    Run,
+    /// The pipeline is changed by an operator's command.
+    Change,
+}
+
+impl Hold {
+    fn key(self) -> i32 {
+        match self {
+            Hold::Run => RUN_LOCK,
+            Hold::Change => CHANGE_LOCK,
+        }
+    }
+}
+
+/// Held locks: dropping this closes the session, which frees them.
+pub struct PipelineLock {
+    client: Client,
+    endpoint: PgEndpoint,
+    slot: String,
+    holds: Vec<Hold>,
+    label: String,
+}
+
+/// Takes `holds` for `command` (`run`, `teardown`, ...), or says who holds one of them.
+pub async fn take(file: &Pipeline, holds: &[Hold], command: &str) -> Result<PipelineLock, String> {
+    let endpoint = PgEndpoint::parse(&file.source_url, "source").map_err(|e| e.to_string())?;
+    let label = label(command);
+    let lock = PipelineLock {
+        client: session(&endpoint, &label).await.map_err(|e| e.to_string())?,
+        endpoint,
+        slot: file.slot.clone(),
+        holds: holds.to_vec(),
+        label,
+    };
+    lock.acquire(command).await?;
+    Ok(lock)
+}
+
+impl PipelineLock {
+    async fn acquire(&self, command: &str) -> Result<(), String> {
+        for hold in &self.holds {
+            let got: bool = self
+                .client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                    &[&hold.key(), &self.slot],
+                )
+                .await
+                .map_err(|e| format!("cannot take the pipeline's lock on the source: {e}"))?
+                .get(0);
+            if !got {
+                let holder = holder(&self.client, *hold, &self.slot).await;
+                return Err(refusal(command, *hold, &self.slot, holder));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the locks for as long as the process runs: when the session is lost (the source
+    /// restarted, the network cut it), takes them again in a new one. If another process took
+    /// them in between, this process must not go on: it says so and exits.
+    pub fn keep(mut self) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if !self.client.is_closed() {
+                    continue;
+                }
+                tracing::warn!("the session holding the pipeline's lock closed; taking it again");
+                let client = loop {
+                    match session(&self.endpoint, &self.label).await {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot reach the source to take the pipeline's lock again; retrying");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                    }
+                };
+                self.client = client;
+                if let Err(refused) = self.acquire("run").await {
+                    crate::say_err!("error: the pipeline's lock was lost while the source was unreachable, and another process holds it now: {refused}");
+                    std::process::exit(1);
+                }
+                tracing::info!("the pipeline's lock is held again");
+            }
+        });
+    }
+}
+
+/// The `application_name` of the lock's session: which command, host and process.
+fn label(command: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into());
+    let text = format!(
+        "cutover {command} on {} pid {}",
+        host.trim(),
+        std::process::id()
+    );
+    // application_name holds 63 bytes.
+    let mut end = text.len().min(63);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+async fn session(endpoint: &PgEndpoint, label: &str) -> Result<Client, ConnectorError> {
+    let client = endpoint.connect().await?;
+    client
+        .execute("SELECT set_config('application_name', $1, false)", &[&label])
+        .await
+        .map_err(|e| {
+            cutover_postgres::error::classify(e, "cannot name the pipeline lock's session")
+        })?;
+    Ok(client)
+}
+
+/// Who holds a lock, as its session names itself, with since when and from where.
+struct Holder {
+    name: String,
+    since: String,
+    client_addr: Option<String>,
+    backend_pid: i32,
+}
+
+async fn holder(client: &Client, hold: Hold, slot: &str) -> Option<Holder> {
+    let row = client
+        .query_opt(
+            "SELECT a.application_name, \
+                    to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS \"UTC\"'), \
+                    host(a.client_addr), a.pid \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+               AND l.classid = $1::int4::oid AND l.objid = hashtext($2)::oid \
+             LIMIT 1",
+            &[&hold.key(), &slot],
+        )
+        .await
+        .ok()??;
+    Some(Holder {
+        name: row.get(0),
+        since: row.get(1),
+        client_addr: row.get(2),
+        backend_pid: row.get(3),
+    })
+}
+
+fn refusal(command: &str, hold: Hold, slot: &str, holder: Option<Holder>) -> String {
+    let what = match hold {
+        Hold::Run => "is running",
+        Hold::Change => "is being changed by another command",
+    };
+    let who = match holder {
+        Some(h) => format!(
+            ": {} holds it, since {} (source session pid {}{})",
+            if h.name.is_empty() { "a session without a name" } else { &h.name },
+            h.since,
+            h.backend_pid,
+            h.client_addr
+                .map(|a| format!(", from {a}"))
+                .unwrap_or_default()
+        ),
+        None => String::new(),
+    };
+    let fix = match (command, hold) {
+        ("run", _) => "stop that process first; one `cutover run` per pipeline",
+        (_, Hold::Run) => "stop `cutover run` for this pipeline first",
+        _ => "wait for that command to finish, then run this one again",
+    };
+    format!("the pipeline (slot {slot}) {what}{who}. `cutover {command}` changes nothing while it does. Fix: {fix}.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_holder_and_the_fix() {
+        let holder = Holder {
+            name: "cutover run on db-7 pid 4242".into(),
+            since: "2026-12-06 02:00:00 UTC".into(),
+            client_addr: Some("10.0.0.5".into()),
+            backend_pid: 99,
+        };
+        let text = refusal("run", Hold::Run, "cutover_shop", Some(holder));
+        assert!(
+            text.contains("db-7 pid 4242") && text.contains("since 2026-12-06") && text.contains("10.0.0.5"),
+            "{text}"
+        );
+        assert!(text.contains("one `cutover run` per pipeline"), "{text}");
+        let text = refusal("teardown", Hold::Run, "cutover_shop", None);
+        assert!(text.contains("stop `cutover run`"), "{text}");
+    }
+
+    #[test]
+    fn the_label_fits_application_name() {
+        let l = label("verify --repair");
+        assert!(l.len() <= 63 && l.starts_with("cutover verify --repair on "), "{l}");
+    }
+}
