@@ -1247,7 +1247,9 @@ url = "postgres://u:${PW}@h/db"
         let text = GOOD.replace("${PW}", &format!("${{file:{}}}", missing.display()));
         let e = parse(&text, "shop.toml", &env).unwrap_err().to_string();
         assert!(
-            e.contains("sink[0].url") && e.contains("cannot read the secret file") && e.contains("absent"),
+            e.contains("sink[0].url")
+                && e.contains("cannot read the secret file")
+                && e.contains("absent"),
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -61,7 +61,9 @@ pub async fn take(file: &Pipeline, holds: &[Hold], command: &str) -> Result<Pipe
     let endpoint = PgEndpoint::parse(&file.source_url, "source").map_err(|e| e.to_string())?;
     let label = label(command);
     let lock = PipelineLock {
-        client: session(&endpoint, &label).await.map_err(|e| e.to_string())?,
+        client: session(&endpoint, &label)
+            .await
+            .map_err(|e| e.to_string())?,
         endpoint,
         slot: file.slot.clone(),
         holds: holds.to_vec(),
@@ -144,7 +146,10 @@ fn label(command: &str) -> String {
 async fn session(endpoint: &PgEndpoint, label: &str) -> Result<Client, ConnectorError> {
     let client = endpoint.connect().await?;
     client
-        .execute("SELECT set_config('application_name', $1, false)", &[&label])
+        .execute(
+            "SELECT set_config('application_name', $1, false)",
+            &[&label],
+        )
         .await
         .map_err(|e| {
             cutover_postgres::error::classify(e, "cannot name the pipeline lock's session")
@@ -190,7 +195,11 @@ fn refusal(command: &str, hold: Hold, slot: &str, holder: Option<Holder>) -> Str
     let who = match holder {
         Some(h) => format!(
             ": {} holds it, since {} (source session pid {}{})",
-            if h.name.is_empty() { "a session without a name" } else { &h.name },
+            if h.name.is_empty() {
+                "a session without a name"
+            } else {
+                &h.name
+            },
             h.since,
             h.backend_pid,
             h.client_addr
@@ -221,7 +230,9 @@ mod tests {
         };
         let text = refusal("run", Hold::Run, "cutover_shop", Some(holder));
         assert!(
-            text.contains("db-7 pid 4242") && text.contains("since 2026-12-06") && text.contains("10.0.0.5"),
+            text.contains("db-7 pid 4242")
+                && text.contains("since 2026-12-06")
+                && text.contains("10.0.0.5"),
             "{text}"
         );
         assert!(text.contains("one `cutover run` per pipeline"), "{text}");
@@ -232,6 +243,9 @@ mod tests {
     #[test]
     fn the_label_fits_application_name() {
         let l = label("verify --repair");
-        assert!(l.len() <= 63 && l.starts_with("cutover verify --repair on "), "{l}");
+        assert!(
+            l.len() <= 63 && l.starts_with("cutover verify --repair on "),
+            "{l}"
+        );
     }
 }

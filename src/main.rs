@@ -141,6 +141,7 @@ enum ReportFormat {
 }
 
 fn main() -> ExitCode {
+    cutover_postgres::tls::install_default_provider();
     let cli = Cli::parse();
     let terminal = std::io::stderr().is_terminal();
     let format = match cli.log_format {
@@ -530,6 +531,10 @@ async fn check(path: &std::path::Path) -> Outcome {
         source.endpoint(),
         source.tables().len()
     );
+    say!(
+        "  tls   source: {}",
+        source.endpoint().tls_state().await.map_err(explain)?
+    );
     let findings = source.preflight().await.map_err(explain)?;
     let mut failed = 0;
     for f in &findings {
@@ -589,7 +594,13 @@ async fn check(path: &std::path::Path) -> Outcome {
             continue;
         };
         match sink.preflight(tables).await {
-            Ok(()) => say!("sink {}: connected, tables compatible", sink.name()),
+            Ok(()) => {
+                say!("sink {}: connected, tables compatible", sink.name());
+                match sink.endpoint().tls_state().await {
+                    Ok(state) => say!("  tls   sink {}: {state}", sink.name()),
+                    Err(e) => say!("  warn  sink {}: {}", sink.name(), explain(e)),
+                }
+            }
             Err(e) => {
                 failed += 1;
                 say!("sink {}: FAIL {e}", sink.name());

@@ -282,6 +282,11 @@ impl NatsReader {
         let client = async_nats::connect(m.nats_url.as_str())
             .await
             .expect("nats connect");
+        NatsReader::over(client, stream).await
+    }
+
+    /// A reader over a client connected by the test (to another server, or with TLS).
+    pub async fn over(client: async_nats::Client, stream: &str) -> NatsReader {
         let js = async_nats::jetstream::new(client);
         let stream = js
             .get_stream(stream)

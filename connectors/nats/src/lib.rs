@@ -55,6 +55,55 @@ pub struct NatsSinkOptions {
     /// message ids carry an `r` so that no position of the other server is taken for a replay
     /// (see [`cutover_core::TargetContext::reverse`]).
     pub reverse: bool,
+    /// TLS and credentials beyond the URL's user and password.
+    pub auth: NatsAuth,
+}
+
+/// How the sink proves itself to the server and checks the server. `Debug` never shows the
+/// seed or the token.
+#[derive(Clone, Default)]
+pub struct NatsAuth {
+    /// Require TLS.
+    pub tls: bool,
+    pub ca_file: Option<std::path::PathBuf>,
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub credentials_file: Option<std::path::PathBuf>,
+    pub nkey_seed: Option<String>,
+    pub token: Option<String>,
+}
+
+impl NatsAuth {
+    /// Whether the connection must be encrypted.
+    pub fn requires_tls(&self) -> bool {
+        self.tls || self.ca_file.is_some() || self.client_cert.is_some()
+    }
+
+    /// `TLS, CA ca.pem, client certificate c.pem; credentials file x.creds` (no secret).
+    pub fn describe(&self, url: &str) -> String {
+        let mut parts = Vec::new();
+        if self.requires_tls() || url.starts_with("tls://") {
+            let mut tls = "TLS required".to_string();
+            if let Some(ca) = &self.ca_file {
+                tls.push_str(&format!(", CA {}", ca.display()));
+            }
+            if let Some((c, _)) = &self.client_cert {
+                tls.push_str(&format!(", client certificate {}", c.display()));
+            }
+            parts.push(tls);
+        } else {
+            parts.push("TLS if the server asks for it".to_string());
+        }
+        if let Some(f) = &self.credentials_file {
+            parts.push(format!("credentials file {}", f.display()));
+        }
+        if self.nkey_seed.is_some() {
+            parts.push("NKey".to_string());
+        }
+        if self.token.is_some() {
+            parts.push("token".to_string());
+        }
+        parts.join("; ")
+    }
 }
 
 impl std::fmt::Debug for NatsSinkOptions {
@@ -137,19 +186,56 @@ pub(crate) async fn open_client(
     options: &NatsSinkOptions,
     name: String,
 ) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+    let auth = &options.auth;
+    let mut connect = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(10))
         .name(name)
+        .require_tls(auth.requires_tls());
+    if let Some(ca) = &auth.ca_file {
+        connect = connect.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &auth.client_cert {
+        connect = connect.add_client_certificate(cert.clone(), key.clone());
+    }
+    if let Some(file) = &auth.credentials_file {
+        connect = connect.credentials_file(file).await.map_err(|e| {
+            ConnectorError::fatal(format!(
+                "sink {}: cannot read the credentials file {}: {e}",
+                options.name,
+                file.display()
+            ))
+            .with_hint("give the .creds file nsc wrote for the user (a JWT and an NKey seed)")
+        })?;
+    }
+    if let Some(seed) = &auth.nkey_seed {
+        connect = connect.nkey(seed.clone());
+    }
+    if let Some(token) = &auth.token {
+        connect = connect.token(token.clone());
+    }
+    connect
         .connect(options.url.as_str())
         .await
         .map_err(|e| {
-            ConnectorError::retryable(format!(
-                "cannot connect to NATS at {} (sink {}): {}",
+            use async_nats::ConnectErrorKind as K;
+            let message = format!(
+                "cannot connect to NATS at {} (sink {}, {}): {}",
                 redacted(&options.url),
                 options.name,
-                e.kind()
-            ))
-            .with_hint("check the sink's url and that nats-server runs with JetStream (-js)")
+                auth.describe(&options.url),
+                e
+            );
+            match e.kind() {
+                // The same certificate or credentials fail again: stop with the fix.
+                K::Tls => ConnectorError::fatal(message).with_hint(
+                    "check tls_ca_file (the CA that signed the server's certificate), the host name in the url against the certificate, and tls_cert_file/tls_key_file if the server verifies clients",
+                ),
+                K::AuthorizationViolation | K::Authentication => ConnectorError::fatal(message)
+                    .with_hint("check the credentials: the url's user and password, credentials_file, nkey_seed or token"),
+                _ => ConnectorError::retryable(message).with_hint(
+                    "check the sink's url and that nats-server runs with JetStream (-js)",
+                ),
+            }
         })
 }
 

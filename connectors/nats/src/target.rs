@@ -14,7 +14,7 @@ use cutover_core::{
 use serde::Deserialize;
 
 use crate::verify::NatsTableSide;
-use crate::{check_stream_name, NatsSinkOptions, NatsTransport};
+use crate::{check_stream_name, NatsAuth, NatsSinkOptions, NatsTransport};
 
 /// `kind = "nats"`: NATS JetStream subjects, one per table, in one stream.
 #[derive(Debug, Deserialize)]
@@ -39,6 +39,21 @@ pub struct NatsConfig {
     /// `max_payload` or the stream's maximum message size) are parked while the rest flows on;
     /// see `cutover dlq`. Without it such a message stops the sink.
     pub dead_letter_file: Option<String>,
+    /// Require TLS (also implied by a `tls://` URL and by any `tls_*` file below).
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of the CA(s) that signed the server's certificate (default: the system's).
+    pub tls_ca_file: Option<String>,
+    /// PEM client certificate, for a server that verifies clients (`tls_key_file` with it).
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<String>,
+    /// A `.creds` file (JWT and NKey seed), as `nsc` writes it.
+    pub credentials_file: Option<String>,
+    /// An NKey seed (`SU...`), best as `${file:...}` or `${ENV_VAR}`; never printed.
+    pub nkey_seed: Option<String>,
+    /// An authentication token, best as `${file:...}` or `${ENV_VAR}`; never printed.
+    pub token: Option<String>,
 }
 
 fn default_subject() -> String {
@@ -71,8 +86,58 @@ impl TargetConfig for NatsConfig {
                 None => None,
             },
             reverse: false,
+            auth: NatsAuth {
+                tls: self.tls,
+                ca_file: match &self.tls_ca_file {
+                    Some(p) => Some(existing_file(ctx, "tls_ca_file", p)?),
+                    None => None,
+                },
+                client_cert: match (&self.tls_cert_file, &self.tls_key_file) {
+                    (Some(c), Some(k)) => Some((
+                        existing_file(ctx, "tls_cert_file", c)?,
+                        existing_file(ctx, "tls_key_file", k)?,
+                    )),
+                    (None, None) => None,
+                    _ => return Err(ctx.fail(
+                        "tls_cert_file",
+                        "tls_cert_file and tls_key_file go together. Fix: give both, or neither."
+                            .to_string(),
+                    )),
+                },
+                credentials_file: match &self.credentials_file {
+                    Some(p) => Some(existing_file(ctx, "credentials_file", p)?),
+                    None => None,
+                },
+                nkey_seed: match &self.nkey_seed {
+                    Some(v) => Some(ctx.expand("nkey_seed", v)?),
+                    None => None,
+                },
+                token: match &self.token {
+                    Some(v) => Some(ctx.expand("token", v)?),
+                    None => None,
+                },
+            },
         }))
     }
+}
+
+/// A file the sink reads when it connects, resolved and checked when the pipeline is read.
+fn existing_file(
+    ctx: &BuildContext<'_>,
+    key: &str,
+    path: &str,
+) -> std::result::Result<std::path::PathBuf, String> {
+    let path = ctx.path(key, path)?;
+    if !path.is_file() {
+        return Err(ctx.fail(
+            key,
+            format!(
+                "{} does not exist or is not a file. Fix: correct the path (relative paths start at the pipeline file's directory).",
+                path.display()
+            ),
+        ));
+    }
+    Ok(path)
 }
 
 #[async_trait]

@@ -123,6 +123,37 @@ impl PgEndpoint {
     }
 }
 
+impl PgEndpoint {
+    /// How a session to this endpoint is protected, for `cutover check`: the TLS version and
+    /// cipher the server reports for a new session, or that it is not encrypted, with the
+    /// connection string's TLS options.
+    pub async fn tls_state(&self) -> Result<String> {
+        let client = self.connect().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+                &[],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_stat_ssl"))?;
+        Ok(match row {
+            Some(r) => format!(
+                "TLS {} {} ({})",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                self.tls.describe()
+            ),
+            None if self.tls.mode() == crate::tls::SslMode::Disable => {
+                format!("not encrypted ({})", self.tls.describe())
+            }
+            None => format!(
+                "not encrypted: the server offers no TLS ({})",
+                self.tls.describe()
+            ),
+        })
+    }
+}
+
 /// What every cutover session sets first, over the role's and the database's defaults: no
 /// statement, lock or idle-in-transaction timeout. A role-level `statement_timeout` would
 /// otherwise cancel a long snapshot COPY or merge, which is retried from its start forever.

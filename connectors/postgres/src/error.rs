@@ -111,7 +111,10 @@ pub fn classify_replication(err: pgwire_replication::PgWireError, context: &str)
         None
     };
     let (kind, hint) = if err.is_tls() {
-        (ErrorKind::Fatal, Some(crate::tls::refused_hint(&err.to_string())))
+        (
+            ErrorKind::Fatal,
+            Some(crate::tls::refused_hint(&err.to_string())),
+        )
     } else if err.is_auth() {
         (
             ErrorKind::Fatal,

@@ -74,6 +74,14 @@ impl SslMode {
     }
 }
 
+/// Makes ring the process's rustls crypto provider. Two providers are linked (the replication
+/// transport brings aws-lc-rs as well), so the libraries that ask rustls for the process's
+/// default (the NATS and MongoDB drivers) need one chosen before their first TLS connection.
+/// Call it first thing; calling it again does nothing.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Where the trusted root certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Roots {
@@ -240,9 +248,7 @@ impl PgTls {
             let roots = Arc::new(self.root_store(role)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
-                .map_err(|e| {
-                    ConnectorError::fatal(format!("the {role} root certificates: {e}"))
-                })?;
+                .map_err(|e| ConnectorError::fatal(format!("the {role} root certificates: {e}")))?;
             Arc::new(Verifier {
                 webpki: Some(webpki),
                 check_name: self.mode == SslMode::VerifyFull,
@@ -282,7 +288,12 @@ impl PgTls {
             Some(Roots::File(path)) => {
                 for cert in read_certificates(path, role, "sslrootcert")? {
                     store.add(cert).map_err(|e| {
-                        file_error(role, "sslrootcert", path, &format!("a bad certificate: {e}"))
+                        file_error(
+                            role,
+                            "sslrootcert",
+                            path,
+                            &format!("a bad certificate: {e}"),
+                        )
                     })?;
                 }
             }
@@ -294,7 +305,9 @@ impl PgTls {
                         "the {role} connection string has sslrootcert=system, and this machine's \
                          trust store holds no certificate"
                     ))
-                    .with_hint("install the ca-certificates package, or give sslrootcert=/path/to/ca.pem"));
+                    .with_hint(
+                        "install the ca-certificates package, or give sslrootcert=/path/to/ca.pem",
+                    ));
                 }
             }
         }
@@ -308,11 +321,7 @@ fn default_root_file() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-fn read_certificates(
-    path: &Path,
-    role: &str,
-    key: &str,
-) -> Result<Vec<CertificateDer<'static>>> {
+fn read_certificates(path: &Path, role: &str, key: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
         .map_err(|e| file_error(role, key, path, &e.to_string()))?;
@@ -434,20 +443,21 @@ where
     type TlsConnect = RustlsConnect;
     type Error = TlsRefused;
 
+    /// Called for every connection, even with `sslmode=disable` (where the handshake never
+    /// starts): refusals wait for [`TlsConnect::connect`].
     fn make_tls_connect(&mut self, domain: &str) -> std::result::Result<RustlsConnect, TlsRefused> {
-        let config = self
-            .config
-            .clone()
-            .ok_or_else(|| TlsRefused("TLS is disabled (sslmode=disable)".into()))?;
-        let name = ServerName::try_from(domain.to_string())
-            .map_err(|_| TlsRefused(format!("{domain} is not a host name TLS can check")))?;
-        Ok(RustlsConnect { config, name })
+        Ok(RustlsConnect {
+            config: self.config.clone(),
+            name: ServerName::try_from(domain.to_string()).ok(),
+            domain: domain.to_string(),
+        })
     }
 }
 
 pub(crate) struct RustlsConnect {
-    config: Arc<ClientConfig>,
-    name: ServerName<'static>,
+    config: Option<Arc<ClientConfig>>,
+    name: Option<ServerName<'static>>,
+    domain: String,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -461,8 +471,14 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
-            tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
+            let config = self
+                .config
+                .ok_or_else(|| TlsRefused("TLS is disabled (sslmode=disable)".into()))?;
+            let name = self.name.ok_or_else(|| {
+                TlsRefused(format!("{} is not a host name TLS can check", self.domain))
+            })?;
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
                 .await
                 .map(|s| RustlsStream(Box::new(s)))
                 .map_err(|e| TlsRefused(format!("TLS handshake failed: {e}")))
@@ -538,7 +554,10 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                match s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(b) => {
                         out.push(b);
                         i += 3;
@@ -645,8 +664,11 @@ mod tests {
     fn bad_options_are_fatal_and_name_the_fix() {
         let e = PgTls::split("postgres://h/db?sslmode=always", "source").unwrap_err();
         assert!(e.to_string().contains("sslmode=always"), "{e}");
-        let e = PgTls::split("postgres://h/db?sslmode=verify-ca&sslrootcert=/nope/ca.pem", "target")
-            .unwrap_err();
+        let e = PgTls::split(
+            "postgres://h/db?sslmode=verify-ca&sslrootcert=/nope/ca.pem",
+            "target",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("/nope/ca.pem"), "{e}");
         let e = PgTls::split("postgres://h/db?sslcert=/a.crt", "source").unwrap_err();
         assert!(e.to_string().contains("sslkey"), "{e}");

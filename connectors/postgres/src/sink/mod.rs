@@ -128,6 +128,11 @@ enum Segment {
 }
 
 impl PgSink {
+    /// The target this sink writes to.
+    pub fn endpoint(&self) -> &PgEndpoint {
+        &self.endpoint
+    }
+
     pub async fn connect(endpoint: PgEndpoint, options: PgSinkOptions) -> Result<Self> {
         let client = Arc::new(endpoint.connect().await?);
         Ok(PgSink {

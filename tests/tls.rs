@@ -1,0 +1,283 @@
+//! TLS against real servers: the `tls` PostgreSQL cluster of scripts/services.sh takes TCP
+//! connections by TLS only, with a certificate for `localhost` (and no IP address) signed by a
+//! test CA; the role `cutover_cert` logs in by client certificate. `nats_tls` is a nats-server
+//! that requires TLS and verifies client certificates against the same CA.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::targets::{self, NatsReader};
+use common::{cutover, services_var, url, Env, Services};
+
+fn ca_dir() -> PathBuf {
+    PathBuf::from(services_var("CUTOVER_TEST_CA_DIR"))
+}
+
+fn tls_port() -> u16 {
+    services_var("CUTOVER_TLS_PORT").parse().unwrap()
+}
+
+/// A test database on the TLS-only cluster, with the test's own connections over its Unix
+/// socket (the test's client speaks no TLS); the target is the ordinary target cluster.
+async fn tls_env(prefix: &str) -> Env {
+    let services = Services::get();
+    let name = format!("{prefix}_{}", std::process::id());
+    let socket_dir = ca_dir().parent().unwrap().join("tls");
+    let socket_url = |db: &str| {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            socket_dir.display(),
+            tls_port()
+        )
+    };
+    common::connect(&socket_url("postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    common::connect(&url(services.target_port, "postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("cutover-e2e-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    Env {
+        source_url: socket_url(&name),
+        target_url: url(services.target_port, &name),
+        name,
+        services,
+        dir,
+    }
+}
+
+/// The TLS cluster's URL for `db` as `user`, through `host`, with `options` (`sslmode=...`).
+fn tls_url(user: &str, host: &str, db: &str, options: &str) -> String {
+    format!("postgres://{user}@{host}:{}/{db}?{options}", tls_port())
+}
+
+fn verify_full_with_client_cert(env: &Env, host: &str) -> String {
+    let ca = ca_dir();
+    tls_url(
+        "cutover_cert",
+        host,
+        &env.name,
+        &format!(
+            "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+            ca.join("ca.pem").display(),
+            ca.join("client.pem").display(),
+            ca.join("client.key").display()
+        ),
+    )
+}
+
+/// A pipeline file whose source is `source_url` (instead of the socket the test uses).
+fn pipeline_from(env: &Env, source_url: &str, more_sinks: &str) -> PathBuf {
+    let path = env.pipeline_with("[\"t\"]", "", more_sinks);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&env.source_url, source_url);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The copy and the stream (SQL sessions and the replication connection) over TLS with
+/// `verify-full` and a client certificate; the server sees every cutover session encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_source_is_copied_and_streamed_with_verify_full_and_a_client_certificate() {
+    let env = tls_env("tls_full").await;
+    env.on_source(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT g, 'copied ' || g FROM generate_series(1, 500) g;",
+    )
+    .await;
+    let path = pipeline_from(&env, &verify_full_with_client_cert(&env, "localhost"), "");
+    let (code, out, err) = cutover(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "check:\n{out}\n{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("tls   source:"))
+        .unwrap_or_else(|| panic!("check does not report the source's TLS:\n{out}"));
+    assert!(
+        line.contains("TLS TLSv1.")
+            && line.contains("sslmode=verify-full")
+            && line.contains("client certificate"),
+        "{line}"
+    );
+
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.on_source(
+        "INSERT INTO t VALUES (501, 'streamed'); UPDATE t SET v = 'changed' WHERE id = 1; \
+         DELETE FROM t WHERE id = 2;",
+    )
+    .await;
+    env.wait_equal(&["t"], Duration::from_secs(60)).await;
+
+    // Every session cutover holds on the source, the walsender included, is encrypted, and
+    // logged in by certificate.
+    let src = env.source().await;
+    let rows = src
+        .query(
+            "SELECT a.backend_type, a.usename::text, coalesce(s.ssl, false) \
+             FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
+               AND a.backend_type IN ('client backend', 'walsender')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, String, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        seen.iter().any(|(kind, _, _)| kind == "walsender"),
+        "no replication connection is open: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|(_, user, ssl)| *ssl && user == "cutover_cert"),
+        "a cutover session is not encrypted, or not the certificate's role: {seen:?}"
+    );
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// What a wrong setting does: each is refused at once, with the fix, and never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tls_settings_are_refused_with_the_fix() {
+    let env = tls_env("tls_wrong").await;
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY, v text);")
+        .await;
+    let ca = ca_dir().join("ca.pem");
+
+    // The certificate names localhost, not 127.0.0.1.
+    let wrong_host = pipeline_from(&env, &verify_full_with_client_cert(&env, "127.0.0.1"), "");
+    let started = Instant::now();
+    let (code, out, err) = cutover(&["check", wrong_host.to_str().unwrap()]);
+    assert_ne!(code, 0, "verify-full accepted a wrong host name:\n{out}");
+    assert!(
+        err.contains("does not name the host") && err.contains("verify-ca"),
+        "the refusal does not say why, or the fix:\n{err}"
+    );
+    // A run stops as well (a certificate is not retried).
+    let mut run = env.start(&wrong_host);
+    let status = run.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{}", run.log_text());
+    assert!(
+        run.log_text().contains("does not name the host"),
+        "{}",
+        run.log_text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the refusal was retried"
+    );
+
+    // verify-ca checks the chain only: the same address is accepted.
+    let chain_only = pipeline_from(
+        &env,
+        &tls_url(
+            "postgres",
+            "127.0.0.1",
+            &env.name,
+            &format!("sslmode=verify-ca&sslrootcert={}", ca.display()),
+        ),
+        "",
+    );
+    let (code, out, err) = cutover(&["check", chain_only.to_str().unwrap()]);
+    assert_eq!(code, 0, "verify-ca:\n{out}\n{err}");
+
+    // A plain connection: the server's refusal, with the fix.
+    let plain = pipeline_from(
+        &env,
+        &tls_url("postgres", "127.0.0.1", &env.name, "sslmode=disable"),
+        "",
+    );
+    let (code, _, err) = cutover(&["check", plain.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no encryption") && err.contains("sslmode=require"),
+        "{err}"
+    );
+
+    // A CA file that is not there, named before anything connects.
+    let missing = pipeline_from(
+        &env,
+        &tls_url(
+            "postgres",
+            "localhost",
+            &env.name,
+            "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        ),
+        "",
+    );
+    let (code, _, err) = cutover(&["check", missing.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("sslrootcert /nonexistent/ca.pem"),
+        "the missing file is not named:\n{err}"
+    );
+}
+
+/// A NATS sink on a server that requires TLS and client certificates: the stream equals the
+/// source; without the client certificate the sink is refused with the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_sink_over_tls_with_a_client_certificate() {
+    cutover_postgres::tls::install_default_provider();
+    let env = Env::new("tls_nats").await;
+    let schema = "CREATE TABLE t (id int PRIMARY KEY, v text);";
+    env.on_source(&format!(
+        "{schema} INSERT INTO t SELECT g, 'copied ' || g FROM generate_series(1, 200) g;"
+    ))
+    .await;
+    let ca = ca_dir();
+    let port: u16 = services_var("CUTOVER_NATS_TLS_PORT").parse().unwrap();
+    let sink = |cert: bool| {
+        format!(
+            "\n[[sink]]\nkind = \"nats\"\nname = \"nats\"\nurl = \"nats://localhost:{port}\"\n\
+             tls_ca_file = \"{}\"\n{}",
+            ca.join("ca.pem").display(),
+            if cert {
+                format!(
+                    "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+                    ca.join("client.pem").display(),
+                    ca.join("client.key").display()
+                )
+            } else {
+                String::new()
+            }
+        )
+    };
+
+    let without = env.pipeline_with("[\"t\"]", "", &sink(false));
+    let (code, out, _) = cutover(&["check", without.to_str().unwrap()]);
+    assert_ne!(code, 0, "a server that verifies clients took none:\n{out}");
+    assert!(
+        out.contains("sink nats (nats): FAIL") && out.contains("TLS required"),
+        "{out}"
+    );
+
+    let path = env.pipeline_with("[\"t\"]", "", &sink(true));
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.on_source("INSERT INTO t VALUES (201, 'streamed'); DELETE FROM t WHERE id = 3;")
+        .await;
+    env.wait_equal(&["t"], Duration::from_secs(60)).await;
+    let client = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(ca.join("ca.pem"))
+        .add_client_certificate(ca.join("client.pem"), ca.join("client.key"))
+        .connect(format!("nats://localhost:{port}"))
+        .await
+        .expect("the test connects to the TLS server");
+    let mut nats = NatsReader::over(client, &format!("cutover_{}", env.name)).await;
+    targets::wait_nats_equal(&env, &mut nats, schema, &["t"], Duration::from_secs(60)).await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
