@@ -61,6 +61,12 @@ enum Command {
         #[arg(long)]
         sink: String,
     },
+    /// After the source lost the pipeline's slot (invalidated past max_slot_wal_keep_size, or
+    /// dropped while cutover was down): drop what is left of it and mark every table to be
+    /// copied again into every sink. The next `cutover run` copies them under a new slot
+    /// (replacing the rows of PostgreSQL targets, one transaction per table) and streams on.
+    /// Refused while the slot is healthy, or while the pipeline runs.
+    Recover { pipeline: PathBuf },
     /// Show the slot's lag, each target's checkpoint and the switch's readiness gates, ending
     /// with READY or NOT READY. Exit code 0: ready to switch; 3: not ready.
     Status {
@@ -191,6 +197,7 @@ fn main() -> ExitCode {
                 target_state,
             } => teardown(&pipeline, target_state).await,
             Command::Forget { pipeline, sink } => forget(&pipeline, &sink).await,
+            Command::Recover { pipeline } => recover(&pipeline).await,
             Command::Status { pipeline, format } => show_status(&pipeline, format).await,
             Command::Switch { pipeline, how } => {
                 run_switch(&pipeline, Direction::Reverse, how).await
@@ -538,7 +545,10 @@ async fn check(path: &std::path::Path) -> Outcome {
     let findings = source.preflight().await.map_err(explain)?;
     let mut failed = 0;
     for f in &findings {
-        if f.ok {
+        if f.ok && f.fix.is_some() {
+            say!("  warn  {}: {}", f.check, f.detail);
+            say!("        fix: {}", f.fix.as_deref().unwrap_or("-"));
+        } else if f.ok {
             say!("  ok    {}: {}", f.check, f.detail);
         } else {
             failed += 1;
@@ -690,6 +700,66 @@ async fn forget(path: &std::path::Path, name: &str) -> Outcome {
         .await
         .map_err(explain)?;
     say!("sink {name}: {deleted}; the next run copies its tables again");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn recover(path: &std::path::Path) -> Outcome {
+    let _lock = lock::take(&load(path)?, &[Hold::Run, Hold::Change], "recover").await?;
+    let cfg = load_current(path).await?;
+    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    match source.slot_wal_status().await.map_err(explain)? {
+        Some(Some(status)) if status == "lost" => {
+            source.drop_slot().await.map_err(explain)?;
+            say!(
+                "replication slot {}: dropped (the source had invalidated it: wal_status = lost)",
+                cfg.slot
+            );
+        }
+        Some(status) => {
+            return Err(format!(
+                "replication slot {} is healthy (wal_status = {}): no change was lost, and recovering would copy every table again for nothing. \
+                 To copy one sink again, use `cutover forget --sink NAME {}`",
+                cfg.slot,
+                status.as_deref().unwrap_or("unknown"),
+                path.display()
+            ));
+        }
+        None => say!(
+            "replication slot {}: does not exist (dropped while cutover was down, or never created); the next run creates it",
+            cfg.slot
+        ),
+    }
+    let ctx = runtime::target_context(&cfg, "");
+    for sink in &cfg.sinks {
+        match targets::postgres(&**sink) {
+            Some(pg) => {
+                let marked = pg
+                    .connect_sink(&ctx)
+                    .await
+                    .map_err(explain)?
+                    .mark_for_recopy()
+                    .await
+                    .map_err(explain)?;
+                say!(
+                    "sink {}: {marked} table(s) marked to be copied again; each copy replaces the table's rows in one transaction",
+                    sink.name()
+                );
+            }
+            None => {
+                let deleted = sink.forget_state(&ctx).await.map_err(explain)?;
+                say!(
+                    "sink {} ({}): {deleted}; every table is sent again (keys deleted on the source while the slot was lost stay in it: see docs/operations.md)",
+                    sink.name(),
+                    sink.kind()
+                );
+            }
+        }
+    }
+    say!(
+        "next: `cutover run {}` copies every table under a new slot and streams on; then `cutover verify {}`",
+        path.display(),
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -57,6 +57,7 @@ impl StatusReport {
         let wal = source.current_wal_lsn().await?;
         let confirmed = source.confirmed_lsn().await?;
         let retained = source.retained_wal_bytes().await?;
+        let wal_status = source.slot_wal_status().await?.flatten();
         lines.push(match confirmed {
             Some(confirmed) => format!(
                 "slot {}: confirmed {confirmed}, source WAL {wal}, lag {} bytes, {} bytes of WAL retained",
@@ -64,8 +65,23 @@ impl StatusReport {
                 wal.0.saturating_sub(confirmed.0),
                 retained.unwrap_or(0)
             ),
+            None if wal_status.as_deref() == Some("lost") => format!("slot {}: exists", cfg.slot),
             None => format!("slot {}: does not exist (source WAL {wal})", cfg.slot),
         });
+        match wal_status.as_deref() {
+            Some("lost") => lines.push(
+                "  LOST: the source invalidated the slot (wal_status = lost; past max_slot_wal_keep_size): \
+                 its changes cannot be streamed. Fix: cutover recover, then cutover run"
+                    .to_string(),
+            ),
+            Some("unreserved") => lines.push(
+                "  WARNING: the slot is past max_slot_wal_keep_size (wal_status = unreserved): the next \
+                 checkpoint can remove WAL it needs and lose it. Fix: keep cutover running so it catches up, \
+                 or raise max_slot_wal_keep_size"
+                    .to_string(),
+            ),
+            _ => {}
+        }
         let ctx = runtime::target_context(&cfg, "");
         let mut sinks = Vec::new();
         for sink in &cfg.sinks {
@@ -105,6 +121,7 @@ impl StatusReport {
                 "source_wal": wal.to_string(),
                 "lag_bytes": confirmed.map(|c| wal.0.saturating_sub(c.0)),
                 "retained_wal_bytes": retained,
+                "wal_status": wal_status,
             },
             "sinks": sinks,
             "last_verify": saved,

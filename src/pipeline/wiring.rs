@@ -75,6 +75,14 @@ pub fn with_transforms(cfg: &Pipeline, index: usize, sink: Box<dyn Sink>) -> Box
 
 /// Turns failed preflight findings into one fatal error listing every failure and its fix.
 pub fn refuse_failures(findings: &[cutover_postgres::preflight::Finding]) -> Result<()> {
+    for f in findings.iter().filter(|f| f.ok && f.fix.is_some()) {
+        tracing::warn!(
+            check = f.check,
+            fix = f.fix.as_deref().unwrap_or("-"),
+            "{}",
+            f.detail
+        );
+    }
     let failed: Vec<String> = findings
         .iter()
         .filter(|f| !f.ok)
@@ -137,7 +145,8 @@ pub async fn open_sinks(
                 sink.name()
             ))
             .with_hint(
-                "start the copy over: empty the target tables, run `cutover teardown --target-state PIPELINE`, then run again",
+                "run `cutover recover PIPELINE` (it marks every table to be copied again into the targets, replacing \
+                 the rows on PostgreSQL targets), then run again",
             ));
         }
         let state = after_switch(cfg, state, schemas);

@@ -110,7 +110,10 @@ pub fn classify_replication(err: pgwire_replication::PgWireError, context: &str)
     } else {
         None
     };
-    let (kind, hint) = if err.is_tls() {
+    let invalidated = err.to_string().contains("has been invalidated");
+    let (kind, hint) = if invalidated {
+        (ErrorKind::Fatal, Some(crate::preflight::RECOVER_FIX))
+    } else if err.is_tls() {
         (
             ErrorKind::Fatal,
             Some(crate::tls::refused_hint(&err.to_string())),

@@ -27,6 +27,16 @@ impl Finding {
         }
     }
 
+    /// Not a failure, but something to act on: `ok` with a fix.
+    fn warn(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Finding {
+            check,
+            ok: true,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
     fn fail(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
         Finding {
             check,
@@ -150,7 +160,8 @@ pub async fn check_source(
     let (free_slots, free_senders): (i32, i32) = (slots.get(0), slots.get(1));
     let existing = client
         .query_opt(
-            "SELECT plugin::text, active_pid, database::text = current_database()
+            "SELECT plugin::text, active_pid, database::text = current_database(), wal_status,
+                    safe_wal_size, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))
                FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -161,6 +172,38 @@ pub async fn check_source(
             let plugin: Option<String> = r.get(0);
             let pid: Option<i32> = r.get(1);
             let same_db: Option<bool> = r.get(2);
+            let wal_status: Option<String> = r.get(3);
+            let safe: Option<i64> = r.get(4);
+            let retained: Option<String> = r.get(5);
+            if wal_status.as_deref() == Some("lost") {
+                out.push(Finding::fail(
+                    "replication slot",
+                    format!(
+                        "slot {slot} was invalidated by the source (wal_status = lost): it fell more than \
+                         max_slot_wal_keep_size behind, and the WAL it needed was removed. The changes \
+                         in that WAL cannot be streamed to the targets any more"
+                    ),
+                    RECOVER_FIX,
+                ));
+                return Ok(out);
+            }
+            if wal_status.as_deref() == Some("unreserved") {
+                out.push(Finding::warn(
+                    "slot WAL",
+                    format!(
+                        "slot {slot} retains {} of WAL and is past max_slot_wal_keep_size (wal_status = unreserved): \
+                         the next checkpoint can remove WAL it needs, and the slot is then lost",
+                        retained.as_deref().unwrap_or("?")
+                    ),
+                    "start `cutover run` now so the slot catches up, or raise max_slot_wal_keep_size \
+                     (ALTER SYSTEM SET max_slot_wal_keep_size = ...; SELECT pg_reload_conf();)",
+                ));
+            } else if let (Some(safe), Some(retained)) = (safe, &retained) {
+                out.push(Finding::pass(
+                    "slot WAL",
+                    format!("slot {slot} retains {retained} of WAL; it is lost after {} more", pretty_bytes(safe)),
+                ));
+            }
             if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
                 out.push(Finding::fail(
                     "replication slot",
@@ -184,6 +227,7 @@ pub async fn check_source(
         )),
         None => out.push(Finding::pass("replication slot", format!("{free_slots} slots free"))),
     }
+    out.push(keep_size_advice(client).await?);
     out.push(if free_senders >= 2 {
         Finding::pass("wal senders", format!("{free_senders} WAL senders free"))
     } else {
@@ -194,6 +238,55 @@ pub async fn check_source(
         )
     });
     Ok(out)
+}
+
+/// What recovers a slot that was lost or dropped.
+pub const RECOVER_FIX: &str =
+    "run `cutover recover PIPELINE`: it drops the lost slot and marks every table to be \
+     copied again; the next `cutover run` copies them into the targets under a new slot (replacing \
+     the rows on PostgreSQL targets in one transaction per table) and streams on";
+
+/// `max_slot_wal_keep_size` explained: unbounded WAL for a stopped pipeline, or the point past
+/// which the slot is lost.
+async fn keep_size_advice(client: &Client) -> Result<Finding> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_slot_wal_keep_size'), \
+                    pg_size_bytes(current_setting('max_slot_wal_keep_size')) < 0",
+            &[],
+        )
+        .await
+        .map_err(|e| classify(e, "cannot read max_slot_wal_keep_size"))?;
+    let (value, unlimited): (String, bool) = (row.get(0), row.get(1));
+    Ok(Finding::pass(
+        "max_slot_wal_keep_size",
+        if unlimited {
+            "unlimited (-1): while cutover is stopped or behind, the source keeps all the WAL the slot \
+             needs, without bound, until its disk fills. A bound (ALTER SYSTEM SET max_slot_wal_keep_size = '50GB') \
+             protects the source; a slot that outgrows it is lost, and `cutover recover` copies again"
+                .to_string()
+        } else {
+            format!(
+                "{value}: a slot further behind than that is lost (the source removes its WAL), and \
+                 `cutover recover` must copy every table again; keep the pipeline's downtime within it"
+            )
+        },
+    ))
+}
+
+fn pretty_bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v.abs() >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// The statement that gives a keyless table a key: its own unique index on NOT NULL columns

@@ -590,6 +590,35 @@ impl PgSource {
         .await
     }
 
+    /// The slot's `wal_status` (`reserved`, `extended`, `unreserved` or `lost`), `Some(None)`
+    /// when the server reports none, and `None` when the slot does not exist.
+    pub async fn slot_wal_status(&self) -> Result<Option<Option<String>>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.options.slot],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read pg_replication_slots"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Drops the slot. Returns whether it existed.
+    pub async fn drop_slot(&self) -> Result<bool> {
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.options.slot],
+            )
+            .await
+            .map_err(|e| {
+                classify(e, &format!("cannot drop replication slot {}", self.options.slot))
+            })?
+            .is_some())
+    }
+
     /// Drops the slot and the publication. Returns which of them existed.
     pub async fn teardown(&self) -> Result<(bool, bool)> {
         let slot = self

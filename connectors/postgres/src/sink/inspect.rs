@@ -62,8 +62,14 @@ impl PgSink {
     pub async fn preflight(&self, tables: &[Arc<TableSchema>]) -> Result<()> {
         self.check_tables(tables).await?;
         let copied = self.read_checkpoint().await?.copied_tables;
+        let recopy = if self.state_tables_exist().await? {
+            self.recopy_tables().await?
+        } else {
+            Default::default()
+        };
         for table in tables {
             if !copied.contains_key(&table.name)
+                && !recopy.contains(&table.name)
                 && self.options.adopt_at.is_none()
                 && self.inspect_table(table).await? == TableCheck::Ready
             {

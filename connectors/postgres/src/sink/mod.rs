@@ -92,6 +92,9 @@ pub struct PgSink {
     /// Commits do not wait for the target's flush (the target reports its WAL positions to
     /// this role); otherwise every commit waits, and is durable when it returns.
     async_commit: bool,
+    /// Tables marked to be copied again (`cutover recover`): their rows are cutover's, and
+    /// the copy replaces them in its transaction.
+    recopy: std::collections::HashSet<TableName>,
 }
 
 /// One target table and its staging tables.
@@ -150,6 +153,7 @@ impl PgSink {
             parked: Default::default(),
             unflushed: Default::default(),
             async_commit: false,
+            recopy: Default::default(),
         })
     }
 
@@ -214,6 +218,7 @@ impl Sink for PgSink {
             }
         }
         self.state = self.read_state().await?;
+        self.recopy = self.recopy_tables().await?;
         self.any_parked.store(
             crate::dead_letters::any(&self.client, &self.options.pipeline, &self.options.name)
                 .await?,
@@ -223,7 +228,9 @@ impl Sink for PgSink {
             let from_target = behind.remove(&source_table.name);
             let from_stream = from_target.is_some();
             let table = from_target.as_ref().unwrap_or(source_table);
-            if !self.state.copied_tables.contains_key(&table.name) {
+            if !self.state.copied_tables.contains_key(&table.name)
+                && !self.recopy.contains(&table.name)
+            {
                 match self.options.adopt_at {
                     Some(at) => self.adopt(table, at).await?,
                     None => self.refuse_foreign_rows(table).await?,
@@ -254,6 +261,14 @@ impl Sink for PgSink {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| classify(e, &ctx))?;
+        if self.recopy.contains(&table.name) {
+            // Readers see the old rows until the copy commits; a crash keeps them and the mark.
+            tracing::info!(sink = %self.options.name, table = %table.name, "copying again: the table's rows are replaced in the copy's transaction");
+            client
+                .batch_execute(&format!("DELETE FROM {}", table.name.quoted()))
+                .await
+                .map_err(|e| classify(e, &ctx))?;
+        }
         Ok(Box::new(PgTableCopy {
             client,
             copy: None,

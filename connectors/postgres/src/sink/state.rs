@@ -38,6 +38,57 @@ impl PgSink {
         Ok(())
     }
 
+    /// Marks every table this sink copied to be copied again, and deletes its checkpoint: after
+    /// a lost slot (`cutover recover`). A marked table counts as not copied, but its rows are
+    /// cutover's own: the next copy replaces them in its transaction (readers see the old rows
+    /// until it commits) and records the table as copied again. Returns the tables marked.
+    pub async fn mark_for_recopy(&self) -> Result<u64> {
+        if !self.state_tables_exist().await? {
+            return Ok(0);
+        }
+        let ctx = "cannot mark the sink's tables to be copied again";
+        let marked = self
+            .client
+            .execute(
+                &format!(
+                    "UPDATE {STATE_SCHEMA}.copied_tables SET snapshot_lsn = '0/0', rows = 0, copied_at = now()
+                      WHERE pipeline = $1 AND sink = $2"
+                ),
+                &[&self.options.pipeline, &self.options.name],
+            )
+            .await
+            .map_err(|e| classify(e, ctx))?;
+        self.client
+            .execute(
+                &format!(
+                    "DELETE FROM {STATE_SCHEMA}.checkpoints WHERE pipeline = $1 AND sink = $2"
+                ),
+                &[&self.options.pipeline, &self.options.name],
+            )
+            .await
+            .map_err(|e| classify(e, ctx))?;
+        Ok(marked)
+    }
+
+    /// The tables marked by [`PgSink::mark_for_recopy`] and not yet copied again.
+    pub(super) async fn recopy_tables(&self) -> Result<std::collections::HashSet<TableName>> {
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT table_schema, table_name FROM {STATE_SCHEMA}.copied_tables
+                      WHERE pipeline = $1 AND sink = $2 AND snapshot_lsn = '0/0'"
+                ),
+                &[&self.options.pipeline, &self.options.name],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read the tables to copy again"))?;
+        Ok(rows
+            .iter()
+            .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect())
+    }
+
     pub(super) async fn create_state_tables(&self) -> Result<()> {
         self.exec(&format!(
             "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
@@ -93,7 +144,7 @@ impl PgSink {
             .query(
                 &format!(
                     "SELECT table_schema, table_name, snapshot_lsn::text FROM {STATE_SCHEMA}.copied_tables
-                      WHERE pipeline = $1 AND sink = $2"
+                      WHERE pipeline = $1 AND sink = $2 AND snapshot_lsn <> '0/0'"
                 ),
                 &[&self.options.pipeline, &self.options.name],
             )
