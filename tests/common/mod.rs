@@ -268,6 +268,11 @@ impl Pipeline {
         let _ = self.child.wait();
     }
 
+    /// The exit status if the process has ended, without waiting.
+    pub fn try_status(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// Waits for the process to end by itself; panics with its log after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;

@@ -2,8 +2,8 @@
 //! reach one kind of broker and where its progress is saved; [`EventSink`] is the [`Sink`] built
 //! on it: changes are encoded into an [`Outbox`] as they are applied, a sealed write publishes
 //! them (acknowledged) and then saves the checkpoint they complete, and a snapshot copy
-//! publishes its rows chunk by chunk and records the table as copied once they are all
-//! acknowledged.
+//! publishes a truncate of the table, then its rows chunk by chunk, and records the table as
+//! copied once they are all acknowledged.
 //!
 //! Contract: the checkpoint is saved only after every message before it was acknowledged, so a
 //! crash replays messages (deduplicated downstream by key and position) and never skips one.
@@ -122,13 +122,19 @@ impl<T: Transport> Sink for EventSink<T> {
         table: Arc<TableSchema>,
         snapshot_lsn: Lsn,
     ) -> Result<Box<dyn TableCopy>> {
+        let started_micros = now_micros();
+        let start =
+            Outbox::copy_start(self.outbox.encoder(), &table, snapshot_lsn, started_micros)?;
+        self.transport
+            .publish(&self.routes, start, self.parking.as_deref())
+            .await?;
         Ok(Box::new(EventTableCopy {
             transport: self.transport.clone(),
             routes: self.routes.clone(),
             encoder: self.outbox.encoder().clone(),
             table,
             snapshot_lsn,
-            started_micros: now_micros(),
+            started_micros,
             rows: 0,
             state: self.state.clone(),
             parking: self.parking.clone(),
@@ -172,8 +178,9 @@ impl<T: Transport> Sink for EventSink<T> {
     }
 }
 
-/// One table's snapshot: `op: snapshot` (Debezium `r`) messages, acknowledged chunk by chunk;
-/// the table counts as copied once `finish` saved the progress.
+/// One table's snapshot: a truncate first ([`Outbox::copy_start`], published by `begin_copy`),
+/// then `op: snapshot` (Debezium `r`) messages, acknowledged chunk by chunk; the table counts
+/// as copied once `finish` saved the progress.
 struct EventTableCopy<T: Transport> {
     transport: Arc<T>,
     routes: Arc<Routes<T::Route>>,

@@ -138,6 +138,45 @@ impl Outbox {
             .collect()
     }
 
+    /// The message that starts a table's copy: a truncate of the table at the snapshot's
+    /// position, with ordinal `u32::MAX` (which no change has, so its id is its own). A
+    /// consumer drops what an earlier copy published (one a crash cut short, or one from before
+    /// `cutover recover`), then the new copy's rows arrive: the table converges to the
+    /// snapshot even where rows were deleted since that earlier copy.
+    pub fn copy_start(
+        encoder: &Encoder,
+        table: &Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+        copy_started_micros: i64,
+    ) -> Result<Vec<Outgoing>> {
+        let position = Position {
+            commit_lsn: snapshot_lsn,
+            ordinal: u32::MAX,
+        };
+        let event = crate::change::ChangeEvent {
+            position,
+            table: table.clone(),
+            change: crate::change::Change::Truncate,
+        };
+        let origin = Origin {
+            lsn: snapshot_lsn,
+            ordinal: 0,
+            xid: 0,
+            commit_time_micros: copy_started_micros,
+        };
+        Ok(encoder
+            .change(&event, origin)?
+            .into_iter()
+            .enumerate()
+            .map(|(part, message)| Outgoing {
+                table: table.clone(),
+                position,
+                part: part as u8,
+                message,
+            })
+            .collect())
+    }
+
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }

@@ -62,12 +62,20 @@ impl StateFile {
         }
     }
 
+    /// A full disk is retried (space can be freed while cutover waits, and the messages
+    /// already sent are replayed into the same keys); other I/O errors are fatal.
     fn io_error(&self, what: &str, e: std::io::Error) -> ConnectorError {
-        ConnectorError::fatal(format!(
+        let message = format!(
             "cannot {what} the sink state file {}: {e}",
             self.path.display()
-        ))
-        .with_hint("make the directory of the sink's state_path writable")
-        .with_source(e)
+        );
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            return ConnectorError::retryable(message)
+                .with_hint("free space on the state_path's file system; cutover retries until it can write")
+                .with_source(e);
+        }
+        ConnectorError::fatal(message)
+            .with_hint("make the directory of the sink's state_path writable")
+            .with_source(e)
     }
 }
