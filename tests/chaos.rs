@@ -206,6 +206,14 @@ fn dump_rows(port: u16, db: &str, table: &str) -> Vec<String> {
     rows
 }
 
+/// Whether the run whose log this is copies a table now: before it streams, or while a table
+/// created since it started is being joined.
+fn copying(log: &str) -> bool {
+    !log.contains("streaming changes")
+        || log.matches("a new table matches source.tables").count()
+            > log.matches("new table copied into every sink").count()
+}
+
 #[derive(Default)]
 struct Tally {
     events: BTreeMap<&'static str, u64>,
@@ -289,6 +297,11 @@ async fn chaos() {
     let shop = shop_loop(&env, stop.clone(), shop_committed.clone());
 
     let mut tally = Tally::default();
+    // Long runs add a table now and then: the copies that join them are killed too.
+    let mut tables: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+    let mut extra_schema = String::new();
+    let extra_every = Duration::from_secs(if seconds >= 600 { 120 } else { u64::MAX / 4 });
+    let mut next_extra = Instant::now() + extra_every;
     let started = Instant::now();
     let mut run = env.start(&path);
     // Kills during the first copy: each restart copies the unfinished tables again.
@@ -323,9 +336,32 @@ async fn chaos() {
             run = env.start(&path);
             continue;
         }
+        if Instant::now() >= next_extra {
+            next_extra += extra_every;
+            let t = format!("chaos_extra_{}", tables.len());
+            let ddl = format!("CREATE TABLE {t} (id int PRIMARY KEY, v text, n bigint);");
+            let sql = format!(
+                "{ddl} INSERT INTO {t} SELECT g, repeat('e', 100), g FROM generate_series(1, 50000) g;"
+            );
+            let created =
+                match tokio_postgres::connect(&env.source_url, tokio_postgres::NoTls).await {
+                    Ok((client, conn)) => {
+                        tokio::spawn(conn);
+                        client.batch_execute(&sql).await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+            if !created {
+                continue;
+            }
+            extra_schema.push_str(&ddl);
+            tables.push(t);
+            tally.count("table added while streaming");
+            continue;
+        }
         match rng.gen_range(0..100) {
             0..=44 => {
-                let copying = !run.log_text().contains("streaming changes");
+                let copying = copying(&run.log_text());
                 run.kill();
                 tally.count(if copying {
                     "SIGKILL during the copy"
@@ -367,13 +403,14 @@ async fn chaos() {
     if let Ok(Some(_)) = run.try_status() {
         run = env.start(&path);
     }
-    env.wait_equal(TABLES, Duration::from_secs(600)).await;
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    env.wait_equal(&tables, Duration::from_secs(600)).await;
 
     // Independent comparisons.
     let mut wrong = 0usize;
     let mut rows = 0usize;
     let mut report_lines = Vec::new();
-    for t in TABLES {
+    for t in &tables {
         let a = dump_rows(env.services.source_port, &env.name, t);
         let b = dump_rows(spare, &env.name, t);
         let differ = a.iter().filter(|r| b.binary_search(r).is_err()).count()
@@ -385,16 +422,16 @@ async fn chaos() {
             a.len()
         ));
     }
-    let topics: Vec<String> = TABLES
+    let topics: Vec<String> = tables
         .iter()
         .map(|t| format!("{}.public.{t}", env.name))
         .collect();
     let mut kafka = KafkaReader::new(&topics);
-    let schema = format!("{PGBENCH_SCHEMA}{}", workload::SCHEMA);
+    let schema = format!("{PGBENCH_SCHEMA}{}{extra_schema}", workload::SCHEMA);
     let deadline = Instant::now() + Duration::from_secs(300);
     let kafka_result = loop {
         kafka.poll(Duration::from_millis(500));
-        let r = targets::folded_equal(&env, "kafka", &schema, &kafka.folded, TABLES, false).await;
+        let r = targets::folded_equal(&env, "kafka", &schema, &kafka.folded, &tables, false).await;
         if r.is_ok() || Instant::now() > deadline {
             break r;
         }
