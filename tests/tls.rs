@@ -281,3 +281,59 @@ async fn nats_sink_over_tls_with_a_client_certificate() {
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }
+
+/// A MongoDB sink over TLS, with the CA given in the URI's options (the driver's own): the
+/// collections equal the source; a wrong host name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_sink_over_tls() {
+    cutover_postgres::tls::install_default_provider();
+    let env = Env::new("tls_mongo").await;
+    let schema = "CREATE TABLE t (id int PRIMARY KEY, v text);";
+    env.on_source(&format!(
+        "{schema} INSERT INTO t SELECT g, 'copied ' || g FROM generate_series(1, 100) g;"
+    ))
+    .await;
+    let port: u16 = services_var("CUTOVER_MONGO_TLS_PORT").parse().unwrap();
+    let ca = ca_dir().join("ca.pem");
+    let mongo_url = |host: &str| {
+        format!(
+            "mongodb://{host}:{port}/?directConnection=true&tls=true&tlsCAFile={}",
+            ca.display()
+        )
+    };
+    let sink = |host: &str| {
+        format!(
+            "\n[[sink]]\nkind = \"mongodb\"\nname = \"mongo\"\nurl = \"{}\"\ndatabase = \"{}\"\n",
+            mongo_url(host),
+            env.name
+        )
+    };
+    let wrong = env.pipeline_with("[\"t\"]", "", &sink("127.0.0.1"));
+    let (code, out, _) = cutover(&["check", wrong.to_str().unwrap()]);
+    assert_ne!(
+        code, 0,
+        "a certificate for localhost was taken for 127.0.0.1:\n{out}"
+    );
+    assert!(out.contains("sink mongo (mongodb): FAIL"), "{out}");
+
+    let path = env.pipeline_with("[\"t\"]", "", &sink("localhost"));
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.on_source(
+        "INSERT INTO t VALUES (101, 'streamed'); UPDATE t SET v = 'changed' WHERE id = 7;",
+    )
+    .await;
+    env.wait_equal(&["t"], Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let folded = targets::mongo_rows_at(&mongo_url("localhost"), &env.name, &["t"]).await;
+        match targets::folded_equal(&env, "mongo", schema, &folded, &["t"], true).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "the collection differs: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}

@@ -370,8 +370,12 @@ impl NatsReader {
 
 /// Every document of a MongoDB collection per table, as JSON rows in PostgreSQL's input forms.
 pub async fn mongo_rows(database: &str, tables: &[&str]) -> Folded {
-    let m = MessageServices::get();
-    let client = mongodb::Client::with_uri_str(&m.mongo_url)
+    mongo_rows_at(&MessageServices::get().mongo_url, database, tables).await
+}
+
+/// Like [`mongo_rows`], from the server at `url` (another server, or with TLS).
+pub async fn mongo_rows_at(url: &str, database: &str, tables: &[&str]) -> Folded {
+    let client = mongodb::Client::with_uri_str(url)
         .await
         .expect("mongo connect");
     let db = client.database(database);
