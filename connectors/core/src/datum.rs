@@ -140,6 +140,13 @@ pub fn decode(type_oid: u32, b: &[u8]) -> Result<Datum<'_>, DecodeError> {
             let micros = i64::from_be_bytes(raw[..8].try_into().expect("8 of 12 bytes"));
             // PostgreSQL stores the zone as seconds WEST of UTC.
             let west = i32::from_be_bytes(raw[8..].try_into().expect("4 of 12 bytes"));
+            // PostgreSQL keeps zone offsets within +-15:59:59.
+            if west.unsigned_abs() >= 16 * 3600 {
+                return Err(err(
+                    type_oid,
+                    format!("time zone offset {west} s is out of range"),
+                ));
+            }
             Datum::TimeTz {
                 micros,
                 offset_secs: -west,
@@ -623,6 +630,18 @@ mod tests {
             b.extend(d.to_be_bytes());
         }
         b
+    }
+
+    /// Found by the `datum` fuzz target: a timetz whose zone offset is `i32::MIN` overflowed
+    /// when negated. Offsets PostgreSQL cannot send are refused.
+    #[test]
+    fn fuzz_a_timetz_offset_out_of_range_is_an_error() {
+        let mut b = vec![0u8; 8];
+        b.extend(i32::MIN.to_be_bytes());
+        assert!(decode(oid::TIMETZ, &b).is_err());
+        let mut b = vec![0u8; 8];
+        b.extend((-(15 * 3600 + 59 * 60 + 59_i32)).to_be_bytes());
+        assert!(decode(oid::TIMETZ, &b).is_ok());
     }
 
     #[test]
