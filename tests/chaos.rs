@@ -51,15 +51,6 @@ fn pg_bin(name: &str) -> PathBuf {
     PathBuf::from(services_var("CUTOVER_PG_BIN")).join(name)
 }
 
-/// Crashes a cluster of scripts/services.sh (immediate stop) and starts it again.
-fn crash(cluster: &str) -> bool {
-    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-        .args(["crash", cluster])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 /// A small tmpfs for the Kafka sink's state file, so the suite can fill it; a plain directory
 /// (and no disk-full events) where mounting is not allowed.
 struct StateDir {
@@ -371,11 +362,14 @@ async fn chaos() {
                 run = env.start(&path);
             }
             45..=59 => {
-                assert!(crash("source"), "could not restart the source");
+                assert!(
+                    common::crash_cluster("source"),
+                    "could not restart the source"
+                );
                 tally.count("source restart");
             }
             60..=74 => {
-                assert!(crash("spare"), "could not crash the target");
+                assert!(common::crash_cluster("spare"), "could not crash the target");
                 tally.count("target crash");
             }
             75..=89 => {

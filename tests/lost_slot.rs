@@ -10,25 +10,15 @@ use std::time::{Duration, Instant};
 use common::{cutover, services_var, url, Env, Services};
 
 async fn spare_env(prefix: &str) -> Env {
-    let services = Services::get();
+    let target = Services::get().target_port;
     let spare: u16 = services_var("CUTOVER_SPARE_PORT").parse().unwrap();
-    let name = format!("{prefix}_{}", std::process::id());
-    for port in [spare, services.target_port] {
-        common::connect(&url(port, "postgres"))
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-    }
-    let dir = std::env::temp_dir().join(format!("cutover-e2e-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    Env {
-        source_url: url(spare, &name),
-        target_url: url(services.target_port, &name),
-        name,
-        services,
-        dir,
-    }
+    Env::on_clusters(
+        prefix,
+        &[&url(spare, "postgres"), &url(target, "postgres")],
+        |db| url(spare, db),
+        |db| url(target, db),
+    )
+    .await
 }
 
 async fn wal_status(env: &Env) -> Option<String> {

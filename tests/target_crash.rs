@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::workload::{self, Workload};
@@ -15,11 +14,10 @@ const TABLES: &str = "[\"public.*\"]";
 
 /// Crashes the spare cluster (immediate stop: nothing more is written) and starts it again.
 fn crash_spare() {
-    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
-        .args(["crash", "spare"])
-        .status()
-        .expect("run scripts/services.sh crash spare");
-    assert!(status.success(), "scripts/services.sh crash spare failed");
+    assert!(
+        common::crash_cluster("spare"),
+        "scripts/services.sh crash spare failed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,35 +22,22 @@ fn tls_port() -> u16 {
 /// A test database on the TLS-only cluster, with the test's own connections over its Unix
 /// socket (the test's client speaks no TLS); the target is the ordinary target cluster.
 async fn tls_env(prefix: &str) -> Env {
-    let services = Services::get();
-    let name = format!("{prefix}_{}", std::process::id());
+    let target = Services::get().target_port;
     let socket_dir = ca_dir().parent().unwrap().join("tls");
-    let socket_url = |db: &str| {
+    let socket_url = move |db: &str| {
         format!(
             "host={} port={} user=postgres dbname={db}",
             socket_dir.display(),
             tls_port()
         )
     };
-    common::connect(&socket_url("postgres"))
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    common::connect(&url(services.target_port, "postgres"))
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("cutover-e2e-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    Env {
-        source_url: socket_url(&name),
-        target_url: url(services.target_port, &name),
-        name,
-        services,
-        dir,
-    }
+    Env::on_clusters(
+        prefix,
+        &[&socket_url("postgres"), &url(target, "postgres")],
+        socket_url,
+        |db| url(target, db),
+    )
+    .await
 }
 
 /// The TLS cluster's URL for `db` as `user`, through `host`, with `options` (`sslmode=...`).

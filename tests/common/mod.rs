@@ -107,6 +107,35 @@ impl Env {
         }
     }
 
+    /// An environment on other clusters: creates the database `<prefix>_<pid>` through each
+    /// admin URL (a connection string to the cluster's `postgres` database, without the
+    /// database name's key when key=value) and gives `source` and `target` as the URLs of that
+    /// database (built by the given functions).
+    pub async fn on_clusters(
+        prefix: &str,
+        admins: &[&str],
+        source: impl Fn(&str) -> String,
+        target: impl Fn(&str) -> String,
+    ) -> Env {
+        let name = format!("{prefix}_{}", std::process::id());
+        for admin in admins {
+            connect(admin)
+                .await
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+        }
+        let dir = std::env::temp_dir().join(format!("cutover-e2e-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Env {
+            source_url: source(&name),
+            target_url: target(&name),
+            name,
+            services: Services::get(),
+            dir,
+        }
+    }
+
     /// An environment for databases that already exist (the demo's), named `name` on both
     /// clusters; nothing is created.
     pub fn existing(name: &str) -> Env {
@@ -238,6 +267,16 @@ impl Drop for Env {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Crashes a cluster of scripts/services.sh (immediate stop: nothing more is written) and
+/// starts it again. Whether it succeeded.
+pub fn crash_cluster(name: &str) -> bool {
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh"))
+        .args(["crash", name])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Every row of `table` as text, in key order: the full content, compared value by value.

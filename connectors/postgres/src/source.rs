@@ -621,17 +621,7 @@ impl PgSource {
 
     /// Drops the slot and the publication. Returns which of them existed.
     pub async fn teardown(&self) -> Result<(bool, bool)> {
-        let slot = self
-            .client
-            .query_opt(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.options.slot],
-            )
-            .await
-            .map_err(|e| {
-                classify(e, &format!("cannot drop replication slot {}", self.options.slot))
-            })?
-            .is_some();
+        let slot = self.drop_slot().await?;
         let publication = self.publication_exists().await?;
         if publication {
             self.client
