@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use common::targets::{self, KafkaReader, MessageServices};
-use common::{connect, cutover, services_var, url, workload, Env};
+use common::{cutover, services_var, url, workload, Env};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -236,12 +236,7 @@ async fn chaos() {
     // cluster (crashed by the suite), reached through a proxy (cut by the suite).
     let mut env = Env::new("chaos").await;
     let spare: u16 = services_var("CUTOVER_SPARE_PORT").parse().unwrap();
-    connect(&url(spare, "postgres"))
-        .await
-        .batch_execute(&format!("CREATE DATABASE {}", env.name))
-        .await
-        .unwrap();
-    env.target_url = url(spare, &env.name);
+    env.target_on(spare).await;
     let proxy = Proxy::start(spare).await;
     let state = StateDir::new(&env.dir);
 

@@ -25,12 +25,7 @@ async fn target_crashes_under_load_lose_nothing() {
     let mut env = Env::new("target_crash").await;
     // A cluster of its own, so crashing it takes no other test's target away.
     let spare: u16 = services_var("CUTOVER_SPARE_PORT").parse().unwrap();
-    connect(&url(spare, "postgres"))
-        .await
-        .batch_execute(&format!("CREATE DATABASE {}", env.name))
-        .await
-        .unwrap();
-    env.target_url = url(spare, &env.name);
+    env.target_on(spare).await;
     let src = env.source().await;
     src.batch_execute(workload::SCHEMA).await.unwrap();
     workload::prefill(&src, 3_000).await;

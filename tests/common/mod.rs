@@ -90,11 +90,7 @@ impl Env {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         for port in [services.source_port, services.target_port] {
-            let admin = connect(&url(port, "postgres")).await;
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .await
-                .unwrap();
+            create_database(port, &name).await;
         }
         let dir = std::env::temp_dir().join(format!("cutover-e2e-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -134,6 +130,13 @@ impl Env {
             services: Services::get(),
             dir,
         }
+    }
+
+    /// Moves the target to a database of the same name on the cluster at `port` (the spare
+    /// cluster, which the crash tests may crash), creating it.
+    pub async fn target_on(&mut self, port: u16) {
+        create_database(port, &self.name).await;
+        self.target_url = url(port, &self.name);
     }
 
     /// An environment for databases that already exist (the demo's), named `name` on both
@@ -267,6 +270,15 @@ impl Drop for Env {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Creates database `name` on the cluster at `port`.
+pub async fn create_database(port: u16, name: &str) {
+    connect(&url(port, "postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
 }
 
 /// Crashes a cluster of scripts/services.sh (immediate stop: nothing more is written) and
