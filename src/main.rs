@@ -625,7 +625,12 @@ async fn check(path: &std::path::Path) -> Outcome {
         .filter(|s| targets::postgres(&***s).is_none())
     {
         match sink.connect(&ctx).await {
-            Ok(_) => say!("sink {} ({}): connected", sink.name(), sink.kind()),
+            Ok(_) => {
+                say!("sink {} ({}): connected", sink.name(), sink.kind());
+                if let Some(security) = sink.security() {
+                    say!("  tls   sink {}: {security}", sink.name());
+                }
+            }
             Err(e) => {
                 failed += 1;
                 say!(

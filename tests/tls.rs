@@ -1,14 +1,16 @@
 //! TLS against real servers: the `tls` PostgreSQL cluster of scripts/services.sh takes TCP
 //! connections by TLS only, with a certificate for `localhost` (and no IP address) signed by a
 //! test CA; the role `cutover_cert` logs in by client certificate. `nats_tls` is a nats-server
-//! that requires TLS and verifies client certificates against the same CA.
+//! that requires TLS and verifies client certificates against the same CA. `kafka_tls` is a
+//! tansu broker behind a TLS terminator (socat, client certificates required) that advertises
+//! itself as `localhost`; `kafka_sasl` is a tansu broker that requires a SCRAM login.
 
 mod common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::targets::{self, NatsReader};
+use common::targets::{self, KafkaReader, NatsReader};
 use common::{cutover, services_var, url, Env, Services};
 
 fn ca_dir() -> PathBuf {
@@ -322,5 +324,162 @@ async fn mongodb_sink_over_tls() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// The librdkafka settings for the `kafka_tls` broker: the test CA, a client certificate, and
+/// IPv4 (the terminator listens on 127.0.0.1; `localhost` also resolves to ::1).
+fn kafka_tls_settings() -> Vec<(&'static str, String)> {
+    let ca = ca_dir();
+    vec![
+        ("security.protocol", "ssl".into()),
+        ("ssl.ca.location", ca.join("ca.pem").display().to_string()),
+        (
+            "ssl.certificate.location",
+            ca.join("client.pem").display().to_string(),
+        ),
+        (
+            "ssl.key.location",
+            ca.join("client.key").display().to_string(),
+        ),
+        ("broker.address.family", "v4".into()),
+    ]
+}
+
+fn kafka_sink(brokers: &str, settings: &[(&str, String)]) -> String {
+    let mut sink =
+        format!("\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{brokers}\"\n");
+    if !settings.is_empty() {
+        sink.push_str("[sink.properties]\n");
+        for (k, v) in settings {
+            sink.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+        }
+    }
+    sink
+}
+
+/// A Kafka sink over TLS with a client certificate, through a terminator that verifies it:
+/// the topics, folded, equal the source, and `check` reports the protection. The same broker
+/// reached by an address its certificate does not name is refused at once, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_over_tls_with_a_client_certificate() {
+    cutover_postgres::tls::install_default_provider();
+    let env = Env::new("tls_kafka").await;
+    let schema = "CREATE TABLE t (id int PRIMARY KEY, v text);";
+    env.on_source(&format!(
+        "{schema} INSERT INTO t SELECT g, 'copied ' || g FROM generate_series(1, 200) g;"
+    ))
+    .await;
+    let port: u16 = services_var("CUTOVER_KAFKA_TLS_PORT").parse().unwrap();
+    let settings = kafka_tls_settings();
+
+    let wrong = env.pipeline_with(
+        "[\"t\"]",
+        "",
+        &kafka_sink(&format!("127.0.0.1:{port}"), &settings),
+    );
+    let started = Instant::now();
+    let (code, out, _) = cutover(&["check", wrong.to_str().unwrap()]);
+    assert_ne!(
+        code, 0,
+        "a certificate for localhost was taken for 127.0.0.1:\n{out}"
+    );
+    assert!(
+        out.contains("sink kafka (kafka): FAIL") && out.contains("certificate verify failed"),
+        "the refusal does not say why:\n{out}"
+    );
+    assert!(out.contains("ssl.ca.location"), "no fix is given:\n{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a refusal waited for the timeout: {:?}",
+        started.elapsed()
+    );
+
+    let brokers = format!("localhost:{port}");
+    let path = env.pipeline_with("[\"t\"]", "", &kafka_sink(&brokers, &settings));
+    let (code, out, _) = cutover(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("tls   sink kafka: TLS (certificate and host name checked")
+            && out.contains("client certificate"),
+        "{out}"
+    );
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.on_source(
+        "INSERT INTO t VALUES (201, 'streamed'); UPDATE t SET v = 'changed' WHERE id = 7; DELETE FROM t WHERE id = 3;",
+    )
+    .await;
+    let topics = vec![format!("{}.public.t", env.name)];
+    let mut kafka = KafkaReader::at(&brokers, &settings, &topics);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        kafka.poll(Duration::from_millis(500));
+        match targets::folded_equal(&env, "kafka", schema, &kafka.folded, &["t"], false).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "the topic differs: {e}"),
+        }
+    }
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// A Kafka sink whose SCRAM login the brokers refuse: `check` and `run` stop within seconds
+/// with the brokers' reason and the fix, and the password is shown nowhere. A SASL mechanism
+/// librdkafka is not built with is refused when the file is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sasl_refusals_are_clear_and_keep_the_password_out() {
+    let env = Env::new("sasl_kafka").await;
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
+        .await;
+    let port: u16 = services_var("CUTOVER_KAFKA_SASL_PORT").parse().unwrap();
+    let password = "scram-pw-not-a-real-secret";
+    let sink = |mechanism: &str| {
+        kafka_sink(
+            &format!("127.0.0.1:{port}"),
+            &[
+                ("security.protocol", "sasl_plaintext".into()),
+                ("sasl.mechanism", mechanism.into()),
+                ("sasl.username", "nobody".into()),
+                ("sasl.password", password.into()),
+            ],
+        )
+    };
+    for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        let path = env.pipeline_with("[\"t\"]", "", &sink(mechanism));
+        let started = Instant::now();
+        let (code, out, err) = cutover(&["check", path.to_str().unwrap()]);
+        assert_ne!(code, 0, "{out}");
+        assert!(
+            out.contains("sink kafka (kafka): FAIL")
+                && out.contains("SASL")
+                && out.contains("sasl.username"),
+            "{mechanism}: the refusal does not say why or how to fix it:\n{out}"
+        );
+        assert!(
+            !out.contains(password) && !err.contains(password),
+            "{out}{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    let path = env.pipeline_with("[\"t\"]", "", &sink("SCRAM-SHA-512"));
+    let mut run = env.start(&path);
+    let status = run.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "run went on with a refused login");
+    let log = run.log_text();
+    assert!(log.contains("SASL") && !log.contains(password), "{log}");
+
+    let gssapi = env.pipeline_with("[\"t\"]", "", &sink("GSSAPI"));
+    let (code, _, err) = cutover(&["check", gssapi.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("properties.sasl.mechanism") && err.contains("SCRAM-SHA-512"),
+        "{err}"
+    );
     env.drop_slot().await;
 }

@@ -155,14 +155,21 @@ pub struct KafkaReader {
 
 impl KafkaReader {
     pub fn new(topics: &[String]) -> KafkaReader {
-        let m = MessageServices::get();
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &m.kafka_brokers)
+        KafkaReader::at(&MessageServices::get().kafka_brokers, &[], topics)
+    }
+
+    /// A reader of `topics` on `brokers`, with extra librdkafka `settings` (TLS, SASL).
+    pub fn at(brokers: &str, settings: &[(&str, String)], topics: &[String]) -> KafkaReader {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
             .set("group.id", format!("cutover-test-{}", std::process::id()))
             .set("enable.auto.commit", "false")
-            .set("session.timeout.ms", "6000")
-            .create()
-            .expect("kafka consumer");
+            .set("session.timeout.ms", "6000");
+        for (k, v) in settings {
+            config.set(*k, v);
+        }
+        let consumer: BaseConsumer = config.create().expect("kafka consumer");
         let mut list = TopicPartitionList::new();
         for topic in topics {
             let deadline = Instant::now() + Duration::from_secs(20);

@@ -72,6 +72,12 @@ pub trait Target: Send + Sync + Any {
     /// operator (`cutover teardown --target-state`).
     async fn forget_state(&self, ctx: &TargetContext) -> Result<String>;
 
+    /// How the target's connections are protected (encryption, certificates, login), for
+    /// `cutover check`; `None` when the target reports it otherwise. Never a secret.
+    fn security(&self) -> Option<String> {
+        None
+    }
+
     /// The local file the target parks dead letters in, if it is configured with one.
     fn dead_letter_file(&self) -> Option<&Path> {
         None
@@ -152,6 +158,22 @@ impl BuildContext<'_> {
     /// A path from `key`, expanded, relative to the pipeline file.
     pub fn path(&self, key: &str, value: &str) -> std::result::Result<PathBuf, String> {
         Ok(self.base_dir.join(self.expand(key, value)?))
+    }
+
+    /// [`BuildContext::path`] of a file that must exist now (a certificate, a key, a
+    /// credentials file); the error names the key, the path and the fix.
+    pub fn existing_file(&self, key: &str, value: &str) -> std::result::Result<PathBuf, String> {
+        let path = self.path(key, value)?;
+        if !path.is_file() {
+            return Err(self.fail(
+                key,
+                format!(
+                    "{} does not exist or is not a file. Fix: correct the path (relative paths start at the pipeline file's directory).",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(path)
     }
 
     /// A destination template from `key`, with the routes of the sink's rules.

@@ -27,7 +27,9 @@ use cutover_core::dead_letters::{Letter, LetterSession, LetterStore};
 use cutover_core::{ConnectorError, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+
+use crate::SinkProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::error;
@@ -43,7 +45,7 @@ const DEFAULT_PART: usize = 256 * 1024;
 /// The topic store of one sink.
 pub struct TopicStore {
     topic: String,
-    producer: FutureProducer,
+    producer: SinkProducer,
     part_bytes: usize,
     state: Mutex<Reader>,
 }
@@ -99,7 +101,7 @@ impl TopicStore {
     /// `message.max.bytes`, if set; parts stay well under it.
     pub fn new(
         topic: String,
-        producer: FutureProducer,
+        producer: SinkProducer,
         mut config: ClientConfig,
         message_limit: Option<usize>,
     ) -> Result<TopicStore> {

@@ -15,9 +15,11 @@
 
 mod error;
 mod letters;
+pub mod security;
 mod state;
 pub mod target;
 pub mod verify;
+mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +43,10 @@ use cutover_core::dead_letters::{self, blocking, FileStore, Letter, LetterStore,
 use cutover_core::ErrorKind;
 pub use error::classify;
 use state::StateFile;
+use watch::Watch;
+
+/// The sink's producer: its client context keeps librdkafka's refusals (see [`Watch`]).
+pub(crate) type SinkProducer = FutureProducer<Watch>;
 
 /// How long to wait for the brokers when connecting and creating topics.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,8 +125,9 @@ pub fn check_topic_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// The sink's producer: idempotent, all acknowledgements, the user's extra settings last.
-fn producer(options: &KafkaSinkOptions) -> Result<FutureProducer> {
+/// The sink's producer: idempotent, all acknowledgements, the user's extra settings last;
+/// `watch` records the refusals it meets.
+fn producer(options: &KafkaSinkOptions, watch: Watch) -> Result<SinkProducer> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &options.brokers)
@@ -141,7 +148,7 @@ fn producer(options: &KafkaSinkOptions) -> Result<FutureProducer> {
     for (k, v) in &options.properties {
         config.set(k, v);
     }
-    config.create().map_err(|e| {
+    config.create_with_context(watch).map_err(|e| {
         error::classify(
             e,
             &format!(
@@ -193,7 +200,7 @@ async fn create_topics(options: &KafkaSinkOptions, new: &[NewTopic<'_>]) -> Resu
 /// written through `producer`).
 async fn open_dead_letters(
     options: &KafkaSinkOptions,
-    producer: &FutureProducer,
+    producer: &SinkProducer,
 ) -> Result<Option<Box<dyn LetterStore>>> {
     if let Some(path) = &options.dead_letter_file {
         return Ok(Some(Box::new(FileStore::new(path.clone()))));
@@ -224,7 +231,45 @@ async fn open_dead_letters(
 
 /// The sink's dead-letter store (`cutover dlq list`), if it has one.
 pub async fn dead_letter_store(options: &KafkaSinkOptions) -> Result<Option<Box<dyn LetterStore>>> {
-    open_dead_letters(options, &producer(options)?).await
+    open_dead_letters(options, &producer(options, Watch::default())?).await
+}
+
+/// Waits up to [`ADMIN_TIMEOUT`] for the brokers' metadata, asking a second at a time so that a
+/// refused handshake or login stops the wait at once instead of at the deadline.
+async fn reach_brokers(producer: &SinkProducer, watch: &Watch, brokers: &str) -> Result<()> {
+    let what = format!("cannot reach the Kafka brokers {brokers}");
+    let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let probe = producer.clone();
+        let asked = tokio::task::spawn_blocking(move || {
+            probe.client().fetch_metadata(None, Duration::from_secs(1))
+        })
+        .await
+        .map_err(|e| ConnectorError::fatal(format!("metadata task failed: {e}")))?;
+        let e = match asked {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if let Some(refusal) = refused(watch, &what) {
+            return Err(refusal);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(error::classify(e, &what)
+                .with_hint("check the sink's brokers setting and that the brokers run"));
+        }
+    }
+}
+
+/// The error for a TLS handshake or SASL login the brokers refused while doing `what`, if
+/// `watch` saw one: fatal, since no retry changes a certificate or a password.
+fn refused(watch: &Watch, what: &str) -> Option<ConnectorError> {
+    let reason = watch.refusal()?;
+    let hint = if reason.contains("SASL") {
+        "check the sink's sasl.mechanism, sasl.username and sasl.password properties against the user the brokers know"
+    } else {
+        "check the sink's ssl.ca.location (the CA that signed the brokers' certificates), that the brokers' certificates name the host in brokers, and ssl.certificate.location/ssl.key.location if the brokers verify clients"
+    };
+    Some(ConnectorError::fatal(format!("{what}: {reason}")).with_hint(hint))
 }
 
 /// A topic of one table: its name and partition count.
@@ -240,23 +285,17 @@ pub type KafkaSink = EventSink<KafkaTransport>;
 /// How the Kafka sink reaches the brokers and keeps its progress (a local state file).
 pub struct KafkaTransport {
     options: KafkaSinkOptions,
-    producer: FutureProducer,
+    producer: SinkProducer,
+    watch: Watch,
     state: StateFile,
 }
 
 impl KafkaTransport {
     /// Creates the producer, checks that the brokers answer, and returns the sink.
     pub async fn connect(options: KafkaSinkOptions) -> Result<KafkaSink> {
-        let producer = producer(&options)?;
-        let probe = producer.clone();
-        let brokers = options.brokers.clone();
-        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, ADMIN_TIMEOUT))
-            .await
-            .map_err(|e| ConnectorError::fatal(format!("metadata task failed: {e}")))?
-            .map_err(|e| {
-                error::classify(e, &format!("cannot reach the Kafka brokers {brokers}"))
-                    .with_hint("check the sink's brokers setting and that the brokers run")
-            })?;
+        let watch = Watch::default();
+        let producer = producer(&options, watch.clone())?;
+        reach_brokers(&producer, &watch, &options.brokers).await?;
         let state = StateFile::new(options.state_path.clone());
         let encoder = Encoder {
             format: options.format,
@@ -271,6 +310,7 @@ impl KafkaTransport {
             KafkaTransport {
                 options,
                 producer,
+                watch,
                 state,
             },
             encoder,
@@ -371,7 +411,7 @@ impl KafkaTransport {
 /// `parking`, a message the brokers refuse for good is parked instead of failing the write,
 /// and so is every later message of a key that has a parked message (its order is kept).
 async fn publish(
-    producer: &FutureProducer,
+    producer: &SinkProducer,
     topics: &HashMap<TableName, Topic>,
     messages: &[Outgoing],
     parking: Option<&Parking>,
@@ -490,7 +530,7 @@ async fn publish(
 /// runs: the running sink reloads the parked keys when the store changes (a file is locked
 /// meanwhile; a topic cannot be, so two replays must not run at once).
 pub async fn replay_dead_letters(options: &KafkaSinkOptions) -> Result<(u64, u64)> {
-    let producer = producer(options)?;
+    let producer = producer(options, Watch::default())?;
     let Some(store) = open_dead_letters(options, &producer).await? else {
         return Ok((0, 0));
     };
@@ -529,7 +569,7 @@ pub async fn replay_dead_letters(options: &KafkaSinkOptions) -> Result<(u64, u64
 
 /// Queues one record, waiting while the producer's local queue is full (backpressure).
 async fn send(
-    producer: &FutureProducer,
+    producer: &SinkProducer,
     mut record: FutureRecord<'_, [u8], [u8]>,
 ) -> Result<DeliveryFuture> {
     loop {
@@ -563,7 +603,18 @@ impl Transport for KafkaTransport {
         messages: Vec<Outgoing>,
         parking: Option<&Parking>,
     ) -> Result<()> {
-        publish(&self.producer, routes, &messages, parking).await
+        publish(&self.producer, routes, &messages, parking)
+            .await
+            .map_err(|e| {
+                // A delivery that timed out while the brokers refused the login or handshake
+                // (credentials rotated, a certificate expired) says why, and stops the run.
+                match e.kind {
+                    ErrorKind::Retryable => {
+                        refused(&self.watch, "the Kafka brokers refused the sink").unwrap_or(e)
+                    }
+                    _ => e,
+                }
+            })
     }
 
     async fn load_state(&self) -> Result<SinkState> {

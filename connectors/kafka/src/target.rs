@@ -129,6 +129,7 @@ impl TargetConfig for KafkaConfig {
                 ctx.expand(&format!("properties.{name}"), value)?,
             ));
         }
+        crate::security::check(&mut properties, ctx)?;
         Ok(Arc::new(KafkaSinkOptions {
             name: ctx.name.to_string(),
             pipeline: ctx.pipeline.to_string(),
@@ -179,6 +180,10 @@ impl Target for KafkaSinkOptions {
         let mut options = self.directed(ctx);
         options.source_database = ctx.source_database.clone();
         Ok(Box::new(KafkaTransport::connect(options).await?))
+    }
+
+    fn security(&self) -> Option<String> {
+        Some(crate::security::describe(&self.properties))
     }
 
     async fn saved_state(&self, ctx: &TargetContext) -> Result<SinkState> {

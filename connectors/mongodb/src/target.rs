@@ -85,6 +85,38 @@ impl MongoSinkOptions {
     }
 }
 
+/// What a MongoDB URI asks of TLS, read from its options (`tls`/`ssl`, `tlsCAFile`,
+/// `tlsCertificateKeyFile`, `tlsAllowInvalidHostnames`); `mongodb+srv` turns TLS on. Never the
+/// credentials.
+fn uri_security(url: &str) -> String {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let option = |name: &str| {
+        query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            k.eq_ignore_ascii_case(name).then_some(v)
+        })
+    };
+    let on = |v: Option<&str>| v.is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let tls = on(option("tls")) || on(option("ssl")) || url.starts_with("mongodb+srv://");
+    if !tls {
+        return "not encrypted (add tls=true to the URI)".into();
+    }
+    let mut parts = vec![
+        if on(option("tlsAllowInvalidHostnames")) || on(option("tlsInsecure")) {
+            "TLS (host name NOT checked)".to_string()
+        } else {
+            "TLS (certificate and host name checked)".to_string()
+        },
+    ];
+    if let Some(ca) = option("tlsCAFile") {
+        parts.push(format!("CA {ca}"));
+    }
+    if let Some(cert) = option("tlsCertificateKeyFile") {
+        parts.push(format!("client certificate {cert}"));
+    }
+    parts.join(", ")
+}
+
 #[async_trait]
 impl Target for MongoSinkOptions {
     fn kind(&self) -> &'static str {
@@ -93,6 +125,10 @@ impl Target for MongoSinkOptions {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn security(&self) -> Option<String> {
+        Some(uri_security(&self.url))
     }
 
     async fn connect(&self, ctx: &TargetContext) -> Result<Box<dyn Sink>> {
@@ -125,5 +161,26 @@ impl Target for MongoSinkOptions {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_security_reads_the_tls_options_and_never_the_password() {
+        assert!(
+            uri_security("mongodb://u:pw@h:1/?directConnection=true").starts_with("not encrypted")
+        );
+        let s = uri_security(
+            "mongodb://u:secret-pw@h:1/?tls=true&tlsCAFile=/ca.pem&tlsCertificateKeyFile=/c.pem",
+        );
+        assert!(
+            s.contains("host name checked") && s.contains("CA /ca.pem") && s.contains("/c.pem"),
+            "{s}"
+        );
+        assert!(!s.contains("secret-pw"), "{s}");
+        assert!(uri_security("mongodb+srv://h/").starts_with("TLS"));
     }
 }

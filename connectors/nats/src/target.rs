@@ -89,13 +89,13 @@ impl TargetConfig for NatsConfig {
             auth: NatsAuth {
                 tls: self.tls,
                 ca_file: match &self.tls_ca_file {
-                    Some(p) => Some(existing_file(ctx, "tls_ca_file", p)?),
+                    Some(p) => Some(ctx.existing_file("tls_ca_file", p)?),
                     None => None,
                 },
                 client_cert: match (&self.tls_cert_file, &self.tls_key_file) {
                     (Some(c), Some(k)) => Some((
-                        existing_file(ctx, "tls_cert_file", c)?,
-                        existing_file(ctx, "tls_key_file", k)?,
+                        ctx.existing_file("tls_cert_file", c)?,
+                        ctx.existing_file("tls_key_file", k)?,
                     )),
                     (None, None) => None,
                     _ => return Err(ctx.fail(
@@ -105,7 +105,7 @@ impl TargetConfig for NatsConfig {
                     )),
                 },
                 credentials_file: match &self.credentials_file {
-                    Some(p) => Some(existing_file(ctx, "credentials_file", p)?),
+                    Some(p) => Some(ctx.existing_file("credentials_file", p)?),
                     None => None,
                 },
                 nkey_seed: match &self.nkey_seed {
@@ -122,24 +122,6 @@ impl TargetConfig for NatsConfig {
 }
 
 /// A file the sink reads when it connects, resolved and checked when the pipeline is read.
-fn existing_file(
-    ctx: &BuildContext<'_>,
-    key: &str,
-    path: &str,
-) -> std::result::Result<std::path::PathBuf, String> {
-    let path = ctx.path(key, path)?;
-    if !path.is_file() {
-        return Err(ctx.fail(
-            key,
-            format!(
-                "{} does not exist or is not a file. Fix: correct the path (relative paths start at the pipeline file's directory).",
-                path.display()
-            ),
-        ));
-    }
-    Ok(path)
-}
-
 #[async_trait]
 impl Target for NatsSinkOptions {
     fn kind(&self) -> &'static str {
@@ -148,6 +130,10 @@ impl Target for NatsSinkOptions {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn security(&self) -> Option<String> {
+        Some(self.auth.describe(&self.url))
     }
 
     async fn connect(&self, ctx: &TargetContext) -> Result<Box<dyn Sink>> {
