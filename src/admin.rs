@@ -213,7 +213,14 @@ impl Admin {
                     "name": t.name,
                     "rows_copied": t.rows_copied,
                     "rows_estimate": t.rows_estimate,
+                    "bytes_copied": t.bytes_copied,
                     "done": t.done,
+                    "ranges": t.ranges.iter().enumerate().map(|(i, r)| serde_json::json!({
+                        "range": i + 1,
+                        "rows_copied": r.rows_copied,
+                        "bytes_copied": r.bytes_copied,
+                        "done": r.done,
+                    })).collect::<Vec<_>>(),
                     "rows_per_second": rate,
                     "eta_seconds": eta,
                 })

@@ -240,8 +240,13 @@ pub enum SchemaChanges {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotSection {
-    /// Tables copied at the same time.
-    pub parallel_tables: Option<usize>,
+    /// Copies running at the same time: whole tables, and key ranges of split tables
+    /// (`parallel_tables`, its older name, is read too).
+    #[serde(alias = "parallel_tables")]
+    pub workers: Option<usize>,
+    /// Tables whose row estimate is at least twice this are copied in key ranges of about this
+    /// many rows, each recorded when done, so a crash redoes only the unfinished ones.
+    pub range_rows: Option<u64>,
     /// Size of the row chunks handed from the source to the sinks.
     pub chunk_bytes: Option<ByteSize>,
     /// Most rows per second the copy reads from the source, over all tables (default: no
@@ -408,7 +413,10 @@ pub struct Pipeline {
     pub apply_schema_changes: bool,
     /// Seconds between looks for new matching tables while streaming; 0: never.
     pub discover_interval_s: u64,
-    pub parallel_tables: usize,
+    /// Copies at the same time (tables or key ranges).
+    pub snapshot_workers: usize,
+    /// Rows per key range of a split table (see `SnapshotSection::range_rows`).
+    pub snapshot_range_rows: u64,
     pub chunk_bytes: usize,
     pub queue_events: usize,
     pub queue_bytes: usize,
@@ -681,7 +689,12 @@ pub fn parse(
         publication,
         apply_schema_changes: file.source.schema_changes == SchemaChanges::Apply,
         discover_interval_s: file.source.discover_interval_s.unwrap_or(30),
-        parallel_tables: pick(file.snapshot.parallel_tables, d.snapshot.parallel_tables),
+        snapshot_workers: pick(file.snapshot.workers, d.snapshot.workers),
+        snapshot_range_rows: file
+            .snapshot
+            .range_rows
+            .or(d.snapshot.range_rows)
+            .unwrap_or(250_000),
         chunk_bytes: pick(
             file.snapshot.chunk_bytes.map(|b| b.0),
             d.snapshot.chunk_bytes.map(|b| b.0),
@@ -777,7 +790,8 @@ pub fn parse(
         }
     }
     for (key, value) in [
-        ("snapshot.parallel_tables", pipeline.parallel_tables),
+        ("snapshot.workers", pipeline.snapshot_workers),
+        ("snapshot.range_rows", pipeline.snapshot_range_rows as usize),
         ("snapshot.chunk_bytes", pipeline.chunk_bytes),
         ("limits.queue_events", pipeline.queue_events),
         ("limits.queue_bytes", pipeline.queue_bytes),
@@ -1219,7 +1233,7 @@ url = "postgres://u:${PW}@h/db"
         assert_eq!(p.source_url, "postgres://src");
         assert_eq!(p.queue_bytes, 64 << 20);
         assert_eq!(p.batch_bytes, 16 << 20);
-        assert_eq!(p.parallel_tables, 2);
+        assert_eq!(p.snapshot_workers, 2);
         assert_eq!(p.cutover.max_lag_bytes, 16 << 20);
         assert_eq!(p.cutover.fence_lock_timeout_ms, 5000);
         let Some(pg) = crate::targets::postgres(&*p.sinks[0]) else {

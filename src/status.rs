@@ -13,11 +13,24 @@ pub enum Phase {
     Stopping,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TableProgress {
     pub name: String,
     pub rows_copied: u64,
     pub rows_estimate: u64,
+    /// Bytes of the rows copied (their binary values), for progress.
+    pub bytes_copied: u64,
+    pub done: bool,
+    /// The key ranges of a split table's copy (empty: copied in one piece).
+    pub ranges: Vec<RangeProgress>,
+}
+
+/// One key range of a split table's copy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeProgress {
+    pub rows_copied: u64,
+    pub bytes_copied: u64,
+    /// Copied, in this run or (resumed) an earlier one.
     pub done: bool,
 }
 
@@ -162,7 +175,13 @@ impl Status {
                     .checked_div(t.rows_estimate)
                     .map(|p| format!(" {}%", p.min(99)))
                     .unwrap_or_default();
-                format!("{} {} rows{pct}", t.name, t.rows_copied)
+                let ranges = if t.ranges.is_empty() {
+                    String::new()
+                } else {
+                    let done = t.ranges.iter().filter(|r| r.done).count();
+                    format!(" (ranges {done}/{})", t.ranges.len())
+                };
+                format!("{} {} rows{pct}{ranges}", t.name, t.rows_copied)
             })
             .collect()
     }
@@ -407,12 +426,14 @@ mod tests {
                 rows_copied: 100_000,
                 rows_estimate: 1_000_000,
                 done: false,
+                ..TableProgress::default()
             },
             TableProgress {
                 name: "public.done".into(),
                 rows_copied: 10,
                 rows_estimate: 10,
                 done: true,
+                ..TableProgress::default()
             },
         ];
         let mut bars = Bars::default();
@@ -450,12 +471,14 @@ mod tests {
                 rows_copied: 10,
                 rows_estimate: 10,
                 done: true,
+                ..TableProgress::default()
             },
             TableProgress {
                 name: "public.big".into(),
                 rows_copied: 500,
                 rows_estimate: 1000,
                 done: false,
+                ..TableProgress::default()
             },
         ];
         let line = status.line();

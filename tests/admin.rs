@@ -407,6 +407,7 @@ fn alert_rules_and_dashboard_query_metrics_that_exist() {
         rows_copied: 1,
         rows_estimate: 1,
         done: true,
+        ..Default::default()
     });
     status.last_verify = Some(cutover::status::VerifySummary {
         at: std::time::SystemTime::now(),

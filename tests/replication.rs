@@ -275,7 +275,7 @@ async fn crash_safety_sigkill_at_random_moments() {
     let src = env.source().await;
     src.batch_execute(workload::SCHEMA).await.unwrap();
     workload::prefill(&src, 150_000).await;
-    let pipeline = env.pipeline(TABLES, "[snapshot]\nparallel_tables = 1\n");
+    let pipeline = env.pipeline(TABLES, "[snapshot]\nworkers = 1\n");
     let load = Workload::start(env.source().await, 99);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut in_snapshot, mut in_stream) = (0, 0);

@@ -223,9 +223,8 @@ impl<'a> Joiner<'a> {
         let table = self.waiting.pop()?;
         let progress = TableProgress {
             name: table.schema.name.to_string(),
-            rows_copied: 0,
             rows_estimate: table.rows_estimate,
-            done: false,
+            ..TableProgress::default()
         };
         Some(Starting { table, progress })
     }

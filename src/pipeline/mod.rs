@@ -193,19 +193,15 @@ async fn run_once(
         };
         tracing::info!(tables = needs.len(), snapshot_lsn = %session.lsn, "copying tables");
         let copy = snapshot::copy_tables(&source, &sinks, &needs, &session, cfg, telemetry);
-        tokio::select! {
+        let copied_at = tokio::select! {
             r = copy => r?,
             _ = stop.changed() => {
-                tracing::info!("stopped during the snapshot; unfinished table copies were rolled back and restart on the next run");
+                tracing::info!("stopped during the snapshot; unfinished copies (tables, key ranges) were rolled back and restart on the next run");
                 return Ok(());
             }
-        }
-        for (table, idxs) in &needs {
-            for &i in idxs {
-                states[i]
-                    .copied_tables
-                    .insert(table.schema.name.clone(), session.lsn);
-            }
+        };
+        for (table, i, at) in copied_at {
+            states[i].copied_tables.insert(table, at);
         }
     }
     partitions::merge_partitions(&source, &mut sinks, &states, cfg).await?;

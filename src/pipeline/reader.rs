@@ -353,10 +353,12 @@ impl Reader<'_> {
                             .catalog
                             .as_ref()
                             .and_then(|c| c.joiner.progress_index());
+                        let size: usize = rows.iter().map(Row::size).sum();
                         if let Some(line) = line {
-                            self.telemetry.rows_copied(line, rows.len() as u64);
+                            self.telemetry
+                                .rows_copied(line, None, rows.len() as u64, size as u64);
                         }
-                        rows.iter().map(Row::size).sum()
+                        size
                     }
                     _ => 0,
                 };

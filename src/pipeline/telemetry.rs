@@ -79,10 +79,29 @@ impl Telemetry {
         index
     }
 
-    pub fn rows_copied(&self, table: usize, rows: u64) {
+    /// `rows` (of `bytes`) more copied of table line `table`, in key range `range` if split.
+    pub fn rows_copied(&self, table: usize, range: Option<usize>, rows: u64, bytes: u64) {
         self.update(|s| {
             if let Some(t) = s.tables.get_mut(table) {
                 t.rows_copied += rows;
+                t.bytes_copied += bytes;
+                if let Some(r) = range.and_then(|r| t.ranges.get_mut(r)) {
+                    r.rows_copied += rows;
+                    r.bytes_copied += bytes;
+                }
+            }
+        });
+    }
+
+    /// Key range `range` of table line `table` is copied.
+    pub fn range_done(&self, table: usize, range: usize) {
+        self.update(|s| {
+            if let Some(r) = s
+                .tables
+                .get_mut(table)
+                .and_then(|t| t.ranges.get_mut(range))
+            {
+                r.done = true;
             }
         });
     }

@@ -16,6 +16,7 @@ pub mod event_sink;
 pub mod naming;
 pub mod outbox;
 mod position;
+pub mod ranges;
 mod schema;
 pub mod secrets;
 mod sink;

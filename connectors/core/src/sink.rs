@@ -61,6 +61,47 @@ pub trait Sink: Send + Sync {
         snapshot_lsn: Lsn,
     ) -> Result<Box<dyn TableCopy>>;
 
+    /// Whether this sink can copy `table` range by range, recording each range durably with its
+    /// rows ([`Sink::begin_range_copy`]); otherwise a split table reaches it through one
+    /// [`Sink::begin_copy`] fed by every range.
+    fn copies_ranges(&self, table: &TableName) -> bool {
+        let _ = table;
+        false
+    }
+
+    /// The ranges of split tables this sink has recorded as copied, read when it opened.
+    fn copied_ranges(&self) -> BTreeMap<TableName, crate::ranges::RangesCopied> {
+        BTreeMap::new()
+    }
+
+    /// Starts the copy of one key range of `table` taken at `snapshot_lsn`; its
+    /// [`TableCopy::finish`] records the range (not the table) as copied, atomically with its
+    /// rows. Called only when [`Sink::copies_ranges`] says yes.
+    async fn begin_range_copy(
+        &self,
+        table: Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+        range: crate::ranges::KeyRange,
+    ) -> Result<Box<dyn TableCopy>> {
+        let _ = (snapshot_lsn, range);
+        Err(crate::ConnectorError::fatal(format!(
+            "sink {} cannot copy {} by key range",
+            self.name(),
+            table.name
+        )))
+    }
+
+    /// Records `table` as copied at `snapshot_lsn` once every range is, and forgets its range
+    /// records, atomically. `snapshot_lsn` is the earliest of its ranges' snapshots: the stream
+    /// from there brings every range to the same point.
+    async fn finish_ranges(&self, table: &TableName, snapshot_lsn: Lsn, rows: u64) -> Result<()> {
+        let _ = (snapshot_lsn, rows);
+        Err(crate::ConnectorError::fatal(format!(
+            "sink {} cannot copy {table} by key range",
+            self.name()
+        )))
+    }
+
     /// Takes the next stream event. The sink may buffer; it must not split a source transaction
     /// across two target commits.
     async fn apply(&mut self, event: StreamEvent) -> Result<()>;

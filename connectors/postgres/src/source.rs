@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cutover_core::ranges::{KeyRange, Split};
 use cutover_core::{
     quote_ident, Change, ChangeEvent, ConnectorError, Lsn, Position, Result, Row, Source,
     StreamEvent, StreamItem, TableName, TableSchema,
@@ -304,7 +305,79 @@ impl PgSource {
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
             snapshot.snapshot_name.replace('\'', "''")
         );
-        self.copy_out(table, None, &setup, chunk_bytes, out).await
+        self.copy_out(table, None, &setup, None, chunk_bytes, out)
+            .await
+    }
+
+    /// Split points that cut `table`'s key space into at most `count` ranges of about equal
+    /// size, from a sample of its keys (`TABLESAMPLE SYSTEM`, about 100 keys per range, read in
+    /// the source's own key order). Fewer ranges come back when the sample has fewer distinct
+    /// keys; an empty split (one range) when the table is too small to sample.
+    pub async fn split_points(&self, table: &SourceTable, count: u32) -> Result<Split> {
+        let name = &table.schema.name;
+        let ctx = format!("cannot sample the keys of {name} to split its copy");
+        let keys: Vec<&cutover_core::Column> =
+            table.schema.columns.iter().filter(|c| c.key).collect();
+        if count < 2 || keys.is_empty() {
+            return Ok(Split::default());
+        }
+        let wanted = (count as f64 * 100.0).max(1000.0);
+        let percent = (wanted * 100.0 / table.rows_estimate.max(1) as f64).clamp(0.0001, 100.0);
+        // Aliased, so that ORDER BY sorts by the columns (not by their text).
+        let text_list = keys
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{}::text AS cutover_key_{i}", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let order = keys
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {text_list} FROM {} TABLESAMPLE SYSTEM ({percent}) ORDER BY {order}",
+            name.quoted()
+        );
+        let client = self.endpoint.connect().await?;
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        let sample: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| (0..keys.len()).map(|i| r.get::<_, String>(i)).collect())
+            .collect();
+        let mut points: Vec<Vec<String>> = Vec::new();
+        for i in 1..count as usize {
+            let Some(point) = sample.get(sample.len() * i / count as usize) else {
+                break;
+            };
+            if points.last() != Some(point) && sample.first() != Some(point) {
+                points.push(point.clone());
+            }
+        }
+        Ok(Split { points })
+    }
+
+    /// Copies one key range of `table` as of `snapshot` (see [`PgSource::copy_table`] and
+    /// [`cutover_core::ranges`]): the rows whose key is at or past the range's lower bound and
+    /// before its upper bound, compared as row values in the source's key order.
+    pub async fn copy_range(
+        &self,
+        table: &SourceTable,
+        snapshot: &SnapshotSession,
+        range: &KeyRange,
+        chunk_bytes: usize,
+        out: mpsc::Sender<Vec<Row>>,
+    ) -> Result<u64> {
+        let setup = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            snapshot.snapshot_name.replace('\'', "''")
+        );
+        let filter = range_filter(&table.schema, range);
+        self.copy_out(table, None, &setup, Some(&filter), chunk_bytes, out)
+            .await
     }
 
     /// Streams the rows of `partition` (a partition of `table`), with `table`'s columns, read in
@@ -318,17 +391,19 @@ impl PgSource {
         out: mpsc::Sender<Vec<Row>>,
     ) -> Result<u64> {
         let setup = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-        self.copy_out(table, Some(partition), setup, chunk_bytes, out)
+        self.copy_out(table, Some(partition), setup, None, chunk_bytes, out)
             .await
             .map_err(|e| partitions::unreadable(&table.schema.name, partition, e))
     }
 
-    /// Streams the rows of `table` (or of one of its partitions, `from`) after running `setup`.
+    /// Streams the rows of `table` (or of one of its partitions, `from`) after running `setup`,
+    /// only those that pass `filter` (a SQL condition) if given.
     async fn copy_out(
         &self,
         table: &SourceTable,
         from: Option<&TableName>,
         setup: &str,
+        filter: Option<&str>,
         chunk_bytes: usize,
         out: mpsc::Sender<Vec<Row>>,
     ) -> Result<u64> {
@@ -346,10 +421,11 @@ impl PgSource {
             .map(|c| quote_ident(&c.name))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = if table.relkind == 'p' || from.is_some() {
+        let sql = if table.relkind == 'p' || from.is_some() || filter.is_some() {
             format!(
-                "COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT binary)",
-                name.quoted()
+                "COPY (SELECT {columns} FROM {}{}) TO STDOUT (FORMAT binary)",
+                name.quoted(),
+                filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
             )
         } else {
             format!(
@@ -1009,5 +1085,103 @@ impl Source for PgStream {
             self.confirmed = lsn;
             self.feed.applied.send_replace(lsn);
         }
+    }
+}
+
+/// The SQL condition that selects `range`'s keys of `table`: row comparisons of the key
+/// columns with the split points as typed literals.
+fn range_filter(table: &TableSchema, range: &KeyRange) -> String {
+    let keys: Vec<&cutover_core::Column> = table.columns.iter().filter(|c| c.key).collect();
+    let list = keys
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let columns = if keys.len() == 1 {
+        list
+    } else {
+        format!("({list})")
+    };
+    let values = |point: &[String]| {
+        let literals = keys
+            .iter()
+            .zip(point)
+            .map(|(c, v)| {
+                let literal = format!("'{}'", v.replace('\'', "''"));
+                if c.type_name.is_empty() {
+                    literal
+                } else {
+                    format!("{literal}::{}", c.type_name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // One column compares as a scalar (so its index serves the range as for any
+        // comparison); several as a row value, in the key's column order.
+        if keys.len() == 1 {
+            literals
+        } else {
+            format!("({literals})")
+        }
+    };
+    let mut parts = Vec::new();
+    if let Some(lower) = range.lower() {
+        parts.push(format!("{columns} >= {}", values(lower)));
+    }
+    if let Some(upper) = range.upper() {
+        parts.push(format!("{columns} < {}", values(upper)));
+    }
+    if parts.is_empty() {
+        "true".into()
+    } else {
+        parts.join(" AND ")
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+    use cutover_core::Column;
+
+    fn column(name: &str, type_name: &str, key: bool) -> Column {
+        Column {
+            type_name: type_name.into(),
+            ..Column::new(name, 25, key)
+        }
+    }
+
+    #[test]
+    fn a_range_filter_quotes_its_bounds_and_compares_keys_in_order() {
+        let table = TableSchema {
+            name: TableName::new("public", "t"),
+            columns: vec![
+                column("Region", "text", true),
+                column("v", "text", false),
+                column("n", "integer", true),
+            ],
+        };
+        let split = Arc::new(Split {
+            points: vec![
+                vec!["it's".into(), "5".into()],
+                vec!["z".into(), "1".into()],
+            ],
+        });
+        let ranges = split.ranges();
+        assert_eq!(
+            range_filter(&table, &ranges[0]),
+            r#"("Region", "n") < ('it''s'::text, '5'::integer)"#
+        );
+        assert_eq!(
+            range_filter(&table, &ranges[1]),
+            r#"("Region", "n") >= ('it''s'::text, '5'::integer) AND ("Region", "n") < ('z'::text, '1'::integer)"#
+        );
+        let single = TableSchema {
+            name: TableName::new("public", "s"),
+            columns: vec![Column::new("id", 20, true)],
+        };
+        let split = Arc::new(Split {
+            points: vec![vec!["10".into()]],
+        });
+        assert_eq!(range_filter(&single, &split.ranges()[1]), r#""id" >= '10'"#);
     }
 }

@@ -10,6 +10,7 @@ use super::{SinkRules, TableTransform, TransformSet};
 use crate::change::{ChangeEvent, Row, StreamEvent};
 use crate::error::{ConnectorError, Result};
 use crate::position::Lsn;
+use crate::ranges::{KeyRange, RangesCopied};
 use crate::schema::{TableName, TableSchema};
 use crate::sink::{PendingWrite, Sink, SinkState, TableCopy};
 
@@ -53,6 +54,13 @@ impl TransformSink {
         self.compiled
             .insert(table.name.clone(), (table.clone(), t.clone()));
         Ok(t)
+    }
+
+    /// Whether the rules compiled at open leave `table` unchanged for this sink.
+    fn identity(&self, table: &TableName) -> bool {
+        self.compiled
+            .get(table)
+            .is_some_and(|(_, t)| t.as_ref().is_some_and(|t| t.is_identity()))
     }
 
     fn map_event(&mut self, event: StreamEvent) -> Result<Option<StreamEvent>> {
@@ -152,6 +160,32 @@ impl Sink for TransformSink {
                 })
             }
         })
+    }
+
+    fn copies_ranges(&self, table: &TableName) -> bool {
+        // Only a table the rules leave as it is: its keys and name are the sink's own.
+        self.identity(table) && self.inner.copies_ranges(table)
+    }
+
+    fn copied_ranges(&self) -> std::collections::BTreeMap<TableName, RangesCopied> {
+        let mut ranges = self.inner.copied_ranges();
+        ranges.retain(|table, _| self.identity(table));
+        ranges
+    }
+
+    async fn begin_range_copy(
+        &self,
+        table: Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+        range: KeyRange,
+    ) -> Result<Box<dyn TableCopy>> {
+        self.inner
+            .begin_range_copy(table, snapshot_lsn, range)
+            .await
+    }
+
+    async fn finish_ranges(&self, table: &TableName, snapshot_lsn: Lsn, rows: u64) -> Result<()> {
+        self.inner.finish_ranges(table, snapshot_lsn, rows).await
     }
 
     async fn apply(&mut self, event: StreamEvent) -> Result<()> {

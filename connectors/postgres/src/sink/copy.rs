@@ -44,6 +44,8 @@ pub(super) struct PgTableCopy {
     pub(super) starts: Vec<usize>,
     pub(super) table: Arc<TableSchema>,
     pub(super) snapshot_lsn: Lsn,
+    /// The key range copied, when the table's copy is split; `None`: the whole table.
+    pub(super) range: Option<cutover_core::ranges::KeyRange>,
     pub(super) rows: u64,
     pub(super) pipeline: String,
     pub(super) sink_name: String,
@@ -252,25 +254,51 @@ impl TableCopy for PgTableCopy {
 
     async fn finish(mut self: Box<Self>) -> Result<u64> {
         self.end_segment().await?;
-        self.client
-            .execute(
-                &format!(
-                    "INSERT INTO {STATE_SCHEMA}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
-                     VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)
-                     ON CONFLICT (pipeline, sink, table_schema, table_name) DO UPDATE
-                        SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows = EXCLUDED.rows, copied_at = now()"
-                ),
-                &[
-                    &self.pipeline,
-                    &self.sink_name,
-                    &self.table.name.schema,
-                    &self.table.name.name,
-                    &self.snapshot_lsn.to_string(),
-                    &(self.rows as i64),
-                ],
-            )
-            .await
-            .map_err(|e| classify(e, &self.ctx))?;
+        let lsn = self.snapshot_lsn.to_string();
+        let rows = self.rows as i64;
+        let recorded = match &self.range {
+            None => {
+                self.client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {STATE_SCHEMA}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
+                             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)
+                             ON CONFLICT (pipeline, sink, table_schema, table_name) DO UPDATE
+                                SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows = EXCLUDED.rows, copied_at = now()"
+                        ),
+                        &[
+                            &self.pipeline,
+                            &self.sink_name,
+                            &self.table.name.schema,
+                            &self.table.name.name,
+                            &lsn,
+                            &rows,
+                        ],
+                    )
+                    .await
+            }
+            Some(range) => {
+                self.client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {STATE_SCHEMA}.copied_ranges (pipeline, sink, table_schema, table_name, range_index, split, snapshot_lsn, rows)
+                             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7::text::pg_lsn, $8)"
+                        ),
+                        &[
+                            &self.pipeline,
+                            &self.sink_name,
+                            &self.table.name.schema,
+                            &self.table.name.name,
+                            &(range.index as i32),
+                            &range.split.to_json(),
+                            &lsn,
+                            &rows,
+                        ],
+                    )
+                    .await
+            }
+        };
+        recorded.map_err(|e| classify(e, &self.ctx))?;
         self.client
             .batch_execute("COMMIT")
             .await

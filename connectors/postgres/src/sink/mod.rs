@@ -95,6 +95,8 @@ pub struct PgSink {
     /// Tables marked to be copied again (`cutover recover`): their rows are cutover's, and
     /// the copy replaces them in its transaction.
     recopy: std::collections::HashSet<TableName>,
+    /// Key ranges of split tables recorded as copied, read at open (see `copied_ranges`).
+    ranges: std::collections::BTreeMap<TableName, cutover_core::ranges::RangesCopied>,
 }
 
 /// One target table and its staging tables.
@@ -154,6 +156,7 @@ impl PgSink {
             unflushed: Default::default(),
             async_commit: false,
             recopy: Default::default(),
+            ranges: Default::default(),
         })
     }
 
@@ -162,6 +165,53 @@ impl PgSink {
             .batch_execute(sql)
             .await
             .map_err(|e| classify(e, &format!("target {}", self.options.name)))
+    }
+
+    /// Opens a copy of `table` (or of one key `range` of it) in a transaction of its own.
+    async fn start_copy(
+        &self,
+        table: Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+        range: Option<cutover_core::ranges::KeyRange>,
+    ) -> Result<Box<dyn TableCopy>> {
+        let client = self.endpoint.connect().await?;
+        let ctx = match &range {
+            Some(r) => format!(
+                "cannot copy range {r} of {} into {}",
+                table.name, self.options.name
+            ),
+            None => format!("cannot copy {} into {}", table.name, self.options.name),
+        };
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        if range.is_none() && self.recopy.contains(&table.name) {
+            // Readers see the old rows until the copy commits; a crash keeps them and the mark.
+            tracing::info!(sink = %self.options.name, table = %table.name, "copying again: the table's rows are replaced in the copy's transaction");
+            client
+                .batch_execute(&format!("DELETE FROM {}", table.name.quoted()))
+                .await
+                .map_err(|e| classify(e, &ctx))?;
+        }
+        Ok(Box::new(PgTableCopy {
+            client,
+            copy: None,
+            refused: false,
+            chunk: BytesMut::with_capacity(COPY_CHUNK + (64 << 10)),
+            kept: Vec::new(),
+            kept_len: 0,
+            starts: Vec::new(),
+            table,
+            snapshot_lsn,
+            range,
+            rows: 0,
+            pipeline: self.options.pipeline.clone(),
+            sink_name: self.options.name.clone(),
+            ctx,
+            any_parked: self.any_parked.clone(),
+            parked: self.parked.clone(),
+        }))
     }
 }
 
@@ -219,6 +269,7 @@ impl Sink for PgSink {
         }
         self.state = self.read_state().await?;
         self.recopy = self.recopy_tables().await?;
+        self.ranges = self.read_ranges().await?;
         self.any_parked.store(
             crate::dead_letters::any(&self.client, &self.options.pipeline, &self.options.name)
                 .await?,
@@ -228,8 +279,10 @@ impl Sink for PgSink {
             let from_target = behind.remove(&source_table.name);
             let from_stream = from_target.is_some();
             let table = from_target.as_ref().unwrap_or(source_table);
+            // A table some of whose ranges are copied holds cutover's rows already.
             if !self.state.copied_tables.contains_key(&table.name)
                 && !self.recopy.contains(&table.name)
+                && !self.ranges.contains_key(&table.name)
             {
                 match self.options.adopt_at {
                     Some(at) => self.adopt(table, at).await?,
@@ -255,37 +308,31 @@ impl Sink for PgSink {
         table: Arc<TableSchema>,
         snapshot_lsn: Lsn,
     ) -> Result<Box<dyn TableCopy>> {
-        let client = self.endpoint.connect().await?;
-        let ctx = format!("cannot copy {} into {}", table.name, self.options.name);
-        client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(|e| classify(e, &ctx))?;
-        if self.recopy.contains(&table.name) {
-            // Readers see the old rows until the copy commits; a crash keeps them and the mark.
-            tracing::info!(sink = %self.options.name, table = %table.name, "copying again: the table's rows are replaced in the copy's transaction");
-            client
-                .batch_execute(&format!("DELETE FROM {}", table.name.quoted()))
-                .await
-                .map_err(|e| classify(e, &ctx))?;
-        }
-        Ok(Box::new(PgTableCopy {
-            client,
-            copy: None,
-            refused: false,
-            chunk: BytesMut::with_capacity(COPY_CHUNK + (64 << 10)),
-            kept: Vec::new(),
-            kept_len: 0,
-            starts: Vec::new(),
-            table,
-            snapshot_lsn,
-            rows: 0,
-            pipeline: self.options.pipeline.clone(),
-            sink_name: self.options.name.clone(),
-            ctx,
-            any_parked: self.any_parked.clone(),
-            parked: self.parked.clone(),
-        }))
+        self.start_copy(table, snapshot_lsn, None).await
+    }
+
+    fn copies_ranges(&self, table: &TableName) -> bool {
+        // A table marked for a new copy is replaced whole, in one transaction.
+        !self.recopy.contains(table)
+    }
+
+    fn copied_ranges(
+        &self,
+    ) -> std::collections::BTreeMap<TableName, cutover_core::ranges::RangesCopied> {
+        self.ranges.clone()
+    }
+
+    async fn begin_range_copy(
+        &self,
+        table: Arc<TableSchema>,
+        snapshot_lsn: Lsn,
+        range: cutover_core::ranges::KeyRange,
+    ) -> Result<Box<dyn TableCopy>> {
+        self.start_copy(table, snapshot_lsn, Some(range)).await
+    }
+
+    async fn finish_ranges(&self, table: &TableName, snapshot_lsn: Lsn, rows: u64) -> Result<()> {
+        self.record_ranges_done(table, snapshot_lsn, rows).await
     }
 
     async fn apply(&mut self, event: StreamEvent) -> Result<()> {

@@ -1,8 +1,10 @@
 //! The sink's state in the target: its checkpoint and copy records (created, read, forgotten),
 //! and which asynchronously committed checkpoints the target has flushed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cutover_core::ranges::{RangesCopied, Split};
 use cutover_core::{Checkpoint, ConnectorError, Lsn, Result, SinkState, TableName};
 use tokio_postgres::Client;
 
@@ -23,7 +25,7 @@ impl PgSink {
     pub async fn forget_state(&self) -> Result<()> {
         let exists = self.state_tables_exist().await?;
         if exists {
-            for table in ["checkpoints", "copied_tables"] {
+            for table in ["checkpoints", "copied_tables", "copied_ranges"] {
                 self.client
                     .execute(
                         &format!(
@@ -58,16 +60,34 @@ impl PgSink {
             )
             .await
             .map_err(|e| classify(e, ctx))?;
-        self.client
+        // A table copied in part (some key ranges) holds cutover's rows too: it is marked the
+        // same way, and its range records go.
+        let partly = self
+            .client
             .execute(
                 &format!(
-                    "DELETE FROM {STATE_SCHEMA}.checkpoints WHERE pipeline = $1 AND sink = $2"
+                    "INSERT INTO {STATE_SCHEMA}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
+                     SELECT DISTINCT pipeline, sink, table_schema, table_name, '0/0'::pg_lsn, 0
+                       FROM {STATE_SCHEMA}.copied_ranges WHERE pipeline = $1 AND sink = $2
+                     ON CONFLICT (pipeline, sink, table_schema, table_name) DO UPDATE
+                        SET snapshot_lsn = '0/0', rows = 0, copied_at = now()"
                 ),
                 &[&self.options.pipeline, &self.options.name],
             )
             .await
             .map_err(|e| classify(e, ctx))?;
-        Ok(marked)
+        for table in ["checkpoints", "copied_ranges"] {
+            self.client
+                .execute(
+                    &format!(
+                        "DELETE FROM {STATE_SCHEMA}.{table} WHERE pipeline = $1 AND sink = $2"
+                    ),
+                    &[&self.options.pipeline, &self.options.name],
+                )
+                .await
+                .map_err(|e| classify(e, ctx))?;
+        }
+        Ok(marked + partly)
     }
 
     /// The tables marked by [`PgSink::mark_for_recopy`] and not yet copied again.
@@ -103,10 +123,113 @@ impl PgSink {
                  snapshot_lsn pg_lsn NOT NULL, rows bigint NOT NULL,
                  copied_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (pipeline, sink, table_schema, table_name));
+             CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.copied_ranges (
+                 pipeline text NOT NULL, sink text NOT NULL,
+                 table_schema text NOT NULL, table_name text NOT NULL,
+                 range_index int NOT NULL, split jsonb NOT NULL,
+                 snapshot_lsn pg_lsn NOT NULL, rows bigint NOT NULL,
+                 copied_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, sink, table_schema, table_name, range_index));
              {}",
             crate::dead_letters::create_sql()
         ))
         .await
+    }
+
+    /// The key ranges of split tables this sink recorded as copied (see
+    /// [`cutover_core::ranges`]), per table with the split they belong to.
+    pub(super) async fn read_ranges(&self) -> Result<BTreeMap<TableName, RangesCopied>> {
+        let ctx = "cannot read the sink's copied key ranges";
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT table_schema, table_name, range_index, split::text, snapshot_lsn::text
+                       FROM {STATE_SCHEMA}.copied_ranges WHERE pipeline = $1 AND sink = $2
+                      ORDER BY table_schema, table_name, range_index"
+                ),
+                &[&self.options.pipeline, &self.options.name],
+            )
+            .await
+            .map_err(|e| classify(e, ctx))?;
+        let mut ranges: BTreeMap<TableName, RangesCopied> = BTreeMap::new();
+        for row in rows {
+            let table = TableName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+            let split = Split::from_json(row.get(3)).map_err(|e| {
+                ConnectorError::fatal(format!("{ctx}: {table}: {e}")).with_hint(
+                    "delete this sink's rows of cutover.copied_ranges for the table and TRUNCATE it on the target, then run again",
+                )
+            })?;
+            let entry = ranges.entry(table.clone()).or_insert_with(|| RangesCopied {
+                split: split.clone(),
+                done: BTreeMap::new(),
+            });
+            if entry.split != split {
+                return Err(ConnectorError::fatal(format!(
+                    "{ctx}: the ranges of {table} on sink {} belong to two different splits",
+                    self.options.name
+                ))
+                .with_hint("TRUNCATE the table on the target, delete this sink's rows of cutover.copied_ranges for it, and run again"));
+            }
+            entry
+                .done
+                .insert(row.get::<_, i32>(2) as u32, parse_lsn(row.get(4))?);
+        }
+        Ok(ranges)
+    }
+
+    /// Records `table` as copied at `snapshot_lsn` and deletes its range records, in one
+    /// transaction (see [`cutover_core::Sink::finish_ranges`]).
+    pub(super) async fn record_ranges_done(
+        &self,
+        table: &TableName,
+        snapshot_lsn: Lsn,
+        rows: u64,
+    ) -> Result<()> {
+        let ctx = format!("cannot record {table} as copied in {}", self.options.name);
+        let client = self.endpoint.connect().await?;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {STATE_SCHEMA}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
+                     VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)
+                     ON CONFLICT (pipeline, sink, table_schema, table_name) DO UPDATE
+                        SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows = EXCLUDED.rows, copied_at = now()"
+                ),
+                &[
+                    &self.options.pipeline,
+                    &self.options.name,
+                    &table.schema,
+                    &table.name,
+                    &snapshot_lsn.to_string(),
+                    &(rows as i64),
+                ],
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        client
+            .execute(
+                &format!(
+                    "DELETE FROM {STATE_SCHEMA}.copied_ranges
+                      WHERE pipeline = $1 AND sink = $2 AND table_schema = $3 AND table_name = $4"
+                ),
+                &[
+                    &self.options.pipeline,
+                    &self.options.name,
+                    &table.schema,
+                    &table.name,
+                ],
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| classify(e, &ctx))
     }
 
     /// Reads the sink's checkpoint and copy records without changing anything.

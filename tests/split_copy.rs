@@ -1,0 +1,193 @@
+//! Large tables copied in key ranges (`snapshot.range_rows`): several connections under one
+//! snapshot, each range recorded in the target with its rows, and after a SIGKILL only the
+//! ranges the target does not hold are copied again. Real source and target clusters.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Env, Pipeline};
+
+/// The ranges a run's log says it copied, as "index/count" (1-based, as logged), per table.
+fn ranges_logged(run: &Pipeline, table: &str) -> BTreeSet<String> {
+    run.log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "range copied" && v["table"] == table)
+        .filter_map(|v| v["range"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The ranges of `table` the target has recorded as copied, as "index/count".
+async fn ranges_recorded(env: &Env, table: &str, count: usize) -> BTreeSet<String> {
+    let (schema, name) = table.split_once('.').unwrap();
+    env.target()
+        .await
+        .query(
+            "SELECT range_index FROM cutover.copied_ranges WHERE pipeline = $1 AND table_schema = $2 AND table_name = $3",
+            &[&env.name, &schema, &name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}/{count}", r.get::<_, i32>(0) + 1))
+        .collect()
+}
+
+/// Writes to `table` (inserts, updates and deletes across its key space) until stopped.
+fn keep_writing(env: &Env, sql: &'static str) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let url = env.source_url.clone();
+    let task = tokio::spawn(async move {
+        let client = common::connect(&url).await;
+        let mut n = 0u64;
+        while !flag.load(Ordering::SeqCst) {
+            client.batch_execute(sql).await.unwrap();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        n
+    });
+    (stop, task)
+}
+
+/// A 400k-row table split into 8 ranges, copied 2 at a time with writes running; the run is
+/// SIGKILLed once about half the ranges are in. The restart copies exactly the ranges the
+/// target had not recorded, the table is recorded once, and the target ends equal to the
+/// source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_copy_resumes_with_only_the_unfinished_ranges() {
+    let env = Env::new("split_resume").await;
+    env.on_source(
+        "CREATE TABLE big (id bigint PRIMARY KEY, a int NOT NULL, b text, c timestamptz, d numeric(12,2));
+         INSERT INTO big SELECT g, g % 1000, repeat(md5(g::text), 3), now() - g * interval '1 s', g / 7.0
+           FROM generate_series(1, 400000) g;
+         ANALYZE big;",
+    )
+    .await;
+    // The copy is held to about 60k rows/s so the kill lands in the middle of it.
+    let pipeline = env.pipeline(
+        "[\"big\"]",
+        "[snapshot]\nworkers = 2\nrange_rows = 50000\nrows_per_s = 60000\n",
+    );
+    let (stop, writer) = keep_writing(
+        &env,
+        "UPDATE big SET a = a + 1 WHERE id = (random() * 400000)::bigint + 1;
+         DELETE FROM big WHERE id = (random() * 400000)::bigint + 1;
+         INSERT INTO big SELECT max(id) + 1, 7, 'new', now(), 1 FROM big;",
+    );
+
+    let mut first = env.start(&pipeline);
+    first
+        .wait_log("copying in key ranges", Duration::from_secs(60))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while ranges_logged(&first, "public.big").len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ranges were not copied:\n{}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill();
+    let logged = ranges_logged(&first, "public.big");
+    let recorded = ranges_recorded(&env, "public.big", 8).await;
+    assert!(
+        logged.is_subset(&recorded) && recorded.len() < 8,
+        "logged {logged:?}, recorded {recorded:?}"
+    );
+
+    let mut second = env.start(&pipeline);
+    second
+        .wait_log("streaming changes", Duration::from_secs(120))
+        .await;
+    let copied_again = ranges_logged(&second, "public.big");
+    let all: BTreeSet<String> = (1..=8).map(|i| format!("{i}/8")).collect();
+    let expected: BTreeSet<String> = all.difference(&recorded).cloned().collect();
+    assert_eq!(
+        copied_again, expected,
+        "the restart copied {copied_again:?}, but the target lacked {expected:?}"
+    );
+    assert!(
+        second.log_text().contains("resuming a split copy"),
+        "{}",
+        second.log_text()
+    );
+    assert!(
+        ranges_recorded(&env, "public.big", 8).await.is_empty(),
+        "range records were left after the table was recorded"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.await.unwrap();
+    assert!(writes > 10, "too few writes during the copy: {writes}");
+    env.wait_equal(&["big"], Duration::from_secs(120)).await;
+    for run in [&first, &second] {
+        // Overlapping ranges would show as duplicate keys, parked as dead letters.
+        assert!(
+            !run.log_text().contains("dead letter"),
+            "{}",
+            run.log_text()
+        );
+    }
+    assert!(second.terminate().success(), "{}", second.log_text());
+    env.drop_slot().await;
+}
+
+/// Keys of every kind a range can be cut by: text, composite (text, int), uuid, and a table
+/// keyed only by a replica identity index. Each is split, copied under writes, and equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_copies_handle_text_composite_uuid_and_replica_identity_keys() {
+    let env = Env::new("split_keys").await;
+    env.on_source(
+        "CREATE TABLE by_text (k text PRIMARY KEY, v int);
+         INSERT INTO by_text SELECT 'key ''' || md5(g::text), g FROM generate_series(1, 6000) g;
+         CREATE TABLE by_pair (region text, n int, v text, PRIMARY KEY (region, n));
+         INSERT INTO by_pair SELECT 'r' || (g % 7), g, 'v' || g FROM generate_series(1, 6000) g;
+         CREATE TABLE by_uuid (id uuid PRIMARY KEY, v int);
+         INSERT INTO by_uuid SELECT md5(g::text)::uuid, g FROM generate_series(1, 6000) g;
+         CREATE TABLE by_index (code int NOT NULL, v text);
+         CREATE UNIQUE INDEX by_index_code ON by_index (code);
+         ALTER TABLE by_index REPLICA IDENTITY USING INDEX by_index_code;
+         INSERT INTO by_index SELECT g * 3, 'x' || g FROM generate_series(1, 6000) g;
+         ANALYZE;",
+    )
+    .await;
+    let tables = ["by_text", "by_pair", "by_uuid", "by_index"];
+    let pipeline = env.pipeline(
+        "[\"by_text\", \"by_pair\", \"by_uuid\", \"by_index\"]",
+        "[snapshot]\nworkers = 3\nrange_rows = 1000\n",
+    );
+    let (stop, writer) = keep_writing(
+        &env,
+        "UPDATE by_text SET v = v + 1 WHERE k = (SELECT k FROM by_text ORDER BY random() LIMIT 1);
+         INSERT INTO by_pair VALUES ('r' || (random() * 9)::int, (random() * 1e9)::int, 'new') ON CONFLICT DO NOTHING;
+         DELETE FROM by_uuid WHERE id = (SELECT id FROM by_uuid ORDER BY random() LIMIT 1);
+         UPDATE by_index SET v = 'changed' WHERE code = ((random() * 6000)::int + 1) * 3;",
+    );
+    let mut run = env.start(&pipeline);
+    run.wait_log("streaming changes", Duration::from_secs(120))
+        .await;
+    for t in tables {
+        let ranges = ranges_logged(&run, &format!("public.{t}"));
+        assert!(
+            ranges.len() >= 3,
+            "{t} was not copied in ranges: {ranges:?}\n{}",
+            run.log_text()
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    env.wait_equal(&tables, Duration::from_secs(60)).await;
+    assert!(
+        !run.log_text().contains("dead letter"),
+        "{}",
+        run.log_text()
+    );
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
