@@ -5,8 +5,11 @@
 #   scripts/bench.sh [snapshot|apply|transform|memory|messages|latency|join|verify|switch|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
 #                                                     APPLY_TXNS=1200 by default)
 #
-# snapshot  1M rows (~160 B) into an empty target: cutover vs
-#           COPY ... TO STDOUT (FORMAT binary) | COPY ... FROM STDIN (FORMAT binary)
+# snapshot  SNAPSHOT_ROWS (~160 B) into an empty target: cutover with 1, 2 and 4 workers (tables
+#           split into key ranges) vs COPY ... TO STDOUT (FORMAT binary) | COPY ... FROM STDIN
+#           (FORMAT binary), and vs pgcopydb clone --split-tables-larger-than
+#           (the target table's primary key exists during cutover's copy and the pipe's; pgcopydb
+#           builds it after the data, as it does)
 # apply     a backlog of ~500k mixed changes (insert/update/delete, transactions of 1-1000 rows)
 #           in the slot: cutover vs native logical replication (CREATE SUBSCRIPTION), time from
 #           start until a marker committed last is on the target; both clusters are vacuumed
@@ -44,6 +47,13 @@ cd "$(dirname "$0")/.."
 WHAT=${1:-all}
 ROUNDS=${ROUNDS:-3}
 SNAPSHOT_ROWS=${SNAPSHOT_ROWS:-1000000}
+# The snapshot benchmark runs cutover once per worker count, with tables split into ranges of
+# SNAPSHOT_RANGE_ROWS rows, and pgcopydb (Debian's, installed here if missing) with as many table
+# jobs as the most workers and tables over SNAPSHOT_SPLIT_SIZE split.
+SNAPSHOT_WORKERS=${SNAPSHOT_WORKERS:-1 2 4}
+SNAPSHOT_RANGE_ROWS=${SNAPSHOT_RANGE_ROWS:-250000}
+SNAPSHOT_PGCOPYDB_JOBS=${SNAPSHOT_PGCOPYDB_JOBS:-4}
+SNAPSHOT_SPLIT_SIZE=${SNAPSHOT_SPLIT_SIZE:-100MB}
 APPLY_TXNS=${APPLY_TXNS:-1200}
 MESSAGE_CHANGES=${MESSAGE_CHANGES:-1000000}
 export CUTOVER_SERVICES_DIR=${CUTOVER_SERVICES_DIR:-/tmp/cutover-bench-services}
@@ -54,6 +64,12 @@ env_file=$(scripts/services.sh start)
 source "$env_file"
 trap 'rm -rf /tmp/cutover-bench-last; cp -r "$CUTOVER_SERVICES_DIR/work" /tmp/cutover-bench-last 2>/dev/null; scripts/services.sh stop' EXIT
 cargo build --release --quiet
+PGCOPYDB=$(command -v pgcopydb || true)
+if [ -z "$PGCOPYDB" ] && [ "$(id -u)" = 0 ] && { [ "$WHAT" = snapshot ] || [ "$WHAT" = all ]; }; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgcopydb >/dev/null 2>&1 ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgcopydb >/dev/null; } || true
+    PGCOPYDB=$(command -v pgcopydb || true)
+fi
 BIN=${CUTOVER_BENCH_BIN:-$PWD/target/release/cutover}
 PGBIN=$CUTOVER_PG_BIN
 TOOLS_DIR=${CUTOVER_TOOLS_DIR:-$HOME/.cache/cutover-tools}
@@ -104,26 +120,56 @@ bench_snapshot() {
     echo "== snapshot: $SNAPSHOT_ROWS rows"
     src -d postgres -c "DROP DATABASE IF EXISTS snap" -c "CREATE DATABASE snap"
     src -d snap -c "$TABLE_DDL" -c "INSERT INTO t SELECT g, g % 100000, md5(g::text) || md5((g+1)::text) || md5((g+2)::text) || 'abcd', now(), (g % 100000) * 0.01 FROM generate_series(1, $SNAPSHOT_ROWS) g" -c "VACUUM ANALYZE t"
-    local pipe_times=() cut_times=()
+    local pipe_times=() pgcopydb_times=()
+    declare -A cut_times=()
     for r in $(seq 1 "$ROUNDS"); do
         tgt -d postgres -c "DROP DATABASE IF EXISTS snap_pipe" -c "CREATE DATABASE snap_pipe"
         tgt -d snap_pipe -c "$TABLE_DDL"
         local t0; t0=$(now)
         src -d snap -c "COPY t TO STDOUT (FORMAT binary)" | tgt -d snap_pipe -c "COPY t FROM STDIN (FORMAT binary)"
         pipe_times+=("$(python3 -c "print($(now) - $t0)")")
+        local line="   round $r: pipe ${pipe_times[-1]} s"
 
-        tgt -d postgres -c "DROP DATABASE IF EXISTS snap_snap" -c "CREATE DATABASE snap_snap"
-        local p; p=$(pipeline snap snap)
-        "$BIN" --log-format json run "$p" 2> "$WORK/snap.log" &
-        local pid=$!
-        wait_log "$WORK/snap.log" "streaming changes"
-        kill -TERM $pid; wait $pid
-        cut_times+=("$(log_seconds "$WORK/snap.log" "copying tables" "table copied")")
-        "$BIN" teardown "$p" >/dev/null
-        echo "   round $r: pipe ${pipe_times[-1]} s, cutover ${cut_times[-1]} s"
+        for w in $SNAPSHOT_WORKERS; do
+            tgt -d postgres -c "DROP DATABASE IF EXISTS snap_snap_w$w" -c "CREATE DATABASE snap_snap_w$w"
+            local p; p=$(pipeline "snap_w$w" snap "[snapshot]
+workers = $w
+range_rows = $SNAPSHOT_RANGE_ROWS")
+            "$BIN" --log-format json run "$p" 2> "$WORK/snap_w$w.log" &
+            local pid=$!
+            wait_log "$WORK/snap_w$w.log" "streaming changes"
+            kill -TERM $pid; wait $pid
+            cut_times[$w]+="$(log_seconds "$WORK/snap_w$w.log" "copying tables" "table copied") "
+            "$BIN" teardown "$p" >/dev/null
+            line+=", cutover ($w workers) $(echo ${cut_times[$w]} | awk '{print $NF}') s"
+        done
+
+        if [ -n "$PGCOPYDB" ]; then
+            tgt -d postgres -c "DROP DATABASE IF EXISTS snap_pgcopydb" -c "CREATE DATABASE snap_pgcopydb"
+            rm -rf "$WORK/pgcopydb"
+            t0=$(now)
+            "$PGCOPYDB" clone --no-owner --no-acl --skip-extensions \
+                --table-jobs "$SNAPSHOT_PGCOPYDB_JOBS" --index-jobs 2 \
+                --split-tables-larger-than "$SNAPSHOT_SPLIT_SIZE" --dir "$WORK/pgcopydb" \
+                --source "postgres://postgres@127.0.0.1:$CUTOVER_SOURCE_PORT/snap" \
+                --target "postgres://postgres@127.0.0.1:$CUTOVER_TARGET_PORT/snap_pgcopydb" \
+                > "$WORK/pgcopydb.log" 2>&1
+            pgcopydb_times+=("$(python3 -c "print($(now) - $t0)")")
+            line+=", pgcopydb ${pgcopydb_times[-1]} s"
+        fi
+        echo "$line"
     done
-    local pm cm; pm=$(median "${pipe_times[@]}"); cm=$(median "${cut_times[@]}")
-    echo "   median: pipe $pm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$pm))") rows/s), cutover $cm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$cm))") rows/s); cutover throughput = $(ratio "$pm" "$cm") x pipe"
+    local pm; pm=$(median "${pipe_times[@]}")
+    echo "   median: pipe $pm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$pm))") rows/s)"
+    for w in $SNAPSHOT_WORKERS; do
+        # shellcheck disable=SC2086
+        local cm; cm=$(median ${cut_times[$w]})
+        echo "   median: cutover $w workers $cm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$cm))") rows/s) = $(ratio "$pm" "$cm") x pipe"
+    done
+    if [ -n "$PGCOPYDB" ]; then
+        local gm; gm=$(median "${pgcopydb_times[@]}")
+        echo "   median: pgcopydb clone ($SNAPSHOT_PGCOPYDB_JOBS table jobs, split over $SNAPSHOT_SPLIT_SIZE; schema, data, then the primary key) $gm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$gm))") rows/s) = $(ratio "$pm" "$gm") x pipe"
+    fi
 }
 
 cluster_cpu() { # PORT: JSON of the CPU seconds used so far by that cluster, by kind of process

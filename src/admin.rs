@@ -14,6 +14,7 @@
 //! | `POST /api/pause`, `/api/resume` | the source reader, or one sink with `?sink=NAME` |
 //! | `POST /api/verify` | a consistency check now (its result lands in the status and metrics) |
 //! | `POST /api/rate?sink=NAME&changes_per_s=N&bytes_per_s=M` | a sink's rate limits until the process ends (absent or 0: none) |
+//! | `POST /api/resnapshot?table=SCHEMA.TABLE` | copy one table again into every sink beside the stream (`cutover resnapshot`) |
 //!
 //! Actions need `Authorization: Bearer TOKEN` with `[admin] token`; without a configured token
 //! they are refused. The report behind `/readyz`, `/api/status` and the gate metrics reads the
@@ -139,6 +140,7 @@ impl Admin {
             .route("/api/resume", post(resume))
             .route("/api/verify", post(verify_now))
             .route("/api/rate", post(set_rate))
+            .route("/api/resnapshot", post(resnapshot))
             .with_state(self);
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "admin server stopped");
@@ -557,6 +559,73 @@ async fn set_rate(
         bytes_per_s: r.bytes_per_s.filter(|n| *n > 0),
     };
     admin.command(Command::SetRate(sink, limits)).await
+}
+
+#[derive(Deserialize)]
+struct TableQuery {
+    table: Option<String>,
+}
+
+async fn resnapshot(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Query(q): Query<TableQuery>,
+) -> Response {
+    if let Some(refused) = admin.refusal(&headers) {
+        return refused;
+    }
+    let Some(name) = q.table.as_deref().and_then(|t| t.split_once('.')) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "name the table: /api/resnapshot?table=SCHEMA.TABLE\n".into(),
+        );
+    };
+    if admin.telemetry.snapshot().phase != Phase::Streaming {
+        return text(
+            StatusCode::CONFLICT,
+            "a table is copied again while the pipeline streams; try again once the copy is done\n"
+                .into(),
+        );
+    }
+    let table = cutover_core::TableName::new(name.0, name.1);
+    admin.command(Command::Resnapshot(table)).await
+}
+
+/// Posts an action to a `cutover run`'s admin server at `listen` (a wildcard address is asked
+/// on loopback) with the admin `token`; returns the server's answer, or why there is none.
+pub async fn post_action(listen: SocketAddr, path: &str, token: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("no cutover run answers at {addr} ({e}): start `cutover run` for this pipeline first"))?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: cutover\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| format!("cannot read the answer of {addr}: {e}"))?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        if head.starts_with("HTTP/1.1 200") {
+            Ok(body.trim().to_string())
+        } else {
+            Err(format!("the pipeline at {addr} refused: {}", body.trim()))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), ask)
+        .await
+        .unwrap_or_else(|_| Err(format!("the pipeline at {addr} did not answer within 30 s")))
 }
 
 async fn verify_now(State(admin): State<Admin>, headers: HeaderMap) -> Response {

@@ -67,6 +67,17 @@ enum Command {
     /// (replacing the rows of PostgreSQL targets, one transaction per table) and streams on.
     /// Refused while the slot is healthy, or while the pipeline runs.
     Recover { pipeline: PathBuf },
+    /// Copy one table again into every sink while the pipeline streams (the other tables keep
+    /// streaming): for a target `verify` found wrong beyond what `--repair` should fix. Each
+    /// PostgreSQL target's rows of the table are replaced in the copy's transaction; Kafka and
+    /// NATS get a truncate message before the rows. Asks the running `cutover run` through its
+    /// admin server ([admin] listen and token).
+    Resnapshot {
+        pipeline: PathBuf,
+        /// The table, `schema.table` (a bare name means `public.table`).
+        #[arg(long)]
+        table: String,
+    },
     /// Show the slot's lag, each target's checkpoint and the switch's readiness gates, ending
     /// with READY or NOT READY. Exit code 0: ready to switch; 3: not ready.
     Status {
@@ -199,6 +210,7 @@ fn main() -> ExitCode {
             Command::Forget { pipeline, sink } => forget(&pipeline, &sink).await,
             Command::Recover { pipeline } => recover(&pipeline).await,
             Command::Status { pipeline, format } => show_status(&pipeline, format).await,
+            Command::Resnapshot { pipeline, table } => resnapshot(&pipeline, &table).await,
             Command::Switch { pipeline, how } => {
                 run_switch(&pipeline, Direction::Reverse, how).await
             }
@@ -648,6 +660,42 @@ async fn check(path: &std::path::Path) -> Outcome {
     } else {
         Err(format!("{failed} check(s) failed; see the fixes above"))
     }
+}
+
+async fn resnapshot(path: &std::path::Path, table: &str) -> Outcome {
+    let cfg = load(path)?;
+    let table = if table.contains('.') {
+        table.to_string()
+    } else {
+        format!("public.{table}")
+    };
+    let Some(listen) = cfg.admin.listen.filter(|l| l.port() != 0) else {
+        return Err(format!(
+            "{}: resnapshot asks the running pipeline through its admin server, and [admin] listen is not set. Fix: set [admin] listen and token, and restart `cutover run`.",
+            path.display()
+        ));
+    };
+    let Some(token) = cfg.admin.token.as_deref() else {
+        return Err(format!(
+            "{}: resnapshot is an admin action and [admin] token is not set{}. Fix: set [admin] token (e.g. token = \"${{CUTOVER_ADMIN_TOKEN}}\") and restart `cutover run`.",
+            path.display(),
+            cfg.admin
+                .token_error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ));
+    };
+    let query: String = table
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    cutover::admin::post_action(listen, &format!("/api/resnapshot?table={query}"), token).await?;
+    say!("{table}: the running pipeline copies it again into every sink; `cutover status` shows the copy, the log says \"table copied into every sink\" when it is done");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {

@@ -27,6 +27,9 @@ pub struct Permit {
 pub enum Control {
     /// Prepare the target for the table and hold its changes from here on.
     AddTable(Arc<TableSchema>),
+    /// A table the sink has is copied again (`cutover resnapshot`): its next copy replaces its
+    /// rows, and its changes are held from here on.
+    CopyAgain(Arc<TableSchema>),
     /// Its copy starts, under a snapshot taken at `lsn`.
     BeginCopy { table: TableName, lsn: Lsn },
     /// Rows of the copy, in chunks.

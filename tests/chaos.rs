@@ -202,7 +202,7 @@ fn dump_rows(port: u16, db: &str, table: &str) -> Vec<String> {
 fn copying(log: &str) -> bool {
     !log.contains("streaming changes")
         || log.matches("a new table matches source.tables").count()
-            > log.matches("new table copied into every sink").count()
+            > log.matches("table copied into every sink").count()
 }
 
 #[derive(Default)]

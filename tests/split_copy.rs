@@ -191,3 +191,120 @@ async fn split_copies_handle_text_composite_uuid_and_replica_identity_keys() {
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }
+
+/// A free TCP port on loopback (for an admin server the CLI must find in the pipeline file).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `cutover resnapshot` while streaming: a target table damaged on purpose is copied again
+/// (its rows replaced, the damage gone) with writes to it running, while another table keeps
+/// streaming; that table's staleness during the re-copy is measured and reported, and must stay
+/// below the copy's duration (it was not held for the copy). Both end equal to the source. A
+/// table outside the pipeline is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resnapshot_copies_one_table_again_while_the_others_stream() {
+    let env = Env::new("resnapshot").await;
+    env.on_source(
+        "CREATE TABLE a (id int PRIMARY KEY, v text);
+         INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 100000) g;
+         CREATE TABLE b (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE TABLE other (id int PRIMARY KEY);",
+    )
+    .await;
+    let port = free_port();
+    // The re-copy is held to 25k rows/s, so it lasts about 4 s.
+    let pipeline = env.pipeline(
+        "[\"a\", \"b\"]",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"resnapshot-test-token-0123456789\"\n[snapshot]\nrows_per_s = 25000\n"
+        ),
+    );
+    let (stop, writer) = keep_writing(
+        &env,
+        "INSERT INTO b DEFAULT VALUES;
+         UPDATE a SET v = v || '+' WHERE id = (random() * 99999)::int + 1;",
+    );
+    let mut run = env.start(&pipeline);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.target()
+        .await
+        .batch_execute(
+            "DELETE FROM a WHERE id % 10 = 0; UPDATE a SET v = 'wrong' WHERE id % 7 = 0;
+             INSERT INTO a VALUES (-1, 'not on the source');",
+        )
+        .await
+        .unwrap();
+
+    let path = pipeline.to_str().unwrap();
+    let (code, _, err) = common::cutover(&["resnapshot", path, "--table", "other"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not one of the pipeline's tables"), "{err}");
+    let (code, out, err) = common::cutover(&["resnapshot", path, "--table", "public.a"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // How stale b gets on the target while a is copied again.
+    let src = env.source().await;
+    let tgt = env.target().await;
+    let mut stalest = Duration::ZERO;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !run.log_text().contains("table copied into every sink") {
+        assert!(std::time::Instant::now() < deadline, "{}", run.log_text());
+        let at_source: std::time::SystemTime = src
+            .query_one("SELECT clock_timestamp()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let on_target: Option<std::time::SystemTime> = tgt
+            .query_one("SELECT max(at) FROM b", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if let Some(on_target) = on_target {
+            stalest = stalest.max(at_source.duration_since(on_target).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let copy = log_seconds(
+        &run,
+        "copying the table again",
+        "table copied into every sink",
+    );
+    eprintln!(
+        "resnapshot of a ({copy:.2} s): table b at most {:.2} s stale on the target meanwhile",
+        stalest.as_secs_f64()
+    );
+    assert!(
+        stalest.as_secs_f64() < copy,
+        "b was {stalest:?} stale during a {copy:.2} s re-copy of a: it waited for the copy"
+    );
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    env.wait_equal(&["a", "b"], Duration::from_secs(60)).await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}
+
+/// Seconds between the first log line holding `from` and the first holding `to`.
+fn log_seconds(run: &Pipeline, from: &str, to: &str) -> f64 {
+    let at = |text: &str| {
+        run.log_text()
+            .lines()
+            .find(|l| l.contains(text))
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v["timestamp"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no log line holds {text:?}"))
+    };
+    let seconds = |ts: String| {
+        // 2026-12-06T05:29:04.774506Z: the time of day is enough within one test.
+        let t = ts.split('T').nth(1).unwrap().trim_end_matches('Z');
+        let mut parts = t.split(':').map(|p| p.parse::<f64>().unwrap());
+        parts.next().unwrap() * 3600.0 + parts.next().unwrap() * 60.0 + parts.next().unwrap()
+    };
+    seconds(at(to)) - seconds(at(from))
+}

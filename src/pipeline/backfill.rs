@@ -83,8 +83,18 @@ pub async fn step(
         joined: false,
     };
     match control {
-        Control::AddTable(table) => {
-            sink.add_table(table.clone()).await?;
+        Control::AddTable(_) | Control::CopyAgain(_) => {
+            let table = match control {
+                Control::AddTable(table) => {
+                    sink.add_table(table.clone()).await?;
+                    table
+                }
+                Control::CopyAgain(table) => {
+                    sink.copy_again(table.clone()).await?;
+                    table
+                }
+                _ => unreachable!("matched above"),
+            };
             *backfill = Some(Backfill {
                 table,
                 copy: None,
@@ -157,7 +167,7 @@ type CopyTask<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u6
 pub struct Joiner<'a> {
     source: &'a PgSource,
     cfg: &'a Pipeline,
-    waiting: Vec<SourceTable>,
+    waiting: Vec<(SourceTable, bool)>,
     joined: HashSet<TableName>,
     joining: Option<Joining>,
     copy: Option<CopyTask<'a>>,
@@ -187,6 +197,8 @@ pub enum JoinEvent {
 pub struct Starting {
     pub table: SourceTable,
     pub progress: TableProgress,
+    /// A table the sinks have, copied again (`cutover resnapshot`).
+    pub again: bool,
 }
 
 impl<'a> Joiner<'a> {
@@ -205,14 +217,24 @@ impl<'a> Joiner<'a> {
 
     /// Whether `name` is joining, waiting, or joined in this run.
     pub fn knows(&self, name: &TableName) -> bool {
-        self.joined.contains(name)
-            || self.joining.as_ref().is_some_and(|j| &j.name == name)
-            || self.waiting.iter().any(|t| &t.schema.name == name)
+        self.joined.contains(name) || self.busy_with(name)
+    }
+
+    /// Whether `name` is being copied or waits to be.
+    pub fn busy_with(&self, name: &TableName) -> bool {
+        self.joining.as_ref().is_some_and(|j| &j.name == name)
+            || self.waiting.iter().any(|(t, _)| &t.schema.name == name)
     }
 
     /// Queues a table to join.
     pub fn wait(&mut self, table: SourceTable) {
-        self.waiting.push(table);
+        self.waiting.push((table, false));
+    }
+
+    /// Queues a table the sinks have to be copied again (`cutover resnapshot`), beside the
+    /// stream as a joining table is.
+    pub fn again(&mut self, table: SourceTable) {
+        self.waiting.push((table, true));
     }
 
     /// The next table to join, when none is joining.
@@ -220,19 +242,27 @@ impl<'a> Joiner<'a> {
         if self.joining.is_some() {
             return None;
         }
-        let table = self.waiting.pop()?;
+        let (table, again) = self.waiting.pop()?;
         let progress = TableProgress {
             name: table.schema.name.to_string(),
             rows_estimate: table.rows_estimate,
             ..TableProgress::default()
         };
-        Some(Starting { table, progress })
+        Some(Starting {
+            table,
+            progress,
+            again,
+        })
     }
 
     /// Starts the copy of `table`, whose `AddTable` step every sink has; `progress_index` is
     /// its status line.
-    pub fn begin(&mut self, table: SourceTable, progress_index: usize) {
-        tracing::info!(table = %table.schema.name, "a new table matches source.tables: copying it beside the stream; its changes wait in each sink until the copy is complete");
+    pub fn begin(&mut self, table: SourceTable, progress_index: usize, again: bool) {
+        if again {
+            tracing::info!(table = %table.schema.name, "copying the table again (resnapshot) beside the stream: each sink's copy replaces its rows; its changes wait in each sink until the copy is complete, the other tables keep streaming");
+        } else {
+            tracing::info!(table = %table.schema.name, "a new table matches source.tables: copying it beside the stream; its changes wait in each sink until the copy is complete");
+        }
         let (steps_tx, steps_rx) = mpsc::channel(2);
         self.joining = Some(Joining {
             name: table.schema.name.clone(),
@@ -292,7 +322,7 @@ impl<'a> Joiner<'a> {
         if j.finished < sinks {
             return None;
         }
-        tracing::info!(table = %j.name, "new table copied into every sink; it streams like the others");
+        tracing::info!(table = %j.name, "table copied into every sink; it streams like the others");
         let j = self.joining.take()?;
         self.joined.insert(j.name);
         Some(j.progress_index)

@@ -29,6 +29,9 @@ pub enum Command {
         through: Lsn,
         path: PathBuf,
     },
+    /// Copy one of the pipeline's tables again into every sink, beside the stream (`cutover
+    /// resnapshot`): each sink's rows of it are replaced by the copy.
+    Resnapshot(cutover_core::TableName),
     /// Replace one sink's write rate limits until the process ends (`None`: no limit).
     SetRate(String, crate::config::RateLimits),
 }

@@ -291,18 +291,23 @@ impl Reader<'_> {
         let table = starting.table;
         // Rows copied, not streamed: the switch's final check compares the whole table.
         self.operator.changed.mark_full(&table.schema.name);
-        self.stream.learn_table(table.schema.clone());
-        catalog
-            .source
-            .publish_table(&table.schema.name)
-            .await
-            .map_err(Err)?;
-        self.send_control(Control::AddTable(table.schema.clone()), 0, stop)
-            .await?;
+        let first = if starting.again {
+            // Streamed already: in the publication, and known to the decoder.
+            Control::CopyAgain(table.schema.clone())
+        } else {
+            self.stream.learn_table(table.schema.clone());
+            catalog
+                .source
+                .publish_table(&table.schema.name)
+                .await
+                .map_err(Err)?;
+            Control::AddTable(table.schema.clone())
+        };
+        self.send_control(first, 0, stop).await?;
         self.progress.hold();
         let line = self.telemetry.table_joining(starting.progress);
         if let Some(catalog) = self.catalog.as_mut() {
-            catalog.joiner.begin(table, line);
+            catalog.joiner.begin(table, line, starting.again);
         }
         Ok(())
     }
@@ -400,6 +405,29 @@ impl Reader<'_> {
             }
             Command::WriteChangedKeys { through, path } => {
                 self.operator.write_changed = Some((through, path));
+            }
+            Command::Resnapshot(name) => {
+                let Some(catalog) = self.catalog.as_mut() else {
+                    return Err("this pipeline copies no table beside its stream".into());
+                };
+                let Some(table) = catalog
+                    .source
+                    .tables()
+                    .iter()
+                    .find(|t| t.schema.name == name)
+                    .cloned()
+                else {
+                    return Err(format!(
+                        "{name} is not one of the pipeline's tables (source.tables)"
+                    ));
+                };
+                if catalog.joiner.busy_with(&name) {
+                    return Err(format!(
+                        "{name} is being copied already; wait until it streams"
+                    ));
+                }
+                tracing::info!(table = %name, "resnapshot asked: the table will be copied again into every sink");
+                catalog.joiner.again(table);
             }
             Command::SetRate(name, limits) => {
                 let i = sink(&name, &self.lanes)?;

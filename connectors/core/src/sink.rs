@@ -52,6 +52,15 @@ pub trait Sink: Send + Sync {
         Ok(())
     }
 
+    /// Makes the next [`Sink::begin_copy`] of `table`, a table the sink has, replace the
+    /// table's rows (`cutover resnapshot`): in the copy's transaction where the sink has one,
+    /// before the copy's first row otherwise. Sinks whose copy already starts by clearing the
+    /// table (a truncate message) need nothing here.
+    async fn copy_again(&mut self, table: Arc<TableSchema>) -> Result<()> {
+        let _ = table;
+        Ok(())
+    }
+
     /// Starts the snapshot copy of one table taken at `snapshot_lsn`. Nothing it writes is
     /// visible as "copied" until [`TableCopy::finish`] returns; a copy that never finishes is
     /// started again from scratch after a restart.

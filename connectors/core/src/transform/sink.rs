@@ -136,6 +136,13 @@ impl Sink for TransformSink {
         }
     }
 
+    async fn copy_again(&mut self, table: Arc<TableSchema>) -> Result<()> {
+        match self.transform(&table)? {
+            Some(t) => self.inner.copy_again(t.output().clone()).await,
+            None => Ok(()),
+        }
+    }
+
     async fn begin_copy(
         &self,
         table: Arc<TableSchema>,

@@ -311,6 +311,12 @@ impl Sink for PgSink {
         self.start_copy(table, snapshot_lsn, None).await
     }
 
+    async fn copy_again(&mut self, table: Arc<TableSchema>) -> Result<()> {
+        // The copy deletes the table's rows in its transaction, as after `cutover recover`.
+        self.recopy.insert(table.name.clone());
+        Ok(())
+    }
+
     fn copies_ranges(&self, table: &TableName) -> bool {
         // A table marked for a new copy is replaced whole, in one transaction.
         !self.recopy.contains(table)
