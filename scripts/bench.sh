@@ -2,7 +2,7 @@
 # Benchmarks cutover against the peers that run here, in the same run, on its own servers
 # (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
 #
-#   scripts/bench.sh [snapshot|apply|transform|memory|messages|latency|join|verify|switch|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#   scripts/bench.sh [snapshot|snapshot_crash|apply|transform|memory|messages|latency|join|verify|switch|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
 #                                                     APPLY_TXNS=1200 by default)
 #
 # snapshot  SNAPSHOT_ROWS (~160 B) into an empty target: cutover with 1, 2 and 4 workers (tables
@@ -121,7 +121,7 @@ bench_snapshot() {
     src -d postgres -c "DROP DATABASE IF EXISTS snap" -c "CREATE DATABASE snap"
     src -d snap -c "$TABLE_DDL" -c "INSERT INTO t SELECT g, g % 100000, md5(g::text) || md5((g+1)::text) || md5((g+2)::text) || 'abcd', now(), (g % 100000) * 0.01 FROM generate_series(1, $SNAPSHOT_ROWS) g" -c "VACUUM ANALYZE t"
     local pipe_times=() pgcopydb_times=()
-    declare -A cut_times=()
+    declare -A cut_times=() cut_rss=()
     for r in $(seq 1 "$ROUNDS"); do
         tgt -d postgres -c "DROP DATABASE IF EXISTS snap_pipe" -c "CREATE DATABASE snap_pipe"
         tgt -d snap_pipe -c "$TABLE_DDL"
@@ -138,6 +138,7 @@ range_rows = $SNAPSHOT_RANGE_ROWS")
             "$BIN" --log-format json run "$p" 2> "$WORK/snap_w$w.log" &
             local pid=$!
             wait_log "$WORK/snap_w$w.log" "streaming changes"
+            cut_rss[$w]+="$(awk '/VmHWM/ {print int($2 / 1024)}' /proc/$pid/status) "
             kill -TERM $pid; wait $pid
             cut_times[$w]+="$(log_seconds "$WORK/snap_w$w.log" "copying tables" "table copied") "
             "$BIN" teardown "$p" >/dev/null
@@ -164,12 +165,58 @@ range_rows = $SNAPSHOT_RANGE_ROWS")
     for w in $SNAPSHOT_WORKERS; do
         # shellcheck disable=SC2086
         local cm; cm=$(median ${cut_times[$w]})
-        echo "   median: cutover $w workers $cm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$cm))") rows/s) = $(ratio "$pm" "$cm") x pipe"
+        echo "   median: cutover $w workers $cm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$cm))") rows/s) = $(ratio "$pm" "$cm") x pipe; peak RSS (MiB) per round: ${cut_rss[$w]}"
     done
     if [ -n "$PGCOPYDB" ]; then
         local gm; gm=$(median "${pgcopydb_times[@]}")
         echo "   median: pgcopydb clone ($SNAPSHOT_PGCOPYDB_JOBS table jobs, split over $SNAPSHOT_SPLIT_SIZE; schema, data, then the primary key) $gm s ($(python3 -c "print(int($SNAPSHOT_ROWS/$gm))") rows/s) = $(ratio "$pm" "$gm") x pipe"
     fi
+}
+
+# The copy's redo after a SIGKILL halfway: a split copy (SNAPSHOT_WORKERS' last count, ranges of
+# SNAPSHOT_RANGE_ROWS) killed once half its ranges are in, then restarted: the restart's copy
+# time and rows, against the whole table's copy time in one piece (what a crash cost before).
+bench_snapshot_crash() {
+    echo "== snapshot crash: $SNAPSHOT_ROWS rows, SIGKILL at half the ranges"
+    src -d postgres -c "DROP DATABASE IF EXISTS snapk" -c "CREATE DATABASE snapk"
+    src -d snapk -c "$TABLE_DDL" -c "INSERT INTO t SELECT g, g % 100000, md5(g::text) || md5((g+1)::text) || md5((g+2)::text) || 'abcd', now(), (g % 100000) * 0.01 FROM generate_series(1, $SNAPSHOT_ROWS) g" -c "VACUUM ANALYZE t"
+    local w; w=$(echo "$SNAPSHOT_WORKERS" | awk '{print $NF}')
+    local ranges=$(( (SNAPSHOT_ROWS + SNAPSHOT_RANGE_ROWS - 1) / SNAPSHOT_RANGE_ROWS ))
+    local redo_times=() redo_rows=() whole_times=()
+    for r in $(seq 1 "$ROUNDS"); do
+        tgt -d postgres -c "DROP DATABASE IF EXISTS snapk_whole" -c "CREATE DATABASE snapk_whole"
+        local p; p=$(pipeline whole snapk "[snapshot]
+workers = $w
+range_rows = $((SNAPSHOT_ROWS * 10))")
+        "$BIN" --log-format json run "$p" 2> "$WORK/whole.log" &
+        local pid=$!
+        wait_log "$WORK/whole.log" "streaming changes"
+        kill -TERM $pid; wait $pid
+        whole_times+=("$(log_seconds "$WORK/whole.log" "copying tables" "table copied")")
+        "$BIN" teardown "$p" >/dev/null
+
+        tgt -d postgres -c "DROP DATABASE IF EXISTS snapk_split" -c "CREATE DATABASE snapk_split"
+        p=$(pipeline split snapk "[snapshot]
+workers = $w
+range_rows = $SNAPSHOT_RANGE_ROWS")
+        "$BIN" --log-format json run "$p" 2> "$WORK/split1.log" &
+        pid=$!
+        for _ in $(seq 1 6000); do
+            [ "$(grep -c '"range copied"' "$WORK/split1.log" 2>/dev/null)" -ge $((ranges / 2)) ] && break
+            sleep 0.02
+        done
+        kill -KILL $pid; wait $pid 2>/dev/null || true
+        "$BIN" --log-format json run "$p" 2> "$WORK/split2.log" &
+        pid=$!
+        wait_log "$WORK/split2.log" "streaming changes"
+        kill -TERM $pid; wait $pid
+        redo_times+=("$(log_seconds "$WORK/split2.log" "copying tables" "table copied")")
+        redo_rows+=("$(python3 -c 'import json,sys; print(sum(json.loads(l).get("rows", 0) for l in open(sys.argv[1]) if "\"range copied\"" in l))' "$WORK/split2.log")")
+        "$BIN" teardown "$p" >/dev/null
+        echo "   round $r: whole-table copy ${whole_times[-1]} s; after the kill the restart copied ${redo_rows[-1]} rows in ${redo_times[-1]} s"
+    done
+    local wm rm; wm=$(median "${whole_times[@]}"); rm=$(median "${redo_times[@]}")
+    echo "   median: restart redid $(median "${redo_rows[@]}") of $SNAPSHOT_ROWS rows in $rm s, against $wm s for the whole table = $(ratio "$rm" "$wm") x the whole-table redo"
 }
 
 cluster_cpu() { # PORT: JSON of the CPU seconds used so far by that cluster, by kind of process
@@ -792,6 +839,7 @@ config_file = \"$WORK/sw-bouncer/pgbouncer.ini\"")
 
 case "$WHAT" in
 snapshot) bench_snapshot ;;
+snapshot_crash) bench_snapshot_crash ;;
 apply) bench_apply ;;
 transform) bench_transform ;;
 memory) bench_memory ;;
@@ -800,6 +848,6 @@ latency) bench_latency ;;
 join) bench_join ;;
 verify) bench_verify ;;
 switch) bench_switch ;;
-all) bench_snapshot; bench_apply; bench_transform; bench_memory; bench_messages; bench_latency; bench_join; bench_verify; bench_switch ;;
-*) echo "usage: $0 [snapshot|apply|transform|memory|messages|latency|join|verify|switch|all]" >&2; exit 2 ;;
+all) bench_snapshot; bench_snapshot_crash; bench_apply; bench_transform; bench_memory; bench_messages; bench_latency; bench_join; bench_verify; bench_switch ;;
+*) echo "usage: $0 [snapshot|snapshot_crash|apply|transform|memory|messages|latency|join|verify|switch|all]" >&2; exit 2 ;;
 esac

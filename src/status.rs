@@ -175,12 +175,9 @@ impl Status {
                     .checked_div(t.rows_estimate)
                     .map(|p| format!(" {}%", p.min(99)))
                     .unwrap_or_default();
-                let ranges = if t.ranges.is_empty() {
-                    String::new()
-                } else {
-                    let done = t.ranges.iter().filter(|r| r.done).count();
-                    format!(" (ranges {done}/{})", t.ranges.len())
-                };
+                let ranges = ranges_done(t)
+                    .map(|(done, all)| format!(" (ranges {done}/{all})"))
+                    .unwrap_or_default();
                 format!("{} {} rows{pct}{ranges}", t.name, t.rows_copied)
             })
             .collect()
@@ -297,6 +294,11 @@ pub struct Bars {
     rates: std::collections::HashMap<String, f64>,
 }
 
+/// A split table's ranges copied and in all; `None` for a table copied in one piece.
+fn ranges_done(t: &TableProgress) -> Option<(usize, usize)> {
+    (!t.ranges.is_empty()).then(|| (t.ranges.iter().filter(|r| r.done).count(), t.ranges.len()))
+}
+
 /// Width of a bar, in characters.
 const BAR: usize = 24;
 
@@ -333,13 +335,16 @@ impl Bars {
                 "?".to_string()
             };
             lines.push(format!(
-                "{:<width$} [{}{}] {:>3}% {} rows, {:.0} rows/s, ETA {eta}",
+                "{:<width$} [{}{}] {:>3}% {} rows, {:.0} rows/s, ETA {eta}{}",
                 t.name,
                 "#".repeat(filled),
                 "-".repeat(BAR - filled),
                 (share * 100.0) as u32,
                 t.rows_copied,
                 rate,
+                ranges_done(t)
+                    .map(|(done, all)| format!(", ranges {done}/{all}"))
+                    .unwrap_or_default(),
             ));
         }
         lines.push(status.line());
@@ -458,6 +463,22 @@ mod tests {
             second[1].starts_with("snapshot: 1/2 tables"),
             "{}",
             second[1]
+        );
+        // A split table shows its ranges, in the bar and in the line.
+        status.tables[0].ranges = vec![
+            RangeProgress {
+                done: true,
+                ..RangeProgress::default()
+            },
+            RangeProgress::default(),
+            RangeProgress::default(),
+        ];
+        let third = bars.lines(&status, t0 + Duration::from_secs(3));
+        assert!(third[0].ends_with(", ranges 1/3"), "{}", third[0]);
+        assert!(
+            third[1].contains("public.orders 300000 rows 30% (ranges 1/3)"),
+            "{}",
+            third[1]
         );
     }
 

@@ -65,6 +65,16 @@ pub struct SnapshotSession {
     pub lsn: Lsn,
 }
 
+impl SnapshotSession {
+    /// The statements that open a read-only transaction on this snapshot.
+    fn setup(&self) -> String {
+        format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            self.snapshot_name.replace('\'', "''")
+        )
+    }
+}
+
 /// A connected PostgreSQL source with its resolved tables.
 pub struct PgSource {
     endpoint: PgEndpoint,
@@ -301,11 +311,7 @@ impl PgSource {
         chunk_bytes: usize,
         out: mpsc::Sender<Vec<Row>>,
     ) -> Result<u64> {
-        let setup = format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-            snapshot.snapshot_name.replace('\'', "''")
-        );
-        self.copy_out(table, None, &setup, None, chunk_bytes, out)
+        self.copy_out(table, None, &snapshot.setup(), None, chunk_bytes, out)
             .await
     }
 
@@ -371,13 +377,16 @@ impl PgSource {
         chunk_bytes: usize,
         out: mpsc::Sender<Vec<Row>>,
     ) -> Result<u64> {
-        let setup = format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-            snapshot.snapshot_name.replace('\'', "''")
-        );
         let filter = range_filter(&table.schema, range);
-        self.copy_out(table, None, &setup, Some(&filter), chunk_bytes, out)
-            .await
+        self.copy_out(
+            table,
+            None,
+            &snapshot.setup(),
+            Some(&filter),
+            chunk_bytes,
+            out,
+        )
+        .await
     }
 
     /// Streams the rows of `partition` (a partition of `table`), with `table`'s columns, read in

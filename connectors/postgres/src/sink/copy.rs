@@ -260,12 +260,7 @@ impl TableCopy for PgTableCopy {
             None => {
                 self.client
                     .execute(
-                        &format!(
-                            "INSERT INTO {STATE_SCHEMA}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
-                             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)
-                             ON CONFLICT (pipeline, sink, table_schema, table_name) DO UPDATE
-                                SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows = EXCLUDED.rows, copied_at = now()"
-                        ),
+                        &record_copied_sql(),
                         &[
                             &self.pipeline,
                             &self.sink_name,
@@ -305,6 +300,17 @@ impl TableCopy for PgTableCopy {
             .map_err(|e| classify(e, &self.ctx))?;
         Ok(self.rows)
     }
+}
+
+/// Records a table as copied: `$1` pipeline, `$2` sink, `$3`/`$4` the table's schema and name,
+/// `$5` the snapshot LSN as text, `$6` the rows.
+pub(super) fn record_copied_sql() -> String {
+    format!(
+        "INSERT INTO {STATE_SCHEMA}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
+         VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)
+         ON CONFLICT (pipeline, sink, table_schema, table_name) DO UPDATE
+            SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows = EXCLUDED.rows, copied_at = now()"
+    )
 }
 
 /// Starts `COPY table (list) FROM STDIN (FORMAT binary)`; the header is queued.

@@ -23,9 +23,27 @@ impl PgSink {
 
     /// Deletes this sink's checkpoint and copy records (used by `teardown --target-state`).
     pub async fn forget_state(&self) -> Result<()> {
-        let exists = self.state_tables_exist().await?;
-        if exists {
-            for table in ["checkpoints", "copied_tables", "copied_ranges"] {
+        self.delete_own(
+            &["checkpoints", "copied_tables", "copied_ranges"],
+            "cannot delete the target's state",
+        )
+        .await
+    }
+
+    /// Deletes this sink's rows from those of the named state tables that exist (a target
+    /// whose state tables an older cutover made may lack the newer ones).
+    async fn delete_own(&self, tables: &[&str], ctx: &str) -> Result<()> {
+        for table in tables {
+            let exists: bool = self
+                .client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("{STATE_SCHEMA}.{table}")],
+                )
+                .await
+                .map_err(|e| classify(e, ctx))?
+                .get(0);
+            if exists {
                 self.client
                     .execute(
                         &format!(
@@ -34,7 +52,7 @@ impl PgSink {
                         &[&self.options.pipeline, &self.options.name],
                     )
                     .await
-                    .map_err(|e| classify(e, "cannot delete the target's state"))?;
+                    .map_err(|e| classify(e, ctx))?;
             }
         }
         Ok(())
@@ -48,6 +66,8 @@ impl PgSink {
         if !self.state_tables_exist().await? {
             return Ok(0);
         }
+        // State tables an older cutover made lack `copied_ranges`.
+        self.create_state_tables().await?;
         let ctx = "cannot mark the sink's tables to be copied again";
         let marked = self
             .client
@@ -76,17 +96,8 @@ impl PgSink {
             )
             .await
             .map_err(|e| classify(e, ctx))?;
-        for table in ["checkpoints", "copied_ranges"] {
-            self.client
-                .execute(
-                    &format!(
-                        "DELETE FROM {STATE_SCHEMA}.{table} WHERE pipeline = $1 AND sink = $2"
-                    ),
-                    &[&self.options.pipeline, &self.options.name],
-                )
-                .await
-                .map_err(|e| classify(e, ctx))?;
-        }
+        self.delete_own(&["checkpoints", "copied_ranges"], ctx)
+            .await?;
         Ok(marked + partly)
     }
 
@@ -194,12 +205,7 @@ impl PgSink {
             .map_err(|e| classify(e, &ctx))?;
         client
             .execute(
-                &format!(
-                    "INSERT INTO {STATE_SCHEMA}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
-                     VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)
-                     ON CONFLICT (pipeline, sink, table_schema, table_name) DO UPDATE
-                        SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows = EXCLUDED.rows, copied_at = now()"
-                ),
+                &super::copy::record_copied_sql(),
                 &[
                     &self.options.pipeline,
                     &self.options.name,
