@@ -146,7 +146,7 @@ async fn split_copies_handle_text_composite_uuid_and_replica_identity_keys() {
     env.on_source(
         "CREATE TABLE by_text (k text PRIMARY KEY, v int);
          INSERT INTO by_text SELECT 'key ''' || md5(g::text), g FROM generate_series(1, 6000) g;
-         CREATE TABLE by_pair (region text, n int, v text, PRIMARY KEY (region, n));
+         CREATE TABLE by_pair (region text, n int, v text, PRIMARY KEY (n, region));
          INSERT INTO by_pair SELECT 'r' || (g % 7), g, 'v' || g FROM generate_series(1, 6000) g;
          CREATE TABLE by_uuid (id uuid PRIMARY KEY, v int);
          INSERT INTO by_uuid SELECT md5(g::text)::uuid, g FROM generate_series(1, 6000) g;

@@ -18,8 +18,31 @@ pub struct SourceTable {
     pub replica_identity: char,
     /// Where the key came from: `primary key`, `replica identity index`, or none.
     pub key_origin: Option<&'static str>,
-    /// The planner's row estimate (`pg_class.reltuples`), for progress display only.
+    /// The planner's row estimate (`pg_class.reltuples`), for progress and for splitting a
+    /// large table's copy into key ranges.
     pub rows_estimate: u64,
+    /// The key's columns in the order of its index (which the columns' order may differ
+    /// from): key ranges compare in this order, so the index serves their scans.
+    pub key_order: Vec<String>,
+}
+
+impl SourceTable {
+    /// The key's columns in index order (see [`SourceTable::key_order`]); in column order
+    /// when the index order is not known.
+    pub fn key_columns(&self) -> Vec<&cutover_core::Column> {
+        let by_index: Vec<&cutover_core::Column> = self
+            .key_order
+            .iter()
+            .filter_map(|k| self.schema.columns.iter().find(|c| c.key && &c.name == k))
+            .collect();
+        if by_index.is_empty()
+            || by_index.len() != self.schema.columns.iter().filter(|c| c.key).count()
+        {
+            self.schema.columns.iter().filter(|c| c.key).collect()
+        } else {
+            by_index
+        }
+    }
 }
 
 /// Whether `name` matches a selection pattern: `schema.table`, `schema.*`, `*.table`, or a bare
@@ -129,7 +152,7 @@ async fn load_table(
                FROM pg_index i
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
               WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
-              ORDER BY i.indisprimary DESC",
+              ORDER BY i.indisprimary DESC, array_position(i.indkey::int2[], a.attnum)",
             &[&oid],
         )
         .await
@@ -182,6 +205,7 @@ async fn load_table(
         replica_identity: ident.chars().next().unwrap_or('d'),
         key_origin,
         rows_estimate: 0,
+        key_order: key_columns.clone(),
     })
 }
 

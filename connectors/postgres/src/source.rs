@@ -322,8 +322,7 @@ impl PgSource {
     pub async fn split_points(&self, table: &SourceTable, count: u32) -> Result<Split> {
         let name = &table.schema.name;
         let ctx = format!("cannot sample the keys of {name} to split its copy");
-        let keys: Vec<&cutover_core::Column> =
-            table.schema.columns.iter().filter(|c| c.key).collect();
+        let keys = table.key_columns();
         if count < 2 || keys.is_empty() {
             return Ok(Split::default());
         }
@@ -377,7 +376,7 @@ impl PgSource {
         chunk_bytes: usize,
         out: mpsc::Sender<Vec<Row>>,
     ) -> Result<u64> {
-        let filter = range_filter(&table.schema, range);
+        let filter = range_filter(&table.key_columns(), range);
         self.copy_out(
             table,
             None,
@@ -1097,10 +1096,9 @@ impl Source for PgStream {
     }
 }
 
-/// The SQL condition that selects `range`'s keys of `table`: row comparisons of the key
-/// columns with the split points as typed literals.
-fn range_filter(table: &TableSchema, range: &KeyRange) -> String {
-    let keys: Vec<&cutover_core::Column> = table.columns.iter().filter(|c| c.key).collect();
+/// The SQL condition that selects `range`'s keys: comparisons of the key columns `keys` (in
+/// the order the split was sampled in) with the split points as typed literals.
+fn range_filter(keys: &[&cutover_core::Column], range: &KeyRange) -> String {
     let list = keys
         .iter()
         .map(|c| quote_ident(&c.name))
@@ -1161,14 +1159,8 @@ mod range_tests {
 
     #[test]
     fn a_range_filter_quotes_its_bounds_and_compares_keys_in_order() {
-        let table = TableSchema {
-            name: TableName::new("public", "t"),
-            columns: vec![
-                column("Region", "text", true),
-                column("v", "text", false),
-                column("n", "integer", true),
-            ],
-        };
+        let (region, n) = (column("Region", "text", true), column("n", "integer", true));
+        let keys = [&region, &n];
         let split = Arc::new(Split {
             points: vec![
                 vec!["it's".into(), "5".into()],
@@ -1177,20 +1169,17 @@ mod range_tests {
         });
         let ranges = split.ranges();
         assert_eq!(
-            range_filter(&table, &ranges[0]),
+            range_filter(&keys, &ranges[0]),
             r#"("Region", "n") < ('it''s'::text, '5'::integer)"#
         );
         assert_eq!(
-            range_filter(&table, &ranges[1]),
+            range_filter(&keys, &ranges[1]),
             r#"("Region", "n") >= ('it''s'::text, '5'::integer) AND ("Region", "n") < ('z'::text, '1'::integer)"#
         );
-        let single = TableSchema {
-            name: TableName::new("public", "s"),
-            columns: vec![Column::new("id", 20, true)],
-        };
+        let id = Column::new("id", 20, true);
         let split = Arc::new(Split {
             points: vec![vec!["10".into()]],
         });
-        assert_eq!(range_filter(&single, &split.ranges()[1]), r#""id" >= '10'"#);
+        assert_eq!(range_filter(&[&id], &split.ranges()[1]), r#""id" >= '10'"#);
     }
 }
