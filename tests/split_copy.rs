@@ -308,3 +308,76 @@ fn log_seconds(run: &Pipeline, from: &str, to: &str) -> f64 {
     };
     seconds(at(to)) - seconds(at(from))
 }
+
+/// A split table into a PostgreSQL sink (which records ranges) and a Kafka sink (which takes
+/// the table through one copy fed by every range), SIGKILLed halfway: the restart copies every
+/// range again for Kafka (its copy starts with a truncate message) while PostgreSQL keeps its
+/// recorded ranges; the target and the folded topic both equal the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_copy_feeds_a_kafka_sink_whole_and_survives_a_kill() {
+    let env = Env::new("split_kafka").await;
+    let schema = "CREATE TABLE wide (id bigint PRIMARY KEY, v text);";
+    env.on_source(&format!(
+        "{schema} INSERT INTO wide SELECT g, md5(g::text) FROM generate_series(1, 60000) g; ANALYZE wide;"
+    ))
+    .await;
+    let brokers = common::targets::MessageServices::get().kafka_brokers;
+    let pipeline = env.pipeline_with(
+        "[\"wide\"]",
+        "[snapshot]\nworkers = 2\nrange_rows = 10000\nrows_per_s = 20000\n",
+        &format!("\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{brokers}\"\n"),
+    );
+    let (stop, writer) = keep_writing(
+        &env,
+        "UPDATE wide SET v = 'changed' WHERE id = (random() * 59999)::bigint + 1;
+         INSERT INTO wide SELECT max(id) + 1, 'new' FROM wide;",
+    );
+    let mut first = env.start(&pipeline);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while ranges_logged(&first, "public.wide").len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", first.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill();
+    let count = ranges_logged(&first, "public.wide")
+        .iter()
+        .next()
+        .and_then(|r| r.split_once('/'))
+        .map(|(_, n)| n.parse::<usize>().unwrap())
+        .unwrap();
+    let recorded = ranges_recorded(&env, "public.wide", count).await;
+    assert!(
+        !recorded.is_empty() && recorded.len() < count,
+        "{recorded:?}"
+    );
+
+    let mut second = env.start(&pipeline);
+    second
+        .wait_log("streaming changes", Duration::from_secs(120))
+        .await;
+    assert_eq!(
+        ranges_logged(&second, "public.wide").len(),
+        count,
+        "the Kafka sink needs every range again:\n{}",
+        second.log_text()
+    );
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    env.wait_equal(&["wide"], Duration::from_secs(60)).await;
+    let mut kafka = common::targets::KafkaReader::new(&[format!("{}.public.wide", env.name)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        kafka.poll(Duration::from_millis(500));
+        match common::targets::folded_equal(&env, "kafka", schema, &kafka.folded, &["wide"], false)
+            .await
+        {
+            Ok(()) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the topic differs: {e}"
+            ),
+        }
+    }
+    assert!(second.terminate().success(), "{}", second.log_text());
+    env.drop_slot().await;
+}
