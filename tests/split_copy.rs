@@ -365,19 +365,8 @@ async fn a_split_copy_feeds_a_kafka_sink_whole_and_survives_a_kill() {
     writer.await.unwrap();
     env.wait_equal(&["wide"], Duration::from_secs(60)).await;
     let mut kafka = common::targets::KafkaReader::new(&[format!("{}.public.wide", env.name)]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        kafka.poll(Duration::from_millis(500));
-        match common::targets::folded_equal(&env, "kafka", schema, &kafka.folded, &["wide"], false)
-            .await
-        {
-            Ok(()) => break,
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "the topic differs: {e}"
-            ),
-        }
-    }
+    common::targets::wait_kafka_equal(&env, &mut kafka, schema, &["wide"], Duration::from_secs(90))
+        .await;
     assert!(second.terminate().success(), "{}", second.log_text());
     env.drop_slot().await;
 }

@@ -413,14 +413,7 @@ async fn kafka_sink_over_tls_with_a_client_certificate() {
     .await;
     let topics = vec![format!("{}.public.t", env.name)];
     let mut kafka = KafkaReader::at(&brokers, &settings, &topics);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        kafka.poll(Duration::from_millis(500));
-        match targets::folded_equal(&env, "kafka", schema, &kafka.folded, &["t"], false).await {
-            Ok(()) => break,
-            Err(e) => assert!(Instant::now() < deadline, "the topic differs: {e}"),
-        }
-    }
+    targets::wait_kafka_equal(&env, &mut kafka, schema, &["t"], Duration::from_secs(60)).await;
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }

@@ -591,6 +591,28 @@ pub async fn folded_equal(
     compare(&source, &copy, tables, millis).await
 }
 
+/// Reads the topics until their folded state equals the source's `tables`; panics with the
+/// difference after `timeout`.
+pub async fn wait_kafka_equal(
+    env: &Env,
+    kafka: &mut KafkaReader,
+    schema: &str,
+    tables: &[&str],
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        kafka.poll(Duration::from_millis(500));
+        match folded_equal(env, "kafka", schema, &kafka.folded, tables, false).await {
+            Ok(()) => return,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the Kafka topics differ from the source after {timeout:?}: {e}"
+            ),
+        }
+    }
+}
+
 /// Reads the stream until its folded state equals the source's `tables`; panics with the
 /// difference after `timeout`.
 pub async fn wait_nats_equal(
