@@ -10,9 +10,11 @@
 mod change;
 pub mod datum;
 pub mod dead_letters;
+pub mod encode;
 pub mod envelope;
 mod error;
 pub mod event_sink;
+pub mod inbound;
 pub mod naming;
 pub mod outbox;
 mod position;
