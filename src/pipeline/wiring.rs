@@ -38,6 +38,7 @@ pub fn target_context(cfg: &Pipeline, database: &str) -> TargetContext {
         batch_bytes: cfg.batch_bytes,
         adopt_at: cfg.epoch_start,
         reverse: cfg.reverse,
+        applying: false,
     }
 }
 

@@ -37,6 +37,12 @@ pub struct TargetContext {
     /// the source). Positions of one server mean nothing on the other, so a target keeps its
     /// saved state apart for each direction ([`TargetContext::state_key`]).
     pub reverse: bool,
+    /// The sink is fed by `cutover apply` from one partition of a change topic, and its saved
+    /// state covers that partition alone (`pipeline` then names the partition). There is no
+    /// snapshot copy: tables are taken as they are and their rows overwritten by the changes.
+    /// Targets that can fence make each write commit only if no other worker has committed
+    /// past the write's first position since (see [`cutover_core::Sink`]'s checkpoints).
+    pub applying: bool,
 }
 
 /// The name under which a target keeps one direction's saved state: `key` itself forward,

@@ -14,6 +14,7 @@
 //! mode keeps its offsets in a file.
 
 mod error;
+pub mod group;
 mod letters;
 pub mod security;
 mod state;

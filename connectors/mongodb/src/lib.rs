@@ -64,6 +64,9 @@ pub struct MongoSinkOptions {
     /// documents the sink has no copy record of are taken over, not refused (see
     /// [`cutover_core::TargetContext::adopt_at`]).
     pub adopt_at: Option<cutover_core::Lsn>,
+    /// Fed by `cutover apply` (see [`cutover_core::TargetContext::applying`]): collections
+    /// are never refused for holding documents.
+    pub applying: bool,
 }
 
 impl fmt::Debug for MongoSinkOptions {
@@ -161,6 +164,7 @@ mod tests {
             dead_letter_file: None,
             reverse: false,
             adopt_at: None,
+            applying: false,
         };
         let shown = format!("{options:?}");
         assert!(

@@ -765,6 +765,7 @@ impl Sink for MongoSink {
             if !shared.state.copied_tables.contains_key(&table.name)
                 && !shared.copying.contains_key(&coll)
                 && self.options.adopt_at.is_none()
+                && !self.options.applying
             {
                 self.refuse_foreign_documents(&table.name, &coll).await?;
             }
@@ -786,6 +787,9 @@ impl Sink for MongoSink {
     /// rows deleted since); a copy of the same snapshot is continued (its rows are upserted).
     async fn add_table(&mut self, table: Arc<TableSchema>) -> Result<()> {
         self.target(&table)?;
+        if self.options.applying {
+            return Ok(());
+        }
         let coll = self.targets[&table.name].1.ns.coll.clone();
         self.refuse_foreign_documents(&table.name, &coll).await
     }

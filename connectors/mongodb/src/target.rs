@@ -70,6 +70,7 @@ impl TargetConfig for MongoConfig {
             },
             reverse: false,
             adopt_at: None,
+            applying: false,
         }))
     }
 }
@@ -78,8 +79,11 @@ impl MongoSinkOptions {
     /// These options for the direction `ctx` streams in.
     fn directed(&self, ctx: &TargetContext) -> MongoSinkOptions {
         MongoSinkOptions {
+            // `cutover apply` keeps one state per topic partition, under the partition's name.
+            pipeline: ctx.pipeline.clone(),
             reverse: ctx.reverse,
             adopt_at: ctx.adopt_at,
+            applying: ctx.applying,
             ..self.clone()
         }
     }

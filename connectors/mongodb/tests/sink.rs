@@ -42,6 +42,7 @@ fn options_without_url(database: &str) -> MongoSinkOptions {
         dead_letter_file: None,
         reverse: false,
         adopt_at: None,
+        applying: false,
     }
 }
 

@@ -37,6 +37,7 @@ fn options(database: &str) -> MongoSinkOptions {
         dead_letter_file: None,
         reverse: false,
         adopt_at: None,
+        applying: false,
     }
 }
 

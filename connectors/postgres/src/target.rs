@@ -72,6 +72,7 @@ impl PgTarget {
                 create_tables: self.create_tables,
                 batch_bytes: ctx.batch_bytes,
                 adopt_at: ctx.adopt_at,
+                applying: ctx.applying,
             },
         )
         .await

@@ -63,6 +63,10 @@ pub struct PgSinkOptions {
     pub apply_schema_changes: bool,
     /// See [`cutover_core::TargetContext::adopt_at`].
     pub adopt_at: Option<cutover_core::Lsn>,
+    /// See [`cutover_core::TargetContext::applying`]: tables are never refused for holding
+    /// rows, and each write's checkpoint is fenced (written only if the stored one has not
+    /// moved past the write's first position).
+    pub applying: bool,
 }
 
 /// A PostgreSQL target.
@@ -280,7 +284,8 @@ impl Sink for PgSink {
             let from_stream = from_target.is_some();
             let table = from_target.as_ref().unwrap_or(source_table);
             // A table some of whose ranges are copied holds cutover's rows already.
-            if !self.state.copied_tables.contains_key(&table.name)
+            if !self.options.applying
+                && !self.state.copied_tables.contains_key(&table.name)
                 && !self.recopy.contains(&table.name)
                 && !self.ranges.contains_key(&table.name)
             {
@@ -299,7 +304,9 @@ impl Sink for PgSink {
         if self.inspect_table(&table).await? == TableCheck::Missing {
             self.create_table(&table).await?;
         }
-        self.refuse_foreign_rows(&table).await?;
+        if !self.options.applying {
+            self.refuse_foreign_rows(&table).await?;
+        }
         self.stage(&table, false).await
     }
 
@@ -377,6 +384,7 @@ impl Sink for PgSink {
                 parked: self.parked.clone(),
                 unflushed: self.unflushed.clone(),
                 async_commit: self.async_commit,
+                fenced: self.options.applying,
             }
             .run(),
         )

@@ -73,6 +73,10 @@ pub(super) struct Write {
     pub(super) parked: Arc<std::sync::atomic::AtomicU64>,
     pub(super) unflushed: Arc<std::sync::Mutex<Unflushed>>,
     pub(super) async_commit: bool,
+    /// Write the checkpoint only if the stored one ends at or before this write's first
+    /// position (`commit.commit_lsn`); otherwise fail without committing: another worker has
+    /// applied past it (see [`cutover_core::TargetContext::applying`]).
+    pub(super) fenced: bool,
 }
 
 impl Write {
@@ -227,14 +231,19 @@ impl Write {
         let Some((cp, commit_time)) = self.commit else {
             return Ok(None);
         };
-        client
+        let fence = if self.fenced {
+            " WHERE c.end_lsn <= EXCLUDED.commit_lsn"
+        } else {
+            ""
+        };
+        let written = client
             .execute(
                 &format!(
                     "INSERT INTO {STATE_SCHEMA}.checkpoints AS c (pipeline, sink, commit_lsn, end_lsn, commit_time)
                      VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, to_timestamp($5::float8 / 1e6))
                      ON CONFLICT (pipeline, sink) DO UPDATE
                         SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn,
-                            commit_time = EXCLUDED.commit_time, updated_at = now()"
+                            commit_time = EXCLUDED.commit_time, updated_at = now(){fence}"
                 ),
                 &[
                     &self.pipeline,
@@ -246,6 +255,17 @@ impl Write {
             )
             .await
             .map_err(|e| classify(e, &ctx))?;
+        if written == 0 {
+            // The transaction is rolled back when the caller drops the connection.
+            let _ = exec("ROLLBACK".to_string()).await;
+            return Err(cutover_core::ConnectorError::new(
+                cutover_core::ErrorKind::Retryable,
+                format!(
+                    "{ctx}: another worker applied {} past {} first; this write is dropped",
+                    self.pipeline, cp.commit_lsn
+                ),
+            ));
+        }
         if !self.async_commit {
             exec("COMMIT".to_string()).await?;
             return Ok(Some(cp));
