@@ -207,11 +207,41 @@ pub struct VerifySection {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
+    /// Where changes come from: `postgres` (default; `cutover run` reads its replication slot)
+    /// or `kafka` (`cutover apply` reads change topics as a consumer group).
+    pub kind: Option<String>,
     /// Connection string, e.g. `postgres://user@host:5432/db`, or `${ENV_VAR}` to read it from
-    /// the environment (recommended whenever it holds a password).
+    /// the environment (recommended whenever it holds a password). With `kind = "kafka"`:
+    /// optional, the original PostgreSQL database the topics were captured from (`cutover
+    /// verify` compares the targets with it).
+    #[serde(default)]
     pub url: String,
-    /// Tables to replicate: `schema.table`, `schema.*`, or a bare `table` (in `public`).
+    /// Tables to replicate: `schema.table`, `schema.*`, or a bare `table` (in `public`). With
+    /// `kind = "kafka"`: the tables whose messages are applied (default: every table).
+    #[serde(default)]
     pub tables: Vec<String>,
+    /// `kind = "kafka"`: bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: Option<String>,
+    /// `kind = "kafka"`: the consumer group the `apply` workers share (default
+    /// `cutover_<name>`).
+    pub group: Option<String>,
+    /// `kind = "kafka"`: the change topics; a name starting with `^` is a regular expression.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// `kind = "kafka"`: the messages' envelope, `cutover` (default) or `debezium`.
+    pub format: Option<cutover_core::envelope::EnvelopeFormat>,
+    /// `kind = "kafka"`, Debezium messages without schemas: how decimals were written
+    /// (Debezium's `decimal.handling.mode`): `precise` (default), `string` or `double`.
+    pub decimal_handling: Option<cutover_core::inbound::DecimalHandling>,
+    /// `kind = "kafka"`: extra librdkafka consumer settings (security, timeouts).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// `kind = "kafka"`: where messages that cannot be applied are parked (default
+    /// `.cutover-state/<name>-apply-letters.jsonl` beside the pipeline file).
+    pub dead_letter_file: Option<String>,
+    /// `kind = "kafka"`: most messages of one partition applied in one target transaction
+    /// (default 5000).
+    pub batch_messages: Option<usize>,
     /// Replication slot name (default `cutover_<name>`).
     pub slot: Option<String>,
     /// Publication name (default `cutover_<name>`).
@@ -456,6 +486,22 @@ pub struct Pipeline {
     /// True while the pipeline streams the other way after a switch (see
     /// [`cutover_core::TargetContext::reverse`]).
     pub reverse: bool,
+    /// `[source] kind = "kafka"`: where `cutover apply` reads its changes; `None` for a
+    /// PostgreSQL source.
+    pub apply: Option<ApplySettings>,
+}
+
+/// `[source] kind = "kafka"` with defaults applied (see [`SourceConfig`]). `Debug` leaves out
+/// the property values (they may hold secrets).
+#[derive(Clone)]
+pub struct ApplySettings {
+    pub brokers: String,
+    pub group: String,
+    pub topics: Vec<String>,
+    pub read: cutover_core::inbound::ReadOptions,
+    pub properties: Vec<(String, String)>,
+    pub dead_letter_file: std::path::PathBuf,
+    pub batch_messages: usize,
 }
 
 /// `[cutover]` with defaults applied (see [`CutoverSection`]).
@@ -560,7 +606,45 @@ pub fn parse(
             format!("{:?} is not a valid pipeline name. Fix: use 1 to 40 lowercase letters, digits or _.", file.name),
         ));
     }
-    if file.source.tables.is_empty() {
+    let kafka_source = match file.source.kind.as_deref() {
+        None | Some("postgres") => false,
+        Some("kafka") => true,
+        Some(other) => {
+            return Err(bad(
+                "source.kind",
+                format!("{other:?} is not a source kind. Fix: write \"postgres\" (cutover run) or \"kafka\" (cutover apply)."),
+            ))
+        }
+    };
+    let apply = if kafka_source {
+        Some(apply_settings(&file, origin, &base_dir, env)?)
+    } else {
+        for (key, set) in [
+            ("brokers", file.source.brokers.is_some()),
+            ("group", file.source.group.is_some()),
+            ("topics", !file.source.topics.is_empty()),
+            ("format", file.source.format.is_some()),
+            ("decimal_handling", file.source.decimal_handling.is_some()),
+            ("properties", !file.source.properties.is_empty()),
+            ("dead_letter_file", file.source.dead_letter_file.is_some()),
+            ("batch_messages", file.source.batch_messages.is_some()),
+        ] {
+            if set {
+                return Err(bad(
+                    &format!("source.{key}"),
+                    "belongs to a Kafka source. Fix: add kind = \"kafka\" to [source] (read with cutover apply), or remove the key.".into(),
+                ));
+            }
+        }
+        if file.source.url.is_empty() {
+            return Err(bad(
+                "source.url",
+                "is missing. Fix: write the source database's connection string, e.g. url = \"${SOURCE_URL}\".".into(),
+            ));
+        }
+        None
+    };
+    if file.source.tables.is_empty() && !kafka_source {
         return Err(bad(
             "source.tables",
             "is empty. Fix: list the tables to replicate, e.g. tables = [\"public.*\"].".into(),
@@ -754,6 +838,7 @@ pub fn parse(
         epoch_start: None,
         source_label: None,
         reverse: false,
+        apply,
         verify: VerifySettings {
             interval_s: file.verify.interval_s.or(d.verify.interval_s).unwrap_or(0),
             rows_per_range: file
@@ -959,6 +1044,87 @@ fn admin_settings(
 /// Expands `${VAR}` references, and `${file:PATH}` to the contents of a file (a Docker or
 /// Kubernetes secret) without its trailing line break. A missing variable or unreadable file is
 /// an error naming it (never its value). Every expanded value is offered to the secret mask.
+/// `[source]` of a pipeline that `cutover apply` runs (`kind = "kafka"`).
+fn apply_settings(
+    file: &PipelineFile,
+    origin: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ApplySettings, ConfigError> {
+    let source = &file.source;
+    let place = |key: &str| format!("{origin}: source.{key}");
+    let bad = |key: &str, what: &str| ConfigError(format!("{}: {what}", place(key)));
+    if source.slot.is_some() || source.publication.is_some() {
+        return Err(bad(
+            "slot",
+            "a Kafka source has no replication slot or publication. Fix: remove slot and publication.",
+        ));
+    }
+    let brokers = expand(
+        source.brokers.as_deref().ok_or_else(|| {
+            bad(
+                "brokers",
+                "is missing. Fix: write the Kafka bootstrap servers, e.g. brokers = \"127.0.0.1:9092\".",
+            )
+        })?,
+        &place("brokers"),
+        env,
+    )?;
+    cutover_kafka::target::check_brokers(&brokers).map_err(|e| bad("brokers", &e))?;
+    if source.topics.is_empty() {
+        return Err(bad(
+            "topics",
+            "is missing. Fix: list the change topics, e.g. topics = [\"shop.public.orders\"], or a pattern such as [\"^shop\\\\..*\"].",
+        ));
+    }
+    for topic in source.topics.iter().filter(|t| !t.starts_with('^')) {
+        cutover_kafka::check_topic_name(topic).map_err(|e| bad("topics", &e))?;
+    }
+    let mut properties = Vec::new();
+    for (name, value) in &source.properties {
+        properties.push((
+            name.clone(),
+            expand(value, &place(&format!("properties.{name}")), env)?,
+        ));
+    }
+    let routes = BTreeMap::new();
+    let place_key = |key: &str| place(key);
+    let expand_key = |value: &str, key: &str| expand(value, &place(key), env).map_err(|e| e.0);
+    let ctx = BuildContext {
+        pipeline: &file.name,
+        name: "source",
+        base_dir,
+        routes: &routes,
+        place: &place_key,
+        expand: &expand_key,
+    };
+    cutover_kafka::security::check(&mut properties, &ctx).map_err(ConfigError)?;
+    let batch_messages = source.batch_messages.unwrap_or(5000);
+    if batch_messages == 0 {
+        return Err(bad("batch_messages", "must be greater than 0."));
+    }
+    Ok(ApplySettings {
+        brokers,
+        group: source
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("cutover_{}", file.name)),
+        topics: source.topics.clone(),
+        read: cutover_core::inbound::ReadOptions {
+            format: source.format.unwrap_or_default(),
+            decimal: source.decimal_handling.unwrap_or_default(),
+        },
+        properties,
+        dead_letter_file: match &source.dead_letter_file {
+            Some(p) => base_dir.join(expand(p, &place("dead_letter_file"), env)?),
+            None => base_dir
+                .join(".cutover-state")
+                .join(format!("{}-apply-letters.jsonl", file.name)),
+        },
+        batch_messages,
+    })
+}
+
 fn expand(
     text: &str,
     key: &str,

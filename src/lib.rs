@@ -23,6 +23,7 @@ macro_rules! say_err {
 }
 
 pub mod admin;
+pub mod apply;
 pub mod config;
 pub mod lock;
 pub mod pipeline;

@@ -42,6 +42,10 @@ enum Command {
     /// Copy the selected tables, then stream changes until stopped (SIGINT/SIGTERM drain and
     /// confirm, then exit 0).
     Run { pipeline: PathBuf },
+    /// Apply change topics to the targets as one worker of a Kafka consumer group (a pipeline
+    /// with `[source] kind = "kafka"`); start one per machine or core. Kafka balances the
+    /// partitions among the workers. SIGINT/SIGTERM apply what was read, then leave the group.
+    Apply { pipeline: PathBuf },
     /// Validate the pipeline file and check the source and targets; change nothing.
     Check { pipeline: PathBuf },
     /// Drop the pipeline's replication slot and publication on the source.
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { pipeline } => run(&pipeline, terminal).await,
+            Command::Apply { pipeline } => apply(&pipeline).await,
             Command::Check { pipeline } => check(&pipeline).await,
             Command::Teardown {
                 pipeline,
@@ -397,8 +402,37 @@ async fn run_switch(path: &std::path::Path, towards: Direction, how: SwitchFlags
     }
 }
 
+/// `cutover apply`: one consumer-group worker (see [`cutover::apply`]).
+async fn apply(path: &std::path::Path) -> Outcome {
+    let cfg = load(path)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+        wait_for_signal().await;
+        say_err!("\nsecond stop signal: exiting without applying what was read (nothing is lost; the partitions' next owner reads it again)");
+        std::process::exit(130);
+    });
+    let applied = cutover::apply::run(&cfg, stop_rx).await.map_err(explain)?;
+    say!(
+        "applied {} messages ({} changes) in {} batches; {} parked",
+        applied.messages,
+        applied.changes,
+        applied.batches,
+        applied.parked
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
     let file = load(path)?;
+    if file.apply.is_some() {
+        return Err(format!(
+            "pipeline file {} reads Kafka topics ([source] kind = \"kafka\"). Fix: run it with cutover apply {}.",
+            path.display(),
+            path.display()
+        ));
+    }
     if let Some(e) = &file.admin.token_error {
         return Err(e.clone());
     }

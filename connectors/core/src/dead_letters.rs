@@ -43,6 +43,17 @@ pub struct Letter {
     pub attempts: u32,
     /// Seconds since the Unix epoch.
     pub parked_at: u64,
+    /// Where the message was read, for a message `cutover apply` could not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_from: Option<ReadFrom>,
+}
+
+/// The Kafka position of a message `cutover apply` parked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadFrom {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 impl Letter {
@@ -66,6 +77,7 @@ impl Letter {
             reason,
             attempts: 1,
             parked_at: now_secs(),
+            read_from: None,
         }
     }
 }
@@ -489,6 +501,7 @@ mod tests {
             reason: "too large".into(),
             attempts: 1,
             parked_at: 0,
+            read_from: None,
         }
     }
 

@@ -240,6 +240,31 @@ impl GroupReader {
         self.events.recv().await
     }
 
+    /// Whether no event is waiting: the member has caught up with what it has read.
+    pub fn is_idle(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// How many partitions `topic` has, from the brokers' metadata.
+    pub async fn partition_count(&self, topic: &str) -> Result<usize> {
+        let consumer = self.consumer.clone();
+        let name = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer
+                .fetch_metadata(Some(&name), Duration::from_secs(10))
+                .map_err(|e| {
+                    crate::classify(e, &format!("cannot read the metadata of topic {name}"))
+                })?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .map_or(0, |t| t.partitions().len()))
+        })
+        .await
+        .map_err(|e| ConnectorError::fatal(format!("the metadata request failed: {e}")))?
+    }
+
     /// The last refused TLS handshake or SASL login, if any.
     pub fn refusal(&self) -> Option<String> {
         self.watch.refusal()

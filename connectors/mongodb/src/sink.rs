@@ -475,6 +475,7 @@ impl Models {
             reason,
             attempts: 1,
             parked_at: dead_letters::now_secs(),
+            read_from: None,
         })
     }
 

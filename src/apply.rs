@@ -1,0 +1,565 @@
+//! `cutover apply`: one worker of a Kafka consumer group that applies change topics to the
+//! pipeline's PostgreSQL and MongoDB targets. Kafka's group protocol decides which worker reads
+//! which partition; start as many workers as the apply side needs, on as many machines.
+//!
+//! How a partition is applied (see docs/apply.md):
+//! - Each assigned partition gets its own sink per target, whose saved state covers that
+//!   partition alone (`pipeline/topic/partition` in the target's state). The sink's checkpoint
+//!   is the partition's next offset: offsets stand in for WAL positions
+//!   (`commit_lsn` = the batch's first offset, `end_lsn` = the offset after its last).
+//! - The partition starts at the lowest next offset its sinks stored, or at the beginning;
+//!   Kafka's committed offsets are only a hint written after each batch.
+//! - A batch of one partition (up to `batch_messages`, or what was read when the worker caught
+//!   up) is one source transaction to every sink: folded per key, written set-based, committed
+//!   with its checkpoint in one target transaction. A PostgreSQL checkpoint is fenced: a worker
+//!   that lost the partition cannot commit over the one that took it.
+//! - A revoked partition's messages already read are applied before the revocation is answered.
+//! - Messages that cannot be applied (not JSON, no key, an unknown op, a table or a value the
+//!   target cannot take) are parked in the dead-letter file with their topic, partition and
+//!   offset; the rest flows on.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cutover_core::dead_letters::{blocking, FileStore, Letter, LetterStore, ReadFrom};
+use cutover_core::inbound::{self, Inbound, InboundOp};
+use cutover_core::{
+    ChangeEvent, ConnectorError, Lsn, Position, Result, Sink, StreamEvent, TableName, TableSchema,
+};
+use cutover_kafka::group::{Delivery, GroupEvent, GroupOptions, GroupReader, Partition};
+use tokio::sync::watch;
+
+use crate::config::{ApplySettings, Pipeline};
+use crate::pipeline::wiring;
+
+/// Table definitions: from the catalog database (the first PostgreSQL target, or the
+/// original source), or from the messages' schemas.
+struct Catalog {
+    client: Option<tokio_postgres::Client>,
+    known: HashMap<TableName, Arc<TableSchema>>,
+}
+
+impl Catalog {
+    async fn connect(cfg: &Pipeline) -> Result<Catalog> {
+        let url = cfg
+            .sinks
+            .iter()
+            .find_map(|t| crate::targets::postgres(&**t).map(|pg| pg.url.clone()))
+            .or_else(|| (!cfg.source_url.is_empty()).then(|| cfg.source_url.clone()));
+        let client = match url {
+            Some(url) => Some(
+                cutover_postgres::PgEndpoint::parse(&url, "catalog")?
+                    .connect()
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok(Catalog {
+            client,
+            known: HashMap::new(),
+        })
+    }
+
+    /// The definition of `name`: known, read from the catalog database, or made from the
+    /// message's field schemas. The error says why there is none.
+    async fn resolve(
+        &mut self,
+        name: &TableName,
+        message: &Inbound,
+    ) -> std::result::Result<Arc<TableSchema>, String> {
+        if let Some(t) = self.known.get(name) {
+            return Ok(t.clone());
+        }
+        if let Some(client) = &self.client {
+            let pattern = format!("{}.{}", name.schema, name.name);
+            if let Ok(found) = cutover_postgres::catalog::resolve_tables(client, &[pattern]).await {
+                if let Some(t) = found.into_iter().find(|t| &t.schema.name == name) {
+                    self.known.insert(name.clone(), t.schema.clone());
+                    return Ok(t.schema);
+                }
+            }
+        }
+        match &message.fields {
+            Some(fields) => {
+                let table = Arc::new(inbound::table_from_schema(
+                    name.clone(),
+                    fields,
+                    &message.key_fields,
+                )?);
+                self.known.insert(name.clone(), table.clone());
+                Ok(table)
+            }
+            None => Err(format!(
+                "table {name} does not exist on the target and the message carries no schema to create it from; create the table on the target (or produce the messages with schemas.enable=true)"
+            )),
+        }
+    }
+}
+
+/// One target's sink for one partition.
+struct LaneSink {
+    sink: Box<dyn Sink>,
+    /// The next offset this sink has not applied (`None`: nothing applied yet).
+    next: Option<i64>,
+    tables: HashSet<TableName>,
+}
+
+/// One assigned partition.
+struct Lane {
+    generation: u64,
+    sinks: Vec<LaneSink>,
+    pending: Vec<Delivery>,
+    /// Whether the partition was read from its beginning by this worker, and which tables
+    /// have had a row change in it since: a truncate before any row change of its table (the
+    /// copy-start truncate cutover's Kafka sink writes to every partition) removes nothing of
+    /// this partition's.
+    from_start: bool,
+    rows_seen: HashSet<TableName>,
+}
+
+/// Counts for the log and the final summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Applied {
+    pub messages: u64,
+    pub changes: u64,
+    pub parked: u64,
+    pub batches: u64,
+}
+
+struct Worker<'a> {
+    cfg: &'a Pipeline,
+    settings: &'a ApplySettings,
+    reader: GroupReader,
+    catalog: Catalog,
+    lanes: HashMap<Partition, Lane>,
+    letters: FileStore,
+    partitions: HashMap<String, usize>,
+    applied: Applied,
+}
+
+/// Runs one worker until `stop` turns true (then it applies what it has read, leaves the
+/// group and returns) or an error it cannot retry.
+pub async fn run(cfg: &Pipeline, mut stop: watch::Receiver<bool>) -> Result<Applied> {
+    let settings = cfg.apply.as_ref().ok_or_else(|| {
+        ConnectorError::fatal(format!(
+            "pipeline {} reads a PostgreSQL source; run it with cutover run",
+            cfg.name
+        ))
+    })?;
+    check_targets(cfg)?;
+    let mut total = Applied::default();
+    let mut retries = 0u32;
+    loop {
+        let started = Instant::now();
+        match session(cfg, settings, &mut stop, &mut total).await {
+            Ok(()) => return Ok(total),
+            Err(e) if e.is_retryable() && (cfg.max_retries == 0 || retries < cfg.max_retries) => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    retries = 0;
+                }
+                retries += 1;
+                let wait = Duration::from_millis(500 * u64::from(retries.min(20)));
+                tracing::warn!(error = %e, retry = retries, "apply failed; rejoining the group after {wait:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return Ok(total),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Targets `apply` can feed: those that keep their state in themselves.
+fn check_targets(cfg: &Pipeline) -> Result<()> {
+    match cfg
+        .sinks
+        .iter()
+        .find(|t| !matches!(t.kind(), "postgres" | "mongodb"))
+    {
+        Some(t) => Err(ConnectorError::fatal(format!(
+            "sink {} is a {} sink; cutover apply feeds PostgreSQL and MongoDB targets",
+            t.name(),
+            t.kind()
+        ))
+        .with_hint(
+            "remove the sink from this pipeline, or feed it from the source with cutover run",
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn session(
+    cfg: &Pipeline,
+    settings: &ApplySettings,
+    stop: &mut watch::Receiver<bool>,
+    total: &mut Applied,
+) -> Result<()> {
+    let reader = GroupReader::start(&GroupOptions {
+        brokers: settings.brokers.clone(),
+        group: settings.group.clone(),
+        topics: settings.topics.clone(),
+        properties: settings.properties.clone(),
+        buffer: settings.batch_messages * 2,
+    })?;
+    tracing::info!(group = %settings.group, topics = ?settings.topics, "joined the consumer group");
+    let mut worker = Worker {
+        cfg,
+        settings,
+        reader,
+        catalog: Catalog::connect(cfg).await?,
+        lanes: HashMap::new(),
+        letters: FileStore::new(settings.dead_letter_file.clone()),
+        partitions: HashMap::new(),
+        applied: *total,
+    };
+    let result = worker.serve(stop).await;
+    *total = worker.applied;
+    if result.is_err() {
+        // Leave the group at once: drop every lane (nothing uncommitted is kept) and answer
+        // the revocation the leaving causes.
+        worker.lanes.clear();
+        worker.reader.request_stop();
+        while let Some(event) = worker.reader.next().await {
+            match event {
+                GroupEvent::Assigned {
+                    partitions, reply, ..
+                } => {
+                    let _ = reply.send(vec![None; partitions.len()]);
+                }
+                GroupEvent::Revoked { reply, .. } => {
+                    let _ = reply.send(());
+                }
+                GroupEvent::Message(_) => {}
+            }
+        }
+    }
+    worker.reader.join();
+    result
+}
+
+impl Worker<'_> {
+    async fn serve(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
+        let mut stopping = false;
+        loop {
+            let event = tokio::select! {
+                event = self.reader.next() => event,
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    tracing::info!("stop requested: applying what was read, then leaving the group");
+                    self.reader.request_stop();
+                    continue;
+                }
+            };
+            let Some(event) = event else {
+                self.flush_all().await?;
+                return Ok(());
+            };
+            match event {
+                GroupEvent::Assigned {
+                    partitions,
+                    generation,
+                    reply,
+                } => {
+                    let mut starts = Vec::with_capacity(partitions.len());
+                    for p in &partitions {
+                        let lane = self.open_lane(p, generation).await?;
+                        starts.push(lane.sinks.iter().map(|s| s.next).min().flatten());
+                        self.lanes.insert(p.clone(), lane);
+                    }
+                    tracing::info!(partitions = ?partitions.iter().zip(&starts).map(|((t, p), s)| format!("{t}/{p}@{}", s.map_or("start".to_string(), |s| s.to_string()))).collect::<Vec<_>>(), "partitions assigned");
+                    let _ = reply.send(starts);
+                }
+                GroupEvent::Revoked { partitions, reply } => {
+                    // What was read still belongs to this worker until it answers.
+                    self.flush_all().await?;
+                    for p in &partitions {
+                        self.lanes.remove(p);
+                    }
+                    tracing::info!(partitions = ?partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>(), "partitions revoked");
+                    let _ = reply.send(());
+                }
+                GroupEvent::Message(delivery) => {
+                    let key = (delivery.topic.clone(), delivery.partition);
+                    let full = match self.lanes.get_mut(&key) {
+                        Some(lane) if lane.generation == delivery.generation => {
+                            lane.pending.push(delivery);
+                            lane.pending.len() >= self.settings.batch_messages
+                        }
+                        // Read before a revocation: the next owner reads it again.
+                        _ => false,
+                    };
+                    if full {
+                        self.flush(&key).await?;
+                    }
+                }
+            }
+            if self.reader.is_idle() {
+                self.flush_all().await?;
+            }
+        }
+    }
+
+    /// Connects one sink per target for partition `p` and reads where each stands.
+    async fn open_lane(&mut self, p: &Partition, generation: u64) -> Result<Lane> {
+        let mut ctx = wiring::target_context(self.cfg, "");
+        ctx.pipeline = format!("{}/{}/{}", self.cfg.name, p.0, p.1);
+        ctx.applying = true;
+        let tables: Vec<Arc<TableSchema>> = self.catalog.known.values().cloned().collect();
+        let mut sinks = Vec::with_capacity(self.cfg.sinks.len());
+        for (i, target) in self.cfg.sinks.iter().enumerate() {
+            let mut sink = wiring::with_transforms(self.cfg, i, target.connect(&ctx).await?);
+            let state = sink.open(&tables).await?;
+            sinks.push(LaneSink {
+                sink,
+                next: state.checkpoint.map(|cp| cp.end_lsn.0 as i64),
+                tables: tables.iter().map(|t| t.name.clone()).collect(),
+            });
+        }
+        let from_start = sinks.iter().all(|s| s.next.is_none());
+        Ok(Lane {
+            generation,
+            sinks,
+            pending: Vec::new(),
+            from_start,
+            rows_seen: HashSet::new(),
+        })
+    }
+
+    async fn flush_all(&mut self) -> Result<()> {
+        let keys: Vec<Partition> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| !l.pending.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.flush(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the partition's pending messages as one batch to each of its sinks.
+    async fn flush(&mut self, key: &Partition) -> Result<()> {
+        let Some(lane) = self.lanes.get_mut(key) else {
+            return Ok(());
+        };
+        let batch = std::mem::take(&mut lane.pending);
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.offset, last.offset);
+        let mut letters = Vec::new();
+        // (offset, table, change) in offset order.
+        let mut changes: Vec<(i64, Arc<TableSchema>, cutover_core::Change)> = Vec::new();
+        for delivery in &batch {
+            match self.decode(key, delivery).await {
+                Ok(Some(c)) => changes.push((delivery.offset, c.0, c.1)),
+                Ok(None) => {}
+                Err((table, reason)) => letters.push(letter(delivery, table, reason)),
+            }
+        }
+        let lane = self.lanes.get_mut(key).expect("the lane is still open");
+        // Truncates: see `Lane::from_start`.
+        let multi = *self.partitions.get(&key.0).unwrap_or(&1) > 1;
+        let mut kept = Vec::with_capacity(changes.len());
+        for (offset, table, change) in changes {
+            if change == cutover_core::Change::Truncate && multi {
+                if lane.from_start && !lane.rows_seen.contains(&table.name) {
+                    tracing::debug!(table = %table.name, offset, "truncate before any row of its partition: nothing to remove");
+                    continue;
+                }
+                let delivery = batch.iter().find(|d| d.offset == offset).expect("read");
+                letters.push(letter(delivery, Some(table.name.clone()), format!(
+                    "a truncate of {} read from one of the {} partitions of {} is not applied: it would also remove rows other partitions applied after it. Truncate the target table by hand if it is meant",
+                    table.name, self.partitions[&key.0], key.0
+                )));
+                continue;
+            }
+            lane.rows_seen.insert(table.name.clone());
+            kept.push((offset, table, change));
+        }
+        if !letters.is_empty() {
+            // Parked before the batch commits: a crash in between parks them again, never
+            // loses them.
+            let store = &self.letters;
+            let count = letters.len() as u64;
+            blocking(|| store.open()?.append(letters))?;
+            self.applied.parked += count;
+            tracing::warn!(topic = %key.0, partition = key.1, parked = count, "messages parked as dead letters (cutover dlq list)");
+        }
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let mut applied_changes = 0u64;
+        for sink in lane.sinks.iter_mut() {
+            let start = sink.next.map_or(first, |n| n.max(first));
+            if start > last {
+                continue;
+            }
+            for (_, table, _) in kept.iter().filter(|(o, ..)| *o >= start) {
+                if sink.tables.insert(table.name.clone()) {
+                    add_table(sink.sink.as_mut(), table.clone()).await?;
+                }
+            }
+            let commit_lsn = Lsn(start as u64);
+            let mut events = Vec::with_capacity(kept.len() + 2);
+            events.push(StreamEvent::Begin {
+                commit_lsn,
+                xid: 0,
+                commit_time_micros: now_micros,
+            });
+            let mut n = 0u32;
+            for (_, table, change) in kept.iter().filter(|(o, ..)| *o >= start) {
+                events.push(StreamEvent::Change(ChangeEvent {
+                    position: Position {
+                        commit_lsn,
+                        ordinal: n,
+                    },
+                    table: table.clone(),
+                    change: change.clone(),
+                }));
+                n += 1;
+            }
+            events.push(StreamEvent::Commit {
+                commit_lsn,
+                end_lsn: Lsn(last as u64 + 1),
+                commit_time_micros: now_micros,
+            });
+            sink.sink.apply_all(events).await?;
+            sink.sink.seal().await?;
+            if sink.sink.unsettled() {
+                sink.sink.settle().await?;
+            }
+            sink.next = Some(last + 1);
+            applied_changes = applied_changes.max(u64::from(n));
+        }
+        self.applied.messages += batch.len() as u64;
+        self.applied.changes += applied_changes;
+        self.applied.batches += 1;
+        tracing::info!(topic = %key.0, partition = key.1, first, last, changes = applied_changes, "applied offsets {first}..={last} of {}/{}", key.0, key.1);
+        self.reader.commit_hint(&[(key.0.clone(), key.1, last + 1)]);
+        Ok(())
+    }
+
+    /// The table and change a message stands for; `Ok(None)` for a message that changes
+    /// nothing or a table outside `source.tables`; the error (with the table when known) for
+    /// one that cannot be applied.
+    async fn decode(
+        &mut self,
+        key: &Partition,
+        delivery: &Delivery,
+    ) -> std::result::Result<
+        Option<(Arc<TableSchema>, cutover_core::Change)>,
+        (Option<TableName>, String),
+    > {
+        let message = inbound::read(
+            self.settings.read.format,
+            delivery.key.as_deref(),
+            delivery.payload.as_deref(),
+        )
+        .map_err(|e| (None, e))?;
+        let Some(message) = message else {
+            return Ok(None);
+        };
+        let name = message.table.clone();
+        if !self.cfg.tables.is_empty()
+            && !self
+                .cfg
+                .tables
+                .iter()
+                .any(|p| cutover_postgres::catalog::matches(p, &name))
+        {
+            return Ok(None);
+        }
+        if message.op == InboundOp::Truncate && !self.partitions.contains_key(&key.0) {
+            let count = self
+                .reader
+                .partition_count(&key.0)
+                .await
+                .map_err(|e| (Some(name.clone()), e.to_string()))?;
+            self.partitions.insert(key.0.clone(), count);
+        }
+        let table = self
+            .catalog
+            .resolve(&name, &message)
+            .await
+            .map_err(|e| (Some(name.clone()), e))?;
+        let change = message
+            .change(&table, &self.settings.read)
+            .map_err(|e| (Some(name.clone()), e))?;
+        Ok(Some((table, change)))
+    }
+}
+
+/// Adds a table to a sink; a table another worker created at the same moment is taken on a
+/// second try.
+async fn add_table(sink: &mut dyn Sink, table: Arc<TableSchema>) -> Result<()> {
+    match sink.add_table(table.clone()).await {
+        Ok(()) => Ok(()),
+        Err(first) => {
+            tracing::debug!(error = %first, table = %table.name, "adding the table again");
+            sink.add_table(table).await
+        }
+    }
+}
+
+fn letter(delivery: &Delivery, table: Option<TableName>, reason: String) -> Letter {
+    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    let (schema, name) = table.map_or((String::new(), String::new()), |t| (t.schema, t.name));
+    Letter {
+        id: 0,
+        schema,
+        table: name,
+        key: text(&delivery.key).unwrap_or_default(),
+        op: "apply".into(),
+        commit_lsn: String::new(),
+        ordinal: delivery.offset as u64,
+        destination: format!(
+            "{}/{}@{}",
+            delivery.topic, delivery.partition, delivery.offset
+        ),
+        payload: text(&delivery.payload),
+        reason,
+        attempts: 1,
+        parked_at: cutover_core::dead_letters::now_secs(),
+        read_from: Some(ReadFrom {
+            topic: delivery.topic.clone(),
+            partition: delivery.partition,
+            offset: delivery.offset,
+        }),
+    }
+}
+
+/// What `cutover status` shows of an apply pipeline: each partition's next offset per target,
+/// read from the targets' saved state (PostgreSQL: `cutover.checkpoints` rows named
+/// `<pipeline>/<topic>/<partition>`).
+pub async fn stored_offsets(cfg: &Pipeline) -> Result<BTreeMap<String, Vec<(String, i64)>>> {
+    let mut out = BTreeMap::new();
+    for target in cfg
+        .sinks
+        .iter()
+        .filter_map(|t| crate::targets::postgres(&**t))
+    {
+        let client = target.endpoint()?.connect().await?;
+        let rows = client
+            .query(
+                "SELECT pipeline, (end_lsn - '0/0'::pg_lsn)::int8 FROM cutover.checkpoints
+                  WHERE sink = $1 AND starts_with(pipeline, $2) ORDER BY pipeline",
+                &[&target.name, &format!("{}/", cfg.name)],
+            )
+            .await
+            .map_err(|e| cutover_postgres::error::classify(e, "cannot read the stored offsets"))?;
+        out.insert(
+            target.name.clone(),
+            rows.iter()
+                .map(|r| {
+                    let p: String = r.get(0);
+                    (p[cfg.name.len() + 1..].to_string(), r.get(1))
+                })
+                .collect(),
+        );
+    }
+    Ok(out)
+}
