@@ -248,6 +248,7 @@ impl Worker<'_> {
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
                     tracing::info!("stop requested: applying what was read, then leaving the group");
+                    self.flush_all().await?;
                     self.reader.request_stop();
                     continue;
                 }

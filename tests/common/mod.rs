@@ -200,12 +200,23 @@ impl Env {
 
     /// Like [`Env::start`], with extra environment variables for the process.
     pub fn start_with_env(&self, pipeline: &PathBuf, vars: &[(&str, &str)]) -> Pipeline {
+        self.start_command("run", pipeline, vars)
+    }
+
+    /// Starts `cutover apply` (one consumer-group worker) in the background.
+    pub fn start_apply(&self, pipeline: &PathBuf) -> Pipeline {
+        self.start_command("apply", pipeline, &[])
+    }
+
+    /// Starts `cutover <command> <pipeline>` in the background, logging JSON to a file in the
+    /// test dir.
+    pub fn start_command(&self, command: &str, pipeline: &PathBuf, vars: &[(&str, &str)]) -> Pipeline {
         let log = self.dir.join(format!(
-            "run-{}.log",
+            "{command}-{}.log",
             COUNTER.fetch_add(1, Ordering::SeqCst)
         ));
         let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args(["--log-format", "json", "run"])
+            .args(["--log-format", "json", command])
             .arg(pipeline)
             .env(
                 "CUTOVER_LOG",

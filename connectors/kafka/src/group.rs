@@ -80,10 +80,16 @@ pub struct GroupOptions {
     pub buffer: usize,
 }
 
+/// What the consumer thread sends: events, then `Left` once it has left the group.
+enum Signal {
+    Event(GroupEvent),
+    Left,
+}
+
 /// The client context: the rebalance callback and librdkafka's refusals.
 struct Member {
     watch: Watch,
-    events: mpsc::Sender<GroupEvent>,
+    events: mpsc::Sender<Signal>,
     generation: Arc<AtomicU64>,
     /// Set once the caller stopped answering (the channel closed).
     gone: Arc<AtomicBool>,
@@ -122,11 +128,11 @@ impl ConsumerContext for Member {
                 let (reply, answer) = oneshot::channel();
                 let sent = self
                     .events
-                    .blocking_send(GroupEvent::Assigned {
+                    .blocking_send(Signal::Event(GroupEvent::Assigned {
                         partitions: list.clone(),
                         generation,
                         reply,
-                    })
+                    }))
                     .is_ok();
                 match answer.blocking_recv() {
                     Ok(offsets) if sent => {
@@ -150,10 +156,10 @@ impl ConsumerContext for Member {
                 let (reply, answer) = oneshot::channel();
                 if self
                     .events
-                    .blocking_send(GroupEvent::Revoked {
+                    .blocking_send(Signal::Event(GroupEvent::Revoked {
                         partitions: partitions(tpl),
                         reply,
-                    })
+                    }))
                     .is_ok()
                 {
                     let _ = answer.blocking_recv();
@@ -173,7 +179,7 @@ impl ConsumerContext for Member {
 /// A running group member. Dropping it without [`GroupReader::stop`] leaves the thread to end
 /// at its next poll.
 pub struct GroupReader {
-    events: mpsc::Receiver<GroupEvent>,
+    events: mpsc::Receiver<Signal>,
     consumer: Arc<BaseConsumer<Member>>,
     stop: Arc<AtomicBool>,
     watch: Watch,
@@ -237,7 +243,10 @@ impl GroupReader {
     /// The next event; `None` once the member has left the group (after [`GroupReader::stop`]
     /// or a failure).
     pub async fn next(&mut self) -> Option<GroupEvent> {
-        self.events.recv().await
+        match self.events.recv().await {
+            Some(Signal::Event(event)) => Some(event),
+            Some(Signal::Left) | None => None,
+        }
     }
 
     /// Whether no event is waiting: the member has caught up with what it has read.
@@ -302,7 +311,7 @@ impl GroupReader {
 
 fn poll_loop(
     consumer: &BaseConsumer<Member>,
-    tx: &mpsc::Sender<GroupEvent>,
+    tx: &mpsc::Sender<Signal>,
     generation: &AtomicU64,
     stop: &AtomicBool,
     gone: &AtomicBool,
@@ -319,7 +328,7 @@ fn poll_loop(
                     payload: m.payload().map(<[u8]>::to_vec),
                     generation: generation.load(Ordering::SeqCst),
                 };
-                if tx.blocking_send(GroupEvent::Message(delivery)).is_err() {
+                if tx.blocking_send(Signal::Event(GroupEvent::Message(delivery))).is_err() {
                     return;
                 }
             }
@@ -339,4 +348,5 @@ fn poll_loop(
             break;
         }
     }
+    let _ = tx.blocking_send(Signal::Left);
 }

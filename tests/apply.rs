@@ -1,0 +1,310 @@
+//! `cutover apply`: change topics applied to PostgreSQL by a Kafka consumer group, on real
+//! servers. cutover's own Kafka sink fills the topics from a source under writes; workers join,
+//! die and join late; the target must end equal to the source and every partition's stored
+//! offset must be exact, with no offset applied twice.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Env, Pipeline};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+const SCHEMA: &str = "
+    CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int NOT NULL, price numeric(10,2),
+                        doc jsonb, seen timestamptz, tags text[]);
+    CREATE TABLE orders (id int PRIMARY KEY, item_id bigint, note text, placed date);";
+
+fn brokers() -> String {
+    common::targets::MessageServices::get().kafka_brokers
+}
+
+/// A pipeline that captures the source into topics of 6 partitions (no other sink).
+fn capture_pipeline(env: &Env) -> PathBuf {
+    let path = env.dir.join("capture.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\n[source]\nurl = \"{src}\"\ntables = [\"items\", \"orders\"]\n\n\
+             [[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{brokers}\"\npartitions = 6\n",
+            name = env.name,
+            src = env.source_url,
+            brokers = brokers(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// An apply pipeline reading `topics` into the test's target database.
+fn apply_pipeline(env: &Env, topics: &[String], extra_source: &str) -> PathBuf {
+    let path = env.dir.join(format!("apply-{}.toml", topics.len()));
+    let topics: Vec<String> = topics.iter().map(|t| format!("{t:?}")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}_apply\"\n[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\n\
+             topics = [{topics}]\nbatch_messages = 400\n{extra_source}\n\
+             properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n\n\
+             [[sink]]\nkind = \"postgres\"\nname = \"target\"\nurl = \"{tgt}\"\n",
+            name = env.name,
+            brokers = brokers(),
+            topics = topics.join(", "),
+            tgt = env.target_url,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Every "applied offsets" line of a worker's log: (topic/partition, first, last).
+fn applied(worker: &Pipeline) -> Vec<(String, i64, i64)> {
+    worker
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("applied offsets"))
+        })
+        .map(|v| {
+            (
+                format!("{}/{}", v["topic"].as_str().unwrap(), v["partition"]),
+                v["first"].as_i64().unwrap(),
+                v["last"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The next offset each partition's sink stored on the target, by `topic/partition`.
+async fn stored_offsets(env: &Env, pipeline: &str) -> BTreeMap<String, i64> {
+    env.target()
+        .await
+        .query(
+            "SELECT pipeline, (end_lsn - '0/0'::pg_lsn)::int8 FROM cutover.checkpoints
+              WHERE sink = 'target' AND starts_with(pipeline, $1)",
+            &[&format!("{pipeline}/")],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let p: String = r.get(0);
+            (p[pipeline.len() + 1..].to_string(), r.get(1))
+        })
+        .collect()
+}
+
+/// Inserts, updates and deletes on both tables until stopped.
+fn keep_writing(env: &Env) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let url = env.source_url.clone();
+    let task = tokio::spawn(async move {
+        let client = common::connect(&url).await;
+        let mut n = 0u64;
+        while !flag.load(Ordering::SeqCst) {
+            client
+                .batch_execute(
+                    "BEGIN;
+                     INSERT INTO items SELECT max(id) + 1, 'new ' || max(id), 1, 9.99, '{\"k\": [1]}', now(), '{a,b}' FROM items;
+                     UPDATE items SET qty = qty + 1, price = price + 0.01 WHERE id = (random() * 2000)::bigint + 1;
+                     DELETE FROM items WHERE id = (random() * 2000)::bigint + 1;
+                     INSERT INTO orders SELECT max(id) + 1, (random() * 2000)::bigint, 'o', current_date FROM orders;
+                     UPDATE orders SET note = note || '+' WHERE id = (random() * 500)::int + 1;
+                     COMMIT;",
+                )
+                .await
+                .unwrap();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        n
+    });
+    (stop, task)
+}
+
+/// Three workers drain 6-partition topics that cutover's Kafka sink fills under writes; one is
+/// SIGKILLed mid-way and another joins later. The target ends equal to the source; the
+/// batches logged by all workers never overlap within a partition (no offset applied twice),
+/// and each partition's stored offset is the one after the last offset applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_drain_six_partitions_through_a_kill_and_a_late_join() {
+    let env = Env::new("apply").await;
+    env.on_source(&format!(
+        "{SCHEMA}
+         INSERT INTO items SELECT g, 'item ' || g, g % 50, g / 7.0, jsonb_build_object('g', g), now() - g * interval '1 min', ARRAY['x', g::text]
+           FROM generate_series(1, 2000) g;
+         INSERT INTO orders SELECT g, g % 2000, 'order ' || g, date '2024-01-01' + g FROM generate_series(1, 500) g;"
+    ))
+    .await;
+    env.target().await.batch_execute(SCHEMA).await.unwrap();
+    let mut capture = env.start(&capture_pipeline(&env));
+    capture
+        .wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    let (stop, writer) = keep_writing(&env);
+    let topics = vec![
+        format!("{}.public.items", env.name),
+        format!("{}.public.orders", env.name),
+    ];
+    let apply = apply_pipeline(&env, &topics, "");
+    let mut doomed = env.start_apply(&apply);
+    let mut workers = vec![env.start_apply(&apply), env.start_apply(&apply)];
+    doomed
+        .wait_log("applied offsets", Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    doomed.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    workers.push(env.start_apply(&apply));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    stop.store(true, Ordering::SeqCst);
+    let transactions = writer.await.unwrap();
+    assert!(transactions > 100, "the workload ran {transactions} transactions");
+    env.wait_equal(&["items", "orders"], Duration::from_secs(120))
+        .await;
+    for w in workers.iter_mut() {
+        assert!(w.terminate().success(), "{}", w.log_text());
+    }
+    assert!(capture.terminate().success(), "{}", capture.log_text());
+
+    // Every worker applied something, the late one included.
+    let mut batches: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for (i, w) in std::iter::once(&doomed).chain(&workers).enumerate() {
+        let logged = applied(w);
+        assert!(!logged.is_empty(), "worker {i} applied nothing:\n{}", w.log_text());
+        for (partition, first, last) in logged {
+            batches.entry(partition).or_default().push((first, last));
+        }
+    }
+    let stored = stored_offsets(&env, &format!("{}_apply", env.name)).await;
+    assert_eq!(stored.len(), 12, "stored offsets: {stored:?}");
+    for (partition, mut ranges) in batches {
+        ranges.sort();
+        for pair in ranges.windows(2) {
+            assert!(
+                pair[1].0 > pair[0].1,
+                "{partition}: offsets {:?} and {:?} were both applied",
+                pair[0],
+                pair[1]
+            );
+        }
+        let last = ranges.last().unwrap().1;
+        assert_eq!(
+            stored.get(&partition),
+            Some(&(last + 1)),
+            "{partition}: the stored offset is not the one after the last applied ({last})"
+        );
+    }
+    env.drop_slot().await;
+}
+
+/// Produces `(key, payload)` messages to partition 0 of `topic`, in order.
+fn produce(topic: &str, messages: &[(Option<&str>, Option<&str>)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for (key, payload) in messages {
+        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).partition(0);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Messages that cannot be applied are parked with their topic, partition and offset, and the
+/// rest flows on: not JSON, a delete without a key, an unknown op, a field the target table
+/// lacks, a value of the wrong type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_are_parked_with_their_offsets_and_the_rest_applies() {
+    let env = Env::new("apply_bad").await;
+    env.target()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text);")
+        .await
+        .unwrap();
+    let topic = format!("{}.bad", env.name);
+    let good = |id: i32| {
+        format!(r#"{{"op": "insert", "table": "public.t", "key": {{"id": {id}}}, "row": {{"id": {id}, "v": "v{id}"}}, "lsn": "0/1", "ordinal": 0, "txid": 1, "commit_ts": "2026-01-01T00:00:00Z"}}"#)
+    };
+    let (g1, g2, g3) = (good(1), good(2), good(3));
+    produce(
+        &topic,
+        &[
+            (Some(r#"{"id":1}"#), Some(&g1)),
+            (Some(r#"{"id":9}"#), Some("this is not JSON")),
+            (None, Some(r#"{"op": "delete", "table": "public.t", "key": null, "row": null}"#)),
+            (Some(r#"{"id":2}"#), Some(&g2)),
+            (Some(r#"{"id":4}"#), Some(r#"{"op": "upsert", "table": "public.t", "key": {"id": 4}, "row": {"id": 4}}"#)),
+            (Some(r#"{"id":5}"#), Some(r#"{"op": "insert", "table": "public.t", "key": {"id": 5}, "row": {"id": 5, "v": "x", "extra": 1}}"#)),
+            (Some(r#"{"id":6}"#), Some(r#"{"op": "insert", "table": "public.t", "key": {"id": 6}, "row": {"id": "six", "v": "x"}}"#)),
+            (Some(r#"{"id":3}"#), Some(&g3)),
+        ],
+    );
+    let apply = apply_pipeline(&env, std::slice::from_ref(&topic), "");
+    let mut worker = env.start_apply(&apply);
+    let target = env.target().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = common::contents(&target, "t").await;
+        if rows.len() == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:?}\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(worker.terminate().success(), "{}", worker.log_text());
+    let rows = common::contents(&target, "t").await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (row, id) in rows.iter().zip(1..) {
+        assert!(row.contains(&format!("v{id}")), "{rows:?}");
+    }
+    let letters_file = env
+        .dir
+        .join(".cutover-state")
+        .join(format!("{}_apply-apply-letters.jsonl", env.name));
+    let letters: Vec<serde_json::Value> = std::fs::read_to_string(&letters_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", letters_file.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let parked: Vec<(i64, String)> = letters
+        .iter()
+        .map(|l| {
+            assert_eq!(l["read_from"]["topic"], topic.as_str());
+            assert_eq!(l["read_from"]["partition"], 0);
+            (
+                l["read_from"]["offset"].as_i64().unwrap(),
+                l["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let offsets: Vec<i64> = parked.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, [1, 2, 4, 5, 6], "{parked:#?}");
+    for (expected, (_, reason)) in [
+        "not JSON",
+        "has no \"key\"",
+        "unknown op \"upsert\"",
+        "\"extra\" is not a column of target table public.t",
+        "column id: expected an integer",
+    ]
+    .iter()
+    .zip(&parked)
+    {
+        assert!(reason.contains(expected), "{reason:?} does not say {expected:?}");
+    }
+}
