@@ -168,7 +168,10 @@ async fn workers_drain_six_partitions_through_a_kill_and_a_late_join() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     stop.store(true, Ordering::SeqCst);
     let transactions = writer.await.unwrap();
-    assert!(transactions > 100, "the workload ran {transactions} transactions");
+    assert!(
+        transactions > 100,
+        "the workload ran {transactions} transactions"
+    );
     env.wait_equal(&["items", "orders"], Duration::from_secs(120))
         .await;
     for w in workers.iter_mut() {
@@ -180,7 +183,11 @@ async fn workers_drain_six_partitions_through_a_kill_and_a_late_join() {
     let mut batches: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
     for (i, w) in std::iter::once(&doomed).chain(&workers).enumerate() {
         let logged = applied(w);
-        assert!(!logged.is_empty(), "worker {i} applied nothing:\n{}", w.log_text());
+        assert!(
+            !logged.is_empty(),
+            "worker {i} applied nothing:\n{}",
+            w.log_text()
+        );
         for (partition, first, last) in logged {
             batches.entry(partition).or_default().push((first, last));
         }
@@ -239,7 +246,9 @@ async fn bad_messages_are_parked_with_their_offsets_and_the_rest_applies() {
         .unwrap();
     let topic = format!("{}.bad", env.name);
     let good = |id: i32| {
-        format!(r#"{{"op": "insert", "table": "public.t", "key": {{"id": {id}}}, "row": {{"id": {id}, "v": "v{id}"}}, "lsn": "0/1", "ordinal": 0, "txid": 1, "commit_ts": "2026-01-01T00:00:00Z"}}"#)
+        format!(
+            r#"{{"op": "insert", "table": "public.t", "key": {{"id": {id}}}, "row": {{"id": {id}, "v": "v{id}"}}, "lsn": "0/1", "ordinal": 0, "txid": 1, "commit_ts": "2026-01-01T00:00:00Z"}}"#
+        )
     };
     let (g1, g2, g3) = (good(1), good(2), good(3));
     produce(
@@ -247,11 +256,29 @@ async fn bad_messages_are_parked_with_their_offsets_and_the_rest_applies() {
         &[
             (Some(r#"{"id":1}"#), Some(&g1)),
             (Some(r#"{"id":9}"#), Some("this is not JSON")),
-            (None, Some(r#"{"op": "delete", "table": "public.t", "key": null, "row": null}"#)),
+            (
+                None,
+                Some(r#"{"op": "delete", "table": "public.t", "key": null, "row": null}"#),
+            ),
             (Some(r#"{"id":2}"#), Some(&g2)),
-            (Some(r#"{"id":4}"#), Some(r#"{"op": "upsert", "table": "public.t", "key": {"id": 4}, "row": {"id": 4}}"#)),
-            (Some(r#"{"id":5}"#), Some(r#"{"op": "insert", "table": "public.t", "key": {"id": 5}, "row": {"id": 5, "v": "x", "extra": 1}}"#)),
-            (Some(r#"{"id":6}"#), Some(r#"{"op": "insert", "table": "public.t", "key": {"id": 6}, "row": {"id": "six", "v": "x"}}"#)),
+            (
+                Some(r#"{"id":4}"#),
+                Some(
+                    r#"{"op": "upsert", "table": "public.t", "key": {"id": 4}, "row": {"id": 4}}"#,
+                ),
+            ),
+            (
+                Some(r#"{"id":5}"#),
+                Some(
+                    r#"{"op": "insert", "table": "public.t", "key": {"id": 5}, "row": {"id": 5, "v": "x", "extra": 1}}"#,
+                ),
+            ),
+            (
+                Some(r#"{"id":6}"#),
+                Some(
+                    r#"{"op": "insert", "table": "public.t", "key": {"id": 6}, "row": {"id": "six", "v": "x"}}"#,
+                ),
+            ),
             (Some(r#"{"id":3}"#), Some(&g3)),
         ],
     );
@@ -264,7 +291,11 @@ async fn bad_messages_are_parked_with_their_offsets_and_the_rest_applies() {
         if rows.len() == 3 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{rows:?}\n{}", worker.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{rows:?}\n{}",
+            worker.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(worker.terminate().success(), "{}", worker.log_text());
@@ -305,6 +336,9 @@ async fn bad_messages_are_parked_with_their_offsets_and_the_rest_applies() {
     .iter()
     .zip(&parked)
     {
-        assert!(reason.contains(expected), "{reason:?} does not say {expected:?}");
+        assert!(
+            reason.contains(expected),
+            "{reason:?} does not say {expected:?}"
+        );
     }
 }

@@ -210,7 +210,12 @@ impl Env {
 
     /// Starts `cutover <command> <pipeline>` in the background, logging JSON to a file in the
     /// test dir.
-    pub fn start_command(&self, command: &str, pipeline: &PathBuf, vars: &[(&str, &str)]) -> Pipeline {
+    pub fn start_command(
+        &self,
+        command: &str,
+        pipeline: &PathBuf,
+        vars: &[(&str, &str)],
+    ) -> Pipeline {
         let log = self.dir.join(format!(
             "{command}-{}.log",
             COUNTER.fetch_add(1, Ordering::SeqCst)

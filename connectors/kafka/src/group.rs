@@ -121,6 +121,12 @@ impl ConsumerContext for Member {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        // Closing the consumer on an async thread (its last handle dropped there) revokes
+        // too; nobody answers then, and blocking that thread is not allowed.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = consumer.unassign();
+            return;
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
@@ -328,7 +334,10 @@ fn poll_loop(
                     payload: m.payload().map(<[u8]>::to_vec),
                     generation: generation.load(Ordering::SeqCst),
                 };
-                if tx.blocking_send(Signal::Event(GroupEvent::Message(delivery))).is_err() {
+                if tx
+                    .blocking_send(Signal::Event(GroupEvent::Message(delivery)))
+                    .is_err()
+                {
                     return;
                 }
             }

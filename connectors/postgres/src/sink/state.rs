@@ -121,6 +121,18 @@ impl PgSink {
     }
 
     pub(super) async fn create_state_tables(&self) -> Result<()> {
+        // Workers that open at the same moment (`cutover apply`) race on IF NOT EXISTS, which
+        // is not atomic: the loser fails with a duplicate; the second try finds everything.
+        let first = self.create_state_tables_once().await;
+        match &first {
+            Err(e) if e.to_string().contains("already exists") => {
+                self.create_state_tables_once().await
+            }
+            _ => first,
+        }
+    }
+
+    async fn create_state_tables_once(&self) -> Result<()> {
         self.exec(&format!(
             "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
              CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.checkpoints (
