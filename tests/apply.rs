@@ -342,3 +342,225 @@ async fn bad_messages_are_parked_with_their_offsets_and_the_rest_applies() {
         );
     }
 }
+
+/// The value schema of the Debezium fixtures (schemas on), as Debezium's PostgreSQL connector
+/// documents it for `customers`: `before` and `after` structs, then `source`, `op`, `ts_ms`.
+const CUSTOMER_FIELDS: &str = r#"[
+  {"type": "int32", "optional": false, "field": "id"},
+  {"type": "string", "optional": true, "field": "first_name"},
+  {"type": "bytes", "optional": true, "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
+   "parameters": {"scale": "2", "connect.decimal.precision": "8"}, "field": "balance"},
+  {"type": "int64", "optional": true, "name": "io.debezium.time.MicroTimestamp", "version": 1, "field": "seen"},
+  {"type": "int32", "optional": true, "name": "io.debezium.time.Date", "version": 1, "field": "born"},
+  {"type": "string", "optional": true, "name": "io.debezium.time.ZonedTimestamp", "version": 1, "field": "tz"},
+  {"type": "string", "optional": true, "name": "io.debezium.data.Uuid", "version": 1, "field": "uid"},
+  {"type": "string", "optional": true, "name": "io.debezium.data.Json", "version": 1, "field": "doc"},
+  {"type": "boolean", "optional": true, "field": "active"},
+  {"type": "double", "optional": true, "field": "score"}]"#;
+
+/// One Debezium change event for table `table`: `op` with `before`/`after` (JSON text or
+/// "null"), wrapped in `{"schema", "payload"}` when `schemas` is on.
+fn debezium_event(table: &str, op: &str, before: &str, after: &str, schemas: bool) -> String {
+    let payload = format!(
+        r#"{{"before": {before}, "after": {after},
+            "source": {{"version": "2.7.0.Final", "connector": "postgresql", "name": "shop", "ts_ms": 1714566600250,
+                        "snapshot": "{snapshot}", "db": "shop", "sequence": "[null,\"24023128\"]", "schema": "public",
+                        "table": "{table}", "txId": 555, "lsn": 24023128, "xmin": null}},
+            "op": "{op}", "ts_ms": 1714566600300, "transaction": null}}"#,
+        snapshot = if op == "r" { "true" } else { "false" },
+    );
+    if !schemas {
+        return payload;
+    }
+    let value = |field: &str| {
+        format!(
+            r#"{{"type": "struct", "optional": true, "name": "shop.public.{table}.Value", "field": "{field}", "fields": {CUSTOMER_FIELDS}}}"#
+        )
+    };
+    format!(
+        r#"{{"schema": {{"type": "struct", "optional": false, "name": "shop.public.{table}.Envelope", "version": 1, "fields": [
+              {before_schema}, {after_schema},
+              {{"type": "struct", "optional": false, "name": "io.debezium.connector.postgresql.Source", "field": "source", "fields": [
+                {{"type": "string", "optional": false, "field": "version"}}, {{"type": "string", "optional": false, "field": "table"}}]}},
+              {{"type": "string", "optional": false, "field": "op"}},
+              {{"type": "int64", "optional": true, "field": "ts_ms"}}]}},
+            "payload": {payload}}}"#,
+        before_schema = value("before"),
+        after_schema = value("after"),
+    )
+}
+
+fn debezium_key(table: &str, id: i32, schemas: bool) -> String {
+    if schemas {
+        format!(
+            r#"{{"schema": {{"type": "struct", "optional": false, "name": "shop.public.{table}.Key", "fields": [{{"type": "int32", "optional": false, "field": "id"}}]}}, "payload": {{"id": {id}}}}}"#
+        )
+    } else {
+        format!(r#"{{"id": {id}}}"#)
+    }
+}
+
+/// Messages in Debezium's PostgreSQL connector format, written by hand after its documentation
+/// (schemas on and off; decimals precise, as strings and as doubles), are applied and equal
+/// the rows they describe: a snapshot read, creates, an update, a delete and its tombstone.
+/// With schemas on, the target table is created from the message schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_messages_apply_as_the_rows_they_describe() {
+    let env = Env::new("apply_dbz").await;
+    let target = env.target().await;
+    let columns =
+        "(id int PRIMARY KEY, first_name text, balance numeric(8,2), seen timestamp, born date,
+                    tz timestamptz, uid uuid, doc jsonb, active boolean, score double precision)";
+    target
+        .batch_execute(&format!(
+            "CREATE TABLE expected {columns};
+             INSERT INTO expected VALUES
+               (1, 'Anne', 12.50, '2024-05-01 12:30:00.25', '2024-05-01', '2024-05-01 12:30:00.25+00',
+                'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"a\": [1, 2]}}', true, 1.5),
+               (2, 'Bob', 100.00, '2023-01-02 03:04:05', '2023-01-02', '2023-01-02 03:04:05+00',
+                NULL, NULL, false, -2.25),
+               (4, 'Dan', 7.00, NULL, NULL, NULL, NULL, '[]', NULL, NULL);
+             CREATE TABLE c_precise {columns}; CREATE TABLE c_string {columns}; CREATE TABLE c_double {columns};"
+        ))
+        .await
+        .unwrap();
+    // (decimal mode, table, schemas, how each balance is written: 12.50, -3.05, 100.00, 7.00)
+    let cases = [
+        (
+            "precise",
+            "c_schema",
+            true,
+            ["\"BOI=\"", "\"/s8=\"", "\"JxA=\"", "\"Arw=\""],
+        ),
+        (
+            "precise",
+            "c_precise",
+            false,
+            ["\"BOI=\"", "\"/s8=\"", "\"JxA=\"", "\"Arw=\""],
+        ),
+        (
+            "string",
+            "c_string",
+            false,
+            ["\"12.50\"", "\"-3.05\"", "\"100.00\"", "\"7.00\""],
+        ),
+        (
+            "double",
+            "c_double",
+            false,
+            ["12.5", "-3.05", "100.0", "7.0"],
+        ),
+    ];
+    for (mode, table, schemas, balance) in cases {
+        let row = |id: i32, name: &str, balance: &str, rest: &str| {
+            format!(r#"{{"id": {id}, "first_name": "{name}", "balance": {balance}, {rest}}}"#)
+        };
+        let anne = row(
+            1,
+            "Anne",
+            balance[0],
+            r#""seen": 1714566600250000, "born": 19844, "tz": "2024-05-01T12:30:00.25Z", "uid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "doc": "{\"a\": [1, 2]}", "active": true, "score": 1.5"#,
+        );
+        let bob_rest = r#""seen": 1672628645000000, "born": 19359, "tz": "2023-01-02T03:04:05Z", "uid": null, "doc": null, "active": false, "score": -2.25"#;
+        let bob = row(2, "Bob", balance[1], bob_rest);
+        let bob_after = row(2, "Bob", balance[2], bob_rest);
+        let carl = row(
+            3,
+            "Carl",
+            balance[0],
+            r#""seen": null, "born": null, "tz": null, "uid": null, "doc": null, "active": null, "score": null"#,
+        );
+        let carl_key = r#"{"id": 3, "first_name": null, "balance": null, "seen": null, "born": null, "tz": null, "uid": null, "doc": null, "active": null, "score": null}"#;
+        let dan = row(
+            4,
+            "Dan",
+            balance[3],
+            r#""seen": null, "born": null, "tz": null, "uid": null, "doc": "[]", "active": null, "score": null"#,
+        );
+        let key = |id| debezium_key(table, id, schemas);
+        let messages = [
+            (
+                key(4),
+                Some(debezium_event(table, "r", "null", &dan, schemas)),
+            ),
+            (
+                key(1),
+                Some(debezium_event(table, "c", "null", &anne, schemas)),
+            ),
+            (
+                key(2),
+                Some(debezium_event(table, "c", "null", &bob, schemas)),
+            ),
+            (
+                key(3),
+                Some(debezium_event(table, "c", "null", &carl, schemas)),
+            ),
+            (
+                key(2),
+                Some(debezium_event(table, "u", &bob, &bob_after, schemas)),
+            ),
+            (
+                key(3),
+                Some(debezium_event(table, "d", carl_key, "null", schemas)),
+            ),
+            (key(3), None),
+        ];
+        let topic = format!("{}.{table}", env.name);
+        let borrowed: Vec<(Option<&str>, Option<&str>)> = messages
+            .iter()
+            .map(|(k, p)| (Some(k.as_str()), p.as_deref()))
+            .collect();
+        produce(&topic, &borrowed);
+        let apply = apply_pipeline(
+            &env,
+            std::slice::from_ref(&topic),
+            &format!(
+                "format = \"debezium\"\ndecimal_handling = \"{mode}\"\ngroup = \"{}_{table}\"",
+                env.name
+            ),
+        );
+        let mut worker = env.start_apply(&apply);
+        let expected = common::contents(&target, "expected").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = common::contents(&target, table).await;
+            if rows == expected {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{table} ({mode}, schemas {schemas}): {rows:#?}\nexpected {expected:#?}\n{}",
+                worker.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(worker.terminate().success(), "{}", worker.log_text());
+    }
+    // The table made from the message schema has the documented column types.
+    let types: Vec<String> = target
+        .query(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+              WHERE attrelid = 'c_schema'::regclass AND attnum > 0 ORDER BY attnum",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "integer",
+            "text",
+            "numeric(8,2)",
+            "timestamp without time zone",
+            "date",
+            "timestamp with time zone",
+            "uuid",
+            "jsonb",
+            "boolean",
+            "double precision"
+        ]
+    );
+}

@@ -534,8 +534,9 @@ fn pg_type(f: &FieldSchema) -> Option<(u32, String)> {
         ("int8" | "int16", _) => named(oid::INT2, "smallint"),
         ("int32", _) => named(oid::INT4, "integer"),
         ("int64", _) => named(oid::INT8, "bigint"),
-        ("float32", _) => named(oid::FLOAT4, "real"),
-        ("float64", _) => named(oid::FLOAT8, "double precision"),
+        // Kafka Connect's JSON converter writes FLOAT32 and FLOAT64 as "float" and "double".
+        ("float" | "float32", _) => named(oid::FLOAT4, "real"),
+        ("double" | "float64", _) => named(oid::FLOAT8, "double precision"),
         ("boolean", _) => named(oid::BOOL, "boolean"),
         ("string", _) => named(oid::TEXT, "text"),
         ("bytes", _) => named(oid::BYTEA, "bytea"),
