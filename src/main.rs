@@ -204,6 +204,11 @@ fn main() -> ExitCode {
         return runtime.block_on(run_verify(&pipeline, opts, format, terminal));
     }
     let result = runtime.block_on(async {
+        if let Some((pipeline, name)) = cli.command.needs_a_postgres_source() {
+            if let Err(message) = refuse_kafka_source(pipeline, name) {
+                return Err(message);
+            }
+        }
         match cli.command {
             Command::Run { pipeline } => run(&pipeline, terminal).await,
             Command::Apply { pipeline } => apply(&pipeline).await,
@@ -236,6 +241,36 @@ fn main() -> ExitCode {
             say_err!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+impl Command {
+    /// The pipeline file and the command's name, for commands that act on a PostgreSQL
+    /// source (its slot, its publication, its traffic).
+    fn needs_a_postgres_source(&self) -> Option<(&std::path::Path, &'static str)> {
+        Some(match self {
+            Command::Check { pipeline } => (pipeline, "check"),
+            Command::Teardown { pipeline, .. } => (pipeline, "teardown"),
+            Command::Forget { pipeline, .. } => (pipeline, "forget"),
+            Command::Recover { pipeline } => (pipeline, "recover"),
+            Command::Resnapshot { pipeline, .. } => (pipeline, "resnapshot"),
+            Command::Switch { pipeline, .. } => (pipeline, "switch"),
+            Command::Rollback { pipeline, .. } => (pipeline, "rollback"),
+            Command::SyncSequences { pipeline, .. } => (pipeline, "sync-sequences"),
+            _ => return None,
+        })
+    }
+}
+
+/// Refuses a command that needs a PostgreSQL source for a pipeline that reads Kafka topics.
+fn refuse_kafka_source(path: &std::path::Path, command: &str) -> Result<(), String> {
+    match config::load(path) {
+        Ok(cfg) if cfg.apply.is_some() => Err(format!(
+            "pipeline file {} reads Kafka topics ([source] kind = \"kafka\"), and cutover {command} acts on a PostgreSQL source. Fix: for this pipeline use cutover apply, cutover status or cutover verify.",
+            path.display()
+        )),
+        // Other errors are reported by the command itself.
+        _ => Ok(()),
     }
 }
 
@@ -400,6 +435,32 @@ async fn run_switch(path: &std::path::Path, towards: Direction, how: SwitchFlags
         }
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `cutover status` of an apply pipeline: each partition's next offset as each PostgreSQL
+/// target stored it.
+async fn apply_status(cfg: &config::Pipeline, format: ReportFormat) -> Outcome {
+    let offsets = cutover::apply::stored_offsets(cfg).await.map_err(explain)?;
+    match format {
+        ReportFormat::Json => say!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "pipeline": cfg.name,
+                "stored_offsets": offsets.iter().map(|(sink, parts)| (sink.clone(), parts.iter().map(|(p, o)| (p.clone(), *o)).collect::<std::collections::BTreeMap<_, _>>())).collect::<std::collections::BTreeMap<_, _>>(),
+            }))
+            .map_err(|e| e.to_string())?
+        ),
+        ReportFormat::Text => {
+            say!("pipeline {} (cutover apply, group {})", cfg.name, cfg.apply.as_ref().map_or("", |a| a.group.as_str()));
+            for (sink, parts) in &offsets {
+                say!("  sink {sink}: {} partitions applied", parts.len());
+                for (partition, next) in parts {
+                    say!("    {partition}: next offset {next}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cutover apply`: one consumer-group worker (see [`cutover::apply`]).
@@ -974,6 +1035,9 @@ async fn sync_sequences(path: &std::path::Path, margin: u32) -> Outcome {
 /// JSON document; exit code 0 when READY, 3 when NOT READY.
 async fn show_status(path: &std::path::Path, format: ReportFormat) -> Outcome {
     let file = load(path)?;
+    if file.apply.is_some() {
+        return apply_status(&file, format).await;
+    }
     let live = cutover::report::live_of(&file).await;
     let report = cutover::report::StatusReport::collect(&file, live)
         .await

@@ -314,10 +314,19 @@ pub async fn verify(
     progress: ProgressFn<'_>,
 ) -> Result<Report> {
     let started = Instant::now();
+    if cfg.apply.is_some() && (cfg.source_url.is_empty() || cfg.tables.is_empty()) {
+        return Err(ConnectorError::fatal(format!(
+            "pipeline {} reads Kafka topics and names no database to compare its targets with",
+            cfg.name
+        ))
+        .with_hint("set [source] url to the original PostgreSQL database the topics were captured from, and tables to the tables to compare"));
+    }
     let source = runtime::connect_source(cfg).await?;
     let source_lsn_at_start = source.current_wal_lsn().await.ok();
     let tables = select_tables(&source, &opts.tables)?;
-    let running = matches!(source.slot_activity().await?, Some((true, _)));
+    // An apply pipeline's workers are not seen from the source: rows that differ are checked
+    // again, as while a pipeline streams.
+    let running = cfg.apply.is_some() || matches!(source.slot_activity().await?, Some((true, _)));
     let run = Checking {
         cfg,
         source: &source,
@@ -746,7 +755,11 @@ async fn recheck(
         }
         let s1 = src.fetch(&pending).await?;
         let read_at = src.current_wal_lsn().await?;
-        if !wait_applied(source, read_at, settle).await? {
+        if cfg.apply.is_some() {
+            // The workers of an apply pipeline report no source position: give them the time
+            // a change takes through the topics, then compare.
+            tokio::time::sleep(settle.min(APPLY_SETTLE)).await;
+        } else if !wait_applied(source, read_at, settle).await? {
             tracing::warn!(
                 %read_at,
                 "the pipeline did not apply past the position rows were read at within {} s; the differing rows are reported in flight",
@@ -776,6 +789,10 @@ async fn recheck(
     confirmed.sort_by(|a, b| a.sort_key().cmp(b.sort_key()));
     Ok((confirmed, in_flight))
 }
+
+/// How long a re-check of an apply pipeline's target waits before it reads the target again
+/// (at most `verify.settle_timeout_s`).
+const APPLY_SETTLE: Duration = Duration::from_secs(5);
 
 /// Waits until the slot is confirmed at or past `lsn`: every sink has made durable every
 /// transaction committed before it. `false` when `timeout` passes first.

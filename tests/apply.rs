@@ -155,7 +155,15 @@ async fn workers_drain_six_partitions_through_a_kill_and_a_late_join() {
         format!("{}.public.items", env.name),
         format!("{}.public.orders", env.name),
     ];
-    let apply = apply_pipeline(&env, &topics, "");
+    // The original database, for `cutover verify`.
+    let apply = apply_pipeline(
+        &env,
+        &topics,
+        &format!(
+            "url = \"{}\"\ntables = [\"items\", \"orders\"]",
+            env.source_url
+        ),
+    );
     let mut doomed = env.start_apply(&apply);
     let mut workers = vec![env.start_apply(&apply), env.start_apply(&apply)];
     doomed
@@ -211,6 +219,30 @@ async fn workers_drain_six_partitions_through_a_kill_and_a_late_join() {
             "{partition}: the stored offset is not the one after the last applied ({last})"
         );
     }
+
+    // `cutover verify` compares the apply-fed target with the original database, and finds a
+    // row changed behind the workers' back.
+    let path = apply.to_str().unwrap();
+    let (code, out, err) = common::cutover(&["verify", path]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    env.target()
+        .await
+        .batch_execute("UPDATE orders SET note = 'tampered' WHERE id = 7")
+        .await
+        .unwrap();
+    let (code, out, err) = common::cutover(&["verify", path, "--table", "public.orders"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("DRIFT") && out.contains("tampered"), "{out}");
+    // Commands that act on a PostgreSQL source say what to use instead.
+    let (code, _, err) = common::cutover(&["check", path]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cutover apply, cutover status or cutover verify"),
+        "{err}"
+    );
+    let (code, out, err) = common::cutover(&["status", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("12 partitions applied"), "{out}");
     env.drop_slot().await;
 }
 
