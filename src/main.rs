@@ -205,9 +205,7 @@ fn main() -> ExitCode {
     }
     let result = runtime.block_on(async {
         if let Some((pipeline, name)) = cli.command.needs_a_postgres_source() {
-            if let Err(message) = refuse_kafka_source(pipeline, name) {
-                return Err(message);
-            }
+            refuse_kafka_source(pipeline, name)?;
         }
         match cli.command {
             Command::Run { pipeline } => run(&pipeline, terminal).await,

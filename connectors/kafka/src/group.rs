@@ -345,7 +345,7 @@ fn poll_loop(
         }
     }
     // Leave the group: the revocation runs in the polls below.
-    let _ = consumer.unsubscribe();
+    consumer.unsubscribe();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
         let _ = consumer.poll(Duration::from_millis(100));
