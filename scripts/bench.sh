@@ -2,7 +2,7 @@
 # Benchmarks cutover against the peers that run here, in the same run, on its own servers
 # (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
 #
-#   scripts/bench.sh [snapshot|snapshot_crash|apply|transform|memory|messages|latency|join|verify|switch|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#   scripts/bench.sh [snapshot|snapshot_crash|apply|transform|memory|messages|kafka_apply|latency|join|verify|switch|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
 #                                                     APPLY_TXNS=1200 by default)
 #
 # snapshot  SNAPSHOT_ROWS (~160 B) into an empty target: cutover with 1, 2 and 4 workers (tables
@@ -572,6 +572,93 @@ subject = \"fan.{schema}.{table}\""
     for name in "${kinds[@]}"; do "$BIN" teardown "$WORK/msg_$name.toml" >/dev/null; done
 }
 
+# kafka_apply  KAFKA_APPLY_CHANGES (default 1M) changes (transactions of 4000 inserts and 1000
+#           updates) captured by cutover's Kafka sink into a topic of 6 partitions, then applied
+#           to an empty PostgreSQL target by 1, 2 and 3 `cutover apply` workers of one consumer
+#           group, against `cutover run` applying the same changes straight from a slot of its
+#           own (the direct apply); time until the target's row count and sum(a) equal the
+#           source's, and the CPU cutover used per change.
+bench_kafka_apply() {
+    local changes=${KAFKA_APPLY_CHANGES:-1000000} per_txn=5000
+    local txns=$((changes / per_txn))
+    echo "== kafka_apply: $changes changes through Kafka (6 partitions) into PostgreSQL by 1-3 apply workers vs the direct slot apply"
+    local direct_times=() direct_cpu=() r w
+    declare -A apply_times=() apply_cpu=()
+    for r in $(seq 1 "$ROUNDS"); do
+        local db="kap$r"
+        src -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+        src -d "$db" -c "$TABLE_DDL"
+        message_pipeline "kcap$r" "$db" "$(sink_toml kafka)
+partitions = 6"
+        tgt -d postgres -c "DROP DATABASE IF EXISTS ${db}_direct" -c "CREATE DATABASE ${db}_direct"
+        printf 'name = "kdirect%s"\n[source]\nurl = "postgres://postgres@127.0.0.1:%s/%s"\ntables = ["public.t"]\n[[sink]]\nkind = "postgres"\nname = "target"\nurl = "postgres://postgres@127.0.0.1:%s/%s_direct"\n' \
+            "$r" "$CUTOVER_SOURCE_PORT" "$db" "$CUTOVER_TARGET_PORT" "$db" > "$WORK/kdirect$r.toml"
+        # Both pipelines make their slot (and the topic) on the empty table, then stop.
+        local name pid
+        for name in "kcap$r" "kdirect$r"; do
+            "$BIN" --log-format json run "$WORK/$name.toml" 2> "$WORK/$name-setup.log" &
+            pid=$!
+            wait_log "$WORK/$name-setup.log" "streaming changes"
+            kill -TERM $pid; wait $pid
+        done
+        local cmds=() i
+        for i in $(seq 0 $((txns - 1))); do
+            local base=$((i * 4000))
+            local upd=$(( base > 4000 ? base - 4000 : 0 ))
+            cmds+=(-c "BEGIN" -c "INSERT INTO t SELECT g, 0, repeat('x', 100), now(), g * 0.01 FROM generate_series($((base + 1)), $((base + 4000))) g"
+                   -c "UPDATE t SET a = a + 1 WHERE id > $upd AND id <= $((upd + 1000))" -c "COMMIT")
+        done
+        src -d "$db" "${cmds[@]}"
+        local want end
+        want=$(src -d "$db" -At -c "SELECT count(*) || ':' || sum(a) FROM t")
+        end=$(lsn_number "$(src -d "$db" -At -c "SELECT pg_current_wal_insert_lsn()")")
+        # Capture into Kafka (not timed).
+        "$BIN" --log-format json run "$WORK/kcap$r.toml" 2> "$WORK/kcap$r.log" &
+        pid=$!
+        until [ "$(lsn_number "$(src -d "$db" -At -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'cutover_kcap$r'")")" -ge "$end" ]; do sleep 0.1; done
+        kill -TERM $pid; wait $pid
+        # The direct apply from the slot.
+        local t0; t0=$(now)
+        "$BIN" --log-format json run "$WORK/kdirect$r.toml" 2> "$WORK/kdirect$r.log" &
+        pid=$!
+        until [ "$(tgt -d "${db}_direct" -At -c "SELECT count(*) || ':' || sum(a) FROM t" 2>/dev/null)" = "$want" ]; do sleep 0.1; done
+        direct_times+=("$(python3 -c "print($(now) - $t0)")")
+        direct_cpu+=("$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")")
+        kill -TERM $pid; wait $pid
+        local line="   round $r: direct ${direct_times[-1]} s (${direct_cpu[-1]} s CPU)"
+        for w in 1 2 3; do
+            tgt -d postgres -c "DROP DATABASE IF EXISTS ${db}_w$w" -c "CREATE DATABASE ${db}_w$w"
+            tgt -d "${db}_w$w" -c "$TABLE_DDL"
+            printf 'name = "kap%s_w%s"\n[source]\nkind = "kafka"\nbrokers = "%s"\ntopics = ["kcap%s.public.t"]\nproperties = { "session.timeout.ms" = "6000" }\n[[sink]]\nkind = "postgres"\nname = "target"\nurl = "postgres://postgres@127.0.0.1:%s/%s_w%s"\n' \
+                "$r" "$w" "$CUTOVER_TEST_KAFKA_BROKERS" "$r" "$CUTOVER_TARGET_PORT" "$db" "$w" > "$WORK/kap$r-w$w.toml"
+            local pids=() k
+            t0=$(now)
+            for k in $(seq 1 "$w"); do
+                "$BIN" --log-format json apply "$WORK/kap$r-w$w.toml" 2> "$WORK/kap$r-w$w-$k.log" &
+                pids+=($!)
+            done
+            until [ "$(tgt -d "${db}_w$w" -At -c "SELECT count(*) || ':' || sum(a) FROM t" 2>/dev/null)" = "$want" ]; do sleep 0.1; done
+            apply_times[$w]+="$(python3 -c "print($(now) - $t0)") "
+            local cpu=0
+            for k in "${pids[@]}"; do cpu=$(awk -v c="$cpu" '{printf "%.2f", c + ($14 + $15) / 100}' "/proc/$k/stat"); done
+            apply_cpu[$w]+="$cpu "
+            kill -TERM "${pids[@]}"; wait "${pids[@]}"
+            line+=", $w workers $(echo "${apply_times[$w]}" | awk '{print $NF}') s ($cpu s CPU)"
+        done
+        echo "$line"
+        "$BIN" teardown "$WORK/kcap$r.toml" >/dev/null
+        "$BIN" teardown "$WORK/kdirect$r.toml" >/dev/null
+    done
+    local dm dc; dm=$(median "${direct_times[@]}"); dc=$(median "${direct_cpu[@]}")
+    echo "   median: direct slot apply $dm s ($(python3 -c "print(int($changes/$dm))") changes/s, $(python3 -c "print('%.1f' % ($dc * 1e6 / $changes))") us CPU/change in cutover)"
+    for w in 1 2 3; do
+        local am cm
+        # shellcheck disable=SC2086
+        am=$(median ${apply_times[$w]}); cm=$(median ${apply_cpu[$w]})
+        echo "   median: $w apply workers $am s ($(python3 -c "print(int($changes/$am))") changes/s) = $(ratio "$dm" "$am") x direct; $(python3 -c "print('%.1f' % ($cm * 1e6 / $changes))") us CPU/change in cutover"
+    done
+}
+
 bench_latency() {
     echo "== latency: commit to consumer through Kafka, and through NATS, at a fixed 5k changes/s (500 transactions/s of 10 rows)"
     src -d postgres -c "DROP DATABASE IF EXISTS lat" -c "CREATE DATABASE lat"
@@ -844,10 +931,11 @@ apply) bench_apply ;;
 transform) bench_transform ;;
 memory) bench_memory ;;
 messages) bench_messages ;;
+kafka_apply) bench_kafka_apply ;;
 latency) bench_latency ;;
 join) bench_join ;;
 verify) bench_verify ;;
 switch) bench_switch ;;
-all) bench_snapshot; bench_snapshot_crash; bench_apply; bench_transform; bench_memory; bench_messages; bench_latency; bench_join; bench_verify; bench_switch ;;
-*) echo "usage: $0 [snapshot|snapshot_crash|apply|transform|memory|messages|latency|join|verify|switch|all]" >&2; exit 2 ;;
+all) bench_snapshot; bench_snapshot_crash; bench_apply; bench_transform; bench_memory; bench_messages; bench_kafka_apply; bench_latency; bench_join; bench_verify; bench_switch ;;
+*) echo "usage: $0 [snapshot|snapshot_crash|apply|transform|memory|messages|kafka_apply|latency|join|verify|switch|all]" >&2; exit 2 ;;
 esac
