@@ -110,6 +110,8 @@ struct Lane {
     generation: u64,
     sinks: Vec<LaneSink>,
     pending: Vec<Delivery>,
+    /// The source transaction of each pending message, when batches keep transactions whole.
+    txns: Vec<Option<String>>,
     /// Whether the partition was read from its beginning by this worker, and which tables
     /// have had a row change in it since: a truncate before any row change of its table (the
     /// copy-start truncate cutover's Kafka sink writes to every partition) removes nothing of
@@ -117,6 +119,14 @@ struct Lane {
     from_start: bool,
     rows_seen: HashSet<TableName>,
 }
+
+/// How long the messages of a source transaction wait for the rest of it (see
+/// `whole_transactions`).
+const TAIL_WAIT: Duration = Duration::from_secs(1);
+
+/// How many times `batch_messages` one source transaction may hold before it is applied in
+/// parts (see `whole_transactions`).
+const WHOLE_LIMIT: usize = 100;
 
 /// Counts for the log and the final summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -243,18 +253,25 @@ impl Worker<'_> {
     async fn serve(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
         let mut stopping = false;
         loop {
+            let holding = self.lanes.values().any(|l| !l.pending.is_empty());
             let event = tokio::select! {
                 event = self.reader.next() => event,
+                // A transaction whose end has not come within TAIL_WAIT is applied as it is.
+                _ = tokio::time::sleep(TAIL_WAIT), if holding => {
+                    tracing::warn!("a source transaction's last message did not come within {TAIL_WAIT:?}: applying what came of it");
+                    self.flush_all(true).await?;
+                    continue;
+                }
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
                     tracing::info!("stop requested: applying what was read, then leaving the group");
-                    self.flush_all().await?;
+                    self.flush_all(true).await?;
                     self.reader.request_stop();
                     continue;
                 }
             };
             let Some(event) = event else {
-                self.flush_all().await?;
+                self.flush_all(true).await?;
                 return Ok(());
             };
             match event {
@@ -274,7 +291,7 @@ impl Worker<'_> {
                 }
                 GroupEvent::Revoked { partitions, reply } => {
                     // What was read still belongs to this worker until it answers.
-                    self.flush_all().await?;
+                    self.flush_all(true).await?;
                     for p in &partitions {
                         self.lanes.remove(p);
                     }
@@ -285,6 +302,11 @@ impl Worker<'_> {
                     let key = (delivery.topic.clone(), delivery.partition);
                     let full = match self.lanes.get_mut(&key) {
                         Some(lane) if lane.generation == delivery.generation => {
+                            if self.settings.whole_transactions {
+                                lane.txns.push(delivery.payload.as_deref().and_then(|p| {
+                                    inbound::transaction_of(self.settings.read.format, p)
+                                }));
+                            }
                             lane.pending.push(delivery);
                             lane.pending.len() >= self.settings.batch_messages
                         }
@@ -292,12 +314,12 @@ impl Worker<'_> {
                         _ => false,
                     };
                     if full {
-                        self.flush(&key).await?;
+                        self.flush(&key, false).await?;
                     }
                 }
             }
             if self.reader.is_idle() {
-                self.flush_all().await?;
+                self.flush_all(false).await?;
             }
         }
     }
@@ -323,12 +345,14 @@ impl Worker<'_> {
             generation,
             sinks,
             pending: Vec::new(),
+            txns: Vec::new(),
             from_start,
             rows_seen: HashSet::new(),
         })
     }
 
-    async fn flush_all(&mut self) -> Result<()> {
+    /// Applies every partition's pending messages (see [`Worker::flush`]).
+    async fn flush_all(&mut self, force: bool) -> Result<()> {
         let keys: Vec<Partition> = self
             .lanes
             .iter()
@@ -336,17 +360,45 @@ impl Worker<'_> {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            self.flush(&key).await?;
+            self.flush(&key, force).await?;
         }
         Ok(())
     }
 
-    /// Applies the partition's pending messages as one batch to each of its sinks.
-    async fn flush(&mut self, key: &Partition) -> Result<()> {
+    /// Applies the partition's pending messages as one batch to each of its sinks. With
+    /// `whole_transactions`, the messages of the last source transaction stay pending (its
+    /// end may not have been read yet) unless `force`, or unless that one transaction holds
+    /// more than [`WHOLE_LIMIT`] times `batch_messages` messages.
+    async fn flush(&mut self, key: &Partition, force: bool) -> Result<()> {
         let Some(lane) = self.lanes.get_mut(key) else {
             return Ok(());
         };
-        let batch = std::mem::take(&mut lane.pending);
+        let batch = if self.settings.whole_transactions && !force {
+            let last = lane.txns.last().cloned().flatten();
+            let keep = lane
+                .txns
+                .iter()
+                .rev()
+                .take_while(|t| t.is_some() && **t == last)
+                .count();
+            // A transaction is held whole past `batch_messages`, up to a bound on memory.
+            if keep == lane.pending.len() && keep < self.settings.batch_messages * WHOLE_LIMIT {
+                return Ok(());
+            }
+            if keep == lane.pending.len() {
+                tracing::warn!(topic = %key.0, partition = key.1, messages = keep, "a source transaction of more than {WHOLE_LIMIT} x batch_messages messages is applied in parts");
+            }
+            let cut = if keep == lane.pending.len() {
+                keep
+            } else {
+                lane.pending.len() - keep
+            };
+            lane.txns.drain(..cut);
+            lane.pending.drain(..cut).collect()
+        } else {
+            lane.txns.clear();
+            std::mem::take(&mut lane.pending)
+        };
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             return Ok(());
         };

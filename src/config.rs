@@ -242,6 +242,13 @@ pub struct SourceConfig {
     /// `kind = "kafka"`: most messages of one partition applied in one target transaction
     /// (default 5000).
     pub batch_messages: Option<usize>,
+    /// `kind = "kafka"`: end each target transaction at a source transaction's end (read from
+    /// the cutover envelope's `lsn`, or Debezium's `source.txId`), so a reader of the target
+    /// never sees part of a source transaction that lies within one partition (default false).
+    /// Whole only for transactions whose messages share a partition: one topic of one
+    /// partition for every table keeps all of them whole.
+    #[serde(default)]
+    pub whole_transactions: bool,
     /// Replication slot name (default `cutover_<name>`).
     pub slot: Option<String>,
     /// Publication name (default `cutover_<name>`).
@@ -502,6 +509,7 @@ pub struct ApplySettings {
     pub properties: Vec<(String, String)>,
     pub dead_letter_file: std::path::PathBuf,
     pub batch_messages: usize,
+    pub whole_transactions: bool,
 }
 
 /// `[cutover]` with defaults applied (see [`CutoverSection`]).
@@ -628,6 +636,7 @@ pub fn parse(
             ("properties", !file.source.properties.is_empty()),
             ("dead_letter_file", file.source.dead_letter_file.is_some()),
             ("batch_messages", file.source.batch_messages.is_some()),
+            ("whole_transactions", file.source.whole_transactions),
         ] {
             if set {
                 return Err(bad(
@@ -1122,6 +1131,7 @@ fn apply_settings(
                 .join(format!("{}-apply-letters.jsonl", file.name)),
         },
         batch_messages,
+        whole_transactions: source.whole_transactions,
     })
 }
 

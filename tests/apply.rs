@@ -596,3 +596,107 @@ async fn debezium_messages_apply_as_the_rows_they_describe() {
         ]
     );
 }
+
+/// With `whole_transactions`, source transactions that move money between two tables reach the
+/// target whole: every table in one topic of one partition, batches far smaller than the
+/// workload's, and a reader on the target never sees money missing or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_transactions_keep_a_transfer_between_tables_atomic() {
+    let env = Env::new("apply_txn").await;
+    let schema = "CREATE TABLE debit (id int PRIMARY KEY, bal bigint NOT NULL);
+                  CREATE TABLE credit (id int PRIMARY KEY, bal bigint NOT NULL);";
+    env.on_source(&format!(
+        "{schema} INSERT INTO debit SELECT g, 1000 FROM generate_series(1, 50) g;
+                  INSERT INTO credit SELECT g, 1000 FROM generate_series(1, 50) g;"
+    ))
+    .await;
+    env.target().await.batch_execute(schema).await.unwrap();
+    let capture = env.dir.join("capture-one.toml");
+    std::fs::write(
+        &capture,
+        format!(
+            "name = \"{name}\"\n[source]\nurl = \"{src}\"\ntables = [\"debit\", \"credit\"]\n\n\
+             [[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{brokers}\"\npartitions = 1\ntopic = \"{name}.all\"\n",
+            name = env.name,
+            src = env.source_url,
+            brokers = brokers(),
+        ),
+    )
+    .unwrap();
+    let mut run = env.start(&capture);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    let apply = apply_pipeline(
+        &env,
+        &[format!("{}.all", env.name)],
+        "whole_transactions = true",
+    );
+    // Batches of 5 messages: a transfer of 3 rows each way (6 messages) never fits one.
+    let text = std::fs::read_to_string(&apply)
+        .unwrap()
+        .replace("batch_messages = 400", "batch_messages = 5");
+    std::fs::write(&apply, text).unwrap();
+    let mut worker = env.start_apply(&apply);
+    let target = env.target().await;
+    // One statement reads one snapshot of both tables.
+    let total = "SELECT ((SELECT coalesce(sum(bal), 0) FROM debit) + (SELECT coalesce(sum(bal), 0) FROM credit))::int8,
+                        (SELECT count(*) FROM debit) + (SELECT count(*) FROM credit)";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = target.query_one(total, &[]).await.unwrap();
+        if row.get::<_, i64>(1) == 100 && row.get::<_, i64>(0) == 100_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (stop, writer) = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let url = env.source_url.clone();
+        (
+            stop,
+            tokio::spawn(async move {
+                let client = common::connect(&url).await;
+                let mut n = 0;
+                while !flag.load(Ordering::SeqCst) {
+                    let (a, b) = (n % 50 + 1, (n * 7) % 50 + 1);
+                    client
+                    .batch_execute(&format!(
+                        "BEGIN; UPDATE debit SET bal = bal - 3 WHERE id IN ({a}, {b}, {c});
+                                UPDATE credit SET bal = bal + 3 WHERE id IN ({a}, {b}, {c}); COMMIT;",
+                        c = (n * 13) % 50 + 1
+                    ))
+                    .await
+                    .unwrap();
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                n
+            }),
+        )
+    };
+    let mut seen = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        let row = target.query_one(total, &[]).await.unwrap();
+        assert_eq!(
+            row.get::<_, i64>(0),
+            100_000,
+            "a reader saw part of a transfer"
+        );
+        seen += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(writer.await.unwrap() > 50);
+    env.wait_equal(&["debit", "credit"], Duration::from_secs(60))
+        .await;
+    assert!(seen > 20);
+    assert!(worker.terminate().success(), "{}", worker.log_text());
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}

@@ -88,6 +88,32 @@ fn object<'a>(v: &'a Json, what: &str) -> Result<&'a Map<String, Json>, String> 
         .ok_or_else(|| format!("expected {what} to be a JSON object"))
 }
 
+/// The source transaction a message belongs to, as text that differs between transactions:
+/// the cutover envelope's `lsn` (its commit position), Debezium's `source.txId` (or
+/// `source.lsn`). `None` when the message does not say.
+pub fn transaction_of(format: EnvelopeFormat, payload: &[u8]) -> Option<String> {
+    let doc: Json = serde_json::from_slice(payload).ok()?;
+    let text = |v: &Json| match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match format {
+        EnvelopeFormat::Cutover => doc.get("lsn").and_then(text),
+        EnvelopeFormat::Debezium => {
+            let env = match doc.get("payload") {
+                Some(p) if doc.get("schema").is_some() => p,
+                _ => &doc,
+            };
+            let source = env.get("source")?;
+            source
+                .get("txId")
+                .and_then(text)
+                .or_else(|| source.get("lsn").and_then(text))
+        }
+    }
+}
+
 /// Parses one message: `key` and `payload` as they came from Kafka. `Ok(None)` for a message
 /// that changes nothing: a tombstone (no payload) or a Debezium transaction or heartbeat
 /// message.
