@@ -164,6 +164,14 @@ async fn workers_drain_six_partitions_through_a_kill_and_a_late_join() {
             env.source_url
         ),
     );
+    // A MongoDB target beside the PostgreSQL one: every partition's changes reach both.
+    let mongo = common::targets::MessageServices::get().mongo_url;
+    let mut text = std::fs::read_to_string(&apply).unwrap();
+    text.push_str(&format!(
+        "\n[[sink]]\nkind = \"mongodb\"\nname = \"mongo\"\nurl = \"{mongo}\"\ndatabase = \"{}\"\n",
+        env.name
+    ));
+    std::fs::write(&apply, text).unwrap();
     let mut doomed = env.start_apply(&apply);
     let mut workers = vec![env.start_apply(&apply), env.start_apply(&apply)];
     doomed
@@ -182,6 +190,27 @@ async fn workers_drain_six_partitions_through_a_kill_and_a_late_join() {
     );
     env.wait_equal(&["items", "orders"], Duration::from_secs(120))
         .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let folded = common::targets::mongo_rows(&env.name, &["items", "orders"]).await;
+        match common::targets::folded_equal(
+            &env,
+            "mongo",
+            SCHEMA,
+            &folded,
+            &["items", "orders"],
+            true,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "MongoDB differs from the source: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     for w in workers.iter_mut() {
         assert!(w.terminate().success(), "{}", w.log_text());
     }
