@@ -1419,6 +1419,40 @@ url = "postgres://u:${PW}@h/db"
     }
 
     #[test]
+    fn a_kafka_source_is_read_for_apply_and_its_mistakes_are_named() {
+        let example = include_str!("../pipelines/apply.toml");
+        let vars = |name: &str| match name {
+            "KAFKA_BROKERS" => Some("127.0.0.1:9092".to_string()),
+            "SOURCE_URL" | "TARGET_URL" => Some("postgres://h/db".to_string()),
+            _ => None,
+        };
+        let p = parse(example, "apply.toml", &vars).unwrap();
+        let apply = p.apply.as_ref().expect("a Kafka source");
+        assert_eq!(apply.group, "cutover_shop_apply");
+        assert_eq!(apply.topics, ["^shop\\.public\\..*"]);
+        assert_eq!(apply.batch_messages, 5000);
+        assert!(!apply.whole_transactions);
+        let e = |text: &str| parse(text, "a.toml", &vars).unwrap_err().to_string();
+        let msg = e(&example.replace("brokers = \"${KAFKA_BROKERS}\"\n", ""));
+        assert!(msg.contains("source.brokers: is missing"), "{msg}");
+        let msg = e(&example.replace("kind = \"kafka\"", "kind = \"mysql\""));
+        assert!(
+            msg.contains("source.kind") && msg.contains("\"mysql\""),
+            "{msg}"
+        );
+        let msg = e(&GOOD.replace(
+            "tables = [\"public.*\"]",
+            "tables = [\"public.*\"]\ntopics = [\"t\"]",
+        ));
+        assert!(
+            msg.contains("source.topics: belongs to a Kafka source"),
+            "{msg}"
+        );
+        let msg = e(&example.replace("format = \"cutover\"", "format = \"avro\""));
+        assert!(msg.contains("avro"), "{msg}");
+    }
+
+    #[test]
     fn secrets_are_read_from_files_and_masked() {
         let dir = std::env::temp_dir().join(format!("cutover-secret-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
