@@ -309,11 +309,46 @@ async fn crash_safety_sigkill_at_random_moments() {
     );
     let committed = load.stop().await;
     assert!(committed > 100, "workload too small: {committed}");
-    let mut run = env.start(&pipeline);
+    let mut run = env.start_with_env(&pipeline, &[("CUTOVER_LOG", "info,cutover_postgres=debug")]);
+    // This test failed once in CI (the final run made nothing durable for 2 minutes) and has
+    // not been reproduced: if the wait runs long, print what the target's sessions wait on.
+    let watchdog = tokio::spawn(dump_target_sessions_after(
+        env.target_url.clone(),
+        run.log.clone(),
+        Duration::from_secs(100),
+    ));
     env.wait_equal(workload::TABLES, Duration::from_secs(120))
         .await;
+    watchdog.abort();
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
+}
+
+/// After `wait`, prints the target database's sessions, the locks not granted, and the end of
+/// the run's log, for a test that is about to time out.
+async fn dump_target_sessions_after(url: String, log: std::path::PathBuf, wait: Duration) {
+    tokio::time::sleep(wait).await;
+    let client = common::connect(&url).await;
+    for sql in [
+        "SELECT pid, application_name, state, wait_event_type, wait_event, now() - xact_start AS in_txn, left(query, 160) FROM pg_stat_activity WHERE datname = current_database()",
+        "SELECT locktype, relation::regclass::text, mode, granted, pid FROM pg_locks WHERE NOT granted",
+    ] {
+        eprintln!("-- {sql}");
+        if let Ok(messages) = client.simple_query(sql).await {
+            for m in messages {
+                if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+                    let cols: Vec<&str> = (0..row.len()).map(|i| row.get(i).unwrap_or("NULL")).collect();
+                    eprintln!("   {}", cols.join(" | "));
+                }
+            }
+        }
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(60).collect();
+    eprintln!("-- the last lines of the run's log:");
+    for line in tail.iter().rev() {
+        eprintln!("   {line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
