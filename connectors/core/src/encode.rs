@@ -374,7 +374,7 @@ fn decimal_parts(text: &str) -> Result<(bool, String, String), String> {
 }
 
 /// numeric's binary form from decimal text (`-12.50`, `1e-3`, `NaN`, `Infinity`).
-fn numeric(text: &str) -> Result<Bytes, String> {
+pub(crate) fn numeric(text: &str) -> Result<Bytes, String> {
     let special = match text.trim() {
         "NaN" => Some(0xC000u16),
         "Infinity" | "+Infinity" => Some(0xD000),

@@ -847,7 +847,7 @@ pub fn encode_text(type_oid: u32, text: &str) -> Option<Bytes> {
         oid::INT8 => Bytes::copy_from_slice(&t.parse::<i64>().ok()?.to_be_bytes()),
         oid::FLOAT4 => Bytes::copy_from_slice(&t.parse::<f32>().ok()?.to_be_bytes()),
         oid::FLOAT8 => Bytes::copy_from_slice(&t.parse::<f64>().ok()?.to_be_bytes()),
-        oid::NUMERIC => Bytes::from(numeric_binary(t)?),
+        oid::NUMERIC => crate::encode::numeric(t).ok()?,
         oid::UUID => Bytes::copy_from_slice(&crate::verify::rendered::parse_uuid(t)?),
         oid::DATE => Bytes::copy_from_slice(
             &i32::try_from(crate::verify::rendered::parse_date(t)?)
@@ -870,63 +870,6 @@ pub fn encode_text(type_oid: u32, text: &str) -> Option<Bytes> {
         }
         _ => return None,
     })
-}
-
-/// A decimal number as PostgreSQL's binary numeric: base-10000 digits, weight, sign, scale.
-fn numeric_binary(text: &str) -> Option<Vec<u8>> {
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text.strip_prefix('+').unwrap_or(text)),
-    };
-    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    if int.is_empty() && frac.is_empty()
-        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let dscale = frac.len() as u16;
-    let int = int.trim_start_matches('0');
-    // Pad the integer part on the left and the fraction on the right to whole 4-digit groups.
-    let int_pad = (4 - int.len() % 4) % 4;
-    let frac_pad = (4 - frac.len() % 4) % 4;
-    let all = format!("{}{int}{frac}{}", "0".repeat(int_pad), "0".repeat(frac_pad));
-    let mut groups: Vec<i16> = all
-        .as_bytes()
-        .chunks(4)
-        .map(|c| {
-            std::str::from_utf8(c)
-                .expect("ascii")
-                .parse()
-                .expect("digits")
-        })
-        .collect();
-    let mut weight = ((int.len() + int_pad) / 4) as i16 - 1;
-    while groups.first() == Some(&0) {
-        groups.remove(0);
-        weight -= 1;
-    }
-    while groups.last() == Some(&0) {
-        groups.pop();
-    }
-    if groups.is_empty() {
-        weight = 0;
-    }
-    let mut out = Vec::with_capacity(8 + groups.len() * 2);
-    out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
-    out.extend_from_slice(&weight.to_be_bytes());
-    out.extend_from_slice(
-        &(if negative && !groups.is_empty() {
-            0x4000u16
-        } else {
-            0
-        })
-        .to_be_bytes(),
-    );
-    out.extend_from_slice(&dscale.to_be_bytes());
-    for g in groups {
-        out.extend_from_slice(&g.to_be_bytes());
-    }
-    Some(out)
 }
 
 #[cfg(test)]
