@@ -461,6 +461,43 @@ async fn apply_status(cfg: &config::Pipeline, format: ReportFormat) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cutover dlq list` of an apply pipeline: the messages its workers parked, with where they
+/// were read. Replay is refused: the messages are produced again to their topic instead.
+fn apply_letters(path: &std::path::Path, apply: &config::ApplySettings, replay: bool) -> Outcome {
+    use cutover_core::dead_letters::{blocking, FileStore, LetterStore};
+    if replay {
+        return Err(format!(
+            "pipeline file {} reads Kafka topics: its parked messages are not sent again by cutover dlq replay. Fix: correct the cause, then produce the messages again to their topic (cutover dlq list shows each one's topic, partition, offset, key and payload).",
+            path.display()
+        ));
+    }
+    let store = FileStore::new(apply.dead_letter_file.clone());
+    let letters = if apply.dead_letter_file.exists() {
+        blocking(|| store.open()?.read()).map_err(explain)?
+    } else {
+        Vec::new()
+    };
+    say!("{}: {} parked message(s)", store.describe(), letters.len());
+    for l in &letters {
+        let at = l.read_from.as_ref().map_or(l.destination.clone(), |r| {
+            format!("{}/{}@{}", r.topic, r.partition, r.offset)
+        });
+        let table = if l.table.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{}.{}", l.schema, l.table)
+        };
+        say!(
+            "  #{} {at} table {table} key {}\n      payload: {}\n      reason: {}",
+            l.id,
+            if l.key.is_empty() { "-" } else { &l.key },
+            l.payload.as_deref().unwrap_or("(none)"),
+            l.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `cutover apply`: one consumer-group worker (see [`cutover::apply`]).
 async fn apply(path: &std::path::Path) -> Outcome {
     let cfg = load(path)?;
@@ -924,8 +961,12 @@ async fn dlq(action: DlqAction) -> Outcome {
         DlqAction::List { pipeline } => (pipeline, false),
         DlqAction::Replay { pipeline } => (pipeline, true),
     };
+    let file = load(path)?;
+    if let Some(apply) = &file.apply {
+        return apply_letters(path, apply, replay);
+    }
     let _lock = if replay {
-        Some(lock::take(&load(path)?, &[Hold::Change], "dlq replay").await?)
+        Some(lock::take(&file, &[Hold::Change], "dlq replay").await?)
     } else {
         None
     };

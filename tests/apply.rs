@@ -385,6 +385,12 @@ async fn bad_messages_are_parked_with_their_offsets_and_the_rest_applies() {
             )
         })
         .collect();
+    let (code, out, err) = common::cutover(&["dlq", "list", apply.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("5 parked message(s)") && out.contains(&format!("{topic}/0@1")),
+        "{out}"
+    );
     let offsets: Vec<i64> = parked.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, [1, 2, 4, 5, 6], "{parked:#?}");
     for (expected, (_, reason)) in [
