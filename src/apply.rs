@@ -359,19 +359,54 @@ impl Worker<'_> {
             .filter(|(_, l)| !l.pending.is_empty())
             .map(|(k, _)| k.clone())
             .collect();
+        let mut prepared = Vec::with_capacity(keys.len());
         for key in keys {
-            self.flush(&key, force).await?;
+            if let Some(p) = self.prepare(&key, force).await? {
+                prepared.push(p);
+            }
+        }
+        // Partitions are written at once, each by its own sinks: their target sessions work
+        // while this process decodes and folds.
+        let writes = self.lanes.iter_mut().filter_map(|(key, lane)| {
+            let batch = prepared.iter().find(|p| &p.key == key)?;
+            Some(async move { write_batch(lane, batch).await.map(|n| (batch, n)) })
+        });
+        let done = futures::future::try_join_all(writes).await?;
+        for (batch, changes) in done {
+            self.finish(batch, changes);
         }
         Ok(())
     }
 
-    /// Applies the partition's pending messages as one batch to each of its sinks. With
-    /// `whole_transactions`, the messages of the last source transaction stay pending (its
-    /// end may not have been read yet) unless `force`, or unless that one transaction holds
-    /// more than [`WHOLE_LIMIT`] times `batch_messages` messages.
+    /// Applies the partition's pending messages as one batch to each of its sinks (see
+    /// [`Worker::prepare`]).
     async fn flush(&mut self, key: &Partition, force: bool) -> Result<()> {
-        let Some(lane) = self.lanes.get_mut(key) else {
+        let Some(batch) = self.prepare(key, force).await? else {
             return Ok(());
+        };
+        let lane = self.lanes.get_mut(key).expect("the lane is open");
+        let changes = write_batch(lane, &batch).await?;
+        self.finish(&batch, changes);
+        Ok(())
+    }
+
+    /// Counts a written batch, logs it and hints its offset to Kafka.
+    fn finish(&mut self, batch: &Prepared, changes: u64) {
+        let (key, first, last) = (&batch.key, batch.first, batch.last);
+        self.applied.messages += batch.messages as u64;
+        self.applied.changes += changes;
+        self.applied.batches += 1;
+        tracing::info!(topic = %key.0, partition = key.1, first, last, changes, "applied offsets {first}..={last} of {}/{}", key.0, key.1);
+        self.reader.commit_hint(&[(key.0.clone(), key.1, last + 1)]);
+    }
+
+    /// Takes the partition's pending messages as one batch, decoded, with what cannot be
+    /// applied parked. With `whole_transactions`, the messages of the last source transaction
+    /// stay pending (its end may not have been read yet) unless `force`, or unless that one
+    /// transaction holds more than [`WHOLE_LIMIT`] times `batch_messages` messages.
+    async fn prepare(&mut self, key: &Partition, force: bool) -> Result<Option<Prepared>> {
+        let Some(lane) = self.lanes.get_mut(key) else {
+            return Ok(None);
         };
         let batch = if self.settings.whole_transactions && !force {
             let last = lane.txns.last().cloned().flatten();
@@ -383,7 +418,7 @@ impl Worker<'_> {
                 .count();
             // A transaction is held whole past `batch_messages`, up to a bound on memory.
             if keep == lane.pending.len() && keep < self.settings.batch_messages * WHOLE_LIMIT {
-                return Ok(());
+                return Ok(None);
             }
             if keep == lane.pending.len() {
                 tracing::warn!(topic = %key.0, partition = key.1, messages = keep, "a source transaction of more than {WHOLE_LIMIT} x batch_messages messages is applied in parts");
@@ -400,7 +435,7 @@ impl Worker<'_> {
             std::mem::take(&mut lane.pending)
         };
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-            return Ok(());
+            return Ok(None);
         };
         let (first, last) = (first.offset, last.offset);
         let mut letters = Vec::new();
@@ -442,58 +477,13 @@ impl Worker<'_> {
             self.applied.parked += count;
             tracing::warn!(topic = %key.0, partition = key.1, parked = count, "messages parked as dead letters (cutover dlq list)");
         }
-        let now_micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
-        let mut applied_changes = 0u64;
-        for sink in lane.sinks.iter_mut() {
-            let start = sink.next.map_or(first, |n| n.max(first));
-            if start > last {
-                continue;
-            }
-            for (_, table, _) in kept.iter().filter(|(o, ..)| *o >= start) {
-                if sink.tables.insert(table.name.clone()) {
-                    add_table(sink.sink.as_mut(), table.clone()).await?;
-                }
-            }
-            let commit_lsn = Lsn(start as u64);
-            let mut events = Vec::with_capacity(kept.len() + 2);
-            events.push(StreamEvent::Begin {
-                commit_lsn,
-                xid: 0,
-                commit_time_micros: now_micros,
-            });
-            let mut n = 0u32;
-            for (_, table, change) in kept.iter().filter(|(o, ..)| *o >= start) {
-                events.push(StreamEvent::Change(ChangeEvent {
-                    position: Position {
-                        commit_lsn,
-                        ordinal: n,
-                    },
-                    table: table.clone(),
-                    change: change.clone(),
-                }));
-                n += 1;
-            }
-            events.push(StreamEvent::Commit {
-                commit_lsn,
-                end_lsn: Lsn(last as u64 + 1),
-                commit_time_micros: now_micros,
-            });
-            sink.sink.apply_all(events).await?;
-            sink.sink.seal().await?;
-            if sink.sink.unsettled() {
-                sink.sink.settle().await?;
-            }
-            sink.next = Some(last + 1);
-            applied_changes = applied_changes.max(u64::from(n));
-        }
-        self.applied.messages += batch.len() as u64;
-        self.applied.changes += applied_changes;
-        self.applied.batches += 1;
-        tracing::info!(topic = %key.0, partition = key.1, first, last, changes = applied_changes, "applied offsets {first}..={last} of {}/{}", key.0, key.1);
-        self.reader.commit_hint(&[(key.0.clone(), key.1, last + 1)]);
-        Ok(())
+        Ok(Some(Prepared {
+            key: key.clone(),
+            first,
+            last,
+            messages: batch.len(),
+            changes: kept,
+        }))
     }
 
     /// The table and change a message stands for; `Ok(None)` for a message that changes
@@ -544,6 +534,68 @@ impl Worker<'_> {
             .map_err(|e| (Some(name.clone()), e))?;
         Ok(Some((table, change)))
     }
+}
+
+/// One partition's batch, decoded: offsets `first..=last`, and its changes in offset order.
+struct Prepared {
+    key: Partition,
+    first: i64,
+    last: i64,
+    messages: usize,
+    changes: Vec<(i64, Arc<TableSchema>, cutover_core::Change)>,
+}
+
+/// Writes a batch to each of the lane's sinks, as one source transaction (skipping what a sink
+/// already holds); returns the changes written.
+async fn write_batch(lane: &mut Lane, batch: &Prepared) -> Result<u64> {
+    let (first, last, kept) = (batch.first, batch.last, &batch.changes);
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let mut applied_changes = 0u64;
+    for sink in lane.sinks.iter_mut() {
+        let start = sink.next.map_or(first, |n| n.max(first));
+        if start > last {
+            continue;
+        }
+        for (_, table, _) in kept.iter().filter(|(o, ..)| *o >= start) {
+            if sink.tables.insert(table.name.clone()) {
+                add_table(sink.sink.as_mut(), table.clone()).await?;
+            }
+        }
+        let commit_lsn = Lsn(start as u64);
+        let mut events = Vec::with_capacity(kept.len() + 2);
+        events.push(StreamEvent::Begin {
+            commit_lsn,
+            xid: 0,
+            commit_time_micros: now_micros,
+        });
+        let mut n = 0u32;
+        for (_, table, change) in kept.iter().filter(|(o, ..)| *o >= start) {
+            events.push(StreamEvent::Change(ChangeEvent {
+                position: Position {
+                    commit_lsn,
+                    ordinal: n,
+                },
+                table: table.clone(),
+                change: change.clone(),
+            }));
+            n += 1;
+        }
+        events.push(StreamEvent::Commit {
+            commit_lsn,
+            end_lsn: Lsn(last as u64 + 1),
+            commit_time_micros: now_micros,
+        });
+        sink.sink.apply_all(events).await?;
+        sink.sink.seal().await?;
+        if sink.sink.unsettled() {
+            sink.sink.settle().await?;
+        }
+        sink.next = Some(last + 1);
+        applied_changes = applied_changes.max(u64::from(n));
+    }
+    Ok(applied_changes)
 }
 
 /// Adds a table to a sink; a table another worker created at the same moment is taken on a
