@@ -112,6 +112,8 @@ struct Lane {
     pending: Vec<Delivery>,
     /// The source transaction of each pending message, when batches keep transactions whole.
     txns: Vec<Option<String>>,
+    /// The last batch, while its writes run.
+    in_flight: Option<InFlight>,
     /// Whether the partition was read from its beginning by this worker, and which tables
     /// have had a row change in it since: a truncate before any row change of its table (the
     /// copy-start truncate cutover's Kafka sink writes to every partition) removes nothing of
@@ -260,18 +262,21 @@ impl Worker<'_> {
                 _ = tokio::time::sleep(TAIL_WAIT), if holding => {
                     tracing::warn!("a source transaction's last message did not come within {TAIL_WAIT:?}: applying what came of it");
                     self.flush_all(true).await?;
+                    self.drain().await?;
                     continue;
                 }
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
                     tracing::info!("stop requested: applying what was read, then leaving the group");
                     self.flush_all(true).await?;
+                    self.drain().await?;
                     self.reader.request_stop();
                     continue;
                 }
             };
             let Some(event) = event else {
                 self.flush_all(true).await?;
+                self.drain().await?;
                 return Ok(());
             };
             match event {
@@ -292,6 +297,7 @@ impl Worker<'_> {
                 GroupEvent::Revoked { partitions, reply } => {
                     // What was read still belongs to this worker until it answers.
                     self.flush_all(true).await?;
+                    self.drain().await?;
                     for p in &partitions {
                         self.lanes.remove(p);
                     }
@@ -320,6 +326,9 @@ impl Worker<'_> {
             }
             if self.reader.is_idle() {
                 self.flush_all(false).await?;
+                if self.reader.is_idle() {
+                    self.drain().await?;
+                }
             }
         }
     }
@@ -346,6 +355,7 @@ impl Worker<'_> {
             sinks,
             pending: Vec::new(),
             txns: Vec::new(),
+            in_flight: None,
             from_start,
             rows_seen: HashSet::new(),
         })
@@ -369,11 +379,25 @@ impl Worker<'_> {
         // while this process decodes and folds.
         let writes = self.lanes.iter_mut().filter_map(|(key, lane)| {
             let batch = prepared.iter().find(|p| &p.key == key)?;
-            Some(async move { write_batch(lane, batch).await.map(|n| (batch, n)) })
+            Some(write_batch(lane, batch))
         });
         let done = futures::future::try_join_all(writes).await?;
-        for (batch, changes) in done {
-            self.finish(batch, changes);
+        for batch in done.into_iter().flatten() {
+            self.finish(batch);
+        }
+        Ok(())
+    }
+
+    /// Waits for every batch still being written, and logs them.
+    async fn drain(&mut self) -> Result<()> {
+        let running: Vec<InFlight> = self
+            .lanes
+            .values_mut()
+            .filter_map(|l| l.in_flight.take())
+            .collect();
+        for f in running {
+            let done = f.wait().await?;
+            self.finish(done);
         }
         Ok(())
     }
@@ -385,14 +409,15 @@ impl Worker<'_> {
             return Ok(());
         };
         let lane = self.lanes.get_mut(key).expect("the lane is open");
-        let changes = write_batch(lane, &batch).await?;
-        self.finish(&batch, changes);
+        if let Some(done) = write_batch(lane, &batch).await? {
+            self.finish(done);
+        }
         Ok(())
     }
 
     /// Counts a written batch, logs it and hints its offset to Kafka.
-    fn finish(&mut self, batch: &Prepared, changes: u64) {
-        let (key, first, last) = (&batch.key, batch.first, batch.last);
+    fn finish(&mut self, batch: Done) {
+        let (key, first, last, changes) = (&batch.key, batch.first, batch.last, batch.changes);
         self.applied.messages += batch.messages as u64;
         self.applied.changes += changes;
         self.applied.batches += 1;
@@ -545,15 +570,69 @@ struct Prepared {
     changes: Vec<(i64, Arc<TableSchema>, cutover_core::Change)>,
 }
 
+/// A batch whose writes run in the background while the next batch is read and folded.
+struct InFlight {
+    handle: Option<tokio::task::JoinHandle<Result<()>>>,
+    done: Done,
+}
+
+/// What a batch applied, logged once its writes have committed.
+#[derive(Debug, Clone)]
+struct Done {
+    key: Partition,
+    first: i64,
+    last: i64,
+    messages: usize,
+    changes: u64,
+}
+
+impl InFlight {
+    /// Waits for the batch's writes; what it applied once they committed.
+    async fn wait(mut self) -> Result<Done> {
+        let handle = self.handle.take().expect("waited once");
+        match handle.await {
+            Ok(result) => result.map(|()| self.done.clone()),
+            Err(e) => Err(ConnectorError::fatal(format!(
+                "a batch's write task failed: {e}"
+            ))),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    /// A batch dropped without waiting (a session that failed) is cancelled: its transaction
+    /// is rolled back with its connection.
+    fn drop(&mut self) {
+        if let Some(h) = &self.handle {
+            h.abort();
+        }
+    }
+}
+
 /// Writes a batch to each of the lane's sinks, as one source transaction (skipping what a sink
-/// already holds); returns the changes written.
-async fn write_batch(lane: &mut Lane, batch: &Prepared) -> Result<u64> {
+/// already holds). The changes are folded now; the writes run in the background, after the
+/// lane's previous batch (one write of a sink at a time, in order). Returns the previous
+/// batch, committed, if it was still running.
+async fn write_batch(lane: &mut Lane, batch: &Prepared) -> Result<Option<Done>> {
     let (first, last, kept) = (batch.first, batch.last, &batch.changes);
+    let mut previous = None;
+    // Tables join a sink with no write in flight.
+    let joining = lane.sinks.iter().any(|s| {
+        kept.iter()
+            .filter(|(o, ..)| s.next.is_none_or(|n| *o >= n))
+            .any(|(_, t, _)| !s.tables.contains(&t.name))
+    });
+    if joining {
+        if let Some(f) = lane.in_flight.take() {
+            previous = Some(f.wait().await?);
+        }
+    }
     let now_micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
     let mut applied_changes = 0u64;
-    for sink in lane.sinks.iter_mut() {
+    let mut written = Vec::with_capacity(lane.sinks.len());
+    for (i, sink) in lane.sinks.iter_mut().enumerate() {
         let start = sink.next.map_or(first, |n| n.max(first));
         if start > last {
             continue;
@@ -588,14 +667,35 @@ async fn write_batch(lane: &mut Lane, batch: &Prepared) -> Result<u64> {
             commit_time_micros: now_micros,
         });
         sink.sink.apply_all(events).await?;
-        sink.sink.seal().await?;
-        if sink.sink.unsettled() {
-            sink.sink.settle().await?;
-        }
         sink.next = Some(last + 1);
         applied_changes = applied_changes.max(u64::from(n));
+        written.push(i);
     }
-    Ok(applied_changes)
+    if let Some(f) = lane.in_flight.take() {
+        previous = Some(f.wait().await?);
+    }
+    // Not settled: a PostgreSQL target commits without waiting for its flush, and a crash of
+    // the target loses the batch's rows and its offset together, so the partition is read
+    // again from the offset the target kept.
+    let writes: Vec<cutover_core::PendingWrite> =
+        written.iter().map(|&i| lane.sinks[i].sink.seal()).collect();
+    let handle = tokio::spawn(async move {
+        for write in writes {
+            write.await?;
+        }
+        Ok(())
+    });
+    lane.in_flight = Some(InFlight {
+        handle: Some(handle),
+        done: Done {
+            key: batch.key.clone(),
+            first,
+            last,
+            messages: batch.messages,
+            changes: applied_changes,
+        },
+    });
+    Ok(previous)
 }
 
 /// Adds a table to a sink; a table another worker created at the same moment is taken on a
