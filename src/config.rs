@@ -1091,6 +1091,19 @@ fn apply_settings(
     }
     let mut properties = Vec::new();
     for (name, value) in &source.properties {
+        if [
+            "group.id",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "partition.assignment.strategy",
+        ]
+        .contains(&name.as_str())
+        {
+            return Err(bad(
+                &format!("properties.{name}"),
+                "is set by cutover apply (the group, offsets kept by the targets, eager rebalancing). Fix: remove it; name the group with source.group.",
+            ));
+        }
         properties.push((
             name.clone(),
             expand(value, &place(&format!("properties.{name}")), env)?,
@@ -1450,6 +1463,14 @@ url = "postgres://u:${PW}@h/db"
         );
         let msg = e(&example.replace("format = \"cutover\"", "format = \"avro\""));
         assert!(msg.contains("avro"), "{msg}");
+        let msg = e(&example.replace(
+            "tables = [\"public.*\"]",
+            "tables = [\"public.*\"]\nproperties = { \"enable.auto.commit\" = \"true\" }",
+        ));
+        assert!(
+            msg.contains("source.properties.enable.auto.commit: is set by cutover apply"),
+            "{msg}"
+        );
     }
 
     #[test]

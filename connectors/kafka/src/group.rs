@@ -198,16 +198,19 @@ impl GroupReader {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &options.brokers)
-            .set("group.id", &options.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            // Eager rebalancing: every member gives up its partitions before any is moved.
-            .set("partition.assignment.strategy", "range,roundrobin")
             .set("client.id", format!("cutover-apply-{}", options.group));
         for (k, v) in &options.properties {
             config.set(k, v);
         }
+        // What the module's contract rests on, whatever the properties say: offsets are the
+        // target's to keep, and rebalancing is eager (every member gives up its partitions
+        // before any is moved; the rebalance callback assigns whole lists).
+        config
+            .set("group.id", &options.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("partition.assignment.strategy", "range,roundrobin");
         let (tx, events) = mpsc::channel(options.buffer.max(16));
         let watch = Watch::default();
         let member = Member {
