@@ -247,7 +247,6 @@ impl Command {
     /// source (its slot, its publication, its traffic).
     fn needs_a_postgres_source(&self) -> Option<(&std::path::Path, &'static str)> {
         Some(match self {
-            Command::Check { pipeline } => (pipeline, "check"),
             Command::Teardown { pipeline, .. } => (pipeline, "teardown"),
             Command::Forget { pipeline, .. } => (pipeline, "forget"),
             Command::Recover { pipeline } => (pipeline, "recover"),
@@ -264,7 +263,7 @@ impl Command {
 fn refuse_kafka_source(path: &std::path::Path, command: &str) -> Result<(), String> {
     match config::load(path) {
         Ok(cfg) if cfg.apply.is_some() => Err(format!(
-            "pipeline file {} reads Kafka topics ([source] kind = \"kafka\"), and cutover {command} acts on a PostgreSQL source. Fix: for this pipeline use cutover apply, cutover status or cutover verify.",
+            "pipeline file {} reads Kafka topics ([source] kind = \"kafka\"), and cutover {command} acts on a PostgreSQL source. Fix: for this pipeline use cutover apply, check, status, verify or dlq list.",
             path.display()
         )),
         // Other errors are reported by the command itself.
@@ -458,6 +457,80 @@ async fn apply_status(cfg: &config::Pipeline, format: ReportFormat) -> Outcome {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cutover check` of an apply pipeline: the brokers answer and hold the topics, and every
+/// target can be reached; nothing is changed.
+async fn check_apply(
+    path: &std::path::Path,
+    cfg: &config::Pipeline,
+    apply: &config::ApplySettings,
+) -> Outcome {
+    say!("pipeline file {}: ok", path.display());
+    say!(
+        "source: Kafka {}, group {}, {:?} envelopes",
+        apply.brokers,
+        apply.group,
+        apply.read.format
+    );
+    say!(
+        "  tls   source: {}",
+        cutover_kafka::security::describe(&apply.properties)
+    );
+    let mut failed = 0;
+    let named: Vec<String> = apply
+        .topics
+        .iter()
+        .filter(|t| !t.starts_with('^'))
+        .cloned()
+        .collect();
+    let found = cutover_kafka::group::topic_partitions(&apply.brokers, &apply.properties, &named)
+        .await
+        .map_err(explain)?;
+    for (topic, partitions) in found {
+        if partitions > 0 {
+            say!("  ok    topic {topic}: {partitions} partition(s)");
+        } else {
+            failed += 1;
+            say!("  FAIL  topic {topic}: the brokers have no such topic");
+            say!("        fix: correct source.topics, or start the capture that writes it");
+        }
+    }
+    for pattern in apply.topics.iter().filter(|t| t.starts_with('^')) {
+        say!("  ok    pattern {pattern}: matched by the brokers when the workers join");
+    }
+    let ctx = cutover::pipeline::wiring::target_context(cfg, "");
+    for sink in &cfg.sinks {
+        if !matches!(sink.kind(), "postgres" | "mongodb") {
+            failed += 1;
+            say!(
+                "  FAIL  sink {}: a {} sink cannot be fed by cutover apply",
+                sink.name(),
+                sink.kind()
+            );
+            continue;
+        }
+        match sink.saved_state(&ctx).await {
+            Ok(_) => say!("  ok    sink {} ({}): reachable", sink.name(), sink.kind()),
+            Err(e) => {
+                failed += 1;
+                say!(
+                    "  FAIL  sink {} ({}): {}",
+                    sink.name(),
+                    sink.kind(),
+                    explain(e)
+                );
+            }
+        }
+        if let Some(security) = sink.security() {
+            say!("  tls   sink {}: {security}", sink.name());
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} check(s) failed"));
+    }
+    say!("ready: cutover apply {}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -672,6 +745,10 @@ async fn wait_for_signal() {
 }
 
 async fn check(path: &std::path::Path) -> Outcome {
+    let file = load(path)?;
+    if let Some(apply) = &file.apply {
+        return check_apply(path, &file, apply).await;
+    }
     let cfg = load_current(path).await?;
     say!("pipeline file {}: ok", path.display());
     let source = runtime::connect_source(&cfg).await.map_err(explain)?;

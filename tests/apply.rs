@@ -262,11 +262,32 @@ async fn workers_drain_six_partitions_through_a_kill_and_a_late_join() {
     let (code, out, err) = common::cutover(&["verify", path, "--table", "public.orders"]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("DRIFT") && out.contains("tampered"), "{out}");
+    // `check` finds the topics and reaches both targets; a topic the brokers lack fails it.
+    let (code, out, err) = common::cutover(&["check", path]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for line in [
+        format!("ok    topic {}: 6 partition(s)", topics[0]),
+        "ok    sink target (postgres): reachable".to_string(),
+        "ok    sink mongo (mongodb): reachable".to_string(),
+    ] {
+        assert!(out.contains(&line), "{line:?} not in:\n{out}");
+    }
+    let missing = env.dir.join("missing-topic.toml");
+    std::fs::write(
+        &missing,
+        std::fs::read_to_string(&apply)
+            .unwrap()
+            .replace(&topics[1], "no_such_topic_here"),
+    )
+    .unwrap();
+    let (code, out, _) = common::cutover(&["check", missing.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  topic no_such_topic_here"), "{out}");
     // Commands that act on a PostgreSQL source say what to use instead.
-    let (code, _, err) = common::cutover(&["check", path]);
+    let (code, _, err) = common::cutover(&["teardown", path]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("cutover apply, cutover status or cutover verify"),
+        err.contains("cutover apply, check, status, verify or dlq list"),
         "{err}"
     );
     let (code, out, err) = common::cutover(&["status", path]);

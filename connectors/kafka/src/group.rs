@@ -318,6 +318,49 @@ impl GroupReader {
     }
 }
 
+/// How many partitions each of `topics` has on the brokers (0: the brokers have no such topic),
+/// read from the metadata of every topic (asking for one by name could create it). The error
+/// names a refused TLS handshake or login when that is why the brokers did not answer.
+pub async fn topic_partitions(
+    brokers: &str,
+    properties: &[(String, String)],
+    topics: &[String],
+) -> Result<Vec<(String, usize)>> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let watch = Watch::default();
+    let consumer: BaseConsumer<Watch> = config
+        .create_with_context(watch.clone())
+        .map_err(|e| crate::classify(e, "cannot configure the Kafka consumer"))?;
+    let topics = topics.to_vec();
+    let brokers = brokers.to_string();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(|e| {
+                let reason = watch.refusal().map(|r| format!(": {r}")).unwrap_or_default();
+                ConnectorError::fatal(format!("cannot read the topics of the Kafka brokers {brokers}: {e}{reason}"))
+                    .with_hint("check source.brokers, that the brokers run, and the source's security properties")
+            })?;
+        Ok(topics
+            .iter()
+            .map(|t| {
+                let count = metadata
+                    .topics()
+                    .iter()
+                    .find(|m| m.name() == t)
+                    .map_or(0, |m| m.partitions().len());
+                (t.clone(), count)
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| ConnectorError::fatal(format!("the metadata request failed: {e}")))?
+}
+
 fn poll_loop(
     consumer: &BaseConsumer<Member>,
     tx: &mpsc::Sender<Signal>,

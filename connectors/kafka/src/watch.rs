@@ -35,6 +35,10 @@ fn is_refusal(error: &KafkaError, reason: &str) -> bool {
         || reason.contains("SASL")
 }
 
+/// A consumer that only reads metadata (`cutover check` of an apply pipeline) needs nothing
+/// more of its context.
+impl rdkafka::consumer::ConsumerContext for Watch {}
+
 impl ClientContext for Watch {
     fn error(&self, error: KafkaError, reason: &str) {
         if is_refusal(&error, reason) {
