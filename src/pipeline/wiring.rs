@@ -12,6 +12,7 @@ use crate::targets;
 pub fn source_options(cfg: &Pipeline) -> PgSourceOptions {
     PgSourceOptions {
         tables: cfg.tables.clone(),
+        sequences: cfg.sequences.clone(),
         slot: cfg.slot.clone(),
         publication: cfg.publication.clone(),
         application_name: format!("cutover-{}", cfg.name),

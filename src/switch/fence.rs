@@ -59,6 +59,7 @@ pub async fn install(
         .await
         .map_err(|e| sql_error(e, "cannot read the server version"))?
         .get(0);
+    let caps = cutover_postgres::version::Capabilities::new(version.max(0) as u32);
     let mut sql = format!("BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}; {FUNCTION};");
     if !tables.is_empty() {
         let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
@@ -71,14 +72,15 @@ pub async fn install(
         let q = t.quoted();
         // CREATE OR REPLACE TRIGGER (PostgreSQL 14+) keeps the table readable; before 14 the
         // trigger is dropped first, which locks reads out for the fence's short transaction.
-        let create = if version >= 140_000 {
+        let create = if caps.replace_trigger() {
             "CREATE OR REPLACE TRIGGER".to_string()
         } else {
             format!("DROP TRIGGER IF EXISTS cutover_fence ON {q}; CREATE TRIGGER")
         };
         sql.push_str(&format!(
             "{create} cutover_fence BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {q} \
-             FOR EACH STATEMENT EXECUTE FUNCTION cutover.fence({});",
+             FOR EACH STATEMENT EXECUTE {} cutover.fence({});",
+            caps.execute_trigger_keyword(),
             quote_literal(pipeline)
         ));
     }

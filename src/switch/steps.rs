@@ -554,18 +554,20 @@ pub async fn sync_sequences(cfg: &Pipeline, margin: u32) -> Result<usize> {
             } else {
                 ""
             };
+            let defaults = if done.defaults_added.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; default nextval added to {}",
+                    done.defaults_added.join(", ")
+                )
+            };
             say!(
-                "sink {name}: {} ({}.{}): source at {}, target set to {} ({before}){moved}{}",
+                "sink {name}: {} ({}): source at {}, target set to {} ({before}){moved}{defaults}",
                 done.sequence,
-                seq.table,
-                seq.column,
+                seq.reason(),
                 done.source_value,
                 done.target_after,
-                if done.default_added {
-                    "; column default nextval added"
-                } else {
-                    ""
-                }
             );
         }
     }

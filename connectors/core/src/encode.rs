@@ -373,20 +373,24 @@ fn decimal_parts(text: &str) -> Result<(bool, String, String), String> {
     Ok((negative, int, frac))
 }
 
-/// numeric's binary form from decimal text (`-12.50`, `1e-3`, `NaN`, `Infinity`).
-pub(crate) fn numeric(text: &str) -> Result<Bytes, String> {
+/// numeric's binary form from decimal text (`-12.50`, `1e-3`, `NaN`, `Infinity`): digits
+/// stripped of leading and trailing zero groups as PostgreSQL stores them, and the display
+/// scale the text's fraction digits give (`1.50` keeps scale 2).
+pub fn numeric(text: &str) -> Result<Bytes, String> {
+    // (sign, display scale): numeric_send reads a special value's scale from bits of its
+    // stored header, which give 32 for the infinities (and 0 for NaN).
     let special = match text.trim() {
-        "NaN" => Some(0xC000u16),
-        "Infinity" | "+Infinity" => Some(0xD000),
-        "-Infinity" => Some(0xF000),
+        "NaN" => Some((0xC000u16, 0)),
+        "Infinity" | "+Infinity" => Some((0xD000, 32)),
+        "-Infinity" => Some((0xF000, 32)),
         _ => None,
     };
     let mut b = BytesMut::with_capacity(16);
-    if let Some(sign) = special {
+    if let Some((sign, dscale)) = special {
         b.put_i16(0);
         b.put_i16(0);
         b.put_u16(sign);
-        b.put_u16(0);
+        b.put_u16(dscale);
         return Ok(b.freeze());
     }
     let (negative, int, frac) = decimal_parts(text)?;
@@ -433,7 +437,7 @@ pub(crate) fn numeric(text: &str) -> Result<Bytes, String> {
 }
 
 /// money in minor units (two fraction digits) from decimal text; `$` and `,` are ignored.
-fn money(text: &str) -> Result<i64, String> {
+pub fn money(text: &str) -> Result<i64, String> {
     let cleaned: String = text.chars().filter(|c| !matches!(c, '$' | ',')).collect();
     let (negative, int, frac) = decimal_parts(&cleaned)?;
     if frac.trim_end_matches('0').len() > 2 {
@@ -442,21 +446,23 @@ fn money(text: &str) -> Result<i64, String> {
         ));
     }
     let cents = format!("{int}{:0<2}", &frac[..frac.len().min(2)]);
-    let n: i64 = cents
-        .trim_start_matches('0')
-        .parse::<i64>()
-        .or_else(|e| {
-            if cents.trim_start_matches('0').is_empty() {
-                Ok(0)
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(|_| format!("money out of range: {text:?}"))?;
-    Ok(if negative { -n } else { n })
+    let digits = cents.trim_start_matches('0');
+    // Parsed wider than i64: the most negative amount has no positive counterpart.
+    let n: i128 = if digits.is_empty() {
+        0
+    } else if digits.len() > 20 {
+        return Err(format!("money out of range: {text:?}"));
+    } else {
+        digits
+            .parse()
+            .map_err(|_| format!("money out of range: {text:?}"))?
+    };
+    i64::try_from(if negative { -n } else { n })
+        .map_err(|_| format!("money out of range: {text:?}"))
 }
 
-fn uuid(s: &str) -> Result<[u8; 16], String> {
+/// The 16 bytes of a UUID in hex (hyphens and braces anywhere are ignored).
+pub fn uuid(s: &str) -> Result<[u8; 16], String> {
     let hex: Vec<u8> = s
         .bytes()
         .filter(|b| !matches!(b, b'-' | b'{' | b'}'))
@@ -472,7 +478,9 @@ fn uuid(s: &str) -> Result<[u8; 16], String> {
     Ok(out)
 }
 
-fn inet(s: &str, cidr: bool) -> Result<Bytes, String> {
+/// The binary send format of an inet (`cidr` false) or cidr value from `address[/bits]`; an
+/// address without bits has all of them.
+pub fn inet(s: &str, cidr: bool) -> Result<Bytes, String> {
     let (addr, bits) = match s.split_once('/') {
         Some((a, b)) => (
             a,
@@ -504,7 +512,8 @@ fn inet(s: &str, cidr: bool) -> Result<Bytes, String> {
     Ok(b.freeze())
 }
 
-fn macaddr(s: &str) -> Result<[u8; 6], String> {
+/// The 6 bytes of a MAC address written as six hex pairs separated by `:` or `-`.
+pub fn macaddr(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split([':', '-']).collect();
     let mut out = [0u8; 6];
     if parts.len() != 6 {
@@ -530,7 +539,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 /// Days since 2000-01-01 of `YYYY-MM-DD` (a year may carry a sign and more digits), or the
 /// infinities.
-fn date(s: &str) -> Result<i32, String> {
+pub fn date(s: &str) -> Result<i32, String> {
     let bad = || format!("expected a date YYYY-MM-DD, got {s:?}");
     match s {
         "infinity" => return Ok(i32::MAX),
@@ -557,8 +566,8 @@ fn date(s: &str) -> Result<i32, String> {
     i32::try_from(days_from_civil(y, m, d) - PG_EPOCH_DAYS).map_err(|_| bad())
 }
 
-/// Microseconds since midnight of `HH:MM[:SS[.ffffff]]`.
-fn time(s: &str) -> Result<i64, String> {
+/// Microseconds since midnight of `HH:MM[:SS[.ffffff]]` (digits past microseconds rounded).
+pub fn time(s: &str) -> Result<i64, String> {
     let bad = || format!("expected a time HH:MM:SS[.ffffff], got {s:?}");
     let (hms, frac) = s.split_once('.').unwrap_or((s, ""));
     let parts: Vec<&str> = hms.split(':').collect();
@@ -620,14 +629,18 @@ fn split_zone(s: &str) -> Option<(&str, &str)> {
     }
 }
 
-fn time_tz(s: &str) -> Result<(i64, i32), String> {
+/// Microseconds since midnight and the zone's offset in seconds east of UTC of a time with a
+/// zone suffix (`12:30:00+02:00`, `23:59:59.5-05:30`, `01:00:00Z`).
+pub fn time_tz(s: &str) -> Result<(i64, i32), String> {
     let (t, zone) = split_zone(s)
         .ok_or_else(|| format!("expected a time with a zone such as 12:30:00+02:00, got {s:?}"))?;
     Ok((time(t)?, offset(zone)?))
 }
 
-/// Microseconds since 2000-01-01 (UTC when `with_zone`, where a missing zone means UTC).
-fn timestamp(s: &str, with_zone: bool) -> Result<i64, String> {
+/// Microseconds since 2000-01-01 of `YYYY-MM-DD HH:MM:SS[.ffffff][zone]` (`T` or a space
+/// between date and time; UTC when `with_zone`, where a missing zone means UTC), or the
+/// infinities.
+pub fn timestamp(s: &str, with_zone: bool) -> Result<i64, String> {
     let bad = || {
         format!(
             "expected a timestamp YYYY-MM-DDTHH:MM:SS[.ffffff]{}, got {s:?}",
@@ -717,30 +730,60 @@ fn array(element: u32, v: &Json, style: &JsonStyle) -> Result<Bytes, String> {
     }
     let mut flat = Vec::new();
     flatten(top, &dims, &mut flat)?;
-    let mut body = BytesMut::new();
-    let mut has_null = false;
-    for item in flat {
-        match json_value(element, item, style).map_err(|e| format!("array element: {e}"))? {
+    let items = flat
+        .into_iter()
+        .map(|item| json_value(element, item, style).map_err(|e| format!("array element: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dims: Vec<(usize, i32)> = if top.is_empty() {
+        Vec::new()
+    } else {
+        dims.iter().map(|d| (*d, 1)).collect()
+    };
+    array_send(element, &dims, &items)
+}
+
+/// An array's binary send format: `dims` are (length, lower bound) pairs, outermost first
+/// (none for an empty array), and `items` the elements' binary forms in row-major order
+/// (`None` for NULL). The has-nulls flag is set when an item is NULL. The error says which
+/// count or size does not fit.
+pub fn array_send(
+    element: u32,
+    dims: &[(usize, i32)],
+    items: &[Option<Bytes>],
+) -> Result<Bytes, String> {
+    let total = dims
+        .iter()
+        .try_fold(usize::from(!dims.is_empty()), |n, (len, _)| {
+            n.checked_mul(*len)
+        });
+    if total != Some(items.len()) {
+        return Err(format!(
+            "expected an array of {} elements for its dimensions, got {}",
+            total.map_or_else(|| "too many".to_string(), |t| t.to_string()),
+            items.len()
+        ));
+    }
+    let body_len: usize = items
+        .iter()
+        .map(|i| 4 + i.as_ref().map_or(0, Bytes::len))
+        .sum();
+    let mut b = BytesMut::with_capacity(12 + dims.len() * 8 + body_len);
+    b.put_i32(i32::try_from(dims.len()).map_err(|_| "too many array dimensions")?);
+    b.put_i32(i32::from(items.iter().any(Option::is_none)));
+    b.put_u32(element);
+    for (len, lower) in dims {
+        b.put_i32(i32::try_from(*len).map_err(|_| "array dimension too large")?);
+        b.put_i32(*lower);
+    }
+    for item in items {
+        match item {
             Some(bytes) => {
-                body.put_i32(i32::try_from(bytes.len()).map_err(|_| "array element too large")?);
-                body.put_slice(&bytes);
+                b.put_i32(i32::try_from(bytes.len()).map_err(|_| "array element too large")?);
+                b.put_slice(bytes);
             }
-            None => {
-                has_null = true;
-                body.put_i32(-1);
-            }
+            None => b.put_i32(-1),
         }
     }
-    let mut b = BytesMut::with_capacity(12 + dims.len() * 8 + body.len());
-    let ndim = if top.is_empty() { 0 } else { dims.len() };
-    b.put_i32(ndim as i32);
-    b.put_i32(i32::from(has_null));
-    b.put_u32(element);
-    for d in dims.iter().take(ndim) {
-        b.put_i32(*d as i32);
-        b.put_i32(1);
-    }
-    b.put_slice(&body);
     Ok(b.freeze())
 }
 

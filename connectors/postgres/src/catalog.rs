@@ -87,6 +87,7 @@ fn glob(pattern: &str, text: &str) -> bool {
 /// Resolves the configured patterns to tables, in name order. A pattern without `*` that names
 /// no table is an error (a typo must not silently replicate nothing); so is an empty selection.
 pub async fn resolve_tables(client: &Client, patterns: &[String]) -> Result<Vec<SourceTable>> {
+    let caps = crate::version::read(client, "source").await?;
     let rows = client
         .query(
             "SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relreplident::text,
@@ -131,7 +132,7 @@ pub async fn resolve_tables(client: &Client, patterns: &[String]) -> Result<Vec<
     }
     let mut tables = Vec::with_capacity(selected.len());
     for (oid, name, relkind, ident, estimate) in selected {
-        let mut table = load_table(client, oid, name, &relkind, &ident).await?;
+        let mut table = load_table(client, caps, oid, name, &relkind, &ident).await?;
         table.rows_estimate = estimate;
         tables.push(table);
     }
@@ -140,6 +141,7 @@ pub async fn resolve_tables(client: &Client, patterns: &[String]) -> Result<Vec<
 
 async fn load_table(
     client: &Client,
+    caps: crate::version::Capabilities,
     oid: u32,
     name: TableName,
     relkind: &str,
@@ -170,15 +172,22 @@ async fn load_table(
     } else {
         None
     };
+    // Generated columns (12+) are computed by each database; pgoutput does not send them.
+    let not_generated = if caps.generated_columns() {
+        "AND a.attgenerated = ''"
+    } else {
+        ""
+    };
     let rows = client
         .query(
-            "SELECT a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod),
-                    a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
-               FROM pg_attribute a
-               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-                AND a.attgenerated = ''
-              ORDER BY a.attnum",
+            &format!(
+                "SELECT a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod),
+                        a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
+                   FROM pg_attribute a
+                   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped {not_generated}
+                  ORDER BY a.attnum"
+            ),
             &[&oid],
         )
         .await

@@ -123,6 +123,47 @@ impl PgEndpoint {
     }
 }
 
+/// How a session that applies replicated rows runs, as native logical replication's apply
+/// worker does: user triggers and foreign-key checks do not fire for the rows it writes
+/// (triggers marked `ENABLE REPLICA` or `ENABLE ALWAYS` still do).
+pub const REPLICA_ROLE: &str = "SET session_replication_role = replica";
+
+/// Whether an applying session took [`REPLICA_ROLE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyRole {
+    /// `session_replication_role = replica`: the target's own triggers stay quiet.
+    Replica,
+    /// The role may not set it (not a superuser, and no `GRANT SET ON PARAMETER
+    /// session_replication_role`): the target's triggers and foreign keys fire for every row.
+    Origin,
+}
+
+impl PgEndpoint {
+    /// Opens a session that writes replicated rows: [`PgEndpoint::connect`], then
+    /// [`REPLICA_ROLE`] where the role may set it (superusers; managed services' admin roles
+    /// that may; PostgreSQL 15+ roles granted `SET ON PARAMETER session_replication_role`).
+    /// Where it may not, the session applies as an ordinary one and says so in its answer
+    /// (`cutover check` lists what will fire then).
+    pub async fn connect_applying(&self) -> Result<(Client, ApplyRole)> {
+        let client = self.connect().await?;
+        match client.batch_execute(REPLICA_ROLE).await {
+            Ok(()) => Ok((client, ApplyRole::Replica)),
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                Ok((client, ApplyRole::Origin))
+            }
+            Err(e) => Err(classify(
+                e,
+                &format!(
+                    "cannot set session_replication_role on the {} {self}",
+                    self.role
+                ),
+            )),
+        }
+    }
+}
+
 impl PgEndpoint {
     /// How a session to this endpoint is protected, for `cutover check`: the TLS version and
     /// cipher the server reports for a new session, or that it is not encrypted, with the

@@ -3,6 +3,8 @@
 use cutover_core::{ConnectorError, ErrorKind};
 use tokio_postgres::error::SqlState;
 
+use crate::replication::ReplicationError;
+
 /// Classifies a driver error by SQLSTATE (or by the absence of one: I/O and closed connections
 /// are retryable) and prefixes `context`.
 pub fn classify(err: tokio_postgres::Error, context: &str) -> ConnectorError {
@@ -101,92 +103,79 @@ fn tls_refusal(err: &tokio_postgres::Error) -> Option<String> {
     None
 }
 
-/// Classifies a replication-transport error. A server error is classified by its SQLSTATE as
+/// Classifies a replication-connection error. A server error is classified by its SQLSTATE as
 /// on the SQL path (a terminated walsender, 57P01, or a server shutting down is retryable), except
 /// that no replication error is poison, and WAL the slot needs that is gone (58P01) is fatal.
-pub fn classify_replication(err: pgwire_replication::PgWireError, context: &str) -> ConnectorError {
-    let code = if err.is_server() {
-        sqlstate_in(&err.to_string())
-    } else {
-        None
-    };
-    let invalidated = err.to_string().contains("has been invalidated");
-    let (kind, hint) = if invalidated {
+pub fn classify_replication(err: ReplicationError, context: &str) -> ConnectorError {
+    let text = err.to_string();
+    let (kind, hint) = if text.contains("has been invalidated") {
         (ErrorKind::Fatal, Some(crate::preflight::RECOVER_FIX))
-    } else if err.is_tls() {
-        (
-            ErrorKind::Fatal,
-            Some(crate::tls::refused_hint(&err.to_string())),
-        )
-    } else if err.is_auth() {
-        (
-            ErrorKind::Fatal,
-            Some("check the user name and password in the source connection string"),
-        )
-    } else if err.is_transient() || err.is_io() {
-        (ErrorKind::Retryable, None)
-    } else if let Some(code) = code {
-        if code == SqlState::UNDEFINED_FILE {
-            (
+    } else {
+        match &err {
+            ReplicationError::Tls(m) => (ErrorKind::Fatal, Some(crate::tls::refused_hint(m))),
+            ReplicationError::Auth(_) => (
                 ErrorKind::Fatal,
-                Some("the WAL this slot needs was removed from the source (max_slot_wal_keep_size, or the slot was recreated): copy the tables again under a new slot (cutover teardown --target-state PIPELINE, empty the targets, run again)"),
-            )
-        } else {
-            match kind_of(&code) {
-                (ErrorKind::Poison, hint) => (ErrorKind::Fatal, hint),
-                other => other,
+                Some("check the user name and password in the source connection string"),
+            ),
+            ReplicationError::Io(_) => (ErrorKind::Retryable, None),
+            ReplicationError::Protocol(_) => (ErrorKind::Fatal, None),
+            ReplicationError::Server(e) => {
+                let code = SqlState::from_code(&e.code);
+                if code == SqlState::UNDEFINED_FILE {
+                    (
+                        ErrorKind::Fatal,
+                        Some("the WAL this slot needs was removed from the source (max_slot_wal_keep_size, or the slot was recreated): copy the tables again under a new slot (cutover teardown --target-state PIPELINE, empty the targets, run again)"),
+                    )
+                } else {
+                    match kind_of(&code) {
+                        (ErrorKind::Poison, hint) => (ErrorKind::Fatal, hint),
+                        other => other,
+                    }
+                }
             }
         }
-    } else {
-        (ErrorKind::Fatal, None)
     };
-    let mut e = ConnectorError::new(kind, format!("{context}: {err}."));
+    let mut e = ConnectorError::new(kind, format!("{context}: {text}."));
     if let Some(h) = hint {
         e = e.with_hint(h);
     }
     e.with_source(err)
 }
 
-/// The SQLSTATE a server error's text carries (`... (SQLSTATE 57P01)`).
-fn sqlstate_in(text: &str) -> Option<SqlState> {
-    let at = text.rfind("(SQLSTATE ")?;
-    let code = text[at + 10..].get(..5)?;
-    code.chars()
-        .all(|c| c.is_ascii_alphanumeric())
-        .then(|| SqlState::from_code(code))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwire_replication::PgWireError;
+    use crate::replication::ServerError;
+    fn server(message: &str, code: &str) -> ReplicationError {
+        ReplicationError::Server(ServerError {
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+        })
+    }
 
-    fn kind(text: &str) -> ErrorKind {
-        classify_replication(PgWireError::Server(text.into()), "replication").kind
+    fn kind(message: &str, code: &str) -> ErrorKind {
+        classify_replication(server(message, code), "replication").kind
     }
 
     #[test]
     fn replication_server_errors_are_classified_by_their_sqlstate() {
+        let admin = "terminating connection due to administrator command";
+        assert_eq!(kind(admin, "57P01"), ErrorKind::Retryable);
         assert_eq!(
-            kind("terminating connection due to administrator command (SQLSTATE 57P01)"),
+            kind("the database system is shutting down", "57P03"),
             ErrorKind::Retryable
         );
         assert_eq!(
-            kind("the database system is shutting down (SQLSTATE 57P03)"),
-            ErrorKind::Retryable
-        );
-        assert_eq!(
-            kind("replication slot \"x\" does not exist (SQLSTATE 42704)"),
+            kind("replication slot \"x\" does not exist", "42704"),
             ErrorKind::Fatal
         );
-        assert_eq!(
-            kind("requested WAL segment 000000010000000000000003 has already been removed (SQLSTATE 58P01)"),
-            ErrorKind::Fatal
-        );
-        assert_eq!(
-            kind("invalid input syntax (SQLSTATE 22P02)"),
-            ErrorKind::Fatal
-        );
-        assert_eq!(kind("no code at all"), ErrorKind::Fatal);
+        let gone = "requested WAL segment 000000010000000000000003 has already been removed";
+        assert_eq!(kind(gone, "58P01"), ErrorKind::Fatal);
+        assert_eq!(kind("invalid input syntax", "22P02"), ErrorKind::Fatal);
+        let closed = ReplicationError::Io("the server closed the replication connection".into());
+        assert_eq!(classify_replication(closed, "r").kind, ErrorKind::Retryable);
+        let refused = ReplicationError::Auth("password authentication failed".into());
+        assert_eq!(classify_replication(refused, "r").kind, ErrorKind::Fatal);
     }
 }

@@ -26,11 +26,16 @@ pub type PartitionMap = BTreeMap<String, BTreeSet<String>>;
 pub async fn leaves(client: &Client, root: &TableName) -> Result<BTreeSet<TableName>> {
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text
-               FROM pg_partition_tree($1::text::regclass) t
+            // pg_inherits rather than pg_partition_tree (12+), for every supported version.
+            "WITH RECURSIVE tree(relid) AS (
+                 SELECT inhrelid FROM pg_inherits WHERE inhparent = $1::text::regclass
+                 UNION ALL
+                 SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid)
+             SELECT n.nspname::text, c.relname::text
+               FROM tree t
                JOIN pg_class c ON c.oid = t.relid
                JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE t.isleaf AND t.relid <> $1::text::regclass",
+              WHERE c.relkind <> 'p'",
             &[&root.quoted()],
         )
         .await

@@ -1,15 +1,22 @@
-//! Decoder for the pgoutput logical replication protocol (version 1), for the messages that
-//! `pgwire-replication` forwards as raw `XLogData`: Relation, Type, Origin, Insert, Update,
-//! Delete and Truncate (Begin, Commit and Message arrive already parsed).
+//! Decoder for the pgoutput logical replication protocol (version 1), for every message the
+//! replication stream ([`crate::replication`]) carries in `XLogData`: Begin, Commit, Relation,
+//! Type, Origin, Message, Insert, Update, Delete and Truncate.
 //!
 //! Every read is bounds-checked: a truncated or garbage frame yields a [`DecodeError`] naming the
 //! message and offset, never a panic.
+//!
+//! Values arrive in binary (`b`) when the stream asks for it (PostgreSQL 14+) and the type has a
+//! binary send function; otherwise as text (`t`), which is converted into the same binary send
+//! format ([`crate::text_values`]), so every decoded value is [`Value::Binary`]. Text of a type
+//! cutover cannot convert is a [`DecodeError::TextValue`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cutover_core::{Column, Row, TableName, TableSchema, Value};
+
+use crate::text_values::{TextValueError, UserTypes};
 
 /// A pgoutput frame that could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,10 +55,15 @@ pub enum DecodeError {
     },
     #[error("empty pgoutput message")]
     Empty,
-    /// cutover asks for every value in its type's binary format; a type without a binary send
-    /// function arrives as text, which cutover would write wrongly, so it stops instead.
-    #[error("pgoutput sent column {column} of {table} in text format: its type has no binary send function, so cutover cannot carry its values exactly. Fix: change the column to a type with binary I/O (for example text, with a cast), or leave the table out of source.tables")]
-    TextValue { table: String, column: String },
+    /// A value arrived as text (every value before PostgreSQL 14; later, those of types
+    /// without a binary send function) and could not be converted to its type's binary send
+    /// format, which cutover would then carry wrongly, so it stops instead.
+    #[error("pgoutput sent column {column} of {table} as text (PostgreSQL before 14 sends every value so, later versions the values of types without a binary send function), and {source}, so cutover cannot carry its values exactly. Fix: change the column to a type cutover converts from text (for example text, with a cast), or leave the table out of source.tables")]
+    TextValue {
+        table: String,
+        column: String,
+        source: TextValueError,
+    },
 }
 
 /// One decoded message.
@@ -75,7 +87,22 @@ pub enum Message {
     Truncate {
         tables: Vec<Arc<TableSchema>>,
     },
-    /// Type and Origin messages, which carry nothing cutover needs.
+    /// A transaction starts; it commits at `final_lsn`.
+    Begin {
+        final_lsn: u64,
+        /// Microseconds since 2000-01-01.
+        commit_time: i64,
+        xid: u32,
+    },
+    /// The transaction committed at `lsn`; the next one starts at or after `end_lsn`.
+    Commit {
+        lsn: u64,
+        end_lsn: u64,
+        /// Microseconds since 2000-01-01.
+        commit_time: i64,
+    },
+    /// Type messages (kept inside the decoder, for converting text values), and Origin and
+    /// logical decoding messages, which carry nothing cutover needs.
     Ignored,
 }
 
@@ -84,6 +111,10 @@ pub enum Message {
 pub struct Decoder {
     relations: HashMap<u32, Arc<TableSchema>>,
     catalog: HashMap<TableName, Arc<TableSchema>>,
+    /// The source's enums, domains and ranges, for converting text values.
+    types: UserTypes,
+    /// Partitions published by themselves (sources before 13), to the root they belong to.
+    roots: HashMap<TableName, TableName>,
 }
 
 impl Decoder {
@@ -98,7 +129,26 @@ impl Decoder {
         Decoder {
             relations: HashMap::new(),
             catalog: tables.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            types: UserTypes::default(),
+            roots: HashMap::new(),
         }
+    }
+
+    /// Relation messages that name one of these partitions (published by themselves, as a
+    /// source before 13 must) describe its root: their changes are the root's.
+    pub fn with_partition_roots(
+        mut self,
+        roots: impl IntoIterator<Item = (TableName, TableName)>,
+    ) -> Self {
+        self.roots.extend(roots);
+        self
+    }
+
+    /// Adds what the source's catalog says of its own types ([`UserTypes::load`]), so text
+    /// values of enums, domains, ranges and arrays of them convert (without it, only domains
+    /// over built-in types do, recognised from pgoutput's Type messages).
+    pub fn learn_types(&mut self, types: UserTypes) {
+        self.types.extend(types);
     }
 
     /// Adds a table to the catalog Relation messages are completed from (a table that joined
@@ -148,7 +198,10 @@ impl Decoder {
                         default: None,
                     });
                 }
-                let name = TableName::new(schema, name);
+                let mut name = TableName::new(schema, name);
+                if let Some(root) = self.roots.get(&name) {
+                    name = root.clone();
+                }
                 if let Some(known) = self.catalog.get(&name) {
                     for c in &mut columns {
                         let from_catalog = known.columns.iter().find(|k| k.name == c.name);
@@ -164,10 +217,40 @@ impl Decoder {
                 self.relations.insert(oid, table.clone());
                 Ok(Message::Relation(oid, table))
             }
+            'B' => {
+                let final_lsn = r.u64()?;
+                let commit_time = r.u64()? as i64;
+                let xid = r.u32()?;
+                Ok(Message::Begin {
+                    final_lsn,
+                    commit_time,
+                    xid,
+                })
+            }
+            'C' => {
+                let _flags = r.u8()?;
+                let lsn = r.u64()?;
+                let end_lsn = r.u64()?;
+                let commit_time = r.u64()? as i64;
+                Ok(Message::Commit {
+                    lsn,
+                    end_lsn,
+                    commit_time,
+                })
+            }
+            'M' => {
+                let _transactional = r.u8()?;
+                r.u64()?;
+                r.string()?;
+                let len = r.u32()? as usize;
+                r.take(len)?;
+                Ok(Message::Ignored)
+            }
             'Y' => {
-                r.u32()?;
-                r.string()?;
-                r.string()?;
+                let oid = r.u32()?;
+                let namespace = r.string()?;
+                let name = r.string()?;
+                self.types.type_message(oid, &namespace, &name);
                 Ok(Message::Ignored)
             }
             'O' => {
@@ -178,7 +261,7 @@ impl Decoder {
             'I' => {
                 let table = self.table(r.u32()?)?;
                 r.expect(b'N')?;
-                let row = r.tuple(&table)?;
+                let row = r.tuple(&table, &self.types)?;
                 Ok(Message::Insert { table, row })
             }
             'U' => {
@@ -186,13 +269,13 @@ impl Decoder {
                 let mut old_key = None;
                 let mut tag = r.u8()?;
                 if tag == b'K' || tag == b'O' {
-                    old_key = Some(r.tuple(&table)?);
+                    old_key = Some(r.tuple(&table, &self.types)?);
                     tag = r.u8()?;
                 }
                 if tag != b'N' {
                     return Err(r.unexpected(tag));
                 }
-                let row = r.tuple(&table)?;
+                let row = r.tuple(&table, &self.types)?;
                 Ok(Message::Update {
                     table,
                     old_key,
@@ -205,7 +288,7 @@ impl Decoder {
                 if tag != b'K' && tag != b'O' {
                     return Err(r.unexpected(tag));
                 }
-                let key = r.tuple(&table)?;
+                let key = r.tuple(&table, &self.types)?;
                 Ok(Message::Delete { table, key })
             }
             'T' => {
@@ -312,7 +395,8 @@ impl Reader<'_> {
         }
     }
 
-    fn tuple(&mut self, table: &TableSchema) -> Result<Row, DecodeError> {
+    /// One TupleData; text values are converted to binary with `types`.
+    fn tuple(&mut self, table: &TableSchema, types: &UserTypes) -> Result<Row, DecodeError> {
         let count = self.i16()?.max(0) as usize;
         if count != table.columns.len() {
             return Err(DecodeError::ColumnCount {
@@ -327,13 +411,7 @@ impl Reader<'_> {
             values.push(match kind {
                 b'n' => Value::Null,
                 b'u' => Value::Unchanged,
-                b't' => {
-                    return Err(DecodeError::TextValue {
-                        table: table.name.to_string(),
-                        column: column.name.clone(),
-                    })
-                }
-                b'b' => {
+                b't' | b'b' => {
                     let len = self.i32()?;
                     if len < 0 {
                         return Err(DecodeError::NegativeLength {
@@ -344,13 +422,43 @@ impl Reader<'_> {
                     }
                     let start = self.at;
                     self.take(len as usize)?;
-                    Value::Binary(self.data.slice(start..start + len as usize))
+                    let raw = self.data.slice(start..start + len as usize);
+                    if kind == b'b' {
+                        Value::Binary(raw)
+                    } else {
+                        let binary = types.raw_to_binary(column.type_oid, &raw).map_err(|e| {
+                            DecodeError::TextValue {
+                                table: table.name.to_string(),
+                                column: column.name.clone(),
+                                source: named(e, column),
+                            }
+                        })?;
+                        Value::Binary(binary)
+                    }
                 }
                 other => return Err(self.unexpected(other)),
             });
         }
         Ok(Row(values))
     }
+}
+
+/// A text-value error that names the column's type by its SQL name (from the catalog) where
+/// the converter knew only its OID.
+fn named(mut e: TextValueError, column: &Column) -> TextValueError {
+    let unnamed = format!("type OID {}", column.type_oid);
+    if !column.type_name.is_empty() {
+        match &mut e {
+            TextValueError::Unsupported { type_name }
+            | TextValueError::Malformed { type_name, .. }
+                if *type_name == unnamed =>
+            {
+                *type_name = column.type_name.clone();
+            }
+            _ => {}
+        }
+    }
+    e
 }
 
 #[cfg(test)]
@@ -437,23 +545,154 @@ mod tests {
         assert_eq!(row.0[1], Value::Unchanged);
     }
 
+    /// A Relation message for `public.grants`: `id int8` (key) and one more column.
+    fn relation_with(column: &str, type_oid: u32) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'R');
+        b.put_u32(16390);
+        b.put_slice(b"public\0grants\0");
+        b.put_u8(b'd');
+        b.put_i16(2);
+        b.put_u8(1);
+        b.put_slice(b"id\0");
+        b.put_u32(20);
+        b.put_i32(-1);
+        b.put_u8(0);
+        b.put_slice(column.as_bytes());
+        b.put_u8(0);
+        b.put_u32(type_oid);
+        b.put_i32(-1);
+        b.freeze()
+    }
+
+    /// An insert into `public.grants` with both values as text.
+    fn text_insert(id: &str, value: &str) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'I');
+        b.put_u32(16390);
+        b.put_u8(b'N');
+        b.put_i16(2);
+        for v in [id, value] {
+            b.put_u8(b't');
+            b.put_i32(v.len() as i32);
+            b.put_slice(v.as_bytes());
+        }
+        b.freeze()
+    }
+
+    fn type_frame(oid: u32, namespace: &str, name: &str) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'Y');
+        b.put_u32(oid);
+        b.put_slice(namespace.as_bytes());
+        b.put_u8(0);
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        b.freeze()
+    }
+
+    fn inserted(d: &mut Decoder, frame: &Bytes) -> Result<Row, DecodeError> {
+        match d.decode(frame)? {
+            Message::Insert { row, .. } => Ok(row),
+            other => panic!("not an insert: {other:?}"),
+        }
+    }
+
     #[test]
-    fn a_text_format_value_is_refused_with_its_column_not_read_as_binary() {
+    fn text_format_values_are_converted_to_their_binary_format() {
         let mut d = Decoder::new();
         d.decode(&relation_frame()).unwrap();
-        // The insert, with its last column (`note`) in text format instead of NULL.
         let insert = insert_frame();
         let mut b = BytesMut::from(&insert[..insert.len() - 1]);
         b.put_u8(b't');
         b.put_i32(3);
         b.put_slice(b"abc");
-        let e = d.decode(&b.freeze()).unwrap_err();
-        let DecodeError::TextValue { table, column } = &e else {
-            panic!("not a text-format refusal: {e}")
+        let Message::Insert { row, .. } = d.decode(&b.freeze()).unwrap() else {
+            panic!("not an insert")
         };
-        assert_eq!(table, "public.orders");
-        assert_eq!(column, "note");
-        assert!(e.to_string().contains("binary send function"), "{e}");
+        assert_eq!(row.0[1], Value::Binary(Bytes::from_static(b"abc")));
+        let mut d = Decoder::new();
+        d.decode(&relation_with("at", 1184)).unwrap();
+        let row = inserted(&mut d, &text_insert("-7", "2000-01-01 05:30:00+05:30")).unwrap();
+        assert_eq!(
+            row,
+            Row(vec![
+                Value::Binary(Bytes::copy_from_slice(&(-7i64).to_be_bytes())),
+                Value::Binary(Bytes::copy_from_slice(&0i64.to_be_bytes())),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_text_value_of_a_type_without_a_conversion_is_refused_naming_column_and_type() {
+        // aclitem has no binary send function: its text has no binary form to convert to.
+        let mut d = Decoder::new();
+        d.decode(&relation_with("acl", 1033)).unwrap();
+        let e = inserted(&mut d, &text_insert("1", "postgres=arwdDxt/postgres")).unwrap_err();
+        let DecodeError::TextValue {
+            table,
+            column,
+            source,
+        } = &e
+        else {
+            panic!("not a text-value refusal: {e}")
+        };
+        assert_eq!(table, "public.grants");
+        assert_eq!(column, "acl");
+        assert!(
+            matches!(source, TextValueError::Unsupported { .. }),
+            "{source:?}"
+        );
+        let message = e.to_string();
+        assert!(message.contains("type OID 1033"), "{message}");
+        assert!(message.contains("Fix: "), "{message}");
+        // With the catalog's column types, the type is named as SQL names it.
+        let mut columns = vec![Column::new("id", 20, true), Column::new("acl", 1033, false)];
+        columns[1].type_name = "aclitem".into();
+        let table = Arc::new(TableSchema {
+            name: TableName::new("public", "grants"),
+            columns,
+        });
+        let mut d = Decoder::with_catalog([table]);
+        d.decode(&relation_with("acl", 1033)).unwrap();
+        let e = inserted(&mut d, &text_insert("1", "x")).unwrap_err();
+        assert!(e.to_string().contains("type aclitem"), "{e}");
+        // Malformed text is refused the same way, never read as something else.
+        let mut d = Decoder::new();
+        d.decode(&relation_with("n", 23)).unwrap();
+        let e = inserted(&mut d, &text_insert("1", "12abc")).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                DecodeError::TextValue {
+                    source: TextValueError::Malformed { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn domains_come_from_type_messages_and_enums_from_the_catalog() {
+        let mut d = Decoder::new();
+        // pgoutput names a domain's base type, and pg_catalog as an empty namespace.
+        d.decode(&type_frame(16385, "", "int4")).unwrap();
+        d.decode(&type_frame(16389, "public", "mood")).unwrap();
+        d.decode(&relation_with("score", 16385)).unwrap();
+        let row = inserted(&mut d, &text_insert("1", "5")).unwrap();
+        assert_eq!(
+            row.0[1],
+            Value::Binary(Bytes::copy_from_slice(&5i32.to_be_bytes()))
+        );
+        d.decode(&relation_with("feeling", 16389)).unwrap();
+        let e = inserted(&mut d, &text_insert("1", "ok")).unwrap_err();
+        assert!(e.to_string().contains("public.mood"), "{e}");
+        let mut types = UserTypes::new();
+        types.insert(16389, "mood", crate::text_values::UserTypeKind::Enum);
+        d.learn_types(types);
+        let row = inserted(&mut d, &text_insert("1", "ok")).unwrap();
+        assert_eq!(row.0[1], Value::Binary(Bytes::from_static(b"ok")));
     }
 
     #[test]

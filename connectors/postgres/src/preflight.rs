@@ -5,6 +5,7 @@ use tokio_postgres::Client;
 
 use crate::catalog::SourceTable;
 use crate::error::classify;
+use crate::version::Capabilities;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,7 @@ impl Finding {
 /// replication slots and WAL senders, and that our slot is not held by another process.
 pub async fn check_source(
     client: &Client,
+    caps: Capabilities,
     tables: &[SourceTable],
     slot: &str,
     publication: &str,
@@ -61,7 +63,23 @@ pub async fn check_source(
             .await
             .map_err(|e| classify(e, "cannot run the source preflight checks"))
     };
-    let mut out = Vec::new();
+    let mut out = vec![version_finding(caps)];
+    if !caps.publish_via_root() {
+        for t in tables.iter().filter(|t| t.relkind == 'p') {
+            out.push(Finding::warn(
+                "partitioned table",
+                format!(
+                    "{} is a partitioned table, which PostgreSQL {} cannot publish \
+                     (publish_via_partition_root came with 13): cutover publishes its partitions \
+                     and applies their changes to it",
+                    t.schema.name,
+                    caps.major()
+                ),
+                "a partition attached while the pipeline runs is not published by itself: run \
+                 `cutover resnapshot PIPELINE --table` for the table after attaching one",
+            ));
+        }
+    }
 
     let wal_level: String = q("SHOW wal_level").await?.get(0);
     out.push(if wal_level == "logical" {
@@ -158,13 +176,17 @@ pub async fn check_source(
     )
     .await?;
     let (free_slots, free_senders): (i32, i32) = (slots.get(0), slots.get(1));
+    let slot_sql = if caps.slot_wal_status() {
+        "SELECT plugin::text, active_pid, database::text = current_database(), wal_status,
+                safe_wal_size, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))
+           FROM pg_replication_slots WHERE slot_name = $1"
+    } else {
+        "SELECT plugin::text, active_pid, database::text = current_database(), NULL::text,
+                NULL::int8, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))
+           FROM pg_replication_slots WHERE slot_name = $1"
+    };
     let existing = client
-        .query_opt(
-            "SELECT plugin::text, active_pid, database::text = current_database(), wal_status,
-                    safe_wal_size, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))
-               FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
+        .query_opt(slot_sql, &[&slot])
         .await
         .map_err(|e| classify(e, "cannot read pg_replication_slots"))?;
     match &existing {
@@ -227,7 +249,7 @@ pub async fn check_source(
         )),
         None => out.push(Finding::pass("replication slot", format!("{free_slots} slots free"))),
     }
-    out.push(keep_size_advice(client).await?);
+    out.push(keep_size_advice(client, caps).await?);
     out.push(if free_senders >= 2 {
         Finding::pass("wal senders", format!("{free_senders} WAL senders free"))
     } else {
@@ -240,6 +262,22 @@ pub async fn check_source(
     Ok(out)
 }
 
+/// The source's version and what it means for the run.
+fn version_finding(caps: Capabilities) -> Finding {
+    let v = format!("PostgreSQL {}.{}", caps.major(), caps.version_num % 10000);
+    Finding::pass(
+        "server version",
+        if caps.binary_values() {
+            format!("{v}: values stream in binary")
+        } else {
+            format!(
+                "{v}: values stream as text (binary came with 14) and are converted to the \
+                 same values cutover reads in binary"
+            )
+        },
+    )
+}
+
 /// What recovers a slot that was lost or dropped.
 pub const RECOVER_FIX: &str =
     "run `cutover recover PIPELINE`: it drops the lost slot and marks every table to be \
@@ -248,7 +286,18 @@ pub const RECOVER_FIX: &str =
 
 /// `max_slot_wal_keep_size` explained: unbounded WAL for a stopped pipeline, or the point past
 /// which the slot is lost.
-async fn keep_size_advice(client: &Client) -> Result<Finding> {
+async fn keep_size_advice(client: &Client, caps: Capabilities) -> Result<Finding> {
+    if !caps.slot_wal_status() {
+        return Ok(Finding::pass(
+            "max_slot_wal_keep_size",
+            format!(
+                "PostgreSQL {} has no max_slot_wal_keep_size: while cutover is stopped or behind, the \
+                 source keeps all the WAL the slot needs, without bound, until its disk fills; watch \
+                 the slot's retained WAL (cutover status)",
+                caps.major()
+            ),
+        ));
+    }
     let row = client
         .query_one(
             "SELECT current_setting('max_slot_wal_keep_size'), \

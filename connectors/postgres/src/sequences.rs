@@ -1,18 +1,25 @@
 //! Sequences: logical replication does not carry them, so before traffic moves to the target
-//! every sequence behind a replicated column is set past the source's current value.
+//! every sequence the application uses is set past the source's current value: those owned by
+//! a replicated column (`serial`, identity), those a replicated column's default calls
+//! (`nextval('invoice_no')`, free-standing or shared by several tables), and those that
+//! `[source] sequences` patterns select (Hibernate's `hibernate_sequence`, sequences only the
+//! application's code calls).
+
+use std::collections::BTreeMap;
 
 use cutover_core::{quote_ident, ConnectorError, Result, TableName};
 use tokio_postgres::Client;
 
 use crate::error::classify;
 
-/// A sequence that feeds a column of a replicated table (a `serial` default or an identity
-/// column), as the source has it.
+/// A sequence the application uses, as the source has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSequence {
     pub sequence: TableName,
-    pub table: TableName,
-    pub column: String,
+    /// The replicated columns (table, column) that own it or whose default calls it.
+    pub used_by: Vec<(TableName, String)>,
+    /// The column that owns it (`serial`, identity, `OWNED BY`), when that column is replicated.
+    pub owner: Option<(TableName, String)>,
     /// `smallint`, `integer` or `bigint`.
     pub data_type: String,
     pub increment: i64,
@@ -20,6 +27,21 @@ pub struct SourceSequence {
     /// before `start_value`.
     pub last_value: i64,
     pub identity: bool,
+}
+
+impl SourceSequence {
+    /// Why it moves, for output: the columns that use it, or the pattern that selected it.
+    pub fn reason(&self) -> String {
+        if self.used_by.is_empty() {
+            "selected by source.sequences".to_string()
+        } else {
+            self.used_by
+                .iter()
+                .map(|(t, c)| format!("{t}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
 }
 
 /// What [`sync_sequence`] did to one sequence on the target.
@@ -31,66 +53,139 @@ pub struct SequenceSync {
     pub target_before: Option<i64>,
     /// The target's value now (never moved backwards).
     pub target_after: i64,
-    /// The target column had no default and was given `nextval` of the sequence.
-    pub default_added: bool,
+    /// Columns that had no default on the target and were given `nextval` of the sequence.
+    pub defaults_added: Vec<String>,
 }
 
-/// The sequences behind the columns of `tables` on the source, with their current values.
+/// Every sequence the application uses on the source, with its current value: those owned by
+/// or called in a default of a column of `tables`, and those whose name matches one of
+/// `patterns` (`schema.name`, `schema.*`, a bare `name` in `public`). Each appears once.
 pub async fn source_sequences(
     client: &Client,
     tables: &[TableName],
+    patterns: &[String],
 ) -> Result<Vec<SourceSequence>> {
     let ctx = "cannot read the source's sequences";
-    let mut out = Vec::new();
-    for table in tables {
+    let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    // Owned (auto/internal dependency of the sequence on the column) or called by a default
+    // (normal dependency of the column's default on the sequence).
+    let rows = client
+        .query(
+            "WITH t AS (SELECT unnest($1::text[])::regclass::oid AS oid),
+                  used AS (
+                    SELECT d.objid AS seq, a.attrelid, a.attnum, true AS owned
+                      FROM pg_depend d
+                      JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                     WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                       AND d.deptype IN ('a', 'i') AND d.refobjid IN (SELECT oid FROM t)
+                    UNION
+                    SELECT d.refobjid, ad.adrelid, ad.adnum, false
+                      FROM pg_attrdef ad
+                      JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+                                      AND d.refclassid = 'pg_class'::regclass
+                     WHERE ad.adrelid IN (SELECT oid FROM t))
+             SELECT sn.nspname, s.relname, tn.nspname, tc.relname, a.attname, u.owned,
+                    format_type(seq.seqtypid, NULL), seq.seqincrement, seq.seqstart,
+                    a.attidentity <> ''
+               FROM used u
+               JOIN pg_class s ON s.oid = u.seq AND s.relkind = 'S'
+               JOIN pg_namespace sn ON sn.oid = s.relnamespace
+               JOIN pg_sequence seq ON seq.seqrelid = s.oid
+               JOIN pg_class tc ON tc.oid = u.attrelid
+               JOIN pg_namespace tn ON tn.oid = tc.relnamespace
+               JOIN pg_attribute a ON a.attrelid = u.attrelid AND a.attnum = u.attnum
+              ORDER BY 1, 2, 3, 4, a.attnum",
+            &[&names],
+        )
+        .await
+        .map_err(|e| classify(e, ctx))?;
+    let mut found: BTreeMap<TableName, SourceSequence> = BTreeMap::new();
+    for r in rows {
+        let sequence = TableName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+        let column = (
+            TableName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
+            r.get::<_, String>(4),
+        );
+        let owned: bool = r.get(5);
+        let entry = found
+            .entry(sequence.clone())
+            .or_insert_with(|| SourceSequence {
+                sequence,
+                used_by: Vec::new(),
+                owner: None,
+                data_type: r.get(6),
+                increment: r.get(7),
+                last_value: r.get(8),
+                identity: false,
+            });
+        entry.identity |= r.get::<_, bool>(9);
+        if owned {
+            entry.owner = Some(column.clone());
+        }
+        if !entry.used_by.contains(&column) {
+            entry.used_by.push(column);
+        }
+    }
+    if !patterns.is_empty() {
         let rows = client
             .query(
-                "SELECT sn.nspname, s.relname, a.attname, format_type(seq.seqtypid, NULL),
-                        seq.seqincrement, seq.seqstart, a.attidentity <> ''
-                   FROM pg_depend d
-                   JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-                   JOIN pg_namespace sn ON sn.oid = s.relnamespace
-                   JOIN pg_sequence seq ON seq.seqrelid = s.oid
-                   JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-                  WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-                    AND d.deptype IN ('a', 'i') AND d.refobjid = $1::text::regclass
-                  ORDER BY a.attnum",
-                &[&table.quoted()],
+                "SELECT n.nspname, c.relname, format_type(seq.seqtypid, NULL), seq.seqincrement,
+                        seq.seqstart
+                   FROM pg_class c
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_sequence seq ON seq.seqrelid = c.oid
+                  WHERE c.relkind = 'S' ORDER BY 1, 2",
+                &[],
             )
             .await
             .map_err(|e| classify(e, ctx))?;
         for r in rows {
             let sequence = TableName::new(r.get::<_, String>(0), r.get::<_, String>(1));
-            let increment: i64 = r.get(4);
-            let start: i64 = r.get(5);
-            let state = client
-                .query_one(
-                    &format!("SELECT last_value, is_called FROM {}", sequence.quoted()),
-                    &[],
-                )
-                .await
-                .map_err(|e| classify(e, ctx))?;
-            let last: i64 = state.get(0);
-            let called: bool = state.get(1);
-            out.push(SourceSequence {
-                table: table.clone(),
-                column: r.get(2),
-                data_type: r.get(3),
-                increment,
-                last_value: if called { last } else { start - increment },
-                identity: r.get(6),
-                sequence,
-            });
+            if !patterns
+                .iter()
+                .any(|p| crate::catalog::matches(p, &sequence))
+            {
+                continue;
+            }
+            found
+                .entry(sequence.clone())
+                .or_insert_with(|| SourceSequence {
+                    sequence,
+                    used_by: Vec::new(),
+                    owner: None,
+                    data_type: r.get(2),
+                    increment: r.get(3),
+                    last_value: r.get(4),
+                    identity: false,
+                });
         }
+    }
+    // `last_value` holds the sequence's start until its state is read here.
+    let mut out: Vec<SourceSequence> = found.into_values().collect();
+    for seq in &mut out {
+        let start = seq.last_value;
+        let state = client
+            .query_one(
+                &format!(
+                    "SELECT last_value, is_called FROM {}",
+                    seq.sequence.quoted()
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| classify(e, ctx))?;
+        let (last, called): (i64, bool) = (state.get(0), state.get(1));
+        seq.last_value = if called { last } else { start - seq.increment };
     }
     Ok(out)
 }
 
 /// Sets the target's copy of `seq` to at least the source's value plus `margin` steps, so ids
 /// handed out on the target never collide with rows copied from the source. A sequence the
-/// target lacks is created (same type and increment, owned by the same column) and the column
-/// gets `DEFAULT nextval(...)` when it has no default. A target sequence already further along
-/// is left where it is. Idempotent.
+/// target lacks is created (same type and increment, owned by the same column if a column owns
+/// it), and every column that uses it and has no default on the target gets
+/// `DEFAULT nextval(...)`. A target sequence already further along is left where it is.
+/// Idempotent.
 pub async fn sync_sequence(
     target: &Client,
     seq: &SourceSequence,
@@ -100,28 +195,26 @@ pub async fn sync_sequence(
     let wanted = seq
         .last_value
         .saturating_add(seq.increment.saturating_mul(margin));
-    let exists: bool = target
-        .query_one(
-            "SELECT to_regclass($1::text) IS NOT NULL",
-            &[&seq.sequence.quoted()],
-        )
+    let regclass = |name: &TableName| {
+        let name = name.quoted();
+        async move {
+            target
+                .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&name])
+                .await
+                .map(|r| r.get::<_, bool>(0))
+        }
+    };
+    let exists = regclass(&seq.sequence)
         .await
-        .map_err(|e| classify(e, &ctx))?
-        .get(0);
-    let table_exists: bool = target
-        .query_one(
-            "SELECT to_regclass($1::text) IS NOT NULL",
-            &[&seq.table.quoted()],
-        )
-        .await
-        .map_err(|e| classify(e, &ctx))?
-        .get(0);
-    if !table_exists {
-        return Err(ConnectorError::fatal(format!(
-            "table {} does not exist on the target, so sequence {} has nothing to feed",
-            seq.table, seq.sequence
-        ))
-        .with_hint("run the pipeline first (it creates the target tables)"));
+        .map_err(|e| classify(e, &ctx))?;
+    for (table, _) in &seq.used_by {
+        if !regclass(table).await.map_err(|e| classify(e, &ctx))? {
+            return Err(ConnectorError::fatal(format!(
+                "table {table} does not exist on the target, so sequence {} has nothing to feed",
+                seq.sequence
+            ))
+            .with_hint("run the pipeline first (it creates the target tables)"));
+        }
     }
     let before = if exists {
         let row = target
@@ -137,15 +230,19 @@ pub async fn sync_sequence(
         let (last, called): (i64, bool) = (row.get(0), row.get(1));
         Some(if called { last } else { last - seq.increment })
     } else {
+        let owned_by = match &seq.owner {
+            Some((table, column)) => {
+                format!(" OWNED BY {}.{}", table.quoted(), quote_ident(column))
+            }
+            None => String::new(),
+        };
         target
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {}; CREATE SEQUENCE IF NOT EXISTS {} AS {} INCREMENT BY {} OWNED BY {}.{}",
+                "CREATE SCHEMA IF NOT EXISTS {}; CREATE SEQUENCE IF NOT EXISTS {} AS {} INCREMENT BY {}{owned_by}",
                 quote_ident(&seq.sequence.schema),
                 seq.sequence.quoted(),
                 seq.data_type,
                 seq.increment,
-                seq.table.quoted(),
-                quote_ident(&seq.column)
             ))
             .await
             .map_err(|e| classify(e, &ctx))?;
@@ -170,31 +267,35 @@ pub async fn sync_sequence(
             .map_err(|e| classify(e, &ctx))?;
         wanted
     };
-    let has_default: bool = target
-        .query_one(
-            "SELECT a.atthasdef OR a.attidentity <> '' FROM pg_attribute a
-              WHERE a.attrelid = $1::text::regclass AND a.attname = $2",
-            &[&seq.table.quoted(), &seq.column],
-        )
-        .await
-        .map_err(|e| classify(e, &ctx))?
-        .get(0);
-    if !has_default {
-        target
-            .batch_execute(&format!(
-                "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT nextval('{}'::regclass)",
-                seq.table.quoted(),
-                quote_ident(&seq.column),
-                seq.sequence.quoted().replace('\'', "''")
-            ))
+    let mut defaults_added = Vec::new();
+    for (table, column) in &seq.used_by {
+        let has_default: bool = target
+            .query_one(
+                "SELECT a.atthasdef OR a.attidentity <> '' FROM pg_attribute a
+                  WHERE a.attrelid = $1::text::regclass AND a.attname = $2",
+                &[&table.quoted(), column],
+            )
             .await
-            .map_err(|e| classify(e, &ctx))?;
+            .map_err(|e| classify(e, &ctx))?
+            .get(0);
+        if !has_default {
+            target
+                .batch_execute(&format!(
+                    "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT nextval('{}'::regclass)",
+                    table.quoted(),
+                    quote_ident(column),
+                    seq.sequence.quoted().replace('\'', "''")
+                ))
+                .await
+                .map_err(|e| classify(e, &ctx))?;
+            defaults_added.push(format!("{table}.{column}"));
+        }
     }
     Ok(SequenceSync {
         sequence: seq.sequence.clone(),
         source_value: seq.last_value,
         target_before: before,
         target_after: after,
-        default_added: !has_default,
+        defaults_added,
     })
 }

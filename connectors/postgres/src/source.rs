@@ -11,8 +11,7 @@ use cutover_core::{
     quote_ident, Change, ChangeEvent, ConnectorError, Lsn, Position, Result, Row, Source,
     StreamEvent, StreamItem, TableName, TableSchema,
 };
-use futures::{FutureExt, StreamExt};
-use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -24,6 +23,8 @@ use crate::error::{classify, classify_replication};
 use crate::partitions;
 use crate::pgoutput::{Decoder, Message};
 use crate::preflight::{self, Finding};
+use crate::replication::{ReplicationError, ReplicationSession, WalEvent, WalStream};
+use crate::version::Capabilities;
 
 /// Raw messages the replication client holds for the feed (see [`Feed`]): few, so that what
 /// waits between the socket and the decoder is bounded by the feed's bytes, not by a count of
@@ -38,6 +39,8 @@ const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 pub struct PgSourceOptions {
     /// Table selection patterns (`schema.table`, `schema.*`).
     pub tables: Vec<String>,
+    /// Patterns of sequences that move with the switch besides those the tables' columns use.
+    pub sequences: Vec<String>,
     pub slot: String,
     pub publication: String,
     /// Shown as `application_name` in `pg_stat_activity` and `pg_stat_replication`.
@@ -60,7 +63,7 @@ pub enum SlotStart {
 /// streams exactly the transactions committed from `lsn` on. The snapshot lives as long as this
 /// value; a temporary slot behind it is dropped with it.
 pub struct SnapshotSession {
-    _session: ReplicationClient,
+    _session: ReplicationSession,
     pub snapshot_name: String,
     pub lsn: Lsn,
 }
@@ -80,6 +83,8 @@ pub struct PgSource {
     endpoint: PgEndpoint,
     options: PgSourceOptions,
     client: Client,
+    /// What the source server's version can do.
+    caps: Capabilities,
     tables: Vec<SourceTable>,
     /// The leaf partitions of each selected partitioned table when this source connected.
     partitions: BTreeMap<TableName, BTreeSet<TableName>>,
@@ -89,11 +94,13 @@ impl PgSource {
     /// Connects and resolves the table selection against the catalog.
     pub async fn connect(endpoint: PgEndpoint, options: PgSourceOptions) -> Result<Self> {
         let client = endpoint.connect().await?;
+        let caps = crate::version::read(&client, "source").await?;
         let tables = catalog::resolve_tables(&client, &options.tables).await?;
         let mut source = PgSource {
             endpoint,
             options,
             client,
+            caps,
             tables,
             partitions: BTreeMap::new(),
         };
@@ -166,10 +173,16 @@ impl PgSource {
         &self.options
     }
 
+    /// What the source server's version can do.
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
     /// Runs the preflight checks against this source.
     pub async fn preflight(&self) -> Result<Vec<Finding>> {
         preflight::check_source(
             &self.client,
+            self.caps,
             &self.tables,
             &self.options.slot,
             &self.options.publication,
@@ -181,19 +194,21 @@ impl PgSource {
     /// them. Partitioned tables publish through their root.
     pub async fn ensure_publication(&self) -> Result<()> {
         let list = self
-            .tables
+            .published_tables()
             .iter()
-            .map(|t| t.schema.name.quoted())
+            .map(TableName::quoted)
             .collect::<Vec<_>>()
             .join(", ");
         let publication = quote_ident(&self.options.publication);
         let exists = self.publication_exists().await?;
         let sql = if exists {
             format!("ALTER PUBLICATION {publication} SET TABLE {list}")
-        } else {
+        } else if self.caps.publish_via_root() {
             format!(
                 "CREATE PUBLICATION {publication} FOR TABLE {list} WITH (publish_via_partition_root = true)"
             )
+        } else {
+            format!("CREATE PUBLICATION {publication} FOR TABLE {list}")
         };
         self.client
             .batch_execute(&sql)
@@ -211,6 +226,31 @@ impl PgSource {
             .is_some())
     }
 
+    /// The tables the publication holds: the selected ones, where the server cannot publish a
+    /// partitioned table (before 13) each partitioned one by its partitions.
+    fn published_tables(&self) -> Vec<TableName> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            match self.partitions.get(&t.schema.name) {
+                Some(leaves) if !self.caps.publish_via_root() => out.extend(leaves.iter().cloned()),
+                _ => out.push(t.schema.name.clone()),
+            }
+        }
+        out
+    }
+
+    /// Each published partition's root, where partitions are published by themselves (before
+    /// 13): the stream names the partition, and the changes belong to the root.
+    fn partition_roots(&self) -> Vec<(TableName, TableName)> {
+        if self.caps.publish_via_root() {
+            return Vec::new();
+        }
+        self.partitions
+            .iter()
+            .flat_map(|(root, leaves)| leaves.iter().map(move |l| (l.clone(), root.clone())))
+            .collect()
+    }
+
     async fn publication_exists(&self) -> Result<bool> {
         self.row_exists(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -220,27 +260,11 @@ impl PgSource {
         .await
     }
 
-    fn replication_config(&self, start: Lsn) -> ReplicationConfig {
-        let e = &self.endpoint;
-        ReplicationConfig::new(
-            e.host(),
-            e.user(),
-            e.password(),
-            e.database(),
-            self.options.slot.clone(),
-            self.options.publication.clone(),
-        )
-        .with_port(e.port())
-        .with_tls(e.tls().replication(&e.host()))
-        .with_binary(true)
-        .with_start_lsn(pgwire_replication::Lsn::from_u64(start.0))
-        .with_ack_lsn(pgwire_replication::Lsn::from_u64(start.0))
-        // Frequent status updates: the server pings an idle stream once per reply, so this also
-        // bounds how soon an idle position (and a switch's fence) can be confirmed.
-        .with_status_interval(Duration::from_millis(100))
-        .with_wakeup_interval(Duration::from_secs(1))
-        .with_buffer_size(RAW_EVENTS)
-        .with_application_name(self.options.application_name.clone())
+    /// A walsender session on the source.
+    async fn replication_session(
+        &self,
+    ) -> std::result::Result<ReplicationSession, ReplicationError> {
+        ReplicationSession::connect(&self.endpoint, &self.options.application_name).await
     }
 
     /// Whether the slot exists.
@@ -270,14 +294,11 @@ impl PgSource {
     }
 
     async fn create_slot(&self, name: &str, temporary: bool) -> Result<SnapshotSession> {
-        let mut session = ReplicationClient::connect_gated(self.replication_config(Lsn::ZERO))
+        let mut session = self
+            .replication_session()
             .await
             .map_err(|e| classify_replication(e, "cannot open a replication session"))?;
-        let sql = format!(
-            "CREATE_REPLICATION_SLOT {} {} LOGICAL pgoutput (SNAPSHOT 'export')",
-            quote_ident(name),
-            if temporary { "TEMPORARY" } else { "" }
-        );
+        let sql = self.caps.create_slot_command(&quote_ident(name), temporary);
         let rows = session.simple_query(&sql).await.map_err(|e| {
             classify_replication(e, &format!("cannot create replication slot {name}"))
         })?;
@@ -478,22 +499,32 @@ impl PgSource {
     /// Opens the change stream at `start` (a position every sink has made durable; the server
     /// starts at the slot's confirmed position if that is later).
     pub async fn stream(&self, start: Lsn) -> Result<PgStream> {
-        let mut client = ReplicationClient::connect(self.replication_config(start))
+        let session = self
+            .replication_session()
             .await
             .map_err(|e| classify_replication(e, "cannot start replication"))?;
-        client.wait_started().await.map_err(|e| {
-            classify_replication(
-                e,
-                &format!("cannot start replication from slot {}", self.options.slot),
-            )
-        })?;
+        let options = self.caps.pgoutput_options(&self.options.publication);
+        let wal = session
+            .start(&self.options.slot, start, &options)
+            .await
+            .map_err(|e| {
+                classify_replication(
+                    e,
+                    &format!("cannot start replication from slot {}", self.options.slot),
+                )
+            })?;
+        let catalog = self.endpoint.connect().await?;
+        let mut decoder =
+            Decoder::with_catalog(self.schemas()).with_partition_roots(self.partition_roots());
+        // Text values (sources before 14) of enums, domains and ranges convert by the catalog.
+        decoder.learn_types(crate::text_values::UserTypes::load(&catalog).await?);
         Ok(PgStream {
-            feed: Feed::start(client, start, self.options.stream_buffer_bytes),
-            decoder: Decoder::with_catalog(self.schemas()),
+            feed: Feed::start(wal, start, self.options.stream_buffer_bytes),
+            decoder,
             pending: VecDeque::new(),
             txn: None,
             confirmed: start,
-            catalog: self.endpoint.connect().await?,
+            catalog,
             incomplete: Vec::new(),
         })
     }
@@ -579,7 +610,7 @@ impl PgSource {
     /// The sequences behind the selected tables' columns, with their current values.
     pub async fn sequences(&self) -> Result<Vec<crate::sequences::SourceSequence>> {
         let names: Vec<_> = self.tables.iter().map(|t| t.schema.name.clone()).collect();
-        crate::sequences::source_sequences(&self.client, &names).await
+        crate::sequences::source_sequences(&self.client, &names, &self.options.sequences).await
     }
 
     /// WAL the source keeps for the slot (from its restart position to the current one), in
@@ -680,7 +711,11 @@ impl PgSource {
         let row = self
             .client
             .query_opt(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                if self.caps.slot_wal_status() {
+                    "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1"
+                } else {
+                    "SELECT NULL::text FROM pg_replication_slots WHERE slot_name = $1"
+                },
                 &[&self.options.slot],
             )
             .await
@@ -721,7 +756,7 @@ impl PgSource {
 }
 
 /// One raw replication message, or the end of the stream.
-type Raw = std::result::Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>;
+type Raw = std::result::Result<Option<WalEvent>, ReplicationError>;
 
 /// Raw messages taken from the client together, holding their share of the feed's byte budget
 /// until the last of them is decoded.
@@ -739,11 +774,11 @@ struct Feed {
     held: Option<OwnedSemaphorePermit>,
     applied: watch::Sender<Lsn>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::result::Result<(), pgwire_replication::PgWireError>>>,
+    task: Option<JoinHandle<std::result::Result<(), ReplicationError>>>,
 }
 
 impl Feed {
-    fn start(client: ReplicationClient, start: Lsn, budget_bytes: usize) -> Self {
+    fn start(client: WalStream, start: Lsn, budget_bytes: usize) -> Self {
         let budget = budget_bytes.clamp(1, u32::MAX as usize) as u32;
         let (tx, rx) = mpsc::unbounded_channel();
         let (applied, applied_rx) = watch::channel(start);
@@ -783,14 +818,14 @@ impl Feed {
         }
     }
 
-    async fn shutdown(&mut self) -> std::result::Result<(), pgwire_replication::PgWireError> {
+    async fn shutdown(&mut self) -> std::result::Result<(), ReplicationError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         self.rx.close();
         match self.task.take() {
             Some(task) => task.await.unwrap_or_else(|e| {
-                Err(pgwire_replication::PgWireError::Task(format!(
+                Err(ReplicationError::Io(format!(
                     "the replication feed failed: {e}"
                 )))
             }),
@@ -811,8 +846,7 @@ impl Drop for Feed {
 /// Bytes a message counts for in the feed's budget.
 fn fed_size(raw: &Raw) -> usize {
     match raw {
-        Ok(Some(ReplicationEvent::XLogData { data, .. })) => data.len() + 64,
-        Ok(Some(ReplicationEvent::Message { content, .. })) => content.len() + 64,
+        Ok(Some(event)) => event.size(),
         _ => 64,
     }
 }
@@ -823,13 +857,13 @@ fn fed_size(raw: &Raw) -> usize {
 /// holds (never for permits the batch itself holds), then goes with the batch: besides the
 /// budget, the task holds at most that one message.
 async fn pump(
-    mut client: ReplicationClient,
+    mut client: WalStream,
     tx: mpsc::UnboundedSender<Fed>,
     budget: Arc<Semaphore>,
     max_permits: u32,
     mut applied: watch::Receiver<Lsn>,
     mut stop: oneshot::Receiver<()>,
-) -> std::result::Result<(), pgwire_replication::PgWireError> {
+) -> std::result::Result<(), ReplicationError> {
     let share = |raw: &Raw| fed_size(raw).min(max_permits as usize) as u32;
     loop {
         let first = tokio::select! {
@@ -849,9 +883,10 @@ async fn pump(
         };
         let mut batch = vec![first];
         while !last && batch.len() < RAW_EVENTS * 4 {
-            let Some(raw) = client.recv().now_or_never() else {
+            let Some(raw) = client.try_recv() else {
                 break;
             };
+            let raw = raw.map(Some);
             last = !matches!(raw, Ok(Some(_)));
             let size = share(&raw);
             batch.push(raw);
@@ -874,9 +909,9 @@ async fn pump(
 }
 
 /// Reports the newest applied position to the client.
-fn forward_applied(client: &ReplicationClient, applied: &mut watch::Receiver<Lsn>) {
+fn forward_applied(client: &WalStream, applied: &mut watch::Receiver<Lsn>) {
     let lsn = *applied.borrow_and_update();
-    client.update_applied_lsn(pgwire_replication::Lsn::from_u64(lsn.0));
+    client.set_applied(lsn);
 }
 
 /// Waits for `n` permits of the feed's budget, forwarding the applied position meanwhile;
@@ -884,7 +919,7 @@ fn forward_applied(client: &ReplicationClient, applied: &mut watch::Receiver<Lsn
 async fn permits(
     budget: &Arc<Semaphore>,
     n: u32,
-    client: &ReplicationClient,
+    client: &WalStream,
     applied: &mut watch::Receiver<Lsn>,
     stop: &mut oneshot::Receiver<()>,
 ) -> Option<OwnedSemaphorePermit> {
@@ -1009,6 +1044,33 @@ impl PgStream {
                     self.pending.push_back(StreamItem::Event(ev));
                 }
             }
+            Message::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
+                let commit_lsn = Lsn(final_lsn);
+                self.txn = Some((commit_lsn, 0));
+                self.pending
+                    .push_back(StreamItem::Event(StreamEvent::Begin {
+                        commit_lsn,
+                        xid,
+                        commit_time_micros: commit_time + PG_EPOCH_OFFSET_MICROS,
+                    }));
+            }
+            Message::Commit {
+                lsn,
+                end_lsn,
+                commit_time,
+            } => {
+                self.txn = None;
+                self.pending
+                    .push_back(StreamItem::Event(StreamEvent::Commit {
+                        commit_lsn: Lsn(lsn),
+                        end_lsn: Lsn(end_lsn),
+                        commit_time_micros: commit_time + PG_EPOCH_OFFSET_MICROS,
+                    }));
+            }
             Message::Relation(oid, table) => {
                 if table.columns.iter().any(|c| c.type_name.is_empty()) {
                     self.incomplete.push((oid, table));
@@ -1036,40 +1098,12 @@ impl Source for PgStream {
                 .await
                 .map_err(|e| classify_replication(e, "the replication stream failed"))?;
             match event {
-                None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
-                Some(ReplicationEvent::Begin {
-                    final_lsn,
-                    xid,
-                    commit_time_micros,
-                }) => {
-                    let commit_lsn = Lsn(final_lsn.as_u64());
-                    self.txn = Some((commit_lsn, 0));
-                    return Ok(Some(StreamItem::Event(StreamEvent::Begin {
-                        commit_lsn,
-                        xid,
-                        commit_time_micros: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
-                    })));
+                None => return Ok(None),
+                Some(WalEvent::XLogData { data, .. }) => self.decode(&data)?,
+                Some(WalEvent::KeepAlive { wal_end }) if self.txn.is_none() => {
+                    return Ok(Some(StreamItem::Idle { wal_end }));
                 }
-                Some(ReplicationEvent::Commit {
-                    lsn,
-                    end_lsn,
-                    commit_time_micros,
-                }) => {
-                    self.txn = None;
-                    return Ok(Some(StreamItem::Event(StreamEvent::Commit {
-                        commit_lsn: Lsn(lsn.as_u64()),
-                        end_lsn: Lsn(end_lsn.as_u64()),
-                        commit_time_micros: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
-                    })));
-                }
-                Some(ReplicationEvent::XLogData { data, .. }) => self.decode(&data)?,
-                Some(ReplicationEvent::KeepAlive { wal_end, .. }) if self.txn.is_none() => {
-                    return Ok(Some(StreamItem::Idle {
-                        wal_end: Lsn(wal_end.as_u64()),
-                    }));
-                }
-                Some(ReplicationEvent::KeepAlive { .. })
-                | Some(ReplicationEvent::Message { .. }) => {}
+                Some(WalEvent::KeepAlive { .. }) => {}
             }
         }
     }

@@ -1,5 +1,6 @@
 //! TLS for every PostgreSQL connection cutover opens: the SQL sessions (through tokio-postgres)
-//! and the replication stream (through pgwire-replication), both with rustls.
+//! and the replication connection ([`crate::replication`]), both with this module's rustls
+//! configuration and certificate checks.
 //!
 //! The options are read from the connection string as libpq reads them: `sslmode` (`disable`,
 //! `prefer` (the default), `require`, `verify-ca`, `verify-full`), `sslrootcert` (a PEM file, or
@@ -207,35 +208,6 @@ impl PgTls {
     pub(crate) fn connector(&self) -> MakeRustls {
         MakeRustls {
             config: self.config.clone(),
-        }
-    }
-
-    /// The same options for the replication connection.
-    pub(crate) fn replication(&self, host: &str) -> pgwire_replication::TlsConfig {
-        use pgwire_replication::SslMode as M;
-        let mode = match self.mode {
-            SslMode::Disable => M::Disable,
-            SslMode::Prefer => M::Prefer,
-            SslMode::Require => M::Require,
-            SslMode::VerifyCa => M::VerifyCa,
-            SslMode::VerifyFull => M::VerifyFull,
-        };
-        let (cert, key) = match &self.client_cert {
-            Some((c, k)) => (Some(c.clone()), Some(k.clone())),
-            None => (None, None),
-        };
-        pgwire_replication::TlsConfig {
-            mode,
-            // The system store is not a file: the transport falls back to the Mozilla roots.
-            ca_pem_path: match &self.roots {
-                Some(Roots::File(p)) => Some(p.clone()),
-                _ => None,
-            },
-            // The host as the server name: an IP address is then matched against the
-            // certificate's IP addresses, as on the SQL connections.
-            sni_hostname: Some(host.to_string()),
-            client_cert_pem_path: cert,
-            client_key_pem_path: key,
         }
     }
 

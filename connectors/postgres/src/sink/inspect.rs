@@ -79,6 +79,46 @@ impl PgSink {
         Ok(())
     }
 
+    /// Whether this sink's sessions apply as replicas: user triggers and foreign keys stay
+    /// quiet for replicated rows.
+    pub fn apply_role(&self) -> crate::conn::ApplyRole {
+        self.role
+    }
+
+    /// What fires on the target for replicated rows when the sink cannot apply as a replica
+    /// ([`PgSink::apply_role`] is `Origin`): each user trigger and foreign key of `tables`, one
+    /// line each with its table. Empty when the sink applies as a replica, or nothing fires.
+    pub async fn fires_on_apply(&self, tables: &[Arc<TableSchema>]) -> Result<Vec<String>> {
+        if self.role == crate::conn::ApplyRole::Replica {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = tables.iter().map(|t| t.name.quoted()).collect();
+        let rows = self
+            .client
+            .query(
+                "WITH t AS (SELECT to_regclass(n) AS oid FROM unnest($1::text[]) AS n)
+                 SELECT tgrelid::regclass::text, 'trigger ' || tgname FROM pg_trigger
+                  WHERE tgrelid IN (SELECT oid FROM t) AND NOT tgisinternal AND tgenabled = 'O'
+                    AND tgname <> 'cutover_fence'
+                 UNION ALL
+                 SELECT conrelid::regclass::text, 'foreign key ' || conname FROM pg_constraint
+                  WHERE conrelid IN (SELECT oid FROM t) AND contype = 'f'
+                  ORDER BY 1, 2",
+                &[&names],
+            )
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &format!("cannot read the triggers of target {}", self.options.name),
+                )
+            })?;
+        Ok(rows
+            .iter()
+            .map(|r| format!("{}: {}", r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect())
+    }
+
     /// The target table's own columns, in its order, with the source's key flags: the layout
     /// rows are written in until the stream announces the source's newer one.
     pub(super) async fn target_layout(&self, table: &TableSchema) -> Result<Arc<TableSchema>> {

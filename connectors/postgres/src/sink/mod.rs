@@ -74,6 +74,8 @@ pub struct PgSink {
     endpoint: PgEndpoint,
     options: PgSinkOptions,
     client: Arc<Client>,
+    /// Whether this sink's sessions apply as replicas (see [`crate::conn::connect_applying`]).
+    role: crate::conn::ApplyRole,
     tables: HashMap<TableName, TargetTable>,
     state: SinkState,
     /// The last sealed write leaves a target transaction open (it ended inside a source
@@ -143,11 +145,16 @@ impl PgSink {
     }
 
     pub async fn connect(endpoint: PgEndpoint, options: PgSinkOptions) -> Result<Self> {
-        let client = Arc::new(endpoint.connect().await?);
+        let (client, role) = endpoint.connect_applying().await?;
+        if role == crate::conn::ApplyRole::Origin {
+            tracing::warn!(sink = %options.name, "the target role may not set session_replication_role = replica: the target's triggers and foreign keys fire for replicated rows (cutover check lists them)");
+        }
+        let client = Arc::new(client);
         Ok(PgSink {
             endpoint,
             options,
             client,
+            role,
             tables: HashMap::new(),
             state: SinkState::default(),
             txn_open: false,
@@ -178,7 +185,7 @@ impl PgSink {
         snapshot_lsn: Lsn,
         range: Option<cutover_core::ranges::KeyRange>,
     ) -> Result<Box<dyn TableCopy>> {
-        let client = self.endpoint.connect().await?;
+        let (client, _) = self.endpoint.connect_applying().await?;
         let ctx = match &range {
             Some(r) => format!(
                 "cannot copy range {r} of {} into {}",

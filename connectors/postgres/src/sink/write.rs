@@ -373,7 +373,7 @@ pub(super) async fn write_table(
     // runs inside the one target transaction.
     let non_key: Vec<usize> = all.iter().copied().filter(|i| !keys.contains(i)).collect();
     let insert_missing = format!(
-        "INSERT INTO {quoted} ({cols}) SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO NOTHING;",
+        "INSERT INTO {quoted} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO NOTHING;",
         cols = names(&all),
         keys = names(&keys),
     );
