@@ -18,10 +18,24 @@ async fn target_sequences_move_past_the_source_and_inserts_do_not_collide() {
          ALTER TABLE down ALTER COLUMN id SET DEFAULT nextval('down_seq');
          INSERT INTO accounts (name) SELECT 'a' || g FROM generate_series(1, 500) g;
          INSERT INTO events (note) SELECT 'e' || g FROM generate_series(1, 300) g;
-         INSERT INTO down (n) SELECT g FROM generate_series(1, 40) g;",
+         INSERT INTO down (n) SELECT g FROM generate_series(1, 40) g;
+         CREATE SEQUENCE invoice_no START WITH 1000;
+         CREATE TABLE invoices (no bigint PRIMARY KEY DEFAULT nextval('invoice_no'), note text);
+         CREATE TABLE credit_notes (no bigint PRIMARY KEY DEFAULT nextval('invoice_no'), note text);
+         INSERT INTO invoices (note) SELECT 'i' FROM generate_series(1, 70) g;
+         INSERT INTO credit_notes (note) SELECT 'c' FROM generate_series(1, 30) g;
+         CREATE SEQUENCE hibernate_sequence START WITH 1;
+         SELECT nextval('hibernate_sequence') FROM generate_series(1, 7);",
     )
     .await;
     let path = env.pipeline("[\"public.*\"]", "");
+    // A sequence only the application's code calls, selected by a pattern.
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "tables = ",
+        "sequences = [\"public.hibernate_*\"]\ntables = ",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
     let mut run = env.start(&path);
     run.wait_log("streaming changes", Duration::from_secs(60))
         .await;
@@ -34,7 +48,7 @@ async fn target_sequences_move_past_the_source_and_inserts_do_not_collide() {
     let (code, out, err) = cutover(&["sync-sequences", path.to_str().unwrap(), "--margin", "100"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("public.accounts_id_seq (public.accounts.id): source at 525, target set to 625 (created); column default nextval added"),
+        out.contains("public.accounts_id_seq (public.accounts.id): source at 525, target set to 625 (created); default nextval added to public.accounts.id"),
         "{out}"
     );
     assert!(
@@ -43,6 +57,15 @@ async fn target_sequences_move_past_the_source_and_inserts_do_not_collide() {
     );
     assert!(
         out.contains("public.down_seq (public.down.id): source at -40, target set to -140"),
+        "{out}"
+    );
+    // A free-standing sequence two tables' defaults share, and one selected by name.
+    assert!(
+        out.contains("public.invoice_no (public.credit_notes.no, public.invoices.no): source at 1099, target set to 1199 (created); default nextval added to public.credit_notes.no, public.invoices.no"),
+        "{out}"
+    );
+    assert!(
+        out.contains("public.hibernate_sequence (selected by source.sequences): source at 7, target set to 107 (created)"),
         "{out}"
     );
 
