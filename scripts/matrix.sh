@@ -412,6 +412,7 @@ for p in "${pairs[@]}"; do
     dir=$RUN_DIR/$s-$t
     mkdir -p "$dir"
     t0=$(date +%s)
+    built=$(date -u -r "$BIN" '+%Y-%m-%d %H:%M')
     timeout -k 60 "$PAIR_TIMEOUT" "$0" --pair "$s" "$t" "$dir" > "$dir/pair.out" 2>&1 &
     current_pair_pid=$!
     wait "$current_pair_pid" || true
@@ -437,7 +438,7 @@ for p in "${pairs[@]}"; do
     [ "$status_ok" = 1 ] || failed=1
     printf '%-8s  copy %-4s  stream %-4s  verify %-4s  switch %-4s  rollback %-4s  %ss%s\n' \
         "$s->$t" "$copy" "$stream" "$verify" "$switch" "$rollback" "$secs" "${reason:+  ($reason)}"
-    results+=("$s->$t"$'\t'"$sv"$'\t'"$tv"$'\t'"$copy"$'\t'"$stream"$'\t'"$verify"$'\t'"$switch"$'\t'"$rollback"$'\t'"$schema"$'\t'"$reason"$'\t'"$(date -u +%Y-%m-%d)"$'\t'"$secs")
+    results+=("$s->$t"$'\t'"$sv"$'\t'"$tv"$'\t'"$copy"$'\t'"$stream"$'\t'"$verify"$'\t'"$switch"$'\t'"$rollback"$'\t'"$schema"$'\t'"$reason"$'\t'"$(date -u +%Y-%m-%d)"$'\t'"$secs"$'\t'"$built")
 done
 log "${#pairs[@]} pair(s) in $(( $(date +%s) - started )) s"
 
@@ -453,23 +454,23 @@ try:
     table = text.split("<!-- matrix:begin -->", 1)[1].split("<!-- matrix:end -->", 1)[0]
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 12 and re.match(r"^\d+->\d+$", cells[0]):
+        if len(cells) == 13 and re.match(r"^\d+->\d+$", cells[0]):
             rows[cells[0]] = cells
 except (FileNotFoundError, IndexError):
     pass
 commit = os.environ.get("COMMIT", "?")
 for line in open(new_rows):
     f = line.rstrip("\n").split("\t")
-    if len(f) < 12:
+    if len(f) < 13:
         continue
-    pair, sv, tv, copy, stream, verify, switch, rollback, schema, reason, date, secs = f[:12]
+    pair, sv, tv, copy, stream, verify, switch, rollback, schema, reason, date, secs, built = f[:13]
     reason = reason.replace("|", "\\|")
-    rows[pair] = [pair, sv, tv, copy, stream, verify, switch, rollback, schema, reason or "", date, commit + ", " + secs + " s"]
+    rows[pair] = [pair, sv, tv, copy, stream, verify, switch, rollback, schema, reason or "", date, secs + " s", "built " + built + " UTC, HEAD " + commit]
 def key(p):
     s, t = p.split("->")
     return (int(s), int(t))
-head = "| pair | source | target | copy | stream | verify | switch | rollback | target schema | failure | date | commit, time |\n" \
-       "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+head = "| pair | source | target | copy | stream | verify | switch | rollback | target schema | failure | date | time | cutover binary |\n" \
+       "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 body = "".join("| " + " | ".join(rows[p]) + " |\n" for p in sorted(rows, key=key))
 intro = """# PostgreSQL versions: the compatibility matrix
 
@@ -488,9 +489,11 @@ table that is replicated too, foreign keys with `ON DELETE CASCADE` and `DEFERRA
 DEFERRED`, a table partitioned by range, numeric, timestamptz, date, interval, jsonb, text[],
 uuid and bytea columns, a primary key on every table), `app_schema_11.sql` (the partitioned
 table's own primary key) when both versions are 11 or newer, `app_schema_12.sql` (a stored
-generated column) when both are 12 or newer, and `app_seed.sql` (about 17,000 rows with the audit
-rows). The target gets the source's `pg_dump -s` (Debian's pg_dump 15) when the source is 15 or
-older and the target is not older than the source, else the same files ("target schema").
+generated column) when both are 12 or newer, and `app_seed.sql` (22,850 rows, 8,000 of them
+the audit rows its inserts and updates make the triggers write). The target gets the source's
+`pg_dump -s` (Debian's pg_dump 15) when the source is 15 or older and the target is not older
+than the source (a dump loads into its own or a newer version only), else the same files
+("target schema").
 
 | step | passes when |
 |---|---|
@@ -503,6 +506,8 @@ older and the target is not older than the source, else the same files ("target 
 "Every table equal" is decided without cutover: `COPY (SELECT * FROM t) TO STDOUT` of each table
 on both servers (UTC, ISO dates), sorted, compared by row count and md5. A pair stops at its
 first failed step (later steps show `-`); the failure column gives the step and the reason.
+"cutover binary" is the tested binary's build time and the commit checked out when it ran (the
+working tree may have held more).
 
 ## Results
 
@@ -513,8 +518,8 @@ usage = """
 ```sh
 scripts/services.sh start         # once: Debian's PostgreSQL 15 and client tools (or apt-get install postgresql-15)
 cargo build                       # the binary it tests: target/debug/cutover (or CUTOVER_BIN=...)
-scripts/matrix.sh                 # all 72 ordered pairs of 10..18
-scripts/matrix.sh 12:18 18:15     # some pairs (CI runs these two); 15:15 for one version
+scripts/matrix.sh                 # all 72 ordered pairs of two different versions of 10..18
+scripts/matrix.sh 12:18 18:15     # some pairs (the two tests/real_databases.rs runs); 15:15 for one version
 ```
 
 It installs the versions it needs (`scripts/services.sh pg-bin N`: about 2 s each from npm, once),
