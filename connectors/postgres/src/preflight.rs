@@ -157,6 +157,19 @@ pub async fn check_source(
             ));
             continue;
         }
+        if t.key_origin.is_none() && t.relkind == 'p' && caps.major() == 10 {
+            out.push(Finding::fail(
+                "row key",
+                format!(
+                    "{} is a partitioned table, and PostgreSQL 10 cannot give a partitioned table a \
+                     primary key or replica identity index (11 can), so its changes cannot be applied by key",
+                    t.schema.name
+                ),
+                "upgrade the source to PostgreSQL 11 or later (pg_upgrade) and add the primary key, \
+                 or leave the table out of source.tables",
+            ));
+            continue;
+        }
         out.push(match t.key_origin {
             Some(origin) => Finding::pass("row key", format!("{} is keyed by its {origin}", t.schema.name)),
             None => Finding::fail(

@@ -248,7 +248,14 @@ impl Sink for PgSink {
         // A large batch's merge is costed above `jit_above_cost`, so the server would compile
         // it to machine code on every flush: tens of milliseconds that this simple DML never
         // wins back (measured in BENCHMARKS.md).
-        self.exec("SET jit = off").await?;
+        // (`jit` came with 11.)
+        if crate::version::read(&self.client, "target")
+            .await?
+            .version_num
+            >= 110000
+        {
+            self.exec("SET jit = off").await?;
+        }
         // Commits do not wait for the target's WAL flush (as native logical replication's apply
         // worker); checkpoints are reported once flushed (see `Unflushed`). That needs the
         // target's WAL positions, which some servers do not show every role; there every commit
