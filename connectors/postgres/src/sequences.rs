@@ -44,6 +44,23 @@ impl SourceSequence {
     }
 }
 
+/// The value the next `nextval` of `sequence` builds on: `last_value` once called, one step
+/// before it while not (then it holds the start, or what `setval(..., false)` set).
+async fn position(
+    client: &Client,
+    sequence: &TableName,
+    increment: i64,
+) -> std::result::Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            &format!("SELECT last_value, is_called FROM {}", sequence.quoted()),
+            &[],
+        )
+        .await?;
+    let (last, called): (i64, bool) = (row.get(0), row.get(1));
+    Ok(if called { last } else { last - increment })
+}
+
 /// What [`sync_sequence`] did to one sequence on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SequenceSync {
@@ -85,8 +102,7 @@ pub async fn source_sequences(
                                       AND d.refclassid = 'pg_class'::regclass
                      WHERE ad.adrelid IN (SELECT oid FROM t))
              SELECT sn.nspname, s.relname, tn.nspname, tc.relname, a.attname, u.owned,
-                    format_type(seq.seqtypid, NULL), seq.seqincrement, seq.seqstart,
-                    a.attidentity <> ''
+                    format_type(seq.seqtypid, NULL), seq.seqincrement, a.attidentity <> ''
                FROM used u
                JOIN pg_class s ON s.oid = u.seq AND s.relkind = 'S'
                JOIN pg_namespace sn ON sn.oid = s.relnamespace
@@ -115,10 +131,10 @@ pub async fn source_sequences(
                 owner: None,
                 data_type: r.get(6),
                 increment: r.get(7),
-                last_value: r.get(8),
+                last_value: 0,
                 identity: false,
             });
-        entry.identity |= r.get::<_, bool>(9);
+        entry.identity |= r.get::<_, bool>(8);
         if owned {
             entry.owner = Some(column.clone());
         }
@@ -129,8 +145,7 @@ pub async fn source_sequences(
     if !patterns.is_empty() {
         let rows = client
             .query(
-                "SELECT n.nspname, c.relname, format_type(seq.seqtypid, NULL), seq.seqincrement,
-                        seq.seqstart
+                "SELECT n.nspname, c.relname, format_type(seq.seqtypid, NULL), seq.seqincrement
                    FROM pg_class c
                    JOIN pg_namespace n ON n.oid = c.relnamespace
                    JOIN pg_sequence seq ON seq.seqrelid = c.oid
@@ -155,27 +170,16 @@ pub async fn source_sequences(
                     owner: None,
                     data_type: r.get(2),
                     increment: r.get(3),
-                    last_value: r.get(4),
+                    last_value: 0,
                     identity: false,
                 });
         }
     }
-    // `last_value` holds the sequence's start until its state is read here.
     let mut out: Vec<SourceSequence> = found.into_values().collect();
     for seq in &mut out {
-        let start = seq.last_value;
-        let state = client
-            .query_one(
-                &format!(
-                    "SELECT last_value, is_called FROM {}",
-                    seq.sequence.quoted()
-                ),
-                &[],
-            )
+        seq.last_value = position(client, &seq.sequence, seq.increment)
             .await
             .map_err(|e| classify(e, ctx))?;
-        let (last, called): (i64, bool) = (state.get(0), state.get(1));
-        seq.last_value = if called { last } else { start - seq.increment };
     }
     Ok(out)
 }
@@ -217,18 +221,11 @@ pub async fn sync_sequence(
         }
     }
     let before = if exists {
-        let row = target
-            .query_one(
-                &format!(
-                    "SELECT last_value, is_called FROM {}",
-                    seq.sequence.quoted()
-                ),
-                &[],
-            )
-            .await
-            .map_err(|e| classify(e, &ctx))?;
-        let (last, called): (i64, bool) = (row.get(0), row.get(1));
-        Some(if called { last } else { last - seq.increment })
+        Some(
+            position(target, &seq.sequence, seq.increment)
+                .await
+                .map_err(|e| classify(e, &ctx))?,
+        )
     } else {
         let owned_by = match &seq.owner {
             Some((table, column)) => {
