@@ -3,6 +3,8 @@
 # (fsync on). Prints medians of ROUNDS runs and the ratios; BENCHMARKS.md records the results.
 #
 #   scripts/bench.sh [snapshot|snapshot_crash|apply|transform|memory|messages|kafka_apply|latency|join|verify|switch|all]     (ROUNDS=3, SNAPSHOT_ROWS=1000000,
+#   scripts/bench.sh regress BASE [benchmarks...]       (REGRESS_MARGIN=0.15; REGRESS_BASE_BIN=a build
+#                                                     of BASE made before, instead of building it)
 #                                                     APPLY_TXNS=1200 by default)
 #
 # snapshot  SNAPSHOT_ROWS (~160 B) into an empty target: cutover with 1, 2 and 4 workers (tables
@@ -41,6 +43,11 @@
 #           PgBouncer while `cutover switch` runs, then `cutover rollback`: the longest transaction
 #           latency and the longest gap between commits over the switch's window (pgbench -l),
 #           against the same figures in the 3 s before it (no switch), and each step's time
+# regress   BASE (a commit): the benchmarks named (default: all but the 5M-row snapshot) with a
+#           build of BASE and with this tree's build, in the same rounds, alternating which goes
+#           first; both medians and their ratio per figure; exits 1 when one is more than
+#           REGRESS_MARGIN slower. Not part of CI (this machine is too noisy for a gate there):
+#           run it before resolving an issue that touches a measured path, its table in the note.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +66,8 @@ MESSAGE_CHANGES=${MESSAGE_CHANGES:-1000000}
 export CUTOVER_SERVICES_DIR=${CUTOVER_SERVICES_DIR:-/tmp/cutover-bench-services}
 export CUTOVER_FSYNC=on
 export CUTOVER_SHARED_BUFFERS=512MB
+# Only the source and target clusters of the default version (no other versions beside them).
+export CUTOVER_PG_VERSIONS=${CUTOVER_PG_VERSIONS-}
 env_file=$(scripts/services.sh start)
 # shellcheck disable=SC1090
 source "$env_file"
@@ -79,6 +88,9 @@ mkdir -p "$WORK"
 src() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres "$@"; }
 tgt() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$CUTOVER_TARGET_PORT" -U postgres "$@"; }
 now() { date +%s.%N; }
+# metric NAME VALUE: one of cutover's figures of this round (seconds, milliseconds or MiB: lower
+# is better), printed only for `regress`, which runs each benchmark with ROUNDS=1 per binary.
+metric() { if [ -n "${BENCH_METRICS:-}" ]; then echo "metric $1 $2"; fi; }
 median() { python3 -c 'import sys,statistics; print("%.3f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
 log_seconds() { # seconds between the first log lines matching $2 and $3 in file $1
@@ -143,6 +155,7 @@ range_rows = $SNAPSHOT_RANGE_ROWS")
             cut_times[$w]+="$(log_seconds "$WORK/snap_w$w.log" "copying tables" "table copied") "
             "$BIN" teardown "$p" >/dev/null
             line+=", cutover ($w workers) $(echo ${cut_times[$w]} | awk '{print $NF}') s"
+            metric "snapshot_${w}_workers_s" "$(echo ${cut_times[$w]} | awk '{print $NF}')"
         done
 
         if [ -n "$PGCOPYDB" ]; then
@@ -213,6 +226,7 @@ range_rows = $SNAPSHOT_RANGE_ROWS")
         redo_times+=("$(log_seconds "$WORK/split2.log" "copying tables" "table copied")")
         redo_rows+=("$(python3 -c 'import json,sys; print(sum(json.loads(l).get("rows", 0) for l in open(sys.argv[1]) if "\"range copied\"" in l))' "$WORK/split2.log")")
         "$BIN" teardown "$p" >/dev/null
+        metric snapshot_crash_redo_s "${redo_times[-1]}"
         echo "   round $r: whole-table copy ${whole_times[-1]} s; after the kill the restart copied ${redo_rows[-1]} rows in ${redo_times[-1]} s"
     done
     local wm rm; wm=$(median "${whole_times[@]}"); rm=$(median "${redo_times[@]}")
@@ -361,6 +375,7 @@ listen = "${CUTOVER_ADMIN_LISTEN}"'
             tgt -d apply_apply -At -c "SELECT '   target session (samples): ' || string_agg(s || ' ' || n, ', ' ORDER BY n DESC) FROM (SELECT state || '/' || wait AS s, count(*) AS n FROM waits WHERE round = $r GROUP BY 1) x"
         fi
         cut_times+=("$(python3 -c "print($(now) - $t0)")")
+        metric apply_s "${cut_times[-1]}"
         local cpu; cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
         local cut_cpu
         cut_cpu="source $(cpu_since "$(cluster_cpu "$CUTOVER_SOURCE_PORT")" "$s0"); target $(cpu_since "$(cluster_cpu "$CUTOVER_TARGET_PORT")" "$g0")"
@@ -450,6 +465,7 @@ filter = "a >= 0 AND d IS NOT NULL"')
             shaped_times+=("$(drain "$shaped" shape_shaped "$r")"); plain_times+=("$(drain "$plain" shape_plain "$r")")
         fi
         echo "   round $r: no rules ${plain_times[-1]} s, rules ${shaped_times[-1]} s"
+        metric transform_rules_s "${shaped_times[-1]}"
     done
     local pm sm; pm=$(median "${plain_times[@]}"); sm=$(median "${shaped_times[@]}")
     echo "   median: no rules $pm s, rules $sm s; throughput with rules = $(ratio "$pm" "$sm") x without"
@@ -482,6 +498,7 @@ chunk_bytes = \"512 KiB\"")
         kill -TERM $pid; wait $pid
         "$BIN" teardown "$p" >/dev/null
         echo "   $rows rows ($((rows * 160 / 1048576)) MiB of rows): peak RSS $((peak / 1024)) MiB"
+        metric "memory_${rows}_rows_MiB" "$((peak / 1024))"
     done
 }
 
@@ -524,6 +541,8 @@ subject = \"fan.{schema}.{table}\""
         else
             sink=$(sink_toml "$name")
         fi
+        # A file of an earlier call holds state of databases since dropped: forget it first.
+        if [ -f "$WORK/msg_$name.toml" ]; then "$BIN" teardown --target-state "$WORK/msg_$name.toml" >/dev/null 2>&1 || true; fi
         message_pipeline "msg_$name" msg "$sink"
         # Creates the slot, publication, topic or stream, then stops: the backlog builds up.
         "$BIN" --log-format json run "$WORK/msg_$name.toml" 2> "$WORK/msg_$name-setup.log" &
@@ -563,13 +582,15 @@ subject = \"fan.{schema}.{table}\""
                 fan) times_fan+=("$took") ;;
             esac
             echo "   round $r: $name $(python3 -c "print('%.2f s, %d changes/s' % ($took, $MESSAGE_CHANGES / $took))") using $cpu s of CPU"
+            metric "messages_${name}_s" "$took"
+            metric "messages_${name}_cpu_s" "$cpu"
         done
         echo "   round $r: pg_recvlogical $(python3 -c "print('%.2f s, %d changes/s' % (${times_recv[-1]}, $MESSAGE_CHANGES / ${times_recv[-1]}))")"
     done
     local rm km nm fm; rm=$(median "${times_recv[@]}"); km=$(median "${times_kafka[@]}"); nm=$(median "${times_nats[@]}"); fm=$(median "${times_fan[@]}")
     echo "   median: pg_recvlogical $rm s ($(python3 -c "print(int($MESSAGE_CHANGES/$rm))")/s); kafka $km s ($(python3 -c "print(int($MESSAGE_CHANGES/$km))")/s, $(ratio "$rm" "$km") x pg_recvlogical); nats $nm s ($(python3 -c "print(int($MESSAGE_CHANGES/$nm))")/s, $(ratio "$rm" "$nm") x pg_recvlogical)"
     echo "   fan-out (PostgreSQL + Kafka + NATS from one slot): $fm s ($(python3 -c "print(int($MESSAGE_CHANGES/$fm))")/s) = $(ratio "$nm" "$fm") x the slowest sink alone (NATS)"
-    for name in "${kinds[@]}"; do "$BIN" teardown "$WORK/msg_$name.toml" >/dev/null; done
+    for name in "${kinds[@]}"; do "$BIN" teardown --target-state "$WORK/msg_$name.toml" >/dev/null; done
 }
 
 # kafka_apply  KAFKA_APPLY_CHANGES (default 1M) changes (transactions of 4000 inserts and 1000
@@ -584,18 +605,20 @@ bench_kafka_apply() {
     echo "== kafka_apply: $changes changes through Kafka (6 partitions) into PostgreSQL by 1-3 apply workers vs the direct slot apply"
     local direct_times=() direct_cpu=() r w
     declare -A apply_times=() apply_cpu=()
+    # Each call's topics are its own (BENCH_TAG, set by regress): a topic keeps its messages.
+    local tag=${BENCH_TAG:-}
     for r in $(seq 1 "$ROUNDS"); do
         local db="kap$r"
         src -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
         src -d "$db" -c "$TABLE_DDL"
-        message_pipeline "kcap$r" "$db" "$(sink_toml kafka)
+        message_pipeline "kcap$tag$r" "$db" "$(sink_toml kafka)
 partitions = 6"
         tgt -d postgres -c "DROP DATABASE IF EXISTS ${db}_direct" -c "CREATE DATABASE ${db}_direct"
         printf 'name = "kdirect%s"\n[source]\nurl = "postgres://postgres@127.0.0.1:%s/%s"\ntables = ["public.t"]\n[[sink]]\nkind = "postgres"\nname = "target"\nurl = "postgres://postgres@127.0.0.1:%s/%s_direct"\n' \
-            "$r" "$CUTOVER_SOURCE_PORT" "$db" "$CUTOVER_TARGET_PORT" "$db" > "$WORK/kdirect$r.toml"
+            "$tag$r" "$CUTOVER_SOURCE_PORT" "$db" "$CUTOVER_TARGET_PORT" "$db" > "$WORK/kdirect$tag$r.toml"
         # Both pipelines make their slot (and the topic) on the empty table, then stop.
         local name pid
-        for name in "kcap$r" "kdirect$r"; do
+        for name in "kcap$tag$r" "kdirect$tag$r"; do
             "$BIN" --log-format json run "$WORK/$name.toml" 2> "$WORK/$name-setup.log" &
             pid=$!
             wait_log "$WORK/$name-setup.log" "streaming changes"
@@ -613,24 +636,25 @@ partitions = 6"
         want=$(src -d "$db" -At -c "SELECT count(*) || ':' || sum(a) FROM t")
         end=$(lsn_number "$(src -d "$db" -At -c "SELECT pg_current_wal_insert_lsn()")")
         # Capture into Kafka (not timed).
-        "$BIN" --log-format json run "$WORK/kcap$r.toml" 2> "$WORK/kcap$r.log" &
+        "$BIN" --log-format json run "$WORK/kcap$tag$r.toml" 2> "$WORK/kcap$tag$r.log" &
         pid=$!
-        until [ "$(lsn_number "$(src -d "$db" -At -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'cutover_kcap$r'")")" -ge "$end" ]; do sleep 0.1; done
+        until [ "$(lsn_number "$(src -d "$db" -At -c "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'cutover_kcap$tag$r'")")" -ge "$end" ]; do sleep 0.1; done
         kill -TERM $pid; wait $pid
         # The direct apply from the slot.
         local t0; t0=$(now)
-        "$BIN" --log-format json run "$WORK/kdirect$r.toml" 2> "$WORK/kdirect$r.log" &
+        "$BIN" --log-format json run "$WORK/kdirect$tag$r.toml" 2> "$WORK/kdirect$tag$r.log" &
         pid=$!
         until [ "$(tgt -d "${db}_direct" -At -c "SELECT count(*) || ':' || sum(a) FROM t" 2>/dev/null)" = "$want" ]; do sleep 0.1; done
         direct_times+=("$(python3 -c "print($(now) - $t0)")")
         direct_cpu+=("$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")")
         kill -TERM $pid; wait $pid
         local line="   round $r: direct ${direct_times[-1]} s (${direct_cpu[-1]} s CPU)"
+        metric kafka_apply_direct_s "${direct_times[-1]}"
         for w in 1 2 3; do
             tgt -d postgres -c "DROP DATABASE IF EXISTS ${db}_w$w" -c "CREATE DATABASE ${db}_w$w"
             tgt -d "${db}_w$w" -c "$TABLE_DDL"
             printf 'name = "kap%s_w%s"\n[source]\nkind = "kafka"\nbrokers = "%s"\ntopics = ["kcap%s.public.t"]\nproperties = { "session.timeout.ms" = "6000" }\n[[sink]]\nkind = "postgres"\nname = "target"\nurl = "postgres://postgres@127.0.0.1:%s/%s_w%s"\n' \
-                "$r" "$w" "$CUTOVER_TEST_KAFKA_BROKERS" "$r" "$CUTOVER_TARGET_PORT" "$db" "$w" > "$WORK/kap$r-w$w.toml"
+                "$r" "$w" "$CUTOVER_TEST_KAFKA_BROKERS" "$tag$r" "$CUTOVER_TARGET_PORT" "$db" "$w" > "$WORK/kap$r-w$w.toml"
             local pids=() k
             t0=$(now)
             for k in $(seq 1 "$w"); do
@@ -644,10 +668,12 @@ partitions = 6"
             apply_cpu[$w]+="$cpu "
             kill -TERM "${pids[@]}"; wait "${pids[@]}"
             line+=", $w workers $(echo "${apply_times[$w]}" | awk '{print $NF}') s ($cpu s CPU)"
+            metric "kafka_apply_${w}_workers_s" "$(echo "${apply_times[$w]}" | awk '{print $NF}')"
+            metric "kafka_apply_${w}_workers_cpu_s" "$cpu"
         done
         echo "$line"
-        "$BIN" teardown "$WORK/kcap$r.toml" >/dev/null
-        "$BIN" teardown "$WORK/kdirect$r.toml" >/dev/null
+        "$BIN" teardown "$WORK/kcap$tag$r.toml" >/dev/null
+        "$BIN" teardown "$WORK/kdirect$tag$r.toml" >/dev/null
     done
     local dm dc; dm=$(median "${direct_times[@]}"); dc=$(median "${direct_cpu[@]}")
     echo "   median: direct slot apply $dm s ($(python3 -c "print(int($changes/$dm))") changes/s, $(python3 -c "print('%.1f' % ($dc * 1e6 / $changes))") us CPU/change in cutover)"
@@ -672,6 +698,7 @@ EOF
     cargo test --release --quiet --test bench_latency --no-run 2>/dev/null
     local name
     for name in kafka nats; do
+        if [ -f "$WORK/lat_$name.toml" ]; then "$BIN" teardown --target-state "$WORK/lat_$name.toml" >/dev/null 2>&1 || true; fi
         message_pipeline "lat_$name" lat "$(sink_toml "$name")"
         "$BIN" --log-format json run "$WORK/lat_$name.toml" 2> "$WORK/lat_$name.log" &
         local pid=$!
@@ -684,8 +711,9 @@ EOF
             -f "$WORK/lat.sql" lat 2>&1 | grep -E "processed" | sed "s/^/   $name, pgbench: /"
         wait $consumer || true
         grep -E "latency over" "$WORK/lat-$name-consumer.log" | sed 's/^/   /'
+        metric "latency_${name}_p99_ms" "$(grep -oE 'p99 [0-9.]+' "$WORK/lat-$name-consumer.log" | awk '{print $2}')"
         kill -TERM $pid; wait $pid
-        "$BIN" teardown "$WORK/lat_$name.toml" >/dev/null
+        "$BIN" teardown --target-state "$WORK/lat_$name.toml" >/dev/null
     done
 }
 
@@ -744,6 +772,8 @@ EOF
         kill -TERM $pid; wait $pid
         "$BIN" teardown "$WORK/join.toml" >/dev/null
         snap_times+=("$(log_seconds "$WORK/join-snap.log" "copying tables" "table copied")")
+        metric join_stale_max_s "${max_lags[-1]}"
+        metric join_copy_s "${join_times[-1]}"
         echo "   round $r: live table stale ${steady_lags[-1]} s before, at most ${max_lags[-1]} s during the copy; copy beside the stream ${join_times[-1]} s, in a snapshot ${snap_times[-1]} s"
     done
     local jm sm lm st
@@ -778,6 +808,7 @@ verify_round() {
         rel+=("$(python3 -c "print($(now) - $t0)")")
         rd=$(grep -c '^+' "$WORK/reladiff.out" || true)
         echo "   $1 round $r: cutover ${cut[-1]} s ($found rows differ), reladiff ${rel[-1]} s ($rd rows differ)"
+        metric "verify_${1// /_}_s" "${cut[-1]}"
         [ "$found" = "$3" ] && [ "$rd" = "$3" ] || { echo "expected $3 differing rows from both" >&2; exit 1; }
     done
     local cm rm; cm=$(median "${cut[@]}"); rm=$(median "${rel[@]}")
@@ -912,6 +943,7 @@ config_file = \"$WORK/sw-bouncer/pgbouncer.ini\"")
             total=$(grep -oE "done in [0-9]+ ms" "$WORK/$command.out" | grep -oE "[0-9]+")
             steps=$(grep -oE "done in [0-9]+ ms \([^)]*\)" "$WORK/$command.out" | sed 's/.*(//; s/)//')
             echo "   round $r $command: longest transaction $lat ms, longest commit gap $gap ms (3 s before: $bl ms, $bg ms); $command $total ms: $steps; $n transactions, 0 failed"
+            metric "${command}_longest_commit_gap_ms" "$gap"
             if [ "$command" = switch ]; then stalls+=("$lat"); gaps+=("$gap"); totals+=("$total"); base_lat+=("$bl")
             else rb_stalls+=("$lat"); rb_gaps+=("$gap"); rb_totals+=("$total"); fi
             # `cutover run` drains and streams the next direction by itself
@@ -922,6 +954,69 @@ config_file = \"$WORK/sw-bouncer/pgbouncer.ini\"")
     kill "$(cat "$WORK/sw-bouncer/pid")" 2>/dev/null || true
     echo "   median switch: longest transaction $(median "${stalls[@]}") ms, longest commit gap $(median "${gaps[@]}") ms, switch $(median "${totals[@]}") ms; without a switch (same run, 3 s before): longest transaction $(median "${base_lat[@]}") ms"
     echo "   median rollback: longest transaction $(median "${rb_stalls[@]}") ms, longest commit gap $(median "${rb_gaps[@]}") ms, rollback $(median "${rb_totals[@]}") ms"
+}
+
+# regress BASE: every benchmark (REGRESS_BENCHES) run with a build of BASE and with this tree's
+# build in the same rounds (ROUNDS=1 each, the order alternating by round), so both meet the same
+# machine; one line per figure with both medians and their ratio; exits 1 when a figure of this
+# tree is more than REGRESS_MARGIN (default 0.15) above BASE's (all figures are lower-is-better:
+# seconds, milliseconds, MiB). Each benchmark's full output is kept in $WORK/regress/.
+bench_regress() {
+    local base=${1:?usage: $0 regress BASE (a commit) [benchmarks...]}
+    shift
+    local benches=${*:-${REGRESS_BENCHES:-snapshot snapshot_crash apply transform memory messages kafka_apply latency join verify switch}}
+    local margin=${REGRESS_MARGIN:-0.15} out="$WORK/regress"
+    rm -rf "$out"; mkdir -p "$out"
+    local commit; commit=$(git rev-parse --verify "$base^{commit}") || { echo "regress: $base is not a commit here" >&2; exit 2; }
+    # This tree's binary is set aside first: BASE is built in the same target directory (its
+    # dependencies are shared; its own crates sit at another path, so they build apart).
+    cp "$BIN" "$out/cutover-head"
+    if [ -n "${REGRESS_BASE_BIN:-}" ]; then # a build of BASE made before (say, by an earlier regress)
+        cp "$REGRESS_BASE_BIN" "$out/cutover-base"
+    else
+        local tree="$WORK/regress-src" root=$PWD
+        git worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"
+        git worktree prune
+        git worktree add --detach --quiet "$tree" "$commit"
+        echo "== regress: building $base ($commit)"
+        (cd "$tree" && cargo build --release --quiet --target-dir "$root/target")
+        cp "$root/target/release/cutover" "$out/cutover-base"
+        cp "$out/cutover-head" "$root/target/release/cutover" # the tree's own build in its place again
+        git worktree remove --force "$tree"
+    fi
+    declare -A figures=()
+    local r b label bin
+    for r in $(seq 1 "$ROUNDS"); do
+        local order=(base head)
+        [ $((r % 2)) = 0 ] && order=(head base)
+        for b in $benches; do
+            for label in "${order[@]}"; do
+                bin="$out/cutover-$label"
+                echo "   round $r: $b with $label"
+                (BIN=$bin ROUNDS=1 BENCH_METRICS=1 BENCH_TAG="_$label$r" "bench_$b") > "$out/$b-$r-$label.log" 2>&1 ||
+                    { echo "regress: $b with $label failed (round $r):" >&2; tail -20 "$out/$b-$r-$label.log" >&2; exit 1; }
+                local name value
+                while read -r _ name value; do
+                    figures["$b $name $label"]+="$value "
+                done < <(grep '^metric ' "$out/$b-$r-$label.log")
+            done
+        done
+    done
+    echo "== regress: $base (base) against this tree (head), medians of $ROUNDS rounds; head/base above $(python3 -c "print(1 + $margin)") fails"
+    printf '   %-14s %-34s %12s %12s %9s\n' benchmark figure base head head/base
+    local key slower=0
+    for key in $(printf '%s\n' "${!figures[@]}" | awk '$3 == "base" {print $1 "|" $2}' | sort); do
+        b=${key%%|*}; name=${key#*|}
+        local bm hm q verdict=""
+        # shellcheck disable=SC2086
+        bm=$(median ${figures["$b $name base"]}); hm=$(median ${figures["$b $name head"]:-nan})
+        q=$(python3 -c "b, h = float('$bm'), float('$hm'); print('%.2f' % (h / b) if b > 0 else 'n/a')")
+        if python3 -c "import sys; q = '$q'; sys.exit(0 if q != 'n/a' and float(q) > 1 + $margin else 1)"; then
+            verdict="SLOWER"; slower=1
+        fi
+        printf '   %-14s %-34s %12s %12s %9s %s\n' "$b" "$name" "$bm" "$hm" "$q" "$verdict"
+    done
+    [ "$slower" = 0 ] || { echo "regress: a figure is more than $margin slower than $base (outputs in $out)" >&2; exit 1; }
 }
 
 case "$WHAT" in
@@ -936,6 +1031,7 @@ latency) bench_latency ;;
 join) bench_join ;;
 verify) bench_verify ;;
 switch) bench_switch ;;
+regress) shift; bench_regress "$@" ;;
 all) bench_snapshot; bench_snapshot_crash; bench_apply; bench_transform; bench_memory; bench_messages; bench_kafka_apply; bench_latency; bench_join; bench_verify; bench_switch ;;
-*) echo "usage: $0 [snapshot|snapshot_crash|apply|transform|memory|messages|kafka_apply|latency|join|verify|switch|all]" >&2; exit 2 ;;
+*) echo "usage: $0 [snapshot|snapshot_crash|apply|transform|memory|messages|kafka_apply|latency|join|verify|switch|all|regress BASE [benchmarks...]]" >&2; exit 2 ;;
 esac

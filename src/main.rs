@@ -12,6 +12,13 @@ use cutover::switch::{self, Direction};
 use cutover::{config, say, say_err, say_part, status, targets, verify};
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// mimalloc instead of glibc's malloc: every change is encoded into a few short-lived
+/// allocations on the runtime's threads, where glibc's arenas spent a quarter of the sink
+/// side's CPU splitting and consolidating free chunks (perf on the messages benchmark,
+/// BENCHMARKS.md history 2026-12-07).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cutover_core::{ConnectorError, Sink};
 use tokio::sync::{watch, Notify};
 

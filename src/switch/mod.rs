@@ -297,9 +297,31 @@ impl Store {
             )
             .await
             .map_err(|e| sql_error(e, "cannot save the switch state on the target"))?;
+        // The running pipeline learns of the change at once (see `watch_epoch`).
+        self.client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&NOTIFY_CHANNEL, &self.pipeline],
+            )
+            .await
+            .map_err(|e| sql_error(e, "cannot announce the switch state on the target"))?;
         Ok(())
     }
+
+    /// A session on the primary target that hears each save of any pipeline's record (the
+    /// payload names the pipeline); None for a pipeline without a PostgreSQL target or when
+    /// the target does not answer.
+    async fn listen(
+        cfg: &Pipeline,
+    ) -> Option<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
+        let target = primary_target(cfg).ok()?;
+        target.endpoint().ok()?.listen(NOTIFY_CHANNEL).await.ok()
+    }
 }
+
+/// The channel on which a save of the switch record is announced, the payload naming the
+/// pipeline.
+const NOTIFY_CHANNEL: &str = "cutover_switch";
 
 pub(crate) fn sql_error(e: tokio_postgres::Error, what: &str) -> ConnectorError {
     cutover_postgres::error::classify(e, what)
@@ -389,7 +411,8 @@ pub async fn load(cfg: &Pipeline) -> Result<Record> {
     }
 }
 
-/// While `cutover run` streams epoch `epoch`: looks at the record once a second (every 20 ms
+/// While `cutover run` streams epoch `epoch`: reads the record each time a save of it is
+/// announced on the primary target (`LISTEN`), and in any case once a second (every 20 ms
 /// while a switch is in progress). Once a switch has fenced the old primary, tells the running
 /// pipeline to write the keys it changed up to the fence (the final check reads them); once the
 /// switch has moved the record to the next epoch, tells it to drain to the fence's position and
@@ -398,9 +421,30 @@ pub async fn watch_epoch(cfg: Pipeline, epoch: i32, handle: Handle) {
     let mut store: Option<Store> = None;
     let mut asked_for: Option<Lsn> = None;
     let mut switching = false;
+    let mut listener = None;
+    let mut listen_at = tokio::time::Instant::now();
     loop {
-        let pause = if switching { 20 } else { 1000 };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let pause = Duration::from_millis(if switching { 20 } else { 1000 });
+        if listener.is_none() && tokio::time::Instant::now() >= listen_at {
+            listener = Store::listen(&cfg).await;
+            listen_at = tokio::time::Instant::now() + Duration::from_secs(1);
+        }
+        let mut lost = false;
+        match &mut listener {
+            Some((_, heard)) => tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                said = heard.recv() => match said {
+                    // Another pipeline's record: nothing to read.
+                    Some(name) if name != cfg.name => continue,
+                    Some(_) => {}
+                    None => lost = true,
+                },
+            },
+            None => tokio::time::sleep(pause).await,
+        }
+        if lost {
+            listener = None;
+        }
         if store.is_none() {
             store = Store::open(&cfg).await.ok().flatten();
         }

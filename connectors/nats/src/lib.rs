@@ -451,6 +451,23 @@ fn position_id(out: &Outgoing) -> String {
     }
 }
 
+/// A message published and not yet acknowledged, kept (with parking) so that a refusal can
+/// park it. Nothing is copied for it: the payload is shared with the published message, and
+/// the letter is written only if the server refuses.
+struct Unacked<'a> {
+    out: Outgoing,
+    payload: Bytes,
+    subject: &'a str,
+}
+
+impl Unacked<'_> {
+    fn letter(self, reason: String) -> Letter {
+        let mut letter = Letter::of(&self.out, self.subject, reason);
+        letter.payload = Some(String::from_utf8_lossy(&self.payload).into_owned());
+        letter
+    }
+}
+
 /// Publishes messages in order and waits for every acknowledgement (at most `ACK_WINDOW`
 /// outstanding, so memory stays bounded). With `parking`, a message the server refuses for good
 /// is parked instead of failing the write, and so is every later message of a key that has a
@@ -466,61 +483,71 @@ async fn publish(
         blocking(|| p.refresh())?;
     }
     let mut parked: Vec<Letter> = Vec::new();
-    // With parking, each acknowledgement keeps the letter its message would become.
-    let mut acks: VecDeque<(PublishAckFuture, Option<Letter>)> =
+    let mut acks: VecDeque<(PublishAckFuture, Option<Unacked>)> =
         VecDeque::with_capacity(ACK_WINDOW);
-    for out in messages {
+    for mut out in messages {
         let subject = subjects.get(&out.table.name).ok_or_else(|| {
             ConnectorError::fatal(format!(
                 "table {} has no subject: it was not known when the sink opened",
                 out.table.name
             ))
         })?;
-        let pending = parking.map(|_| Letter::of(&out, subject, String::new()));
-        if let (Some(p), Some(l)) = (parking, &pending) {
-            if !l.key.is_empty()
-                && (p.holds(&out.table.name, &l.key)
+        if let (Some(p), Some(key)) = (parking, out.message.key.as_deref()) {
+            let key = String::from_utf8_lossy(key);
+            if !key.is_empty()
+                && (p.holds(&out.table.name, &key)
                     || parked
                         .iter()
-                        .any(|o| o.key == l.key && o.table_name() == out.table.name))
+                        .any(|o| o.key == key && o.table_name() == out.table.name))
             {
-                let mut l = l.clone();
-                l.reason = "waiting behind an earlier parked message of this key".into();
-                parked.push(l);
+                parked.push(Letter::of(
+                    &out,
+                    subject,
+                    "waiting behind an earlier parked message of this key".into(),
+                ));
                 continue;
             }
         }
         let id = message_id(&out, reverse);
-        let payload = Bytes::from(out.message.payload.unwrap_or_default());
+        let payload = Bytes::from(out.message.payload.take().unwrap_or_default());
         let message = jetstream::message::PublishMessage::build()
-            .payload(payload)
+            .payload(payload.clone())
             .message_id(id)
             .header("Cutover-Lsn", out.position.commit_lsn.to_string().as_str())
             .header("Cutover-Op", out.message.op.name());
         if acks.len() >= ACK_WINDOW {
-            let (ack, letter) = acks.pop_front().expect("the window is full");
-            check_ack(ack.await, letter, &mut parked)?;
+            let (ack, unacked) = acks.pop_front().expect("the window is full");
+            settle(ack.await, unacked, &mut parked)?;
         }
         match js.send_publish(subject.clone(), message).await {
-            Ok(ack) => acks.push_back((ack, pending)),
+            Ok(ack) => acks.push_back((
+                ack,
+                parking.map(|_| Unacked {
+                    out,
+                    payload,
+                    subject,
+                }),
+            )),
             Err(e) => {
                 let kind = match e.kind() {
                     jetstream::context::PublishErrorKind::MaxPayloadExceeded => ErrorKind::Poison,
                     _ => ErrorKind::Retryable,
                 };
                 let e = nats_error(kind, &format!("cannot publish to {subject}"), e);
-                match pending {
-                    Some(mut l) if kind == ErrorKind::Poison => {
-                        l.reason = e.message;
-                        parked.push(l);
-                    }
-                    _ => return Err(e),
+                if kind != ErrorKind::Poison || parking.is_none() {
+                    return Err(e);
                 }
+                let unacked = Unacked {
+                    out,
+                    payload,
+                    subject,
+                };
+                parked.push(unacked.letter(e.message));
             }
         }
     }
-    for (ack, letter) in acks {
-        check_ack(ack.await, letter, &mut parked)?;
+    for (ack, unacked) in acks {
+        settle(ack.await, unacked, &mut parked)?;
     }
     if let Some(p) = parking {
         if !parked.is_empty() {
@@ -530,15 +557,29 @@ async fn publish(
     Ok(())
 }
 
-/// Checks one acknowledgement. A refusal for good (the stream's maximum message or header
-/// size) parks the message when `letter` is given; anything else is retryable.
-fn check_ack(
+/// One acknowledgement of [`publish`]: a refusal for good parks the message when it was kept
+/// for parking.
+fn settle(
     ack: std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-    letter: Option<Letter>,
+    unacked: Option<Unacked>,
     parked: &mut Vec<Letter>,
 ) -> Result<()> {
+    if let Some(reason) = check_ack(ack, unacked.is_some())? {
+        let unacked = unacked.expect("only a message kept for parking is refused for parking");
+        parked.push(unacked.letter(reason));
+    }
+    Ok(())
+}
+
+/// Checks one acknowledgement: `Ok(None)` when the server took the message; `Ok(Some(why))`
+/// when it refused it for good (the stream's maximum message or header size) and the message
+/// can be `parkable`; an error otherwise (retryable unless refused for good).
+fn check_ack(
+    ack: std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    parkable: bool,
+) -> Result<Option<String>> {
     let Err(e) = ack else {
-        return Ok(());
+        return Ok(None);
     };
     let refused = std::error::Error::source(&e)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
@@ -555,16 +596,13 @@ fn check_ack(
         ErrorKind::Retryable
     };
     let e = nats_error(kind, "JetStream did not acknowledge a message", e);
-    match letter {
-        Some(mut l) if refused => {
-            l.reason = format!(
-                "{} (refused after later messages of the key may have been sent)",
-                e.message
-            );
-            parked.push(l);
-            Ok(())
-        }
-        _ => Err(e),
+    if refused && parkable {
+        Ok(Some(format!(
+            "{} (refused after later messages of the key may have been sent)",
+            e.message
+        )))
+    } else {
+        Err(e)
     }
 }
 
@@ -601,11 +639,9 @@ pub async fn replay_dead_letters(options: &NatsSinkOptions) -> Result<(u64, u64)
                 };
                 nats_error(kind, "cannot publish a parked message", e)
             })?;
-        let mut refused = Vec::new();
-        check_ack(ack.await, Some(l), &mut refused)?;
-        match refused.pop() {
+        match check_ack(ack.await, true)? {
             None => Ok(()),
-            Some(r) => Err(ConnectorError::new(ErrorKind::Poison, r.reason)),
+            Some(reason) => Err(ConnectorError::new(ErrorKind::Poison, reason)),
         }
     })
     .await

@@ -123,6 +123,47 @@ impl PgEndpoint {
     }
 }
 
+impl PgEndpoint {
+    /// Opens a session that `LISTEN`s on `channel`: the receiver yields the payload of each
+    /// notification sent on it, and ends when the connection does (the caller opens another).
+    /// The session takes no other part: notifications arrive only while the returned client
+    /// is kept.
+    pub async fn listen(
+        &self,
+        channel: &str,
+    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
+        let (client, mut connection) = self
+            .config
+            .connect(self.tls.connector())
+            .await
+            .map_err(|e| classify(e, &format!("cannot connect to the {} {self}", self.role)))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            // Polling the connection's messages is what drives it.
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_string()).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "PostgreSQL listening connection closed");
+                        break;
+                    }
+                }
+            }
+        });
+        let quoted = format!("\"{}\"", channel.replace('"', "\"\""));
+        client
+            .batch_execute(&format!("LISTEN {quoted}"))
+            .await
+            .map_err(|e| classify(e, &format!("cannot listen on the {} {self}", self.role)))?;
+        Ok((client, rx))
+    }
+}
+
 /// How a session that applies replicated rows runs, as native logical replication's apply
 /// worker does: user triggers and foreign-key checks do not fire for the rows it writes
 /// (triggers marked `ENABLE REPLICA` or `ENABLE ALWAYS` still do).
