@@ -91,6 +91,8 @@ now() { date +%s.%N; }
 # metric NAME VALUE: one of cutover's figures of this round (seconds, milliseconds or MiB: lower
 # is better), printed only for `regress`, which runs each benchmark with ROUNDS=1 per binary.
 metric() { if [ -n "${BENCH_METRICS:-}" ]; then echo "metric $1 $2"; fi; }
+# peer NAME VALUE: the same round's peer or limit, shown beside cutover's figures by `regress`.
+peer() { if [ -n "${BENCH_METRICS:-}" ]; then echo "peer $1 $2"; fi; }
 median() { python3 -c 'import sys,statistics; print("%.3f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
 log_seconds() { # seconds between the first log lines matching $2 and $3 in file $1
@@ -141,6 +143,7 @@ bench_snapshot() {
         src -d snap -c "COPY t TO STDOUT (FORMAT binary)" | tgt -d snap_pipe -c "COPY t FROM STDIN (FORMAT binary)"
         pipe_times+=("$(python3 -c "print($(now) - $t0)")")
         local line="   round $r: pipe ${pipe_times[-1]} s"
+        peer snapshot_pipe_s "${pipe_times[-1]}"
 
         for w in $SNAPSHOT_WORKERS; do
             tgt -d postgres -c "DROP DATABASE IF EXISTS snap_snap_w$w" -c "CREATE DATABASE snap_snap_w$w"
@@ -353,6 +356,7 @@ listen = "${CUTOVER_ADMIN_LISTEN}"'
         tgt -d apply_native -c "ALTER SUBSCRIPTION native_sub ENABLE"
         until [ "$(tgt -d apply_native -At -c "SELECT count(*) FROM marker WHERE id = $r")" = 1 ]; do sleep 0.02; done
         native_times+=("$(python3 -c "print($(now) - $t0)")")
+        peer apply_native_s "${native_times[-1]}"
         local native_cpu
         native_cpu="source $(cpu_since "$(cluster_cpu "$CUTOVER_SOURCE_PORT")" "$s0"); target $(cpu_since "$(cluster_cpu "$CUTOVER_TARGET_PORT")" "$g0")"
         # cutover
@@ -565,6 +569,7 @@ subject = \"fan.{schema}.{table}\""
         "$PGBIN/pg_recvlogical" -h 127.0.0.1 -p "$CUTOVER_SOURCE_PORT" -U postgres -d msg -S recv_slot --start \
             -o proto_version=1 -o publication_names=cutover_msg_kafka -E "$end" -f /dev/null
         times_recv+=("$(python3 -c "print($(now) - $t0)")")
+        peer messages_pg_recvlogical_s "${times_recv[-1]}"
         src -d msg -c "SELECT pg_drop_replication_slot('recv_slot')" >/dev/null
         for name in "${kinds[@]}"; do
             t0=$(now)
@@ -806,6 +811,7 @@ verify_round() {
         t0=$(now)
         "$RELADIFF" "$VER_SRC" t "$VER_TGT" t -k id -c a -c b -c c -c d > "$WORK/reladiff.out"
         rel+=("$(python3 -c "print($(now) - $t0)")")
+        peer "verify_${1// /_}_reladiff_s" "${rel[-1]}"
         rd=$(grep -c '^+' "$WORK/reladiff.out" || true)
         echo "   $1 round $r: cutover ${cut[-1]} s ($found rows differ), reladiff ${rel[-1]} s ($rd rows differ)"
         metric "verify_${1// /_}_s" "${cut[-1]}"
@@ -984,7 +990,7 @@ bench_regress() {
         cp "$out/cutover-head" "$root/target/release/cutover" # the tree's own build in its place again
         git worktree remove --force "$tree"
     fi
-    declare -A figures=()
+    declare -A figures=() peers=()
     local r b label bin
     for r in $(seq 1 "$ROUNDS"); do
         local order=(base head)
@@ -996,9 +1002,11 @@ bench_regress() {
                 (BIN=$bin ROUNDS=1 BENCH_METRICS=1 BENCH_TAG="_$label$r" "bench_$b") > "$out/$b-$r-$label.log" 2>&1 ||
                     { echo "regress: $b with $label failed (round $r):" >&2; tail -20 "$out/$b-$r-$label.log" >&2; exit 1; }
                 local name value
-                while read -r _ name value; do
-                    figures["$b $name $label"]+="$value "
-                done < <(grep '^metric ' "$out/$b-$r-$label.log")
+                local kind
+                while read -r kind name value; do
+                    if [ "$kind" = metric ]; then figures["$b $name $label"]+="$value "
+                    else peers["$b $name"]+="$value "; fi
+                done < <(grep -E '^(metric|peer) ' "$out/$b-$r-$label.log")
             done
         done
     done
@@ -1015,6 +1023,10 @@ bench_regress() {
             verdict="SLOWER"; slower=1
         fi
         printf '   %-14s %-34s %12s %12s %9s %s\n' "$b" "$name" "$bm" "$hm" "$q" "$verdict"
+    done
+    for key in $(printf '%s\n' "${!peers[@]}" | sort | tr ' ' '|'); do
+        # shellcheck disable=SC2086
+        printf '   %-14s %-34s %12s (the same rounds\x27 peer, median of both runs)\n' "${key%%|*}" "${key#*|}" "$(median ${peers["${key/|/ }"]})"
     done
     [ "$slower" = 0 ] || { echo "regress: a figure is more than $margin slower than $base (outputs in $out)" >&2; exit 1; }
 }
