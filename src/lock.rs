@@ -130,17 +130,20 @@ fn label(command: &str) -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".into());
-    let text = format!(
-        "cutover {command} on {} pid {}",
-        host.trim(),
-        std::process::id()
-    );
-    // application_name holds 63 bytes.
-    let mut end = text.len().min(63);
-    while !text.is_char_boundary(end) {
+    label_of(command, host.trim(), std::process::id())
+}
+
+/// `cutover COMMAND on HOST pid PID`, within the 63 bytes `application_name` holds: a long
+/// host name is cut (at a character boundary), never the pid, which the operator needs.
+fn label_of(command: &str, host: &str, pid: u32) -> String {
+    let head = format!("cutover {command} on ");
+    let tail = format!(" pid {pid}");
+    let room = 63usize.saturating_sub(head.len() + tail.len());
+    let mut end = host.len().min(room);
+    while !host.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_string()
+    format!("{head}{}{tail}", &host[..end])
 }
 
 async fn session(endpoint: &PgEndpoint, label: &str) -> Result<Client, ConnectorError> {
@@ -219,6 +222,22 @@ fn refusal(command: &str, hold: Hold, slot: &str, holder: Option<Holder>) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_label_keeps_the_pid_whatever_the_host_name() {
+        let host = "ip-10-20-130-47.eu-central-1.compute.internal";
+        let label = label_of("run", host, 4_194_304);
+        assert!(label.len() <= 63, "{label}");
+        assert!(label.ends_with(" pid 4194304"), "{label}");
+        assert!(
+            label.starts_with("cutover run on ip-10-20-130-47"),
+            "{label}"
+        );
+        assert_eq!(label_of("run", "db1", 7), "cutover run on db1 pid 7");
+        // A multi-byte character at the cut is not split.
+        let label = label_of("switch", &"é".repeat(40), 1);
+        assert!(label.len() <= 63 && label.ends_with(" pid 1"), "{label}");
+    }
 
     #[test]
     fn refusals_name_the_holder_and_the_fix() {

@@ -648,8 +648,18 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         ));
         // The handle commands the running pipeline: the switch watcher drains it at a fence.
         let (operator, handle) = Operator::new();
-        let mut operator =
-            operator.tracking(cfg.cutover.changed_keys_max, cfg.verify.report_path.clone());
+        let identity = match verify::Identity::of(&cfg).await {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which databases this run streams between: no saved check will shorten the switch's final check");
+                None
+            }
+        };
+        let mut operator = operator.tracking(
+            cfg.cutover.changed_keys_max,
+            cfg.verify.report_path.clone(),
+            identity,
+        );
         admin.set_handle(Some(handle.clone()));
         let watcher = tokio::spawn(switch::watch_epoch(file.clone(), rec.epoch, handle));
         let result = runtime::run(&cfg, &telemetry, stop_rx.clone(), &mut operator).await;
@@ -949,8 +959,55 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
             let deleted = sink.forget_state(&ctx).await.map_err(explain)?;
             say!("sink {}: {deleted}", sink.name());
         }
+        forget_switch_state(&cfg).await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `teardown --target-state` removes besides the forward sinks' progress: the way back
+/// (its slot and publication on the primary target, its sinks' progress, the original
+/// source's checkpoints among them), the saved checks and changed keys of both directions, and
+/// the switch record. A migration tried again with the same file then starts at the first
+/// epoch, and nothing saved of the databases it ran on before opens a gate or sets a position.
+async fn forget_switch_state(cfg: &config::Pipeline) -> Result<(), String> {
+    let mut files = vec![cfg.verify.report_path.clone()];
+    if let Ok(back) = switch::pipeline_for(cfg, Direction::Reverse, None) {
+        let primary =
+            cutover_postgres::PgEndpoint::parse(&back.source_url, "target").map_err(explain)?;
+        switch::steps::drop_slot_and_publication(
+            &primary,
+            &back.slot,
+            &back.publication,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .map_err(explain)?;
+        say!(
+            "the way back: slot {} and publication {} on the primary target: dropped if they existed",
+            back.slot,
+            back.publication
+        );
+        let ctx = runtime::target_context(&back, "");
+        for sink in &back.sinks {
+            let deleted = sink.forget_state(&ctx).await.map_err(explain)?;
+            say!("sink {} (the way back): {deleted}", sink.name());
+        }
+        files.push(back.verify.report_path.clone());
+    }
+    for report in files {
+        for path in [runtime::changed::Journal::path(&report), report.clone()] {
+            if path.exists() {
+                switch::steps::forget_file(&path).map_err(explain)?;
+                say!("{}: removed", path.display());
+            }
+        }
+    }
+    if let Some(store) = switch::Store::open(cfg).await.map_err(explain)? {
+        if store.forget().await.map_err(explain)? {
+            say!("switch record: removed (the next run is the first epoch)");
+        }
+    }
+    Ok(())
 }
 
 async fn forget(path: &std::path::Path, name: &str) -> Outcome {

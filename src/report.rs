@@ -106,8 +106,15 @@ impl StatusReport {
                     .to_string(),
             ),
         }
-        let saved = verify::SavedCheck::load(&cfg.verify.report_path);
-        lines.push(consistency_line(saved.as_ref()));
+        let saved = match verify::Identity::of(&cfg).await {
+            Ok(now) => verify::SavedCheck::load_for(&cfg.verify.report_path, &now),
+            Err(e) => Err(format!("cannot read which databases the pipeline has: {e}")),
+        };
+        lines.push(match &saved {
+            Ok(check) => consistency_line(check.as_ref()),
+            Err(why) => format!("consistency: {why}; run `cutover verify` on these databases"),
+        });
+        let saved = saved.ok().flatten();
         let readiness = switch::gates::check(file, &rec).await?;
         let doc = serde_json::json!({
             "pipeline": file.name,

@@ -19,6 +19,7 @@ use cutover_core::verify::{
 };
 use cutover_core::{ConnectorError, Lsn, Result, Sink as _, TableSchema, Target};
 use cutover_postgres::catalog;
+use cutover_postgres::conn::{database_identity, PgEndpoint};
 use cutover_postgres::verify::PgTableSide;
 use cutover_postgres::PgSource;
 use serde::Serialize;
@@ -68,6 +69,10 @@ pub struct Report {
     pub pipeline_running: bool,
     pub elapsed_ms: u64,
     pub tables: Vec<TableReport>,
+    /// The databases compared (None when they could not be read: the check then does not
+    /// count for the switch).
+    #[serde(skip)]
+    pub identity: Option<Identity>,
 }
 
 /// One table on one sink.
@@ -228,14 +233,74 @@ pub struct SavedCheck {
     /// after it are the ones the switch's final check compares.
     #[serde(default)]
     pub clean_from: Option<u64>,
+    /// The databases checked; a check without it (saved by an older cutover) or of other
+    /// databases counts as no check ([`SavedCheck::load_for`]).
+    #[serde(default)]
+    pub identity: Option<Identity>,
+}
+
+/// The databases a saved check describes: the source's and each PostgreSQL sink's identity
+/// (`system_identifier/database OID`, see [`cutover_postgres::conn::database_identity`]). A
+/// check of other databases (a cluster or database built again under the same pipeline file)
+/// says nothing of these, and its positions belong to another WAL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// Empty for a pipeline that names no source database (an apply pipeline without one).
+    pub source: String,
+    /// By sink name.
+    pub targets: std::collections::BTreeMap<String, String>,
+}
+
+impl Identity {
+    /// Reads the identities of `cfg`'s source and PostgreSQL sinks (one short session each).
+    pub async fn of(cfg: &Pipeline) -> Result<Identity> {
+        let mut identity = Identity::default();
+        if !cfg.source_url.is_empty() {
+            let source = PgEndpoint::parse(&cfg.source_url, "source")?
+                .connect()
+                .await?;
+            identity.source = database_identity(&source).await?;
+        }
+        for sink in &cfg.sinks {
+            if let Some(target) = crate::targets::postgres(&**sink) {
+                let client = target.endpoint()?.connect().await?;
+                identity
+                    .targets
+                    .insert(sink.name().to_string(), database_identity(&client).await?);
+            }
+        }
+        Ok(identity)
+    }
+
+    /// What differs between a saved `self` and the databases `now`, for the operator; None
+    /// when they are the same.
+    pub fn differs_from(&self, now: &Identity) -> Option<String> {
+        if self.source != now.source {
+            return Some(format!(
+                "the source is another database now (it was {}, it is {})",
+                self.source, now.source
+            ));
+        }
+        for (sink, id) in &now.targets {
+            if self.targets.get(sink) != Some(id) {
+                return Some(format!(
+                    "sink {sink} is another database now (it was {}, it is {id})",
+                    self.targets.get(sink).map_or("unknown", String::as_str)
+                ));
+            }
+        }
+        None
+    }
 }
 
 /// Differing keys a saved check keeps per table.
 pub const SHOWN_KEYS: usize = 20;
 
 impl SavedCheck {
-    /// The saved check after `report`, carrying the last clean time over from `previous`.
+    /// The saved check after `report`, carrying the last clean time over from `previous` when
+    /// both describe the same databases.
     pub fn after(report: &Report, previous: Option<&SavedCheck>, now: u64) -> SavedCheck {
+        let previous = previous.filter(|p| p.identity.is_some() && p.identity == report.identity);
         let drift_keys = report
             .tables
             .iter()
@@ -279,6 +344,7 @@ impl SavedCheck {
             } else {
                 previous.and_then(|p| p.clean_from)
             },
+            identity: report.identity.clone(),
         }
     }
 
@@ -293,9 +359,34 @@ impl SavedCheck {
         Ok(saved)
     }
 
-    /// Reads the saved check; `None` when there is none (or it cannot be read).
+    /// Reads the saved check; `None` when there is none (or it cannot be read). What it
+    /// describes is not compared: see [`SavedCheck::load_for`].
     pub fn load(path: &std::path::Path) -> Option<SavedCheck> {
         serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// Reads the saved check if it describes the databases `now`: `Ok(None)` when there is
+    /// none, `Err(why)` when it describes others (or does not say which).
+    pub fn load_for(
+        path: &std::path::Path,
+        now: &Identity,
+    ) -> std::result::Result<Option<SavedCheck>, String> {
+        let Some(check) = SavedCheck::load(path) else {
+            return Ok(None);
+        };
+        match &check.identity {
+            None => Err(format!(
+                "the saved check {} does not say which databases it describes (saved by an older cutover)",
+                path.display()
+            )),
+            Some(saved) => match saved.differs_from(now) {
+                Some(why) => Err(format!(
+                    "the saved check {} describes other databases: {why}",
+                    path.display()
+                )),
+                None => Ok(Some(check)),
+            },
+        }
     }
 
     /// Writes the check atomically (a temporary file renamed over the old one).
@@ -321,6 +412,13 @@ pub async fn verify(
         ))
         .with_hint("set [source] url to the original PostgreSQL database the topics were captured from, and tables to the tables to compare"));
     }
+    let identity = match Identity::of(cfg).await {
+        Ok(identity) => Some(identity),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read which databases this check compares: it will not count for the switch");
+            None
+        }
+    };
     let source = runtime::connect_source(cfg).await?;
     let source_lsn_at_start = source.current_wal_lsn().await.ok();
     let tables = select_tables(&source, &opts.tables)?;
@@ -373,6 +471,7 @@ pub async fn verify(
         pipeline_running: running,
         elapsed_ms: started.elapsed().as_millis() as u64,
         tables: reports,
+        identity,
     })
 }
 

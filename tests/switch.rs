@@ -512,3 +512,83 @@ async fn a_change_the_target_lost_is_found_by_the_final_check_and_the_switch_und
     assert!(!out.contains("a switch is in progress"), "{out}");
     stop(&env, run).await;
 }
+
+/// A migration tried again with the same pipeline file: switch, rollback, stop, `teardown
+/// --target-state`, then the target database built again. Nothing saved of the first attempt
+/// is taken for the second: the way back's checkpoints on the source, the saved checks and the
+/// switch record are gone; a saved check of the first databases (put back by hand) keeps the
+/// gate closed until these databases are checked; a second switch and rollback keep every
+/// write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_tried_again_on_a_rebuilt_target_trusts_nothing_saved_before() {
+    let env = Env::new("switch_again").await;
+    pgbench_init(&env).await;
+    let path = pipeline(&env, None);
+    let p = path.to_str().unwrap();
+    let report = env
+        .dir
+        .join(".cutover-state")
+        .join(format!("{}-verify.json", env.name));
+    let mut earlier_check = None;
+    for attempt in 1..=2 {
+        let run = start_streaming(&env, &path).await;
+        if attempt == 2 {
+            // The check of the first attempt's databases, as a stale file would keep it.
+            std::fs::write(&report, earlier_check.as_ref().unwrap()).unwrap();
+            let (code, out, err) = cutover(&["status", p]);
+            assert_eq!(code, 3, "{out}\n{err}");
+            assert!(
+                out.contains("FAIL  last verify: the saved check")
+                    && out
+                        .contains("describes other databases: sink target is another database now"),
+                "{out}"
+            );
+        }
+        verify_and_ready(p);
+        earlier_check = Some(std::fs::read(&report).unwrap());
+        let (code, out, err) = cutover(&["switch", p]);
+        assert_eq!(code, 0, "attempt {attempt}, switch:\n{out}\n{err}");
+        // The application writes to the new primary; the reverse stream carries it back.
+        env.target()
+            .await
+            .batch_execute("UPDATE pgbench_branches SET bbalance = bbalance + 1")
+            .await
+            .unwrap();
+        wait_equal(&env).await;
+        verify_and_ready(p);
+        let (code, out, err) = cutover(&["rollback", p]);
+        assert_eq!(code, 0, "attempt {attempt}, rollback:\n{out}\n{err}");
+        env.on_source("UPDATE pgbench_tellers SET tbalance = tbalance + 1")
+            .await;
+        wait_equal(&env).await;
+        stop(&env, run).await;
+        if attempt == 2 {
+            break;
+        }
+        let (code, out, err) = cutover(&["teardown", "--target-state", p]);
+        assert_eq!(code, 0, "teardown:\n{out}\n{err}");
+        let reverse: i64 = env
+            .source()
+            .await
+            .query_one(
+                "SELECT count(*) FROM cutover.checkpoints WHERE pipeline = $1",
+                &[&format!("{}_reverse", env.name)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(reverse, 0, "the way back's checkpoints are left:\n{out}");
+        assert!(!report.exists(), "the saved check is left:\n{out}");
+        assert!(out.contains("switch record: removed"), "{out}");
+        // The target built again under the same name.
+        let admin = common::connect(&common::url(env.services.target_port, "postgres")).await;
+        for sql in ["DROP DATABASE {0} WITH (FORCE)", "CREATE DATABASE {0}"] {
+            admin
+                .batch_execute(&sql.replace("{0}", &env.name))
+                .await
+                .unwrap();
+        }
+    }
+    let (_, out, _) = cutover(&["status", p]);
+    assert!(out.contains("epoch 2"), "{out}");
+}

@@ -71,8 +71,10 @@ pub struct Operator {
     pub changed: super::changed::ChangedKeys,
     /// A journal of them to write once the reader is past a position.
     pub write_changed: Option<(Lsn, PathBuf)>,
-    /// The saved consistency check, read now and then to forget the keys a clean one covers.
+    /// The saved consistency check, read now and then to forget the keys a clean one covers,
+    /// and the databases this run streams between (a check of others is not taken).
     pub report_path: Option<PathBuf>,
+    pub identity: Option<crate::verify::Identity>,
     /// Rate limits an operator set while running, by sink: they replace the file's until the
     /// process ends (a retried run keeps them).
     pub rates: std::collections::HashMap<String, crate::config::RateLimits>,
@@ -92,10 +94,17 @@ impl Operator {
     }
 
     /// Tracks at most `max_keys` changed keys for the switch's final check, forgetting those a
-    /// clean check saved at `report_path` covers.
-    pub fn tracking(mut self, max_keys: usize, report_path: PathBuf) -> Self {
+    /// clean check of the databases `identity` saved at `report_path` covers (None: the
+    /// databases are unknown, nothing is forgotten).
+    pub fn tracking(
+        mut self,
+        max_keys: usize,
+        report_path: PathBuf,
+        identity: Option<crate::verify::Identity>,
+    ) -> Self {
         self.changed = super::changed::ChangedKeys::new(max_keys);
         self.report_path = Some(report_path);
+        self.identity = identity;
         self
     }
 }

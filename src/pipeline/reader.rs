@@ -472,7 +472,13 @@ impl Reader<'_> {
         else {
             return;
         };
-        if let Some(from) = crate::verify::SavedCheck::load(path).and_then(|c| c.clean_from) {
+        let Some(identity) = &self.operator.identity else {
+            return;
+        };
+        let saved = crate::verify::SavedCheck::load_for(path, identity)
+            .ok()
+            .flatten();
+        if let Some(from) = saved.and_then(|c| c.clean_from) {
             self.operator.changed.prune(Lsn(from), read);
         }
     }

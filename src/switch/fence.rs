@@ -42,8 +42,10 @@ $fence$";
 /// one of them, possibly the fence's, after `deadlock_timeout`).
 const DEADLOCK_TRIES: u32 = 10;
 
-/// Fences `tables` (idempotent) and returns the WAL position after the fence's commit. A lock
-/// held longer than `lock_timeout_ms` by another transaction is an error naming the table.
+/// Fences `tables` (idempotent) and returns the WAL position after the fence's commit, which
+/// is flushed (`synchronous_commit = on` for it): every application commit before the fence
+/// lies at or before that position. A lock held longer than `lock_timeout_ms` by another
+/// transaction is an error naming the table.
 ///
 /// The tables are locked first, all in one statement, in `SHARE ROW EXCLUSIVE` mode (what
 /// creating a trigger takes; reads go on), so the fence never waits holding some tables while
@@ -60,7 +62,12 @@ pub async fn install(
         .map_err(|e| sql_error(e, "cannot read the server version"))?
         .get(0);
     let caps = cutover_postgres::version::Capabilities::new(version.max(0) as u32);
-    let mut sql = format!("BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}; {FUNCTION};");
+    // The fence commits synchronously whatever the server's default: its commit flushes the
+    // WAL through every application commit before it, so the position read after it covers
+    // them (with synchronous_commit = off they could lie past the written position).
+    let mut sql = format!(
+        "BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}; SET LOCAL synchronous_commit = on; {FUNCTION};"
+    );
     if !tables.is_empty() {
         let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
         sql.push_str(&format!(
@@ -107,7 +114,7 @@ pub async fn install(
             return Err(ConnectorError::fatal(format!(
                 "cannot fence the old primary's tables: a transaction held a lock on one of them for more than {lock_timeout_ms} ms"
             ))
-            .with_hint("find it in pg_stat_activity (state 'idle in transaction' or a long write), end it, and switch again; or raise cutover.fence_lock_timeout_ms"));
+            .with_hint("find it in pg_stat_activity (state 'idle in transaction' or a long write) or in pg_prepared_xacts (a prepared transaction holds its locks until COMMIT PREPARED or ROLLBACK PREPARED), end it, and switch again; or raise cutover.fence_lock_timeout_ms"));
         }
         return Err(sql_error(e, "cannot fence the tables"));
     }

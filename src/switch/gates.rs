@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{pgbouncer, pipeline_for, primary_target, Record, Step};
 use crate::config::Pipeline;
 use crate::pipeline as runtime;
-use crate::verify::SavedCheck;
+use crate::verify::{Identity, SavedCheck};
 
 /// One gate.
 #[derive(Debug, Clone, Serialize)]
@@ -197,21 +197,27 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
     ));
 
     // The last consistency check.
-    let check = SavedCheck::load(&cur.verify.report_path);
+    let check = match Identity::of(&cur).await {
+        Ok(now) => SavedCheck::load_for(&cur.verify.report_path, &now),
+        Err(e) => Err(format!(
+            "cannot read which databases the pipeline has now: {e}"
+        )),
+    };
     let (ok, value) = match &check {
-        None => (false, "no check saved".to_string()),
-        Some(c) if c.drift_rows > 0 => (
+        Err(why) => (false, format!("{why}: run a check of these databases")),
+        Ok(None) => (false, "no check saved".to_string()),
+        Ok(Some(c)) if c.drift_rows > 0 => (
             false,
             format!("DRIFT: {} rows at the last check", c.drift_rows),
         ),
-        Some(c) if c.last_clean_at != Some(c.checked_at) => (
+        Ok(Some(c)) if c.last_clean_at != Some(c.checked_at) => (
             false,
             format!(
                 "the last check was not clean ({} rows in flight)",
                 c.in_flight_rows
             ),
         ),
-        Some(c) => {
+        Ok(Some(c)) => {
             let age = now_secs().saturating_sub(c.checked_at);
             (
                 age <= settings.verify_max_age_s,
@@ -300,7 +306,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
             "check [cutover.pgbouncer]",
         ));
     }
-    let verify_elapsed_ms = check.and_then(|c| c.elapsed_ms);
+    let verify_elapsed_ms = check.ok().flatten().and_then(|c| c.elapsed_ms);
     Ok(Readiness {
         ready: gates.iter().all(|g| g.ok),
         gates,

@@ -224,6 +224,11 @@ impl Store {
             return Ok(None);
         };
         let client = target.endpoint()?.connect().await?;
+        // Each save is durable when it returns, whatever the server's default.
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(|e| sql_error(e, "cannot set synchronous_commit for the switch state"))?;
         Ok(Some(Store {
             client,
             pipeline: cfg.name.clone(),
@@ -306,6 +311,29 @@ impl Store {
             .await
             .map_err(|e| sql_error(e, "cannot announce the switch state on the target"))?;
         Ok(())
+    }
+
+    /// Deletes the pipeline's record (`cutover teardown --target-state`): the next run is the
+    /// first epoch again. Returns whether there was one.
+    pub async fn forget(&self) -> Result<bool> {
+        let exists: bool = self
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&STATE_TABLE])
+            .await
+            .map_err(|e| sql_error(e, "cannot read the switch state on the target"))?
+            .get(0);
+        if !exists {
+            return Ok(false);
+        }
+        let deleted = self
+            .client
+            .execute(
+                "DELETE FROM cutover.switch_state WHERE pipeline = $1",
+                &[&self.pipeline],
+            )
+            .await
+            .map_err(|e| sql_error(e, "cannot delete the switch state on the target"))?;
+        Ok(deleted > 0)
     }
 
     /// A session on the primary target that hears each save of any pipeline's record (the

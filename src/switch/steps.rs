@@ -294,7 +294,10 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
     let settings = &cfg.cutover;
     loop {
         crash_point(&format!("switch_{}", rec.step.as_str()));
-        let step = rec.step;
+        // The step changes a draft of the record, which replaces the record only once saved:
+        // a step that fails (or a save that does) leaves the record as it was for the undo.
+        let mut draft = rec.clone();
+        let step = draft.step;
         let began = Instant::now();
         let next = match step {
             Step::Idle => return Ok(()),
@@ -312,6 +315,9 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                 Step::Fencing
             }
             Step::Fencing => {
+                // Changed keys a pipeline wrote before this switch (an earlier switch, databases
+                // since built again) must not pass for this fence's.
+                forget_file(&Journal::path(&sides.before.verify.report_path))?;
                 let at = fence::install(
                     &old,
                     &cfg.name,
@@ -319,11 +325,11 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                     settings.fence_lock_timeout_ms,
                 )
                 .await?;
-                rec.fence_lsn = Some(at);
+                draft.fence_lsn = Some(at);
                 Step::Draining
             }
             Step::Draining => {
-                let at = rec.fence_lsn.unwrap_or(Lsn::ZERO);
+                let at = draft.fence_lsn.unwrap_or(Lsn::ZERO);
                 drain(
                     &sides.before,
                     at,
@@ -333,7 +339,7 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                 Step::Verifying
             }
             Step::Verifying => {
-                let at = rec.fence_lsn.unwrap_or(Lsn::ZERO);
+                let at = draft.fence_lsn.unwrap_or(Lsn::ZERO);
                 let summary = final_verify(&sides.before, at, settings.final_verify).await?;
                 say!("  final check: {summary}");
                 Step::Sequences
@@ -344,34 +350,35 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
             }
             Step::ReverseSlot => {
                 let start = create_slot(&sides.after).await?;
-                rec.next_start = Some(start);
-                // The point of no return: the next epoch is recorded.
-                rec.epoch += 1;
-                rec.direction = rec.direction.other();
-                rec.epoch_start = Some(start);
                 // A check saved in an earlier epoch of the next direction says nothing of it:
                 // the way back needs a check made after this switch.
-                forget_check(&sides.after.verify.report_path)?;
+                forget_file(&sides.after.verify.report_path)?;
+                draft.next_start = Some(start);
+                // The point of no return: the next epoch is recorded.
+                draft.epoch += 1;
+                draft.direction = draft.direction.other();
+                draft.epoch_start = Some(start);
                 Step::Moving
             }
             Step::Moving => {
                 fence::remove(&new, &sides.tables).await?;
-                move_traffic(cfg, bouncer.as_ref(), &sides.new, rec.direction).await?;
+                move_traffic(cfg, bouncer.as_ref(), &sides.new, draft.direction).await?;
                 Step::Idle
             }
         };
         let ms = began.elapsed().as_millis() as u64;
         tracing::info!(step = step.as_str(), ms, "switch step done");
         say!("  {:<13} {ms:>6} ms", step.as_str());
-        rec.log.push(StepTime {
+        draft.log.push(StepTime {
             step: step.as_str().into(),
             ms,
         });
-        rec.step = next;
+        draft.step = next;
         if next == Step::Idle {
-            rec.next_start = None;
+            draft.next_start = None;
         }
-        store.save(rec).await?;
+        store.save(&draft).await?;
+        *rec = draft;
         if next == Step::Idle {
             // Not part of the switch's time: the old slot goes once `cutover run` lets it go.
             let wait = Duration::from_secs(30);
@@ -390,13 +397,14 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
     }
 }
 
-/// Removes the consistency check saved at `path`, if any.
-fn forget_check(path: &std::path::Path) -> Result<()> {
+/// Removes a file of saved state (a check, changed keys), if there is one.
+pub fn forget_file(path: &std::path::Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ConnectorError::fatal(format!(
-            "cannot remove the saved consistency check {}: {e}",
+            "cannot remove {}: {e}",
             path.display()
-        ))),
+        ))
+        .with_hint("remove it by hand (it is cutover's own state), then try again")),
         _ => Ok(()),
     }
 }
@@ -506,7 +514,18 @@ async fn final_verify(before: &Pipeline, fence: Lsn, how: FinalVerify) -> Result
 /// began at; None (every row is compared) when either is missing.
 async fn changed_keys(before: &Pipeline, fence: Lsn) -> Option<(Arc<Journal>, Lsn)> {
     let report = &before.verify.report_path;
-    let Some(clean_from) = verify::SavedCheck::load(report).and_then(|c| c.clean_from) else {
+    let saved = match verify::Identity::of(before).await {
+        Ok(now) => verify::SavedCheck::load_for(report, &now),
+        Err(e) => Err(e.to_string()),
+    };
+    let clean_from = match saved {
+        Ok(check) => check.and_then(|c| c.clean_from),
+        Err(why) => {
+            tracing::warn!(%why, "the final check compares every row");
+            None
+        }
+    };
+    let Some(clean_from) = clean_from else {
         tracing::info!(
             "no clean check with its start position saved: the final check compares every row"
         );
@@ -640,11 +659,13 @@ async fn move_traffic(
 /// Undoes a switch before its point of no return: PgBouncer resumed, the old primary
 /// unfenced, the next direction's slot and publication dropped. The new primary stays fenced.
 async fn undo(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Sides) -> Result<()> {
+    // The old primary takes writes again before PgBouncer lets the held clients through: in
+    // the other order their first statements would meet the fence.
+    let old: Client = sides.old.connect().await?;
+    fence::remove(&old, &sides.tables).await?;
     if let Some(p) = &cfg.cutover.pgbouncer {
         pgbouncer::Console::connect(p).await?.resume().await?;
     }
-    let old: Client = sides.old.connect().await?;
-    fence::remove(&old, &sides.tables).await?;
     drop_slot_and_publication(
         &sides.new,
         &sides.after.slot,

@@ -164,6 +164,21 @@ impl PgEndpoint {
     }
 }
 
+/// Which database a session is connected to, as `system_identifier/database OID`: a cluster
+/// built again (its WAL positions start over) or a database dropped and created again gets
+/// another. Saved state that holds positions or results of one database is bound to it.
+pub async fn database_identity(client: &Client) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' ||
+                    (SELECT oid FROM pg_database WHERE datname = current_database())::text",
+            &[],
+        )
+        .await
+        .map_err(|e| classify(e, "cannot read the database's identity (pg_control_system)"))?;
+    Ok(row.get(0))
+}
+
 /// How a session that applies replicated rows runs, as native logical replication's apply
 /// worker does: user triggers and foreign-key checks do not fire for the rows it writes
 /// (triggers marked `ENABLE REPLICA` or `ENABLE ALWAYS` still do).

@@ -138,6 +138,22 @@ impl PgTls {
                 _ => key = Some(PathBuf::from(v)),
             }
         }
+        // As libpq: the system's store trusts any publicly signed certificate, so only the
+        // host name check makes it safe; sslrootcert=system means verify-full, and a weaker
+        // mode with it is refused.
+        if matches!(roots, Some(Roots::System)) {
+            match mode {
+                None => mode = Some(SslMode::VerifyFull),
+                Some(SslMode::VerifyFull) => {}
+                Some(weaker) => {
+                    return Err(ConnectorError::fatal(format!(
+                        "the {role} connection string has sslrootcert=system with sslmode={}: any publicly trusted certificate for any host name would pass",
+                        weaker.as_str()
+                    ))
+                    .with_hint("use sslmode=verify-full with sslrootcert=system (or leave sslmode out), or give sslrootcert=/path/to/ca.pem of your own CA"));
+                }
+            }
+        }
         let mut mode = mode.unwrap_or_default();
         if mode == SslMode::Require && roots.is_some() {
             mode = SslMode::VerifyCa;
@@ -630,6 +646,22 @@ mod tests {
                 ("sslrootcert".to_string(), "/x/ca.pem".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn the_system_store_is_taken_only_with_host_names_checked() {
+        for weaker in ["require", "verify-ca", "prefer"] {
+            let e = PgTls::split(
+                &format!("postgres://h/db?sslmode={weaker}&sslrootcert=system"),
+                "source",
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("sslrootcert=system with sslmode")
+                    && e.to_string().contains("verify-full"),
+                "{weaker}: {e}"
+            );
+        }
     }
 
     #[test]
