@@ -592,3 +592,42 @@ async fn a_migration_tried_again_on_a_rebuilt_target_trusts_nothing_saved_before
     let (_, out, _) = cutover(&["status", p]);
     assert!(out.contains("epoch 2"), "{out}");
 }
+
+/// A step that fails after its own work leaves the record as it was, so the undo returns the
+/// pipeline to the direction it had: here the way back's saved check cannot be removed when
+/// the next epoch is about to be recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_fails_leaves_the_record_as_it_was() {
+    let env = Env::new("switch_step_fails").await;
+    pgbench_init(&env).await;
+    let path = pipeline(&env, None);
+    let p = path.to_str().unwrap();
+    let run = start_streaming(&env, &path).await;
+    verify_and_ready(p);
+    let blocker = env
+        .dir
+        .join(".cutover-state")
+        .join(format!("{}-verify.json.reverse", env.name));
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    let (code, out, err) = cutover(&["switch", p]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("failed and was undone") && err.contains("json.reverse"),
+        "{err}"
+    );
+    let (_, out, _) = cutover(&["status", "--format", "json", p]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (doc["epoch"].as_i64(), doc["switch_step"].as_str()),
+        (Some(0), Some("idle")),
+        "{out}"
+    );
+    assert_eq!(doc["direction"], serde_json::json!("forward"), "{out}");
+    assert_writes_go_to(&env, true, "after the undone switch").await;
+    std::fs::remove_dir_all(&blocker).unwrap();
+    // The pipeline still streams the way it did.
+    env.on_source("UPDATE pgbench_branches SET bbalance = bbalance + 3")
+        .await;
+    wait_equal(&env).await;
+    stop(&env, run).await;
+}
