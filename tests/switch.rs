@@ -184,11 +184,16 @@ async fn drop_slots(env: &Env) {
 
 /// The switch under pgbench through PgBouncer, then the rollback: no client transaction fails,
 /// pgbench goes on against the new primary, the old one refuses application writes and stays
-/// an exact copy through the reverse stream; after the rollback the same the other way.
+/// an exact copy through the reverse stream; after the rollback the same the other way. Both
+/// databases commit asynchronously (`synchronous_commit = off`, as at high write rates): the
+/// last commits before the fence are in WAL not yet written when it is installed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
     let env = Env::new("switch").await;
     pgbench_init(&env).await;
+    let asynchronous = format!("ALTER DATABASE {} SET synchronous_commit = off", env.name);
+    env.on_source(&asynchronous).await;
+    env.target().await.batch_execute(&asynchronous).await.unwrap();
     let bouncer = Bouncer::start(&env.dir, "app", env.services.source_port, &env.name);
     let path = pipeline(&env, Some(&bouncer));
     let p = path.to_str().unwrap();
