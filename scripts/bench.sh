@@ -658,8 +658,8 @@ partitions = 6"
         for w in 1 2 3; do
             tgt -d postgres -c "DROP DATABASE IF EXISTS ${db}_w$w" -c "CREATE DATABASE ${db}_w$w"
             tgt -d "${db}_w$w" -c "$TABLE_DDL"
-            printf 'name = "kap%s_w%s"\n[source]\nkind = "kafka"\nbrokers = "%s"\ntopics = ["kcap%s.public.t"]\nproperties = { "session.timeout.ms" = "6000" }\n[[sink]]\nkind = "postgres"\nname = "target"\nurl = "postgres://postgres@127.0.0.1:%s/%s_w%s"\n' \
-                "$r" "$w" "$CUTOVER_TEST_KAFKA_BROKERS" "$tag$r" "$CUTOVER_TARGET_PORT" "$db" "$w" > "$WORK/kap$r-w$w.toml"
+            printf 'name = "kap%s%s_w%s"\n[source]\nkind = "kafka"\nbrokers = "%s"\ntopics = ["kcap%s.public.t"]\nproperties = { "session.timeout.ms" = "6000" }\n[[sink]]\nkind = "postgres"\nname = "target"\nurl = "postgres://postgres@127.0.0.1:%s/%s_w%s"\n' \
+                "$tag" "$r" "$w" "$CUTOVER_TEST_KAFKA_BROKERS" "$tag$r" "$CUTOVER_TARGET_PORT" "$db" "$w" > "$WORK/kap$r-w$w.toml"
             local pids=() k
             t0=$(now)
             for k in $(seq 1 "$w"); do

@@ -890,6 +890,24 @@ async fn check(path: &std::path::Path) -> Outcome {
             }
         }
     }
+    // What `cutover run` refuses at start: progress saved in a sink while the slot is gone
+    // (changes since may be missing from it, and no slot can give them again).
+    if !source.slot_exists().await.map_err(explain)? {
+        for sink in &cfg.sinks {
+            let Ok(state) = sink.saved_state(&ctx).await else {
+                continue; // an unreachable sink was reported above
+            };
+            if state.checkpoint.is_some() || !state.copied_tables.is_empty() {
+                failed += 1;
+                say!(
+                    "  FAIL  sink {}: holds progress from an earlier run, and replication slot {} does not exist on the source: changes made since that run may be missing from it",
+                    sink.name(),
+                    cfg.slot
+                );
+                say!("        fix: run `cutover recover {}` (every table is copied again into the targets, replacing the rows on PostgreSQL targets), or `cutover teardown --target-state {}` to start over", path.display(), path.display());
+            }
+        }
+    }
     if failed == 0 {
         say!("ready: `cutover run {}` can start", path.display());
         Ok(ExitCode::SUCCESS)

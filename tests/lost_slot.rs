@@ -133,3 +133,29 @@ async fn a_lost_slot_is_refused_clearly_and_recover_copies_the_targets_equal_aga
     assert!(err.contains("is healthy"), "{err}");
     env.drop_slot().await;
 }
+
+/// A slot dropped by hand while the targets keep their progress: `cutover check` fails, as
+/// `cutover run` would refuse to start, naming the sink and both ways out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_for_a_dropped_slot_while_a_target_holds_progress() {
+    let env = Env::new("dropped_slot").await;
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')")
+        .await;
+    let path = env.pipeline("[\"public.t\"]", "");
+    let file = path.to_str().unwrap();
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    let (code, out, _) = cutover(&["check", file]);
+    assert_eq!(code, 0, "{out}");
+    env.drop_slot().await;
+    let (code, out, _) = cutover(&["check", file]);
+    assert_ne!(code, 0, "check passed a dropped slot:\n{out}");
+    assert!(
+        out.contains("FAIL  sink target: holds progress from an earlier run")
+            && out.contains("cutover recover")
+            && out.contains("teardown --target-state"),
+        "{out}"
+    );
+}
