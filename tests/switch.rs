@@ -193,7 +193,11 @@ async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
     pgbench_init(&env).await;
     let asynchronous = format!("ALTER DATABASE {} SET synchronous_commit = off", env.name);
     env.on_source(&asynchronous).await;
-    env.target().await.batch_execute(&asynchronous).await.unwrap();
+    env.target()
+        .await
+        .batch_execute(&asynchronous)
+        .await
+        .unwrap();
     let bouncer = Bouncer::start(&env.dir, "app", env.services.source_port, &env.name);
     let path = pipeline(&env, Some(&bouncer));
     let p = path.to_str().unwrap();

@@ -235,15 +235,19 @@ impl Store {
         }))
     }
 
-    /// The pipeline's record (the initial one when no switch was ever made).
-    pub async fn load(&self) -> Result<Record> {
-        let exists: bool = self
+    /// Whether the target has the switch state table (no switch was ever recorded there).
+    async fn has_table(&self) -> Result<bool> {
+        Ok(self
             .client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&STATE_TABLE])
             .await
             .map_err(|e| sql_error(e, "cannot read the switch state on the target"))?
-            .get(0);
-        if !exists {
+            .get(0))
+    }
+
+    /// The pipeline's record (the initial one when no switch was ever made).
+    pub async fn load(&self) -> Result<Record> {
+        if !self.has_table().await? {
             return Ok(Record::initial());
         }
         let row = self
@@ -316,13 +320,7 @@ impl Store {
     /// Deletes the pipeline's record (`cutover teardown --target-state`): the next run is the
     /// first epoch again. Returns whether there was one.
     pub async fn forget(&self) -> Result<bool> {
-        let exists: bool = self
-            .client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&STATE_TABLE])
-            .await
-            .map_err(|e| sql_error(e, "cannot read the switch state on the target"))?
-            .get(0);
-        if !exists {
+        if !self.has_table().await? {
             return Ok(false);
         }
         let deleted = self
