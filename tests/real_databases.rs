@@ -171,7 +171,7 @@ async fn migrate(env: &Env) {
     let table_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let path = env.pipeline(
         "[\"public.*\"]",
-        "[cutover]\nmax_lag_s = 30\nverify_max_age_s = 600\n",
+        "[cutover]\nmax_lag_s = 30\nmax_lag_bytes = \"1 GiB\"\nverify_max_age_s = 600\n",
     );
     let p = path.to_str().unwrap();
     let (code, out, err) = cutover(&["check", p]);
