@@ -63,6 +63,8 @@ SNAPSHOT_PGCOPYDB_JOBS=${SNAPSHOT_PGCOPYDB_JOBS:-4}
 SNAPSHOT_SPLIT_SIZE=${SNAPSHOT_SPLIT_SIZE:-100MB}
 APPLY_TXNS=${APPLY_TXNS:-1200}
 MESSAGE_CHANGES=${MESSAGE_CHANGES:-1000000}
+# kafka_apply runs the apply workers in these counts ("" for the direct slot apply alone).
+KAFKA_APPLY_WORKERS=${KAFKA_APPLY_WORKERS-1 2 3}
 export CUTOVER_SERVICES_DIR=${CUTOVER_SERVICES_DIR:-/tmp/cutover-bench-services}
 export CUTOVER_FSYNC=on
 export CUTOVER_SHARED_BUFFERS=512MB
@@ -600,7 +602,7 @@ subject = \"fan.{schema}.{table}\""
 
 # kafka_apply  KAFKA_APPLY_CHANGES (default 1M) changes (transactions of 4000 inserts and 1000
 #           updates) captured by cutover's Kafka sink into a topic of 6 partitions, then applied
-#           to an empty PostgreSQL target by 1, 2 and 3 `cutover apply` workers of one consumer
+#           to an empty PostgreSQL target by 1, 2 and 3 (KAFKA_APPLY_WORKERS) `cutover apply` workers of one consumer
 #           group, against `cutover run` applying the same changes straight from a slot of its
 #           own (the direct apply); time until the target's row count and sum(a) equal the
 #           source's, and the CPU cutover used per change.
@@ -655,7 +657,7 @@ partitions = 6"
         kill -TERM $pid; wait $pid
         local line="   round $r: direct ${direct_times[-1]} s (${direct_cpu[-1]} s CPU)"
         metric kafka_apply_direct_s "${direct_times[-1]}"
-        for w in 1 2 3; do
+        for w in $KAFKA_APPLY_WORKERS; do
             tgt -d postgres -c "DROP DATABASE IF EXISTS ${db}_w$w" -c "CREATE DATABASE ${db}_w$w"
             tgt -d "${db}_w$w" -c "$TABLE_DDL"
             printf 'name = "kap%s%s_w%s"\n[source]\nkind = "kafka"\nbrokers = "%s"\ntopics = ["kcap%s.public.t"]\nproperties = { "session.timeout.ms" = "6000" }\n[[sink]]\nkind = "postgres"\nname = "target"\nurl = "postgres://postgres@127.0.0.1:%s/%s_w%s"\n' \
@@ -682,7 +684,7 @@ partitions = 6"
     done
     local dm dc; dm=$(median "${direct_times[@]}"); dc=$(median "${direct_cpu[@]}")
     echo "   median: direct slot apply $dm s ($(python3 -c "print(int($changes/$dm))") changes/s, $(python3 -c "print('%.1f' % ($dc * 1e6 / $changes))") us CPU/change in cutover)"
-    for w in 1 2 3; do
+    for w in $KAFKA_APPLY_WORKERS; do
         local am cm
         # shellcheck disable=SC2086
         am=$(median ${apply_times[$w]}); cm=$(median ${apply_cpu[$w]})

@@ -166,16 +166,29 @@ impl PgEndpoint {
 
 /// Which database a session is connected to, as `system_identifier/database OID`: a cluster
 /// built again (its WAL positions start over) or a database dropped and created again gets
-/// another. Saved state that holds positions or results of one database is bound to it.
+/// another. Saved state that holds positions or results of one database is bound to it. Where
+/// the role may not read `pg_control_system()` (some managed services), the server's start time
+/// stands in for the system identifier: a restart then also counts as another database, which
+/// costs a new check, never a wrong one.
 pub async fn database_identity(client: &Client) -> Result<String> {
-    let row = client
-        .query_one(
-            "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' ||
-                    (SELECT oid FROM pg_database WHERE datname = current_database())::text",
-            &[],
-        )
-        .await
-        .map_err(|e| classify(e, "cannot read the database's identity (pg_control_system)"))?;
+    const OID: &str = "(SELECT oid FROM pg_database WHERE datname = current_database())::text";
+    let by_system =
+        format!("SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || {OID}");
+    let row = match client.query_one(&by_system, &[]).await {
+        Ok(row) => row,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            client
+                .query_one(
+                    &format!(
+                        "SELECT 'started ' || pg_postmaster_start_time()::text || '/' || {OID}"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| classify(e, "cannot read the database's identity"))?
+        }
+        Err(e) => return Err(classify(e, "cannot read the database's identity")),
+    };
     Ok(row.get(0))
 }
 
