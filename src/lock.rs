@@ -86,11 +86,49 @@ impl PipelineLock {
                 .map_err(|e| format!("cannot take the pipeline's lock on the source: {e}"))?
                 .get(0);
             if !got {
-                let holder = holder(&self.client, *hold, &self.slot).await;
-                return Err(refusal(command, *hold, &self.slot, holder));
+                self.wait_out_a_dead_holder(command, *hold).await?;
             }
         }
         Ok(())
+    }
+
+    /// The lock is held. A process of this host that has ended (killed, crashed) still holds
+    /// it for as long as its session takes to notice: on a busy machine a restart can be
+    /// quicker than that. So while the holder's label names this host and a process that is
+    /// gone, this waits (up to [`DEAD_HOLDER_GRACE`]) for the session to go; any other holder
+    /// is refused at once, with its name.
+    async fn wait_out_a_dead_holder(&self, command: &str, hold: Hold) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + DEAD_HOLDER_GRACE;
+        let mut said = false;
+        loop {
+            let holder = holder(&self.client, hold, &self.slot).await;
+            let dead = holder
+                .as_ref()
+                .and_then(|h| ended_here(&h.name, &this_host()))
+                .or(holder.is_none().then_some(0));
+            match dead {
+                Some(pid) if tokio::time::Instant::now() < deadline => {
+                    if !said && pid != 0 {
+                        tracing::info!(pid, "the pipeline's lock is held by a process of this host that has ended; waiting for its session to close");
+                        said = true;
+                    }
+                }
+                _ => return Err(refusal(command, hold, &self.slot, holder)),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let got: bool = self
+                .client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                    &[&hold.key(), &self.slot],
+                )
+                .await
+                .map_err(|e| format!("cannot take the pipeline's lock on the source: {e}"))?
+                .get(0);
+            if got {
+                return Ok(());
+            }
+        }
     }
 
     /// Keeps the locks for as long as the process runs: when the session is lost (the source
@@ -124,13 +162,41 @@ impl PipelineLock {
     }
 }
 
-/// The `application_name` of the lock's session: which command, host and process.
-fn label(command: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// How long a command waits for the session of a process of this host that has ended.
+const DEAD_HOLDER_GRACE: Duration = Duration::from_secs(15);
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into());
-    label_of(command, host.trim(), std::process::id())
+        .unwrap_or_else(|| "unknown".into())
+        .trim()
+        .to_string()
+}
+
+/// The `application_name` of the lock's session: which command, host and process.
+fn label(command: &str) -> String {
+    label_of(command, &this_host(), std::process::id())
+}
+
+/// The pid a holder's label names, when the label is one of ours, names `host` (as
+/// [`label_of`] cuts it) and that process has ended here (no `/proc/PID`, or a zombie).
+/// `None` when the holder may be alive, or lives elsewhere, or this is not Linux.
+fn ended_here(label: &str, host: &str) -> Option<u32> {
+    let (head, pid) = label.rsplit_once(" pid ")?;
+    let pid: u32 = pid.parse().ok()?;
+    let (_, named) = head.strip_prefix("cutover ")?.split_once(" on ")?;
+    if named.is_empty() || !host.starts_with(named) || !std::path::Path::new("/proc/self").exists()
+    {
+        return None;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => Some(pid),
+        // The state follows the command's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().starts_with('Z').then_some(pid)),
+    }
 }
 
 /// `cutover COMMAND on HOST pid PID`, within the 63 bytes `application_name` holds: a long
@@ -257,6 +323,29 @@ mod tests {
         assert!(text.contains("one `cutover run` per pipeline"), "{text}");
         let text = refusal("teardown", Hold::Run, "cutover_shop", None);
         assert!(text.contains("stop `cutover run`"), "{text}");
+    }
+
+    #[test]
+    fn only_an_ended_process_of_this_host_is_waited_for() {
+        let host = this_host();
+        let me = std::process::id();
+        // Alive: this very process.
+        assert_eq!(ended_here(&label_of("run", &host, me), &host), None);
+        // Ended: a child that has been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(ended_here(&label_of("run", &host, pid), &host), Some(pid));
+        // Another host, or a session that is not ours: never waited for.
+        assert_eq!(
+            ended_here(&label_of("run", "elsewhere-db-9", pid), &host),
+            None
+        );
+        assert_eq!(ended_here("psql", &host), None);
+        assert_eq!(
+            ended_here(&format!("cutover run on  pid {pid}"), &host),
+            None
+        );
     }
 
     #[test]

@@ -205,6 +205,11 @@ fn copying(log: &str) -> bool {
             > log.matches("table copied into every sink").count()
 }
 
+/// A log's last line, cut to 300 characters.
+fn last_line(log: &str) -> String {
+    log.lines().last().unwrap_or("").chars().take(300).collect()
+}
+
 #[derive(Default)]
 struct Tally {
     events: BTreeMap<&'static str, u64>,
@@ -310,15 +315,7 @@ async fn chaos() {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(gap.clone()))).await;
         if let Ok(Some(status)) = run.try_status() {
             let log = run.log_text();
-            tally.exits.push(format!(
-                "{status}: {}",
-                log.lines()
-                    .last()
-                    .unwrap_or("")
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
-            ));
+            tally.exits.push(format!("{status}: {}", last_line(&log)));
             run = env.start(&path);
             continue;
         }
@@ -389,11 +386,30 @@ async fn chaos() {
     let _ = tokio::task::spawn_blocking(move || pgbench.join()).await;
     proxy.restore();
     state.free();
-    if let Ok(Some(_)) = run.try_status() {
-        run = env.start(&path);
-    }
     let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
-    env.wait_equal(&tables, Duration::from_secs(600)).await;
+    // As a supervisor would, a run that ended by itself is started again while cutover catches up.
+    let calm = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(Some(status)) = run.try_status() {
+            tally
+                .exits
+                .push(format!("{status} (calm): {}", last_line(&run.log_text())));
+            run = env.start(&path);
+        }
+        match env.until_equal(&tables, Duration::from_secs(10)).await {
+            Ok(()) => break,
+            Err(differs) if Instant::now() > calm => panic!(
+                "{differs}\nruns that ended by themselves:\n{}\nthe last run's log, its end:\n{}",
+                tally.exits.join("\n"),
+                {
+                    let log = run.log_text();
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(60)..].join("\n")
+                }
+            ),
+            Err(_) => {}
+        }
+    }
 
     // Independent comparisons.
     let mut wrong = 0usize;

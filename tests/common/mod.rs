@@ -237,32 +237,38 @@ impl Env {
 
     /// Waits until every listed table has the same full contents on both sides.
     pub async fn wait_equal(&self, tables: &[&str], timeout: Duration) {
+        if let Err(differs) = self.until_equal(tables, timeout).await {
+            panic!("{differs}");
+        }
+    }
+
+    /// Like [`Env::wait_equal`], returning the first difference left after `timeout`.
+    pub async fn until_equal(&self, tables: &[&str], timeout: Duration) -> Result<(), String> {
         let src = self.source().await;
         let tgt = self.target().await;
         let deadline = Instant::now() + timeout;
         loop {
-            let mut all = true;
+            let mut first = None;
             for t in tables {
                 let a = contents(&src, t).await;
                 let b = contents(&tgt, t).await;
                 if a != b {
-                    all = false;
-                    if Instant::now() > deadline {
-                        let missing: Vec<_> = a.iter().filter(|r| !b.contains(r)).take(3).collect();
-                        let extra: Vec<_> = b.iter().filter(|r| !a.contains(r)).take(3).collect();
-                        panic!(
-                            "{t} differs after {timeout:?}: source {} rows, target {} rows; \
-                             missing on target e.g. {missing:?}; extra on target e.g. {extra:?}",
-                            a.len(),
-                            b.len()
-                        );
-                    }
+                    let missing: Vec<_> = a.iter().filter(|r| !b.contains(r)).take(3).collect();
+                    let extra: Vec<_> = b.iter().filter(|r| !a.contains(r)).take(3).collect();
+                    first = Some(format!(
+                        "{t} differs after {timeout:?}: source {} rows, target {} rows; \
+                         missing on target e.g. {missing:?}; extra on target e.g. {extra:?}",
+                        a.len(),
+                        b.len()
+                    ));
+                    break;
                 }
             }
-            if all {
-                return;
+            match first {
+                None => return Ok(()),
+                Some(differs) if Instant::now() > deadline => return Err(differs),
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
