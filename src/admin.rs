@@ -16,8 +16,12 @@
 //! | `POST /api/rate?sink=NAME&changes_per_s=N&bytes_per_s=M` | a sink's rate limits until the process ends (absent or 0: none) |
 //! | `POST /api/resnapshot?table=SCHEMA.TABLE` | copy one table again into every sink beside the stream (`cutover resnapshot`) |
 //!
-//! Actions need `Authorization: Bearer TOKEN` with `[admin] token`; without a configured token
-//! they are refused. The report behind `/readyz`, `/api/status` and the gate metrics reads the
+//! Every request must name, in its `Host` header, an IP address, `localhost` or a name of
+//! `[admin] allowed_hosts` (else 403: a page cannot reach the server by DNS rebinding); its
+//! headers must arrive within `HEADER_READ_TIMEOUT` and its answer is cut at
+//! `REQUEST_TIMEOUT`; at most `MAX_CONNECTIONS` connections are served at once; request bodies
+//! are never read. Actions need `Authorization: Bearer TOKEN` with `[admin] token`; without a
+//! configured token they are refused. The report behind `/readyz`, `/api/status` and the gate metrics reads the
 //! source and every target, so it is refreshed in the background (every `REFRESH`), not per
 //! request; each answer says how old it is. Nothing served holds a secret: URLs are shown
 //! without passwords and every body passes through [`cutover_core::secrets::scrub`].
@@ -41,6 +45,18 @@ use crate::config::Pipeline;
 use crate::pipeline::{Command, Handle, Telemetry};
 use crate::report::StatusReport;
 use crate::status::{Phase, SinkProgress, Status};
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a request is worked on before it is answered 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a switch record read for `GET /api/switch` is served to the next requests.
+const SWITCH_FRESH: Duration = Duration::from_secs(1);
 
 /// How often the status report (gates, slot, saved state) is read again.
 const REFRESH: Duration = Duration::from_secs(10);
@@ -94,7 +110,16 @@ pub struct Admin {
     token: Option<String>,
     cached: Arc<RwLock<Option<Cached>>>,
     live: Arc<Mutex<Live>>,
+    /// Host names a request may be addressed to besides IP addresses and `localhost`.
+    allowed_hosts: Arc<Vec<String>>,
+    /// The switch record last read (or why it could not be), and when: requests within
+    /// [`SWITCH_FRESH`] share it, and one read runs at a time (a console per browser tab polls
+    /// it).
+    switch_read: SwitchRead,
 }
+
+type SwitchRead =
+    Arc<tokio::sync::Mutex<Option<(std::time::Instant, Result<serde_json::Value, String>)>>>;
 
 impl Admin {
     pub fn new(file: &Pipeline, telemetry: Telemetry, verify_now: Arc<Notify>) -> Self {
@@ -106,6 +131,8 @@ impl Admin {
             token: file.admin.token.clone(),
             cached: Arc::new(RwLock::new(None)),
             live: Arc::new(Mutex::new(Live::default())),
+            allowed_hosts: Arc::new(file.admin.allowed_hosts.clone()),
+            switch_read: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
@@ -141,9 +168,34 @@ impl Admin {
             .route("/api/verify", post(verify_now))
             .route("/api/rate", post(set_rate))
             .route("/api/resnapshot", post(resnapshot))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), guard))
             .with_state(self);
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "admin server stopped");
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = open.clone().try_acquire_owned() else {
+                tracing::debug!("admin server: {MAX_CONNECTIONS} connections open; one refused");
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "admin server: connection ended");
+                }
+                drop(slot);
+            });
         }
     }
 
@@ -319,7 +371,7 @@ pub async fn fetch_live(listen: SocketAddr) -> Option<serde_json::Value> {
     let ask = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         stream
-            .write_all(b"GET /api/live HTTP/1.1\r\nHost: cutover\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /api/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await
             .ok()?;
         let mut raw = Vec::new();
@@ -428,19 +480,89 @@ async fn live(State(admin): State<Admin>) -> Response {
     json(StatusCode::OK, &admin.live_doc())
 }
 
-/// The switch record, read from the primary target on each request (the console follows a
-/// switch's steps with it).
-async fn switch_record(State(admin): State<Admin>) -> Response {
-    match crate::switch::load(&admin.file).await {
-        Ok(rec) => json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "epoch": rec.epoch,
-                "direction": rec.direction,
-                "step": rec.step,
-                "log": rec.log,
-            }),
+/// What every request passes first: its `Host` must be one the server answers to (see the
+/// module's text), and its answer must come within [`REQUEST_TIMEOUT`].
+async fn guard(
+    State(admin): State<Admin>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    if let Some(host) = host {
+        if !host_allowed(&host, &admin.allowed_hosts) {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this server does not answer to the host {:?}. Fix: address it by IP or as localhost, or add the name to [admin] allowed_hosts\n",
+                    host.chars().take(100).collect::<String>()
+                ),
+            );
+        }
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no answer within {} s; try again\n",
+                REQUEST_TIMEOUT.as_secs()
+            ),
         ),
+    }
+}
+
+/// Whether a `Host` header (`name[:port]`) names an IP address, `localhost`, or one of
+/// `allowed` (lower-case names).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    if let Some(rest) = host.strip_prefix('[') {
+        // An IPv6 literal, with or without a port.
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host.as_str(),
+    };
+    let name = name.trim_end_matches('.');
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || allowed.iter().any(|a| a.trim_end_matches('.') == name)
+}
+
+/// The switch record, read from the primary target (the console follows a switch's steps
+/// with it): requests within [`SWITCH_FRESH`] of a read share it, one read at a time.
+async fn switch_record(State(admin): State<Admin>) -> Response {
+    let mut last = admin.switch_read.lock().await;
+    let fresh = last
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < SWITCH_FRESH)
+        .map(|(_, read)| read.clone());
+    let read = match fresh {
+        Some(read) => read,
+        None => {
+            let read = crate::switch::load(&admin.file)
+                .await
+                .map(|rec| {
+                    serde_json::json!({
+                        "epoch": rec.epoch,
+                        "direction": rec.direction,
+                        "step": rec.step,
+                        "log": rec.log,
+                    })
+                })
+                .map_err(|e| e.to_string());
+            *last = Some((std::time::Instant::now(), read.clone()));
+            read
+        }
+    };
+    drop(last);
+    match read {
+        Ok(doc) => json(StatusCode::OK, &doc),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }
@@ -604,7 +726,7 @@ pub async fn post_action(listen: SocketAddr, path: &str, token: &str) -> Result<
             .await
             .map_err(|e| format!("no cutover run answers at {addr} ({e}): start `cutover run` for this pipeline first"))?;
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: cutover\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream
             .write_all(request.as_bytes())
@@ -937,4 +1059,38 @@ pub fn render_metrics(
         );
     }
     m.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ip_addresses_localhost_and_named_hosts_are_answered() {
+        let allowed = vec!["cutover.internal".to_string()];
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9187",
+            "10.1.2.3:80",
+            "[::1]:9187",
+            "[::1]",
+            "localhost:9187",
+            "LOCALHOST",
+            "cutover.internal:9187",
+            "Cutover.Internal.",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok} refused");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:9187",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "[evil]:80",
+            "cutover.internal.evil.example",
+            "",
+        ] {
+            assert!(!host_allowed(refused, &allowed), "{refused} answered");
+        }
+    }
 }

@@ -63,6 +63,9 @@ pub struct AdminSection {
     /// The token actions must carry (`Authorization: Bearer TOKEN`); without one, actions are
     /// refused. Write it as `${VAR}`.
     pub token: Option<String>,
+    /// Host names requests may be addressed to, besides IP addresses and `localhost` (a
+    /// request whose `Host` header names another is refused: DNS rebinding).
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 /// `[admin]` with defaults applied.
@@ -74,6 +77,9 @@ pub struct AdminSettings {
     /// Why the token cannot be used (its variable unset, too short): only `cutover run`
     /// refuses it, so the other commands work in a shell without the admin token.
     pub token_error: Option<String>,
+    /// Host names allowed in a request's `Host` header besides IP addresses and `localhost`,
+    /// lower-cased.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[cutover]`: the readiness gates and how traffic moves (see docs/switch.md).
@@ -318,6 +324,8 @@ pub struct LimitsSection {
     pub heartbeat_interval_ms: Option<u64>,
     /// Retries in a row, without a run that lasted a minute, before the pipeline gives up.
     pub max_retries: Option<u32>,
+    /// Seconds a sink's write may run before it is abandoned and retried (0: never).
+    pub write_timeout_s: Option<u64>,
 }
 
 /// The sinks' `[[sink.transform]]` rules, read in a second pass: sinks are told apart by
@@ -474,6 +482,8 @@ pub struct Pipeline {
     pub heartbeat_interval_ms: u64,
     /// Retries in a row before `cutover run` stops with the last error (0: never stops).
     pub max_retries: u32,
+    /// Seconds a sink's write may run before it is abandoned and retried (0: never).
+    pub write_timeout_s: u64,
     /// The targets, in the file's order (see [`crate::targets`]).
     pub sinks: Vec<Arc<dyn Target>>,
     /// Per sink, in the order of `sinks`: whether TRUNCATE is replicated to it.
@@ -830,6 +840,11 @@ pub fn parse(
             .max_retries
             .or(d.limits.max_retries)
             .unwrap_or(30),
+        write_timeout_s: file
+            .limits
+            .write_timeout_s
+            .or(d.limits.write_timeout_s)
+            .unwrap_or(300),
         sinks,
         sink_truncate: parsed.iter().map(|(c, ..)| c.truncate).collect(),
         transforms: Arc::new(TransformSet {
@@ -1052,10 +1067,22 @@ fn admin_settings(
         Some(Err(e)) => (None, Some(e)),
         None => (None, None),
     };
+    let allowed_hosts = file
+        .allowed_hosts
+        .as_ref()
+        .or(defaults.allowed_hosts.as_ref())
+        .map(|hosts| {
+            hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(AdminSettings {
         listen,
         token,
         token_error,
+        allowed_hosts,
     })
 }
 

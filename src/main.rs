@@ -971,6 +971,7 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
             "did not exist"
         }
     );
+    remove_open_fences(&cfg).await?;
     if target_state {
         let ctx = runtime::target_context(&cfg, "");
         for sink in &cfg.sinks {
@@ -980,6 +981,32 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
         forget_switch_state(&cfg).await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the switch's fence (its triggers and gate) from the source and the primary target
+/// where it is open; a database whose gate is closed (it must not take writes) keeps it, and
+/// is named.
+async fn remove_open_fences(cfg: &config::Pipeline) -> Result<(), String> {
+    let mut databases = vec![("source", cfg.source_url.clone())];
+    if let Ok(back) = switch::pipeline_for(cfg, Direction::Reverse, None) {
+        databases.push(("primary target", back.source_url));
+    }
+    for (what, url) in databases {
+        let endpoint = cutover_postgres::PgEndpoint::parse(&url, what).map_err(explain)?;
+        let client = endpoint.connect().await.map_err(explain)?;
+        match switch::fence::drop_if_open(&client, &cfg.name, 5000)
+            .await
+            .map_err(explain)?
+        {
+            Some(0) => {}
+            Some(n) => say!("switch fence on the {what}: removed from {n} table(s)"),
+            None => say!(
+                "switch fence on the {what}: kept, it is closed (this database must not take the application's writes); \
+                 `cutover rollback` moves them back, or drop the cutover_fence triggers by hand"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// What `teardown --target-state` removes besides the forward sinks' progress: the way back

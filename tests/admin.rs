@@ -625,3 +625,85 @@ async fn status_reads_the_running_pipeline_and_falls_back_without_it() {
     assert!(out.contains("running: no `cutover run` answers"), "{out}");
     env.drop_slot().await;
 }
+
+/// One raw request with a chosen `Host`; returns the status code and body.
+async fn http_to_host(port: u16, host: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the admin server");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// The admin server answers only requests addressed to an IP address, localhost or a name in
+/// `[admin] allowed_hosts` (a page cannot read it through DNS rebinding), and drops a client
+/// that does not finish its request's headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_server_refuses_other_hosts_and_slow_clients() {
+    let env = Env::new("adminhost").await;
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await;
+    let path = env.pipeline(
+        "[\"t\"]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\nallowed_hosts = [\"Cutover.Internal\"]\n",
+    );
+    let mut run = env.start(&path);
+    let port = admin_port(&run).await;
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    for host in [
+        "127.0.0.1",
+        &format!("localhost:{port}"),
+        "cutover.internal",
+    ] {
+        let (code, body) = http_to_host(port, host, "/api/status").await;
+        assert_eq!(code, 200, "Host {host}: {body}");
+    }
+    for host in ["attacker.example", &format!("attacker.example:{port}")] {
+        let (code, body) = http_to_host(port, host, "/api/status").await;
+        assert_eq!(code, 403, "Host {host} was answered: {body}");
+        assert!(body.contains("allowed_hosts"), "{body}");
+    }
+    // The switch record, asked many times at once, is read once and shared.
+    let asks: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(http_to_host(port, "127.0.0.1", "/api/switch")))
+        .collect();
+    for ask in asks {
+        let (code, body) = ask.await.unwrap();
+        assert!(code == 200 || code == 503, "{code}: {body}");
+    }
+    // A client that sends half a request line and waits is dropped.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /api/status HTTP/1.1\r\nHost: 127")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept a client that never finished its headers for 30 s"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "dropped too soon"
+    );
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}

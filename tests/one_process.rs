@@ -143,3 +143,94 @@ async fn changing_commands_take_turns() {
         "sync-sequences after the lock was freed:\n{out}\n{err}"
     );
 }
+
+/// A run started again at once after its predecessor was killed may find the dead process's
+/// session still holding the lock: it waits for that session instead of refusing, and it still
+/// refuses a holder that lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_waits_out_the_lock_of_a_process_that_ended() {
+    let env = Env::new("onedead").await;
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
+        .await;
+    let path = env.pipeline("[\"t\"]", "");
+    // A session labelled as a `cutover run` of this host whose process has ended.
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = ended.id();
+    ended.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let holder = env.source().await;
+    holder
+        .batch_execute(&format!(
+            "SET application_name = 'cutover run on {} pid {dead_pid}'; \
+             SELECT pg_advisory_lock({}, hashtext('cutover_{}'))",
+            host.trim(),
+            ::cutover::lock::RUN_LOCK,
+            env.name
+        ))
+        .await
+        .unwrap();
+    let mut run = env.start(&path);
+    run.wait_log(
+        "has ended; waiting for its session to close",
+        Duration::from_secs(30),
+    )
+    .await;
+    // The session goes (as a killed process's does, a little late): the run takes over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        run.try_status().unwrap().is_none(),
+        "the run gave up while the dead holder's session was closing:\n{}",
+        run.log_text()
+    );
+    drop(holder);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.on_source("INSERT INTO t VALUES (2, 'b')").await;
+    env.wait_equal(&["t"], Duration::from_secs(60)).await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+}
+
+/// The pipeline's lock session outlives a database's `idle_session_timeout` (PostgreSQL 14+),
+/// and a multi-host source URL streams from the host that answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_outlives_idle_session_timeout_and_a_multi_host_url_streams() {
+    let env = Env::new("oneidle").await;
+    env.on_source(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'); \
+         ALTER DATABASE {} SET idle_session_timeout = '1s';",
+        env.name
+    ))
+    .await;
+    let path = env.pipeline("[\"t\"]", "");
+    // The first host refuses connections (nothing listens on port 1); the second is the source.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &env.source_url,
+        &env.source_url.replace(
+            &format!("127.0.0.1:{}", env.services.source_port),
+            &format!("127.0.0.1:1,127.0.0.1:{}", env.services.source_port),
+        ),
+    );
+    assert!(text.contains("127.0.0.1:1,"), "{text}");
+    std::fs::write(&path, text).unwrap();
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    // Several timeouts later the lock is still held by the run, and a second run is refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut second = env.start(&path);
+    let status = second.wait_exit(Duration::from_secs(40));
+    assert!(
+        !status.success() && second.log_text().contains(&format!("pid {}", run.pid())),
+        "a second run was let in, or not told who runs:\n{}",
+        second.log_text()
+    );
+    assert!(
+        !run.log_text()
+            .contains("the session holding the pipeline's lock closed"),
+        "idle_session_timeout closed the lock's session:\n{}",
+        run.log_text()
+    );
+    env.on_source("INSERT INTO t VALUES (2, 'b')").await;
+    env.wait_equal(&["t"], Duration::from_secs(60)).await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+}

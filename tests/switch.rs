@@ -96,9 +96,24 @@ fn pgbench_done(env: &Env, mut child: Child, seconds: u32) -> u64 {
     processed
 }
 
-/// Whether an application write is taken (rolled back either way).
+/// Whether an application write is taken (rolled back either way), asserting that a session
+/// with `session_replication_role = replica` (which ORIGIN triggers skip) is told the same.
 async fn takes_writes(url: &str) -> bool {
+    let plain = takes_writes_as(url, "origin").await;
+    let replica = takes_writes_as(url, "replica").await;
+    assert_eq!(
+        plain, replica,
+        "a replica-role session is let through differently: plain {plain}, replica {replica}"
+    );
+    plain
+}
+
+async fn takes_writes_as(url: &str, role: &str) -> bool {
     let client = common::connect(url).await;
+    client
+        .batch_execute(&format!("SET session_replication_role = {role}"))
+        .await
+        .unwrap();
     client.batch_execute("BEGIN").await.unwrap();
     let ok = client
         .batch_execute("UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1")
@@ -210,9 +225,24 @@ async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
     verify_and_ready(p);
 
     let load = pgbench_load(&env, &bouncer, 12);
+    // A long report reads the new primary through the whole switch: unfencing it must not wait
+    // for the report (nor make the tables' other readers queue behind it).
+    let report = env.target().await;
+    report
+        .batch_execute("BEGIN; SELECT count(*) FROM pgbench_accounts, pgbench_branches")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (code, out, err) = cutover(&["switch", p]);
+    let file = p.to_string();
+    let (code, out, err) = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || cutover(&["switch", &file])),
+    )
+    .await
+    .expect("the switch waited behind a reader of the new primary")
+    .unwrap();
     assert_eq!(code, 0, "switch:\n{out}\n{err}\n{}", run.log_text());
+    report.batch_execute("COMMIT").await.unwrap();
     assert!(out.contains("switch done"), "{out}");
     // The final check compared the rows pgbench changed since the clean check, not every row.
     assert!(
@@ -644,4 +674,106 @@ async fn a_step_that_fails_leaves_the_record_as_it_was() {
         .await;
     wait_equal(&env).await;
     stop(&env, run).await;
+}
+
+/// The fence on a real database: every application session is refused (a replica-role one
+/// and a `REPEATABLE READ` transaction begun before the fence too), cutover's sessions pass,
+/// opening it takes no table lock (a long reader does not hold it up), and teardown's removal
+/// keeps a closed fence and removes an open one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_stops_every_application_session_and_opens_without_a_lock() {
+    use cutover::switch::fence;
+    use cutover_core::TableName;
+
+    let env = Env::new("fence").await;
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0);")
+        .await;
+    let tables = [TableName::new("public", "t")];
+    let admin = env.source().await;
+    let write = "UPDATE t SET v = v + 1 WHERE id = 1";
+    // A REPEATABLE READ transaction that took its snapshot before the fence.
+    let early = env.source().await;
+    early
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    fence::install(&admin, "shop", &tables, 5000).await.unwrap();
+    assert!(fence::is_fenced(&admin, "shop").await.unwrap());
+    let refused = |r: Result<(), tokio_postgres::Error>| {
+        r.err()
+            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()))
+            == Some("25006".to_string())
+    };
+    assert!(
+        refused(early.batch_execute(write).await),
+        "the early transaction wrote"
+    );
+    let _ = early.batch_execute("ROLLBACK").await;
+    for role in ["origin", "replica", "local"] {
+        let app = env.source().await;
+        app.batch_execute(&format!("SET session_replication_role = {role}"))
+            .await
+            .unwrap();
+        assert!(
+            refused(app.batch_execute(write).await),
+            "a {role} session wrote"
+        );
+    }
+    // Another pipeline's gate on the same database is its own.
+    fence::open(&admin, "another").await.unwrap();
+    assert!(fence::is_fenced(&admin, "shop").await.unwrap());
+    // cutover's own sessions (SESSION_SETTINGS) pass.
+    let own = cutover_postgres::PgEndpoint::parse(&env.source_url, "source")
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    own.batch_execute(write).await.unwrap();
+    // A closed fence is kept by teardown's removal.
+    assert_eq!(
+        fence::drop_if_open(&admin, "shop", 1000).await.unwrap(),
+        None
+    );
+
+    // Opening while a long reader holds the table: no wait.
+    let reader = env.source().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), fence::open(&admin, "shop"))
+        .await
+        .expect("opening the fence waited for a reader")
+        .unwrap();
+    assert!(!fence::is_fenced(&admin, "shop").await.unwrap());
+    admin.batch_execute(write).await.unwrap();
+    // Fenced again: the triggers are there already; the gate alone closes.
+    reader.batch_execute("COMMIT").await.unwrap();
+    let early = env.source().await;
+    early
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    fence::install(&admin, "shop", &tables, 5000).await.unwrap();
+    assert!(
+        refused(early.batch_execute(write).await),
+        "a transaction whose snapshot saw the gate open wrote through it"
+    );
+    let app = env.source().await;
+    assert!(refused(app.batch_execute(write).await));
+    fence::open(&admin, "shop").await.unwrap();
+    assert_eq!(
+        fence::drop_if_open(&admin, "shop", 1000).await.unwrap(),
+        Some(1)
+    );
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'cutover_fence'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    app.batch_execute(write).await.unwrap();
 }

@@ -106,3 +106,49 @@ async fn a_target_role_without_wal_positions_gets_synchronous_commits() {
     assert!(run.terminate().success(), "{log}");
     env.drop_slot().await;
 }
+
+/// A write that waits forever (here: behind a lock an application holds on the target) is
+/// named with what it waits on, abandoned at `limits.write_timeout_s` with its session ended,
+/// and retried; once the lock goes, every change arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_stuck_behind_a_lock_is_named_abandoned_and_retried() {
+    let env = Env::new("stuck_write").await;
+    env.on_source("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
+        .await;
+    let path = env.pipeline("[\"t\"]", "[limits]\nwrite_timeout_s = 3\n");
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    env.wait_equal(&["t"], Duration::from_secs(30)).await;
+    // An application's transaction on the target holds the table.
+    let holder = env.target().await;
+    holder
+        .batch_execute(
+            "SET application_name = 'app-report'; BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    env.on_source("INSERT INTO t VALUES (2, 'b'); UPDATE t SET v = 'a2' WHERE id = 1")
+        .await;
+    run.wait_log("limits.write_timeout_s", Duration::from_secs(30))
+        .await;
+    let log = run.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("limits.write_timeout_s"))
+        .unwrap();
+    assert!(
+        line.contains("it waits for") && line.contains("Lock on t"),
+        "the stuck write does not name the lock it waits for:\n{line}"
+    );
+    assert!(
+        line.contains("blocked by pid") && line.contains("app-report"),
+        "the stuck write does not name who blocks it:\n{line}"
+    );
+    assert!(line.contains("the session was ended"), "{line}");
+    // The retries queue behind the lock again; when it goes, everything arrives.
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    env.wait_equal(&["t"], Duration::from_secs(60)).await;
+    assert!(run.terminate().success(), "{}", run.log_text());
+    env.drop_slot().await;
+}

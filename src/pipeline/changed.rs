@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cutover_core::verify::{push_raw_key_value, split_raw_key};
@@ -36,6 +37,8 @@ struct Tracked {
     /// Where each recorded key ends in `arena`, and the commit position of that change; in
     /// recording order, so a key may appear more than once until the log is compacted.
     ends: Vec<(usize, Lsn)>,
+    /// The layout of the table's last change.
+    layout: Option<Arc<TableSchema>>,
 }
 
 impl Tracked {
@@ -153,6 +156,12 @@ impl ChangedKeys {
         if tracked.full {
             return;
         }
+        if relaid(&mut tracked.layout, table) {
+            // A column added, dropped or retyped: the source may have rewritten every row
+            // (`ALTER ... TYPE ... USING`, a volatile default) without a change in the stream.
+            self.mark_full(&table.name);
+            return;
+        }
         let mut added = 0;
         for row in rows.into_iter().flatten() {
             scratch.clear();
@@ -245,6 +254,25 @@ impl ChangedKeys {
 
 /// Puts `row`'s key in its raw form into `out` (see [`push_raw_key_value`]); false when a key
 /// value is missing from the row.
+/// Whether `table`'s layout differs from the one last seen (which becomes `table`'s): its
+/// columns' names or types. The first layout seen differs from nothing.
+fn relaid(last: &mut Option<Arc<TableSchema>>, table: &Arc<TableSchema>) -> bool {
+    let changed = match last {
+        Some(seen) if Arc::ptr_eq(seen, table) => return false,
+        Some(seen) => {
+            seen.columns.len() != table.columns.len()
+                || seen
+                    .columns
+                    .iter()
+                    .zip(&table.columns)
+                    .any(|(a, b)| a.name != b.name || a.type_oid != b.type_oid)
+        }
+        None => false,
+    };
+    *last = Some(table.clone());
+    changed
+}
+
 fn raw_key(out: &mut Vec<u8>, row: &Row, table: &TableSchema) -> bool {
     for i in table.key_indexes() {
         match row.0.get(i) {
@@ -402,6 +430,37 @@ mod tests {
             .collect();
         ids.sort();
         ids
+    }
+
+    #[test]
+    fn a_table_whose_layout_changed_is_compared_whole() {
+        let mut changed = ChangedKeys::new(100);
+        changed.begin(Lsn(10));
+        let insert = |id| Change::Insert {
+            row: Row(vec![int(id), int(0)]),
+        };
+        // The same layout again, in another allocation: still tracked by key.
+        changed.record(&[change(20, insert(1)), change(25, insert(2))]);
+        let t = TableName::new("public", "t");
+        assert_eq!(
+            keys(changed.journal(Lsn(30), Lsn(30)).scope(&t, Lsn(10))),
+            vec![1, 2]
+        );
+        // `v` retyped (ALTER ... TYPE ... USING rewrote every row, which the stream never shows).
+        let mut retyped = (*table()).clone();
+        retyped.columns[1].type_oid = 25;
+        changed.record(&[StreamEvent::Change(ChangeEvent {
+            position: Position {
+                commit_lsn: Lsn(40),
+                ordinal: 0,
+            },
+            table: Arc::new(retyped),
+            change: insert(3),
+        })]);
+        assert_eq!(
+            changed.journal(Lsn(50), Lsn(50)).scope(&t, Lsn(10)),
+            Scope::Full
+        );
     }
 
     #[test]

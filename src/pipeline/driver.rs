@@ -50,7 +50,14 @@ pub struct DriverLimits {
     pub batch_bytes: usize,
     pub flush_interval: Duration,
     pub linger: Duration,
+    /// How long a write may run before it is abandoned (an error to retry); `None`: never.
+    pub write_timeout: Option<Duration>,
 }
+
+/// How often a write that has not finished is reported, with what the sink says of it.
+const STUCK_REPORT_EVERY: Duration = Duration::from_secs(30);
+/// How long the driver waits for a sink's account of a stuck write.
+const STUCK_LOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Feeds one sink from its queue until the queue closes (then writes what it holds, settles
 /// and returns `Ok`), or the sink fails.
@@ -141,9 +148,11 @@ impl SinkDriver {
                 .flatten()
                 .min();
             let take = !self.closed && !self.paused.as_ref().is_some_and(|p| *p.borrow());
+            let look = self.next_look();
             tokio::select! {
                 biased;
                 result = finish(&mut self.batch.writing) => self.written(result)?,
+                _ = sleep_until(look) => self.look_at_the_write().await?,
                 _ = sleep_until(deadline), if !self.batch.seal_wanted => {
                     if self.batch.settle_deadline == deadline {
                         self.batch.settle_deadline = None;
@@ -180,6 +189,7 @@ impl SinkDriver {
                 permits: std::mem::take(&mut b.held),
                 events: std::mem::take(&mut b.events),
                 began: Instant::now(),
+                reports: 0,
             });
             b.seal_wanted = false;
             b.batch_deadline = None;
@@ -191,9 +201,67 @@ impl SinkDriver {
                 permits: Vec::new(),
                 events: 0,
                 began: Instant::now(),
+                reports: 0,
             });
             b.settle_wanted = false;
         }
+    }
+
+    /// When the write in flight is next looked at: every [`STUCK_REPORT_EVERY`] it runs, and
+    /// at its deadline.
+    fn next_look(&self) -> Option<Instant> {
+        let w = self.batch.writing.as_ref()?;
+        let report = w.began + STUCK_REPORT_EVERY * (w.reports + 1);
+        Some(match self.limits.write_timeout {
+            Some(timeout) => report.min(w.began + timeout),
+            None => report,
+        })
+    }
+
+    /// The write in flight has run long: says so with what the sink tells of its session, and
+    /// past the deadline abandons it as an error to retry (the sink ends its stuck session
+    /// first). A write that never completes and never fails would otherwise hold the
+    /// pipeline, its permits and the slot, unseen.
+    async fn look_at_the_write(&mut self) -> Result<()> {
+        let Some(w) = self.batch.writing.as_ref() else {
+            return Ok(());
+        };
+        let waited = w.began.elapsed();
+        let give_up = self.limits.write_timeout.is_some_and(|t| waited >= t);
+        let evidence = match self.sink.stuck(give_up) {
+            Some(look) => tokio::time::timeout(STUCK_LOOK_TIMEOUT, look)
+                .await
+                .unwrap_or_else(|_| {
+                    format!(
+                        "no account of its session within {} s",
+                        STUCK_LOOK_TIMEOUT.as_secs()
+                    )
+                }),
+            None => "this kind of sink gives no account of its sessions".to_string(),
+        };
+        let events = w.events;
+        if give_up {
+            return Err(ConnectorError::retryable(format!(
+                "a write of {events} changes to sink {} did not finish within {} s (limits.write_timeout_s): {evidence}",
+                self.sink.name(),
+                waited.as_secs()
+            ))
+            .with_hint(
+                "it is abandoned and written again from the last durable position; if this repeats, \
+                 look at what the session waits on (above) on the target",
+            ));
+        }
+        tracing::warn!(
+            sink = self.sink.name(),
+            seconds = waited.as_secs(),
+            events,
+            evidence = %evidence,
+            "a write has not finished"
+        );
+        if let Some(w) = self.batch.writing.as_mut() {
+            w.reports += 1;
+        }
+        Ok(())
     }
 
     /// The write in flight finished.
@@ -347,6 +415,8 @@ struct InFlight {
     permits: Vec<Permit>,
     events: usize,
     began: Instant,
+    /// How many times it has been reported as not finished.
+    reports: u32,
 }
 
 /// Completes with the in-flight write's result; never, when no write is in flight.

@@ -204,7 +204,10 @@ async fn run_once(
             states[i].copied_tables.insert(table, at);
         }
     }
-    partitions::merge_partitions(&source, &mut sinks, &states, cfg).await?;
+    for root in partitions::merge_partitions(&source, &mut sinks, &states, cfg).await? {
+        // Rows that reached the sinks other than as changes.
+        operator.changed.mark_full(&root);
+    }
 
     let start = stream_start(&states);
     for (table, _) in &needs {
@@ -245,6 +248,8 @@ pub struct Settings {
     pub linger: Duration,
     /// Least time between heartbeats to the sinks while the source is idle.
     pub heartbeat: Duration,
+    /// How long a sink's write may run before it is abandoned and retried.
+    pub write_timeout: Option<Duration>,
     /// Per sink, in the file's order: whether TRUNCATE reaches it, and its rate limits.
     pub sinks: Vec<(bool, RateLimits)>,
 }
@@ -258,6 +263,8 @@ impl Settings {
             flush_interval: Duration::from_millis(cfg.flush_interval_ms),
             linger: Duration::from_millis(cfg.linger_ms),
             heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms),
+            write_timeout: (cfg.write_timeout_s > 0)
+                .then(|| Duration::from_secs(cfg.write_timeout_s)),
             sinks: (0..cfg.sinks.len())
                 .map(|i| {
                     (
@@ -326,6 +333,7 @@ pub fn start_stream<'a>(
                 batch_bytes: settings.batch_bytes,
                 flush_interval: settings.flush_interval,
                 linger: settings.linger,
+                write_timeout: settings.write_timeout,
             },
             DriverLinks {
                 events: events_tx.clone(),

@@ -14,13 +14,16 @@ use crate::config::Pipeline;
 /// `cutover_postgres::partitions`) to every sink, as inserts in transactions at the sink's own
 /// checkpoint (so the checkpoint does not move), chunk by chunk, then records them as copied.
 /// Streaming then replays the changes made to those rows since the sink's checkpoint.
+/// Returns the roots that took rows this way (not as changes: the switch's final check must
+/// compare them whole).
 pub async fn merge_partitions(
     source: &PgSource,
     sinks: &mut [Box<dyn Sink>],
     states: &[SinkState],
     cfg: &Pipeline,
-) -> Result<()> {
+) -> Result<Vec<cutover_core::TableName>> {
     let (merge, record) = source.partition_plan().await?;
+    let mut merged = Vec::new();
     for (root, partition) in &merge {
         let Some(table) = source.tables().iter().find(|t| &t.schema.name == root) else {
             continue;
@@ -70,11 +73,12 @@ pub async fn merge_partitions(
         let (read, write) = tokio::join!(read, write);
         let rows = write?;
         read?;
+        merged.push(root.clone());
         tracing::info!(%root, %partition, rows, "partition rows copied; its later changes follow from the stream");
     }
     if let Err(e) = source.record_partitions(&record).await {
         // Without the record, partitions attached later cannot be told apart: say so.
         tracing::warn!(error = %e, "cannot record the partitions of the partitioned tables on the publication; rows of partitions attached later will not be copied (make cutover's user own the publication)");
     }
-    Ok(())
+    Ok(merged)
 }

@@ -24,6 +24,7 @@ fn settings(sinks: usize) -> Settings {
         flush_interval: Duration::from_millis(20),
         linger: Duration::from_millis(1),
         heartbeat: Duration::from_millis(10),
+        write_timeout: None,
         sinks: vec![(true, RateLimits::default()); sinks],
     }
 }
@@ -392,6 +393,7 @@ async fn a_joining_table_steps_the_checkpoint_back_before_its_copy_is_recorded()
             batch_bytes: 1 << 20,
             flush_interval: Duration::from_millis(10),
             linger: Duration::from_millis(1),
+            write_timeout: None,
         },
         DriverLinks {
             events: events_tx,
@@ -487,4 +489,53 @@ async fn a_joining_table_steps_the_checkpoint_back_before_its_copy_is_recorded()
             .collect::<Vec<(TableName, Lsn, usize)>>(),
         vec![(joining.name.clone(), Lsn(60), 2)]
     );
+}
+
+/// A write that never completes and never fails (the sink's gate stays shut) is abandoned at
+/// `write_timeout` as an error to retry, naming the sink and the limit; the pipeline's retry
+/// then writes it again from the last durable position.
+#[tokio::test]
+async fn a_write_that_never_finishes_is_abandoned_at_its_deadline() {
+    let table = testing::table("t");
+    let (sink, target, gate) = MemorySink::new("target", SinkState::default());
+    gate.shut();
+    let (tx, rx) = queue::bounded(1000, 1 << 20);
+    let (events_tx, _events) = mpsc::unbounded_channel();
+    let (_pause, paused) = watch::channel(false);
+    let driver = SinkDriver::new(
+        0,
+        Box::new(sink),
+        rx,
+        SinkState::default(),
+        DriverLimits {
+            truncate: true,
+            hold_bytes: 1 << 20,
+            batch_bytes: 1 << 20,
+            flush_interval: Duration::from_millis(10),
+            linger: Duration::from_millis(1),
+            write_timeout: Some(Duration::from_millis(300)),
+        },
+        DriverLinks {
+            events: events_tx,
+            telemetry: Telemetry::new(),
+            paused,
+        },
+    );
+    let driver = tokio::spawn(driver.run());
+    tx.send(testing::transaction(&table, 10, &[1]))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("the driver gave up on the write")
+        .unwrap();
+    let e = ended.expect_err("a stuck write is an error");
+    assert!(e.is_retryable(), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("sink target") && text.contains("limits.write_timeout_s"),
+        "{text}"
+    );
+    assert!(target.lock().unwrap().commits.is_empty());
+    drop(tx);
 }

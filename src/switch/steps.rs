@@ -361,7 +361,7 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                 Step::Moving
             }
             Step::Moving => {
-                fence::remove(&new, &sides.tables).await?;
+                fence::open(&new, &cfg.name).await?;
                 move_traffic(cfg, bouncer.as_ref(), &sides.new, draft.direction).await?;
                 Step::Idle
             }
@@ -662,7 +662,7 @@ async fn undo(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Sides) ->
     // The old primary takes writes again before PgBouncer lets the held clients through: in
     // the other order their first statements would meet the fence.
     let old: Client = sides.old.connect().await?;
-    fence::remove(&old, &sides.tables).await?;
+    fence::open(&old, &cfg.name).await?;
     if let Some(p) = &cfg.cutover.pgbouncer {
         pgbouncer::Console::connect(p).await?.resume().await?;
     }

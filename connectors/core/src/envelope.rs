@@ -327,7 +327,7 @@ impl<'a> Serialize for DebeziumEnvelope<'a> {
                 keys_only: false,
             })
         };
-        let mut m = s.serialize_map(Some(5))?;
+        let mut m = s.serialize_map(Some(8))?;
         m.serialize_entry("before", &fields(self.before))?;
         m.serialize_entry("after", &fields(self.after))?;
         m.serialize_entry(
@@ -340,10 +340,15 @@ impl<'a> Serialize for DebeziumEnvelope<'a> {
             },
         )?;
         m.serialize_entry("op", self.op.debezium())?;
-        let now_ms = std::time::SystemTime::now()
+        // When the message was made, in Debezium 2.x's three precisions.
+        let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        m.serialize_entry("ts_ms", &now_ms)?;
+            .map_or(0, |d| d.as_nanos() as i64);
+        m.serialize_entry("ts_ms", &now_ns.div_euclid(1_000_000))?;
+        m.serialize_entry("ts_us", &now_ns.div_euclid(1000))?;
+        m.serialize_entry("ts_ns", &now_ns)?;
+        // Debezium's transaction block is present only with provide.transaction.metadata.
+        m.serialize_entry("transaction", &())?;
         m.end()
     }
 }
@@ -361,7 +366,10 @@ impl Serialize for DebeziumSource<'_> {
         m.serialize_entry("version", concat!("cutover-", env!("CARGO_PKG_VERSION")))?;
         m.serialize_entry("connector", "postgresql")?;
         m.serialize_entry("name", &self.encoder.source_name)?;
-        m.serialize_entry("ts_ms", &self.origin.commit_time_micros.div_euclid(1000))?;
+        let commit_us = self.origin.commit_time_micros;
+        m.serialize_entry("ts_ms", &commit_us.div_euclid(1000))?;
+        m.serialize_entry("ts_us", &commit_us)?;
+        m.serialize_entry("ts_ns", &commit_us.saturating_mul(1000))?;
         m.serialize_entry(
             "snapshot",
             if self.op == Op::Snapshot {
@@ -375,6 +383,8 @@ impl Serialize for DebeziumSource<'_> {
         m.serialize_entry("table", &self.table.name.name)?;
         m.serialize_entry("txId", &self.origin.xid)?;
         m.serialize_entry("lsn", &self.origin.lsn.0)?;
+        // Debezium fills xmin only with its slot.xmin setting.
+        m.serialize_entry("xmin", &())?;
         m.end()
     }
 }
@@ -602,6 +612,14 @@ mod tests {
         assert_eq!(p["after"]["name"], "x");
         assert_eq!(p["source"]["table"], "items");
         assert_eq!(p["source"]["lsn"], 0x1_0000_0010u64);
+        // Debezium 2.x's timestamps in three precisions, agreeing with each other.
+        let commit_us = p["source"]["ts_us"].as_i64().unwrap();
+        assert_eq!(p["source"]["ts_ms"].as_i64().unwrap(), commit_us / 1000);
+        assert_eq!(p["source"]["ts_ns"].as_i64().unwrap(), commit_us * 1000);
+        let made_ns = p["ts_ns"].as_i64().unwrap();
+        assert_eq!(p["ts_us"].as_i64().unwrap(), made_ns / 1000);
+        assert_eq!(p["ts_ms"].as_i64().unwrap(), made_ns / 1_000_000);
+        assert!(p["transaction"].is_null() && p["source"]["xmin"].is_null());
     }
 
     #[test]

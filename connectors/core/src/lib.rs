@@ -33,6 +33,6 @@ pub use change::{Change, ChangeEvent, Row, StreamEvent, Value};
 pub use error::{ConnectorError, ErrorKind, Result};
 pub use position::{Checkpoint, Lsn, ParseLsnError, Position};
 pub use schema::{quote_ident, Column, TableName, TableSchema};
-pub use sink::{PendingWrite, Sink, SinkState, TableCopy};
+pub use sink::{PendingWrite, Sink, SinkState, StuckReport, TableCopy};
 pub use source::{Source, StreamItem};
 pub use target::{BuildContext, Target, TargetConfig, TargetContext};

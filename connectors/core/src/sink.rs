@@ -14,6 +14,9 @@ use crate::schema::{TableName, TableSchema};
 /// boundary, committed), with the newest checkpoint that is now durable, if any.
 pub type PendingWrite = Pin<Box<dyn Future<Output = Result<Option<Checkpoint>>> + Send>>;
 
+/// What a sink says of a write that has not finished (see [`Sink::stuck`]).
+pub type StuckReport = Pin<Box<dyn Future<Output = String> + Send>>;
+
 /// What a sink has made durable, read back when it opens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SinkState {
@@ -148,6 +151,17 @@ pub trait Sink: Send + Sync {
 
     /// Bytes applied and not yet sealed; the runtime seals a write when this passes its batch bound.
     fn buffered_bytes(&self) -> usize;
+
+    /// Called while a write has run for long without finishing: what the sink's session waits
+    /// on, in one line for the log (for a database: its wait event, the lock it waits for and
+    /// who holds it), never a value of the data or a secret. With `give_up`, the runtime is
+    /// about to abandon the write and retry; the sink also ends the stuck session on the
+    /// target, so the retry does not queue behind it. `None`: this sink has nothing to say,
+    /// and the runtime still abandons the write at its deadline.
+    fn stuck(&self, give_up: bool) -> Option<StuckReport> {
+        let _ = give_up;
+        None
+    }
 
     /// Changes this sink has parked as dead letters since it was connected (rejected by the
     /// target for a reason retrying cannot fix). Sinks without a dead-letter store park

@@ -79,6 +79,41 @@ impl PgEndpoint {
         self.config.get_ports().first().copied().unwrap_or(5432)
     }
 
+    /// Every TCP host of the URL with its port, in the URL's order (libpq's rules: one port
+    /// for all hosts, or one per host). A multi-host URL (`postgres://u@a:5432,b:5432/db`)
+    /// names a primary and its standbys; sessions that are not SQL (the replication
+    /// connection) try them in this order.
+    pub fn tcp_hosts(&self) -> Vec<(String, u16)> {
+        let ports = self.config.get_ports();
+        let hosts: Vec<(String, u16)> = self
+            .config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| match h {
+                Host::Tcp(name) => Some((
+                    name.clone(),
+                    ports.get(i).or(ports.first()).copied().unwrap_or(5432),
+                )),
+                #[cfg(unix)]
+                Host::Unix(_) => None,
+            })
+            .collect();
+        if hosts.is_empty() {
+            vec![(self.host(), self.port())]
+        } else {
+            hosts
+        }
+    }
+
+    /// Whether the URL asks for a read-write server (`target_session_attrs=read-write`).
+    pub fn wants_read_write(&self) -> bool {
+        matches!(
+            self.config.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        )
+    }
+
     pub fn user(&self) -> String {
         self.config.get_user().unwrap_or("postgres").to_string()
     }
@@ -192,6 +227,72 @@ pub async fn database_identity(client: &Client) -> Result<String> {
     Ok(row.get(0))
 }
 
+/// What the session `pid` of `endpoint`'s server is doing, in one line for the log: its state,
+/// wait event, how long its transaction and statement have run, the lock it waits for, and
+/// each session blocking it (pid, name, user, state: never their statements, which may hold
+/// an application's values or secrets). With `end_it`, the session is then terminated
+/// (`pg_terminate_backend`), so a retry does not queue behind it. Looked at through a session
+/// of its own; a failure to look is said in the line.
+pub async fn what_session_waits_on(endpoint: &PgEndpoint, pid: i32, end_it: bool) -> String {
+    let client = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return format!("cannot look at session {pid}: {e}"),
+    };
+    let seen = client
+        .query_opt(
+            "SELECT coalesce(a.state, '?'), \
+                    coalesce(a.wait_event_type || ':' || a.wait_event, 'no wait event'), \
+                    coalesce(extract(epoch FROM now() - a.xact_start)::int, -1), \
+                    coalesce(extract(epoch FROM now() - a.query_start)::int, -1), \
+                    split_part(ltrim(a.query), ' ', 1), \
+                    (SELECT string_agg(l.mode || ' on ' || coalesce(l.relation::regclass::text, l.locktype), ', ') \
+                       FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted), \
+                    (SELECT string_agg(format('pid %s (%s, user %s, %s for %s s)', b.pid, \
+                            coalesce(nullif(b.application_name, ''), 'no name'), b.usename, \
+                            coalesce(b.state, '?'), \
+                            coalesce(extract(epoch FROM now() - b.xact_start)::int, 0)), '; ') \
+                       FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid))) \
+             FROM pg_stat_activity a WHERE a.pid = $1",
+            &[&pid],
+        )
+        .await;
+    let mut line = match seen {
+        Ok(Some(r)) => {
+            let (state, wait, xact, stmt, verb): (String, String, i32, i32, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let mut line = format!(
+                "session {pid} is {state} ({wait}), its transaction {xact} s old, its statement ({verb}) {stmt} s"
+            );
+            if let Some(lock) = r.get::<_, Option<String>>(5) {
+                line.push_str(&format!("; it waits for {lock}"));
+            }
+            if let Some(blockers) = r.get::<_, Option<String>>(6) {
+                line.push_str(&format!("; blocked by {blockers}"));
+            }
+            line
+        }
+        Ok(None) => format!("session {pid} is gone from the server"),
+        Err(e) => format!(
+            "cannot look at session {pid}: {}",
+            classify(e, "pg_stat_activity")
+        ),
+    };
+    if end_it {
+        match client
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+        {
+            Ok(r) if r.get::<_, bool>(0) => line.push_str("; the session was ended"),
+            Ok(_) => {}
+            Err(e) => line.push_str(&format!(
+                "; cannot end it: {}",
+                classify(e, "pg_terminate_backend")
+            )),
+        }
+    }
+    line
+}
+
 /// How a session that applies replicated rows runs, as native logical replication's apply
 /// worker does: user triggers and foreign-key checks do not fire for the rows it writes
 /// (triggers marked `ENABLE REPLICA` or `ENABLE ALWAYS` still do).
@@ -269,8 +370,13 @@ impl PgEndpoint {
 /// otherwise cancel a long snapshot COPY or merge, which is retried from its start forever.
 /// `cutover.apply = on` lets cutover's writes through the write fence a switch puts on the
 /// database that is not the primary (the `cutover.fence()` trigger).
+/// `idle_session_timeout` (PostgreSQL 14+) is set through `pg_settings` so that older servers,
+/// which lack it, are not asked: left on, it would close the session holding the pipeline's
+/// lock while it idles, opening a window for a second `cutover run`.
 pub const SESSION_SETTINGS: &str =
-    "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET cutover.apply = on";
+    "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
+     SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'idle_session_timeout'; \
+     SET cutover.apply = on";
 
 impl fmt::Display for PgEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -318,6 +424,23 @@ mod tests {
         assert!(!shown.contains("s3cret-pw"), "{shown}");
         assert_eq!(e.to_string(), "postgres://app@db.internal:6543/shop");
         assert_eq!(e.password(), "s3cret-pw");
+    }
+
+    #[test]
+    fn every_host_of_a_multi_host_url_is_listed_with_its_port() {
+        let e = PgEndpoint::parse(
+            "postgres://app@db-a:5433,db-b:5434/shop?target_session_attrs=read-write",
+            "source",
+        )
+        .unwrap();
+        assert_eq!(
+            e.tcp_hosts(),
+            vec![("db-a".to_string(), 5433), ("db-b".to_string(), 5434)]
+        );
+        assert!(e.wants_read_write());
+        let one = PgEndpoint::parse("postgres://app@db-a/shop", "source").unwrap();
+        assert_eq!(one.tcp_hosts(), vec![("db-a".to_string(), 5432)]);
+        assert!(!one.wants_read_write());
     }
 
     #[test]

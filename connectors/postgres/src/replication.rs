@@ -206,16 +206,50 @@ impl ReplicationSession {
             })?
     }
 
+    /// Tries the URL's hosts in order, as libpq does: the first that takes the session (and,
+    /// with `target_session_attrs=read-write`, is not read-only) is the one streamed from.
     async fn open(endpoint: &PgEndpoint, application_name: &str) -> Result<Self> {
-        let host = endpoint.host();
-        let tcp = TcpStream::connect((host.as_str(), endpoint.port())).await?;
+        let hosts = endpoint.tcp_hosts();
+        let mut last = None;
+        for (host, port) in &hosts {
+            match Self::open_at(endpoint, host, *port, application_name).await {
+                Ok(session) => return Ok(session),
+                Err(e) if hosts.len() > 1 => {
+                    tracing::debug!(host = %host, port, error = %e, "replication connection: trying the next host");
+                    last = Some(ReplicationError::Io(format!("{host}:{port}: {e}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ReplicationError::Io("the URL names no TCP host".into())))
+    }
+
+    async fn open_at(
+        endpoint: &PgEndpoint,
+        host: &str,
+        port: u16,
+        application_name: &str,
+    ) -> Result<Self> {
+        let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        let io = negotiate_tls(tcp, endpoint, &host).await?;
+        let io = negotiate_tls(tcp, endpoint, host).await?;
         let mut session = ReplicationSession {
             io: BufReader::with_capacity(128 * 1024, io),
             server_version: 0,
         };
         session.startup(endpoint, application_name).await?;
+        if endpoint.wants_read_write() {
+            let rows = session.simple_query("SHOW transaction_read_only").await?;
+            let read_only = rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .is_some_and(|v| &v[..] == b"on");
+            if read_only {
+                return Err(ReplicationError::Io(
+                    "the server is read-only (a standby); target_session_attrs=read-write asks for the primary".into(),
+                ));
+            }
+        }
         Ok(session)
     }
 

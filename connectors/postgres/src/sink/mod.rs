@@ -74,6 +74,8 @@ pub struct PgSink {
     endpoint: PgEndpoint,
     options: PgSinkOptions,
     client: Arc<Client>,
+    /// The server process of `client`'s session (what [`Sink::stuck`] looks at).
+    backend_pid: i32,
     /// Whether this sink's sessions apply as replicas (see [`crate::conn::connect_applying`]).
     role: crate::conn::ApplyRole,
     tables: HashMap<TableName, TargetTable>,
@@ -149,11 +151,17 @@ impl PgSink {
         if role == crate::conn::ApplyRole::Origin {
             tracing::warn!(sink = %options.name, "the target role may not set session_replication_role = replica: the target's triggers and foreign keys fire for replicated rows (cutover check lists them)");
         }
+        let backend_pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(|e| classify(e, &format!("target {}", options.name)))?
+            .get(0);
         let client = Arc::new(client);
         Ok(PgSink {
             endpoint,
             options,
             client,
+            backend_pid,
             role,
             tables: HashMap::new(),
             state: SinkState::default(),
@@ -426,5 +434,13 @@ impl Sink for PgSink {
 
     fn buffered_bytes(&self) -> usize {
         self.buffered
+    }
+
+    fn stuck(&self, give_up: bool) -> Option<cutover_core::StuckReport> {
+        let endpoint = self.endpoint.clone();
+        let pid = self.backend_pid;
+        Some(Box::pin(async move {
+            crate::conn::what_session_waits_on(&endpoint, pid, give_up).await
+        }))
     }
 }
