@@ -110,6 +110,9 @@ pub struct CutoverSection {
     /// primary in `CUTOVER_PRIMARY_HOST`, `_PORT`, `_DATABASE` and the direction in
     /// `CUTOVER_DIRECTION`.
     pub switch_command: Option<String>,
+    /// How long `switch_command` may run before it is killed and the switch stops (it can be
+    /// run again with `cutover switch --resume`).
+    pub switch_command_timeout_s: Option<u64>,
     /// PgBouncer in front of the application: paused during the switch, then repointed.
     pub pgbouncer: Option<PgBouncerSection>,
 }
@@ -134,6 +137,9 @@ pub struct PgBouncerSection {
     pub database: String,
     /// PgBouncer's config file: its `database` entry's host, port and dbname are rewritten.
     pub config_file: String,
+    /// How long `PAUSE` may wait for the application's transactions to finish before the
+    /// switch is undone (default 10).
+    pub pause_timeout_s: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -546,6 +552,7 @@ pub struct CutoverSettings {
     pub final_verify: FinalVerify,
     pub changed_keys_max: usize,
     pub switch_command: Option<String>,
+    pub switch_command_timeout_s: u64,
     pub pgbouncer: Option<PgBouncerSettings>,
 }
 
@@ -555,6 +562,7 @@ pub struct PgBouncerSettings {
     pub admin_url: String,
     pub database: String,
     pub config_file: std::path::PathBuf,
+    pub pause_timeout_s: u64,
 }
 
 impl fmt::Debug for Pipeline {
@@ -992,6 +1000,7 @@ fn cutover_settings(
                 &format!("{origin}: cutover.pgbouncer.config_file"),
                 env,
             )?),
+            pause_timeout_s: p.pause_timeout_s.unwrap_or(10),
         }),
     };
     Ok(CutoverSettings {
@@ -1018,6 +1027,10 @@ fn cutover_settings(
             .or(d.changed_keys_max)
             .unwrap_or(1_000_000),
         switch_command: c.switch_command.clone(),
+        switch_command_timeout_s: c
+            .switch_command_timeout_s
+            .or(d.switch_command_timeout_s)
+            .unwrap_or(60),
         pgbouncer,
     })
 }

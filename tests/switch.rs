@@ -777,3 +777,54 @@ async fn the_fence_stops_every_application_session_and_opens_without_a_lock() {
     assert_eq!(left, 0);
     app.batch_execute(write).await.unwrap();
 }
+
+/// A client that keeps a transaction open through PgBouncer holds `PAUSE` up: past
+/// `pause_timeout_s` the pause is called off, the switch is undone (the old primary takes
+/// writes again, its clients were never refused) and the error names the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_held_up_by_an_open_transaction_is_called_off_at_its_deadline() {
+    let env = Env::new("pausedl").await;
+    pgbench_init(&env).await;
+    let bouncer = Bouncer::start(&env.dir, "app", env.services.source_port, &env.name);
+    let path = pipeline(&env, Some(&bouncer));
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[cutover.pgbouncer]\n",
+        "[cutover.pgbouncer]\npause_timeout_s = 2\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap();
+    let run = start_streaming(&env, &path).await;
+    verify_and_ready(p);
+    // An application session idle in a transaction, through PgBouncer.
+    let idle = common::connect(&bouncer.url()).await;
+    idle.batch_execute("BEGIN; SELECT count(*) FROM pgbench_branches")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = cutover(&["switch", p]);
+    assert_ne!(code, 0, "the switch went through a held pause:\n{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the switch waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains("PAUSE app did not finish within 2 s") && err.contains("called off"),
+        "{err}"
+    );
+    // Undone: the old primary and PgBouncer take the application's writes again, the open
+    // transaction included.
+    idle.batch_execute("UPDATE pgbench_branches SET bbalance = bbalance + 1 WHERE bid = 1; COMMIT")
+        .await
+        .unwrap();
+    let app = common::connect(&bouncer.url()).await;
+    app.batch_execute("UPDATE pgbench_branches SET bbalance = bbalance + 1 WHERE bid = 1")
+        .await
+        .unwrap();
+    assert_writes_go_to(&env, true, "after the called-off pause").await;
+    let (_, out, _) = cutover(&["status", "--format", "json", p]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["epoch"], 0, "{out}");
+    wait_equal(&env).await;
+    stop(&env, run).await;
+}

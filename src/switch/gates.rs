@@ -292,7 +292,13 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
     if let Some(p) = &settings.pgbouncer {
         let (ok, value) = match pgbouncer::Console::connect(p).await {
             Ok(c) => match c.knows_database().await {
-                Ok(true) => (true, format!("database {} served", p.database)),
+                Ok(true) => match pgbouncer::check_config(&p.config_file, &p.database) {
+                    Ok(()) => (
+                        true,
+                        format!("database {} served, its entry rewritable", p.database),
+                    ),
+                    Err(e) => (false, e.to_string()),
+                },
                 Ok(false) => (false, format!("no database {}", p.database)),
                 Err(e) => (false, e.to_string()),
             },
@@ -302,7 +308,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
             "pgbouncer",
             ok,
             value,
-            "the admin console reachable, the database entry there",
+            "the admin console reachable, the database entry there and in config_file (writable)",
             "check [cutover.pgbouncer]",
         ));
     }

@@ -51,9 +51,32 @@ impl Console {
             })
     }
 
-    /// Holds new transactions on the application's database; returns once none runs.
-    pub async fn pause(&self) -> Result<()> {
-        self.command(&format!("PAUSE {}", self.database)).await
+    /// Holds new transactions on the application's database; returns once none runs. A
+    /// `PAUSE` still waiting after `settings.pause_timeout_s` (a client keeps a transaction
+    /// open, and PgBouncer waits for its server connection) is called off with `RESUME` from
+    /// another console session, and is an error that names the cause.
+    pub async fn pause(&self, settings: &PgBouncerSettings) -> Result<()> {
+        let limit = std::time::Duration::from_secs(settings.pause_timeout_s);
+        match tokio::time::timeout(limit, self.command(&format!("PAUSE {}", self.database))).await {
+            Ok(done) => done,
+            Err(_) => {
+                let resumed = match Console::connect(settings).await {
+                    Ok(other) => other.resume().await,
+                    Err(e) => Err(e),
+                };
+                let mut e = ConnectorError::fatal(format!(
+                    "PgBouncer's PAUSE {} did not finish within {} s: a client keeps a transaction open, and PgBouncer waits for its server connection{}",
+                    self.database,
+                    settings.pause_timeout_s,
+                    match resumed {
+                        Ok(()) => "; the pause was called off".to_string(),
+                        Err(r) => format!("; calling the pause off failed too ({r}): run RESUME {} on PgBouncer's console", self.database),
+                    }
+                ));
+                e = e.with_hint("find it with SHOW SERVERS on PgBouncer's console or state 'idle in transaction' in pg_stat_activity, end it, and switch again; or raise [cutover.pgbouncer] pause_timeout_s");
+                Err(e)
+            }
+        }
     }
 
     /// Lets held transactions go. Resuming a database that is not paused is not an error.
@@ -81,6 +104,45 @@ impl Console {
             _ => false,
         }))
     }
+}
+
+/// Whether the switch will be able to repoint `database` in PgBouncer's config file at `path`:
+/// the file is readable and has the entry in its own `[databases]` section (not in an
+/// `%include`d file), and the directory takes a new file (the rewrite is written beside, then
+/// renamed). Checked by the readiness gates and again before the switch fences anything.
+pub fn check_config(path: &Path, database: &str) -> Result<()> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConnectorError::fatal(format!(
+            "cannot read PgBouncer's config file {shown} (cutover.pgbouncer.config_file): {e}"
+        ))
+        .with_hint("cutover must run where it can rewrite PgBouncer's config file (on PgBouncer's host, or with the file shared)")
+    })?;
+    if repointed(&text, database, "h", 1, "d").is_none() {
+        let included = text
+            .lines()
+            .any(|l| l.trim_start().to_ascii_lowercase().starts_with("%include"));
+        return Err(ConnectorError::fatal(format!(
+            "PgBouncer's config file {shown} has no entry {database} in its [databases] section{}",
+            if included {
+                " (it %includes other files: cutover rewrites only this one)"
+            } else {
+                ""
+            }
+        ))
+        .with_hint(
+            "put the entry in this file (e.g. `app = host=... port=... dbname=...`), or fix cutover.pgbouncer.database / config_file",
+        ));
+    }
+    let probe = path.with_extension(format!("cutover-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            ConnectorError::fatal(format!(
+                "cannot write beside PgBouncer's config file {shown}: {e}"
+            ))
+            .with_hint("the switch rewrites the file by writing a new one beside it and renaming it: make its directory writable for cutover")
+        })
 }
 
 /// Rewrites the `database` entry of the `[databases]` section of PgBouncer's config file so it
@@ -158,5 +220,31 @@ mod tests {
             "{out}"
         );
         assert!(repointed(ini, "missing", "h", 1, "d").is_none());
+    }
+
+    #[test]
+    fn the_config_file_is_checked_before_the_switch_needs_it() {
+        let dir = std::env::temp_dir().join(format!("cutover-pgb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pgbouncer.ini");
+        std::fs::write(&file, "[databases]\napp = host=a port=1 dbname=x\n").unwrap();
+        check_config(&file, "app").unwrap();
+        // The entry lives in an included file: named as the reason.
+        std::fs::write(
+            &file,
+            "[databases]\n%include /etc/pgbouncer/databases.ini\n[pgbouncer]\n",
+        )
+        .unwrap();
+        let e = check_config(&file, "app").unwrap_err().to_string();
+        assert!(e.contains("no entry app") && e.contains("%include"), "{e}");
+        // Not there at all (PgBouncer on another host).
+        let e = check_config(&dir.join("absent.ini"), "app")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read PgBouncer's config file"), "{e}");
+        // Nothing of the probe is left behind.
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -309,8 +309,10 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                     new_primary_lock_timeout_ms(cfg),
                 )
                 .await?;
-                if let Some(b) = &bouncer {
-                    b.pause().await?;
+                if let (Some(b), Some(p)) = (&bouncer, &settings.pgbouncer) {
+                    // What moving will need, checked again before anything is held.
+                    pgbouncer::check_config(&p.config_file, &p.database)?;
+                    b.pause(p).await?;
                 }
                 Step::Fencing
             }
@@ -349,6 +351,10 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                 Step::ReverseSlot
             }
             Step::ReverseSlot => {
+                if let Some(p) = &settings.pgbouncer {
+                    // The last look before the point of no return.
+                    pgbouncer::check_config(&p.config_file, &p.database)?;
+                }
                 let start = create_slot(&sides.after).await?;
                 // A check saved in an earlier epoch of the next direction says nothing of it:
                 // the way back needs a check made after this switch.
@@ -628,9 +634,11 @@ async fn move_traffic(
         b.resume().await?;
     }
     if let Some(command) = &cfg.cutover.switch_command {
-        let status = tokio::process::Command::new("sh")
+        let limit = Duration::from_secs(cfg.cutover.switch_command_timeout_s);
+        let mut child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(command)
+            .kill_on_drop(true)
             .env("CUTOVER_PIPELINE", &cfg.name)
             .env(
                 "CUTOVER_DIRECTION",
@@ -642,15 +650,31 @@ async fn move_traffic(
             .env("CUTOVER_PRIMARY_HOST", primary.host())
             .env("CUTOVER_PRIMARY_PORT", primary.port().to_string())
             .env("CUTOVER_PRIMARY_DATABASE", primary.database())
-            .status()
-            .await
+            .spawn()
             .map_err(|e| {
                 ConnectorError::fatal(format!("cannot run [cutover] switch_command: {e}"))
             })?;
+        let again = "the new primary takes writes and the old one is fenced: point the application at the new primary by hand, or fix the command and run `cutover switch --resume` (it runs the command again)";
+        let status = match tokio::time::timeout(limit, child.wait()).await {
+            Ok(waited) => waited.map_err(|e| {
+                ConnectorError::fatal(format!("cannot run [cutover] switch_command: {e}"))
+            })?,
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(ConnectorError::fatal(format!(
+                    "[cutover] switch_command did not finish within {} s and was killed",
+                    limit.as_secs()
+                ))
+                .with_hint(format!(
+                    "{again}; or raise [cutover] switch_command_timeout_s"
+                )));
+            }
+        };
         if !status.success() {
             return Err(ConnectorError::fatal(format!(
                 "[cutover] switch_command exited with {status}"
-            )));
+            ))
+            .with_hint(again));
         }
     }
     Ok(())
@@ -663,16 +687,31 @@ async fn undo(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Sides) ->
     // the other order their first statements would meet the fence.
     let old: Client = sides.old.connect().await?;
     fence::open(&old, &cfg.name).await?;
+    // Each later part is tried whatever the others did (a PgBouncer error must not leave the
+    // slot behind), and the first failure is reported with the record left undoable.
+    let mut failed: Option<ConnectorError> = None;
     if let Some(p) = &cfg.cutover.pgbouncer {
-        pgbouncer::Console::connect(p).await?.resume().await?;
+        let resumed = match pgbouncer::Console::connect(p).await {
+            Ok(console) => console.resume().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = resumed {
+            failed.get_or_insert(e);
+        }
     }
-    drop_slot_and_publication(
+    if let Err(e) = drop_slot_and_publication(
         &sides.new,
         &sides.after.slot,
         &sides.after.publication,
         Duration::from_secs(5),
     )
-    .await?;
+    .await
+    {
+        failed.get_or_insert(e);
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     rec.step = Step::Idle;
     rec.fence_lsn = None;
     rec.next_start = None;
