@@ -280,10 +280,41 @@ async fn switch_and_rollback_under_pgbench_through_pgbouncer() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("FAIL  last verify: no check saved"), "{out}");
     verify_and_ready(p);
+    // A forward slot left from before (say, a run that was down when the switch dropped it):
+    // the rollback must not take it for its own, or the way back replays the whole epoch.
+    let stale: String = env
+        .source()
+        .await
+        .query_one(
+            &format!(
+                "SELECT coalesce(
+                    (SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'cutover_{0}'),
+                    (SELECT lsn::text FROM pg_create_logical_replication_slot('cutover_{0}', 'pgoutput')))",
+                env.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let load = pgbench_load(&env, &bouncer, 10);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (code, out, err) = cutover(&["rollback", p]);
     assert_eq!(code, 0, "rollback:\n{out}\n{err}\n{}", run.log_text());
+    let fresh: bool = env
+        .target()
+        .await
+        .query_one(
+            "SELECT epoch_start::pg_lsn > $1::text::pg_lsn FROM cutover.switch_state WHERE pipeline = $2",
+            &[&stale, &env.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        fresh,
+        "the rollback streams from a slot made before it (at {stale})"
+    );
     pgbench_done(&env, load, 10);
     assert_writes_go_to(&env, true, "after the rollback").await;
     env.on_source("UPDATE pgbench_branches SET bbalance = bbalance + 1")

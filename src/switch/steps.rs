@@ -600,8 +600,35 @@ pub async fn sync_sequences(cfg: &Pipeline, margin: u32) -> Result<usize> {
 }
 
 /// Creates the publication and slot the pipeline streams from after the switch, on the new
-/// primary; returns the slot's start. A slot already there (a resumed switch) is kept.
+/// primary; returns the slot's start. A slot of that name already there is dropped first: one
+/// left by an earlier epoch would replay that whole epoch, and one this switch made before a
+/// crash holds nothing that matters (the new primary takes no application write until moving),
+/// so the slot always starts here.
 async fn create_slot(after: &Pipeline) -> Result<Lsn> {
+    let primary = PgEndpoint::parse(&after.source_url, "target")?;
+    let client = primary.connect().await?;
+    let stale: Option<(String, bool)> = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&after.slot],
+        )
+        .await
+        .map_err(|e| sql_error(e, "cannot read pg_replication_slots"))?
+        .map(|r| (r.get::<_, Option<String>>(0).unwrap_or_default(), r.get(1)));
+    if let Some((at, active)) = stale {
+        if active {
+            return Err(ConnectorError::fatal(format!(
+                "slot {} on the new primary is in use by another session: it cannot be the start of this switch's way",
+                after.slot
+            ))
+            .with_hint("stop whatever streams from it (pg_stat_replication), then `cutover switch --resume` or `--abort`"));
+        }
+        tracing::info!(slot = %after.slot, confirmed = %at, "dropping a slot of the next direction left from before this switch");
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&after.slot])
+            .await
+            .map_err(|e| sql_error(e, "cannot drop the stale slot of the next direction"))?;
+    }
     let source: PgSource = runtime::connect_source(after).await?;
     source.ensure_publication().await?;
     match source.ensure_slot().await? {
