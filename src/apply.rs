@@ -288,7 +288,15 @@ impl Worker<'_> {
                     let mut starts = Vec::with_capacity(partitions.len());
                     for p in &partitions {
                         let lane = self.open_lane(p, generation).await?;
-                        starts.push(lane.sinks.iter().map(|s| s.next).min().flatten());
+                        let start = lane.sinks.iter().map(|s| s.next).min().flatten();
+                        if let Some(next) = start {
+                            // Kafka would skip a gap silently (auto.offset.reset): refuse it.
+                            let (low, high) = self.reader.watermarks(&p.0, p.1).await?;
+                            if let Some(gap) = retention_gap(&p.0, p.1, next, low, high) {
+                                return Err(gap);
+                            }
+                        }
+                        starts.push(start);
                         self.lanes.insert(p.clone(), lane);
                     }
                     tracing::info!(partitions = ?partitions.iter().zip(&starts).map(|((t, p), s)| format!("{t}/{p}@{}", s.map_or("start".to_string(), |s| s.to_string()))).collect::<Vec<_>>(), "partitions assigned");
@@ -700,6 +708,37 @@ async fn write_batch(lane: &mut Lane, batch: &Prepared) -> Result<Option<Done>> 
 
 /// Adds a table to a sink; a table another worker created at the same moment is taken on a
 /// second try.
+/// Why a partition cannot be applied from `next` (the offset after the last one the target
+/// holds), given its first offset `low` and next offset `high` now: messages in between were
+/// deleted before they were read (retention, `DeleteRecords`), or the topic was made anew
+/// (empty now, though the target applied some of it). Either way changes would be lost
+/// without a trace, so the worker stops.
+fn retention_gap(
+    topic: &str,
+    partition: i32,
+    next: i64,
+    low: i64,
+    high: i64,
+) -> Option<ConnectorError> {
+    let lost = if next < low {
+        format!(
+            "the target holds {topic}/{partition} up to offset {}, but the partition now starts at offset {low}: {} message(s) were deleted (retention.ms, retention.bytes or DeleteRecords) before cutover apply read them",
+            next - 1,
+            low - next
+        )
+    } else if high == 0 && next > 0 {
+        format!(
+            "the target holds {topic}/{partition} up to offset {}, but the partition is empty: the topic was deleted and created again, or these are another cluster's topics",
+            next - 1
+        )
+    } else {
+        return None;
+    };
+    Some(ConnectorError::fatal(lost).with_hint(
+        "the changes in those messages never reached the target: copy the affected tables again from the source (cutover resnapshot, or a new snapshot), then forget this group's progress for the partition; keep retention longer than the longest time apply workers may be down",
+    ))
+}
+
 async fn add_table(sink: &mut dyn Sink, table: Arc<TableSchema>) -> Result<()> {
     match sink.add_table(table.clone()).await {
         Ok(()) => Ok(()),
@@ -767,4 +806,25 @@ pub async fn stored_offsets(cfg: &Pipeline) -> Result<BTreeMap<String, Vec<(Stri
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_before_the_partitions_first_offset_is_refused() {
+        assert!(retention_gap("t", 0, 100, 0, 500).is_none());
+        assert!(retention_gap("t", 0, 100, 100, 500).is_none());
+        assert!(retention_gap("t", 0, 0, 0, 0).is_none());
+        let e = retention_gap("orders", 2, 100, 250, 900)
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("orders/2 up to offset 99") && e.contains("150 message(s) were deleted"),
+            "{e}"
+        );
+        let e = retention_gap("orders", 2, 100, 0, 0).unwrap().to_string();
+        assert!(e.contains("the partition is empty"), "{e}");
+    }
 }

@@ -756,3 +756,78 @@ async fn whole_transactions_keep_a_transfer_between_tables_atomic() {
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }
+
+/// A topic made anew (deleted and created again) holds none of the messages the target applied:
+/// Kafka would start the group from the beginning of the new log without a word, so the worker
+/// stops and says which partition and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_lost_applied_messages_stops_the_worker() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let env = Env::new("apply_gap").await;
+    env.target()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text);")
+        .await
+        .unwrap();
+    let topic = format!("{}.gap", env.name);
+    let message = |id: i32| {
+        format!(
+            r#"{{"op": "insert", "table": "public.t", "key": {{"id": {id}}}, "row": {{"id": {id}, "v": "v{id}"}}, "lsn": "0/1", "ordinal": 0, "txid": 1, "commit_ts": "2026-01-01T00:00:00Z"}}"#
+        )
+    };
+    let (m1, m2, m3) = (message(1), message(2), message(3));
+    produce(
+        &topic,
+        &[
+            (Some(r#"{"id":1}"#), Some(&m1)),
+            (Some(r#"{"id":2}"#), Some(&m2)),
+            (Some(r#"{"id":3}"#), Some(&m3)),
+        ],
+    );
+    let apply = apply_pipeline(&env, std::slice::from_ref(&topic), "");
+    let mut worker = env.start_apply(&apply);
+    let target = env.target().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while common::contents(&target, "t").await.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(worker.terminate().success(), "{}", worker.log_text());
+
+    // The topic is made anew, empty.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let deleted = admin.delete_topics(&[&topic], &options).await.unwrap();
+    assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+
+    let mut worker = env.start_apply(&apply);
+    let status = worker.wait_exit(Duration::from_secs(90));
+    let log = worker.log_text();
+    assert!(
+        !status.success(),
+        "the worker went on past the lost messages:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("the target holds {topic}/0 up to offset 2"))
+            && log.contains("the partition is empty"),
+        "{log}"
+    );
+}

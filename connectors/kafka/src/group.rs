@@ -263,6 +263,24 @@ impl GroupReader {
         self.events.is_empty()
     }
 
+    /// The partition's first and next offsets (its low and high watermarks), from the broker.
+    pub async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        let consumer = self.consumer.clone();
+        let name = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_watermarks(&name, partition, Duration::from_secs(10))
+                .map_err(|e| {
+                    crate::classify(
+                        e,
+                        &format!("cannot read where {name}/{partition} starts and ends"),
+                    )
+                })
+        })
+        .await
+        .map_err(|e| ConnectorError::fatal(format!("the watermark request failed: {e}")))?
+    }
+
     /// How many partitions `topic` has, from the brokers' metadata.
     pub async fn partition_count(&self, topic: &str) -> Result<usize> {
         let consumer = self.consumer.clone();
