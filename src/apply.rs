@@ -531,7 +531,7 @@ impl Worker<'_> {
         (Option<TableName>, String),
     > {
         let message = inbound::read(
-            self.settings.read.format,
+            &self.settings.read,
             delivery.key.as_deref(),
             delivery.payload.as_deref(),
         )

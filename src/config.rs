@@ -251,6 +251,13 @@ pub struct SourceConfig {
     /// `kind = "kafka"`, Debezium messages without schemas: how decimals were written
     /// (Debezium's `decimal.handling.mode`): `precise` (default), `string` or `double`.
     pub decimal_handling: Option<cutover_core::inbound::DecimalHandling>,
+    /// `kind = "kafka"`, Debezium messages without schemas: how times and timestamps were
+    /// written (Debezium's `time.precision.mode`): `adaptive` (default),
+    /// `adaptive_time_microseconds` or `connect`.
+    pub time_precision: Option<cutover_core::inbound::TimePrecision>,
+    /// `kind = "kafka"`, Debezium messages: the connector's `unavailable.value.placeholder`
+    /// (default `__debezium_unavailable_value`).
+    pub unavailable_value_placeholder: Option<String>,
     /// `kind = "kafka"`: extra librdkafka consumer settings (security, timeouts).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -659,6 +666,11 @@ pub fn parse(
             ("topics", !file.source.topics.is_empty()),
             ("format", file.source.format.is_some()),
             ("decimal_handling", file.source.decimal_handling.is_some()),
+            ("time_precision", file.source.time_precision.is_some()),
+            (
+                "unavailable_value_placeholder",
+                file.source.unavailable_value_placeholder.is_some(),
+            ),
             ("properties", !file.source.properties.is_empty()),
             ("dead_letter_file", file.source.dead_letter_file.is_some()),
             ("batch_messages", file.source.batch_messages.is_some()),
@@ -1184,6 +1196,17 @@ fn apply_settings(
         read: cutover_core::inbound::ReadOptions {
             format: source.format.unwrap_or_default(),
             decimal: source.decimal_handling.unwrap_or_default(),
+            time_precision: source.time_precision.unwrap_or_default(),
+            placeholder: match &source.unavailable_value_placeholder {
+                Some(p) if p.is_empty() => {
+                    return Err(bad(
+                        "unavailable_value_placeholder",
+                        "is empty: every empty string would be taken for an unchanged value. Fix: write the connector's unavailable.value.placeholder, or remove the key for Debezium's default.".into(),
+                    ))
+                }
+                Some(p) => p.clone(),
+                None => cutover_core::envelope::DEBEZIUM_UNAVAILABLE.to_string(),
+            },
         },
         properties,
         dead_letter_file: match &source.dead_letter_file {

@@ -63,11 +63,42 @@ pub struct Inbound {
 }
 
 /// How `apply` reads values of one envelope format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadOptions {
     pub format: EnvelopeFormat,
     /// How Debezium wrote decimals without a schema saying so (`decimal.handling.mode`).
     pub decimal: DecimalHandling,
+    /// How Debezium wrote times and timestamps without a schema saying so
+    /// (`time.precision.mode`).
+    pub time_precision: TimePrecision,
+    /// The value Debezium writes for a column it did not receive (an unchanged TOAST value):
+    /// its `unavailable.value.placeholder`.
+    pub placeholder: String,
+}
+
+impl ReadOptions {
+    /// The options of `format` with Debezium's defaults.
+    pub fn of(format: EnvelopeFormat) -> ReadOptions {
+        ReadOptions {
+            format,
+            decimal: DecimalHandling::default(),
+            time_precision: TimePrecision::default(),
+            placeholder: DEBEZIUM_UNAVAILABLE.to_string(),
+        }
+    }
+}
+
+/// Debezium's `time.precision.mode`, for messages without schemas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimePrecision {
+    /// `time` and `timestamp` of precision 0-3 in milliseconds, others in microseconds.
+    #[default]
+    Adaptive,
+    /// `time` always in microseconds; `timestamp` as in `adaptive`.
+    AdaptiveTimeMicroseconds,
+    /// Kafka Connect's own types: `time` and `timestamp` in milliseconds.
+    Connect,
 }
 
 /// Debezium's `decimal.handling.mode`.
@@ -118,7 +149,7 @@ pub fn transaction_of(format: EnvelopeFormat, payload: &[u8]) -> Option<String> 
 /// that changes nothing: a tombstone (no payload) or a Debezium transaction or heartbeat
 /// message.
 pub fn read(
-    format: EnvelopeFormat,
+    options: &ReadOptions,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
 ) -> Result<Option<Inbound>, String> {
@@ -133,9 +164,27 @@ pub fn read(
         ),
         _ => None,
     };
-    match format {
+    match options.format {
         EnvelopeFormat::Cutover => read_cutover(&doc).map(Some),
-        EnvelopeFormat::Debezium => read_debezium(&doc, key.as_ref()),
+        EnvelopeFormat::Debezium => read_debezium(&doc, key.as_ref(), &options.placeholder),
+    }
+}
+
+/// Whether `v` is Debezium's placeholder for a value it did not receive, in the shape it
+/// gives that column's type: the text itself (text, json, numeric as string, ...), its bytes
+/// in base64 (`bytea`), a one-element array of it (arrays), or a map from it to itself
+/// (`hstore`).
+fn is_placeholder(v: &Json, placeholder: &str) -> bool {
+    use base64::Engine as _;
+    match v {
+        Json::String(s) => {
+            s == placeholder || *s == base64::engine::general_purpose::STANDARD.encode(placeholder)
+        }
+        Json::Array(items) => items.len() == 1 && items[0].as_str() == Some(placeholder),
+        Json::Object(map) => {
+            map.len() == 1 && map.get(placeholder).and_then(Json::as_str) == Some(placeholder)
+        }
+        _ => false,
     }
 }
 
@@ -192,7 +241,11 @@ fn read_cutover(doc: &Json) -> Result<Inbound, String> {
     })
 }
 
-fn read_debezium(doc: &Json, key: Option<&Json>) -> Result<Option<Inbound>, String> {
+fn read_debezium(
+    doc: &Json,
+    key: Option<&Json>,
+    placeholder: &str,
+) -> Result<Option<Inbound>, String> {
     // Schemas on: {"schema": {...}, "payload": {...}}.
     let (envelope, schema) = match doc.get("payload") {
         Some(p) if doc.get("schema").is_some() => (p, doc.get("schema")),
@@ -258,7 +311,7 @@ fn read_debezium(doc: &Json, key: Option<&Json>) -> Result<Option<Inbound>, Stri
             let row = row_of("after")?;
             let unchanged = row
                 .iter()
-                .filter(|(_, v)| v.as_str() == Some(DEBEZIUM_UNAVAILABLE))
+                .filter(|(_, v)| is_placeholder(v, placeholder))
                 .map(|(k, _)| k.clone())
                 .collect();
             InboundOp::Upsert { row, unchanged }
@@ -441,13 +494,7 @@ impl Inbound {
             ) => TimeUnit::Millis,
             Some("io.debezium.time.NanoTime" | "io.debezium.time.NanoTimestamp") => TimeUnit::Nanos,
             Some(_) => TimeUnit::Micros,
-            // adaptive: time(0..3) and timestamp(0..3) in milliseconds.
-            None if (0..=3).contains(&typmod)
-                && matches!(column.type_oid, oid::TIME | oid::TIMESTAMP) =>
-            {
-                TimeUnit::Millis
-            }
-            None => TimeUnit::Micros,
+            None => schemaless_time_unit(options.time_precision, column.type_oid, typmod),
         };
         let column_scale = match column.type_oid {
             oid::MONEY => Some(2),
@@ -472,6 +519,18 @@ impl Inbound {
             time_unit,
             decimal,
         }
+    }
+}
+
+/// The unit of a `time` or `timestamp` value written without a schema, by Debezium's
+/// `time.precision.mode` and the column's precision (`typmod`, -1 when none is declared).
+fn schemaless_time_unit(mode: TimePrecision, type_oid: u32, typmod: i32) -> TimeUnit {
+    let low_precision = (0..=3).contains(&typmod);
+    match (mode, type_oid) {
+        (TimePrecision::Connect, oid::TIME | oid::TIMESTAMP) => TimeUnit::Millis,
+        (TimePrecision::AdaptiveTimeMicroseconds, oid::TIME) => TimeUnit::Micros,
+        (_, oid::TIME | oid::TIMESTAMP) if low_precision => TimeUnit::Millis,
+        _ => TimeUnit::Micros,
     }
 }
 
@@ -603,10 +662,9 @@ mod tests {
     use super::*;
     use crate::datum::{decode, Datum};
 
-    const DEBEZIUM: ReadOptions = ReadOptions {
-        format: EnvelopeFormat::Debezium,
-        decimal: DecimalHandling::Precise,
-    };
+    fn debezium() -> ReadOptions {
+        ReadOptions::of(EnvelopeFormat::Debezium)
+    }
 
     /// A create event with schemas on, written after the example in Debezium's PostgreSQL
     /// connector documentation, with a decimal, a timestamp and a date added.
@@ -656,7 +714,7 @@ mod tests {
     #[test]
     fn a_debezium_create_with_schemas_makes_its_table_and_row() {
         let m = read(
-            EnvelopeFormat::Debezium,
+            &ReadOptions::of(EnvelopeFormat::Debezium),
             Some(KEY_WITH_SCHEMA.as_bytes()),
             Some(CREATE_WITH_SCHEMA.as_bytes()),
         )
@@ -672,7 +730,7 @@ mod tests {
             ["integer", "text", "numeric(8,2)", "timestamp", "date"]
         );
         assert!(table.columns[0].key && !table.columns[0].nullable);
-        let change = m.change(&table, &DEBEZIUM).unwrap();
+        let change = m.change(&table, &debezium()).unwrap();
         assert!(matches!(change, Change::Insert { .. }));
         assert_eq!(
             rendered(&table, &change),
@@ -706,7 +764,7 @@ mod tests {
         };
         let read_with = |price: &str, decimal| {
             let m = read(
-                EnvelopeFormat::Debezium,
+                &ReadOptions::of(EnvelopeFormat::Debezium),
                 Some(b"{\"id\":7}"),
                 Some(msg(price).as_bytes()),
             )
@@ -716,8 +774,8 @@ mod tests {
                 .change(
                     &table,
                     &ReadOptions {
-                        format: EnvelopeFormat::Debezium,
                         decimal,
+                        ..debezium()
                     },
                 )
                 .unwrap();
@@ -727,20 +785,29 @@ mod tests {
         assert_eq!(read_with("\"12.50\"", DecimalHandling::String), "12.50");
         assert_eq!(read_with("12.5", DecimalHandling::Double), "12.5");
         let delete = br#"{"before": {"id": 7, "price": null}, "after": null, "source": {"schema": "public", "table": "t"}, "op": "d"}"#;
-        let m = read(EnvelopeFormat::Debezium, None, Some(delete))
-            .unwrap()
-            .unwrap();
+        let m = read(
+            &ReadOptions::of(EnvelopeFormat::Debezium),
+            None,
+            Some(delete),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(
             m.op,
             InboundOp::Delete {
                 key: serde_json::from_str(r#"{"id": 7, "price": null}"#).unwrap()
             }
         );
-        let change = m.change(&table, &DEBEZIUM).unwrap();
+        let change = m.change(&table, &debezium()).unwrap();
         assert_eq!(rendered(&table, &change), vec![Some("7".to_string()), None]);
         // A tombstone changes nothing.
         assert_eq!(
-            read(EnvelopeFormat::Debezium, Some(b"{\"id\":7}"), None).unwrap(),
+            read(
+                &ReadOptions::of(EnvelopeFormat::Debezium),
+                Some(b"{\"id\":7}"),
+                None
+            )
+            .unwrap(),
             None
         );
     }
@@ -756,15 +823,20 @@ mod tests {
             ],
         };
         let payload = br#"{"op": "update", "table": "public.items", "key": {"id": 3}, "row": {"id": 3, "doc": {"a": [1]}}, "unchanged": ["note"], "lsn": "0/1", "ordinal": 0, "txid": 1, "commit_ts": "2026-01-01T00:00:00Z"}"#;
-        let m = read(EnvelopeFormat::Cutover, Some(b"{\"id\":3}"), Some(payload))
-            .unwrap()
-            .unwrap();
+        let m = read(
+            &ReadOptions::of(EnvelopeFormat::Cutover),
+            Some(b"{\"id\":3}"),
+            Some(payload),
+        )
+        .unwrap()
+        .unwrap();
         let change = m
             .change(
                 &table,
                 &ReadOptions {
                     format: EnvelopeFormat::Cutover,
                     decimal: DecimalHandling::Precise,
+                    ..ReadOptions::of(EnvelopeFormat::Cutover)
                 },
             )
             .unwrap();
@@ -789,14 +861,15 @@ mod tests {
 
     #[test]
     fn bad_messages_say_what_is_wrong() {
-        let cut = |p: &[u8]| read(EnvelopeFormat::Cutover, None, Some(p)).unwrap_err();
+        let cut =
+            |p: &[u8]| read(&ReadOptions::of(EnvelopeFormat::Cutover), None, Some(p)).unwrap_err();
         assert!(cut(b"not json").contains("not JSON"));
         assert!(cut(br#"{"op": "upsert", "table": "public.t"}"#).contains("unknown op"));
         assert!(
             cut(br#"{"op": "delete", "table": "public.t", "key": null}"#).contains("no \"key\"")
         );
         let dbz = read(
-            EnvelopeFormat::Debezium,
+            &ReadOptions::of(EnvelopeFormat::Debezium),
             None,
             Some(br#"{"op": "x", "source": {"table": "t"}}"#),
         )
@@ -807,7 +880,7 @@ mod tests {
             columns: vec![Column::new("id", oid::INT4, true)],
         };
         let m = read(
-            EnvelopeFormat::Cutover,
+            &ReadOptions::of(EnvelopeFormat::Cutover),
             None,
             Some(br#"{"op": "insert", "table": "public.t", "row": {"id": 1, "extra": 2}}"#),
         )
@@ -816,13 +889,14 @@ mod tests {
         let opts = ReadOptions {
             format: EnvelopeFormat::Cutover,
             decimal: DecimalHandling::Precise,
+            ..ReadOptions::of(EnvelopeFormat::Cutover)
         };
         assert!(m
             .change(&table, &opts)
             .unwrap_err()
             .contains("\"extra\" is not a column"));
         let m = read(
-            EnvelopeFormat::Cutover,
+            &ReadOptions::of(EnvelopeFormat::Cutover),
             None,
             Some(br#"{"op": "insert", "table": "public.t", "row": {"id": "x"}}"#),
         )
@@ -832,5 +906,63 @@ mod tests {
             .change(&table, &opts)
             .unwrap_err()
             .contains("column id: expected an integer"));
+    }
+
+    #[test]
+    fn debeziums_placeholder_is_known_in_every_shape_it_takes() {
+        use base64::Engine as _;
+        let p = DEBEZIUM_UNAVAILABLE;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(p);
+        let after = format!(
+            r#"{{"id": 1, "t": "{p}", "b": "{b64}", "a": ["{p}"], "h": {{"{p}": "{p}"}}, "real": "x", "one": ["x"]}}"#
+        );
+        let msg = format!(
+            r#"{{"before": null, "after": {after}, "source": {{"table": "t", "schema": "public"}}, "op": "u"}}"#
+        );
+        let m = read(&debezium(), None, Some(msg.as_bytes()))
+            .unwrap()
+            .unwrap();
+        let InboundOp::Upsert { mut unchanged, .. } = m.op else {
+            panic!("an upsert")
+        };
+        unchanged.sort();
+        assert_eq!(unchanged, ["a", "b", "h", "t"]);
+        // A connector with its own placeholder.
+        let own = ReadOptions {
+            placeholder: "<toasted>".into(),
+            ..debezium()
+        };
+        let msg = r#"{"before": null, "after": {"id": 1, "t": "<toasted>", "u": "__debezium_unavailable_value"}, "source": {"table": "t"}, "op": "u"}"#;
+        let m = read(&own, None, Some(msg.as_bytes())).unwrap().unwrap();
+        let InboundOp::Upsert { unchanged, .. } = m.op else {
+            panic!("an upsert")
+        };
+        assert_eq!(unchanged, ["t"]);
+    }
+
+    #[test]
+    fn schemaless_times_follow_the_time_precision_mode() {
+        use TimePrecision::*;
+        let (time, ts) = (oid::TIME, oid::TIMESTAMP);
+        // adaptive: precision 0-3 in ms, else us.
+        assert_eq!(schemaless_time_unit(Adaptive, ts, 3), TimeUnit::Millis);
+        assert_eq!(schemaless_time_unit(Adaptive, ts, -1), TimeUnit::Micros);
+        assert_eq!(schemaless_time_unit(Adaptive, time, 0), TimeUnit::Millis);
+        // adaptive_time_microseconds: every time in us.
+        assert_eq!(
+            schemaless_time_unit(AdaptiveTimeMicroseconds, time, 0),
+            TimeUnit::Micros
+        );
+        assert_eq!(
+            schemaless_time_unit(AdaptiveTimeMicroseconds, ts, 2),
+            TimeUnit::Millis
+        );
+        // connect: every time and timestamp in ms, whatever its precision.
+        assert_eq!(schemaless_time_unit(Connect, ts, -1), TimeUnit::Millis);
+        assert_eq!(schemaless_time_unit(Connect, time, 6), TimeUnit::Millis);
+        assert_eq!(
+            schemaless_time_unit(Connect, oid::TIMESTAMPTZ, -1),
+            TimeUnit::Micros
+        );
     }
 }
