@@ -1201,7 +1201,7 @@ fn apply_settings(
                 Some(p) if p.is_empty() => {
                     return Err(bad(
                         "unavailable_value_placeholder",
-                        "is empty: every empty string would be taken for an unchanged value. Fix: write the connector's unavailable.value.placeholder, or remove the key for Debezium's default.".into(),
+                        "is empty: every empty string would be taken for an unchanged value. Fix: write the connector's unavailable.value.placeholder, or remove the key for Debezium's default.",
                     ))
                 }
                 Some(p) => p.clone(),
