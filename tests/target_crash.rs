@@ -152,3 +152,91 @@ async fn a_write_stuck_behind_a_lock_is_named_abandoned_and_retried() {
     assert!(run.terminate().success(), "{}", run.log_text());
     env.drop_slot().await;
 }
+
+/// A target role that may not take `session_replication_role = replica` (an ordinary role, as
+/// on some managed services): the target's foreign keys fire for every replicated row. A
+/// transaction that writes parents and children together, and one that deletes them
+/// together, must still apply whole, with nothing parked, whatever order the batch holds the
+/// tables in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_keys_that_fire_on_the_target_see_parents_first_and_children_deleted_first() {
+    let mut env = Env::new("fk_origin").await;
+    let role = format!("r_{}", env.name);
+    let port = env.services.target_port;
+    connect(&url(port, "postgres"))
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {db} TO {role}",
+            db = env.name
+        ))
+        .await
+        .unwrap();
+    env.target()
+        .await
+        .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {role}"))
+        .await
+        .unwrap();
+    let schema = "CREATE TABLE customers (id int PRIMARY KEY, name text);
+         CREATE TABLE items (id int PRIMARY KEY, label text);
+         CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES customers, note text);
+         CREATE TABLE order_lines (id int PRIMARY KEY, order_id int NOT NULL REFERENCES orders,
+                                   item_id int NOT NULL REFERENCES items, qty int);";
+    env.on_source(schema).await;
+    // The target's schema, with its foreign keys, made by the role that applies.
+    let role_url = format!("postgres://{role}@127.0.0.1:{port}/{}", env.name);
+    connect(&role_url)
+        .await
+        .batch_execute(schema)
+        .await
+        .unwrap();
+    let admin_url = env.target_url.clone();
+    env.target_url = role_url;
+    let path = env.pipeline(TABLES, "");
+    env.target_url = admin_url;
+    let mut run = env.start(&path);
+    run.wait_log("streaming changes", Duration::from_secs(60))
+        .await;
+    // Parents and children in one transaction each way.
+    env.on_source(
+        "BEGIN;
+         INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1, 40) g;
+         INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 10) g;
+         INSERT INTO orders SELECT g, 1 + g % 40, 'o' || g FROM generate_series(1, 80) g;
+         INSERT INTO order_lines SELECT g, 1 + g % 80, 1 + g % 10, g FROM generate_series(1, 200) g;
+         COMMIT;",
+    )
+    .await;
+    env.wait_equal(
+        &["customers", "items", "orders", "order_lines"],
+        Duration::from_secs(60),
+    )
+    .await;
+    env.on_source(
+        "BEGIN;
+         INSERT INTO customers VALUES (41, 'new');
+         UPDATE orders SET customer_id = 41 WHERE id <= 5;
+         DELETE FROM order_lines WHERE order_id > 60;
+         DELETE FROM orders WHERE id > 60;
+         DELETE FROM customers WHERE id NOT IN (SELECT customer_id FROM orders);
+         COMMIT;",
+    )
+    .await;
+    env.wait_equal(
+        &["customers", "items", "orders", "order_lines"],
+        Duration::from_secs(60),
+    )
+    .await;
+    let (code, out, err) = common::cutover(&["dlq", "list", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("sink target: 0 parked change(s)"),
+        "changes were parked:\n{out}"
+    );
+    let log = run.log_text();
+    assert!(
+        log.contains("may not set session_replication_role"),
+        "the role applied as a replica after all:\n{log}"
+    );
+    assert!(run.terminate().success(), "{log}");
+    env.drop_slot().await;
+}

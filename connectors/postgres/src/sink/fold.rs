@@ -176,3 +176,50 @@ fn insert(changes: &mut TableChanges, layout: &TableSchema, row: Row) {
         std::collections::hash_map::Entry::Occupied(_) => upsert(changes, layout, row),
     }
 }
+
+/// Each table's depth in the graph of foreign keys `edges` (child, parent): 0 for a table that
+/// references none of the others, else one more than the deepest table it references. A cycle
+/// (tables referencing each other) stops deepening after as many rounds as there are tables.
+pub(super) fn depths(edges: &[(String, String)]) -> std::collections::HashMap<String, usize> {
+    let mut depth: std::collections::HashMap<String, usize> = edges
+        .iter()
+        .flat_map(|(c, p)| [(c.clone(), 0), (p.clone(), 0)])
+        .collect();
+    for _ in 0..depth.len() {
+        let mut changed = false;
+        for (child, parent) in edges {
+            let want = depth[parent] + 1;
+            if depth[child] < want {
+                depth.insert(child.clone(), want);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    depth
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::depths;
+
+    #[test]
+    fn referenced_tables_are_shallower_than_those_that_reference_them() {
+        let e = |c: &str, p: &str| (c.to_string(), p.to_string());
+        let d = depths(&[
+            e("order_lines", "orders"),
+            e("orders", "customers"),
+            e("order_lines", "items"),
+            e("a", "b"),
+            e("b", "a"),
+        ]);
+        assert_eq!(d["customers"], 0);
+        assert_eq!(d["items"], 0);
+        assert_eq!(d["orders"], 1);
+        assert_eq!(d["order_lines"], 2);
+        // A cycle ends, within as many rounds as there are tables.
+        assert!(d["a"] <= 2 * d.len() && d["b"] <= 2 * d.len());
+    }
+}

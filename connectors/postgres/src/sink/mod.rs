@@ -78,6 +78,11 @@ pub struct PgSink {
     backend_pid: i32,
     /// Whether this sink's sessions apply as replicas (see [`crate::conn::connect_applying`]).
     role: crate::conn::ApplyRole,
+    /// When the target's foreign keys fire for this sink (it applies as an ordinary session):
+    /// each table's depth among the sink's tables linked by foreign keys (a referenced table
+    /// is shallower than the tables referencing it), by quoted name; a write then deletes
+    /// children first and writes parents first.
+    fk_depth: Option<Arc<HashMap<String, usize>>>,
     tables: HashMap<TableName, TargetTable>,
     state: SinkState,
     /// The last sealed write leaves a target transaction open (it ended inside a source
@@ -163,6 +168,7 @@ impl PgSink {
             client,
             backend_pid,
             role,
+            fk_depth: None,
             tables: HashMap::new(),
             state: SinkState::default(),
             txn_open: false,
@@ -177,6 +183,29 @@ impl PgSink {
             recopy: Default::default(),
             ranges: Default::default(),
         })
+    }
+
+    /// The depths of [`PgSink::fk_depth`], read from the target's catalog; `None` when the
+    /// sink applies as a replica (foreign keys do not fire) or no foreign key links its tables.
+    async fn foreign_key_depths(&self) -> Result<Option<Arc<HashMap<String, usize>>>> {
+        if self.role == crate::conn::ApplyRole::Replica {
+            return Ok(None);
+        }
+        let names: Vec<String> = self.tables.values().map(|t| t.quoted.clone()).collect();
+        let edges: Vec<(String, String)> = self
+            .client
+            .query(
+                "SELECT c.n, p.n FROM unnest($1::text[]) c(n), unnest($1::text[]) p(n), pg_constraint k
+                  WHERE k.contype = 'f' AND k.conrelid = to_regclass(c.n) AND k.confrelid = to_regclass(p.n)
+                    AND c.n <> p.n",
+                &[&names],
+            )
+            .await
+            .map_err(|e| classify(e, &format!("target {}: cannot read its foreign keys", self.options.name)))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok((!edges.is_empty()).then(|| Arc::new(fold::depths(&edges))))
     }
 
     async fn exec(&self, sql: &str) -> Result<()> {
@@ -318,6 +347,7 @@ impl Sink for PgSink {
             }
             self.stage(table, from_stream).await?;
         }
+        self.fk_depth = self.foreign_key_depths().await?;
         Ok(self.state.clone())
     }
 
@@ -329,7 +359,9 @@ impl Sink for PgSink {
         if !self.options.applying {
             self.refuse_foreign_rows(&table).await?;
         }
-        self.stage(&table, false).await
+        self.stage(&table, false).await?;
+        self.fk_depth = self.foreign_key_depths().await?;
+        Ok(())
     }
 
     async fn begin_copy(
@@ -407,6 +439,7 @@ impl Sink for PgSink {
                 unflushed: self.unflushed.clone(),
                 async_commit: self.async_commit,
                 fenced: self.options.applying,
+                fk_depth: self.fk_depth.clone(),
             }
             .run(),
         )

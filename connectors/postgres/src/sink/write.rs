@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use cutover_core::{
-    quote_ident, Checkpoint, ConnectorError, ErrorKind, Lsn, Result, Row, TableSchema, Value,
+    quote_ident, Checkpoint, ConnectorError, ErrorKind, Lsn, Result, Row, TableName, TableSchema,
+    Value,
 };
 use futures::SinkExt;
 use rustc_hash::FxHashMap;
@@ -77,6 +78,8 @@ pub(super) struct Write {
     /// position (`commit.commit_lsn`); otherwise fail without committing: another worker has
     /// applied past it (see [`cutover_core::TargetContext::applying`]).
     pub(super) fenced: bool,
+    /// See `PgSink::fk_depth`.
+    pub(super) fk_depth: Option<Arc<std::collections::HashMap<String, usize>>>,
 }
 
 impl Write {
@@ -199,6 +202,42 @@ impl Write {
         Ok(())
     }
 
+    /// Writes tables linked by foreign keys that fire for this session in an order they
+    /// accept: every table's deletes first, the referencing tables before those they
+    /// reference; then the other changes, referenced tables first. (A table's own changes have
+    /// no order between keys: the fold left one change per key.)
+    async fn write_in_key_order(
+        &self,
+        tables: FxHashMap<TableName, TableChanges>,
+        depth: &std::collections::HashMap<String, usize>,
+    ) -> Result<()> {
+        let of = |c: &TableChanges| depth.get(&c.table.quoted).copied().unwrap_or(0);
+        let mut all: Vec<TableChanges> = tables.into_values().collect();
+        all.sort_by_key(|c| std::cmp::Reverse(of(c)));
+        let mut writes = Vec::with_capacity(all.len());
+        for changes in all {
+            let TableChanges { table, ops } = changes;
+            let (deletes, rest): (FxHashMap<_, _>, FxHashMap<_, _>) = ops
+                .into_iter()
+                .partition(|(_, op)| matches!(op, Op::Delete(_)));
+            if !deletes.is_empty() {
+                self.write_changes(TableChanges {
+                    table: table.clone(),
+                    ops: deletes,
+                })
+                .await?;
+            }
+            if !rest.is_empty() {
+                writes.push(TableChanges { table, ops: rest });
+            }
+        }
+        writes.sort_by_key(of);
+        for changes in writes {
+            self.write_changes(changes).await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn run(mut self) -> Result<Option<Checkpoint>> {
         let ctx = format!("target {}", self.sink);
         let client = &self.client;
@@ -214,11 +253,16 @@ impl Write {
         }
         for segment in std::mem::take(&mut self.segments) {
             match segment {
-                Segment::Changes(tables) => {
-                    for (_, changes) in tables {
-                        self.write_changes(changes).await?;
+                Segment::Changes(tables) => match self.fk_depth.clone() {
+                    Some(depth) if tables.values().any(|c| depth.contains_key(&c.table.quoted)) => {
+                        self.write_in_key_order(tables, &depth).await?
                     }
-                }
+                    _ => {
+                        for (_, changes) in tables {
+                            self.write_changes(changes).await?;
+                        }
+                    }
+                },
                 Segment::Truncate(table) => exec(format!("TRUNCATE {}", table.quoted)).await?,
                 Segment::MoveRow {
                     table,
