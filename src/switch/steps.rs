@@ -309,6 +309,16 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
                     new_primary_lock_timeout_ms(cfg),
                 )
                 .await?;
+                // The old primary's triggers (its gate open: nothing changes for the
+                // application yet), so that fencing it, with PgBouncer paused, only closes the
+                // gate and waits for the writers.
+                fence::ensure_triggers(
+                    &old,
+                    &cfg.name,
+                    &sides.tables,
+                    settings.fence_lock_timeout_ms,
+                )
+                .await?;
                 if let (Some(b), Some(p)) = (&bouncer, &settings.pgbouncer) {
                     // What moving will need, checked again before anything is held.
                     pgbouncer::check_config(&p.config_file, &p.database)?;
