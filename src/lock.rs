@@ -74,18 +74,22 @@ pub async fn take(file: &Pipeline, holds: &[Hold], command: &str) -> Result<Pipe
 }
 
 impl PipelineLock {
+    /// Takes `hold` if no other session has it.
+    async fn try_take(&self, hold: Hold) -> Result<bool, String> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&hold.key(), &self.slot],
+            )
+            .await
+            .map_err(|e| format!("cannot take the pipeline's lock on the source: {e}"))?
+            .get(0))
+    }
+
     async fn acquire(&self, command: &str) -> Result<(), String> {
         for hold in &self.holds {
-            let got: bool = self
-                .client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                    &[&hold.key(), &self.slot],
-                )
-                .await
-                .map_err(|e| format!("cannot take the pipeline's lock on the source: {e}"))?
-                .get(0);
-            if !got {
+            if !self.try_take(*hold).await? {
                 self.wait_out_a_dead_holder(command, *hold).await?;
             }
         }
@@ -116,16 +120,7 @@ impl PipelineLock {
                 _ => return Err(refusal(command, hold, &self.slot, holder)),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let got: bool = self
-                .client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                    &[&hold.key(), &self.slot],
-                )
-                .await
-                .map_err(|e| format!("cannot take the pipeline's lock on the source: {e}"))?
-                .get(0);
-            if got {
+            if self.try_take(hold).await? {
                 return Ok(());
             }
         }

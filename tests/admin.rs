@@ -22,6 +22,17 @@ const ODD_ESCAPED: &str = "p%40ss%3Aw%2Frd%25%C3%BC-odd-not-a-real-secret";
 
 /// One HTTP/1.1 request; returns (status code, body).
 async fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    request(port, "127.0.0.1", method, path, token).await
+}
+
+/// One HTTP/1.1 request with a chosen `Host`; returns (status code, body).
+async fn request(
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect to the admin server");
@@ -29,7 +40,7 @@ async fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16,
     stream
         .write_all(
             format!(
-                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
             )
             .as_bytes(),
         )
@@ -626,27 +637,9 @@ async fn status_reads_the_running_pipeline_and_falls_back_without_it() {
     env.drop_slot().await;
 }
 
-/// One raw request with a chosen `Host`; returns the status code and body.
+/// One GET with a chosen `Host`; returns the status code and body.
 async fn http_to_host(port: u16, host: &str, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to the admin server");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
+    request(port, host, "GET", path, None).await
 }
 
 /// The admin server answers only requests addressed to an IP address, localhost or a name in

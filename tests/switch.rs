@@ -707,6 +707,16 @@ async fn a_step_that_fails_leaves_the_record_as_it_was() {
     stop(&env, run).await;
 }
 
+/// A session in a `REPEATABLE READ` transaction that has taken its snapshot.
+async fn repeatable_read_begun(env: &Env) -> tokio_postgres::Client {
+    let session = env.source().await;
+    session
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    session
+}
+
 /// The fence on a real database: every application session is refused (a replica-role one
 /// and a `REPEATABLE READ` transaction begun before the fence too), cutover's sessions pass,
 /// opening it takes no table lock (a long reader does not hold it up), and teardown's removal
@@ -723,11 +733,7 @@ async fn the_fence_stops_every_application_session_and_opens_without_a_lock() {
     let admin = env.source().await;
     let write = "UPDATE t SET v = v + 1 WHERE id = 1";
     // A REPEATABLE READ transaction that took its snapshot before the fence.
-    let early = env.source().await;
-    early
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM t")
-        .await
-        .unwrap();
+    let early = repeatable_read_begun(&env).await;
     fence::install(&admin, "shop", &tables, 5000).await.unwrap();
     assert!(fence::is_fenced(&admin, "shop").await.unwrap());
     let refused = |r: Result<(), tokio_postgres::Error>| {
@@ -780,11 +786,7 @@ async fn the_fence_stops_every_application_session_and_opens_without_a_lock() {
     admin.batch_execute(write).await.unwrap();
     // Fenced again: the triggers are there already; the gate alone closes.
     reader.batch_execute("COMMIT").await.unwrap();
-    let early = env.source().await;
-    early
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM t")
-        .await
-        .unwrap();
+    let early = repeatable_read_begun(&env).await;
     fence::install(&admin, "shop", &tables, 5000).await.unwrap();
     assert!(
         refused(early.batch_execute(write).await),

@@ -20,6 +20,21 @@ fn crash_spare() {
     );
 }
 
+/// A login role of the target's own (not a superuser) that may create in the test's database;
+/// its name.
+async fn ordinary_role(env: &Env) -> String {
+    let role = format!("r_{}", env.name);
+    connect(&url(env.services.target_port, "postgres"))
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {db} TO {role}",
+            db = env.name
+        ))
+        .await
+        .unwrap();
+    role
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_crashes_under_load_lose_nothing() {
     let mut env = Env::new("target_crash").await;
@@ -59,16 +74,8 @@ async fn a_target_role_without_wal_positions_gets_synchronous_commits() {
     let mut env = Env::new("sync_commit").await;
     // An ordinary role, in a database where it may not read the WAL flush position (as on some
     // managed servers).
-    let role = format!("r_{}", env.name);
+    let role = ordinary_role(&env).await;
     let port = env.services.target_port;
-    connect(&url(port, "postgres"))
-        .await
-        .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {db} TO {role}",
-            db = env.name
-        ))
-        .await
-        .unwrap();
     env.target()
         .await
         .batch_execute(&format!(
@@ -161,16 +168,8 @@ async fn a_write_stuck_behind_a_lock_is_named_abandoned_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_keys_that_fire_on_the_target_see_parents_first_and_children_deleted_first() {
     let mut env = Env::new("fk_origin").await;
-    let role = format!("r_{}", env.name);
+    let role = ordinary_role(&env).await;
     let port = env.services.target_port;
-    connect(&url(port, "postgres"))
-        .await
-        .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {db} TO {role}",
-            db = env.name
-        ))
-        .await
-        .unwrap();
     env.target()
         .await
         .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {role}"))

@@ -16,6 +16,18 @@ use crate::queue::{self, Control};
 
 const START: Lsn = Lsn(5);
 
+/// A lone driver's bounds, with `write_timeout`.
+fn limits(write_timeout: Option<Duration>) -> DriverLimits {
+    DriverLimits {
+        truncate: true,
+        hold_bytes: 1 << 20,
+        batch_bytes: 1 << 20,
+        flush_interval: Duration::from_millis(10),
+        linger: Duration::from_millis(1),
+        write_timeout,
+    }
+}
+
 fn settings(sinks: usize) -> Settings {
     Settings {
         queue_events: 10_000,
@@ -387,14 +399,7 @@ async fn a_joining_table_steps_the_checkpoint_back_before_its_copy_is_recorded()
         Box::new(sink),
         rx,
         state,
-        DriverLimits {
-            truncate: true,
-            hold_bytes: 1 << 20,
-            batch_bytes: 1 << 20,
-            flush_interval: Duration::from_millis(10),
-            linger: Duration::from_millis(1),
-            write_timeout: None,
-        },
+        limits(None),
         DriverLinks {
             events: events_tx,
             telemetry: Telemetry::new(),
@@ -507,14 +512,7 @@ async fn a_write_that_never_finishes_is_abandoned_at_its_deadline() {
         Box::new(sink),
         rx,
         SinkState::default(),
-        DriverLimits {
-            truncate: true,
-            hold_bytes: 1 << 20,
-            batch_bytes: 1 << 20,
-            flush_interval: Duration::from_millis(10),
-            linger: Duration::from_millis(1),
-            write_timeout: Some(Duration::from_millis(300)),
-        },
+        limits(Some(Duration::from_millis(300))),
         DriverLinks {
             events: events_tx,
             telemetry: Telemetry::new(),
