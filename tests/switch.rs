@@ -162,8 +162,11 @@ fn pipeline(env: &Env, bouncer: Option<&Bouncer>) -> std::path::PathBuf {
     env.pipeline("[\"public.pgbench_*\"]", &extra)
 }
 
+/// Waits for both databases to hold the same rows. The bound is long: twice in this session
+/// (2026-12-07) the stream of a new direction held its last target transaction open for about
+/// 90 s after pgbench stopped, then committed it (issue 29, item 19: not yet understood).
 async fn wait_equal(env: &Env) {
-    env.wait_equal(&TABLES, Duration::from_secs(90)).await;
+    env.wait_equal(&TABLES, Duration::from_secs(240)).await;
 }
 
 /// Asserts `cutover status` says READY (after a clean verify).
@@ -859,5 +862,44 @@ async fn a_pause_held_up_by_an_open_transaction_is_called_off_at_its_deadline() 
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["epoch"], 0, "{out}");
     wait_equal(&env).await;
+    stop(&env, run).await;
+}
+
+/// A trigger on the target that fires for cutover's own writes (`ENABLE ALWAYS`) writes a row
+/// on a key the stream never changed: the final check cannot limit itself to the changed keys,
+/// so it compares every row, finds the row and undoes the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_a_target_trigger_wrote_is_found_by_the_final_check() {
+    let env = Env::new("switch_trig").await;
+    pgbench_init(&env).await;
+    let path = pipeline(&env, None);
+    let p = path.to_str().unwrap();
+    let run = start_streaming(&env, &path).await;
+    verify_and_ready(p);
+    env.target()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN INSERT INTO pgbench_history (tid, bid, aid, delta, id)
+                          VALUES (NEW.tid, NEW.bid, 0, 0, 900000000 + NEW.tid); RETURN NULL; END $$;
+             CREATE TRIGGER note AFTER UPDATE ON pgbench_tellers
+                 FOR EACH ROW EXECUTE FUNCTION note();
+             ALTER TABLE pgbench_tellers ENABLE ALWAYS TRIGGER note;",
+        )
+        .await
+        .unwrap();
+    env.on_source("UPDATE pgbench_tellers SET tbalance = tbalance + 5 WHERE tid = 3")
+        .await;
+    let (code, out, err) = cutover(&["switch", p]);
+    assert_ne!(
+        code, 0,
+        "the switch missed the trigger's row:\n{out}\n{err}"
+    );
+    assert!(
+        err.contains("final check found differences")
+            && err.contains("pgbench_history: 1 differing rows"),
+        "{err}"
+    );
+    assert_writes_go_to(&env, true, "after the undone switch").await;
     stop(&env, run).await;
 }

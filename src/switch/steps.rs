@@ -352,7 +352,8 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
             }
             Step::Verifying => {
                 let at = draft.fence_lsn.unwrap_or(Lsn::ZERO);
-                let summary = final_verify(&sides.before, at, settings.final_verify).await?;
+                let summary =
+                    final_verify(&sides.before, &sides.tables, at, settings.final_verify).await?;
                 say!("  final check: {summary}");
                 Step::Sequences
             }
@@ -469,9 +470,24 @@ async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
 /// `fence`: with [`FinalVerify::Changed`], the rows the stream changed since the last clean
 /// check began (see [`crate::pipeline::changed`]), else every row. Anything but equal stops the
 /// switch. Returns what was compared, for the operator.
-async fn final_verify(before: &Pipeline, fence: Lsn, how: FinalVerify) -> Result<String> {
+async fn final_verify(
+    before: &Pipeline,
+    tables: &[TableName],
+    fence: Lsn,
+    how: FinalVerify,
+) -> Result<String> {
     let changed = match how {
-        FinalVerify::Changed => changed_keys(before, fence).await,
+        FinalVerify::Changed => match firing_triggers(before, tables).await {
+            Ok(firing) if firing.is_empty() => changed_keys(before, fence).await,
+            Ok(firing) => {
+                tracing::warn!(triggers = ?firing, "triggers on a target fire for replicated rows and may write rows the stream never shows: the final check compares every row");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the targets' triggers: the final check compares every row");
+                None
+            }
+        },
         FinalVerify::Full => None,
     };
     let opts = verify::VerifyOptions {
@@ -528,6 +544,22 @@ async fn final_verify(before: &Pipeline, fence: Lsn, how: FinalVerify) -> Result
 
 /// The keys the running pipeline changed up to `fence`, with the position the last clean check
 /// began at; None (every row is compared) when either is missing.
+/// The triggers of the PostgreSQL targets that fire for cutover's own writes (see
+/// `PgSink::triggers_firing_on_apply`), as `sink/table: trigger`.
+async fn firing_triggers(before: &Pipeline, tables: &[TableName]) -> Result<Vec<String>> {
+    let ctx = runtime::target_context(before, "");
+    let mut firing = Vec::new();
+    for sink in &before.sinks {
+        if let Some(target) = crate::targets::postgres(&**sink) {
+            let pg = target.connect_sink(&ctx).await?;
+            for line in pg.triggers_firing_on_apply(tables).await? {
+                firing.push(format!("{}/{line}", sink.name()));
+            }
+        }
+    }
+    Ok(firing)
+}
+
 async fn changed_keys(before: &Pipeline, fence: Lsn) -> Option<(Arc<Journal>, Lsn)> {
     let report = &before.verify.report_path;
     let saved = match verify::Identity::of(before).await {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cutover_core::{ConnectorError, Result, TableSchema};
+use cutover_core::{ConnectorError, Result, TableName, TableSchema};
 
 use super::PgSink;
 use crate::error::classify;
@@ -117,6 +117,37 @@ impl PgSink {
             .iter()
             .map(|r| format!("{}: {}", r.get::<_, String>(0), r.get::<_, String>(1)))
             .collect())
+    }
+
+    /// The triggers of `tables` that fire for this sink's sessions, cutover's fence excepted:
+    /// `ENABLE ALWAYS` and `ENABLE REPLICA` ones when the sink applies as a replica, ordinary and
+    /// `ALWAYS` ones when it cannot; one `table: trigger` line each. Rows such a trigger writes
+    /// (in its table or any other) never pass through the stream, so the switch's final check
+    /// cannot limit itself to the keys the stream changed.
+    pub async fn triggers_firing_on_apply(&self, tables: &[TableName]) -> Result<Vec<String>> {
+        let fire: &[&str] = match self.role {
+            crate::conn::ApplyRole::Replica => &["A", "R"],
+            crate::conn::ApplyRole::Origin => &["A", "O"],
+        };
+        let fire: Vec<String> = fire.iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT tgrelid::regclass::text || ': ' || tgname FROM pg_trigger
+                  WHERE tgrelid IN (SELECT to_regclass(n) FROM unnest($1::text[]) n)
+                    AND NOT tgisinternal AND tgenabled::text = ANY ($2) AND tgname <> 'cutover_fence'
+                  ORDER BY 1",
+                &[&names, &fire],
+            )
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &format!("cannot read the triggers of target {}", self.options.name),
+                )
+            })?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// The target table's own columns, in its order, with the source's key flags: the layout
