@@ -880,7 +880,7 @@ async fn a_row_a_target_trigger_wrote_is_found_by_the_final_check() {
         .await
         .batch_execute(
             "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN INSERT INTO pgbench_history (tid, bid, aid, delta, id)
+                 $$ BEGIN INSERT INTO pgbench_history (tid, bid, aid, delta, hid)
                           VALUES (NEW.tid, NEW.bid, 0, 0, 900000000 + NEW.tid); RETURN NULL; END $$;
              CREATE TRIGGER note AFTER UPDATE ON pgbench_tellers
                  FOR EACH ROW EXECUTE FUNCTION note();
