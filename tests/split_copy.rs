@@ -232,14 +232,30 @@ async fn resnapshot_copies_one_table_again_while_the_others_stream() {
     let mut run = env.start(&pipeline);
     run.wait_log("streaming changes", Duration::from_secs(60))
         .await;
-    env.target()
-        .await
-        .batch_execute(
-            "DELETE FROM a WHERE id % 10 = 0; UPDATE a SET v = 'wrong' WHERE id % 7 = 0;
-             INSERT INTO a VALUES (-1, 'not on the source');",
-        )
-        .await
-        .unwrap();
+    // The damage, in one transaction; the stream updates rows of `a` meanwhile, so the
+    // transaction may deadlock with the sink's write (PostgreSQL ends one of them): again then.
+    let target = env.target().await;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let damaged = target
+            .batch_execute(
+                "BEGIN; DELETE FROM a WHERE id % 10 = 0; UPDATE a SET v = 'wrong' WHERE id % 7 = 0;
+                 INSERT INTO a VALUES (-1, 'not on the source'); COMMIT;",
+            )
+            .await;
+        match damaged {
+            Ok(()) => break,
+            Err(e)
+                if tries < 5
+                    && e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                target.batch_execute("ROLLBACK").await.unwrap();
+            }
+            Err(e) => panic!("damaging the target: {e}"),
+        }
+    }
 
     let path = pipeline.to_str().unwrap();
     let (code, _, err) = common::cutover(&["resnapshot", path, "--table", "other"]);

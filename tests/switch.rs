@@ -556,33 +556,42 @@ async fn message_sinks_follow_the_switch_and_the_rollback() {
 /// application goes on writing to the old primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_the_target_lost_is_found_by_the_final_check_and_the_switch_undone() {
-    let env = Env::new("switch_lost").await;
+    undone_by_a_target_trigger(
+        "switch_lost",
+        "CREATE FUNCTION lose() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN IF NEW.bid = 1 THEN RETURN NULL; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER lose BEFORE UPDATE ON pgbench_branches
+             FOR EACH ROW EXECUTE FUNCTION lose();
+         ALTER TABLE pgbench_branches ENABLE ALWAYS TRIGGER lose;",
+        &[
+            "UPDATE pgbench_branches SET bbalance = bbalance + 5",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid < 100",
+        ],
+        "pgbench_branches: 1 differing rows",
+    )
+    .await;
+}
+
+/// Streams pgbench's tables, puts `trigger` (SQL) on the target, makes `changes` on the source
+/// and switches: the final check must find `differing` and the switch be undone, the
+/// application writing to the old primary again.
+async fn undone_by_a_target_trigger(name: &str, trigger: &str, changes: &[&str], differing: &str) {
+    let env = Env::new(name).await;
     pgbench_init(&env).await;
     let path = pipeline(&env, None);
     let p = path.to_str().unwrap();
     let run = start_streaming(&env, &path).await;
     verify_and_ready(p);
-    env.target()
-        .await
-        .batch_execute(
-            "CREATE FUNCTION lose() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN IF NEW.bid = 1 THEN RETURN NULL; END IF; RETURN NEW; END $$;
-             CREATE TRIGGER lose BEFORE UPDATE ON pgbench_branches
-                 FOR EACH ROW EXECUTE FUNCTION lose();
-             ALTER TABLE pgbench_branches ENABLE ALWAYS TRIGGER lose;",
-        )
-        .await
-        .unwrap();
-    env.on_source("UPDATE pgbench_branches SET bbalance = bbalance + 5")
-        .await;
-    env.on_source("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid < 100")
-        .await;
+    env.target().await.batch_execute(trigger).await.unwrap();
+    for sql in changes {
+        env.on_source(sql).await;
+    }
     let (code, out, err) = cutover(&["switch", p]);
-    assert_ne!(code, 0, "{out}\n{err}");
+    assert_ne!(code, 0, "the switch missed the difference:\n{out}\n{err}");
     assert!(
         err.contains("failed and was undone")
             && err.contains("final check found differences")
-            && err.contains("pgbench_branches: 1 differing rows"),
+            && err.contains(differing),
         "{err}"
     );
     assert_writes_go_to(&env, true, "after the undone switch").await;
@@ -870,36 +879,16 @@ async fn a_pause_held_up_by_an_open_transaction_is_called_off_at_its_deadline() 
 /// so it compares every row, finds the row and undoes the switch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_a_target_trigger_wrote_is_found_by_the_final_check() {
-    let env = Env::new("switch_trig").await;
-    pgbench_init(&env).await;
-    let path = pipeline(&env, None);
-    let p = path.to_str().unwrap();
-    let run = start_streaming(&env, &path).await;
-    verify_and_ready(p);
-    env.target()
-        .await
-        .batch_execute(
-            "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
-                 $$ BEGIN INSERT INTO pgbench_history (tid, bid, aid, delta, hid)
-                          VALUES (NEW.tid, NEW.bid, 0, 0, 900000000 + NEW.tid); RETURN NULL; END $$;
-             CREATE TRIGGER note AFTER UPDATE ON pgbench_tellers
-                 FOR EACH ROW EXECUTE FUNCTION note();
-             ALTER TABLE pgbench_tellers ENABLE ALWAYS TRIGGER note;",
-        )
-        .await
-        .unwrap();
-    env.on_source("UPDATE pgbench_tellers SET tbalance = tbalance + 5 WHERE tid = 3")
-        .await;
-    let (code, out, err) = cutover(&["switch", p]);
-    assert_ne!(
-        code, 0,
-        "the switch missed the trigger's row:\n{out}\n{err}"
-    );
-    assert!(
-        err.contains("final check found differences")
-            && err.contains("pgbench_history: 1 differing rows"),
-        "{err}"
-    );
-    assert_writes_go_to(&env, true, "after the undone switch").await;
-    stop(&env, run).await;
+    undone_by_a_target_trigger(
+        "switch_trig",
+        "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO pgbench_history (tid, bid, aid, delta, hid)
+                      VALUES (NEW.tid, NEW.bid, 0, 0, 900000000 + NEW.tid); RETURN NULL; END $$;
+         CREATE TRIGGER note AFTER UPDATE ON pgbench_tellers
+             FOR EACH ROW EXECUTE FUNCTION note();
+         ALTER TABLE pgbench_tellers ENABLE ALWAYS TRIGGER note;",
+        &["UPDATE pgbench_tellers SET tbalance = tbalance + 5 WHERE tid = 3"],
+        "pgbench_history: 1 differing rows",
+    )
+    .await;
 }
