@@ -201,11 +201,8 @@ pub async fn install(
         .map_err(|e| sql_error(e, "cannot close the fence's gate"))?;
     let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
     for batch in names.chunks(BATCH) {
-        // Each commit is synchronous whatever the server's default: it flushes the WAL
-        // through every application commit the lock waited for, so the position read after
-        // the last covers them (with synchronous_commit = off they could lie past it).
         let sql = format!(
-            "BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}; SET LOCAL synchronous_commit = on; \
+            "BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}; \
              LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE; COMMIT;",
             batch.join(", ")
         );
@@ -213,6 +210,13 @@ pub async fn install(
             .await
             .map_err(|e| lock_error(e, lock_timeout_ms, "fence the tables"))?;
     }
+    // A lock alone writes no WAL, so its commit flushes nothing: one transaction with an xid,
+    // committed synchronously, flushes the WAL through every commit the locks waited for
+    // (with synchronous_commit = off they could lie past the position read otherwise).
+    client
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT;")
+        .await
+        .map_err(|e| sql_error(e, "cannot flush the WAL through the fence"))?;
     wal_position(client).await
 }
 
