@@ -20,11 +20,12 @@ fn crash_spare() {
     );
 }
 
-/// A login role of the target's own (not a superuser) that may create in the test's database;
-/// its name.
+/// A login role of the target's own (not a superuser) that may create in the test's database
+/// and its `public` schema; the URL that connects as it.
 async fn ordinary_role(env: &Env) -> String {
     let role = format!("r_{}", env.name);
-    connect(&url(env.services.target_port, "postgres"))
+    let port = env.services.target_port;
+    connect(&url(port, "postgres"))
         .await
         .batch_execute(&format!(
             "CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE {db} TO {role}",
@@ -32,7 +33,20 @@ async fn ordinary_role(env: &Env) -> String {
         ))
         .await
         .unwrap();
-    role
+    env.target()
+        .await
+        .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {role}"))
+        .await
+        .unwrap();
+    format!("postgres://{role}@127.0.0.1:{port}/{}", env.name)
+}
+
+/// The pipeline file of every table, its target reached as `target_url`.
+fn pipeline_as(env: &mut Env, target_url: &str) -> std::path::PathBuf {
+    let admin_url = std::mem::replace(&mut env.target_url, target_url.to_string());
+    let path = env.pipeline(TABLES, "");
+    env.target_url = admin_url;
+    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,14 +88,10 @@ async fn a_target_role_without_wal_positions_gets_synchronous_commits() {
     let mut env = Env::new("sync_commit").await;
     // An ordinary role, in a database where it may not read the WAL flush position (as on some
     // managed servers).
-    let role = ordinary_role(&env).await;
-    let port = env.services.target_port;
+    let role_url = ordinary_role(&env).await;
     env.target()
         .await
-        .batch_execute(&format!(
-            "GRANT CREATE ON SCHEMA public TO {role};
-             REVOKE EXECUTE ON FUNCTION pg_current_wal_flush_lsn() FROM PUBLIC;"
-        ))
+        .batch_execute("REVOKE EXECUTE ON FUNCTION pg_current_wal_flush_lsn() FROM PUBLIC")
         .await
         .unwrap();
     env.on_source(
@@ -89,9 +99,8 @@ async fn a_target_role_without_wal_positions_gets_synchronous_commits() {
          INSERT INTO items SELECT g, 'row ' || g, g FROM generate_series(1, 1000) g;",
     )
     .await;
-    let admin_url = env.target_url.clone();
-    env.target_url = format!("postgres://{role}@127.0.0.1:{port}/{}", env.name);
-    let mut run = env.start(&env.pipeline(TABLES, ""));
+    let path = pipeline_as(&mut env, &role_url);
+    let mut run = env.start(&path);
     run.wait_log("streaming changes", Duration::from_secs(60))
         .await;
     env.on_source(
@@ -99,7 +108,6 @@ async fn a_target_role_without_wal_positions_gets_synchronous_commits() {
          INSERT INTO items SELECT g, 'new ' || g, g FROM generate_series(1001, 1500) g;",
     )
     .await;
-    env.target_url = admin_url;
     env.wait_equal(&["items"], Duration::from_secs(60)).await;
     let log = run.log_text();
     assert!(
@@ -168,13 +176,7 @@ async fn a_write_stuck_behind_a_lock_is_named_abandoned_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_keys_that_fire_on_the_target_see_parents_first_and_children_deleted_first() {
     let mut env = Env::new("fk_origin").await;
-    let role = ordinary_role(&env).await;
-    let port = env.services.target_port;
-    env.target()
-        .await
-        .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {role}"))
-        .await
-        .unwrap();
+    let role_url = ordinary_role(&env).await;
     let schema = "CREATE TABLE customers (id int PRIMARY KEY, name text);
          CREATE TABLE items (id int PRIMARY KEY, label text);
          CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES customers, note text);
@@ -182,16 +184,12 @@ async fn foreign_keys_that_fire_on_the_target_see_parents_first_and_children_del
                                    item_id int NOT NULL REFERENCES items, qty int);";
     env.on_source(schema).await;
     // The target's schema, with its foreign keys, made by the role that applies.
-    let role_url = format!("postgres://{role}@127.0.0.1:{port}/{}", env.name);
     connect(&role_url)
         .await
         .batch_execute(schema)
         .await
         .unwrap();
-    let admin_url = env.target_url.clone();
-    env.target_url = role_url;
-    let path = env.pipeline(TABLES, "");
-    env.target_url = admin_url;
+    let path = pipeline_as(&mut env, &role_url);
     let mut run = env.start(&path);
     run.wait_log("streaming changes", Duration::from_secs(60))
         .await;

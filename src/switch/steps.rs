@@ -292,6 +292,8 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
         None => None,
     };
     let settings = &cfg.cutover;
+    // Read before anything is fenced, so the final check's window holds no extra connection.
+    let firing = firing_triggers(&sides.before, &sides.tables).await;
     loop {
         crash_point(&format!("switch_{}", rec.step.as_str()));
         // The step changes a draft of the record, which replaces the record only once saved:
@@ -353,7 +355,7 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
             Step::Verifying => {
                 let at = draft.fence_lsn.unwrap_or(Lsn::ZERO);
                 let summary =
-                    final_verify(&sides.before, &sides.tables, at, settings.final_verify).await?;
+                    final_verify(&sides.before, &firing, at, settings.final_verify).await?;
                 say!("  final check: {summary}");
                 Step::Sequences
             }
@@ -469,15 +471,17 @@ async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
 /// Compares every sink with the old primary, which no longer changes since the fence at
 /// `fence`: with [`FinalVerify::Changed`], the rows the stream changed since the last clean
 /// check began (see [`crate::pipeline::changed`]), else every row. Anything but equal stops the
-/// switch. Returns what was compared, for the operator.
+/// switch. Returns what was compared, for the operator. Every row is compared, too, when
+/// `firing` (the targets' triggers that fire for cutover's writes, read before the fence) is
+/// not empty or could not be read: such a trigger may write rows the stream never shows.
 async fn final_verify(
     before: &Pipeline,
-    tables: &[TableName],
+    firing: &Result<Vec<String>>,
     fence: Lsn,
     how: FinalVerify,
 ) -> Result<String> {
     let changed = match how {
-        FinalVerify::Changed => match firing_triggers(before, tables).await {
+        FinalVerify::Changed => match firing {
             Ok(firing) if firing.is_empty() => changed_keys(before, fence).await,
             Ok(firing) => {
                 tracing::warn!(triggers = ?firing, "triggers on a target fire for replicated rows and may write rows the stream never shows: the final check compares every row");
