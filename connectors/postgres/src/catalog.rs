@@ -16,7 +16,8 @@ pub struct SourceTable {
     pub relkind: char,
     /// `d` default (primary key), `i` index, `f` full, `n` nothing.
     pub replica_identity: char,
-    /// Where the key came from: `primary key`, `replica identity index`, or none.
+    /// Where the key came from: `primary key`, `replica identity index`, `partitions' primary
+    /// keys` (a partitioned table without a key of its own), or none.
     pub key_origin: Option<&'static str>,
     /// The planner's row estimate (`pg_class.reltuples`), for progress and for splitting a
     /// large table's copy into key ranges.
@@ -160,18 +161,24 @@ async fn load_table(
         .await
         .map_err(|e| classify(e, &format!("cannot read the key of {name}")))?;
     let has_pk = key_rows.iter().any(|r| r.get::<_, bool>(0));
-    let key_columns: Vec<String> = key_rows
+    let mut key_columns: Vec<String> = key_rows
         .iter()
         .filter(|r| r.get::<_, bool>(0) == has_pk)
         .map(|r| r.get(1))
         .collect();
-    let key_origin = if has_pk {
+    let mut key_origin = if has_pk {
         Some("primary key")
     } else if !key_columns.is_empty() {
         Some("replica identity index")
     } else {
         None
     };
+    if key_origin.is_none() && relkind.starts_with('p') {
+        if let Some(shared) = partitions_shared_key(client, oid, &name).await? {
+            key_columns = shared;
+            key_origin = Some("partitions' primary keys");
+        }
+    }
     // Generated columns (12+) are computed by each database; pgoutput does not send them.
     let not_generated = if caps.generated_columns() {
         "AND a.attgenerated = ''"
@@ -216,6 +223,52 @@ async fn load_table(
         rows_estimate: 0,
         key_order: key_columns.clone(),
     })
+}
+
+/// The key every leaf partition of the partitioned table `oid` has, by column names in index
+/// order: each leaf's primary key (else its replica identity index), the same columns in every
+/// leaf. `None` when there is no leaf, a leaf has neither, or two leaves differ.
+///
+/// PostgreSQL 10 cannot give a partitioned table a primary key (11 can), and a schema restored
+/// from 10, or kept as it was, often has none on the root while every partition has one. Before
+/// 13 the partitions are published by themselves and their changes carry their own keys; from 13
+/// on, through the root, a leaf's key tuple is sent in the root's layout. A key holding the
+/// partition key is unique across the whole table, so the root can be keyed by it.
+async fn partitions_shared_key(
+    client: &Client,
+    oid: u32,
+    name: &TableName,
+) -> Result<Option<Vec<String>>> {
+    let rows = client
+        .query(
+            "WITH RECURSIVE tree(relid) AS (
+                 SELECT inhrelid FROM pg_inherits WHERE inhparent = $1
+                 UNION ALL
+                 SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid)
+             SELECT t.relid,
+                    (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+                       FROM pg_index i
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                      WHERE i.indexrelid = (SELECT i2.indexrelid FROM pg_index i2
+                                             WHERE i2.indrelid = t.relid AND (i2.indisprimary OR i2.indisreplident)
+                                             ORDER BY i2.indisprimary DESC LIMIT 1))
+               FROM tree t JOIN pg_class c ON c.oid = t.relid
+              WHERE c.relkind <> 'p'",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| classify(e, &format!("cannot read the keys of the partitions of {name}")))?;
+    let mut shared: Option<Vec<String>> = None;
+    for row in &rows {
+        let Some(key) = row.get::<_, Option<Vec<String>>>(1) else {
+            return Ok(None);
+        };
+        match &shared {
+            Some(k) if *k != key => return Ok(None),
+            _ => shared = Some(key),
+        }
+    }
+    Ok(shared)
 }
 
 #[cfg(test)]

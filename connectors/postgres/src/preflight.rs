@@ -157,16 +157,23 @@ pub async fn check_source(
             ));
             continue;
         }
-        if t.key_origin.is_none() && t.relkind == 'p' && caps.major() == 10 {
+        if t.key_origin.is_none() && t.relkind == 'p' {
+            let fix = if caps.major() == 10 {
+                "give every partition the same primary key, holding the partition key (PostgreSQL 10 \
+                 cannot give the partitioned table one: 11 can), or leave the table out of source.tables"
+            } else {
+                "add a primary key to the partitioned table (ALTER TABLE ... ADD PRIMARY KEY (...), \
+                 holding the partition key), or give every partition the same one"
+            };
             out.push(Finding::fail(
                 "row key",
                 format!(
-                    "{} is a partitioned table, and PostgreSQL 10 cannot give a partitioned table a \
-                     primary key or replica identity index (11 can), so its changes cannot be applied by key",
+                    "{} is a partitioned table with no primary key of its own, and its partitions do \
+                     not all have the same primary key (or replica identity index), so its changes \
+                     cannot be applied by key",
                     t.schema.name
                 ),
-                "upgrade the source to PostgreSQL 11 or later (pg_upgrade) and add the primary key, \
-                 or leave the table out of source.tables",
+                fix,
             ));
             continue;
         }

@@ -33,6 +33,7 @@ impl PgSink {
             keys = key_list(table)
         ))
         .await?;
+        let conflict_arbiter = self.has_unique_key(table).await?;
         self.tables.insert(
             table.name.clone(),
             TargetTable {
@@ -42,9 +43,35 @@ impl PgSink {
                 layout: table.clone(),
                 from_stream,
                 version: 0,
+                conflict_arbiter,
             },
         );
         Ok(())
+    }
+
+    /// Whether the target table itself has a unique index (no predicate) on exactly `table`'s
+    /// key columns.
+    async fn has_unique_key(&self, table: &TableSchema) -> Result<bool> {
+        let mut key: Vec<String> = table
+            .key_indexes()
+            .map(|i| table.columns[i].name.clone())
+            .collect();
+        key.sort();
+        let row = self
+            .client
+            .query_one(
+                "SELECT EXISTS (
+                     SELECT 1 FROM pg_index i
+                      WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL
+                        AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                              WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = $2)",
+                &[&table.name.quoted(), &key],
+            )
+            .await
+            .map_err(|e| {
+                crate::error::classify(e, &format!("cannot read the key indexes of target table {}", table.name))
+            })?;
+        Ok(row.get(0))
     }
 
     pub(super) async fn create_table(&self, table: &TableSchema) -> Result<()> {
@@ -143,6 +170,7 @@ impl PgSink {
                 layout: layout.clone(),
                 from_stream: true,
                 version,
+                conflict_arbiter: table.conflict_arbiter,
             };
             self.segments.push(Segment::Ddl(sql));
             return Ok(());

@@ -241,7 +241,7 @@ impl PgSink {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        if !unique_keys.contains(&key) {
+        if !unique_keys.contains(&key) && !self.partitions_keyed(oid, &key, &ctx).await? {
             problems.push(format!(
                 "no primary key or unique index on ({})",
                 key.join(", ")
@@ -254,6 +254,35 @@ impl PgSink {
         } else {
             TableCheck::Mismatch(problems)
         })
+    }
+
+    /// Whether `oid` is a partitioned table whose leaf partitions (one at least) each have a
+    /// unique index on exactly the `key` columns (sorted): keyed by its partitions, as
+    /// PostgreSQL 10 keys a partitioned table (its root cannot have one).
+    async fn partitions_keyed(&self, oid: u32, key: &[String], ctx: &str) -> Result<bool> {
+        let row = self
+            .client
+            .query_one(
+                "WITH RECURSIVE tree(relid) AS (
+                     SELECT inhrelid FROM pg_inherits WHERE inhparent = $1
+                     UNION ALL
+                     SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid),
+                 leaves AS (
+                     SELECT t.relid FROM tree t JOIN pg_class c ON c.oid = t.relid WHERE c.relkind <> 'p')
+                 SELECT (SELECT relkind = 'p' FROM pg_class WHERE oid = $1)
+                    AND EXISTS (SELECT 1 FROM leaves)
+                    AND NOT EXISTS (
+                        SELECT 1 FROM leaves l
+                         WHERE NOT EXISTS (
+                             SELECT 1 FROM pg_index i
+                              WHERE i.indrelid = l.relid AND i.indisunique AND i.indpred IS NULL
+                                AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                                      WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = $2))",
+                &[&oid, &key],
+            )
+            .await
+            .map_err(|e| classify(e, ctx))?;
+        Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
     }
 
     /// Checks every table without changing anything; the error names every problem at once.

@@ -92,17 +92,7 @@ impl PgSink {
             };
             let one: FxHashMap<Vec<u8>, Op> = [(d.key_bytes, op)].into_iter().collect();
             exec("SAVEPOINT cutover_replay").await?;
-            match write_table(
-                &client,
-                &d.layout,
-                &table.quoted,
-                &table.stage_rows,
-                &table.stage_keys,
-                &one,
-                false,
-            )
-            .await
-            {
+            match write_table(&client, &table, &d.layout, &one, false).await {
                 Ok(()) => {
                     crate::dead_letters::remove(&client, d.id).await?;
                     exec("RELEASE SAVEPOINT cutover_replay").await?;

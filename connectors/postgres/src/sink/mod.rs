@@ -127,6 +127,10 @@ struct TargetTable {
     from_stream: bool,
     /// Staging tables are recreated under a new name after each schema change.
     version: u32,
+    /// The table itself has a unique index on the key, which `INSERT ... ON CONFLICT` needs.
+    /// A partitioned table keyed only by its partitions' keys (PostgreSQL 10 cannot key the
+    /// root) has none: rows it may hold are then skipped by `NOT EXISTS`.
+    conflict_arbiter: bool,
 }
 
 /// A run of work that must reach the target in order: folded row changes (net effect per key,

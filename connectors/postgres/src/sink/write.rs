@@ -123,17 +123,8 @@ impl Write {
             }
         }
         exec("SAVEPOINT cutover_batch").await?;
-        let write = |new_rows_by_copy: bool| {
-            write_table(
-                client,
-                &t.layout,
-                &t.quoted,
-                &t.stage_rows,
-                &t.stage_keys,
-                &ops,
-                new_rows_by_copy,
-            )
-        };
+        let write =
+            |new_rows_by_copy: bool| write_table(client, t, &t.layout, &ops, new_rows_by_copy);
         let mut result = write(true).await;
         if result.as_ref().is_err_and(|e| e.kind == ErrorKind::Poison)
             && ops.values().any(|op| matches!(op, Op::Insert(_)))
@@ -151,16 +142,7 @@ impl Write {
                 for (key, op) in ops {
                     let one: FxHashMap<Vec<u8>, Op> = [(key, op)].into_iter().collect();
                     exec("SAVEPOINT cutover_row").await?;
-                    let result = write_table(
-                        client,
-                        &t.layout,
-                        &t.quoted,
-                        &t.stage_rows,
-                        &t.stage_keys,
-                        &one,
-                        false,
-                    )
-                    .await;
+                    let result = write_table(client, t, &t.layout, &one, false).await;
                     match result {
                         Ok(()) => exec("RELEASE SAVEPOINT cutover_row").await?,
                         Err(e) if e.kind == ErrorKind::Poison => {
@@ -341,15 +323,21 @@ impl Write {
 }
 
 /// Writes one table's net changes with set-based statements.
+///
+/// The rows are in `layout` (the table's, or a parked change's own); `table` names the target
+/// table and its staging tables.
 pub(super) async fn write_table(
     client: &Client,
+    table: &TargetTable,
     layout: &TableSchema,
-    quoted: &str,
-    stage_rows: &str,
-    stage_keys: &str,
     pending: &FxHashMap<Vec<u8>, Op>,
     new_rows_by_copy: bool,
 ) -> Result<()> {
+    let (quoted, stage_rows, stage_keys) = (
+        table.quoted.as_str(),
+        table.stage_rows.as_str(),
+        table.stage_keys.as_str(),
+    );
     let ctx = format!("cannot apply changes to {}", layout.name);
     let keys: Vec<usize> = layout.key_indexes().collect();
     let all: Vec<usize> = (0..layout.columns.len()).collect();
@@ -416,11 +404,23 @@ pub(super) async fn write_table(
     // Deletes land before the rows are written (a key may have moved between rows); all of it
     // runs inside the one target transaction.
     let non_key: Vec<usize> = all.iter().copied().filter(|i| !keys.contains(i)).collect();
-    let insert_missing = format!(
-        "INSERT INTO {quoted} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO NOTHING;",
-        cols = names(&all),
-        keys = names(&keys),
-    );
+    let insert_missing = if table.conflict_arbiter {
+        format!(
+            "INSERT INTO {quoted} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {stage_rows} ON CONFLICT ({keys}) DO NOTHING;",
+            cols = names(&all),
+            keys = names(&keys),
+        )
+    } else {
+        // No unique index on the table itself for ON CONFLICT to use (a partitioned table
+        // keyed by its partitions'): the session is the keys' only writer, so the rows it lacks
+        // are the ones no key matches.
+        format!(
+            "INSERT INTO {quoted} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {stage_rows} s \
+             WHERE NOT EXISTS (SELECT 1 FROM {quoted} t WHERE {});",
+            key_match("s"),
+            cols = names(&all),
+        )
+    };
     let mut updated = None;
     if !full.is_empty() {
         copy_rows(client, stage_rows, layout, &all, &full, &ctx).await?;
