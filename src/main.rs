@@ -843,17 +843,7 @@ async fn check(path: &std::path::Path) -> Outcome {
             Ok(()) => {
                 say!("sink {}: connected, tables compatible", sink.name());
                 let firing = sink.fires_on_apply(tables).await.map_err(explain)?;
-                if !firing.is_empty() {
-                    failed += 1;
-                    say!(
-                        "  FAIL  sink {}: the role may not set session_replication_role = replica, so these fire for every replicated row (a trigger writes or changes rows the source did not; a foreign key refuses a child copied or applied before its parent):",
-                        sink.name()
-                    );
-                    for f in &firing {
-                        say!("        {f}");
-                    }
-                    say!("        fix: connect as a superuser, or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role TO the role; or disable them until the switch (ALTER TABLE ... DISABLE TRIGGER USER; drop the foreign keys and add them back after the switch)");
-                }
+                failed += report_firing(sink.name(), sink.apply_role(), &firing);
                 match sink.endpoint().tls_state().await {
                     Ok(state) => say!("  tls   sink {}: {state}", sink.name()),
                     Err(e) => say!("  warn  sink {}: {}", sink.name(), explain(e)),
@@ -1291,4 +1281,46 @@ async fn show_status(path: &std::path::Path, format: ReportFormat) -> Outcome {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// Prints what fires on a PostgreSQL target for replicated rows (see `PgSink::fires_on_apply`);
+/// returns how many findings fail the check. A trigger fails it (it writes or changes rows the
+/// source did not); foreign keys the copy and the batches can order (parents first) only
+/// warn, a cycle of them fails.
+fn report_firing(
+    sink: &str,
+    role: cutover_postgres::conn::ApplyRole,
+    firing: &cutover_postgres::sink::Firing,
+) -> usize {
+    let mut failed = 0;
+    if !firing.triggers.is_empty() {
+        failed += 1;
+        if role == cutover_postgres::conn::ApplyRole::Replica {
+            say!("  FAIL  sink {sink}: these triggers are marked ENABLE ALWAYS or ENABLE REPLICA, so they fire for every replicated row even though cutover applies as a replica (they write or change rows the source did not):");
+        } else {
+            say!("  FAIL  sink {sink}: the role may not set session_replication_role = replica, so these triggers fire for every replicated row (they write or change rows the source did not):");
+        }
+        for t in &firing.triggers {
+            say!("        {t}");
+        }
+        if role == cutover_postgres::conn::ApplyRole::Replica {
+            say!("        fix: ALTER TABLE ... ENABLE TRIGGER name (fires for the application only), or DISABLE TRIGGER name until the switch");
+        } else {
+            say!("        fix: connect as a superuser, or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role TO the role; or disable them until the switch (ALTER TABLE ... DISABLE TRIGGER USER)");
+        }
+    }
+    if !firing.foreign_keys.is_empty() {
+        let cyclic = firing.cyclic();
+        failed += usize::from(cyclic);
+        say!(
+            "  {}  sink {sink}: the role may not set session_replication_role = replica, so these foreign keys are checked for replicated rows; cutover copies and writes referenced tables first{}:",
+            if cyclic { "FAIL" } else { "warn" },
+            if cyclic { ", which a cycle of foreign keys defeats" } else { "" }
+        );
+        for f in &firing.foreign_keys {
+            say!("        {f}");
+        }
+        say!("        fix: connect as a superuser, or (PostgreSQL 15+) GRANT SET ON PARAMETER session_replication_role TO the role; or drop the foreign keys and add them back after the switch");
+    }
+    failed
 }

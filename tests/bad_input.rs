@@ -268,6 +268,64 @@ async fn table_without_key_is_refused_with_the_statements_that_fix_it() {
     assert_nothing_created(&env).await;
 }
 
+/// A partitioned table with no key of its own is keyed by the one its partitions share, and
+/// refused, with the fix, when they differ; a target trigger marked `ENABLE ALWAYS` fires even
+/// for a replica's writes, so `check` fails on it and names it.
+#[tokio::test]
+async fn partitions_without_a_shared_key_and_always_triggers_are_named_by_check() {
+    let env = Env::new("badparts").await;
+    let schema = "CREATE TABLE ev (id int NOT NULL, k int NOT NULL, v text) PARTITION BY RANGE (k);
+         CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM (0) TO (100);
+         CREATE TABLE ev_2 PARTITION OF ev FOR VALUES FROM (100) TO (200);
+         ALTER TABLE ev_1 ADD PRIMARY KEY (id, k);
+         ALTER TABLE ev_2 ADD PRIMARY KEY (id);
+         CREATE TABLE keyed (id int PRIMARY KEY, v text);";
+    env.on_source(schema).await;
+    env.target().await.batch_execute(schema).await.unwrap();
+    let path = env.pipeline("[\"public.*\"]", "");
+    let p = path.to_str().unwrap();
+    let (code, out, _) = cutover(&["check", p]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("public.ev is a partitioned table with no primary key of its own, and its partitions do not all have the same primary key")
+            && out.contains("add a primary key to the partitioned table"),
+        "{out}"
+    );
+    env.on_source("ALTER TABLE ev_2 DROP CONSTRAINT ev_2_pkey, ADD PRIMARY KEY (id, k);")
+        .await;
+    env.target()
+        .await
+        .batch_execute(
+            "ALTER TABLE ev_2 DROP CONSTRAINT ev_2_pkey, ADD PRIMARY KEY (id, k);
+             CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.v := 'stamped'; RETURN NEW; END$$;
+             CREATE TRIGGER keyed_stamp BEFORE INSERT ON keyed FOR EACH ROW EXECUTE FUNCTION stamp();
+             ALTER TABLE keyed ENABLE ALWAYS TRIGGER keyed_stamp;",
+        )
+        .await
+        .unwrap();
+    let (code, out, _) = cutover(&["check", p]);
+    assert!(
+        out.contains("public.ev is keyed by its partitions' primary keys")
+            && out.contains("sink target: connected, tables compatible"),
+        "{out}"
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "FAIL  sink target: these triggers are marked ENABLE ALWAYS or ENABLE REPLICA"
+        ) && out.contains("keyed: keyed_stamp"),
+        "{out}"
+    );
+    // Made an ordinary trigger, it stays quiet for the replica's writes.
+    env.target()
+        .await
+        .batch_execute("ALTER TABLE keyed ENABLE TRIGGER keyed_stamp;")
+        .await
+        .unwrap();
+    let (code, out, _) = cutover(&["check", p]);
+    assert_eq!(code, 0, "{out}");
+}
+
 #[tokio::test]
 async fn incompatible_or_occupied_target_is_refused_before_anything_is_created() {
     let env = Env::new("badtarget").await;

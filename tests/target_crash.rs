@@ -169,8 +169,10 @@ async fn a_write_stuck_behind_a_lock_is_named_abandoned_and_retried() {
 }
 
 /// A target role that may not take `session_replication_role = replica` (an ordinary role, as
-/// on some managed services): the target's foreign keys fire for every replicated row. A
-/// transaction that writes parents and children together, and one that deletes them
+/// on some managed services): the target's foreign keys fire for every replicated row. `check`
+/// names them (a warning: they can be ordered); the snapshot copies referenced tables first
+/// (copied in parallel, or in name order, `order_lines` would come before `orders` and fail);
+/// a transaction that writes parents and children together, and one that deletes them
 /// together, must still apply whole, with nothing parked, whatever order the batch holds the
 /// tables in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,10 +191,31 @@ async fn foreign_keys_that_fire_on_the_target_see_parents_first_and_children_del
         .batch_execute(schema)
         .await
         .unwrap();
+    // Rows the snapshot copies: children of every depth, the child table far smaller than its
+    // parent (copied side by side, it would commit first).
+    env.on_source(
+        "INSERT INTO customers SELECT g, 'c' || g FROM generate_series(1001, 3000) g;
+         INSERT INTO items SELECT g, 'i' || g FROM generate_series(1001, 1100) g;
+         INSERT INTO orders SELECT g, 1001 + g % 2000, 'o' || g FROM generate_series(1001, 61000) g;
+         INSERT INTO order_lines SELECT g, 1001 + g % 60000, 1001 + g % 100, g FROM generate_series(1001, 1300) g;",
+    )
+    .await;
     let path = pipeline_as(&mut env, &role_url);
+    let (_, out, err) = common::cutover(&["check", path.to_str().unwrap()]);
+    assert!(
+        out.contains("warn  sink target: the role may not set session_replication_role")
+            && out.contains("order_lines: foreign key order_lines_order_id_fkey to orders")
+            && !out.contains("in a cycle"),
+        "check does not name the foreign keys:\n{out}\n{err}"
+    );
     let mut run = env.start(&path);
     run.wait_log("streaming changes", Duration::from_secs(60))
         .await;
+    env.wait_equal(
+        &["customers", "items", "orders", "order_lines"],
+        Duration::from_secs(60),
+    )
+    .await;
     // Parents and children in one transaction each way.
     env.on_source(
         "BEGIN;

@@ -149,16 +149,35 @@ pub async fn copy_tables(
     }
     telemetry.snapshot_started(lines);
     let copying = &copying;
-    let done: Vec<CopiedAt> = futures::stream::iter(units.into_iter().map(|unit| async move {
-        match unit {
-            Unit::Table(table, idxs, n) => copying.table(table, idxs, n).await,
-            Unit::Range(shared, range) => copying.range(shared, range).await,
-        }
-    }))
-    .buffer_unordered(cfg.snapshot_workers)
-    .try_collect()
-    .await?;
-    copied_at.extend(done.into_iter().flatten());
+    // Parents before children where a sink checks foreign keys (see `Sink::copy_depth`): each
+    // depth's copies all commit before the next depth starts.
+    let mut by_depth: BTreeMap<usize, Vec<Unit>> = BTreeMap::new();
+    for unit in units {
+        let name = match &unit {
+            Unit::Table(table, ..) => &table.schema.name,
+            Unit::Range(shared, _) => &shared.table.schema.name,
+        };
+        let depth = sinks.iter().map(|s| s.copy_depth(name)).max().unwrap_or(0);
+        by_depth.entry(depth).or_default().push(unit);
+    }
+    if by_depth.len() > 1 {
+        tracing::info!(
+            depths = by_depth.len(),
+            "copying in the targets' foreign-key order: referenced tables first, one depth at a time"
+        );
+    }
+    for (_, units) in by_depth {
+        let done: Vec<CopiedAt> = futures::stream::iter(units.into_iter().map(|unit| async move {
+            match unit {
+                Unit::Table(table, idxs, n) => copying.table(table, idxs, n).await,
+                Unit::Range(shared, range) => copying.range(shared, range).await,
+            }
+        }))
+        .buffer_unordered(cfg.snapshot_workers)
+        .try_collect()
+        .await?;
+        copied_at.extend(done.into_iter().flatten());
+    }
     Ok(copied_at)
 }
 

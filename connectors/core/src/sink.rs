@@ -81,6 +81,16 @@ pub trait Sink: Send + Sync {
         false
     }
 
+    /// Where `table` stands among the tables this sink's foreign keys link: 0 for a table
+    /// that references none of them, else one more than the deepest table it references. The
+    /// snapshot copies (and commits) every table of one depth before the next, so a sink whose
+    /// foreign keys are checked (a PostgreSQL target the role cannot make a replica) never
+    /// takes a child row before its parent's. 0 where nothing is checked.
+    fn copy_depth(&self, table: &TableName) -> usize {
+        let _ = table;
+        0
+    }
+
     /// The ranges of split tables this sink has recorded as copied, read when it opened.
     fn copied_ranges(&self) -> BTreeMap<TableName, crate::ranges::RangesCopied> {
         BTreeMap::new()

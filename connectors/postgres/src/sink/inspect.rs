@@ -85,38 +85,65 @@ impl PgSink {
         self.role
     }
 
-    /// What fires on the target for replicated rows when the sink cannot apply as a replica
-    /// ([`PgSink::apply_role`] is `Origin`): each user trigger and foreign key of `tables`, one
-    /// line each with its table. Empty when the sink applies as a replica, or nothing fires.
-    pub async fn fires_on_apply(&self, tables: &[Arc<TableSchema>]) -> Result<Vec<String>> {
+    /// What fires on the target for replicated rows: the user triggers of `tables` that fire
+    /// for this sink's sessions (see [`PgSink::triggers_firing_on_apply`]: `ENABLE ALWAYS` and
+    /// `ENABLE REPLICA` ones even when the sink applies as a replica), and, when it cannot apply
+    /// as a replica ([`PgSink::apply_role`] is `Origin`), the foreign keys among them, as
+    /// `table: foreign key name` lines. Foreign keys in a cycle (tables referencing each other)
+    /// are marked: the copy and the batches cannot put a parent first there.
+    pub async fn fires_on_apply(&self, tables: &[Arc<TableSchema>]) -> Result<Firing> {
+        let names: Vec<TableName> = tables.iter().map(|t| t.name.clone()).collect();
+        let triggers = self.triggers_firing_on_apply(&names).await?;
         if self.role == crate::conn::ApplyRole::Replica {
-            return Ok(Vec::new());
+            return Ok(Firing {
+                triggers,
+                foreign_keys: Vec::new(),
+            });
         }
-        let names: Vec<String> = tables.iter().map(|t| t.name.quoted()).collect();
+        let quoted: Vec<String> = names.iter().map(TableName::quoted).collect();
         let rows = self
             .client
             .query(
                 "WITH t AS (SELECT to_regclass(n) AS oid FROM unnest($1::text[]) AS n)
-                 SELECT tgrelid::regclass::text, 'trigger ' || tgname FROM pg_trigger
-                  WHERE tgrelid IN (SELECT oid FROM t) AND NOT tgisinternal AND tgenabled = 'O'
-                    AND tgname <> 'cutover_fence'
-                 UNION ALL
-                 SELECT conrelid::regclass::text, 'foreign key ' || conname FROM pg_constraint
+                 SELECT conrelid::regclass::text, conname::text, confrelid::regclass::text
+                   FROM pg_constraint
                   WHERE conrelid IN (SELECT oid FROM t) AND contype = 'f'
                   ORDER BY 1, 2",
-                &[&names],
+                &[&quoted],
             )
             .await
             .map_err(|e| {
                 classify(
                     e,
-                    &format!("cannot read the triggers of target {}", self.options.name),
+                    &format!(
+                        "cannot read the foreign keys of target {}",
+                        self.options.name
+                    ),
                 )
             })?;
-        Ok(rows
+        let edges: Vec<(String, String)> = rows
             .iter()
-            .map(|r| format!("{}: {}", r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect())
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(2)))
+            .filter(|(c, p)| c != p)
+            .collect();
+        let in_cycle = super::fold::in_cycles(&edges);
+        let foreign_keys = rows
+            .iter()
+            .map(|r| {
+                let (child, name, parent): (String, String, String) =
+                    (r.get(0), r.get(1), r.get(2));
+                let cycle = if in_cycle.contains(&(child.clone(), parent.clone())) {
+                    " (in a cycle of foreign keys: no order puts every parent first)"
+                } else {
+                    ""
+                };
+                format!("{child}: foreign key {name} to {parent}{cycle}")
+            })
+            .collect();
+        Ok(Firing {
+            triggers,
+            foreign_keys,
+        })
     }
 
     /// The triggers of `tables` that fire for this sink's sessions, cutover's fence excepted:
@@ -318,6 +345,22 @@ impl PgSink {
             "alter the target tables to match the source, drop them and let cutover create them \
              (create_tables = true), or create the missing ones",
         ))
+    }
+}
+
+/// What fires on a target for replicated rows ([`PgSink::fires_on_apply`]).
+#[derive(Debug, Default)]
+pub struct Firing {
+    /// `table: trigger` lines.
+    pub triggers: Vec<String>,
+    /// `table: foreign key name to parent` lines (only when the sink cannot apply as a replica).
+    pub foreign_keys: Vec<String>,
+}
+
+impl Firing {
+    /// Whether any foreign key lies in a cycle.
+    pub fn cyclic(&self) -> bool {
+        self.foreign_keys.iter().any(|f| f.contains("(in a cycle"))
     }
 }
 

@@ -35,7 +35,7 @@ mod state;
 mod write;
 
 pub use crate::dead_letters::STATE_SCHEMA;
-pub use inspect::TableCheck;
+pub use inspect::{Firing, TableCheck};
 
 use copy::PgTableCopy;
 use fold::TableChanges;
@@ -385,6 +385,13 @@ impl Sink for PgSink {
     fn copies_ranges(&self, table: &TableName) -> bool {
         // A table marked for a new copy is replaced whole, in one transaction.
         !self.recopy.contains(table)
+    }
+
+    fn copy_depth(&self, table: &TableName) -> usize {
+        self.fk_depth
+            .as_ref()
+            .and_then(|d| d.get(&table.quoted()).copied())
+            .unwrap_or(0)
     }
 
     fn copied_ranges(
