@@ -66,17 +66,16 @@ pub async fn check_source(
     let mut out = vec![version_finding(caps)];
     if !caps.publish_via_root() {
         for t in tables.iter().filter(|t| t.relkind == 'p') {
-            out.push(Finding::warn(
+            out.push(Finding::pass(
                 "partitioned table",
                 format!(
                     "{} is a partitioned table, which PostgreSQL {} cannot publish \
                      (publish_via_partition_root came with 13): cutover publishes its partitions \
-                     and applies their changes to it",
+                     and applies their changes to it; a partition attached later joins the \
+                     publication and its rows are copied",
                     t.schema.name,
                     caps.major()
                 ),
-                "a partition attached while the pipeline runs is not published by itself: run \
-                 `cutover resnapshot PIPELINE --table` for the table after attaching one",
             ));
         }
     }
