@@ -492,10 +492,11 @@ impl Worker<'_> {
                     continue;
                 }
                 let delivery = batch.iter().find(|d| d.offset == offset).expect("read");
-                letters.push(letter(delivery, Some(table.name.clone()), format!(
-                    "a truncate of {} read from one of the {} partitions of {} is not applied: it would also remove rows other partitions applied after it. Truncate the target table by hand if it is meant",
-                    table.name, self.partitions[&key.0], key.0
-                )));
+                letters.push(letter(
+                    delivery,
+                    Some(table.name.clone()),
+                    truncate_refused(&table.name, self.partitions[&key.0], &key.0),
+                ));
                 continue;
             }
             lane.rows_seen.insert(table.name.clone());
@@ -556,6 +557,18 @@ impl Worker<'_> {
                 .await
                 .map_err(|e| (Some(name.clone()), e.to_string()))?;
             self.partitions.insert(key.0.clone(), count);
+        }
+        if message.op == InboundOp::Truncate
+            && !message.truncate_everywhere
+            && self.partitions.get(&key.0).copied().unwrap_or(1) > 1
+        {
+            // Sent to one partition only (Debezium): the rule that a truncate read before any
+            // row of its table in its partition removes nothing holds only for a producer that
+            // sends it to every partition. Parked, never dropped.
+            return Err((
+                Some(name.clone()),
+                truncate_refused(&name, self.partitions[&key.0], &key.0),
+            ));
         }
         let table = self
             .catalog
@@ -747,6 +760,13 @@ async fn add_table(sink: &mut dyn Sink, table: Arc<TableSchema>) -> Result<()> {
             sink.add_table(table).await
         }
     }
+}
+
+/// Why a truncate read from one partition of a topic of `partitions` is parked.
+fn truncate_refused(table: &TableName, partitions: usize, topic: &str) -> String {
+    format!(
+        "a truncate of {table} read from one of the {partitions} partitions of {topic} is not applied: it would also remove rows other partitions applied after it. Truncate the target table by hand if it is meant"
+    )
 }
 
 fn letter(delivery: &Delivery, table: Option<TableName>, reason: String) -> Letter {

@@ -298,12 +298,17 @@ async fn workers_drain_six_partitions_through_a_kill_and_a_late_join() {
 
 /// Produces `(key, payload)` messages to partition 0 of `topic`, in order.
 fn produce(topic: &str, messages: &[(Option<&str>, Option<&str>)]) {
+    produce_to(topic, 0, messages)
+}
+
+/// Produces `(key, payload)` messages to `partition` of `topic`, in order.
+fn produce_to(topic: &str, partition: i32, messages: &[(Option<&str>, Option<&str>)]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .unwrap();
     for (key, payload) in messages {
-        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).partition(0);
+        let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).partition(partition);
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -830,4 +835,83 @@ async fn a_partition_that_lost_applied_messages_stops_the_worker() {
             && log.contains("the partition is empty"),
         "{log}"
     );
+}
+
+/// Debezium sends a truncate to one partition of the table's topic (it has no key); cutover's
+/// own Kafka sink sends it to every partition. A truncate read before any row of its table in
+/// its partition removes nothing only in the second case: Debezium's, read from a partition
+/// with no row while another partition holds the table's rows, is parked, never dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debezium_truncate_in_one_partition_of_many_is_parked_not_dropped() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let env = Env::new("apply_trunc").await;
+    let target = env.target().await;
+    target
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, first_name text, balance numeric(8,2), seen timestamp,
+                                     born date, tz timestamptz, uid uuid, doc jsonb, active boolean, score float8);",
+        )
+        .await
+        .unwrap();
+    let topic = format!("{}.trunc", env.name);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 2, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let row = |id: i32| {
+        format!(
+            r#"{{"id": {id}, "first_name": "n{id}", "balance": "1.50", "seen": null, "born": null, "tz": null, "uid": null, "doc": null, "active": null, "score": null}}"#
+        )
+    };
+    let creates: Vec<(String, String)> = (1..=3)
+        .map(|id| {
+            (
+                debezium_key("customers", id, false),
+                debezium_event("customers", "c", "null", &row(id), false),
+            )
+        })
+        .collect();
+    let borrowed: Vec<(Option<&str>, Option<&str>)> = creates
+        .iter()
+        .map(|(k, p)| (Some(k.as_str()), Some(p.as_str())))
+        .collect();
+    produce_to(&topic, 1, &borrowed);
+    let truncate = debezium_event("customers", "t", "null", "null", false);
+    produce_to(&topic, 0, &[(None, Some(&truncate))]);
+    let apply = apply_pipeline(
+        &env,
+        std::slice::from_ref(&topic),
+        "format = \"debezium\"\ndecimal_handling = \"string\"",
+    );
+    let mut worker = env.start_apply(&apply);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, out, _) = common::cutover(&["dlq", "list", apply.to_str().unwrap()]);
+        let rows = common::contents(&target, "customers").await;
+        if out.contains("1 parked message(s)") && rows.len() == 3 {
+            assert!(
+                out.contains("a truncate of public.customers read from one of the 2 partitions"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{rows:?}\n{out}\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(worker.terminate().success(), "{}", worker.log_text());
 }

@@ -60,6 +60,10 @@ pub struct Inbound {
     pub fields: Option<Vec<FieldSchema>>,
     /// The key's field names, when the message carries a key schema or a key object.
     pub key_fields: Vec<String>,
+    /// The producer sends a truncate to every partition of the table's topic, ahead of what
+    /// follows it there (cutover's Kafka sink: its own envelope, or Debezium's with
+    /// `source.version` "cutover-..."). Debezium itself sends it to one partition.
+    pub truncate_everywhere: bool,
 }
 
 /// How `apply` reads values of one envelope format.
@@ -238,6 +242,7 @@ fn read_cutover(doc: &Json) -> Result<Inbound, String> {
         op,
         fields: None,
         key_fields: key.map(|k| k.keys().cloned().collect()).unwrap_or_default(),
+        truncate_everywhere: true,
     })
 }
 
@@ -333,6 +338,10 @@ fn read_debezium(
         op,
         fields,
         key_fields,
+        truncate_everywhere: source
+            .get("version")
+            .and_then(Json::as_str)
+            .is_some_and(|v| v.starts_with("cutover-")),
     }))
 }
 
