@@ -146,8 +146,59 @@ struct Worker<'a> {
     catalog: Catalog,
     lanes: HashMap<Partition, Lane>,
     letters: FileStore,
+    /// The (topic, message key) of every parked message: later messages of those keys are
+    /// parked behind them, in order, so applying the parked ones later (`cutover dlq replay`)
+    /// never takes a key back to an older row.
+    held: Held,
     partitions: HashMap<String, usize>,
     applied: Applied,
+}
+
+/// The keys the dead-letter file holds back, as of the file's stamp they were read at.
+#[derive(Default)]
+struct Held {
+    stamp: Option<Option<String>>,
+    /// Message keys by topic.
+    keys: HashMap<String, HashSet<Vec<u8>>>,
+}
+
+impl Held {
+    /// Reads the file's keys again if it changed since (a replay removed letters, or another
+    /// worker parked some).
+    fn refresh(&mut self, store: &FileStore) -> Result<()> {
+        let stamp = store.stamp()?;
+        if self.stamp.as_ref() == Some(&stamp) {
+            return Ok(());
+        }
+        let letters = if stamp.is_some() {
+            blocking(|| store.open()?.read())?
+        } else {
+            Vec::new()
+        };
+        self.keys.clear();
+        for l in &letters {
+            if let Some(from) = l.read_from.as_ref().filter(|_| !l.key.is_empty()) {
+                self.hold(&from.topic, l.key.as_bytes());
+            }
+        }
+        self.stamp = Some(stamp);
+        Ok(())
+    }
+
+    fn hold(&mut self, topic: &str, key: &[u8]) {
+        self.keys
+            .entry(topic.to_string())
+            .or_default()
+            .insert(key.to_vec());
+    }
+
+    /// Whether a parked message of `topic` has this message key.
+    fn holds(&self, topic: &str, key: Option<&[u8]>) -> bool {
+        match (self.keys.get(topic), key) {
+            (Some(keys), Some(key)) => keys.contains(key),
+            _ => false,
+        }
+    }
 }
 
 /// Runs one worker until `stop` turns true (then it applies what it has read, leaves the
@@ -223,6 +274,7 @@ async fn session(
         catalog: Catalog::connect(cfg).await?,
         lanes: HashMap::new(),
         letters: FileStore::new(settings.dead_letter_file.clone()),
+        held: Held::default(),
         partitions: HashMap::new(),
         applied: *total,
     };
@@ -474,11 +526,34 @@ impl Worker<'_> {
         let mut letters = Vec::new();
         // (offset, table, change) in offset order.
         let mut changes: Vec<(i64, Arc<TableSchema>, cutover_core::Change)> = Vec::new();
+        self.held.refresh(&self.letters)?;
         for delivery in &batch {
-            match self.decode(key, delivery).await {
+            let held = self.held.holds(&delivery.topic, delivery.key.as_deref());
+            let decoded = self.decode(key, delivery).await;
+            if held {
+                let table = match &decoded {
+                    Ok(Some((t, _))) => Some(t.name.clone()),
+                    Ok(None) => continue,
+                    Err((t, _)) => t.clone(),
+                };
+                letters.push(letter(
+                    delivery,
+                    table,
+                    "waiting behind an earlier parked message of this key (cutover dlq replay applies them in order)".into(),
+                ));
+                continue;
+            }
+            match decoded {
                 Ok(Some(c)) => changes.push((delivery.offset, c.0, c.1)),
                 Ok(None) => {}
-                Err((table, reason)) => letters.push(letter(delivery, table, reason)),
+                Err((table, reason)) => {
+                    if let Some(k) = &delivery.key {
+                        // The letter's key is the message key as text: hold what it reads back as.
+                        let text = String::from_utf8_lossy(k);
+                        self.held.hold(&delivery.topic, text.as_bytes());
+                    }
+                    letters.push(letter(delivery, table, reason))
+                }
             }
         }
         let lane = self.lanes.get_mut(key).expect("the lane is still open");
@@ -531,25 +606,16 @@ impl Worker<'_> {
         Option<(Arc<TableSchema>, cutover_core::Change)>,
         (Option<TableName>, String),
     > {
-        let message = inbound::read(
-            &self.settings.read,
+        let Some(message) = read_message(
+            self.cfg,
+            self.settings,
             delivery.key.as_deref(),
             delivery.payload.as_deref(),
-        )
-        .map_err(|e| (None, e))?;
-        let Some(message) = message else {
+        )?
+        else {
             return Ok(None);
         };
         let name = message.table.clone();
-        if !self.cfg.tables.is_empty()
-            && !self
-                .cfg
-                .tables
-                .iter()
-                .any(|p| cutover_postgres::catalog::matches(p, &name))
-        {
-            return Ok(None);
-        }
         if message.op == InboundOp::Truncate && !self.partitions.contains_key(&key.0) {
             let count = self
                 .reader
@@ -570,16 +636,176 @@ impl Worker<'_> {
                 truncate_refused(&name, self.partitions[&key.0], &key.0),
             ));
         }
+        self.catalog
+            .change_of(&message, self.settings)
+            .await
+            .map(Some)
+    }
+}
+
+/// A message's key and payload, read (`Ok(None)`: a message that changes nothing, or a table
+/// outside `source.tables`).
+fn read_message(
+    cfg: &Pipeline,
+    settings: &ApplySettings,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> std::result::Result<Option<Inbound>, (Option<TableName>, String)> {
+    let Some(message) = inbound::read(&settings.read, key, payload).map_err(|e| (None, e))? else {
+        return Ok(None);
+    };
+    let name = &message.table;
+    if !cfg.tables.is_empty()
+        && !cfg
+            .tables
+            .iter()
+            .any(|p| cutover_postgres::catalog::matches(p, name))
+    {
+        return Ok(None);
+    }
+    Ok(Some(message))
+}
+
+impl Catalog {
+    /// The table and change `message` stands for, or why it cannot be applied.
+    async fn change_of(
+        &mut self,
+        message: &Inbound,
+        settings: &ApplySettings,
+    ) -> std::result::Result<(Arc<TableSchema>, cutover_core::Change), (Option<TableName>, String)>
+    {
+        let name = &message.table;
         let table = self
-            .catalog
-            .resolve(&name, &message)
+            .resolve(name, message)
             .await
             .map_err(|e| (Some(name.clone()), e))?;
         let change = message
-            .change(&table, &self.settings.read)
+            .change(&table, &settings.read)
             .map_err(|e| (Some(name.clone()), e))?;
-        Ok(Some((table, change)))
+        Ok((table, change))
     }
+}
+
+/// What `cutover dlq replay` did with an apply pipeline's parked messages.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Applied to every target and removed from the file.
+    pub applied: u64,
+    /// Still parked: refused again (with the new reason), or waiting behind such a one.
+    pub still: u64,
+    /// Truncates, which are never replayed (see docs/apply.md).
+    pub truncates: u64,
+}
+
+/// `cutover dlq replay` of an apply pipeline: the parked messages, oldest first, are read
+/// again and applied to every target (after the cause was fixed: a column added, a table
+/// created); those applied leave the file. One refused again stays, with its new reason and
+/// one more attempt, and holds back the later messages of its key, as the workers do. The
+/// file stays locked meanwhile (a worker parking a message waits). Truncates stay parked:
+/// they are for the operator to apply by hand.
+pub async fn replay(cfg: &Pipeline) -> Result<Replayed> {
+    let settings = cfg.apply.as_ref().ok_or_else(|| {
+        ConnectorError::fatal(format!("pipeline {} reads a PostgreSQL source", cfg.name))
+    })?;
+    check_targets(cfg)?;
+    let mut catalog = Catalog::connect(cfg).await?;
+    let mut ctx = wiring::target_context(cfg, "");
+    // A state row of its own: the partitions' offsets are not the replay's.
+    ctx.pipeline = format!("{}/replay", cfg.name);
+    ctx.applying = true;
+    let mut sinks = Vec::with_capacity(cfg.sinks.len());
+    for (i, target) in cfg.sinks.iter().enumerate() {
+        let mut sink = wiring::with_transforms(cfg, i, target.connect(&ctx).await?);
+        sink.open(&[]).await?;
+        sinks.push((sink, HashSet::new()));
+    }
+    let store = FileStore::new(settings.dead_letter_file.clone());
+    let mut file = store.open()?;
+    let letters = file.read()?;
+    let mut kept = Vec::new();
+    let mut held = Held::default();
+    let mut done = Replayed::default();
+    // Positions that only grow, so no target takes a replayed change for one it has.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    for (n, letter) in letters.iter().enumerate() {
+        let mut letter = letter.clone();
+        let topic = letter.read_from.as_ref().map(|f| f.topic.clone());
+        let key_text = (!letter.key.is_empty()).then(|| letter.key.clone());
+        let payload = letter.payload.clone();
+        if let (Some(topic), Some(key)) = (&topic, &key_text) {
+            if held.holds(topic, Some(key.as_bytes())) {
+                letter.reason = "waiting behind an earlier parked message of this key (cutover dlq replay applies them in order)".into();
+                kept.push(letter);
+                done.still += 1;
+                continue;
+            }
+        }
+        let decoded = match read_message(
+            cfg,
+            settings,
+            key_text.as_deref().map(str::as_bytes),
+            payload.as_deref().map(str::as_bytes),
+        ) {
+            Ok(Some(m)) if m.op == InboundOp::Truncate => {
+                kept.push(letter);
+                done.truncates += 1;
+                continue;
+            }
+            Ok(Some(m)) => catalog.change_of(&m, settings).await.map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match decoded {
+            Ok(None) => done.applied += 1,
+            Ok(Some((table, change))) => {
+                let at = Lsn(base + n as u64);
+                for (sink, tables) in sinks.iter_mut() {
+                    if tables.insert(table.name.clone()) {
+                        add_table(sink.as_mut(), table.clone()).await?;
+                    }
+                    sink.apply_all(vec![
+                        StreamEvent::Begin {
+                            commit_lsn: at,
+                            xid: 0,
+                            commit_time_micros: base as i64,
+                        },
+                        StreamEvent::Change(ChangeEvent {
+                            position: Position {
+                                commit_lsn: at,
+                                ordinal: 0,
+                            },
+                            table: table.clone(),
+                            change: change.clone(),
+                        }),
+                        StreamEvent::Commit {
+                            commit_lsn: at,
+                            end_lsn: Lsn(at.0 + 1),
+                            commit_time_micros: base as i64,
+                        },
+                    ])
+                    .await?;
+                }
+                done.applied += 1;
+            }
+            Err((_, reason)) => {
+                letter.reason = reason;
+                letter.attempts += 1;
+                if let (Some(topic), Some(key)) = (&topic, &key_text) {
+                    held.hold(topic, key.as_bytes());
+                }
+                kept.push(letter);
+                done.still += 1;
+            }
+        }
+    }
+    // Durable on every target before the letters leave the file.
+    for (sink, _) in sinks.iter_mut() {
+        sink.seal().await?;
+    }
+    file.settle(&letters, &kept)?;
+    Ok(done)
 }
 
 /// One partition's batch, decoded: offsets `first..=last`, and its changes in offset order.

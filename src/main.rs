@@ -542,14 +542,30 @@ async fn check_apply(
 }
 
 /// `cutover dlq list` of an apply pipeline: the messages its workers parked, with where they
-/// were read. Replay is refused: the messages are produced again to their topic instead.
-fn apply_letters(path: &std::path::Path, apply: &config::ApplySettings, replay: bool) -> Outcome {
+/// were read; `replay`: applies them again (see [`cutover::apply::replay`]), then lists what
+/// stays.
+async fn apply_letters(
+    path: &std::path::Path,
+    apply: &config::ApplySettings,
+    replay: bool,
+) -> Outcome {
     use cutover_core::dead_letters::{blocking, FileStore, LetterStore};
-    if replay {
-        return Err(format!(
-            "pipeline file {} reads Kafka topics: its parked messages are not sent again by cutover dlq replay. Fix: correct the cause, then produce the messages again to their topic (cutover dlq list shows each one's topic, partition, offset, key and payload).",
-            path.display()
-        ));
+    if replay && apply.dead_letter_file.exists() {
+        let cfg = load(path)?;
+        let done = cutover::apply::replay(&cfg).await.map_err(explain)?;
+        say!(
+            "replayed: {} applied, {} still parked{}",
+            done.applied,
+            done.still,
+            if done.truncates > 0 {
+                format!(
+                    ", {} truncate(s) left parked (truncate the target table by hand if meant)",
+                    done.truncates
+                )
+            } else {
+                String::new()
+            }
+        );
     }
     let store = FileStore::new(apply.dead_letter_file.clone());
     let letters = if apply.dead_letter_file.exists() {
@@ -1151,7 +1167,7 @@ async fn dlq(action: DlqAction) -> Outcome {
     };
     let file = load(path)?;
     if let Some(apply) = &file.apply {
-        return apply_letters(path, apply, replay);
+        return apply_letters(path, apply, replay).await;
     }
     let _lock = if replay {
         Some(lock::take(&file, &[Hold::Change], "dlq replay").await?)

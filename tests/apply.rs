@@ -434,6 +434,61 @@ async fn bad_messages_are_parked_with_their_offsets_and_the_rest_applies() {
             "{reason:?} does not say {expected:?}"
         );
     }
+
+    // A later message of a parked key waits behind it (applied now, it would be undone when
+    // the parked one is replayed); other keys go on.
+    produce(
+        &topic,
+        &[
+            (
+                Some(r#"{"id":5}"#),
+                Some(
+                    r#"{"op": "update", "table": "public.t", "key": {"id": 5}, "row": {"id": 5, "v": "later"}}"#,
+                ),
+            ),
+            (
+                Some(r#"{"id":7}"#),
+                Some(
+                    r#"{"op": "insert", "table": "public.t", "key": {"id": 7}, "row": {"id": 7, "v": "v7"}}"#,
+                ),
+            ),
+        ],
+    );
+    let mut worker = env.start_apply(&apply);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while common::contents(&target, "t").await.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, out, _) = common::cutover(&["dlq", "list", apply.to_str().unwrap()]);
+    assert!(
+        out.contains("6 parked message(s)")
+            && out.contains(&format!("{topic}/0@8"))
+            && out.contains("waiting behind an earlier parked message of this key"),
+        "{out}"
+    );
+    // The cause fixed, the replay applies the key's messages in order, beside a running worker.
+    target
+        .batch_execute("ALTER TABLE t ADD COLUMN extra int")
+        .await
+        .unwrap();
+    let (code, out, err) = common::cutover(&["dlq", "replay", apply.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("replayed: 2 applied, 4 still parked") && out.contains("4 parked message(s)"),
+        "{out}"
+    );
+    let row: (String, Option<i32>) = target
+        .query_one("SELECT v, extra FROM t WHERE id = 5", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(row.0, "later", "{row:?}");
+    assert!(worker.terminate().success(), "{}", worker.log_text());
 }
 
 /// The value schema of the Debezium fixtures (schemas on), as Debezium's PostgreSQL connector
