@@ -95,6 +95,10 @@ now() { date +%s.%N; }
 metric() { if [ -n "${BENCH_METRICS:-}" ]; then echo "metric $1 $2"; fi; }
 # peer NAME VALUE: the same round's peer or limit, shown beside cutover's figures by `regress`.
 peer() { if [ -n "${BENCH_METRICS:-}" ]; then echo "peer $1 $2"; fi; }
+# port_pid PORT: the pid of the process listening on 127.0.0.1:PORT (empty when none).
+port_pid() { ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1; }
+# cpu_of PID: seconds of CPU (user + system) the process has used (0 when it is gone).
+cpu_of() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 median() { python3 -c 'import sys,statistics; print("%.3f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 ratio() { python3 -c 'import sys; print("%.2f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
 log_seconds() { # seconds between the first log lines matching $2 and $3 in file $1
@@ -573,7 +577,18 @@ subject = \"fan.{schema}.{table}\""
         times_recv+=("$(python3 -c "print($(now) - $t0)")")
         peer messages_pg_recvlogical_s "${times_recv[-1]}"
         src -d msg -c "SELECT pg_drop_replication_slot('recv_slot')" >/dev/null
+        local kafka_pid nats_pid
+        kafka_pid=$(port_pid "${CUTOVER_TEST_KAFKA_BROKERS##*:}")
+        nats_pid=$(port_pid "${CUTOVER_TEST_NATS_URL##*:}")
         for name in "${kinds[@]}"; do
+            # The message servers' CPU in the same run: what the broker side costs.
+            local server_cpu0=0 server_pids=()
+            case $name in
+                kafka) server_pids=("$kafka_pid") ;;
+                nats) server_pids=("$nats_pid") ;;
+                fan) server_pids=("$kafka_pid" "$nats_pid") ;;
+            esac
+            for p in "${server_pids[@]}"; do [ -n "$p" ] && server_cpu0=$(python3 -c "print($server_cpu0 + $(cpu_of "$p"))"); done
             t0=$(now)
             "$BIN" --log-format json run "$WORK/msg_$name.toml" 2> "$WORK/msg_$name-$r.log" &
             local pid=$! target; target=$(lsn_number "$end")
@@ -581,14 +596,18 @@ subject = \"fan.{schema}.{table}\""
                 sleep 0.05
             done
             local took; took=$(python3 -c "print($(now) - $t0)")
-            local cpu; cpu=$(awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$pid/stat")
+            local cpu; cpu=$(cpu_of "$pid")
+            local server_cpu=0
+            for p in "${server_pids[@]}"; do [ -n "$p" ] && server_cpu=$(python3 -c "print($server_cpu + $(cpu_of "$p"))"); done
+            server_cpu=$(python3 -c "print('%.2f' % ($server_cpu - $server_cpu0))")
             kill -TERM $pid; wait $pid
             case $name in
                 kafka) times_kafka+=("$took") ;;
                 nats) times_nats+=("$took") ;;
                 fan) times_fan+=("$took") ;;
             esac
-            echo "   round $r: $name $(python3 -c "print('%.2f s, %d changes/s' % ($took, $MESSAGE_CHANGES / $took))") using $cpu s of CPU"
+            echo "   round $r: $name $(python3 -c "print('%.2f s, %d changes/s' % ($took, $MESSAGE_CHANGES / $took))") using $cpu s of CPU (the message server: $server_cpu s)"
+            peer "messages_${name}_server_cpu_s" "$server_cpu"
             metric "messages_${name}_s" "$took"
             metric "messages_${name}_cpu_s" "$cpu"
         done
@@ -806,8 +825,10 @@ verify_round() {
     local cut=() rel=() r t0 code found rd
     for r in $(seq 1 "$ROUNDS"); do
         t0=$(now)
-        code=0; "$BIN" verify "$WORK/ver.toml" --format json --max-keys 100 > "$WORK/ver.json" || code=$?
+        code=0
+        { TIMEFORMAT='%U %S'; time "$BIN" verify "$WORK/ver.toml" --format json --max-keys 100 > "$WORK/ver.json" || code=$?; } 2> "$WORK/ver.time"
         cut+=("$(python3 -c "print($(now) - $t0)")")
+        local vcpu; vcpu=$(awk 'END {printf "%.2f", $1 + $2}' "$WORK/ver.time")
         [ "$code" = "$2" ] || { echo "cutover verify exited $code, expected $2" >&2; exit 1; }
         found=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["tables"][0]; print(t["missing_count"]+t["extra_count"]+t["different_count"])' "$WORK/ver.json")
         t0=$(now)
@@ -815,7 +836,8 @@ verify_round() {
         rel+=("$(python3 -c "print($(now) - $t0)")")
         peer "verify_${1// /_}_reladiff_s" "${rel[-1]}"
         rd=$(grep -c '^+' "$WORK/reladiff.out" || true)
-        echo "   $1 round $r: cutover ${cut[-1]} s ($found rows differ), reladiff ${rel[-1]} s ($rd rows differ)"
+        echo "   $1 round $r: cutover ${cut[-1]} s ($vcpu s of its CPU; $found rows differ), reladiff ${rel[-1]} s ($rd rows differ)"
+        metric "verify_${1// /_}_cpu_s" "$vcpu"
         metric "verify_${1// /_}_s" "${cut[-1]}"
         [ "$found" = "$3" ] && [ "$rd" = "$3" ] || { echo "expected $3 differing rows from both" >&2; exit 1; }
     done
