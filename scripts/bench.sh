@@ -998,8 +998,9 @@ bench_regress() {
     local margin=${REGRESS_MARGIN:-0.15} out="$WORK/regress"
     rm -rf "$out"; mkdir -p "$out"
     local commit; commit=$(git rev-parse --verify "$base^{commit}") || { echo "regress: $base is not a commit here" >&2; exit 2; }
-    # This tree's binary is set aside first: BASE is built in the same target directory (its
-    # dependencies are shared; its own crates sit at another path, so they build apart).
+    # This tree's binary is set aside first. BASE is built in a target directory of its own
+    # (target/regress-base, kept for the next run): in the tree's own, the workspace crates of
+    # both share artifact names, and BASE's would pass for fresh builds of the tree's.
     cp "$BIN" "$out/cutover-head"
     if [ -n "${REGRESS_BASE_BIN:-}" ]; then # a build of BASE made before (say, by an earlier regress)
         cp "$REGRESS_BASE_BIN" "$out/cutover-base"
@@ -1009,9 +1010,8 @@ bench_regress() {
         git worktree prune
         git worktree add --detach --quiet "$tree" "$commit"
         echo "== regress: building $base ($commit)"
-        (cd "$tree" && cargo build --release --quiet --target-dir "$root/target")
-        cp "$root/target/release/cutover" "$out/cutover-base"
-        cp "$out/cutover-head" "$root/target/release/cutover" # the tree's own build in its place again
+        (cd "$tree" && cargo build --release --quiet --target-dir "$root/target/regress-base")
+        cp "$root/target/regress-base/release/cutover" "$out/cutover-base"
         git worktree remove --force "$tree"
     fi
     declare -A figures=() peers=()
