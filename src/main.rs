@@ -871,6 +871,7 @@ async fn check(path: &std::path::Path) -> Outcome {
             }
         }
     }
+    failed += check_way_back(&cfg, &source.schemas()).await;
     let ctx = runtime::target_context(&cfg, &source.endpoint().database());
     // PostgreSQL targets were connected and checked above.
     for sink in cfg
@@ -1297,6 +1298,47 @@ async fn show_status(path: &std::path::Path, format: ReportFormat) -> Outcome {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// What fires on the source for the rows the reverse stream brings back after a switch (it
+/// applies there as the forward sinks apply on their targets); the number of failed findings.
+/// Nothing for a pipeline that cannot switch (no PostgreSQL target to move to).
+async fn check_way_back(
+    cfg: &config::Pipeline,
+    tables: &[Arc<cutover_core::TableSchema>],
+) -> usize {
+    let Ok(back) = switch::pipeline_for(cfg, Direction::Reverse, None) else {
+        return 0;
+    };
+    let sinks = match runtime::connect_pg_sinks(&back).await {
+        Ok(sinks) => sinks,
+        Err(e) => {
+            say!(
+                "  warn  the way back (the source as the reverse stream's target): {}",
+                explain(e)
+            );
+            return 0;
+        }
+    };
+    let mut failed = 0;
+    // The other targets are checked above, as they are in the forward direction.
+    for sink in sinks.iter().filter(|s| s.name() == "source") {
+        match sink.fires_on_apply(tables).await {
+            Ok(firing) => {
+                failed += report_firing(
+                    &format!("{} (the way back, after a switch)", sink.name()),
+                    sink.apply_role(),
+                    &firing,
+                )
+            }
+            Err(e) => say!(
+                "  warn  sink {} (the way back): {}",
+                sink.name(),
+                explain(e)
+            ),
+        }
+    }
+    failed
 }
 
 /// Prints what fires on a PostgreSQL target for replicated rows (see `PgSink::fires_on_apply`);

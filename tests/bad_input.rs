@@ -270,7 +270,8 @@ async fn table_without_key_is_refused_with_the_statements_that_fix_it() {
 
 /// A partitioned table with no key of its own is keyed by the one its partitions share, and
 /// refused, with the fix, when they differ; a target trigger marked `ENABLE ALWAYS` fires even
-/// for a replica's writes, so `check` fails on it and names it.
+/// for a replica's writes, so `check` fails on it and names it, and so does one marked
+/// `ENABLE REPLICA` on the source, where the reverse stream applies after a switch.
 #[tokio::test]
 async fn partitions_without_a_shared_key_and_always_triggers_are_named_by_check() {
     let env = Env::new("badparts").await;
@@ -324,6 +325,20 @@ async fn partitions_without_a_shared_key_and_always_triggers_are_named_by_check(
         .unwrap();
     let (code, out, _) = cutover(&["check", p]);
     assert_eq!(code, 0, "{out}");
+    // The same on the source, for the reverse stream that applies there after a switch.
+    env.on_source(
+        "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.v := 'stamped'; RETURN NEW; END$$;
+         CREATE TRIGGER keyed_stamp BEFORE INSERT ON keyed FOR EACH ROW EXECUTE FUNCTION stamp();
+         ALTER TABLE keyed ENABLE REPLICA TRIGGER keyed_stamp;",
+    )
+    .await;
+    let (code, out, _) = cutover(&["check", p]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("FAIL  sink source (the way back, after a switch): these triggers are marked ENABLE ALWAYS or ENABLE REPLICA")
+            && out.contains("keyed: keyed_stamp"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
