@@ -236,6 +236,29 @@ impl Env {
     }
 
     /// Waits until every listed table has the same full contents on both sides.
+    /// Stops `run`, changes the source with `while_stopped`, and starts the pipeline again: it
+    /// must copy nothing again (no `copy_line` in its log), catch up on `tables` and verify
+    /// clean. Then it stops and the slot is dropped.
+    pub async fn restart_streams_without_copying(
+        &self,
+        run: Pipeline,
+        path: &PathBuf,
+        while_stopped: &str,
+        tables: &[&str],
+        copy_line: &str,
+    ) {
+        let mut run = run;
+        assert!(run.terminate().success(), "{}", run.log_text());
+        self.on_source(while_stopped).await;
+        let mut run = self.start(path);
+        self.wait_equal(tables, Duration::from_secs(60)).await;
+        assert!(!run.log_text().contains(copy_line), "{}", run.log_text());
+        let (code, out, err) = cutover(&["verify", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(run.terminate().success(), "{}", run.log_text());
+        self.drop_slot().await;
+    }
+
     pub async fn wait_equal(&self, tables: &[&str], timeout: Duration) {
         if let Err(differs) = self.until_equal(tables, timeout).await {
             panic!("{differs}");
