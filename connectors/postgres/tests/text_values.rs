@@ -643,6 +643,14 @@ async fn text_of_every_converted_type_gives_the_servers_binary_bytes() {
         for settings in std::iter::once(REPLICATION_SETTINGS).chain(OTHER_SETTINGS.iter().copied())
         {
             client.batch_execute(settings).await.unwrap();
+            if server < 120000 {
+                // Before 12, extra_float_digits below 3 rounds floats (12 on prints the
+                // shortest exact text at any value above 0); the replication session uses 3.
+                client
+                    .batch_execute("SET extra_float_digits = 3")
+                    .await
+                    .unwrap();
+            }
             for q in value_queries(server) {
                 checked += check(&client, &types, &q, &mut failures).await;
             }
