@@ -487,8 +487,10 @@ source gets `tests/fixtures/app_schema.sql` (an enum, two domains with checks, a
 tables, a `BEFORE UPDATE` trigger setting `updated_at`, an `AFTER` trigger writing an `audit`
 table that is replicated too, foreign keys with `ON DELETE CASCADE` and `DEFERRABLE INITIALLY
 DEFERRED`, a table partitioned by range, numeric, timestamptz, date, interval, jsonb, text[],
-uuid and bytea columns, a primary key on every table), `app_schema_11.sql` (the partitioned
-table's own primary key) when both versions are 11 or newer, `app_schema_12.sql` (a stored
+uuid and bytea columns, a primary key on every table; the partitioned table's on each of its
+partitions, as 10 needs), `app_schema_11.sql` (the partitioned table's own primary key) when
+both versions are 11 or newer (so a pair with 10 keys that table by its partitions' keys on
+both sides, and writes it without `ON CONFLICT`), `app_schema_12.sql` (a stored
 generated column) when both are 12 or newer, and `app_seed.sql` (22,850 rows, 8,000 of them
 the audit rows its inserts and updates make the triggers write). The target gets the source's
 `pg_dump -s` (Debian's pg_dump 15) when the source is 15 or older and the target is not older
