@@ -293,9 +293,6 @@ impl Identity {
     }
 }
 
-/// Ranges compared at once per table (see `TableCheck::compare_ranges`).
-const RANGES_IN_FLIGHT: usize = 2;
-
 /// Differing keys a saved check keeps per table.
 pub const SHOWN_KEYS: usize = 20;
 
@@ -667,17 +664,8 @@ impl TableCheck<'_> {
             ..Progress::default()
         };
         let mut diffs = Vec::new();
-        // Two ranges at a time, taken in order: each side's connection has the next range's
-        // query queued while this one's rows are read, so neither server waits on a round trip.
-        use futures::StreamExt;
-        let mut outcomes =
-            futures::stream::iter(ranges.into_iter().map(|(low, high)| {
-                compare_range(src, tgt, low, high, settings.keep_rows, per_range)
-            }))
-            .buffered(RANGES_IN_FLIGHT)
-            .enumerate();
-        while let Some((i, outcome)) = outcomes.next().await {
-            let outcome = outcome?;
+        for (i, (low, high)) in ranges.into_iter().enumerate() {
+            let outcome = compare_range(src, tgt, low, high, settings.keep_rows, per_range).await?;
             report.source_rows += outcome.source_rows;
             report.target_rows += outcome.target_rows;
             report.range_reads += outcome.reads;
