@@ -33,7 +33,17 @@ impl PgSink {
             keys = key_list(table)
         ))
         .await?;
-        let conflict_arbiter = self.has_unique_key(table).await?;
+        let inspected = self
+            .arbiters
+            .lock()
+            .expect("not poisoned")
+            .get(&table.name)
+            .copied();
+        let conflict_arbiter = match inspected {
+            Some(arbiter) => arbiter,
+            // Created by cutover, or never inspected.
+            None => self.has_unique_key(table).await?,
+        };
         self.tables.insert(
             table.name.clone(),
             TargetTable {

@@ -268,7 +268,12 @@ impl PgSink {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        if !unique_keys.contains(&key) && !self.partitions_keyed(oid, &key, &ctx).await? {
+        let arbiter = unique_keys.contains(&key);
+        self.arbiters
+            .lock()
+            .expect("not poisoned")
+            .insert(table.name.clone(), arbiter);
+        if !arbiter && !self.partitions_keyed(oid, &key, &ctx).await? {
             problems.push(format!(
                 "no primary key or unique index on ({})",
                 key.join(", ")

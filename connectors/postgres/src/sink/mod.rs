@@ -110,6 +110,10 @@ pub struct PgSink {
     recopy: std::collections::HashSet<TableName>,
     /// Key ranges of split tables recorded as copied, read at open (see `copied_ranges`).
     ranges: std::collections::BTreeMap<TableName, cutover_core::ranges::RangesCopied>,
+    /// Whether each table inspected has a unique index of its own on the key (see
+    /// [`TargetTable::conflict_arbiter`]), as the inspection found it: staging reads it from here
+    /// rather than asking again.
+    arbiters: std::sync::Mutex<HashMap<TableName, bool>>,
 }
 
 /// One target table and its staging tables.
@@ -186,6 +190,7 @@ impl PgSink {
             async_commit: false,
             recopy: Default::default(),
             ranges: Default::default(),
+            arbiters: Default::default(),
         })
     }
 
