@@ -436,6 +436,8 @@ async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let journal = Journal::path(&before.verify.report_path);
     let mut seen = None;
+    // Since when no walsender has streamed from the slot.
+    let mut unstreamed_since: Option<Instant> = None;
     loop {
         // Read again only when rewritten (it may hold many keys).
         let written = std::fs::metadata(&journal).and_then(|m| m.modified()).ok();
@@ -447,14 +449,17 @@ async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
         }
         match source.slot_activity().await? {
             Some((_, Some(confirmed))) if confirmed >= at => return Ok(()),
-            Some((true, _)) => {}
-            _ => {
-                return Err(ConnectorError::fatal(format!(
-                    "no `cutover run` streams from slot {}, so nothing drains to the fence",
-                    before.slot
-                ))
-                .with_hint("start `cutover run PIPELINE`, then switch again"))
-            }
+            Some((true, _)) => unstreamed_since = None,
+            // The running pipeline may be between an error and its retry (a deadlock of one of
+            // its writes with the new primary's fence, seen in the switch benchmark): it
+            // streams again within a moment. Only a slot left alone longer means no pipeline.
+            _ if unstreamed_since.get_or_insert_with(Instant::now).elapsed() < RESTREAM_GRACE => {}
+            _ => return Err(ConnectorError::fatal(format!(
+                "no `cutover run` streams from slot {} (for {} s), so nothing drains to the fence",
+                before.slot,
+                RESTREAM_GRACE.as_secs()
+            ))
+            .with_hint("start `cutover run PIPELINE`, then switch again")),
         }
         if Instant::now() > deadline {
             let confirmed = source.confirmed_lsn().await?.unwrap_or(Lsn::ZERO);
@@ -596,6 +601,10 @@ async fn changed_keys(before: &Pipeline, fence: Lsn) -> Option<(Arc<Journal>, Ls
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// How long the drain waits for a walsender on the slot when none streams (the running
+/// pipeline retrying after an error) before it says no pipeline runs.
+const RESTREAM_GRACE: Duration = Duration::from_secs(10);
 
 /// How long the final check waits for the running pipeline's changed keys.
 const CHANGED_KEYS_WAIT: Duration = Duration::from_secs(5);
