@@ -454,12 +454,14 @@ async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
             // its writes with the new primary's fence, seen in the switch benchmark): it
             // streams again within a moment. Only a slot left alone longer means no pipeline.
             _ if unstreamed_since.get_or_insert_with(Instant::now).elapsed() < RESTREAM_GRACE => {}
-            _ => return Err(ConnectorError::fatal(format!(
+            _ => {
+                return Err(ConnectorError::fatal(format!(
                 "no `cutover run` streams from slot {} (for {} s), so nothing drains to the fence",
                 before.slot,
                 RESTREAM_GRACE.as_secs()
             ))
-            .with_hint("start `cutover run PIPELINE`, then switch again")),
+                .with_hint("start `cutover run PIPELINE`, then switch again"))
+            }
         }
         if Instant::now() > deadline {
             let confirmed = source.confirmed_lsn().await?.unwrap_or(Lsn::ZERO);
