@@ -129,6 +129,9 @@ async fn sigkill_and_restart_leave_every_target_equal_without_nats_duplicates() 
     env.drop_slot().await;
 }
 
+/// Debezium envelopes with keyed truncates (`truncates = "keyed"`, for compacted topics): the
+/// copy's truncate and a streamed one carry the table's name as their key, and the topic still
+/// folds to the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debezium_envelope_folds_to_the_source() {
     let env = Env::new("fanout_dbz").await;
@@ -138,7 +141,7 @@ async fn debezium_envelope_folds_to_the_source() {
     ))
     .await;
     let kafka = format!(
-        "\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{}\"\nformat = \"debezium\"\ntombstones = true\npartitions = 2\n",
+        "\n[[sink]]\nkind = \"kafka\"\nname = \"kafka\"\nbrokers = \"{}\"\nformat = \"debezium\"\ntombstones = true\ntruncates = \"keyed\"\npartitions = 2\n",
         targets::MessageServices::get().kafka_brokers
     );
     let pipeline = env.pipeline_with("[\"items\"]", "", &kafka);
@@ -149,7 +152,9 @@ async fn debezium_envelope_folds_to_the_source() {
         "UPDATE items SET qty = qty * 10 WHERE order_id % 3 = 0;
          DELETE FROM items WHERE order_id % 5 = 0;
          UPDATE items SET line = 2 WHERE order_id = 7;
-         INSERT INTO items VALUES (1000, 1, 'new', 1);",
+         INSERT INTO items VALUES (1000, 1, 'new', 1);
+         BEGIN; CREATE TEMP TABLE kept AS SELECT * FROM items; TRUNCATE items;
+         INSERT INTO items SELECT * FROM kept WHERE order_id % 2 = 0; COMMIT;",
     )
     .await;
     env.wait_equal(&["items"], Duration::from_secs(60)).await;
@@ -166,6 +171,25 @@ async fn debezium_envelope_folds_to_the_source() {
             ),
         }
     }
+    // Partition 0 holds both truncates (each goes to every partition), keyed by the table.
+    let records = targets::kafka_records(
+        &format!("{}.public.items", env.name),
+        Duration::from_secs(3),
+    );
+    let truncate_keys: Vec<&str> = records
+        .iter()
+        .filter(|(_, value)| {
+            value.as_ref().is_some_and(|v| {
+                serde_json::from_slice::<serde_json::Value>(v).unwrap()["op"] == "t"
+            })
+        })
+        .map(|(key, _)| key.as_str())
+        .collect();
+    assert_eq!(
+        truncate_keys,
+        ["\"public.items\"", "\"public.items\""],
+        "the copy's truncate and the streamed one, keyed"
+    );
     let status = run.terminate();
     assert!(status.success(), "cutover exited with {status}");
     env.drop_slot().await;

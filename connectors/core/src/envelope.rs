@@ -39,6 +39,32 @@ pub enum EnvelopeFormat {
     Debezium,
 }
 
+/// How a message sink publishes a truncate (`truncates = ...` in a Kafka sink's table). A
+/// truncate is sent to every partition of the table's topic, ahead of what follows it there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TruncateMessages {
+    /// With no key, as Debezium sends it. A compacted topic on Apache Kafka refuses such a
+    /// record (`cleanup.policy=compact` needs a key), so use `keyed` or `skip` there.
+    #[default]
+    Unkeyed,
+    /// With the key [`truncate_key`] (the table's name as a JSON string, which no row's key,
+    /// a JSON object, can equal): accepted by compacted topics, and compaction keeps the
+    /// latest truncate of each table.
+    Keyed,
+    /// Not published, like Debezium's default `skipped.operations=t`. A truncate on the source,
+    /// and the truncate that starts a table's copy (which drops what an earlier, interrupted
+    /// copy published), then leave rows in the topic that the source no longer has: `cutover
+    /// verify` reports them as extra rows.
+    Skip,
+}
+
+/// The key of a table's truncate messages under [`TruncateMessages::Keyed`]: the table's
+/// qualified name as a JSON string (`"public.orders"`).
+pub fn truncate_key(table: &TableSchema) -> Vec<u8> {
+    serde_json::to_vec(&table.name.to_string()).expect("a string serialises")
+}
+
 /// What a message says happened to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -47,7 +73,8 @@ pub enum Op {
     Insert,
     Update,
     Delete,
-    /// Every row of the table was removed (the message has no key).
+    /// Every row of the table was removed (the message has no key unless the sink's
+    /// `truncates = "keyed"`).
     Truncate,
 }
 
@@ -106,6 +133,8 @@ pub struct Encoder {
     pub source_name: String,
     /// The source database name, for Debezium's `source.db`.
     pub database: String,
+    /// How truncates are published.
+    pub truncates: TruncateMessages,
 }
 
 impl Encoder {
@@ -141,11 +170,14 @@ impl Encoder {
                 }
             }
             Change::Delete { key } => self.delete(table, key, origin, &mut out)?,
-            Change::Truncate => out.push(Message {
-                key: None,
-                payload: Some(self.payload(table, Op::Truncate, None, None, origin)?),
-                op: Op::Truncate,
-            }),
+            Change::Truncate => match self.truncates {
+                TruncateMessages::Skip => {}
+                keyed => out.push(Message {
+                    key: (keyed == TruncateMessages::Keyed).then(|| truncate_key(table)),
+                    payload: Some(self.payload(table, Op::Truncate, None, None, origin)?),
+                    op: Op::Truncate,
+                }),
+            },
         }
         Ok(out)
     }
@@ -383,6 +415,12 @@ impl Serialize for DebeziumSource<'_> {
         m.serialize_entry("table", &self.table.name.name)?;
         m.serialize_entry("txId", &self.origin.xid)?;
         m.serialize_entry("lsn", &self.origin.lsn.0)?;
+        // Debezium's [last committed LSN, this event's LSN], a JSON array of decimal strings in
+        // a string. cutover knows each change by its transaction's commit LSN (which `lsn` also
+        // carries), so both are that: a transaction's events share it, and keep their order
+        // in their partition (and in the `cutover.ordinal` header).
+        let lsn = self.origin.lsn.0;
+        m.serialize_entry("sequence", &format!("[\"{lsn}\",\"{lsn}\"]"))?;
         // Debezium fills xmin only with its slot.xmin setting.
         m.serialize_entry("xmin", &())?;
         m.end()
@@ -536,6 +574,7 @@ mod tests {
             tombstones: true,
             source_name: "shop".into(),
             database: "app".into(),
+            truncates: TruncateMessages::Unkeyed,
         }
     }
 
@@ -620,6 +659,37 @@ mod tests {
         assert_eq!(p["ts_us"].as_i64().unwrap(), made_ns / 1000);
         assert_eq!(p["ts_ms"].as_i64().unwrap(), made_ns / 1_000_000);
         assert!(p["transaction"].is_null() && p["source"]["xmin"].is_null());
+        let sequence: Vec<String> =
+            serde_json::from_str(p["source"]["sequence"].as_str().unwrap()).unwrap();
+        assert_eq!(sequence, ["4294967312", "4294967312"]);
+    }
+
+    #[test]
+    fn truncates_are_unkeyed_keyed_or_skipped_as_the_sink_says() {
+        let mut enc = encoder(EnvelopeFormat::Debezium);
+        let truncate = |enc: &Encoder| enc.change(&event(Change::Truncate), origin()).unwrap();
+        let m = truncate(&enc);
+        assert_eq!((m.len(), m[0].key.as_ref()), (1, None));
+        assert_eq!(json(m[0].payload.as_ref().unwrap())["op"], "t");
+        enc.truncates = TruncateMessages::Keyed;
+        let m = truncate(&enc);
+        assert_eq!(m[0].op, Op::Truncate);
+        assert_eq!(
+            json(m[0].key.as_ref().unwrap()),
+            serde_json::json!("public.items")
+        );
+        enc.truncates = TruncateMessages::Skip;
+        assert!(truncate(&enc).is_empty());
+        // Rows are published as before whatever the setting.
+        let rows = enc
+            .change(
+                &event(Change::Insert {
+                    row: row(1, None, Value::Null),
+                }),
+                origin(),
+            )
+            .unwrap();
+        assert_eq!(rows.len(), 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cutover_core::envelope::{Encoder, EnvelopeFormat, Op};
+use cutover_core::envelope::{Encoder, EnvelopeFormat, Op, TruncateMessages};
 use cutover_core::event_sink::{EventSink, Routes, Transport};
 use cutover_core::naming::{replace_disallowed, Template};
 use cutover_core::outbox::Outgoing;
@@ -66,6 +66,8 @@ pub struct KafkaSinkOptions {
     pub format: EnvelopeFormat,
     /// Follow each delete with a tombstone.
     pub tombstones: bool,
+    /// How truncates are published.
+    pub truncates: TruncateMessages,
     /// Partitions and replication factor of topics the sink creates.
     pub partitions: i32,
     pub replication_factor: i32,
@@ -301,6 +303,7 @@ impl KafkaTransport {
         let encoder = Encoder {
             format: options.format,
             tombstones: options.tombstones,
+            truncates: options.truncates,
             source_name: options.pipeline.clone(),
             database: options.source_database.clone(),
         };

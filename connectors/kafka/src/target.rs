@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cutover_core::dead_letters::LetterStore;
-use cutover_core::envelope::EnvelopeFormat;
+use cutover_core::envelope::{EnvelopeFormat, TruncateMessages};
 use cutover_core::verify::{Precision, TableSide};
 use cutover_core::{
     BuildContext, Result, Sink, SinkState, TableSchema, Target, TargetConfig, TargetContext,
@@ -34,6 +34,11 @@ pub struct KafkaConfig {
     /// Follow each delete with a tombstone so log compaction can drop the key (default false).
     #[serde(default)]
     pub tombstones: bool,
+    /// How truncates are published: `unkeyed` (default, as Debezium does), `keyed` (with the
+    /// table's name as the key, for compacted topics, which refuse a record without a key) or
+    /// `skip` (as Debezium's default `skipped.operations=t`; see docs/targets.md).
+    #[serde(default)]
+    pub truncates: TruncateMessages,
     /// Partitions of topics the sink creates (default 3).
     #[serde(default = "default_partitions")]
     pub partitions: i32,
@@ -137,6 +142,7 @@ impl TargetConfig for KafkaConfig {
             topic: ctx.template("topic", &self.topic)?,
             format: self.format,
             tombstones: self.tombstones,
+            truncates: self.truncates,
             partitions: self.partitions,
             replication_factor: self.replication_factor,
             state_path,

@@ -248,6 +248,7 @@ impl NatsTransport {
             tombstones: false,
             source_name: options.pipeline.clone(),
             database: options.source_database.clone(),
+            truncates: Default::default(),
         };
         let parking = Parking::for_file(options.dead_letter_file.as_ref());
         Ok(EventSink::new(

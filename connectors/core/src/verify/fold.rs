@@ -369,6 +369,7 @@ mod tests {
             tombstones: true,
             source_name: "s".into(),
             database: "d".into(),
+            truncates: Default::default(),
         };
         let mut fold = Fold::new(t.clone());
         let mut send =
