@@ -138,6 +138,87 @@ async fn a_split_copy_resumes_with_only_the_unfinished_ranges() {
     env.drop_slot().await;
 }
 
+/// A split copy resumed after a kill, with key moves between its ranges in between that leave
+/// a TOASTed value unsent (the source sends such a value only when the update sets it): a row
+/// moved from a range copied after the kill into one copied before it (the target never had
+/// that row), one moved the other way (onto a key the later copy already holds), one moved
+/// twice, and one moved and then deleted. The run that copies the rest ends before it streams;
+/// the next streams them. The target ends equal, large values and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_moves_between_ranges_copied_before_and_after_a_kill_keep_their_unsent_values() {
+    let env = Env::new("split_toast").await;
+    env.on_source(
+        "CREATE TABLE docs (id bigint PRIMARY KEY, n int NOT NULL, body text NOT NULL);
+         ALTER TABLE docs ALTER body SET STORAGE EXTERNAL;
+         INSERT INTO docs SELECT g, 0, repeat(md5(g::text), 100) FROM generate_series(1, 8000) g;
+         ANALYZE docs;",
+    )
+    .await;
+    // One range at a time, slowly, so the kill falls after the first range and before the last.
+    let pipeline = env.pipeline(
+        "[\"docs\"]",
+        "[snapshot]\nworkers = 1\nrange_rows = 1000\nrows_per_s = 2000\n",
+    );
+    let mut first = env.start(&pipeline);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while ranges_logged(&first, "public.docs").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no range was copied:\n{}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill();
+    let recorded = ranges_recorded(&env, "public.docs", 8).await;
+    assert!(
+        recorded.contains("1/8") && !recorded.contains("8/8"),
+        "recorded {recorded:?}"
+    );
+    env.on_source(
+        "UPDATE docs SET id = -1 WHERE id = 7999;
+         UPDATE docs SET id = 100000 WHERE id = 5;
+         UPDATE docs SET id = -2 WHERE id = 7998;
+         UPDATE docs SET id = -3, n = 1 WHERE id = -2;
+         UPDATE docs SET id = -4 WHERE id = 7997;
+         DELETE FROM docs WHERE id = -4;",
+    )
+    .await;
+
+    // The restart copies the other ranges and ends before it streams: the next run learns
+    // how far the table settles from the target's records.
+    let mut second = env.start_with_env(&pipeline, &[("CUTOVER_CRASH_AT", "copies-recorded")]);
+    let status = second.wait_exit(Duration::from_secs(120));
+    assert!(
+        !status.success() && second.log_text().contains("CUTOVER_CRASH_AT"),
+        "the crash point was not reached:\n{}",
+        second.log_text()
+    );
+    assert!(
+        second.log_text().contains("resuming a split copy"),
+        "{}",
+        second.log_text()
+    );
+    let mut second = env.start(&pipeline);
+    second
+        .wait_log("streaming changes", Duration::from_secs(120))
+        .await;
+    env.wait_equal(&["docs"], Duration::from_secs(60)).await;
+    // Changes after the settling position move keys as usual.
+    env.on_source(
+        "UPDATE docs SET id = -5 WHERE id = -1; UPDATE docs SET n = 2 WHERE id = 100000;",
+    )
+    .await;
+    env.wait_equal(&["docs"], Duration::from_secs(60)).await;
+    assert!(
+        !second.log_text().contains("dead letter"),
+        "{}",
+        second.log_text()
+    );
+    assert!(second.terminate().success(), "{}", second.log_text());
+    env.drop_slot().await;
+}
+
 /// Keys of every kind a range can be cut by: text, composite (text, int), uuid, and a table
 /// keyed only by a replica identity index. Each is split, copied under writes, and equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ pub mod driver;
 pub mod partitions;
 pub mod progress;
 pub mod reader;
+pub mod settling;
 pub mod snapshot;
 pub mod telemetry;
 pub mod wiring;
@@ -200,9 +201,15 @@ async fn run_once(
                 return Ok(());
             }
         };
-        for (table, i, at) in copied_at {
-            states[i].copied_tables.insert(table, at);
+        for copied in copied_at {
+            let state = &mut states[copied.sink];
+            if let Some(latest) = copied.settling {
+                state.settling.insert(copied.table.clone(), latest);
+            }
+            state.copied_tables.insert(copied.table, copied.at);
         }
+        // The tests crash here: the copies are recorded, the stream has not begun.
+        crash_point("copies-recorded");
     }
     for root in partitions::merge_partitions(&source, &mut sinks, &states, cfg).await? {
         // Rows that reached the sinks other than as changes.
@@ -304,6 +311,7 @@ pub fn start_stream<'a>(
             })
             .collect(),
     );
+    let settling = settling::Settling::of(sinks.iter().map(|(_, st)| st), start);
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
     let mut pacers = JoinSet::new();
@@ -360,6 +368,7 @@ pub fn start_stream<'a>(
         ticks: 0,
         heartbeat_every: settings.heartbeat,
         next_heartbeat: Instant::now(),
+        settling,
     }
 }
 
@@ -418,6 +427,7 @@ mod start_tests {
         let copied = |lsn| SinkState {
             checkpoint: None,
             copied_tables: [(TableName::new("public", "a"), Lsn(lsn))].into(),
+            ..SinkState::default()
         };
         let applied = |end| SinkState {
             checkpoint: Some(Checkpoint {
@@ -425,6 +435,7 @@ mod start_tests {
                 end_lsn: Lsn(end),
             }),
             copied_tables: [(TableName::new("public", "a"), Lsn(10))].into(),
+            ..SinkState::default()
         };
         assert_eq!(stream_start(&[applied(50), applied(40)]), Lsn(40));
         assert_eq!(stream_start(&[applied(50), copied(20)]), Lsn(20));

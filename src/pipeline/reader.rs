@@ -160,6 +160,8 @@ pub struct Reader<'a> {
     /// is idle; none is waited for while a drain or the switch's changed keys wait on the slot.
     pub heartbeat_every: Duration,
     pub next_heartbeat: Instant,
+    /// Tables copied in ranges under different snapshots, while the stream settles them.
+    pub settling: super::settling::Settling,
 }
 
 /// Why a step of the loop wants it to end.
@@ -620,9 +622,17 @@ impl Reader<'_> {
     /// Hands one batch to every sink's queue, in order, waiting while a queue is full.
     async fn hand_on(
         &mut self,
-        batch: Vec<StreamEvent>,
+        mut batch: Vec<StreamEvent>,
         stop: &mut watch::Receiver<bool>,
     ) -> std::result::Result<(), Exit> {
+        if !self.settling.is_empty() {
+            if let Some(catalog) = &self.catalog {
+                self.settling
+                    .fill(&mut batch, catalog.source)
+                    .await
+                    .map_err(Err)?;
+            }
+        }
         self.operator.changed.record(&batch);
         self.progress.dispatched(&batch);
         let last = self.lanes.len().saturating_sub(1);

@@ -51,7 +51,18 @@ pub fn plan<'a>(source: &'a PgSource, states: &[SinkState]) -> Vec<Need<'a>> {
 
 /// Where each (table, sink) copy was recorded: the snapshot position the stream must replay
 /// that table from in that sink.
-pub type CopiedAt = Vec<(TableName, usize, Lsn)>;
+pub type CopiedAt = Vec<Copied>;
+
+/// One table recorded as copied in one sink (by index), at a snapshot's position, and, for a
+/// split copy whose ranges were taken under later snapshots too, the latest of those (see
+/// [`cutover_core::SinkState::settling`]).
+#[derive(Debug, Clone)]
+pub struct Copied {
+    pub table: TableName,
+    pub sink: usize,
+    pub at: Lsn,
+    pub settling: Option<Lsn>,
+}
 
 /// What every copy shares.
 struct Copying<'a> {
@@ -322,7 +333,12 @@ impl<'a> Copying<'a> {
         tracing::info!(table = %table.schema.name, rows, "table copied");
         Ok(idxs
             .iter()
-            .map(|&i| (table.schema.name.clone(), i, self.session.lsn))
+            .map(|&i| Copied {
+                table: table.schema.name.clone(),
+                sink: i,
+                at: self.session.lsn,
+                settling: None,
+            })
             .collect())
     }
 
@@ -377,22 +393,33 @@ impl<'a> Copying<'a> {
         let name = &shared.table.schema.name;
         let mut copied_at = Vec::new();
         for (i, done) in &shared.by_range {
-            let earliest = done
-                .values()
-                .copied()
-                .chain((done.len() < shared.ranges).then_some(self.session.lsn))
-                .min()
-                .unwrap_or(self.session.lsn);
+            let snapshots = || {
+                done.values()
+                    .copied()
+                    .chain((done.len() < shared.ranges).then_some(self.session.lsn))
+            };
+            let earliest = snapshots().min().unwrap_or(self.session.lsn);
+            let latest = snapshots().max().unwrap_or(self.session.lsn);
             self.sinks[*i]
                 .finish_ranges(name, earliest, shared.rows.load(Ordering::SeqCst))
                 .await?;
-            copied_at.push((name.clone(), *i, earliest));
+            copied_at.push(Copied {
+                table: name.clone(),
+                sink: *i,
+                at: earliest,
+                settling: (latest > earliest).then_some(latest),
+            });
         }
         for (i, copy) in &shared.whole {
             // The last range reaches here alone: each whole copy is finished once.
             if let Some(copy) = copy.lock().await.take() {
                 copy.finish().await?;
-                copied_at.push((name.clone(), *i, self.session.lsn));
+                copied_at.push(Copied {
+                    table: name.clone(),
+                    sink: *i,
+                    at: self.session.lsn,
+                    settling: None,
+                });
             }
         }
         Ok(copied_at)

@@ -389,6 +389,7 @@ async fn a_joining_table_steps_the_checkpoint_back_before_its_copy_is_recorded()
             end_lsn: Lsn(100),
         }),
         copied_tables: [(first.name.clone(), Lsn(1))].into(),
+        ..SinkState::default()
     };
     let (sink, target, _gate) = MemorySink::new("target", state.clone());
     let (tx, rx) = queue::bounded(1000, 1 << 20);

@@ -6,7 +6,7 @@ use crate::position::{Lsn, Position};
 use crate::schema::TableSchema;
 
 /// One column value as it travels through the pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Value {
     /// SQL NULL.
     Null,
@@ -28,7 +28,7 @@ impl Value {
 }
 
 /// A row's values in the column order of its [`TableSchema`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Row(pub Vec<Value>);
 
 impl Row {

@@ -26,6 +26,13 @@ pub struct SinkState {
     /// A streamed change to such a table applies only if its commit LSN is at or past that LSN.
     /// Tables not listed need a snapshot copy.
     pub copied_tables: BTreeMap<TableName, Lsn>,
+    /// Tables copied in key ranges under different snapshots (a split copy resumed after a
+    /// crash), with the latest of those snapshots. The table is recorded at the earliest, so
+    /// the stream replays from there onto ranges copied later, which already hold those
+    /// changes; until it passes this position, an update that moves a row's key out of such a
+    /// range while leaving a TOASTed value unsent names a row the target never had, and the
+    /// stream fills the value from the source first (see `src/pipeline/settling.rs`).
+    pub settling: BTreeMap<TableName, Lsn>,
 }
 
 /// A target store.
@@ -243,6 +250,7 @@ impl SinkState {
         Ok(SinkState {
             checkpoint,
             copied_tables,
+            settling: BTreeMap::new(),
         })
     }
 }
@@ -259,6 +267,7 @@ mod tests {
                 end_lsn: Lsn(0x1_0000_0006),
             }),
             copied_tables: [(TableName::new("my.schema", "t\"x"), Lsn(3))].into(),
+            ..SinkState::default()
         };
         assert_eq!(SinkState::from_json(&state.to_json()).unwrap(), state);
         assert_eq!(

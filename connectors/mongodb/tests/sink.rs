@@ -610,6 +610,7 @@ async fn snapshot_copies_are_recorded_and_reopened() {
         SinkState {
             checkpoint: checkpoint(60),
             copied_tables: [(table.name.clone(), Lsn(50)), (other.name.clone(), Lsn(50))].into(),
+            ..SinkState::default()
         }
     );
     assert_eq!(saved_state(&db, "shop/docs").await, Some(state));

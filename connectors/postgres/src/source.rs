@@ -9,7 +9,7 @@ use bytes::Bytes;
 use cutover_core::ranges::{KeyRange, Split};
 use cutover_core::{
     quote_ident, Change, ChangeEvent, ConnectorError, Lsn, Position, Result, Row, Source,
-    StreamEvent, StreamItem, TableName, TableSchema,
+    StreamEvent, StreamItem, TableName, TableSchema, Value,
 };
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -407,6 +407,60 @@ impl PgSource {
             out,
         )
         .await
+    }
+
+    /// The row the source holds now under the key of `key` (a row of `table`'s layout whose
+    /// key columns are set), with `table`'s columns in binary form; `None` when it has none.
+    /// Read outside any snapshot: a row newer than the stream's position, which the changes
+    /// still to come bring back in step (see `src/pipeline/settling.rs`).
+    pub async fn current_row(&self, table: &TableSchema, key: &Row) -> Result<Option<Row>> {
+        let columns = table
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let keys: Vec<usize> = table.key_indexes().collect();
+        let conds = keys
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("{} = ${}", quote_ident(&table.columns[i].name), n + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let params: Vec<crate::verify::RawParam> = keys
+            .iter()
+            .map(|&i| match &key.0[i] {
+                Value::Binary(b) => crate::verify::RawParam(Some(b)),
+                _ => crate::verify::RawParam(None),
+            })
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let ctx = format!("cannot read a row of {} from the source", table.name);
+        let sql = format!(
+            "SELECT {columns} FROM {} WHERE {conds}",
+            table.name.quoted()
+        );
+        let Some(found) = self
+            .client
+            .query_opt(&sql, &refs)
+            .await
+            .map_err(|e| classify(e, &ctx))?
+        else {
+            return Ok(None);
+        };
+        let mut values = Vec::with_capacity(table.columns.len());
+        for i in 0..table.columns.len() {
+            let raw = found
+                .try_get::<_, Option<crate::verify::RawValue>>(i)
+                .map_err(|e| classify(e, &ctx))?;
+            values.push(raw.map_or(Value::Null, |v| {
+                Value::Binary(bytes::Bytes::copy_from_slice(v.0))
+            }));
+        }
+        Ok(Some(Row(values)))
     }
 
     /// Streams the rows of `partition` (a partition of `table`), with `table`'s columns, read in

@@ -19,7 +19,7 @@ use crate::conn::PgEndpoint;
 use crate::error::classify;
 
 /// A value exactly as the server sent it in binary format, whatever its type.
-struct RawValue<'a>(&'a [u8]);
+pub(crate) struct RawValue<'a>(pub(crate) &'a [u8]);
 
 impl<'a> FromSql<'a> for RawValue<'a> {
     fn from_sql(
@@ -36,7 +36,7 @@ impl<'a> FromSql<'a> for RawValue<'a> {
 
 /// A parameter passed in binary format as it came from the source (its type is the column's).
 #[derive(Debug)]
-struct RawParam<'a>(Option<&'a Bytes>);
+pub(crate) struct RawParam<'a>(pub(crate) Option<&'a Bytes>);
 
 impl ToSql for RawParam<'_> {
     fn to_sql(

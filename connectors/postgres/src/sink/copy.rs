@@ -309,7 +309,8 @@ pub(super) fn record_copied_sql() -> String {
         "INSERT INTO {STATE_SCHEMA}.copied_tables (pipeline, sink, table_schema, table_name, snapshot_lsn, rows)
          VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)
          ON CONFLICT (pipeline, sink, table_schema, table_name) DO UPDATE
-            SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows = EXCLUDED.rows, copied_at = now()"
+            SET snapshot_lsn = EXCLUDED.snapshot_lsn, rows = EXCLUDED.rows, copied_at = now(),
+                settled_lsn = NULL"
     )
 }
 

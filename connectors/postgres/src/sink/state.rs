@@ -73,7 +73,7 @@ impl PgSink {
             .client
             .execute(
                 &format!(
-                    "UPDATE {STATE_SCHEMA}.copied_tables SET snapshot_lsn = '0/0', rows = 0, copied_at = now()
+                    "UPDATE {STATE_SCHEMA}.copied_tables SET snapshot_lsn = '0/0', rows = 0, copied_at = now(), settled_lsn = NULL
                       WHERE pipeline = $1 AND sink = $2"
                 ),
                 &[&self.options.pipeline, &self.options.name],
@@ -144,7 +144,7 @@ impl PgSink {
                  pipeline text NOT NULL, sink text NOT NULL,
                  table_schema text NOT NULL, table_name text NOT NULL,
                  snapshot_lsn pg_lsn NOT NULL, rows bigint NOT NULL,
-                 copied_at timestamptz NOT NULL DEFAULT now(),
+                 copied_at timestamptz NOT NULL DEFAULT now(), settled_lsn pg_lsn,
                  PRIMARY KEY (pipeline, sink, table_schema, table_name));
              CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.copied_ranges (
                  pipeline text NOT NULL, sink text NOT NULL,
@@ -155,6 +155,28 @@ impl PgSink {
                  PRIMARY KEY (pipeline, sink, table_schema, table_name, range_index));
              {}",
             crate::dead_letters::create_sql()
+        ))
+        .await?;
+        // State tables an older cutover made lack `settled_lsn`; the look first spares the
+        // ALTER's exclusive lock when it is there.
+        let has_settled: bool = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                      WHERE attrelid = '{STATE_SCHEMA}.copied_tables'::regclass
+                        AND attname = 'settled_lsn' AND NOT attisdropped)"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| classify(e, "cannot read the target's state tables"))?
+            .get(0);
+        if has_settled {
+            return Ok(());
+        }
+        self.exec(&format!(
+            "ALTER TABLE {STATE_SCHEMA}.copied_tables ADD COLUMN IF NOT EXISTS settled_lsn pg_lsn"
         ))
         .await
     }
@@ -229,6 +251,29 @@ impl PgSink {
             )
             .await
             .map_err(|e| classify(e, &ctx))?;
+        // Ranges copied under later snapshots than `snapshot_lsn` (a resumed copy): the
+        // latest, until which the stream may move a key out of a range the target holds at a
+        // later state (see `SinkState::settling`).
+        client
+            .execute(
+                &format!(
+                    "UPDATE {STATE_SCHEMA}.copied_tables t
+                        SET settled_lsn = (SELECT max(snapshot_lsn) FROM {STATE_SCHEMA}.copied_ranges r
+                                            WHERE r.pipeline = t.pipeline AND r.sink = t.sink
+                                              AND r.table_schema = t.table_schema
+                                              AND r.table_name = t.table_name
+                                              AND r.snapshot_lsn > t.snapshot_lsn)
+                      WHERE pipeline = $1 AND sink = $2 AND table_schema = $3 AND table_name = $4"
+                ),
+                &[
+                    &self.options.pipeline,
+                    &self.options.name,
+                    &table.schema,
+                    &table.name,
+                ],
+            )
+            .await
+            .map_err(|e| classify(e, &ctx))?;
         client
             .execute(
                 &format!(
@@ -284,7 +329,9 @@ impl PgSink {
             .client
             .query(
                 &format!(
-                    "SELECT table_schema, table_name, snapshot_lsn::text FROM {STATE_SCHEMA}.copied_tables
+                    // `settled_lsn` through to_jsonb: state tables an older cutover made lack it.
+                    "SELECT table_schema, table_name, snapshot_lsn::text, to_jsonb(c)->>'settled_lsn'
+                       FROM {STATE_SCHEMA}.copied_tables c
                       WHERE pipeline = $1 AND sink = $2 AND snapshot_lsn <> '0/0'"
                 ),
                 &[&self.options.pipeline, &self.options.name],
@@ -292,10 +339,11 @@ impl PgSink {
             .await
             .map_err(|e| classify(e, ctx))?
         {
-            state.copied_tables.insert(
-                TableName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
-                parse_lsn(row.get(2))?,
-            );
+            let table = TableName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+            if let Some(settled) = row.get::<_, Option<String>>(3) {
+                state.settling.insert(table.clone(), parse_lsn(settled)?);
+            }
+            state.copied_tables.insert(table, parse_lsn(row.get(2))?);
         }
         Ok(state)
     }
