@@ -416,11 +416,14 @@ impl Serialize for DebeziumSource<'_> {
         m.serialize_entry("txId", &self.origin.xid)?;
         m.serialize_entry("lsn", &self.origin.lsn.0)?;
         // Debezium's [last committed LSN, this event's LSN], a JSON array of decimal strings in
-        // a string. cutover knows each change by its transaction's commit LSN (which `lsn` also
-        // carries), so both are that: a transaction's events share it, and keep their order
-        // in their partition (and in the `cutover.ordinal` header).
+        // a string, which orders events: the first element grows from one transaction to the
+        // next, the second inside one. cutover knows each change by its transaction's commit
+        // LSN and its index in it, so it writes [commit LSN, commit LSN + index]: the same
+        // order, and no two changes of a transaction share a sequence (a consumer that drops
+        // what is not past the last sequence it saw keeps them all).
         let lsn = self.origin.lsn.0;
-        m.serialize_entry("sequence", &format!("[\"{lsn}\",\"{lsn}\"]"))?;
+        let event = lsn.saturating_add(u64::from(self.origin.ordinal));
+        m.serialize_entry("sequence", &format!("[\"{lsn}\",\"{event}\"]"))?;
         // Debezium fills xmin only with its slot.xmin setting.
         m.serialize_entry("xmin", &())?;
         m.end()
@@ -661,7 +664,8 @@ mod tests {
         assert!(p["transaction"].is_null() && p["source"]["xmin"].is_null());
         let sequence: Vec<String> =
             serde_json::from_str(p["source"]["sequence"].as_str().unwrap()).unwrap();
-        assert_eq!(sequence, ["4294967312", "4294967312"]);
+        // origin(): commit LSN 0x1_0000_0010, the change's index 2.
+        assert_eq!(sequence, ["4294967312", "4294967314"]);
     }
 
     #[test]
