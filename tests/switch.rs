@@ -45,17 +45,22 @@ async fn pgbench_init(env: &Env) {
         .await;
 }
 
-/// pgbench through PgBouncer: 4 clients at a fixed rate for `seconds`.
+/// pgbench through PgBouncer: 4 clients at 100 transactions a second for `seconds`.
 fn pgbench_load(env: &Env, bouncer: &Bouncer, seconds: u32) -> Child {
+    pgbench_clients(env, bouncer, seconds, 4, 100)
+}
+
+/// pgbench through PgBouncer: `clients` clients at `rate` transactions a second in all.
+fn pgbench_clients(env: &Env, bouncer: &Bouncer, seconds: u32, clients: u32, rate: u32) -> Child {
     Command::new(pgbench_bin())
         .args([
             "-n",
             "-c",
-            "4",
+            &clients.to_string(),
             "-j",
             "2",
             "-R",
-            "100",
+            &rate.to_string(),
             "-T",
             &seconds.to_string(),
         ])
@@ -422,16 +427,21 @@ fn crash_at(step: &str, args: &[&str]) -> i32 {
 /// A crash before each step: the record says a switch is in progress, a plain switch is
 /// refused, `--abort` returns to before it; past the point of no return `--abort` is refused
 /// and `--resume` finishes. After every crash at most one database takes application writes.
+/// Before the point of no return, 8 pgbench clients write through PgBouncer the whole time
+/// (the crashed switch leaves them paused there): none of their transactions fails.
 #[cfg(feature = "crash-points")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_step_is_resumed_or_aborted_and_never_leaves_two_primaries() {
     let env = Env::new("switch_crash").await;
     pgbench_init(&env).await;
-    let path = pipeline(&env, None);
+    let bouncer = Bouncer::start(&env.dir, "app", env.services.source_port, &env.name);
+    let path = pipeline(&env, Some(&bouncer));
     let p = path.to_str().unwrap();
     let run = start_streaming(&env, &path).await;
     let (code, out, _) = cutover(&["verify", p]);
     assert_eq!(code, 0, "{out}");
+    let started = std::time::Instant::now();
+    let load = pgbench_clients(&env, &bouncer, 45, 8, 300);
     for step in [
         "pausing",
         "fencing",
@@ -460,6 +470,11 @@ async fn a_crash_at_any_step_is_resumed_or_aborted_and_never_leaves_two_primarie
         env.on_source("UPDATE pgbench_branches SET bbalance = bbalance + 1")
             .await;
     }
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "pgbench ended before the last abort: lengthen its run"
+    );
+    pgbench_done(&env, load, 45);
     wait_equal(&env).await;
     let (code, ..) = cutover(&["verify", p]);
     assert_eq!(code, 0);
