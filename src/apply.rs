@@ -31,7 +31,6 @@ use cutover_kafka::group::{Delivery, GroupEvent, GroupOptions, GroupReader, Part
 use tokio::sync::watch;
 
 use crate::config::{ApplySettings, Pipeline};
-use crate::pipeline::wiring;
 
 /// Table definitions: from the catalog database (the first PostgreSQL target, or the
 /// original source), or from the messages' schemas.
@@ -395,13 +394,14 @@ impl Worker<'_> {
 
     /// Connects one sink per target for partition `p` and reads where each stands.
     async fn open_lane(&mut self, p: &Partition, generation: u64) -> Result<Lane> {
-        let mut ctx = wiring::target_context(self.cfg, "");
+        let mut ctx = crate::connect::target_context(self.cfg, "");
         ctx.pipeline = format!("{}/{}/{}", self.cfg.name, p.0, p.1);
         ctx.applying = true;
         let tables: Vec<Arc<TableSchema>> = self.catalog.known.values().cloned().collect();
         let mut sinks = Vec::with_capacity(self.cfg.sinks.len());
         for (i, target) in self.cfg.sinks.iter().enumerate() {
-            let mut sink = wiring::with_transforms(self.cfg, i, target.connect(&ctx).await?);
+            let mut sink =
+                crate::connect::with_transforms(self.cfg, i, target.connect(&ctx).await?);
             let state = sink.open(&tables).await?;
             sinks.push(LaneSink {
                 sink,
@@ -709,13 +709,13 @@ pub async fn replay(cfg: &Pipeline) -> Result<Replayed> {
     })?;
     check_targets(cfg)?;
     let mut catalog = Catalog::connect(cfg).await?;
-    let mut ctx = wiring::target_context(cfg, "");
+    let mut ctx = crate::connect::target_context(cfg, "");
     // A state row of its own: the partitions' offsets are not the replay's.
     ctx.pipeline = format!("{}/replay", cfg.name);
     ctx.applying = true;
     let mut sinks = Vec::with_capacity(cfg.sinks.len());
     for (i, target) in cfg.sinks.iter().enumerate() {
-        let mut sink = wiring::with_transforms(cfg, i, target.connect(&ctx).await?);
+        let mut sink = crate::connect::with_transforms(cfg, i, target.connect(&ctx).await?);
         sink.open(&[]).await?;
         sinks.push((sink, HashSet::new()));
     }

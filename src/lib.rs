@@ -25,6 +25,7 @@ macro_rules! say_err {
 pub mod admin;
 pub mod apply;
 pub mod config;
+pub mod connect;
 pub mod lock;
 pub mod pipeline;
 pub mod queue;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cutover::admin::Admin;
 use cutover::lock::{self, Hold};
-use cutover::pipeline::{self as runtime, Operator, Telemetry};
+use cutover::pipeline::{self, Operator, Telemetry};
 use cutover::switch::{self, Direction};
 use cutover::{config, say, say_err, say_part, status, targets, verify};
 
@@ -507,7 +507,7 @@ async fn check_apply(
     for pattern in apply.topics.iter().filter(|t| t.starts_with('^')) {
         say!("  ok    pattern {pattern}: matched by the brokers when the workers join");
     }
-    let ctx = cutover::pipeline::wiring::target_context(cfg, "");
+    let ctx = cutover::connect::target_context(cfg, "");
     for sink in &cfg.sinks {
         if !matches!(sink.kind(), "postgres" | "mongodb") {
             failed += 1;
@@ -678,7 +678,7 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         );
         admin.set_handle(Some(handle.clone()));
         let watcher = tokio::spawn(switch::watch_epoch(file.clone(), rec.epoch, handle));
-        let result = runtime::run(&cfg, &telemetry, stop_rx.clone(), &mut operator).await;
+        let result = pipeline::run(&cfg, &telemetry, stop_rx.clone(), &mut operator).await;
         admin.set_handle(None);
         watcher.abort();
         checker.abort();
@@ -784,7 +784,7 @@ async fn check(path: &std::path::Path) -> Outcome {
     }
     let cfg = load_current(path).await?;
     say!("pipeline file {}: ok", path.display());
-    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    let source = cutover::connect::source(&cfg).await.map_err(explain)?;
     say!(
         "source {}: connected, {} tables selected",
         source.endpoint(),
@@ -851,7 +851,7 @@ async fn check(path: &std::path::Path) -> Outcome {
             }
         }
     }
-    for sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
+    for sink in cutover::connect::pg_sinks(&cfg).await.map_err(explain)? {
         let Some(tables) = shaped.get(sink.name()) else {
             continue;
         };
@@ -872,7 +872,7 @@ async fn check(path: &std::path::Path) -> Outcome {
         }
     }
     failed += check_way_back(&cfg, &source.schemas()).await;
-    let ctx = runtime::target_context(&cfg, &source.endpoint().database());
+    let ctx = cutover::connect::target_context(&cfg, &source.endpoint().database());
     // PostgreSQL targets were connected and checked above.
     for sink in cfg
         .sinks
@@ -962,7 +962,7 @@ async fn resnapshot(path: &std::path::Path, table: &str) -> Outcome {
 async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
     let cfg = load(path)?;
     let _lock = lock::take(&cfg, &[Hold::Run, Hold::Change], "teardown").await?;
-    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    let source = cutover::connect::source(&cfg).await.map_err(explain)?;
     let (slot, publication) = source.teardown().await.map_err(explain)?;
     say!(
         "replication slot {}: {}",
@@ -980,7 +980,7 @@ async fn teardown(path: &std::path::Path, target_state: bool) -> Outcome {
     );
     remove_open_fences(&cfg).await?;
     if target_state {
-        let ctx = runtime::target_context(&cfg, "");
+        let ctx = cutover::connect::target_context(&cfg, "");
         for sink in &cfg.sinks {
             let deleted = sink.forget_state(&ctx).await.map_err(explain)?;
             say!("sink {}: {deleted}", sink.name());
@@ -1039,7 +1039,7 @@ async fn forget_switch_state(cfg: &config::Pipeline) -> Result<(), String> {
             back.slot,
             back.publication
         );
-        let ctx = runtime::target_context(&back, "");
+        let ctx = cutover::connect::target_context(&back, "");
         for sink in &back.sinks {
             let deleted = sink.forget_state(&ctx).await.map_err(explain)?;
             say!("sink {} (the way back): {deleted}", sink.name());
@@ -1047,7 +1047,7 @@ async fn forget_switch_state(cfg: &config::Pipeline) -> Result<(), String> {
         files.push(back.verify.report_path.clone());
     }
     for report in files {
-        for path in [runtime::changed::Journal::path(&report), report.clone()] {
+        for path in [pipeline::changed::Journal::path(&report), report.clone()] {
             if path.exists() {
                 switch::steps::forget_file(&path).map_err(explain)?;
                 say!("{}: removed", path.display());
@@ -1073,7 +1073,7 @@ async fn forget(path: &std::path::Path, name: &str) -> Outcome {
             names.join(", ")
         ));
     };
-    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    let source = cutover::connect::source(&cfg).await.map_err(explain)?;
     if matches!(
         source.slot_activity().await.map_err(explain)?,
         Some((true, _))
@@ -1084,7 +1084,7 @@ async fn forget(path: &std::path::Path, name: &str) -> Outcome {
         ));
     }
     let deleted = sink
-        .forget_state(&runtime::target_context(&cfg, ""))
+        .forget_state(&cutover::connect::target_context(&cfg, ""))
         .await
         .map_err(explain)?;
     say!("sink {name}: {deleted}; the next run copies its tables again");
@@ -1094,7 +1094,7 @@ async fn forget(path: &std::path::Path, name: &str) -> Outcome {
 async fn recover(path: &std::path::Path) -> Outcome {
     let _lock = lock::take(&load(path)?, &[Hold::Run, Hold::Change], "recover").await?;
     let cfg = load_current(path).await?;
-    let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+    let source = cutover::connect::source(&cfg).await.map_err(explain)?;
     match source.slot_wal_status().await.map_err(explain)? {
         Some(Some(status)) if status == "lost" => {
             source.drop_slot().await.map_err(explain)?;
@@ -1117,7 +1117,7 @@ async fn recover(path: &std::path::Path) -> Outcome {
             cfg.slot
         ),
     }
-    let ctx = runtime::target_context(&cfg, "");
+    let ctx = cutover::connect::target_context(&cfg, "");
     for sink in &cfg.sinks {
         match targets::postgres(&**sink) {
             Some(pg) => {
@@ -1178,12 +1178,12 @@ async fn dlq(action: DlqAction) -> Outcome {
     let cfg = load_current(path).await?;
     let mut parked_total = 0u64;
     let schemas = if replay {
-        let source = runtime::connect_source(&cfg).await.map_err(explain)?;
+        let source = cutover::connect::source(&cfg).await.map_err(explain)?;
         source.schemas()
     } else {
         Vec::new()
     };
-    for mut sink in runtime::connect_pg_sinks(&cfg).await.map_err(explain)? {
+    for mut sink in cutover::connect::pg_sinks(&cfg).await.map_err(explain)? {
         let name = sink.name().to_string();
         if replay {
             let index = cfg.sinks.iter().position(|s| s.name() == name).unwrap_or(0);
@@ -1310,7 +1310,7 @@ async fn check_way_back(
     let Ok(back) = switch::pipeline_for(cfg, Direction::Reverse, None) else {
         return 0;
     };
-    let sinks = match runtime::connect_pg_sinks(&back).await {
+    let sinks = match cutover::connect::pg_sinks(&back).await {
         Ok(sinks) => sinks,
         Err(e) => {
             say!(

@@ -5,7 +5,6 @@
 use cutover_core::Result;
 
 use crate::config::Pipeline;
-use crate::pipeline as runtime;
 use crate::{switch, targets, verify};
 
 /// The running pipeline's live view, when its admin server (`[admin] listen`) answers. Another
@@ -53,7 +52,7 @@ impl StatusReport {
                 }
             ));
         }
-        let source = runtime::connect_source(&cfg).await?;
+        let source = crate::connect::source(&cfg).await?;
         let wal = source.current_wal_lsn().await?;
         let confirmed = source.confirmed_lsn().await?;
         let retained = source.retained_wal_bytes().await?;
@@ -82,7 +81,7 @@ impl StatusReport {
             ),
             _ => {}
         }
-        let ctx = runtime::target_context(&cfg, "");
+        let ctx = crate::connect::target_context(&cfg, "");
         let mut sinks = Vec::new();
         for sink in &cfg.sinks {
             let state = sink.saved_state(&ctx).await?;

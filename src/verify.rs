@@ -25,7 +25,6 @@ use cutover_postgres::PgSource;
 use serde::Serialize;
 
 use crate::config::Pipeline;
-use crate::pipeline as runtime;
 use crate::pipeline::changed::{Journal, Scope};
 
 /// What to compare and how.
@@ -419,7 +418,7 @@ pub async fn verify(
             None
         }
     };
-    let source = runtime::connect_source(cfg).await?;
+    let source = crate::connect::source(cfg).await?;
     let source_lsn_at_start = source.current_wal_lsn().await.ok();
     let tables = select_tables(&source, &opts.tables)?;
     // An apply pipeline's workers are not seen from the source: rows that differ are checked
@@ -928,7 +927,7 @@ async fn repair(
         ))
         .with_hint("run without --repair, or with --table naming tables whose drift is on PostgreSQL sinks"));
     }
-    let mut sink = runtime::connect_pg_sinks(cfg)
+    let mut sink = crate::connect::pg_sinks(cfg)
         .await?
         .into_iter()
         .find(|s| s.name() == sink_name)

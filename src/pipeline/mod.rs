@@ -36,10 +36,7 @@ use tokio::time::Instant;
 
 pub use control::{Command, Handle, Operator};
 pub use telemetry::Telemetry;
-pub use wiring::{
-    connect_pg_sinks, connect_sinks, connect_source, refuse_failures, source_options,
-    target_context, with_transforms,
-};
+pub use wiring::refuse_failures;
 
 use crate::config::{Pipeline, RateLimits};
 use crate::queue;
@@ -168,12 +165,12 @@ async fn run_once(
     started: &mut bool,
 ) -> Result<()> {
     telemetry.phase(Phase::Starting);
-    let source = connect_source(cfg).await?;
+    let source = crate::connect::source(cfg).await?;
     // After a crash the old walsender holds the slot until it notices; give it time to go.
     source.wait_slot_free(SLOT_RELEASE_WAIT).await?;
     refuse_failures(&source.preflight().await?)?;
     let schemas = source.schemas();
-    let mut sinks = connect_sinks(cfg, &source.endpoint().database()).await?;
+    let mut sinks = crate::connect::sinks(cfg, &source.endpoint().database()).await?;
     let slot = if source.slot_exists().await? {
         Some(source.confirmed_lsn().await?)
     } else {

@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::{pgbouncer, pipeline_for, primary_target, Record, Step};
 use crate::config::Pipeline;
-use crate::pipeline as runtime;
 use crate::verify::{Identity, SavedCheck};
 
 /// One gate.
@@ -127,7 +126,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
     ));
 
     // The running pipeline and its lag.
-    let source = runtime::connect_source(&cur).await?;
+    let source = crate::connect::source(&cur).await?;
     let activity = source.slot_activity().await?;
     let wal = source.current_wal_lsn().await?;
     let streaming = matches!(activity, Some((true, _)));
@@ -166,7 +165,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
     ));
 
     // Every table copied to every sink.
-    let ctx = runtime::target_context(&cur, "");
+    let ctx = crate::connect::target_context(&cur, "");
     let tables: Vec<_> = source
         .tables()
         .iter()
@@ -238,7 +237,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
 
     // Dead letters.
     let mut parked = 0u64;
-    for sink in runtime::connect_pg_sinks(&cur).await? {
+    for sink in crate::connect::pg_sinks(&cur).await? {
         parked += sink.dead_letters().await?.len() as u64;
     }
     for sink in &cur.sinks {
@@ -257,7 +256,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
     // Layouts and sequences.
     let schemas = source.schemas();
     let mut layout = Vec::new();
-    for sink in runtime::connect_pg_sinks(&cur).await? {
+    for sink in crate::connect::pg_sinks(&cur).await? {
         if let Err(e) = sink.preflight(&schemas).await {
             layout.push(format!("{}: {e}", sink.name()));
         }

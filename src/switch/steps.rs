@@ -12,7 +12,7 @@ use super::gates::{self, Readiness};
 use super::{fence, pgbouncer, pipeline_for, sql_error, Direction, Record, Step, StepTime, Store};
 use crate::config::{FinalVerify, Pipeline};
 use crate::pipeline::changed::Journal;
-use crate::pipeline::{self as runtime, crash_point};
+use crate::pipeline::crash_point;
 use crate::verify;
 
 /// What the command was asked to do.
@@ -48,7 +48,7 @@ impl Sides {
         let after = pipeline_for(cfg, from.other(), rec.next_start)?;
         let old = PgEndpoint::parse(&before.source_url, "source")?;
         let new = PgEndpoint::parse(&after.source_url, "target")?;
-        let source = runtime::connect_source(&before).await?;
+        let source = crate::connect::source(&before).await?;
         let tables = source
             .tables()
             .iter()
@@ -432,7 +432,7 @@ pub fn forget_file(path: &std::path::Path) -> Result<()> {
 /// shows it within the stream's status interval; the changed keys the pipeline writes for the
 /// final check show it at once.
 async fn drain(before: &Pipeline, at: Lsn, timeout: Duration) -> Result<()> {
-    let source = runtime::connect_source(before).await?;
+    let source = crate::connect::source(before).await?;
     let deadline = Instant::now() + timeout;
     let journal = Journal::path(&before.verify.report_path);
     let mut seen = None;
@@ -558,7 +558,7 @@ async fn final_verify(
 /// The triggers of the PostgreSQL targets that fire for cutover's own writes (see
 /// `PgSink::triggers_firing_on_apply`), as `sink/table: trigger`.
 async fn firing_triggers(before: &Pipeline, tables: &[TableName]) -> Result<Vec<String>> {
-    let ctx = runtime::target_context(before, "");
+    let ctx = crate::connect::target_context(before, "");
     let mut firing = Vec::new();
     for sink in &before.sinks {
         if let Some(target) = crate::targets::postgres(&**sink) {
@@ -614,7 +614,7 @@ const CHANGED_KEYS_WAIT: Duration = Duration::from_secs(5);
 /// Sets every PostgreSQL sink's sequences `margin` steps past the source's (what
 /// `cutover sync-sequences` does). Prints one line per sequence.
 pub async fn sync_sequences(cfg: &Pipeline, margin: u32) -> Result<usize> {
-    let source = runtime::connect_source(cfg).await?;
+    let source = crate::connect::source(cfg).await?;
     let sequences = source.sequences().await?;
     let mut targets = 0;
     for target in cfg
@@ -686,7 +686,7 @@ async fn create_slot(after: &Pipeline) -> Result<Lsn> {
             .await
             .map_err(|e| sql_error(e, "cannot drop the stale slot of the next direction"))?;
     }
-    let source: PgSource = runtime::connect_source(after).await?;
+    let source: PgSource = crate::connect::source(after).await?;
     source.ensure_publication().await?;
     match source.ensure_slot().await? {
         SlotStart::Created(session) => Ok(session.lsn),
