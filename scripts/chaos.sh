@@ -21,5 +21,5 @@ mkdir -p "$(dirname "$CUTOVER_CHAOS_REPORT")"
 
 bash scripts/services.sh start >/dev/null
 trap 'bash scripts/services.sh stop' EXIT
-cargo test --features crash-points --test chaos -- --nocapture
+cargo test --features crash-points --test e2e chaos:: -- --nocapture
 echo "report: $CUTOVER_CHAOS_REPORT"

@@ -3,7 +3,7 @@
 //! on its body, the probes, the status JSON, and the token-protected actions (pause and resume
 //! stop and restart the flow; a verify on demand lands in the metrics).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

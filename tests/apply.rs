@@ -3,7 +3,7 @@
 //! die and join late; the target must end equal to the source and every partition's stored
 //! offset must be exact, with no offset applied twice.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! and no command ever printing a password, whatever characters it holds. The roles and their
 //! `pg_hba.conf` lines come from scripts/services.sh.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

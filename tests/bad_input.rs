@@ -1,7 +1,7 @@
 //! Bad input: each mistake gives a clear one-paragraph error and a non-zero exit, no secret
 //! is printed, and nothing is half-created on the source or the target.
 
-mod common;
+use crate::common;
 
 use common::{cutover, url, Env, Services};
 

@@ -8,7 +8,7 @@
 //! the default test run runs it as a smoke, for 40 seconds. `CUTOVER_CHAOS_SEED` replays a run's
 //! choice of events; `CUTOVER_CHAOS_REPORT` names a file for the report.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

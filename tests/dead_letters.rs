@@ -3,7 +3,7 @@
 //! parked key wait behind it; after the target is fixed, `cutover dlq replay` brings the target
 //! equal to the source.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

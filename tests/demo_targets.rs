@@ -2,7 +2,7 @@
 //! and MongoDB collections back the way a consumer would, and compares each with the source,
 //! every column of every row. Ignored in the test run: it needs the demo's servers and data.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

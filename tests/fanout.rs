@@ -2,7 +2,7 @@
 //! all real servers started by scripts/services.sh. Every target is read back as a consumer
 //! would and compared with the source, every column of every row.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! 10 MB values, copied by the snapshot and then streamed, arrive exactly (every row's text form
 //! agrees); `cutover verify` agrees, finds drift in user-defined types and repairs it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

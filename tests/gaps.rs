@@ -3,7 +3,7 @@
 //! PostgreSQL target and a Kafka sink; every check compares full contents (`wait_equal`, and
 //! `cutover verify` for the topic).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! here is the `spare` cluster of scripts/services.sh, whose setting this test may change
 //! without touching any other test's slots.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! the other tables keep streaming; its changes made during the copy wait in each sink and
 //! follow the copy. A crash during that copy leaves nothing half-done.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

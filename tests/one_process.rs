@@ -1,7 +1,7 @@
 //! One process per pipeline: a second `cutover run` is refused in every phase and names the one
 //! that runs; the commands that change the pipeline wait their turn (src/lock.rs).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

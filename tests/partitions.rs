@@ -5,7 +5,7 @@
 //! after a restart. Before 13 the partitions are published by themselves: an attached one
 //! joins the publication before its rows are copied (a PostgreSQL 12 source).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! `CUTOVER_PG_VERSIONS`). Each migrates through copy, stream, verify, switch and rollback,
 //! compared table by table with the source by a method of its own (every row's text).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

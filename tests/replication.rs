@@ -1,7 +1,7 @@
 //! End-to-end replication tests against real PostgreSQL clusters (scripts/services.sh). Every
 //! test compares the full contents of every table on both sides.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

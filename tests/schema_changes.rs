@@ -3,7 +3,7 @@
 //! writes before and after each; a change made while cutover is stopped is caught up at start;
 //! `schema_changes = "stop"` stops the pipeline with a message instead.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `cutover sync-sequences` against real PostgreSQL: after it, rows inserted on the target with
 //! default ids never collide with rows copied from the source.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! snapshot, each range recorded in the target with its rows, and after a SIGKILL only the
 //! ranges the target does not hold are copied again. Real source and target clusters.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! The switch of traffic to the target and back, on real clusters, with pgbench writing through
 //! a real PgBouncer the whole time.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! must never have been confirmed past them, or their changes would be gone for good. A target
 //! that does not show the sink's role its WAL positions gets commits that wait for the flush.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! tansu broker behind a TLS terminator (socat, client certificates required) that advertises
 //! itself as `localhost`; `kafka_sasl` is a tansu broker that requires a SCRAM login.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

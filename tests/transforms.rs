@@ -2,7 +2,7 @@
 //! columns, copied and streamed into PostgreSQL and (routed) into Kafka; rows moving into and
 //! out of the filter; verify on the shaped targets; rate limits held over a sustained run.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! TRUNCATE per sink: replicated by default, left out for a sink with `truncate = false`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

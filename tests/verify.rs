@@ -3,7 +3,7 @@
 //! check under a write workload, a property test with random tables and mutations, `--repair`,
 //! and bad input.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
