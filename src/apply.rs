@@ -34,13 +34,13 @@ use crate::config::{ApplySettings, Pipeline};
 
 /// Table definitions: from the catalog database (the first PostgreSQL target, or the
 /// original source), or from the messages' schemas.
-struct Catalog {
+struct TableDefinitions {
     client: Option<tokio_postgres::Client>,
     known: HashMap<TableName, Arc<TableSchema>>,
 }
 
-impl Catalog {
-    async fn connect(cfg: &Pipeline) -> Result<Catalog> {
+impl TableDefinitions {
+    async fn connect(cfg: &Pipeline) -> Result<TableDefinitions> {
         let url = cfg
             .sinks
             .iter()
@@ -54,7 +54,7 @@ impl Catalog {
             ),
             None => None,
         };
-        Ok(Catalog {
+        Ok(TableDefinitions {
             client,
             known: HashMap::new(),
         })
@@ -112,7 +112,7 @@ struct Lane {
     /// The source transaction of each pending message, when batches keep transactions whole.
     txns: Vec<Option<String>>,
     /// The last batch, while its writes run.
-    in_flight: Option<InFlight>,
+    in_flight: Option<BatchInFlight>,
     /// Whether the partition was read from its beginning by this worker, and which tables
     /// have had a row change in it since: a truncate before any row change of its table (the
     /// copy-start truncate cutover's Kafka sink writes to every partition) removes nothing of
@@ -142,7 +142,7 @@ struct Worker<'a> {
     cfg: &'a Pipeline,
     settings: &'a ApplySettings,
     reader: GroupReader,
-    catalog: Catalog,
+    catalog: TableDefinitions,
     lanes: HashMap<Partition, Lane>,
     letters: FileStore,
     /// The (topic, message key) of every parked message: later messages of those keys are
@@ -270,7 +270,7 @@ async fn session(
         cfg,
         settings,
         reader,
-        catalog: Catalog::connect(cfg).await?,
+        catalog: TableDefinitions::connect(cfg).await?,
         lanes: HashMap::new(),
         letters: FileStore::new(settings.dead_letter_file.clone()),
         held: Held::default(),
@@ -450,7 +450,7 @@ impl Worker<'_> {
 
     /// Waits for every batch still being written, and logs them.
     async fn drain(&mut self) -> Result<()> {
-        let running: Vec<InFlight> = self
+        let running: Vec<BatchInFlight> = self
             .lanes
             .values_mut()
             .filter_map(|l| l.in_flight.take())
@@ -666,7 +666,7 @@ fn read_message(
     Ok(Some(message))
 }
 
-impl Catalog {
+impl TableDefinitions {
     /// The table and change `message` stands for, or why it cannot be applied.
     async fn change_of(
         &mut self,
@@ -708,7 +708,7 @@ pub async fn replay(cfg: &Pipeline) -> Result<Replayed> {
         ConnectorError::fatal(format!("pipeline {} reads a PostgreSQL source", cfg.name))
     })?;
     check_targets(cfg)?;
-    let mut catalog = Catalog::connect(cfg).await?;
+    let mut catalog = TableDefinitions::connect(cfg).await?;
     let mut ctx = crate::connect::target_context(cfg, "");
     // A state row of its own: the partitions' offsets are not the replay's.
     ctx.pipeline = format!("{}/replay", cfg.name);
@@ -818,7 +818,7 @@ struct Prepared {
 }
 
 /// A batch whose writes run in the background while the next batch is read and folded.
-struct InFlight {
+struct BatchInFlight {
     handle: Option<tokio::task::JoinHandle<Result<()>>>,
     done: Done,
 }
@@ -833,7 +833,7 @@ struct Done {
     changes: u64,
 }
 
-impl InFlight {
+impl BatchInFlight {
     /// Waits for the batch's writes; what it applied once they committed.
     async fn wait(mut self) -> Result<Done> {
         let handle = self.handle.take().expect("waited once");
@@ -846,7 +846,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for BatchInFlight {
     /// A batch dropped without waiting (a session that failed) is cancelled: its transaction
     /// is rolled back with its connection.
     fn drop(&mut self) {
@@ -932,7 +932,7 @@ async fn write_batch(lane: &mut Lane, batch: &Prepared) -> Result<Option<Done>> 
         }
         Ok(())
     });
-    lane.in_flight = Some(InFlight {
+    lane.in_flight = Some(BatchInFlight {
         handle: Some(handle),
         done: Done {
             key: batch.key.clone(),

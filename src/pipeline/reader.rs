@@ -138,12 +138,20 @@ pub struct Catalog<'a> {
     pub next_discovery: Instant,
 }
 
-/// Why the loop ended.
-enum Ended {
+/// Why a step of the loop ends it (a step returns `Err` of this to end the loop).
+enum Exit {
     /// Stop requested, the stream ended, or drained to the requested position.
     Stopped,
     /// New tables or partitions need a run of their own.
     Restart(Vec<TableName>),
+    /// A source, sink or control step failed.
+    Failed(ConnectorError),
+}
+
+impl From<ConnectorError> for Exit {
+    fn from(e: ConnectorError) -> Exit {
+        Exit::Failed(e)
+    }
 }
 
 /// The stream loop's state.
@@ -164,9 +172,6 @@ pub struct Reader<'a> {
     pub settling: super::settling::Settling,
 }
 
-/// Why a step of the loop wants it to end.
-type Exit = std::result::Result<Ended, ConnectorError>;
-
 impl Reader<'_> {
     /// Streams until stopped (or drained to the requested position), then lets every sink write
     /// what it has, confirms what they made durable, and closes the stream. Returns the tables
@@ -180,13 +185,13 @@ impl Reader<'_> {
             self.write_changed();
             if self.drained() {
                 tracing::info!(target = ?self.operator.drain_to, "drained to the requested position: stopping");
-                break Ok(Ended::Stopped);
+                break Exit::Stopped;
             }
             let read = !self.operator.reader_paused;
             let in_txn = self.progress.in_txn();
             let step: std::result::Result<(), Exit> = tokio::select! {
                 biased;
-                _ = stop.changed() => Err(Ok(Ended::Stopped)),
+                _ = stop.changed() => Err(Exit::Stopped),
                 reported = self.drivers.next() => self.reported(reported),
                 control = next_control(&mut self.operator.commands, &mut self.catalog, in_txn) => {
                     self.control(control, stop).await
@@ -199,9 +204,9 @@ impl Reader<'_> {
             }
         };
         let restart = match outcome {
-            Ok(Ended::Stopped) => Vec::new(),
-            Ok(Ended::Restart(tables)) => tables,
-            Err(e) => return Err(e),
+            Exit::Stopped => Vec::new(),
+            Exit::Restart(tables) => tables,
+            Exit::Failed(e) => return Err(e),
         };
         let confirmed = self.stop().await?;
         if !restart.is_empty() {
@@ -255,7 +260,7 @@ impl Reader<'_> {
 
     fn reported(&mut self, reported: Reported) -> std::result::Result<(), Exit> {
         match reported {
-            Reported::Ended(e) => Err(Err(e)),
+            Reported::Ended(e) => Err(Exit::Failed(e)),
             Reported::Event(DriverEvent::Durable(i, cp)) => {
                 let moved = self.progress.durable(i, cp.end_lsn);
                 self.confirm(moved);
@@ -298,11 +303,7 @@ impl Reader<'_> {
             Control::CopyAgain(table.schema.clone())
         } else {
             self.stream.learn_table(table.schema.clone());
-            catalog
-                .source
-                .publish_table(&table.schema.name)
-                .await
-                .map_err(Err)?;
+            catalog.source.publish_table(&table.schema.name).await?;
             Control::AddTable(table.schema.clone())
         };
         self.send_control(first, 0, stop).await?;
@@ -324,9 +325,9 @@ impl Reader<'_> {
         for lane in &self.lanes {
             tokio::select! {
                 sent = lane.queue.send_control(control.clone(), size) => if sent.is_err() {
-                    return Err(Err(self.drivers.first_error().await));
+                    return Err(Exit::Failed(self.drivers.first_error().await));
                 },
-                _ = stop.changed() => return Err(Ok(Ended::Stopped)),
+                _ = stop.changed() => return Err(Exit::Stopped),
             }
         }
         Ok(())
@@ -352,7 +353,7 @@ impl Reader<'_> {
                 Ok(())
             }
             // Retryable: the next run copies the table with streaming paused.
-            Controlled::Join(JoinEvent::Read(Err(e))) => Err(Err(e)),
+            Controlled::Join(JoinEvent::Read(Err(e))) => Err(Exit::Failed(e)),
             Controlled::Join(JoinEvent::Step(step)) => {
                 let size = match &step {
                     Control::CopyRows { rows, .. } => {
@@ -490,7 +491,7 @@ impl Reader<'_> {
     async fn tick(&mut self) -> std::result::Result<(), Exit> {
         self.ticks += 1;
         let wal = match &self.catalog {
-            Some(c) => c.source.current_wal_lsn().await.map_err(Err)?,
+            Some(c) => c.source.current_wal_lsn().await?,
             None => self.progress.confirmed(),
         };
         let samples: Vec<QueueSample> = self
@@ -543,7 +544,7 @@ impl Reader<'_> {
         let joiner = &catalog.joiner;
         let found = discovery::look(catalog.source, |n| joiner.knows(n)).await;
         if !found.restart_for.is_empty() {
-            return Err(Ok(Ended::Restart(found.restart_for)));
+            return Err(Exit::Restart(found.restart_for));
         }
         for table in found.join {
             catalog.joiner.wait(table);
@@ -559,8 +560,8 @@ impl Reader<'_> {
         if let Some(c) = self.catalog.as_mut() {
             c.joiner.stream_had_turn();
         }
-        match item.map_err(Err)? {
-            None => Err(Ok(Ended::Stopped)),
+        match item? {
+            None => Err(Exit::Stopped),
             Some(StreamItem::Idle { wal_end }) => self.idle(wal_end, stop).await,
             Some(StreamItem::Event(event)) => self.dispatch(event, stop).await,
         }
@@ -599,7 +600,7 @@ impl Reader<'_> {
                     idle = Some(wal_end);
                     break;
                 }
-                Some(Err(e)) => return Err(Err(e)),
+                Some(Err(e)) => return Err(Exit::Failed(e)),
                 Some(Ok(None)) | None => break,
             }
         }
@@ -627,10 +628,7 @@ impl Reader<'_> {
     ) -> std::result::Result<(), Exit> {
         if !self.settling.is_empty() {
             if let Some(catalog) = &self.catalog {
-                self.settling
-                    .fill(&mut batch, catalog.source)
-                    .await
-                    .map_err(Err)?;
+                self.settling.fill(&mut batch, catalog.source).await?;
             }
         }
         self.operator.changed.record(&batch);
@@ -650,10 +648,10 @@ impl Reader<'_> {
                     self.lanes[i].stalled_ms += began.elapsed().as_millis() as u64;
                     if sent.is_err() {
                         // The driver ended; its result says why.
-                        return Err(Err(self.drivers.first_error().await));
+                        return Err(Exit::Failed(self.drivers.first_error().await));
                     }
                 }
-                _ = stop.changed() => return Err(Ok(Ended::Stopped)),
+                _ = stop.changed() => return Err(Exit::Stopped),
             }
         }
         Ok(())
