@@ -5,6 +5,12 @@ use tokio_postgres::error::SqlState;
 
 use crate::replication::ReplicationError;
 
+/// What recovers a slot that was lost or dropped.
+pub const RECOVER_FIX: &str =
+    "run `cutover recover PIPELINE`: it drops the lost slot and marks every table to be \
+     copied again; the next `cutover run` copies them into the targets under a new slot (replacing \
+     the rows on PostgreSQL targets in one transaction per table) and streams on";
+
 /// Classifies a driver error by SQLSTATE (or by the absence of one: I/O and closed connections
 /// are retryable) and prefixes `context`.
 pub fn classify(err: tokio_postgres::Error, context: &str) -> ConnectorError {
@@ -109,7 +115,7 @@ fn tls_refusal(err: &tokio_postgres::Error) -> Option<String> {
 pub fn classify_replication(err: ReplicationError, context: &str) -> ConnectorError {
     let text = err.to_string();
     let (kind, hint) = if text.contains("has been invalidated") {
-        (ErrorKind::Fatal, Some(crate::preflight::RECOVER_FIX))
+        (ErrorKind::Fatal, Some(RECOVER_FIX))
     } else {
         match &err {
             ReplicationError::Tls(m) => (ErrorKind::Fatal, Some(crate::tls::refused_hint(m))),

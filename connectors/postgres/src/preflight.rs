@@ -224,7 +224,7 @@ pub async fn check_source(
                          max_slot_wal_keep_size behind, and the WAL it needed was removed. The changes \
                          in that WAL cannot be streamed to the targets any more"
                     ),
-                    RECOVER_FIX,
+                    crate::error::RECOVER_FIX,
                 ));
                 return Ok(out);
             }
@@ -296,12 +296,6 @@ fn version_finding(caps: Capabilities) -> Finding {
         },
     )
 }
-
-/// What recovers a slot that was lost or dropped.
-pub const RECOVER_FIX: &str =
-    "run `cutover recover PIPELINE`: it drops the lost slot and marks every table to be \
-     copied again; the next `cutover run` copies them into the targets under a new slot (replacing \
-     the rows on PostgreSQL targets in one transaction per table) and streams on";
 
 /// `max_slot_wal_keep_size` explained: unbounded WAL for a stopped pipeline, or the point past
 /// which the slot is lost.
