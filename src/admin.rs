@@ -360,74 +360,6 @@ impl Admin {
     }
 }
 
-/// The live view (`GET /api/live`) of a `cutover run` serving at `listen`, if one answers
-/// within a second. A wildcard address is asked on loopback.
-pub async fn fetch_live(listen: SocketAddr) -> Option<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut addr = listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let ask = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        stream
-            .write_all(b"GET /api/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return None;
-        }
-        serde_json::from_str(body).ok()
-    };
-    tokio::time::timeout(Duration::from_secs(1), ask)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// Lines for `cutover status` from a running pipeline's live view: its phase, each table being
-/// copied with rate and ETA, each sink's lag and changes applied.
-pub fn live_lines(live: &serde_json::Value) -> Vec<String> {
-    let mut lines = vec![format!(
-        "running: {} (live from the pipeline's admin server)",
-        live["phase"].as_str().unwrap_or("?")
-    )];
-    for t in live["tables"].as_array().into_iter().flatten() {
-        if t["done"].as_bool() == Some(true) {
-            continue;
-        }
-        let eta = t["eta_seconds"]
-            .as_f64()
-            .map_or("?".to_string(), |s| format!("{s:.0} s"));
-        lines.push(format!(
-            "  copying {}: {} of ~{} rows, {:.0} rows/s, ETA {eta}",
-            t["name"].as_str().unwrap_or("?"),
-            t["rows_copied"],
-            t["rows_estimate"],
-            t["rows_per_second"].as_f64().unwrap_or(0.0),
-        ));
-    }
-    for s in live["sinks"].as_array().into_iter().flatten() {
-        lines.push(format!(
-            "  sink {}: {} bytes ({:.1} s) behind, {} changes applied this run{}",
-            s["name"].as_str().unwrap_or("?"),
-            s["lag_bytes"],
-            s["lag_seconds"].as_f64().unwrap_or(0.0),
-            s["changes_applied"],
-            if s["paused"].as_bool() == Some(true) {
-                ", PAUSED"
-            } else {
-                ""
-            }
-        ));
-    }
-    lines
-}
-
 /// Compares without an early exit, so the time taken does not tell how much of a guess matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -711,43 +643,6 @@ async fn resnapshot(
     }
     let table = cutover_core::TableName::new(name.0, name.1);
     admin.command(Command::Resnapshot(table)).await
-}
-
-/// Posts an action to a `cutover run`'s admin server at `listen` (a wildcard address is asked
-/// on loopback) with the admin `token`; returns the server's answer, or why there is none.
-pub async fn post_action(listen: SocketAddr, path: &str, token: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut addr = listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let ask = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("no cutover run answers at {addr} ({e}): start `cutover run` for this pipeline first"))?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("cannot send to {addr}: {e}"))?;
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| format!("cannot read the answer of {addr}: {e}"))?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        if head.starts_with("HTTP/1.1 200") {
-            Ok(body.trim().to_string())
-        } else {
-            Err(format!("the pipeline at {addr} refused: {}", body.trim()))
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), ask)
-        .await
-        .unwrap_or_else(|_| Err(format!("the pipeline at {addr} did not answer within 30 s")))
 }
 
 async fn verify_now(State(admin): State<Admin>, headers: HeaderMap) -> Response {

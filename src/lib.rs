@@ -26,6 +26,7 @@ pub mod admin;
 pub mod apply;
 pub mod config;
 pub mod connect;
+pub mod live;
 pub mod lock;
 pub mod pipeline;
 pub mod queue;

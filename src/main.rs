@@ -954,7 +954,7 @@ async fn resnapshot(path: &std::path::Path, table: &str) -> Outcome {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    cutover::admin::post_action(listen, &format!("/api/resnapshot?table={query}"), token).await?;
+    cutover::live::post_action(listen, &format!("/api/resnapshot?table={query}"), token).await?;
     say!("{table}: the running pipeline copies it again into every sink; `cutover status` shows the copy, the log says \"table copied into every sink\" when it is done");
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,7 @@ use crate::{switch, targets, verify};
 /// pipeline may hold the port: only this pipeline's answer counts.
 pub async fn live_of(file: &Pipeline) -> Option<serde_json::Value> {
     match file.admin.listen {
-        Some(listen) if listen.port() != 0 => crate::admin::fetch_live(listen)
+        Some(listen) if listen.port() != 0 => crate::live::fetch(listen)
             .await
             .filter(|l| l["pipeline"].as_str() == Some(file.name.as_str())),
         _ => None,
@@ -99,7 +99,7 @@ impl StatusReport {
             }));
         }
         match &live {
-            Some(live) => lines.extend(crate::admin::live_lines(live)),
+            Some(live) => lines.extend(crate::live::lines(live)),
             None => lines.push(
                 "running: no `cutover run` answers on [admin] listen; the figures come from the source and the saved state"
                     .to_string(),
