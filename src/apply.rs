@@ -235,11 +235,7 @@ pub async fn run(cfg: &Pipeline, mut stop: watch::Receiver<bool>) -> Result<Appl
 
 /// Targets `apply` can feed: those that keep their state in themselves.
 fn check_targets(cfg: &Pipeline) -> Result<()> {
-    match cfg
-        .sinks
-        .iter()
-        .find(|t| !matches!(t.kind(), "postgres" | "mongodb"))
-    {
+    match cfg.sinks.iter().find(|t| !t.fed_by_apply()) {
         Some(t) => Err(ConnectorError::fatal(format!(
             "sink {} is a {} sink; cutover apply feeds PostgreSQL and MongoDB targets",
             t.name(),

@@ -975,7 +975,7 @@ fn cutover_settings(
         .sinks
         .iter()
         .enumerate()
-        .filter(|(_, t)| kind(t) == "postgres")
+        .filter(|(_, t)| crate::targets::can_be_primary(&kind(t)))
         .map(|(i, t)| (i, name(t)))
         .collect();
     let (target, no_target) = match &c.target {

@@ -32,7 +32,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod rate;
 pub mod report;
-pub mod state_file;
+pub mod state;
 pub mod status;
 pub mod switch;
 pub mod targets;

@@ -331,7 +331,8 @@ async fn run_verify(
         Ok(report) => {
             // A check of every table counts for the switch's readiness.
             if whole {
-                if let Err(e) = verify::SavedCheck::record(&report, &cfg.verify.report_path) {
+                if let Err(e) = cutover::state::SavedCheck::record(&report, &cfg.verify.report_path)
+                {
                     say_err!("warning: cannot save the check's result for `cutover status`: {e}");
                 }
             }
@@ -509,7 +510,7 @@ async fn check_apply(
     }
     let ctx = cutover::connect::target_context(cfg, "");
     for sink in &cfg.sinks {
-        if !matches!(sink.kind(), "postgres" | "mongodb") {
+        if !sink.fed_by_apply() {
             failed += 1;
             say!(
                 "  FAIL  sink {}: a {} sink cannot be fed by cutover apply",
@@ -664,7 +665,7 @@ async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
         ));
         // The handle commands the running pipeline: the switch watcher drains it at a fence.
         let (operator, handle) = Operator::new();
-        let identity = match verify::Identity::of(&cfg).await {
+        let identity = match cutover::state::Identity::of(&cfg).await {
             Ok(identity) => Some(identity),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read which databases this run streams between: no saved check will shorten the switch's final check");
@@ -723,7 +724,7 @@ async fn periodic_verify(cfg: config::Pipeline, telemetry: Telemetry, verify_now
         };
         let now = std::time::SystemTime::now();
         let path = &cfg.verify.report_path;
-        let saved = match verify::SavedCheck::record(&report, path) {
+        let saved = match cutover::state::SavedCheck::record(&report, path) {
             Ok(saved) => saved,
             Err(e) => {
                 tracing::warn!(error = %e, path = %path.display(), "cannot save the consistency check's result");
@@ -1047,7 +1048,7 @@ async fn forget_switch_state(cfg: &config::Pipeline) -> Result<(), String> {
         files.push(back.verify.report_path.clone());
     }
     for report in files {
-        for path in [pipeline::changed::Journal::path(&report), report.clone()] {
+        for path in [cutover::state::Journal::path(&report), report.clone()] {
             if path.exists() {
                 switch::steps::forget_file(&path).map_err(explain)?;
                 say!("{}: removed", path.display());

@@ -5,7 +5,7 @@
 use cutover_core::Result;
 
 use crate::config::Pipeline;
-use crate::{switch, targets, verify};
+use crate::{switch, targets};
 
 /// The running pipeline's live view, when its admin server (`[admin] listen`) answers. Another
 /// pipeline may hold the port: only this pipeline's answer counts.
@@ -105,8 +105,8 @@ impl StatusReport {
                     .to_string(),
             ),
         }
-        let saved = match verify::Identity::of(&cfg).await {
-            Ok(now) => verify::SavedCheck::load_for(&cfg.verify.report_path, &now),
+        let saved = match crate::state::Identity::of(&cfg).await {
+            Ok(now) => crate::state::SavedCheck::load_for(&cfg.verify.report_path, &now),
             Err(e) => Err(format!("cannot read which databases the pipeline has: {e}")),
         };
         lines.push(match &saved {
@@ -169,7 +169,7 @@ fn sink_state_line(name: &str, state: &cutover_core::SinkState) -> String {
     }
 }
 
-fn consistency_line(check: Option<&verify::SavedCheck>) -> String {
+fn consistency_line(check: Option<&crate::state::SavedCheck>) -> String {
     let Some(check) = check else {
         return "consistency: no check saved (run `cutover verify`, or set verify.interval_s)"
             .to_string();

@@ -84,6 +84,12 @@ impl Kind {
     }
 }
 
+/// Whether a sink of the kind named `name` can be the switch's primary target: the database
+/// the application's writes move to (PostgreSQL).
+pub fn can_be_primary(name: &str) -> bool {
+    name == PgConfig::KIND
+}
+
 /// The PostgreSQL target behind a sink, if it is one (for sequences, repair and the dead
 /// letters a PostgreSQL target keeps in itself).
 pub fn postgres(target: &dyn Target) -> Option<&PgTarget> {

@@ -74,7 +74,7 @@ pub struct Operator {
     /// The saved consistency check, read now and then to forget the keys a clean one covers,
     /// and the databases this run streams between (a check of others is not taken).
     pub report_path: Option<PathBuf>,
-    pub identity: Option<crate::verify::Identity>,
+    pub identity: Option<crate::state::Identity>,
     /// Rate limits an operator set while running, by sink: they replace the file's until the
     /// process ends (a retried run keeps them).
     pub rates: std::collections::HashMap<String, crate::config::RateLimits>,
@@ -100,7 +100,7 @@ impl Operator {
         mut self,
         max_keys: usize,
         report_path: PathBuf,
-        identity: Option<crate::verify::Identity>,
+        identity: Option<crate::state::Identity>,
     ) -> Self {
         self.changed = super::changed::ChangedKeys::new(max_keys);
         self.report_path = Some(report_path);

@@ -478,7 +478,7 @@ impl Reader<'_> {
         let Some(identity) = &self.operator.identity else {
             return;
         };
-        let saved = crate::verify::SavedCheck::load_for(path, identity)
+        let saved = crate::state::SavedCheck::load_for(path, identity)
             .ok()
             .flatten();
         if let Some(from) = saved.and_then(|c| c.clean_from) {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{pgbouncer, pipeline_for, primary_target, Record, Step};
 use crate::config::Pipeline;
-use crate::verify::{Identity, SavedCheck};
+use crate::state::{Identity, SavedCheck};
 
 /// One gate.
 #[derive(Debug, Clone, Serialize)]

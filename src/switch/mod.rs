@@ -512,7 +512,7 @@ pub fn changed_keys_path(cfg: &Pipeline, rec: &Record) -> std::path::PathBuf {
         Ok(p) => p.verify.report_path,
         Err(_) => cfg.verify.report_path.clone(),
     };
-    crate::pipeline::changed::Journal::path(&report)
+    crate::state::Journal::path(&report)
 }
 
 /// At the start of an epoch with no switch in progress: drops what is left of the other

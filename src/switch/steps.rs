@@ -11,8 +11,8 @@ use tokio_postgres::Client;
 use super::gates::{self, Readiness};
 use super::{fence, pgbouncer, pipeline_for, sql_error, Direction, Record, Step, StepTime, Store};
 use crate::config::{FinalVerify, Pipeline};
-use crate::pipeline::changed::Journal;
 use crate::pipeline::crash_point;
+use crate::state::Journal;
 use crate::verify;
 
 /// What the command was asked to do.
@@ -526,7 +526,7 @@ async fn final_verify(
     tracing::info!(%summary, "the switch's final check");
     if keyed.is_empty() {
         // A check of every row proves as much as any `cutover verify`.
-        if let Err(e) = verify::SavedCheck::record(&report, &before.verify.report_path) {
+        if let Err(e) = crate::state::SavedCheck::record(&report, &before.verify.report_path) {
             tracing::warn!(error = %e, "cannot save the final check's result");
         }
     }
@@ -573,8 +573,8 @@ async fn firing_triggers(before: &Pipeline, tables: &[TableName]) -> Result<Vec<
 
 async fn changed_keys(before: &Pipeline, fence: Lsn) -> Option<(Arc<Journal>, Lsn)> {
     let report = &before.verify.report_path;
-    let saved = match verify::Identity::of(before).await {
-        Ok(now) => verify::SavedCheck::load_for(report, &now),
+    let saved = match crate::state::Identity::of(before).await {
+        Ok(now) => crate::state::SavedCheck::load_for(report, &now),
         Err(e) => Err(e.to_string()),
     };
     let clean_from = match saved {

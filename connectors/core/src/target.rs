@@ -78,6 +78,13 @@ pub trait Target: Send + Sync + Any {
     /// operator (`cutover teardown --target-state`).
     async fn forget_state(&self, ctx: &TargetContext) -> Result<String>;
 
+    /// Whether `cutover apply` can feed the target: it keeps its progress in itself, in the
+    /// same transaction as the rows (or documents) it covers, so workers that share a topic's
+    /// partitions can take over each other's progress. False by default.
+    fn fed_by_apply(&self) -> bool {
+        false
+    }
+
     /// How the target's connections are protected (encryption, certificates, login), for
     /// `cutover check`; `None` when the target reports it otherwise. Never a secret.
     fn security(&self) -> Option<String> {

@@ -127,6 +127,10 @@ impl Target for MongoSinkOptions {
         MongoConfig::KIND
     }
 
+    fn fed_by_apply(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -85,6 +85,10 @@ impl Target for PgTarget {
         PgConfig::KIND
     }
 
+    fn fed_by_apply(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -1,6 +1,13 @@
-//! Files cutover keeps beside the pipeline file (the saved consistency check, the changed keys
-//! for a switch): each is replaced whole, so a reader sees the old content or the new, never a
-//! torn file.
+//! Files cutover keeps beside the pipeline file: the saved consistency check
+//! ([`SavedCheck`]) and the changed keys for a switch ([`Journal`]). This module is their one
+//! owner: their paths, formats, reading and writing. Each is replaced whole, so a reader sees
+//! the old content or the new, never a torn file.
+
+pub mod journal;
+pub mod saved_check;
+
+pub use journal::{Journal, JournalTable, Scope};
+pub use saved_check::{Identity, SavedCheck, SHOWN_KEYS};
 
 use std::path::Path;
 
