@@ -155,6 +155,17 @@ impl Admin {
         tracing::info!(listen = %bound, "admin server listening (/metrics, /healthz, /readyz, /api/status)");
         tokio::spawn(self.clone().refresh());
         tokio::spawn(self.clone().sample());
+        // Actions change the run: each needs the admin token, checked once, here.
+        let actions = Router::new()
+            .route("/api/pause", post(pause))
+            .route("/api/resume", post(resume))
+            .route("/api/verify", post(verify_now))
+            .route("/api/rate", post(set_rate))
+            .route("/api/resnapshot", post(resnapshot))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                require_token,
+            ));
         let app = Router::new()
             .route("/", get(console))
             .route("/api/live", get(live))
@@ -163,11 +174,7 @@ impl Admin {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/api/status", get(api_status))
-            .route("/api/pause", post(pause))
-            .route("/api/resume", post(resume))
-            .route("/api/verify", post(verify_now))
-            .route("/api/rate", post(set_rate))
-            .route("/api/resnapshot", post(resnapshot))
+            .merge(actions)
             .layer(axum::middleware::from_fn_with_state(self.clone(), guard))
             .with_state(self);
         let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -446,6 +453,18 @@ async fn guard(
     }
 }
 
+/// The admin token's check, the one layer in front of every action.
+async fn require_token(
+    State(admin): State<Admin>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match admin.refusal(request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
 /// Whether a `Host` header (`name[:port]`) names an IP address, `localhost`, or one of
 /// `allowed` (lower-case names).
 fn host_allowed(host: &str, allowed: &[String]) -> bool {
@@ -557,27 +576,16 @@ struct Target {
     sink: Option<String>,
 }
 
-async fn pause(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Query(t): Query<Target>,
-) -> Response {
-    pause_or_resume(admin, headers, t, true).await
+async fn pause(State(admin): State<Admin>, Query(t): Query<Target>) -> Response {
+    pause_or_resume(admin, t, true).await
 }
 
-async fn resume(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Query(t): Query<Target>,
-) -> Response {
-    pause_or_resume(admin, headers, t, false).await
+async fn resume(State(admin): State<Admin>, Query(t): Query<Target>) -> Response {
+    pause_or_resume(admin, t, false).await
 }
 
 /// Pauses (or resumes) the source reader, or the sink `t.sink`.
-async fn pause_or_resume(admin: Admin, headers: HeaderMap, t: Target, pause: bool) -> Response {
-    if let Some(refused) = admin.refusal(&headers) {
-        return refused;
-    }
+async fn pause_or_resume(admin: Admin, t: Target, pause: bool) -> Response {
     let command = match (t.sink, pause) {
         (Some(name), true) => Command::PauseSink(name),
         (Some(name), false) => Command::ResumeSink(name),
@@ -594,14 +602,7 @@ struct Rate {
     bytes_per_s: Option<u32>,
 }
 
-async fn set_rate(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Query(r): Query<Rate>,
-) -> Response {
-    if let Some(refused) = admin.refusal(&headers) {
-        return refused;
-    }
+async fn set_rate(State(admin): State<Admin>, Query(r): Query<Rate>) -> Response {
     let Some(sink) = r.sink else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -620,14 +621,7 @@ struct TableQuery {
     table: Option<String>,
 }
 
-async fn resnapshot(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Query(q): Query<TableQuery>,
-) -> Response {
-    if let Some(refused) = admin.refusal(&headers) {
-        return refused;
-    }
+async fn resnapshot(State(admin): State<Admin>, Query(q): Query<TableQuery>) -> Response {
     let Some(name) = q.table.as_deref().and_then(|t| t.split_once('.')) else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -645,10 +639,7 @@ async fn resnapshot(
     admin.command(Command::Resnapshot(table)).await
 }
 
-async fn verify_now(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Some(refused) = admin.refusal(&headers) {
-        return refused;
-    }
+async fn verify_now(State(admin): State<Admin>) -> Response {
     if admin.telemetry.snapshot().phase != Phase::Streaming {
         return text(
             StatusCode::CONFLICT,
