@@ -239,7 +239,7 @@ async fn chaos() {
 
     // The source: the shared source cluster (restarted by the suite); the target: the spare
     // cluster (crashed by the suite), reached through a proxy (cut by the suite).
-    let mut env = Env::new("chaos").await;
+    let mut env = Env::alone("chaos").await;
     let spare: u16 = services_var("CUTOVER_SPARE_PORT").parse().unwrap();
     env.target_on(spare).await;
     let proxy = Proxy::start(spare).await;

@@ -14,7 +14,7 @@ const TABLES: &[&str] = &["customers", "orders", "order_items", "documents"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by scripts/demo.sh against the demo's servers"]
 async fn demo_message_targets_equal_the_source() {
-    let env = Env::existing("shop");
+    let env = Env::existing("shop").await;
     let schema = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/scripts/demo-schema.sql"

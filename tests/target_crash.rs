@@ -51,7 +51,7 @@ fn pipeline_as(env: &mut Env, target_url: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_crashes_under_load_lose_nothing() {
-    let mut env = Env::new("target_crash").await;
+    let mut env = Env::alone("target_crash").await;
     // A cluster of its own, so crashing it takes no other test's target away.
     let spare: u16 = services_var("CUTOVER_SPARE_PORT").parse().unwrap();
     env.target_on(spare).await;

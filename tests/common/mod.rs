@@ -10,6 +10,7 @@ pub mod workload;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
@@ -71,6 +72,34 @@ pub async fn connect(url: &str) -> Client {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// A test's hold on the servers every test shares. The end-to-end tests run in one process,
+/// two at a time; a test that crashes a shared cluster (the chaos smoke restarts the source,
+/// the target-crash test the spare) holds them alone, and every other test holds them shared
+/// for as long as its [`Env`] lives, so none runs while such a test does.
+pub enum Hold {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+fn servers() -> Arc<tokio::sync::RwLock<()>> {
+    static SERVERS: OnceLock<Arc<tokio::sync::RwLock<()>>> = OnceLock::new();
+    SERVERS
+        .get_or_init(|| Arc::new(tokio::sync::RwLock::new(())))
+        .clone()
+}
+
+impl Hold {
+    /// Shares the servers with the other tests (waits while a test holds them alone).
+    pub async fn shared() -> Hold {
+        Hold::Shared(servers().read_owned().await)
+    }
+
+    /// Holds the servers alone (waits until every running test has let them go).
+    pub async fn alone() -> Hold {
+        Hold::Alone(servers().write_owned().await)
+    }
+}
+
 /// A source and a target database made for one test, and the pipeline between them.
 pub struct Env {
     pub name: String,
@@ -78,11 +107,21 @@ pub struct Env {
     pub source_url: String,
     pub target_url: String,
     pub dir: PathBuf,
+    _hold: Hold,
 }
 
 impl Env {
     /// Creates empty databases `<prefix>_<pid>_<n>` on the source and target clusters.
     pub async fn new(prefix: &str) -> Env {
+        Env::held(prefix, Hold::shared().await).await
+    }
+
+    /// [`Env::new`] for a test that crashes a shared cluster: no other test runs meanwhile.
+    pub async fn alone(prefix: &str) -> Env {
+        Env::held(prefix, Hold::alone().await).await
+    }
+
+    async fn held(prefix: &str, hold: Hold) -> Env {
         let services = Services::get();
         let name = format!(
             "{prefix}_{}_{}",
@@ -100,6 +139,7 @@ impl Env {
             name,
             services,
             dir,
+            _hold: hold,
         }
     }
 
@@ -113,7 +153,12 @@ impl Env {
         source: impl Fn(&str) -> String,
         target: impl Fn(&str) -> String,
     ) -> Env {
-        let name = format!("{prefix}_{}", std::process::id());
+        let hold = Hold::shared().await;
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         for admin in admins {
             connect(admin)
                 .await
@@ -129,6 +174,7 @@ impl Env {
             name,
             services: Services::get(),
             dir,
+            _hold: hold,
         }
     }
 
@@ -141,7 +187,8 @@ impl Env {
 
     /// An environment for databases that already exist (the demo's), named `name` on both
     /// clusters; nothing is created.
-    pub fn existing(name: &str) -> Env {
+    pub async fn existing(name: &str) -> Env {
+        let hold = Hold::shared().await;
         let services = Services::get();
         let dir = std::env::temp_dir().join(format!("cutover-e2e-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -151,6 +198,7 @@ impl Env {
             name: name.to_string(),
             services,
             dir,
+            _hold: hold,
         }
     }
 
