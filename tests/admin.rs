@@ -658,6 +658,15 @@ async fn the_admin_server_refuses_other_hosts_and_slow_clients() {
     let port = admin_port(&run).await;
     run.wait_log("streaming changes", Duration::from_secs(60))
         .await;
+    // The first status report is read in the background (503 until then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while http_to_host(port, "127.0.0.1", "/api/status").await.0 == 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no status report within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for host in [
         "127.0.0.1",
         &format!("localhost:{port}"),

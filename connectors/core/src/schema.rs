@@ -89,4 +89,23 @@ impl TableSchema {
     pub fn has_key(&self) -> bool {
         self.columns.iter().any(|c| c.key)
     }
+
+    /// Every column, quoted, in column order, for SQL: `"id", "name"`.
+    pub fn quoted_columns(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The key columns compared with numbered parameters from `$first` on, for SQL:
+    /// `"order_id" = $1 AND "line" = $2`.
+    pub fn key_equals(&self, first: usize) -> String {
+        self.key_indexes()
+            .enumerate()
+            .map(|(n, i)| format!("{} = ${}", quote_ident(&self.columns[i].name), first + n))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
 }

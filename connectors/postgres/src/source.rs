@@ -414,19 +414,9 @@ impl PgSource {
     /// Read outside any snapshot: a row newer than the stream's position, which the changes
     /// still to come bring back in step (see `src/pipeline/settling.rs`).
     pub async fn current_row(&self, table: &TableSchema, key: &Row) -> Result<Option<Row>> {
-        let columns = table
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = table.quoted_columns();
+        let conds = table.key_equals(1);
         let keys: Vec<usize> = table.key_indexes().collect();
-        let conds = keys
-            .iter()
-            .enumerate()
-            .map(|(n, &i)| format!("{} = ${}", quote_ident(&table.columns[i].name), n + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
         let params: Vec<crate::verify::RawParam> = keys
             .iter()
             .map(|&i| match &key.0[i] {
@@ -497,13 +487,7 @@ impl PgSource {
             .batch_execute(setup)
             .await
             .map_err(|e| classify(e, &ctx))?;
-        let columns = table
-            .schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = table.schema.quoted_columns();
         let sql = if table.relkind == 'p' || from.is_some() || filter.is_some() {
             format!(
                 "COPY (SELECT {columns} FROM {}{}) TO STDOUT (FORMAT binary)",

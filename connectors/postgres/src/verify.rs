@@ -195,12 +195,7 @@ impl PgTableSide {
             .map(|(i, &k)| format!("{} = ${}", quote_ident(&table.columns[k].name), i + 1))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let raw_list = table
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let raw_list = table.quoted_columns();
         let mut by_key = Vec::with_capacity(2);
         for columns in [&list, &raw_list] {
             by_key.push(

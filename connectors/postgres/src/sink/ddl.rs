@@ -20,12 +20,7 @@ impl PgSink {
         let quoted = table.name.quoted();
         let stage_rows = format!("cutover_stage_rows_{n}");
         let stage_keys = format!("cutover_stage_keys_{n}");
-        let all = table
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let all = table.quoted_columns();
         self.exec(&format!(
             "DROP TABLE IF EXISTS pg_temp.{stage_rows}, pg_temp.{stage_keys};
              CREATE TEMP TABLE {stage_rows} AS SELECT {all} FROM {quoted} WITH NO DATA;

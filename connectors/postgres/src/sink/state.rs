@@ -251,6 +251,12 @@ impl PgSink {
             )
             .await
             .map_err(|e| classify(e, &ctx))?;
+        let this_table: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &self.options.pipeline,
+            &self.options.name,
+            &table.schema,
+            &table.name,
+        ];
         // Ranges copied under later snapshots than `snapshot_lsn` (a resumed copy): the
         // latest, until which the stream may move a key out of a range the target holds at a
         // later state (see `SinkState::settling`).
@@ -265,12 +271,7 @@ impl PgSink {
                                               AND r.snapshot_lsn > t.snapshot_lsn)
                       WHERE pipeline = $1 AND sink = $2 AND table_schema = $3 AND table_name = $4"
                 ),
-                &[
-                    &self.options.pipeline,
-                    &self.options.name,
-                    &table.schema,
-                    &table.name,
-                ],
+                &this_table,
             )
             .await
             .map_err(|e| classify(e, &ctx))?;
@@ -280,12 +281,7 @@ impl PgSink {
                     "DELETE FROM {STATE_SCHEMA}.copied_ranges
                       WHERE pipeline = $1 AND sink = $2 AND table_schema = $3 AND table_name = $4"
                 ),
-                &[
-                    &self.options.pipeline,
-                    &self.options.name,
-                    &table.schema,
-                    &table.name,
-                ],
+                &this_table,
             )
             .await
             .map_err(|e| classify(e, &ctx))?;

@@ -34,18 +34,7 @@ async fn move_row(client: &Client, table: &TargetTable, old_key: &Row, row: &Row
         .map(|(n, &i)| format!("{} = ${}", quote_ident(&layout.columns[i].name), n + 1))
         .collect::<Vec<_>>()
         .join(", ");
-    let conds = keys
-        .iter()
-        .enumerate()
-        .map(|(n, &i)| {
-            format!(
-                "{} = ${}",
-                quote_ident(&layout.columns[i].name),
-                present.len() + n + 1
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let conds = layout.key_equals(present.len() + 1);
     let params: Vec<RawParam> = present
         .iter()
         .map(|&i| RawParam(&row.0[i]))
