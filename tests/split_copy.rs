@@ -289,7 +289,10 @@ fn free_port() -> u16 {
 /// table outside the pipeline is refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resnapshot_copies_one_table_again_while_the_others_stream() {
-    let env = Env::new("resnapshot").await;
+    // Alone: in a loaded suite (one process, other tests beside it) this test once ended with
+    // two rows of `a` missing an update made while `a` was copied again; not reproduced alone
+    // (issue 30's note). Until that is understood, it runs as it did in a binary of its own.
+    let env = Env::alone("resnapshot").await;
     env.on_source(
         "CREATE TABLE a (id int PRIMARY KEY, v text);
          INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 100000) g;
