@@ -32,6 +32,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod rate;
 pub mod report;
+pub mod service;
 pub mod state;
 pub mod status;
 pub mod switch;

@@ -5,11 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cutover::admin::Admin;
 use cutover::lock::{self, Hold};
-use cutover::pipeline::{self, Operator, Telemetry};
 use cutover::switch::{self, Direction};
-use cutover::{config, say, say_err, say_part, status, targets, verify};
+use cutover::{config, say, say_err, say_part, targets, verify};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -20,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cutover_core::{ConnectorError, Sink};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -215,7 +213,7 @@ fn main() -> ExitCode {
             refuse_kafka_source(pipeline, name)?;
         }
         match cli.command {
-            Command::Run { pipeline } => run(&pipeline, terminal).await,
+            Command::Run { pipeline } => cutover::service::run(&pipeline, terminal).await,
             Command::Apply { pipeline } => apply(&pipeline).await,
             Command::Check { pipeline } => check(&pipeline).await,
             Command::Teardown {
@@ -600,9 +598,9 @@ async fn apply(path: &std::path::Path) -> Outcome {
     let cfg = load(path)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        cutover::service::wait_for_signal().await;
         let _ = stop_tx.send(true);
-        wait_for_signal().await;
+        cutover::service::wait_for_signal().await;
         say_err!("\nsecond stop signal: exiting without applying what was read (nothing is lost; the partitions' next owner reads it again)");
         std::process::exit(130);
     });
@@ -615,167 +613,6 @@ async fn apply(path: &std::path::Path) -> Outcome {
         applied.parked
     );
     Ok(ExitCode::SUCCESS)
-}
-
-async fn run(path: &std::path::Path, terminal: bool) -> Outcome {
-    let file = load(path)?;
-    if file.apply.is_some() {
-        return Err(format!(
-            "pipeline file {} reads Kafka topics ([source] kind = \"kafka\"). Fix: run it with cutover apply {}.",
-            path.display(),
-            path.display()
-        ));
-    }
-    if let Some(e) = &file.admin.token_error {
-        return Err(e.clone());
-    }
-    // Held until the process ends, through every pass and retry.
-    lock::take(&file, &[Hold::Run], "run").await?.keep();
-    let telemetry = Telemetry::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stop requested: draining, then confirming");
-        let _ = stop_tx.send(true);
-        wait_for_signal().await;
-        say_err!("\nsecond stop signal: exiting without draining (nothing is lost; the next run replays)");
-        std::process::exit(130);
-    });
-    let reporter = tokio::spawn(status::report(telemetry.subscribe(), terminal));
-    let verify_now = Arc::new(Notify::new());
-    let admin = Admin::new(&file, telemetry.clone(), verify_now.clone());
-    if let Some(listen) = file.admin.listen {
-        tokio::spawn(admin.clone().serve(listen));
-    }
-    // One pass per direction: a switch (or rollback) ends the pass at its fence, and the next
-    // one streams from the new primary.
-    let result = loop {
-        let rec = switch::load(&file).await.map_err(explain)?;
-        let cfg = switch::current(&file, &rec).map_err(explain)?;
-        if let Err(e) = switch::drop_other_direction(&file, &rec).await {
-            tracing::warn!(error = %e, "cannot drop the other direction's slot yet");
-        }
-        if rec.epoch > 0 {
-            tracing::info!(epoch = rec.epoch, direction = %rec.direction, "streaming after a switch");
-        }
-        let checker = tokio::spawn(periodic_verify(
-            cfg.clone(),
-            telemetry.clone(),
-            verify_now.clone(),
-        ));
-        // The handle commands the running pipeline: the switch watcher drains it at a fence.
-        let (operator, handle) = Operator::new();
-        let identity = match cutover::state::Identity::of(&cfg).await {
-            Ok(identity) => Some(identity),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read which databases this run streams between: no saved check will shorten the switch's final check");
-                None
-            }
-        };
-        let mut operator = operator.tracking(
-            cfg.cutover.changed_keys_max,
-            cfg.verify.report_path.clone(),
-            identity,
-        );
-        admin.set_handle(Some(handle.clone()));
-        let watcher = tokio::spawn(switch::watch_epoch(file.clone(), rec.epoch, handle));
-        let result = pipeline::run(&cfg, &telemetry, stop_rx.clone(), &mut operator).await;
-        admin.set_handle(None);
-        watcher.abort();
-        checker.abort();
-        if result.is_err() || *stop_rx.borrow() {
-            break result;
-        }
-    };
-    reporter.abort();
-    if terminal {
-        say_err!("\r\x1b[K{}", telemetry.snapshot().line());
-    }
-    result.map(|()| ExitCode::SUCCESS).map_err(explain)
-}
-
-/// Checks every target against the source every `verify.interval_s` (when set) and whenever
-/// the admin server asks (`verify_now`) while the pipeline streams; saves each result for
-/// `cutover status` and shows it in the progress output and the metrics. A check that fails is
-/// logged; the pipeline goes on.
-async fn periodic_verify(cfg: config::Pipeline, telemetry: Telemetry, verify_now: Arc<Notify>) {
-    let every = std::time::Duration::from_secs(cfg.verify.interval_s);
-    let opts = verify::VerifyOptions {
-        tables: Vec::new(),
-        repair: false,
-        max_keys: 20,
-        changed: None,
-    };
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every), if !every.is_zero() => {}
-            _ = verify_now.notified() => {}
-        }
-        let streaming = telemetry.snapshot().phase == status::Phase::Streaming;
-        if !streaming {
-            continue;
-        }
-        let report = match verify::verify(&cfg, &opts, &|_| {}).await {
-            Ok(report) => report,
-            Err(e) => {
-                tracing::warn!(error = %e, "periodic consistency check failed; the pipeline goes on");
-                continue;
-            }
-        };
-        let now = std::time::SystemTime::now();
-        let path = &cfg.verify.report_path;
-        let saved = match cutover::state::SavedCheck::record(&report, path) {
-            Ok(saved) => saved,
-            Err(e) => {
-                tracing::warn!(error = %e, path = %path.display(), "cannot save the consistency check's result");
-                continue;
-            }
-        };
-        if saved.drift_rows > 0 {
-            tracing::warn!(
-                drift_rows = saved.drift_rows,
-                tables = ?saved.drift_by_table,
-                "consistency check: DRIFT (run `cutover verify` for the keys)"
-            );
-        } else {
-            tracing::info!(
-                in_flight_rows = saved.in_flight_rows,
-                tables = report.tables.len(),
-                elapsed_ms = report.elapsed_ms,
-                "consistency check: no drift"
-            );
-        }
-        telemetry.verified(status::VerifySummary {
-            at: now,
-            drift_rows: saved.drift_rows,
-            in_flight_rows: saved.in_flight_rows,
-            last_clean: saved
-                .last_clean_at
-                .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)),
-        });
-    }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 async fn check(path: &std::path::Path) -> Outcome {
