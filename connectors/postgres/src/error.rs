@@ -1,9 +1,66 @@
-//! The one place where PostgreSQL errors become cutover error kinds.
+//! The one place where PostgreSQL errors become cutover error kinds, and the replication
+//! session's own errors (`ReplicationError`, read by `replication.rs`).
 
 use cutover_core::{ConnectorError, ErrorKind};
 use tokio_postgres::error::SqlState;
 
-use crate::replication::ReplicationError;
+
+/// Why a replication session failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReplicationError {
+    /// The server answered with an ErrorResponse.
+    #[error("server error: {0}")]
+    Server(ServerError),
+    /// The TLS handshake failed or the certificate was refused.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Authentication was refused or cannot be done.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(String),
+    /// The server sent something the protocol does not allow here.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl ReplicationError {
+    /// The SQLSTATE of a server error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ReplicationError::Server(e) => Some(&e.code),
+            ReplicationError::Auth(_)
+            | ReplicationError::Tls(_)
+            | ReplicationError::Io(_)
+            | ReplicationError::Protocol(_) => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for ReplicationError {
+    fn from(e: std::io::Error) -> Self {
+        ReplicationError::Io(e.to_string())
+    }
+}
+
+/// An ErrorResponse's fields that cutover shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)?;
+        if let Some(d) = &self.detail {
+            write!(f, "; {d}")?;
+        }
+        Ok(())
+    }
+}
 
 /// What recovers a slot that was lost or dropped.
 pub const RECOVER_FIX: &str =
@@ -151,7 +208,7 @@ pub fn classify_replication(err: ReplicationError, context: &str) -> ConnectorEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::ServerError;
+    use super::ServerError;
     fn server(message: &str, code: &str) -> ReplicationError {
         ReplicationError::Server(ServerError {
             code: code.into(),

@@ -44,62 +44,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Microseconds between the Unix epoch and the PostgreSQL epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Why a replication session failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ReplicationError {
-    /// The server answered with an ErrorResponse.
-    #[error("server error: {0}")]
-    Server(ServerError),
-    /// The TLS handshake failed or the certificate was refused.
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// Authentication was refused or cannot be done.
-    #[error("authentication failed: {0}")]
-    Auth(String),
-    /// The connection failed or closed.
-    #[error("connection: {0}")]
-    Io(String),
-    /// The server sent something the protocol does not allow here.
-    #[error("protocol: {0}")]
-    Protocol(String),
-}
-
-impl ReplicationError {
-    /// The SQLSTATE of a server error.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            ReplicationError::Server(e) => Some(&e.code),
-            ReplicationError::Auth(_)
-            | ReplicationError::Tls(_)
-            | ReplicationError::Io(_)
-            | ReplicationError::Protocol(_) => None,
-        }
-    }
-}
-
-impl From<io::Error> for ReplicationError {
-    fn from(e: io::Error) -> Self {
-        ReplicationError::Io(e.to_string())
-    }
-}
-
-/// An ErrorResponse's fields that cutover shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerError {
-    pub code: String,
-    pub message: String,
-    pub detail: Option<String>,
-}
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (SQLSTATE {})", self.message, self.code)?;
-        if let Some(d) = &self.detail {
-            write!(f, "; {d}")?;
-        }
-        Ok(())
-    }
-}
+pub use crate::error::{ReplicationError, ServerError};
 
 type Result<T> = std::result::Result<T, ReplicationError>;
 
