@@ -41,10 +41,9 @@ struct TableDefinitions {
 
 impl TableDefinitions {
     async fn connect(cfg: &Pipeline) -> Result<TableDefinitions> {
-        let url = cfg
-            .sinks
-            .iter()
-            .find_map(|t| crate::targets::postgres(&**t).map(|pg| pg.url.clone()))
+        let url = crate::connect::postgres_targets(cfg)
+            .next()
+            .map(|pg| pg.url.clone())
             .or_else(|| (!cfg.source_url.is_empty()).then(|| cfg.source_url.clone()));
         let client = match url {
             Some(url) => Some(
@@ -1023,11 +1022,7 @@ fn letter(delivery: &Delivery, table: Option<TableName>, reason: String) -> Lett
 /// `<pipeline>/<topic>/<partition>`).
 pub async fn stored_offsets(cfg: &Pipeline) -> Result<BTreeMap<String, Vec<(String, i64)>>> {
     let mut out = BTreeMap::new();
-    for target in cfg
-        .sinks
-        .iter()
-        .filter_map(|t| crate::targets::postgres(&**t))
-    {
+    for target in crate::connect::postgres_targets(cfg) {
         let client = target.endpoint()?.connect().await?;
         let rows = client
             .query(

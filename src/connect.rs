@@ -5,6 +5,7 @@
 
 use cutover_core::transform::TransformSink;
 use cutover_core::{Result, Sink, TargetContext};
+use cutover_postgres::target::PgTarget;
 use cutover_postgres::{PgEndpoint, PgSink, PgSource, PgSourceOptions};
 
 use crate::config::Pipeline;
@@ -45,11 +46,17 @@ pub fn target_context(cfg: &Pipeline, database: &str) -> TargetContext {
     }
 }
 
+/// The pipeline's PostgreSQL targets, in the file's order: for what only a database does
+/// (sequences, identity, offsets kept beside the rows, the catalog of the tables).
+pub fn postgres_targets(cfg: &Pipeline) -> impl Iterator<Item = &PgTarget> {
+    cfg.sinks.iter().filter_map(|t| targets::postgres(&**t))
+}
+
 /// Connects every PostgreSQL sink of the pipeline.
 pub async fn pg_sinks(cfg: &Pipeline) -> Result<Vec<PgSink>> {
     let ctx = target_context(cfg, "");
     let mut sinks = Vec::new();
-    for target in cfg.sinks.iter().filter_map(|t| targets::postgres(&**t)) {
+    for target in postgres_targets(cfg) {
         sinks.push(target.connect_sink(&ctx).await?);
     }
     Ok(sinks)
@@ -69,7 +76,11 @@ pub async fn sinks(cfg: &Pipeline, database: &str) -> Result<Vec<Box<dyn Sink>>>
 
 /// The sink behind its transform rules, when the pipeline or the sink declares any.
 pub fn with_transforms(cfg: &Pipeline, index: usize, sink: Box<dyn Sink>) -> Box<dyn Sink> {
-    let specs = cfg.sink_transforms.get(index).cloned().unwrap_or_default();
+    let specs = cfg
+        .sinks
+        .get(index)
+        .map(|s| s.rules.clone())
+        .unwrap_or_default();
     if cfg.transforms.is_empty_with(&specs) {
         sink
     } else {

@@ -24,6 +24,7 @@ macro_rules! say_err {
 
 pub mod admin;
 pub mod apply;
+pub mod check;
 pub mod config;
 pub mod connect;
 pub mod live;

@@ -9,11 +9,11 @@ use crate::{switch, targets};
 
 /// The running pipeline's live view, when its admin server (`[admin] listen`) answers. Another
 /// pipeline may hold the port: only this pipeline's answer counts.
-pub async fn live_of(file: &Pipeline) -> Option<serde_json::Value> {
+pub async fn live_of(file: &Pipeline) -> Option<crate::live::LiveView> {
     match file.admin.listen {
         Some(listen) if listen.port() != 0 => crate::live::fetch(listen)
             .await
-            .filter(|l| l["pipeline"].as_str() == Some(file.name.as_str())),
+            .filter(|l| l.pipeline == file.name),
         _ => None,
     }
 }
@@ -33,7 +33,7 @@ impl StatusReport {
     /// switch record says).
     /// `live` is the running pipeline's live view (see [`live_of`]), or `None` when none
     /// answers.
-    pub async fn collect(file: &Pipeline, live: Option<serde_json::Value>) -> Result<Self> {
+    pub async fn collect(file: &Pipeline, live: Option<crate::live::LiveView>) -> Result<Self> {
         let rec = switch::load(file).await?;
         let cfg = switch::current(file, &rec)?;
         let mut lines = Vec::new();
@@ -85,11 +85,7 @@ impl StatusReport {
         let mut sinks = Vec::new();
         for sink in &cfg.sinks {
             let state = sink.saved_state(&ctx).await?;
-            // PostgreSQL targets, the default kind, go by their name alone.
-            let label = match targets::postgres(&**sink) {
-                Some(_) => sink.name().to_string(),
-                None => format!("{} ({})", sink.name(), sink.kind()),
-            };
+            let label = targets::label(&**sink);
             lines.push(sink_state_line(&label, &state));
             sinks.push(serde_json::json!({
                 "name": sink.name(),

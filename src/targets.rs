@@ -90,6 +90,16 @@ pub fn can_be_primary(name: &str) -> bool {
     name == PgConfig::KIND
 }
 
+/// How status output names a sink: PostgreSQL targets, the default kind, by their name alone;
+/// the others as `name (kind)`.
+pub fn label(target: &dyn Target) -> String {
+    if target.kind() == PgConfig::KIND {
+        target.name().to_string()
+    } else {
+        format!("{} ({})", target.name(), target.kind())
+    }
+}
+
 /// The PostgreSQL target behind a sink, if it is one (for sequences, repair and the dead
 /// letters a PostgreSQL target keeps in itself).
 pub fn postgres(target: &dyn Target) -> Option<&PgTarget> {

@@ -308,7 +308,7 @@ pub async fn verify(
     };
     let mut checks = Vec::new();
     for (index, sink) in cfg.sinks.iter().enumerate() {
-        let specs = &cfg.sink_transforms[index];
+        let specs = &sink.rules;
         for table in &tables {
             // The sink's rules, compiled for the table as it is on the source; the target holds
             // the shaped table, and the source's rows are shaped the same way before they are
@@ -391,7 +391,7 @@ async fn check_table(
         // Compiled again for the layout the source is read in (user types as text).
         let read = cfg
             .transforms
-            .compile(&cfg.sink_transforms[index], src.table())
+            .compile(&cfg.sinks[index].rules, src.table())
             .map_err(|e| ConnectorError::fatal(format!("sink {}: {e}", sink.name())))?;
         if let Some(read) = read {
             src = src.with_transform(read);

@@ -269,14 +269,7 @@ impl Settings {
             heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms),
             write_timeout: (cfg.write_timeout_s > 0)
                 .then(|| Duration::from_secs(cfg.write_timeout_s)),
-            sinks: (0..cfg.sinks.len())
-                .map(|i| {
-                    (
-                        cfg.sink_truncate.get(i).copied().unwrap_or(true),
-                        cfg.sink_rates.get(i).copied().unwrap_or_default(),
-                    )
-                })
-                .collect(),
+            sinks: cfg.sinks.iter().map(|s| (s.truncate, s.rates)).collect(),
         }
     }
 }

@@ -61,13 +61,11 @@ impl Identity {
                 .await?;
             identity.source = database_identity(&source).await?;
         }
-        for sink in &cfg.sinks {
-            if let Some(target) = crate::targets::postgres(&**sink) {
-                let client = target.endpoint()?.connect().await?;
-                identity
-                    .targets
-                    .insert(sink.name().to_string(), database_identity(&client).await?);
-            }
+        for target in crate::connect::postgres_targets(cfg) {
+            let client = target.endpoint()?.connect().await?;
+            identity
+                .targets
+                .insert(target.name.clone(), database_identity(&client).await?);
         }
         Ok(identity)
     }

@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cutover_core::{Result, Sink as _};
-use cutover_postgres::PgEndpoint;
+use cutover_postgres::{PgEndpoint, PgSource};
 use serde::Serialize;
 
 use super::{pgbouncer, pipeline_for, primary_target, Record, Step};
@@ -99,7 +99,6 @@ fn now_secs() -> u64 {
 pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
     let settings = &cfg.cutover;
     let mut gates = Vec::new();
-    let mut lag_bytes = 0;
     if let Err(why) = primary_target(cfg) {
         gates.push(gate(
             "switch target",
@@ -111,7 +110,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
         return Ok(Readiness {
             ready: false,
             gates,
-            lag_bytes,
+            lag_bytes: 0,
             verify_elapsed_ms: None,
         });
     }
@@ -124,9 +123,32 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
         "idle",
         "finish it with `cutover switch --resume` (or `rollback --resume`), or undo it with --abort",
     ));
-
-    // The running pipeline and its lag.
     let source = crate::connect::source(&cur).await?;
+    let lag_bytes = lag_gates(&cur, &source, &mut gates).await?;
+    gates.push(copied_gate(&cur, &source).await?);
+    let (last_verify, check) = last_verify_gate(&cur).await;
+    gates.push(last_verify);
+    gates.push(dead_letters_gate(&cur).await?);
+    gates.extend(layout_gates(&cur, &source).await?);
+    // The way back: the new primary must be able to stream to the old one.
+    let primary = PgEndpoint::parse(&next.source_url, "target")?;
+    gates.push(reverse_path(cfg, &primary, &cur).await);
+    if let Some(p) = &settings.pgbouncer {
+        gates.push(pgbouncer_gate(p).await);
+    }
+    let verify_elapsed_ms = check.ok().flatten().and_then(|c| c.elapsed_ms);
+    Ok(Readiness {
+        ready: gates.iter().all(|g| g.ok),
+        gates,
+        lag_bytes,
+        verify_elapsed_ms,
+    })
+}
+
+/// The running pipeline and its lag: streaming, bytes and seconds behind. Returns the bytes.
+async fn lag_gates(cur: &Pipeline, source: &PgSource, gates: &mut Vec<Gate>) -> Result<u64> {
+    let settings = &cur.cutover;
+    let mut lag_bytes = 0;
     let activity = source.slot_activity().await?;
     let wal = source.current_wal_lsn().await?;
     let streaming = matches!(activity, Some((true, _)));
@@ -154,7 +176,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
         ),
         "wait for the sinks to catch up (`cutover status`), or raise max_lag_bytes",
     ));
-    let lag_s = slot_lag_seconds(&cur).await.unwrap_or(0.0);
+    let lag_s = slot_lag_seconds(cur).await.unwrap_or(0.0);
     let lag_s = if lag_bytes == 0 { 0.0 } else { lag_s };
     gates.push(gate(
         "lag seconds",
@@ -164,8 +186,12 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
         "wait for the sinks to catch up, or raise max_lag_s",
     ));
 
-    // Every table copied to every sink.
-    let ctx = crate::connect::target_context(&cur, "");
+    Ok(lag_bytes)
+}
+
+/// Every table copied to every sink.
+async fn copied_gate(cur: &Pipeline, source: &PgSource) -> Result<Gate> {
+    let ctx = crate::connect::target_context(cur, "");
     let tables: Vec<_> = source
         .tables()
         .iter()
@@ -183,7 +209,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
             }
         }
     }
-    gates.push(gate(
+    Ok(gate(
         "tables copied",
         missing.is_empty(),
         if missing.is_empty() {
@@ -193,10 +219,16 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
         },
         "every table on every sink",
         "let the snapshot finish",
-    ));
+    ))
+}
 
-    // The last consistency check.
-    let check = match Identity::of(&cur).await {
+/// The last consistency check of the databases the pipeline has now: clean and recent enough.
+/// Returns the check too (its duration estimates the switch's final check).
+async fn last_verify_gate(
+    cur: &Pipeline,
+) -> (Gate, std::result::Result<Option<SavedCheck>, String>) {
+    let settings = &cur.cutover;
+    let check = match Identity::of(cur).await {
         Ok(now) => SavedCheck::load_for(&cur.verify.report_path, &now),
         Err(e) => Err(format!(
             "cannot read which databases the pipeline has now: {e}"
@@ -224,7 +256,7 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
             )
         }
     };
-    gates.push(gate(
+    let gate = gate(
         "last verify",
         ok,
         value,
@@ -233,11 +265,14 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
             settings.verify_max_age_s
         ),
         "run `cutover verify PIPELINE` (or set verify.interval_s) and repair any drift",
-    ));
+    );
+    (gate, check)
+}
 
-    // Dead letters.
+/// No change parked as a dead letter on any sink.
+async fn dead_letters_gate(cur: &Pipeline) -> Result<Gate> {
     let mut parked = 0u64;
-    for sink in crate::connect::pg_sinks(&cur).await? {
+    for sink in crate::connect::pg_sinks(cur).await? {
         parked += sink.dead_letters().await?.len() as u64;
     }
     for sink in &cur.sinks {
@@ -245,23 +280,26 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
             parked += cutover_core::dead_letters::blocking(|| store.open()?.read())?.len() as u64;
         }
     }
-    gates.push(gate(
+    Ok(gate(
         "dead letters",
         parked == 0,
         format!("{parked} parked"),
         "none",
         "fix their cause and `cutover dlq replay PIPELINE` (list them with `cutover dlq list`)",
-    ));
+    ))
+}
 
-    // Layouts and sequences.
+/// Every PostgreSQL sink's tables compatible with the source's, and the source's sequences
+/// readable.
+async fn layout_gates(cur: &Pipeline, source: &PgSource) -> Result<[Gate; 2]> {
     let schemas = source.schemas();
     let mut layout = Vec::new();
-    for sink in crate::connect::pg_sinks(&cur).await? {
+    for sink in crate::connect::pg_sinks(cur).await? {
         if let Err(e) = sink.preflight(&schemas).await {
             layout.push(format!("{}: {e}", sink.name()));
         }
     }
-    gates.push(gate(
+    let layouts = gate(
         "target layouts",
         layout.is_empty(),
         if layout.is_empty() {
@@ -271,53 +309,45 @@ pub async fn check(cfg: &Pipeline, rec: &Record) -> Result<Readiness> {
         },
         "every PostgreSQL sink's tables compatible with the source's",
         "see `cutover check PIPELINE`",
-    ));
-    let sequences = source.sequences().await;
-    gates.push(gate(
+    );
+    let found = source.sequences().await;
+    let sequences = gate(
         "sequences",
-        sequences.is_ok(),
-        match &sequences {
+        found.is_ok(),
+        match &found {
             Ok(s) => format!("{} to sync", s.len()),
             Err(e) => e.to_string(),
         },
         "readable on the source",
         "grant the pipeline's role SELECT on the sequences",
-    ));
+    );
 
-    // The way back: the new primary must be able to stream to the old one.
-    let primary = PgEndpoint::parse(&next.source_url, "target")?;
-    gates.push(reverse_path(cfg, &primary, &cur).await);
+    Ok([layouts, sequences])
+}
 
-    if let Some(p) = &settings.pgbouncer {
-        let (ok, value) = match pgbouncer::Console::connect(p).await {
-            Ok(c) => match c.knows_database().await {
-                Ok(true) => match pgbouncer::check_config(&p.config_file, &p.database) {
-                    Ok(()) => (
-                        true,
-                        format!("database {} served, its entry rewritable", p.database),
-                    ),
-                    Err(e) => (false, e.to_string()),
-                },
-                Ok(false) => (false, format!("no database {}", p.database)),
+/// PgBouncer's admin console reachable, the database entry there and in its config file.
+async fn pgbouncer_gate(p: &crate::config::PgBouncerSettings) -> Gate {
+    let (ok, value) = match pgbouncer::Console::connect(p).await {
+        Ok(c) => match c.knows_database().await {
+            Ok(true) => match pgbouncer::check_config(&p.config_file, &p.database) {
+                Ok(()) => (
+                    true,
+                    format!("database {} served, its entry rewritable", p.database),
+                ),
                 Err(e) => (false, e.to_string()),
             },
+            Ok(false) => (false, format!("no database {}", p.database)),
             Err(e) => (false, e.to_string()),
-        };
-        gates.push(gate(
-            "pgbouncer",
-            ok,
-            value,
-            "the admin console reachable, the database entry there and in config_file (writable)",
-            "check [cutover.pgbouncer]",
-        ));
-    }
-    let verify_elapsed_ms = check.ok().flatten().and_then(|c| c.elapsed_ms);
-    Ok(Readiness {
-        ready: gates.iter().all(|g| g.ok),
-        gates,
-        lag_bytes,
-        verify_elapsed_ms,
-    })
+        },
+        Err(e) => (false, e.to_string()),
+    };
+    gate(
+        "pgbouncer",
+        ok,
+        value,
+        "the admin console reachable, the database entry there and in config_file (writable)",
+        "check [cutover.pgbouncer]",
+    )
 }
 
 /// Seconds the slot's walsender reports the client behind (`flush_lag`), if it streams.
@@ -343,7 +373,11 @@ async fn slot_lag_seconds(cur: &Pipeline) -> Result<f64> {
 async fn reverse_path(cfg: &Pipeline, primary: &PgEndpoint, cur: &Pipeline) -> Gate {
     let fix = "on the new primary: wal_level = logical (restart), a role WITH REPLICATION, max_replication_slots and max_wal_senders above those in use";
     let index = cfg.cutover.target.unwrap_or(0);
-    let rules = cfg.sink_transforms.get(index).cloned().unwrap_or_default();
+    let rules = cfg
+        .sinks
+        .get(index)
+        .map(|s| s.rules.clone())
+        .unwrap_or_default();
     if !cfg.transforms.is_empty_with(&rules) {
         return gate(
             "reverse path",

@@ -24,13 +24,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_core::{ConnectorError, Lsn, Result, Target};
+use cutover_core::{ConnectorError, Lsn, Result};
 use cutover_postgres::target::PgTarget;
 use cutover_postgres::PgEndpoint;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::config::Pipeline;
+use crate::config::{Pipeline, SinkSettings};
 use crate::pipeline::{Command, Handle};
 use crate::targets;
 
@@ -383,34 +383,25 @@ pub fn pipeline_for(
         let file = cutover_core::target::directed_state_key(&file.to_string_lossy(), true);
         p.verify.report_path = cfg.verify.report_path.with_file_name(file);
     }
-    let old: Arc<dyn Target> = Arc::new(PgTarget {
-        name: "source".into(),
-        url: cfg.source_url.clone(),
-        create_tables: false,
-    });
-    let keep = |i: &usize| *i != index;
+    // The old primary first, fed as the application's database (every table, truncates,
+    // no limits, no rules); the other sinks as they were.
+    let old = SinkSettings {
+        target: Arc::new(PgTarget {
+            name: "source".into(),
+            url: cfg.source_url.clone(),
+            create_tables: false,
+        }),
+        truncate: true,
+        rules: Default::default(),
+        rates: Default::default(),
+    };
     p.sinks = std::iter::once(old)
         .chain(
-            (0..cfg.sinks.len())
-                .filter(keep)
-                .map(|i| cfg.sinks[i].clone()),
-        )
-        .collect();
-    p.sink_truncate = std::iter::once(true)
-        .chain(
-            (0..cfg.sinks.len())
-                .filter(keep)
-                .map(|i| cfg.sink_truncate[i]),
-        )
-        .collect();
-    p.sink_rates = std::iter::once(Default::default())
-        .chain((0..cfg.sinks.len()).filter(keep).map(|i| cfg.sink_rates[i]))
-        .collect();
-    p.sink_transforms = std::iter::once(Default::default())
-        .chain(
-            (0..cfg.sinks.len())
-                .filter(keep)
-                .map(|i| cfg.sink_transforms[i].clone()),
+            cfg.sinks
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != index)
+                .map(|(_, s)| s.clone()),
         )
         .collect();
     p.cutover.target = Some(0);

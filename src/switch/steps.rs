@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover_core::{ConnectorError, Lsn, Result, TableName};
+use cutover_core::{ConnectorError, Lsn, Result, Sink as _, TableName};
 use cutover_postgres::{PgEndpoint, PgSource, SlotStart};
 use tokio_postgres::Client;
 
@@ -98,27 +98,7 @@ pub async fn switch(
         )));
     }
     if opts.abort {
-        if !in_progress {
-            say!("no {command} is in progress; nothing to undo");
-            return Ok(None);
-        }
-        if !rec.step.undoable() {
-            return Err(ConnectorError::fatal(format!(
-                "the {command} is past its point of no return (step {}): the new primary may already have taken writes",
-                rec.step.as_str()
-            ))
-            .with_hint(format!(
-                "finish it with `cutover {command} --resume PIPELINE`; to go back afterwards, run `cutover {}`",
-                command_name(towards.other())
-            )));
-        }
-        let sides = Sides::of(cfg, &rec, from).await?;
-        undo(cfg, &store, &mut rec, &sides).await?;
-        say!(
-            "{command} undone: the application writes to {} again",
-            sides.old
-        );
-        return Ok(None);
+        return abort(cfg, &store, &mut rec, from, towards).await;
     }
     if in_progress && !opts.resume {
         return Err(ConnectorError::fatal(format!(
@@ -130,68 +110,13 @@ pub async fn switch(
         )));
     }
     if !in_progress {
-        if opts.resume {
-            say!("no {command} is in progress; nothing to resume");
-            return Ok(None);
+        if let Begun::Stop(readiness) = begin(cfg, &store, &mut rec, from, towards, opts).await? {
+            return Ok(readiness);
         }
-        if rec.direction == towards {
-            return Err(
-                ConnectorError::fatal(format!("the pipeline already streams {towards}")).with_hint(
-                    format!(
-                        "to move the application the other way, run `cutover {}`",
-                        command_name(towards.other())
-                    ),
-                ),
-            );
-        }
-        let readiness = gates::check(cfg, &rec).await?;
-        say_part!("{}", readiness.text());
-        if opts.dry_run {
-            let sides = Sides::of(cfg, &rec, from).await?;
-            say_part!("{}", plan(cfg, &sides, &readiness));
-            return Ok(Some(readiness));
-        }
-        if !readiness.ready {
-            return Ok(Some(readiness));
-        }
-        rec.log.clear();
-        // The new primary refuses application writes before the record says a switch is in
-        // progress, so that after a crash at any step at most one database takes them.
-        let sides = Sides::of(cfg, &rec, from).await?;
-        fence::install(
-            &sides.new.connect().await?,
-            &cfg.name,
-            &sides.tables,
-            new_primary_lock_timeout_ms(cfg),
-        )
-        .await?;
-        rec.step = Step::Pausing;
-        store.save(&rec).await?;
     }
     let sides = Sides::of(cfg, &rec, from).await?;
     let began = Instant::now();
-    match run_steps(cfg, &store, &mut rec, &sides).await {
-        Ok(()) => {}
-        Err(e) if rec.step.undoable() => {
-            tracing::warn!(step = rec.step.as_str(), error = %e, "the {command} failed; undoing it");
-            if let Err(undo_err) = undo(cfg, &store, &mut rec, &sides).await {
-                return Err(ConnectorError::fatal(format!(
-                    "the {command} failed ({e}), and undoing it failed too: {undo_err}"
-                ))
-                .with_hint(format!("run `cutover {command} --abort PIPELINE` once the cause is fixed")));
-            }
-            return Err(ConnectorError::fatal(format!(
-                "the {command} failed and was undone (the application writes to {} again): {e}",
-                sides.old
-            ))
-            .with_hint(e.hint.clone().unwrap_or_else(|| "fix the cause and run it again".into())));
-        }
-        Err(e) => {
-            return Err(e.with_hint(format!(
-                "the new primary is live; run `cutover {command} --resume PIPELINE` to finish moving traffic"
-            )))
-        }
-    }
+    finish(cfg, &store, &mut rec, &sides, command).await?;
     let times: Vec<String> = rec
         .log
         .iter()
@@ -205,6 +130,134 @@ pub async fn switch(
         towards
     );
     Ok(None)
+}
+
+/// How the start of a switch ended: the fence is on the new primary and the record says
+/// so, or the command stops here (a dry run, a closed gate, nothing to resume).
+enum Begun {
+    Started,
+    Stop(Option<Readiness>),
+}
+
+/// Starts a switch (none is in progress): checks the gates, then fences the new primary and
+/// records the first step.
+async fn begin(
+    cfg: &Pipeline,
+    store: &Store,
+    rec: &mut Record,
+    from: Direction,
+    towards: Direction,
+    opts: Options,
+) -> Result<Begun> {
+    let command = command_name(towards);
+    if opts.resume {
+        say!("no {command} is in progress; nothing to resume");
+        return Ok(Begun::Stop(None));
+    }
+    if rec.direction == towards {
+        return Err(
+            ConnectorError::fatal(format!("the pipeline already streams {towards}")).with_hint(
+                format!(
+                    "to move the application the other way, run `cutover {}`",
+                    command_name(towards.other())
+                ),
+            ),
+        );
+    }
+    let readiness = gates::check(cfg, rec).await?;
+    say_part!("{}", readiness.text());
+    if opts.dry_run {
+        let sides = Sides::of(cfg, rec, from).await?;
+        say_part!("{}", plan(cfg, &sides, &readiness));
+        return Ok(Begun::Stop(Some(readiness)));
+    }
+    if !readiness.ready {
+        return Ok(Begun::Stop(Some(readiness)));
+    }
+    rec.log.clear();
+    // The new primary refuses application writes before the record says a switch is in
+    // progress, so that after a crash at any step at most one database takes them.
+    let sides = Sides::of(cfg, rec, from).await?;
+    fence::install(
+        &sides.new.connect().await?,
+        &cfg.name,
+        &sides.tables,
+        new_primary_lock_timeout_ms(cfg),
+    )
+    .await?;
+    rec.step = Step::Pausing;
+    store.save(rec).await?;
+    Ok(Begun::Started)
+}
+
+/// `--abort`: undoes a switch in progress before its point of no return.
+async fn abort(
+    cfg: &Pipeline,
+    store: &Store,
+    rec: &mut Record,
+    from: Direction,
+    towards: Direction,
+) -> Result<Option<Readiness>> {
+    let command = command_name(towards);
+    let in_progress = rec.step != Step::Idle;
+    if !in_progress {
+        say!("no {command} is in progress; nothing to undo");
+        return Ok(None);
+    }
+    if !rec.step.undoable() {
+        return Err(ConnectorError::fatal(format!(
+            "the {command} is past its point of no return (step {}): the new primary may already have taken writes",
+            rec.step.as_str()
+        ))
+        .with_hint(format!(
+            "finish it with `cutover {command} --resume PIPELINE`; to go back afterwards, run `cutover {}`",
+            command_name(towards.other())
+        )));
+    }
+    let sides = Sides::of(cfg, rec, from).await?;
+    undo(cfg, store, rec, &sides).await?;
+    say!(
+        "{command} undone: the application writes to {} again",
+        sides.old
+    );
+    Ok(None)
+}
+
+/// Runs the switch's steps from where the record is; a failure before the point of no return
+/// undoes the switch (the application writes to the old primary again).
+async fn finish(
+    cfg: &Pipeline,
+    store: &Store,
+    rec: &mut Record,
+    sides: &Sides,
+    command: &str,
+) -> Result<()> {
+    let Err(e) = run_steps(cfg, store, rec, sides).await else {
+        return Ok(());
+    };
+    if !rec.step.undoable() {
+        return Err(e.with_hint(format!(
+            "the new primary is live; run `cutover {command} --resume PIPELINE` to finish moving traffic"
+        )));
+    }
+    tracing::warn!(step = rec.step.as_str(), error = %e, "the {command} failed; undoing it");
+    if let Err(undo_err) = undo(cfg, store, rec, sides).await {
+        return Err(ConnectorError::fatal(format!(
+            "the {command} failed ({e}), and undoing it failed too: {undo_err}"
+        ))
+        .with_hint(format!(
+            "run `cutover {command} --abort PIPELINE` once the cause is fixed"
+        )));
+    }
+    Err(ConnectorError::fatal(format!(
+        "the {command} failed and was undone (the application writes to {} again): {e}",
+        sides.old
+    ))
+    .with_hint(
+        e.hint
+            .clone()
+            .unwrap_or_else(|| "fix the cause and run it again".into()),
+    ))
 }
 
 fn command_name(towards: Direction) -> &'static str {
@@ -285,106 +338,27 @@ fn plan(cfg: &Pipeline, sides: &Sides, readiness: &Readiness) -> String {
 
 /// Runs the steps from the recorded one to the end.
 async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Sides) -> Result<()> {
-    let old = sides.old.connect().await?;
-    let new = sides.new.connect().await?;
-    let bouncer = match &cfg.cutover.pgbouncer {
-        Some(p) => Some(pgbouncer::Console::connect(p).await?),
-        None => None,
+    let switching = Switching {
+        cfg,
+        sides,
+        old: sides.old.connect().await?,
+        new: sides.new.connect().await?,
+        bouncer: match &cfg.cutover.pgbouncer {
+            Some(p) => Some(pgbouncer::Console::connect(p).await?),
+            None => None,
+        },
+        // Read before anything is fenced, so the final check's window holds no extra
+        // connection.
+        firing: firing_triggers(&sides.before, &sides.tables).await,
     };
-    let settings = &cfg.cutover;
-    // Read before anything is fenced, so the final check's window holds no extra connection.
-    let firing = firing_triggers(&sides.before, &sides.tables).await;
-    loop {
+    while rec.step != Step::Idle {
         crash_point(&format!("switch_{}", rec.step.as_str()));
         // The step changes a draft of the record, which replaces the record only once saved:
         // a step that fails (or a save that does) leaves the record as it was for the undo.
         let mut draft = rec.clone();
         let step = draft.step;
         let began = Instant::now();
-        let next = match step {
-            Step::Idle => return Ok(()),
-            Step::Pausing => {
-                fence::install(
-                    &new,
-                    &cfg.name,
-                    &sides.tables,
-                    new_primary_lock_timeout_ms(cfg),
-                )
-                .await?;
-                // The old primary's triggers (its gate open: nothing changes for the
-                // application yet), so that fencing it, with PgBouncer paused, only closes the
-                // gate and waits for the writers.
-                fence::ensure_triggers(
-                    &old,
-                    &cfg.name,
-                    &sides.tables,
-                    settings.fence_lock_timeout_ms,
-                )
-                .await?;
-                if let (Some(b), Some(p)) = (&bouncer, &settings.pgbouncer) {
-                    // What moving will need, checked again before anything is held.
-                    pgbouncer::check_config(&p.config_file, &p.database)?;
-                    b.pause(p).await?;
-                }
-                Step::Fencing
-            }
-            Step::Fencing => {
-                // Changed keys a pipeline wrote before this switch (an earlier switch, databases
-                // since built again) must not pass for this fence's.
-                forget_file(&Journal::path(&sides.before.verify.report_path))?;
-                let at = fence::install(
-                    &old,
-                    &cfg.name,
-                    &sides.tables,
-                    settings.fence_lock_timeout_ms,
-                )
-                .await?;
-                draft.fence_lsn = Some(at);
-                Step::Draining
-            }
-            Step::Draining => {
-                let at = draft.fence_lsn.unwrap_or(Lsn::ZERO);
-                drain(
-                    &sides.before,
-                    at,
-                    Duration::from_secs(settings.drain_timeout_s),
-                )
-                .await?;
-                Step::Verifying
-            }
-            Step::Verifying => {
-                let at = draft.fence_lsn.unwrap_or(Lsn::ZERO);
-                let summary =
-                    final_verify(&sides.before, &firing, at, settings.final_verify).await?;
-                say!("  final check: {summary}");
-                Step::Sequences
-            }
-            Step::Sequences => {
-                sync_sequences(&sides.before, settings.sequence_margin).await?;
-                Step::ReverseSlot
-            }
-            Step::ReverseSlot => {
-                if let Some(p) = &settings.pgbouncer {
-                    // The last look before the point of no return.
-                    pgbouncer::check_config(&p.config_file, &p.database)?;
-                }
-                let start = create_slot(&sides.after).await?;
-                // A check saved in an earlier epoch of the next direction says nothing of it:
-                // the way back needs a check made after this switch.
-                forget_file(&sides.after.verify.report_path)?;
-                draft.next_start = Some(start);
-                // The point of no return: the next epoch is recorded.
-                draft.epoch += 1;
-                draft.direction = draft.direction.other();
-                draft.epoch_start = Some(start);
-                Step::Moving
-            }
-            Step::Moving => {
-                fence::open(&new, &cfg.name).await?;
-                move_traffic(cfg, bouncer.as_ref(), &sides.new, draft.direction).await?;
-                Step::Idle
-            }
-        };
+        let next = switching.take(step, &mut draft).await?;
         let ms = began.elapsed().as_millis() as u64;
         tracing::info!(step = step.as_str(), ms, "switch step done");
         say!("  {:<13} {ms:>6} ms", step.as_str());
@@ -398,21 +372,128 @@ async fn run_steps(cfg: &Pipeline, store: &Store, rec: &mut Record, sides: &Side
         }
         store.save(&draft).await?;
         *rec = draft;
-        if next == Step::Idle {
-            // Not part of the switch's time: the old slot goes once `cutover run` lets it go.
-            let wait = Duration::from_secs(30);
-            if let Err(e) = drop_slot_and_publication(
-                &sides.old,
-                &sides.before.slot,
-                &sides.before.publication,
-                wait,
-            )
-            .await
-            {
-                tracing::warn!(error = %e, slot = %sides.before.slot, "cannot drop the old direction's slot yet; `cutover run` drops it when it next starts");
+    }
+    // Not part of the switch's time: the old slot goes once `cutover run` lets it go.
+    let wait = Duration::from_secs(30);
+    if let Err(e) = drop_slot_and_publication(
+        &sides.old,
+        &sides.before.slot,
+        &sides.before.publication,
+        wait,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, slot = %sides.before.slot, "cannot drop the old direction's slot yet; `cutover run` drops it when it next starts");
+    }
+    Ok(())
+}
+
+/// What the steps of one switch share: the pipeline, both databases' sessions, PgBouncer's
+/// console, and the triggers that fire for cutover's own writes (read before the fence).
+struct Switching<'a> {
+    cfg: &'a Pipeline,
+    sides: &'a Sides,
+    old: Client,
+    new: Client,
+    bouncer: Option<pgbouncer::Console>,
+    firing: Result<Vec<String>>,
+}
+
+impl Switching<'_> {
+    /// Takes one step, changing `draft` as the step says; returns the next step.
+    async fn take(&self, step: Step, draft: &mut Record) -> Result<Step> {
+        let settings = &self.cfg.cutover;
+        Ok(match step {
+            Step::Idle => Step::Idle,
+            Step::Pausing => {
+                fence::install(
+                    &self.new,
+                    &self.cfg.name,
+                    &self.sides.tables,
+                    new_primary_lock_timeout_ms(self.cfg),
+                )
+                .await?;
+                // The old primary's triggers (its gate open: nothing changes for the
+                // application yet), so that fencing it, with PgBouncer paused, only closes the
+                // gate and waits for the writers.
+                fence::ensure_triggers(
+                    &self.old,
+                    &self.cfg.name,
+                    &self.sides.tables,
+                    settings.fence_lock_timeout_ms,
+                )
+                .await?;
+                if let (Some(b), Some(p)) = (&self.bouncer, &settings.pgbouncer) {
+                    // What moving will need, checked again before anything is held.
+                    pgbouncer::check_config(&p.config_file, &p.database)?;
+                    b.pause(p).await?;
+                }
+                Step::Fencing
             }
-            return Ok(());
-        }
+            Step::Fencing => {
+                // Changed keys a pipeline wrote before this switch (an earlier switch, databases
+                // since built again) must not pass for this fence's.
+                forget_file(&Journal::path(&self.sides.before.verify.report_path))?;
+                let at = fence::install(
+                    &self.old,
+                    &self.cfg.name,
+                    &self.sides.tables,
+                    settings.fence_lock_timeout_ms,
+                )
+                .await?;
+                draft.fence_lsn = Some(at);
+                Step::Draining
+            }
+            Step::Draining => {
+                let at = draft.fence_lsn.unwrap_or(Lsn::ZERO);
+                drain(
+                    &self.sides.before,
+                    at,
+                    Duration::from_secs(settings.drain_timeout_s),
+                )
+                .await?;
+                Step::Verifying
+            }
+            Step::Verifying => {
+                let at = draft.fence_lsn.unwrap_or(Lsn::ZERO);
+                let summary =
+                    final_verify(&self.sides.before, &self.firing, at, settings.final_verify)
+                        .await?;
+                say!("  final check: {summary}");
+                Step::Sequences
+            }
+            Step::Sequences => {
+                sync_sequences(&self.sides.before, settings.sequence_margin).await?;
+                Step::ReverseSlot
+            }
+            Step::ReverseSlot => {
+                if let Some(p) = &settings.pgbouncer {
+                    // The last look before the point of no return.
+                    pgbouncer::check_config(&p.config_file, &p.database)?;
+                }
+                let start = create_slot(&self.sides.after).await?;
+                // A check saved in an earlier epoch of the next direction says nothing of it:
+                // the way back needs a check made after this switch.
+                forget_file(&self.sides.after.verify.report_path)?;
+                draft.next_start = Some(start);
+                // The point of no return: the next epoch is recorded.
+                draft.epoch += 1;
+                draft.direction = draft.direction.other();
+                draft.epoch_start = Some(start);
+                Step::Moving
+            }
+            Step::Moving => {
+                fence::open(&self.new, &self.cfg.name).await?;
+                move_traffic(
+                    self.cfg,
+                    self.bouncer.as_ref(),
+                    &self.sides.new,
+                    draft.direction,
+                )
+                .await?;
+                Step::Idle
+            }
+        })
     }
 }
 
@@ -553,24 +634,20 @@ async fn final_verify(
     .with_hint("see `cutover verify PIPELINE` for the keys; repair with `cutover verify --repair PIPELINE`"))
 }
 
-/// The keys the running pipeline changed up to `fence`, with the position the last clean check
-/// began at; None (every row is compared) when either is missing.
 /// The triggers of the PostgreSQL targets that fire for cutover's own writes (see
 /// `PgSink::triggers_firing_on_apply`), as `sink/table: trigger`.
 async fn firing_triggers(before: &Pipeline, tables: &[TableName]) -> Result<Vec<String>> {
-    let ctx = crate::connect::target_context(before, "");
     let mut firing = Vec::new();
-    for sink in &before.sinks {
-        if let Some(target) = crate::targets::postgres(&**sink) {
-            let pg = target.connect_sink(&ctx).await?;
-            for line in pg.triggers_firing_on_apply(tables).await? {
-                firing.push(format!("{}/{line}", sink.name()));
-            }
+    for pg in crate::connect::pg_sinks(before).await? {
+        for line in pg.triggers_firing_on_apply(tables).await? {
+            firing.push(format!("{}/{line}", pg.name()));
         }
     }
     Ok(firing)
 }
 
+/// The keys the running pipeline changed up to `fence`, with the position the last clean check
+/// began at; None (every row is compared) when either is missing.
 async fn changed_keys(before: &Pipeline, fence: Lsn) -> Option<(Arc<Journal>, Lsn)> {
     let report = &before.verify.report_path;
     let saved = match crate::state::Identity::of(before).await {
@@ -612,19 +689,18 @@ const RESTREAM_GRACE: Duration = Duration::from_secs(10);
 const CHANGED_KEYS_WAIT: Duration = Duration::from_secs(5);
 
 /// Sets every PostgreSQL sink's sequences `margin` steps past the source's (what
-/// `cutover sync-sequences` does). Prints one line per sequence.
-pub async fn sync_sequences(cfg: &Pipeline, margin: u32) -> Result<usize> {
+/// `cutover sync-sequences` does). Prints one line per sequence; returns how many sequences
+/// the source has for the pipeline's columns, or `None` when no sink is PostgreSQL.
+pub async fn sync_sequences(cfg: &Pipeline, margin: u32) -> Result<Option<usize>> {
+    let targets = crate::connect::pg_sinks(cfg).await?;
+    if targets.is_empty() {
+        return Ok(None);
+    }
     let source = crate::connect::source(cfg).await?;
     let sequences = source.sequences().await?;
-    let mut targets = 0;
-    for target in cfg
-        .sinks
-        .iter()
-        .filter_map(|s| crate::targets::postgres(&**s))
-    {
-        targets += 1;
-        let name = &target.name;
-        let client = target.endpoint()?.connect().await?;
+    for target in &targets {
+        let name = target.name();
+        let client = target.endpoint().connect().await?;
         for seq in &sequences {
             let done =
                 cutover_postgres::sequences::sync_sequence(&client, seq, i64::from(margin)).await?;
@@ -653,7 +729,7 @@ pub async fn sync_sequences(cfg: &Pipeline, margin: u32) -> Result<usize> {
             );
         }
     }
-    Ok(if targets == 0 { 0 } else { sequences.len() })
+    Ok(Some(sequences.len()))
 }
 
 /// Creates the publication and slot the pipeline streams from after the switch, on the new

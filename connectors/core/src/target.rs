@@ -78,6 +78,14 @@ pub trait Target: Send + Sync + Any {
     /// operator (`cutover teardown --target-state`).
     async fn forget_state(&self, ctx: &TargetContext) -> Result<String>;
 
+    /// Prepares the target for every table to be copied again under a new slot (`cutover
+    /// recover`), and says what was done, for the operator. By default its progress is
+    /// forgotten ([`Target::forget_state`]) and every table is sent again.
+    async fn prepare_recopy(&self, ctx: &TargetContext) -> Result<String> {
+        let deleted = self.forget_state(ctx).await?;
+        Ok(format!("{deleted}; every table is sent again (keys deleted on the source while the slot was lost stay in it: see docs/operations.md)"))
+    }
+
     /// Whether `cutover apply` can feed the target: it keeps its progress in itself, in the
     /// same transaction as the rows (or documents) it covers, so workers that share a topic's
     /// partitions can take over each other's progress. False by default.

@@ -106,6 +106,13 @@ impl Target for PgTarget {
         Ok("checkpoints and copy records deleted".into())
     }
 
+    /// Marks every copied table to be copied again; each copy replaces the table's rows in one
+    /// transaction, so the target keeps serving its rows meanwhile.
+    async fn prepare_recopy(&self, ctx: &TargetContext) -> Result<String> {
+        let marked = self.connect_sink(ctx).await?.mark_for_recopy().await?;
+        Ok(format!("{marked} table(s) marked to be copied again; each copy replaces the table's rows in one transaction"))
+    }
+
     async fn table_side(&self, table: Arc<TableSchema>) -> Result<(Box<dyn TableSide>, Precision)> {
         let precision = Precision {
             user_types_as_text: true,
