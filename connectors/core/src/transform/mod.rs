@@ -447,37 +447,49 @@ impl TableTransform {
     }
 }
 
-impl Stage {
-    fn compile(
-        spec: &TransformSpec,
-        input: &Arc<TableSchema>,
-        key: Option<&MaskKey>,
-    ) -> Result<Stage, TransformError> {
+/// Masked input columns by index, with their mask and where it was written.
+type Masked<'a> = BTreeMap<usize, (&'a Mask, &'a str)>;
+
+/// One spec's rules, read against the layout entering them.
+struct StageRules<'a> {
+    spec: &'a TransformSpec,
+    input: &'a Arc<TableSchema>,
+}
+
+impl<'a> StageRules<'a> {
+    /// The index of the input column `name` (`what` names the rule); refuses a column the table
+    /// does not have.
+    fn find(&self, name: &Placed<String>, what: &str) -> Result<usize, TransformError> {
+        let input = self.input;
         let table = &input.name;
-        let find = |name: &Placed<String>, what: &str| -> Result<usize, TransformError> {
-            input
-                .columns
-                .iter()
-                .position(|c| c.name == name.value)
-                .map_or_else(
-                    || {
-                        refuse(
-                            &name.place,
-                            format!(
-                                "{what} names column {:?}, which {table} does not have (it has {})",
-                                name.value,
-                                column_list(input)
-                            ),
-                            "use one of the table's column names, spelled exactly",
-                        )
-                    },
-                    Ok,
-                )
-        };
-        // Masks.
-        let mut masked: BTreeMap<usize, (&Mask, &str)> = BTreeMap::new();
-        for (name, mask) in &spec.masks {
-            let i = find(name, "a mask")?;
+        input
+            .columns
+            .iter()
+            .position(|c| c.name == name.value)
+            .map_or_else(
+                || {
+                    refuse(
+                        &name.place,
+                        format!(
+                            "{what} names column {:?}, which {table} does not have (it has {})",
+                            name.value,
+                            column_list(input)
+                        ),
+                        "use one of the table's column names, spelled exactly",
+                    )
+                },
+                Ok,
+            )
+    }
+
+    /// The masked columns; refuses a mask on a key column, a second mask, a hash mask without
+    /// a key or on a user-defined type, and a fixed value that is not of the column's type.
+    fn masks(&self, key: Option<&MaskKey>) -> Result<Masked<'a>, TransformError> {
+        let input = self.input;
+        let table = &input.name;
+        let mut masked: Masked<'a> = BTreeMap::new();
+        for (name, mask) in &self.spec.masks {
+            let i = self.find(name, "a mask")?;
             let c = &input.columns[i];
             if c.key {
                 return refuse(
@@ -522,8 +534,13 @@ impl Stage {
                 _ => {}
             }
         }
-        // The filter.
-        let filter = match &spec.filter {
+        Ok(masked)
+    }
+
+    /// The filter bound to the input layout; refuses one that reads a masked column.
+    fn filter(&self, masked: &Masked) -> Result<Option<predicate::Bound>, TransformError> {
+        let input = self.input;
+        Ok(match &self.spec.filter {
             None => None,
             Some(f) => {
                 for col in f.value.columns() {
@@ -546,17 +563,22 @@ impl Stage {
                     fix: "correct the filter (see docs/transforms.md for its grammar)".into(),
                 })?)
             }
-        };
-        // Selection.
+        })
+    }
+
+    /// Which input columns are kept; refuses leaving out a key column.
+    fn selection(&self) -> Result<Vec<bool>, TransformError> {
+        let (spec, input) = (self.spec, self.input);
+        let table = &input.name;
         let mut keep: Vec<bool> = vec![true; input.columns.len()];
         if let Some(columns) = &spec.columns {
             keep = vec![false; input.columns.len()];
             for name in columns {
-                keep[find(name, "columns")?] = true;
+                keep[self.find(name, "columns")?] = true;
             }
         }
         for name in &spec.exclude_columns {
-            keep[find(name, "exclude_columns")?] = false;
+            keep[self.find(name, "exclude_columns")?] = false;
         }
         for (i, c) in input.columns.iter().enumerate() {
             if c.key && !keep[i] {
@@ -575,10 +597,14 @@ impl Stage {
                 );
             }
         }
-        // Renames.
-        let mut names: Vec<String> = input.columns.iter().map(|c| c.name.clone()).collect();
-        for (old, new) in &spec.rename_columns {
-            let i = find(old, "rename_columns")?;
+        Ok(keep)
+    }
+
+    /// Each input column's name after the renames; refuses an empty new name.
+    fn renames(&self) -> Result<Vec<String>, TransformError> {
+        let mut names: Vec<String> = self.input.columns.iter().map(|c| c.name.clone()).collect();
+        for (old, new) in &self.spec.rename_columns {
+            let i = self.find(old, "rename_columns")?;
             if new.is_empty() {
                 return refuse(
                     &old.place,
@@ -588,7 +614,137 @@ impl Stage {
             }
             names[i] = new.clone();
         }
-        // Output columns.
+        Ok(names)
+    }
+
+    /// Where the output name of input column `c` was given: its rename, else the table's rules.
+    fn name_place(&self, c: &Column) -> &'a str {
+        let spec = self.spec;
+        spec.rename_columns
+            .iter()
+            .find(|(o, _)| o.value == c.name)
+            .map_or(spec.table.place.as_str(), |(o, _)| o.place.as_str())
+    }
+
+    /// An added column's values, type and type name; refuses a constant of a type constants
+    /// cannot have or not of its type, and a template that cannot be read.
+    fn derived(
+        &self,
+        add: &AddColumn,
+        masked: &Masked,
+    ) -> Result<(Output, u32, String), TransformError> {
+        let name = &add.name;
+        Ok(match &add.derived {
+            Derived::Constant { value, type_name } => {
+                let Some(type_oid) = type_by_name(type_name) else {
+                    return refuse(
+                        &name.place,
+                        format!("the added column {:?} has type {type_name:?}, which constants cannot have", name.value),
+                        "use one of text, bigint, integer, smallint, boolean, numeric, double precision, real, uuid, date, timestamp, timestamptz, jsonb",
+                    );
+                };
+                let Some(bytes) = encode_text(type_oid, value) else {
+                    return refuse(
+                        &name.place,
+                        format!("{value:?} is not a {type_name}"),
+                        "write a value of the column's type",
+                    );
+                };
+                (Output::Constant(bytes), type_oid, type_name.clone())
+            }
+            Derived::Template(text) => (
+                Output::Template(self.template(text, name, masked)?),
+                oid::TEXT,
+                "text".to_string(),
+            ),
+        })
+    }
+
+    /// A template's text and column pieces; refuses a `{` without its `}`, an unknown column
+    /// and a masked column.
+    fn template(
+        &self,
+        text: &str,
+        name: &Placed<String>,
+        masked: &Masked,
+    ) -> Result<Vec<Piece>, TransformError> {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_string()));
+            }
+            let Some(close) = rest[open..].find('}') else {
+                return refuse(
+                    &name.place,
+                    format!("the template {text:?} has a {{ without its }}"),
+                    "write column references as {column_name}",
+                );
+            };
+            let col = Placed::new(rest[open + 1..open + close].to_string(), name.place.clone());
+            let index = self.find(&col, "a template")?;
+            if masked.contains_key(&index) {
+                return refuse(
+                    &name.place,
+                    format!("the template reads column {:?}, which is masked", col.value),
+                    "build derived columns from columns that are not masked",
+                );
+            }
+            pieces.push(Piece::Column {
+                index,
+                type_oid: self.input.columns[index].type_oid,
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        Ok(pieces)
+    }
+}
+
+/// Input column `c` (at `i`) as it leaves the stage, named `name`, and how its values are made
+/// under its mask, if any.
+fn kept_column(c: &Column, i: usize, name: &str, mask: Option<&(&Mask, &str)>) -> (Column, Output) {
+    let mut col = c.clone();
+    col.name = name.to_owned();
+    let output = match mask {
+        None => Output::Column(i),
+        Some((Mask::Null, _)) => {
+            col.nullable = true;
+            col.default = None;
+            Output::Null
+        }
+        Some((Mask::Hash, _)) => {
+            col.type_oid = oid::TEXT;
+            col.type_name = "text".into();
+            col.type_modifier = -1;
+            col.default = None;
+            Output::Hash {
+                index: i,
+                type_oid: c.type_oid,
+            }
+        }
+        Some((Mask::Value(v), _)) => {
+            col.default = None;
+            Output::Constant(encode_text(c.type_oid, v).expect("checked above"))
+        }
+    };
+    (col, output)
+}
+
+impl Stage {
+    fn compile(
+        spec: &TransformSpec,
+        input: &Arc<TableSchema>,
+        key: Option<&MaskKey>,
+    ) -> Result<Stage, TransformError> {
+        let table = &input.name;
+        let rules = StageRules { spec, input };
+        let masked = rules.masks(key)?;
+        let filter = rules.filter(&masked)?;
+        let keep = rules.selection()?;
+        let names = rules.renames()?;
         let mut columns = Vec::new();
         let mut out_cols: Vec<Column> = Vec::new();
         let mut key_flags = Vec::new();
@@ -597,35 +753,8 @@ impl Stage {
             if !keep[i] {
                 continue;
             }
-            let mut col = c.clone();
-            col.name = names[i].clone();
-            let output = match masked.get(&i) {
-                None => Output::Column(i),
-                Some((Mask::Null, _)) => {
-                    col.nullable = true;
-                    col.default = None;
-                    Output::Null
-                }
-                Some((Mask::Hash, _)) => {
-                    col.type_oid = oid::TEXT;
-                    col.type_name = "text".into();
-                    col.type_modifier = -1;
-                    col.default = None;
-                    Output::Hash {
-                        index: i,
-                        type_oid: c.type_oid,
-                    }
-                }
-                Some((Mask::Value(v), _)) => {
-                    col.default = None;
-                    Output::Constant(encode_text(c.type_oid, v).expect("checked above"))
-                }
-            };
-            let place = spec
-                .rename_columns
-                .iter()
-                .find(|(o, _)| o.value == c.name)
-                .map_or(spec.table.place.as_str(), |(o, _)| o.place.as_str());
+            let (col, output) = kept_column(c, i, &names[i], masked.get(&i));
+            let place = rules.name_place(c);
             if seen.insert(col.name.clone(), place).is_some() {
                 return refuse(
                     place,
@@ -649,65 +778,7 @@ impl Stage {
                     "give the added column a name of its own",
                 );
             }
-            let (output, type_oid, type_name) = match &add.derived {
-                Derived::Constant { value, type_name } => {
-                    let Some(type_oid) = type_by_name(type_name) else {
-                        return refuse(
-                            &name.place,
-                            format!("the added column {:?} has type {type_name:?}, which constants cannot have", name.value),
-                            "use one of text, bigint, integer, smallint, boolean, numeric, double precision, real, uuid, date, timestamp, timestamptz, jsonb",
-                        );
-                    };
-                    let Some(bytes) = encode_text(type_oid, value) else {
-                        return refuse(
-                            &name.place,
-                            format!("{value:?} is not a {type_name}"),
-                            "write a value of the column's type",
-                        );
-                    };
-                    (Output::Constant(bytes), type_oid, type_name.clone())
-                }
-                Derived::Template(text) => {
-                    let mut pieces = Vec::new();
-                    let mut rest = text.as_str();
-                    while let Some(open) = rest.find('{') {
-                        if open > 0 {
-                            pieces.push(Piece::Text(rest[..open].to_string()));
-                        }
-                        let Some(close) = rest[open..].find('}') else {
-                            return refuse(
-                                &name.place,
-                                format!("the template {text:?} has a {{ without its }}"),
-                                "write column references as {column_name}",
-                            );
-                        };
-                        let col = Placed::new(
-                            rest[open + 1..open + close].to_string(),
-                            name.place.clone(),
-                        );
-                        let index = find(&col, "a template")?;
-                        if masked.contains_key(&index) {
-                            return refuse(
-                                &name.place,
-                                format!(
-                                    "the template reads column {:?}, which is masked",
-                                    col.value
-                                ),
-                                "build derived columns from columns that are not masked",
-                            );
-                        }
-                        pieces.push(Piece::Column {
-                            index,
-                            type_oid: input.columns[index].type_oid,
-                        });
-                        rest = &rest[open + close + 1..];
-                    }
-                    if !rest.is_empty() {
-                        pieces.push(Piece::Text(rest.to_string()));
-                    }
-                    (Output::Template(pieces), oid::TEXT, "text".to_string())
-                }
-            };
+            let (output, type_oid, type_name) = rules.derived(add, &masked)?;
             key_flags.push(false);
             out_cols.push(Column {
                 name: name.value.clone(),
