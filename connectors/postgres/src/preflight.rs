@@ -1,7 +1,9 @@
 //! Checks run before anything is created: each failed check says what is wrong and the fix.
 
+use std::ops::ControlFlow;
+
 use cutover_core::Result;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row};
 
 use crate::catalog::SourceTable;
 use crate::error::classify;
@@ -57,55 +59,18 @@ pub async fn check_source(
     slot: &str,
     publication: &str,
 ) -> Result<Vec<Finding>> {
-    let q = |sql: &'static str| async move {
-        client
-            .query_one(sql, &[])
-            .await
-            .map_err(|e| classify(e, "cannot run the source preflight checks"))
-    };
     let mut out = vec![version_finding(caps)];
     if !caps.publish_via_root() {
-        for t in tables.iter().filter(|t| t.relkind == 'p') {
-            out.push(Finding::pass(
-                "partitioned table",
-                format!(
-                    "{} is a partitioned table, which PostgreSQL {} cannot publish \
-                     (publish_via_partition_root came with 13): cutover publishes its partitions \
-                     and applies their changes to it; a partition attached later joins the \
-                     publication and its rows are copied",
-                    t.schema.name,
-                    caps.major()
-                ),
-            ));
-        }
+        partition_notes(caps, tables, &mut out);
     }
 
-    let wal_level: String = q("SHOW wal_level").await?.get(0);
-    out.push(if wal_level == "logical" {
-        Finding::pass("wal_level", "wal_level is logical")
-    } else {
-        Finding::fail(
-            "wal_level",
-            format!("wal_level is {wal_level}; logical replication needs logical"),
-            "run ALTER SYSTEM SET wal_level = logical; on the source, then restart it",
-        )
-    });
+    let wal_level: String = preflight_row(client, "SHOW wal_level").await?.get(0);
+    out.push(wal_level_finding(&wal_level));
 
-    let role = q("SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").await?;
+    let role = preflight_row(client, "SELECT current_user::text, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").await?;
     let (user, superuser, replication): (String, bool, bool) =
         (role.get(0), role.get(1), role.get(2));
-    out.push(if superuser || replication {
-        Finding::pass(
-            "replication privilege",
-            format!("role {user} may replicate"),
-        )
-    } else {
-        Finding::fail(
-            "replication privilege",
-            format!("role {user} has neither REPLICATION nor SUPERUSER"),
-            format!("ALTER ROLE \"{user}\" REPLICATION;"),
-        )
-    });
+    out.push(replication_finding(&user, superuser, replication));
 
     let publication_exists: bool = client
         .query_one(
@@ -115,81 +80,20 @@ pub async fn check_source(
         .await
         .map_err(|e| classify(e, "cannot read pg_publication"))?
         .get(0);
+    let checks = TableChecks {
+        client,
+        caps,
+        user: &user,
+        superuser,
+        publication,
+        publication_exists,
+    };
     for t in tables {
-        let name = t.schema.name.quoted();
-        let (select, owner): (bool, bool) = {
-            let r = client
-                .query_one(
-                    "SELECT has_table_privilege(c.oid, 'SELECT'),
-                            pg_has_role(c.relowner, 'USAGE')
-                       FROM pg_class c WHERE c.oid = $1",
-                    &[&t.oid],
-                )
-                .await
-                .map_err(|e| classify(e, "cannot read table privileges"))?;
-            (r.get(0), r.get(1))
-        };
-        if !select {
-            out.push(Finding::fail(
-                "table privilege",
-                format!("role {user} cannot read {}", t.schema.name),
-                format!("GRANT SELECT ON {name} TO \"{user}\";"),
-            ));
-        }
-        if !publication_exists && !superuser && !owner {
-            out.push(Finding::fail(
-                "publication ownership",
-                format!("role {user} does not own {}, so it cannot add it to the publication", t.schema.name),
-                format!("let the owner run CREATE PUBLICATION \"{publication}\" FOR TABLE ... (every selected table) before cutover starts"),
-            ));
-        }
-        // A published table without a replica identity makes the application's own UPDATE and
-        // DELETE statements fail on the source: never let that happen.
-        if t.replica_identity == 'n' {
-            out.push(Finding::fail(
-                "row key",
-                format!(
-                    "{} has REPLICA IDENTITY NOTHING: once published, updates and deletes on it would fail on the source",
-                    t.schema.name
-                ),
-                format!("ALTER TABLE {name} REPLICA IDENTITY DEFAULT;"),
-            ));
-            continue;
-        }
-        if t.key_origin.is_none() && t.relkind == 'p' {
-            let fix = if caps.major() == 10 {
-                "give every partition the same primary key, holding the partition key (PostgreSQL 10 \
-                 cannot give the partitioned table one: 11 can), or leave the table out of source.tables"
-            } else {
-                "add a primary key to the partitioned table (ALTER TABLE ... ADD PRIMARY KEY (...), \
-                 holding the partition key), or give every partition the same one"
-            };
-            out.push(Finding::fail(
-                "row key",
-                format!(
-                    "{} is a partitioned table with no primary key of its own, and its partitions do \
-                     not all have the same primary key (or replica identity index), so its changes \
-                     cannot be applied by key",
-                    t.schema.name
-                ),
-                fix,
-            ));
-            continue;
-        }
-        out.push(match t.key_origin {
-            Some(origin) => Finding::pass("row key", format!("{} is keyed by its {origin}", t.schema.name)),
-            None => Finding::fail(
-                "row key",
-                format!(
-                    "{} has no primary key and no replica identity index, so its updates and deletes cannot be applied by key",
-                    t.schema.name
-                ),
-                key_fix(client, t.oid, &name).await?,
-            ),
-        });
+        checks.table(t, &mut out).await?;
     }
 
-    let slots = q(
+    let slots = preflight_row(
+        client,
         "SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
                 current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int",
     )
@@ -210,55 +114,8 @@ pub async fn check_source(
         .map_err(|e| classify(e, "cannot read pg_replication_slots"))?;
     match &existing {
         Some(r) => {
-            let plugin: Option<String> = r.get(0);
-            let pid: Option<i32> = r.get(1);
-            let same_db: Option<bool> = r.get(2);
-            let wal_status: Option<String> = r.get(3);
-            let safe: Option<i64> = r.get(4);
-            let retained: Option<String> = r.get(5);
-            if wal_status.as_deref() == Some("lost") {
-                out.push(Finding::fail(
-                    "replication slot",
-                    format!(
-                        "slot {slot} was invalidated by the source (wal_status = lost): it fell more than \
-                         max_slot_wal_keep_size behind, and the WAL it needed was removed. The changes \
-                         in that WAL cannot be streamed to the targets any more"
-                    ),
-                    crate::error::RECOVER_FIX,
-                ));
+            if existing_slot_findings(slot, r, &mut out).is_break() {
                 return Ok(out);
-            }
-            if wal_status.as_deref() == Some("unreserved") {
-                out.push(Finding::warn(
-                    "slot WAL",
-                    format!(
-                        "slot {slot} retains {} of WAL and is past max_slot_wal_keep_size (wal_status = unreserved): \
-                         the next checkpoint can remove WAL it needs, and the slot is then lost",
-                        retained.as_deref().unwrap_or("?")
-                    ),
-                    "start `cutover run` now so the slot catches up, or raise max_slot_wal_keep_size \
-                     (ALTER SYSTEM SET max_slot_wal_keep_size = ...; SELECT pg_reload_conf();)",
-                ));
-            } else if let (Some(safe), Some(retained)) = (safe, &retained) {
-                out.push(Finding::pass(
-                    "slot WAL",
-                    format!("slot {slot} retains {retained} of WAL; it is lost after {} more", pretty_bytes(safe)),
-                ));
-            }
-            if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
-                out.push(Finding::fail(
-                    "replication slot",
-                    format!("slot {slot} exists but is not a pgoutput slot of this database"),
-                    "choose another source.slot, or drop that slot if nothing uses it",
-                ));
-            } else if let Some(pid) = pid {
-                out.push(Finding::fail(
-                    "replication slot",
-                    format!("slot {slot} is in use by process {pid} (another cutover run?)"),
-                    format!("stop the other run, or end that session: SELECT pg_terminate_backend({pid});"),
-                ));
-            } else {
-                out.push(Finding::pass("replication slot", format!("slot {slot} exists and is free; the run resumes from it")));
             }
         }
         None if free_slots < 2 => out.push(Finding::fail(
@@ -279,6 +136,217 @@ pub async fn check_source(
         )
     });
     Ok(out)
+}
+
+/// The one row `sql` returns; a failure is an error of the preflight checks.
+async fn preflight_row(client: &Client, sql: &'static str) -> Result<Row> {
+    client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| classify(e, "cannot run the source preflight checks"))
+}
+
+/// Before PostgreSQL 13: how each partitioned table is replicated through its partitions.
+fn partition_notes(caps: Capabilities, tables: &[SourceTable], out: &mut Vec<Finding>) {
+    for t in tables.iter().filter(|t| t.relkind == 'p') {
+        out.push(Finding::pass(
+            "partitioned table",
+            format!(
+                "{} is a partitioned table, which PostgreSQL {} cannot publish \
+                 (publish_via_partition_root came with 13): cutover publishes its partitions \
+                 and applies their changes to it; a partition attached later joins the \
+                 publication and its rows are copied",
+                t.schema.name,
+                caps.major()
+            ),
+        ));
+    }
+}
+
+/// Passes when `wal_level` is logical.
+fn wal_level_finding(wal_level: &str) -> Finding {
+    if wal_level == "logical" {
+        Finding::pass("wal_level", "wal_level is logical")
+    } else {
+        Finding::fail(
+            "wal_level",
+            format!("wal_level is {wal_level}; logical replication needs logical"),
+            "run ALTER SYSTEM SET wal_level = logical; on the source, then restart it",
+        )
+    }
+}
+
+/// Passes when the role is a superuser or has REPLICATION.
+fn replication_finding(user: &str, superuser: bool, replication: bool) -> Finding {
+    if superuser || replication {
+        Finding::pass(
+            "replication privilege",
+            format!("role {user} may replicate"),
+        )
+    } else {
+        Finding::fail(
+            "replication privilege",
+            format!("role {user} has neither REPLICATION nor SUPERUSER"),
+            format!("ALTER ROLE \"{user}\" REPLICATION;"),
+        )
+    }
+}
+
+/// What the per-table checks know of the role and the publication.
+struct TableChecks<'a> {
+    client: &'a Client,
+    caps: Capabilities,
+    user: &'a str,
+    superuser: bool,
+    publication: &'a str,
+    publication_exists: bool,
+}
+
+impl TableChecks<'_> {
+    /// One table's findings: whether the role can read it, whether it can add it to the
+    /// publication, and its row key.
+    async fn table(&self, t: &SourceTable, out: &mut Vec<Finding>) -> Result<()> {
+        let (user, publication) = (self.user, self.publication);
+        let name = t.schema.name.quoted();
+        let (select, owner): (bool, bool) = {
+            let r = self
+                .client
+                .query_one(
+                    "SELECT has_table_privilege(c.oid, 'SELECT'),
+                            pg_has_role(c.relowner, 'USAGE')
+                       FROM pg_class c WHERE c.oid = $1",
+                    &[&t.oid],
+                )
+                .await
+                .map_err(|e| classify(e, "cannot read table privileges"))?;
+            (r.get(0), r.get(1))
+        };
+        if !select {
+            out.push(Finding::fail(
+                "table privilege",
+                format!("role {user} cannot read {}", t.schema.name),
+                format!("GRANT SELECT ON {name} TO \"{user}\";"),
+            ));
+        }
+        if !self.publication_exists && !self.superuser && !owner {
+            out.push(Finding::fail(
+                "publication ownership",
+                format!("role {user} does not own {}, so it cannot add it to the publication", t.schema.name),
+                format!("let the owner run CREATE PUBLICATION \"{publication}\" FOR TABLE ... (every selected table) before cutover starts"),
+            ));
+        }
+        out.push(self.row_key(t, &name).await?);
+        Ok(())
+    }
+
+    /// Whether changes to the table can be applied by key, and if not, the fix (`name` is
+    /// the table's quoted name).
+    async fn row_key(&self, t: &SourceTable, name: &str) -> Result<Finding> {
+        // A published table without a replica identity makes the application's own UPDATE and
+        // DELETE statements fail on the source: never let that happen.
+        if t.replica_identity == 'n' {
+            return Ok(Finding::fail(
+                "row key",
+                format!(
+                    "{} has REPLICA IDENTITY NOTHING: once published, updates and deletes on it would fail on the source",
+                    t.schema.name
+                ),
+                format!("ALTER TABLE {name} REPLICA IDENTITY DEFAULT;"),
+            ));
+        }
+        if t.key_origin.is_none() && t.relkind == 'p' {
+            let fix = if self.caps.major() == 10 {
+                "give every partition the same primary key, holding the partition key (PostgreSQL 10 \
+                 cannot give the partitioned table one: 11 can), or leave the table out of source.tables"
+            } else {
+                "add a primary key to the partitioned table (ALTER TABLE ... ADD PRIMARY KEY (...), \
+                 holding the partition key), or give every partition the same one"
+            };
+            return Ok(Finding::fail(
+                "row key",
+                format!(
+                    "{} is a partitioned table with no primary key of its own, and its partitions do \
+                     not all have the same primary key (or replica identity index), so its changes \
+                     cannot be applied by key",
+                    t.schema.name
+                ),
+                fix,
+            ));
+        }
+        Ok(match t.key_origin {
+            Some(origin) => Finding::pass("row key", format!("{} is keyed by its {origin}", t.schema.name)),
+            None => Finding::fail(
+                "row key",
+                format!(
+                    "{} has no primary key and no replica identity index, so its updates and deletes cannot be applied by key",
+                    t.schema.name
+                ),
+                key_fix(self.client, t.oid, name).await?,
+            ),
+        })
+    }
+}
+
+/// The findings for our slot when it exists (`r`: its row of pg_replication_slots): its WAL,
+/// and whether the run can use it. Breaks when the slot is lost, which ends the checks.
+fn existing_slot_findings(slot: &str, r: &Row, out: &mut Vec<Finding>) -> ControlFlow<()> {
+    let plugin: Option<String> = r.get(0);
+    let pid: Option<i32> = r.get(1);
+    let same_db: Option<bool> = r.get(2);
+    let wal_status: Option<String> = r.get(3);
+    let safe: Option<i64> = r.get(4);
+    let retained: Option<String> = r.get(5);
+    if wal_status.as_deref() == Some("lost") {
+        out.push(Finding::fail(
+            "replication slot",
+            format!(
+                "slot {slot} was invalidated by the source (wal_status = lost): it fell more than \
+                 max_slot_wal_keep_size behind, and the WAL it needed was removed. The changes \
+                 in that WAL cannot be streamed to the targets any more"
+            ),
+            crate::error::RECOVER_FIX,
+        ));
+        return ControlFlow::Break(());
+    }
+    if wal_status.as_deref() == Some("unreserved") {
+        out.push(Finding::warn(
+            "slot WAL",
+            format!(
+                "slot {slot} retains {} of WAL and is past max_slot_wal_keep_size (wal_status = unreserved): \
+                 the next checkpoint can remove WAL it needs, and the slot is then lost",
+                retained.as_deref().unwrap_or("?")
+            ),
+            "start `cutover run` now so the slot catches up, or raise max_slot_wal_keep_size \
+             (ALTER SYSTEM SET max_slot_wal_keep_size = ...; SELECT pg_reload_conf();)",
+        ));
+    } else if let (Some(safe), Some(retained)) = (safe, &retained) {
+        out.push(Finding::pass(
+            "slot WAL",
+            format!(
+                "slot {slot} retains {retained} of WAL; it is lost after {} more",
+                pretty_bytes(safe)
+            ),
+        ));
+    }
+    if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+        out.push(Finding::fail(
+            "replication slot",
+            format!("slot {slot} exists but is not a pgoutput slot of this database"),
+            "choose another source.slot, or drop that slot if nothing uses it",
+        ));
+    } else if let Some(pid) = pid {
+        out.push(Finding::fail(
+            "replication slot",
+            format!("slot {slot} is in use by process {pid} (another cutover run?)"),
+            format!("stop the other run, or end that session: SELECT pg_terminate_backend({pid});"),
+        ));
+    } else {
+        out.push(Finding::pass(
+            "replication slot",
+            format!("slot {slot} exists and is free; the run resumes from it"),
+        ));
+    }
+    ControlFlow::Continue(())
 }
 
 /// The source's version and what it means for the run.
