@@ -126,61 +126,14 @@ impl PgTableSide {
     ) -> Result<PgTableSide> {
         let client = endpoint.connect().await?;
         if let Some(problem) = shape_problem(&client, &table).await? {
-            let (what, hint) = match problem {
-                ShapeProblem::Missing => (
-                    format!("table {} does not exist on the {} {endpoint}", table.name, endpoint.role()),
-                    "create it (cutover run creates missing target tables), or leave it out with --table".to_string(),
-                ),
-                ShapeProblem::MissingColumns(cols) => (
-                    format!(
-                        "table {} on the {} {endpoint} lacks column(s) {}",
-                        table.name,
-                        endpoint.role(),
-                        cols.join(", ")
-                    ),
-                    "add the columns, or compare a table of the same shape".to_string(),
-                ),
-                ShapeProblem::KeyType {
-                    column,
-                    source,
-                    target,
-                } => (
-                    format!(
-                        "key column {column} of {} is {source} on the source but {target} on the {} {endpoint}; keys must have the same type on both sides",
-                        table.name,
-                        endpoint.role()
-                    ),
-                    format!("change the target's column to {source}"),
-                ),
-            };
-            return Err(ConnectorError::fatal(format!("{what}.")).with_hint(hint));
+            return Err(shape_error(problem, &table, endpoint));
         }
-        let keys = verify::key_columns(&table);
-        if keys.is_empty() {
-            return Err(ConnectorError::fatal(format!(
-                "table {} has no primary key or replica identity index, so its rows cannot be matched by key",
-                table.name
-            ))
-            .with_hint("add a primary key (see cutover check)"));
-        }
-        for &k in keys.iter() {
-            let c = &table.columns[k];
-            if !verify::orderable_key_type(c.type_oid) {
-                return Err(ConnectorError::fatal(format!(
-                    "key column {} of {} has type {}, which the checker cannot order yet",
-                    c.name, table.name, c.type_name
-                ))
-                .with_hint("leave the table out with --table, or compare it with another tool"));
-            }
-        }
-        let as_text = |c: &cutover_core::Column| {
-            precision.user_types_as_text && c.type_oid >= verify::canonical::FIRST_USER_OID
-        };
+        let keys = comparable_keys(&table)?;
         let list = table
             .columns
             .iter()
             .map(|c| {
-                if as_text(c) {
+                if read_as_text(precision, c) {
                     format!("{}::text", quote_ident(&c.name))
                 } else {
                     quote_ident(&c.name)
@@ -189,79 +142,8 @@ impl PgTableSide {
             .collect::<Vec<_>>()
             .join(", ");
         let ranges = prepare_ranges(&client, &table, &keys, &list).await?;
-        let key_match = keys
-            .iter()
-            .enumerate()
-            .map(|(i, &k)| format!("{} = ${}", quote_ident(&table.columns[k].name), i + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let raw_list = table.quoted_columns();
-        let mut by_key = Vec::with_capacity(2);
-        for columns in [&list, &raw_list] {
-            by_key.push(
-                client
-                    .prepare(&format!(
-                        "SELECT {columns} FROM {} WHERE {key_match}",
-                        table.name.quoted()
-                    ))
-                    .await
-                    .map_err(|e| classify(e, &format!("cannot read {} by key", table.name)))?,
-            );
-        }
-        let raw_by_key = by_key.pop().expect("two statements");
-        let by_key = by_key.pop().expect("two statements");
-        let batched = keys.iter().all(|&k| {
-            let c = &table.columns[k];
-            !c.type_name.is_empty() && c.type_oid < verify::canonical::FIRST_USER_OID
-        });
-        let by_keys = if batched {
-            let arrays = keys
-                .iter()
-                .enumerate()
-                .map(|(i, &k)| format!("${}::{}[]", i + 1, table.columns[k].type_name))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let names = (0..keys.len())
-                .map(|i| format!("cutover_key_{i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let on = keys
-                .iter()
-                .enumerate()
-                .map(|(i, &k)| {
-                    format!(
-                        "t.{} = k.cutover_key_{i}",
-                        quote_ident(&table.columns[k].name)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" AND ");
-            let columns = table
-                .columns
-                .iter()
-                .map(|c| {
-                    let q = format!("t.{}", quote_ident(&c.name));
-                    if as_text(c) {
-                        format!("{q}::text")
-                    } else {
-                        q
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "SELECT {columns} FROM {} t JOIN unnest({arrays}) AS k({names}) ON {on}",
-                table.name.quoted()
-            );
-            Some(
-                client
-                    .prepare(&sql)
-                    .await
-                    .map_err(|e| classify(e, &format!("cannot read {} by key", table.name)))?,
-            )
-        } else {
-            None
-        };
+        let (by_key, raw_by_key) = prepare_by_key(&client, &table, &keys, &list).await?;
+        let by_keys = prepare_by_keys(&client, &table, &keys, precision).await?;
         // Values are decoded as they are read: columns cast to text decode as text.
         let read = Arc::new(TableSchema {
             name: table.name.clone(),
@@ -270,7 +152,7 @@ impl PgTableSide {
                 .iter()
                 .map(|c| {
                     let mut c = c.clone();
-                    if as_text(&c) {
+                    if read_as_text(precision, &c) {
                         c.type_oid = cutover_core::datum::oid::TEXT;
                     }
                     c
@@ -546,6 +428,160 @@ impl PgTableSide {
             .map(Some)
             .map_err(bad)
     }
+}
+
+/// Whether column `c` is read in its text form at `precision` (a user-defined or extension
+/// type, when the target compares those as text).
+fn read_as_text(precision: Precision, c: &cutover_core::Column) -> bool {
+    precision.user_types_as_text && c.type_oid >= verify::canonical::FIRST_USER_OID
+}
+
+/// The error for a table that cannot be compared on `endpoint`, with its fix.
+fn shape_error(
+    problem: ShapeProblem,
+    table: &TableSchema,
+    endpoint: &PgEndpoint,
+) -> ConnectorError {
+    let (what, hint) = match problem {
+        ShapeProblem::Missing => (
+            format!("table {} does not exist on the {} {endpoint}", table.name, endpoint.role()),
+            "create it (cutover run creates missing target tables), or leave it out with --table".to_string(),
+        ),
+        ShapeProblem::MissingColumns(cols) => (
+            format!(
+                "table {} on the {} {endpoint} lacks column(s) {}",
+                table.name,
+                endpoint.role(),
+                cols.join(", ")
+            ),
+            "add the columns, or compare a table of the same shape".to_string(),
+        ),
+        ShapeProblem::KeyType {
+            column,
+            source,
+            target,
+        } => (
+            format!(
+                "key column {column} of {} is {source} on the source but {target} on the {} {endpoint}; keys must have the same type on both sides",
+                table.name,
+                endpoint.role()
+            ),
+            format!("change the target's column to {source}"),
+        ),
+    };
+    ConnectorError::fatal(format!("{what}.")).with_hint(hint)
+}
+
+/// The table's key columns; fails when it has none or one the checker cannot order.
+fn comparable_keys(table: &TableSchema) -> Result<Arc<[usize]>> {
+    let keys = verify::key_columns(table);
+    if keys.is_empty() {
+        return Err(ConnectorError::fatal(format!(
+            "table {} has no primary key or replica identity index, so its rows cannot be matched by key",
+            table.name
+        ))
+        .with_hint("add a primary key (see cutover check)"));
+    }
+    for &k in keys.iter() {
+        let c = &table.columns[k];
+        if !verify::orderable_key_type(c.type_oid) {
+            return Err(ConnectorError::fatal(format!(
+                "key column {} of {} has type {}, which the checker cannot order yet",
+                c.name, table.name, c.type_name
+            ))
+            .with_hint("leave the table out with --table, or compare it with another tool"));
+        }
+    }
+    Ok(keys)
+}
+
+/// The look-ups by key: one selecting `list`, and one selecting every column in binary format.
+async fn prepare_by_key(
+    client: &Client,
+    table: &TableSchema,
+    keys: &[usize],
+    list: &str,
+) -> Result<(Statement, Statement)> {
+    let key_match = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| format!("{} = ${}", quote_ident(&table.columns[k].name), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let raw_list = table.quoted_columns();
+    let mut by_key = Vec::with_capacity(2);
+    for columns in [list, raw_list.as_str()] {
+        by_key.push(
+            client
+                .prepare(&format!(
+                    "SELECT {columns} FROM {} WHERE {key_match}",
+                    table.name.quoted()
+                ))
+                .await
+                .map_err(|e| classify(e, &format!("cannot read {} by key", table.name)))?,
+        );
+    }
+    let raw_by_key = by_key.pop().expect("two statements");
+    let by_key = by_key.pop().expect("two statements");
+    Ok((by_key, raw_by_key))
+}
+
+/// The look-up of many keys in one query (an array per key column); `None` when a key column
+/// has a user-defined type.
+async fn prepare_by_keys(
+    client: &Client,
+    table: &TableSchema,
+    keys: &[usize],
+    precision: Precision,
+) -> Result<Option<Statement>> {
+    let batched = keys.iter().all(|&k| {
+        let c = &table.columns[k];
+        !c.type_name.is_empty() && c.type_oid < verify::canonical::FIRST_USER_OID
+    });
+    if !batched {
+        return Ok(None);
+    }
+    let arrays = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| format!("${}::{}[]", i + 1, table.columns[k].type_name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let names = (0..keys.len())
+        .map(|i| format!("cutover_key_{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let on = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            format!(
+                "t.{} = k.cutover_key_{i}",
+                quote_ident(&table.columns[k].name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let columns = table
+        .columns
+        .iter()
+        .map(|c| {
+            let q = format!("t.{}", quote_ident(&c.name));
+            if read_as_text(precision, c) {
+                format!("{q}::text")
+            } else {
+                q
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns} FROM {} t JOIN unnest({arrays}) AS k({names}) ON {on}",
+        table.name.quoted()
+    );
+    Ok(Some(client.prepare(&sql).await.map_err(|e| {
+        classify(e, &format!("cannot read {} by key", table.name))
+    })?))
 }
 
 /// The four range queries of a table (no bound, low, high, both), selecting `list`.
