@@ -249,7 +249,12 @@ mod tests {
         let json = serde_json::to_string(&view()).unwrap();
         assert_eq!(serde_json::from_str::<LiveView>(&json).unwrap(), view());
         // The console reads these names.
-        for key in ["\"rows_per_second\"", "\"eta_seconds\"", "\"history\"", "\"lag_seconds\""] {
+        for key in [
+            "\"rows_per_second\"",
+            "\"eta_seconds\"",
+            "\"history\"",
+            "\"lag_seconds\"",
+        ] {
             assert!(json.contains(key), "{key} missing from {json}");
         }
     }

@@ -515,7 +515,14 @@ mod tests {
             assert!(body.contains("actions are off"), "{body}");
             let (status, _) = ask(admin(true), "POST", "/api/pause", "localhost", None).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED);
-            let wrong = ask(admin(true), "POST", "/api/pause", "localhost", Some("guess")).await;
+            let wrong = ask(
+                admin(true),
+                "POST",
+                "/api/pause",
+                "localhost",
+                Some("guess"),
+            )
+            .await;
             assert_eq!(wrong.0, StatusCode::UNAUTHORIZED);
             // The right token, and no pass running to take the command.
             let (status, body) =
@@ -529,12 +536,17 @@ mod tests {
 
         #[tokio::test]
         async fn a_request_for_another_host_is_refused_before_any_route() {
-            let (status, body) =
-                ask(admin(true), "GET", "/api/live", "evil.example", None).await;
+            let (status, body) = ask(admin(true), "GET", "/api/live", "evil.example", None).await;
             assert_eq!(status, StatusCode::FORBIDDEN);
             assert!(body.contains("allowed_hosts"), "{body}");
-            let (status, _) =
-                ask(admin(true), "POST", "/api/pause", "evil.example:9187", Some(TOKEN)).await;
+            let (status, _) = ask(
+                admin(true),
+                "POST",
+                "/api/pause",
+                "evil.example:9187",
+                Some(TOKEN),
+            )
+            .await;
             assert_eq!(status, StatusCode::FORBIDDEN);
         }
 
@@ -554,7 +566,10 @@ mod tests {
                 metrics.contains("cutover_up{pipeline=\"shop\"} 1"),
                 "{metrics}"
             );
-            assert!(!metrics.contains("cutover_ready"), "no report yet: {metrics}");
+            assert!(
+                !metrics.contains("cutover_ready"),
+                "no report yet: {metrics}"
+            );
         }
     }
 }

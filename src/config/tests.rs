@@ -33,7 +33,8 @@ fn defaults_file_parses_and_fills_every_tunable() {
     assert_eq!(p.cutover.fence_lock_timeout_ms, 5000);
     let Some(pg) = p.sinks[0]
         .as_any()
-        .downcast_ref::<cutover_postgres::target::PgTarget>() else {
+        .downcast_ref::<cutover_postgres::target::PgTarget>()
+    else {
         panic!("the first sink is PostgreSQL")
     };
     assert_eq!(pg.url, "postgres://u:pa55@h/db");
@@ -91,7 +92,8 @@ fn secrets_are_read_from_files_and_masked() {
     let p = parse(&text, "shop.toml", &env).unwrap();
     let Some(pg) = p.sinks[0]
         .as_any()
-        .downcast_ref::<cutover_postgres::target::PgTarget>() else {
+        .downcast_ref::<cutover_postgres::target::PgTarget>()
+    else {
         panic!("the first sink is PostgreSQL")
     };
     assert_eq!(pg.url, "postgres://u:from-a-file-pw@h/db");

@@ -4,7 +4,6 @@
 use cutover_core::{ConnectorError, ErrorKind};
 use tokio_postgres::error::SqlState;
 
-
 /// Why a replication session failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReplicationError {
@@ -207,8 +206,8 @@ pub fn classify_replication(err: ReplicationError, context: &str) -> ConnectorEr
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::ServerError;
+    use super::*;
     fn server(message: &str, code: &str) -> ReplicationError {
         ReplicationError::Server(ServerError {
             code: code.into(),
