@@ -353,7 +353,8 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-fn json(status: StatusCode, doc: &serde_json::Value) -> Response {
+/// A JSON answer, written once from the value (a document or a typed view), secrets scrubbed.
+fn json(status: StatusCode, doc: &impl serde::Serialize) -> Response {
     let body = serde_json::to_string_pretty(doc).unwrap_or_default();
     (
         status,

@@ -67,10 +67,7 @@ async fn console() -> Response {
 
 /// The console's live view of this process (see the module's table).
 async fn live(State(admin): State<Admin>) -> Response {
-    json(
-        StatusCode::OK,
-        &serde_json::to_value(admin.live_view()).unwrap_or_default(),
-    )
+    json(StatusCode::OK, &admin.live_view())
 }
 
 /// The switch record, read from the primary target (the console follows a switch's steps
