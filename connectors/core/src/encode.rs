@@ -84,11 +84,30 @@ pub fn json_value(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Option<B
     if let Some(element) = array_element_oid(type_oid) {
         return array(element, v, style).map(Some);
     }
-    let text = || match v {
+    let out = match type_oid {
+        BOOL | INT2 | INT4 | OID | INT8 | FLOAT4 | FLOAT8 | NUMERIC | MONEY => {
+            json_number(type_oid, v, style)?
+        }
+        DATE | TIME | TIMETZ | TIMESTAMP | TIMESTAMPTZ | INTERVAL => {
+            json_temporal(type_oid, v, style)?
+        }
+        JSON | JSONB => json_document(type_oid, v, style)?,
+        _ => json_textual(type_oid, v, style)?,
+    };
+    Ok(Some(out))
+}
+
+/// `v` as a string, or what it was instead.
+fn json_text(v: &Json) -> Result<&str, String> {
+    match v {
         Json::String(s) => Ok(s.as_str()),
         _ => Err(format!("expected a string, got {}", kind(v))),
-    };
-    let out = match type_oid {
+    }
+}
+
+/// Booleans, integers, floats, numeric and money.
+fn json_number(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Bytes, String> {
+    Ok(match type_oid {
         BOOL => {
             let b = match v {
                 Json::Bool(b) => *b,
@@ -117,33 +136,16 @@ pub fn json_value(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Option<B
         FLOAT4 => Bytes::copy_from_slice(&(float(v)? as f32).to_be_bytes()),
         FLOAT8 => Bytes::copy_from_slice(&float(v)?.to_be_bytes()),
         NUMERIC => numeric(&decimal_text(v, style.decimal)?)?,
-        MONEY => {
+        _ => {
             let text = decimal_text(v, style.decimal)?;
             Bytes::copy_from_slice(&money(&text)?.to_be_bytes())
         }
-        TEXT | VARCHAR | BPCHAR | NAME | CHAR | XML => match v {
-            Json::String(s) => Bytes::copy_from_slice(s.as_bytes()),
-            Json::Number(_) | Json::Bool(_) => Bytes::from(v.to_string()),
-            _ => return Err(format!("expected a string, got {}", kind(v))),
-        },
-        BYTEA => Bytes::from(base64(text()?)?),
-        UUID => Bytes::copy_from_slice(&uuid(text()?)?),
-        JSON | JSONB => {
-            let doc = match v {
-                Json::String(s) if style.json_as_string => {
-                    serde_json::from_str::<serde::de::IgnoredAny>(s)
-                        .map_err(|e| format!("expected a JSON document in the string: {e}"))?;
-                    s.clone()
-                }
-                other => other.to_string(),
-            };
-            let mut b = BytesMut::with_capacity(doc.len() + 1);
-            if type_oid == JSONB {
-                b.put_u8(1);
-            }
-            b.put_slice(doc.as_bytes());
-            b.freeze()
-        }
+    })
+}
+
+/// Dates, times, timestamps and intervals: as text, or as numbers in the style's unit.
+fn json_temporal(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Bytes, String> {
+    Ok(match type_oid {
         DATE => {
             let days = match v {
                 Json::String(s) => date(s)?,
@@ -168,7 +170,7 @@ pub fn json_value(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Option<B
             Bytes::copy_from_slice(&micros.to_be_bytes())
         }
         TIMETZ => {
-            let (micros, east) = time_tz(text()?)?;
+            let (micros, east) = time_tz(json_text(v)?)?;
             let mut b = BytesMut::with_capacity(12);
             b.put_i64(micros);
             // PostgreSQL keeps the zone as seconds west of UTC.
@@ -186,7 +188,7 @@ pub fn json_value(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Option<B
             };
             Bytes::copy_from_slice(&micros.to_be_bytes())
         }
-        INTERVAL => {
+        _ => {
             let (months, days, micros) = match v {
                 Json::String(s) => interval(s)?,
                 // Debezium's MicroDuration: the whole interval in microseconds.
@@ -198,8 +200,39 @@ pub fn json_value(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Option<B
             b.put_i32(months);
             b.freeze()
         }
-        INET | CIDR => inet(text()?, type_oid == CIDR)?,
-        MACADDR => Bytes::copy_from_slice(&macaddr(text()?)?),
+    })
+}
+
+/// A json or jsonb column: an embedded document, or one held in a string.
+fn json_document(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Bytes, String> {
+    let doc = match v {
+        Json::String(s) if style.json_as_string => {
+            serde_json::from_str::<serde::de::IgnoredAny>(s)
+                .map_err(|e| format!("expected a JSON document in the string: {e}"))?;
+            s.clone()
+        }
+        other => other.to_string(),
+    };
+    let mut b = BytesMut::with_capacity(doc.len() + 1);
+    if type_oid == JSONB {
+        b.put_u8(1);
+    }
+    b.put_slice(doc.as_bytes());
+    Ok(b.freeze())
+}
+
+/// Text types, bytea, uuid, network types, and every other type by its text.
+fn json_textual(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Bytes, String> {
+    Ok(match type_oid {
+        TEXT | VARCHAR | BPCHAR | NAME | CHAR | XML => match v {
+            Json::String(s) => Bytes::copy_from_slice(s.as_bytes()),
+            Json::Number(_) | Json::Bool(_) => Bytes::from(v.to_string()),
+            _ => return Err(format!("expected a string, got {}", kind(v))),
+        },
+        BYTEA => Bytes::from(base64(json_text(v)?)?),
+        UUID => Bytes::copy_from_slice(&uuid(json_text(v)?)?),
+        INET | CIDR => inet(json_text(v)?, type_oid == CIDR)?,
+        MACADDR => Bytes::copy_from_slice(&macaddr(json_text(v)?)?),
         _ => match v {
             Json::String(s) if style.opaque_base64 => Bytes::from(base64(s)?),
             Json::String(s) => Bytes::copy_from_slice(s.as_bytes()),
@@ -210,8 +243,7 @@ pub fn json_value(type_oid: u32, v: &Json, style: &JsonStyle) -> Result<Option<B
                 ))
             }
         },
-    };
-    Ok(Some(out))
+    })
 }
 
 fn kind(v: &Json) -> &'static str {

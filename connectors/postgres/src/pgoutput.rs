@@ -176,47 +176,7 @@ impl Decoder {
             message: tag,
         };
         match tag {
-            'R' => {
-                let oid = r.u32()?;
-                let schema = r.string()?;
-                let name = r.string()?;
-                let _replica_identity = r.u8()?;
-                let count = r.i16()?;
-                let mut columns = Vec::with_capacity(count.max(0) as usize);
-                for _ in 0..count.max(0) {
-                    let flags = r.u8()?;
-                    let name = r.string()?;
-                    let type_oid = r.u32()?;
-                    let type_modifier = r.i32()?;
-                    columns.push(Column {
-                        name,
-                        type_oid,
-                        type_modifier,
-                        type_name: String::new(),
-                        nullable: true,
-                        key: flags & 1 == 1,
-                        default: None,
-                    });
-                }
-                let mut name = TableName::new(schema, name);
-                if let Some(root) = self.roots.get(&name) {
-                    name = root.clone();
-                }
-                if let Some(known) = self.catalog.get(&name) {
-                    for c in &mut columns {
-                        let from_catalog = known.columns.iter().find(|k| k.name == c.name);
-                        c.key = from_catalog.is_some_and(|k| k.key);
-                        if let Some(k) = from_catalog.filter(|k| k.type_oid == c.type_oid) {
-                            c.type_name = k.type_name.clone();
-                            c.nullable = k.nullable;
-                            c.default = k.default.clone();
-                        }
-                    }
-                }
-                let table = Arc::new(TableSchema { name, columns });
-                self.relations.insert(oid, table.clone());
-                Ok(Message::Relation(oid, table))
-            }
+            'R' => self.relation_message(&mut r),
             'B' => {
                 let final_lsn = r.u64()?;
                 let commit_time = r.u64()? as i64;
@@ -264,24 +224,7 @@ impl Decoder {
                 let row = r.tuple(&table, &self.types)?;
                 Ok(Message::Insert { table, row })
             }
-            'U' => {
-                let table = self.table(r.u32()?)?;
-                let mut old_key = None;
-                let mut tag = r.u8()?;
-                if tag == b'K' || tag == b'O' {
-                    old_key = Some(r.tuple(&table, &self.types)?);
-                    tag = r.u8()?;
-                }
-                if tag != b'N' {
-                    return Err(r.unexpected(tag));
-                }
-                let row = r.tuple(&table, &self.types)?;
-                Ok(Message::Update {
-                    table,
-                    old_key,
-                    row,
-                })
-            }
+            'U' => self.update_message(&mut r),
             'D' => {
                 let table = self.table(r.u32()?)?;
                 let tag = r.u8()?;
@@ -302,6 +245,73 @@ impl Decoder {
             }
             other => Err(DecodeError::UnknownMessage(other)),
         }
+    }
+
+    /// A Relation message: the columns as announced, completed from the catalog (type names,
+    /// nullability, defaults and the key as the catalog has it), under the partition root's
+    /// name when the table is a partition.
+    fn relation_message(&mut self, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+        let oid = r.u32()?;
+        let schema = r.string()?;
+        let name = r.string()?;
+        let _replica_identity = r.u8()?;
+        let count = r.i16()?;
+        let mut columns = Vec::with_capacity(count.max(0) as usize);
+        for _ in 0..count.max(0) {
+            let flags = r.u8()?;
+            let name = r.string()?;
+            let type_oid = r.u32()?;
+            let type_modifier = r.i32()?;
+            columns.push(Column {
+                name,
+                type_oid,
+                type_modifier,
+                type_name: String::new(),
+                nullable: true,
+                key: flags & 1 == 1,
+                default: None,
+            });
+        }
+        let mut name = TableName::new(schema, name);
+        if let Some(root) = self.roots.get(&name) {
+            name = root.clone();
+        }
+        if let Some(known) = self.catalog.get(&name) {
+            for c in &mut columns {
+                let from_catalog = known.columns.iter().find(|k| k.name == c.name);
+                c.key = from_catalog.is_some_and(|k| k.key);
+                if let Some(k) = from_catalog.filter(|k| k.type_oid == c.type_oid) {
+                    c.type_name = k.type_name.clone();
+                    c.nullable = k.nullable;
+                    c.default = k.default.clone();
+                }
+            }
+        }
+        let table = Arc::new(TableSchema { name, columns });
+        self.relations.insert(oid, table.clone());
+        Ok(Message::Relation(oid, table))
+    }
+
+    /// An Update message: the old key (or old row) when the key changed or the table's
+    /// replica identity is full, then the new row.
+    #[inline]
+    fn update_message(&mut self, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+        let table = self.table(r.u32()?)?;
+        let mut old_key = None;
+        let mut tag = r.u8()?;
+        if tag == b'K' || tag == b'O' {
+            old_key = Some(r.tuple(&table, &self.types)?);
+            tag = r.u8()?;
+        }
+        if tag != b'N' {
+            return Err(r.unexpected(tag));
+        }
+        let row = r.tuple(&table, &self.types)?;
+        Ok(Message::Update {
+            table,
+            old_key,
+            row,
+        })
     }
 
     fn table(&self, oid: u32) -> Result<Arc<TableSchema>, DecodeError> {
