@@ -16,4 +16,7 @@ cargo fmt --all -- --check
 # leave them out).
 cargo clippy --workspace --all-targets --features crash-points -- -D warnings
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace --all-targets --features crash-points
+# Three tests at a time: the end-to-end tests wait on servers most of the time, so a third
+# thread fills the 2 cores better (the suite in 388 s instead of 494 s, same build). Tests that
+# crash or restart a shared cluster hold the servers alone whatever the count.
+RUST_TEST_THREADS=${RUST_TEST_THREADS:-3} cargo test --workspace --all-targets --features crash-points
