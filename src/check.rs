@@ -250,7 +250,8 @@ async fn other_targets(cfg: &Pipeline, ctx: &TargetContext, out: &mut Findings) 
         .collect();
     for sink in cfg.sinks.iter().filter(|s| !checked.contains(&s.name())) {
         match sink.connect(ctx).await {
-            Ok(_) => {
+            Ok(connected) => {
+                connected.close().await;
                 out.push(Finding::new(
                     Mark::Note,
                     format!("sink {} ({}): connected", sink.name(), sink.kind()),

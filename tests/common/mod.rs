@@ -514,10 +514,17 @@ pub fn cutover(args: &[&str]) -> (i32, String, String) {
         .args(args)
         .output()
         .expect("run cutover");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // No command ends in a panic, not even one in a client library's background task while
+    // the process exits (the MongoDB driver's, once).
+    assert!(
+        !stderr.contains("panicked at"),
+        "cutover {args:?} panicked:\n{stderr}"
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr,
     )
 }
 

@@ -48,6 +48,12 @@ pub trait Sink: Send + Sync {
     /// A short name for logs and status (`target`, `kafka-orders`).
     fn name(&self) -> &str;
 
+    /// Lets go of the target's connections now, in the caller's task, for a sink that was only
+    /// connected to be checked. Sinks whose client cleans up in a background task of its own
+    /// on drop (one that could still be running when the process exits) end it here; the
+    /// default does nothing.
+    async fn close(self: Box<Self>) {}
+
     /// Prepares the target for these tables (creating or validating them) and reads back what it
     /// has made durable before.
     async fn open(&mut self, tables: &[Arc<TableSchema>]) -> Result<SinkState>;

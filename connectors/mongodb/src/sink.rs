@@ -182,19 +182,23 @@ impl MongoSink {
     /// Reads the sink's saved progress without preparing anything (`cutover status`).
     pub async fn saved_state(options: &MongoSinkOptions) -> Result<SinkState> {
         let sink = MongoSink::connect(options.clone()).await?;
-        Ok(sink.store.load().await?.state)
+        let loaded = sink.store.load().await;
+        sink.client.shutdown().await;
+        Ok(loaded?.state)
     }
 
     /// Deletes the sink's state document (`cutover teardown --target-state`), so the next run
     /// copies every table again. The collections are left as they are.
     pub async fn forget_state(options: &MongoSinkOptions) -> Result<()> {
         let sink = MongoSink::connect(options.clone()).await?;
-        sink.store
+        let deleted = sink
+            .store
             .collection
             .delete_one(mongodb::bson::doc! {"_id": sink.store.id.clone()})
             .await
-            .map_err(|e| classify(e, &sink.store.context()))?;
-        Ok(())
+            .map_err(|e| classify(e, &sink.store.context()));
+        sink.client.shutdown().await;
+        deleted.map(|_| ())
     }
 
     async fn refuse_foreign_documents(&self, table: &TableName, coll: &str) -> Result<()> {
@@ -590,9 +594,9 @@ pub async fn replay_dead_letters(options: &MongoSinkOptions) -> Result<(u64, u64
     let Some(path) = &options.dead_letter_file else {
         return Ok((0, 0));
     };
-    let (client, _, _) = open_client(options).await?;
-    let client = &client;
-    dead_letters::replay(&FileStore::new(path.clone()), |l| async move {
+    let (owned, _, _) = open_client(options).await?;
+    let client = &owned;
+    let replayed = dead_letters::replay(&FileStore::new(path.clone()), |l| async move {
         let damaged = || {
             ConnectorError::fatal(format!(
                 "dead letter {} in {} cannot be read back",
@@ -626,7 +630,9 @@ pub async fn replay_dead_letters(options: &MongoSinkOptions) -> Result<(u64, u64
                 )
             })
     })
-    .await
+    .await;
+    owned.shutdown().await;
+    replayed
 }
 
 /// Reads one document by `_id`, exactly as stored: it is read raw, because reading into a
@@ -751,6 +757,13 @@ impl Write {
 impl Sink for MongoSink {
     fn name(&self) -> &str {
         &self.options.name
+    }
+
+    /// Ends the client's server sessions and closes its connections here. Left to its drop,
+    /// the driver does that in a task of its own, and a process that exits meanwhile (`cutover
+    /// check` right after its last look) saw the driver panic in that task.
+    async fn close(self: Box<Self>) {
+        self.client.shutdown().await;
     }
 
     /// Checks every table (a key, a valid collection name, one collection per table), reads the
