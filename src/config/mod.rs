@@ -234,7 +234,7 @@ pub fn parse(
     };
     let d = sections::defaults()?;
     sections::check_name(&file, &at)?;
-    let apply = sections::source(&file, &at)?;
+    let apply = sections::source(&file, &d.source, &at)?;
     let (slot, publication) = sections::slot_and_publication(&file, &at)?;
     if file.sinks.is_empty() {
         return Err(at.bad("sink", "no sink is declared. Fix: add a [[sink]] table with kind = \"postgres\", name and url.".into()));

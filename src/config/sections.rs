@@ -37,6 +37,8 @@ pub(super) struct PipelineDefaults {
 #[serde(deny_unknown_fields)]
 pub(super) struct SourceDefaults {
     pub(super) discover_interval_s: Option<u64>,
+    /// A Kafka source's (`cutover apply`).
+    pub(super) batch_messages: Option<usize>,
 }
 
 /// The compiled-in defaults. They are part of the binary and parse (a test reads them).
@@ -81,6 +83,7 @@ pub(super) fn check_name(file: &PipelineFile, at: &ReadText<'_>) -> Result<(), C
 /// (whose keys are checked: none of a Kafka source's, a URL, tables).
 pub(super) fn source(
     file: &PipelineFile,
+    defaults: &SourceDefaults,
     at: &ReadText<'_>,
 ) -> Result<Option<ApplySettings>, ConfigError> {
     let kafka_source = match file.source.kind.as_deref() {
@@ -94,7 +97,13 @@ pub(super) fn source(
         }
     };
     if kafka_source {
-        return Ok(Some(apply_settings(file, at.origin, &at.base_dir, at.env)?));
+        return Ok(Some(apply_settings(
+            file,
+            defaults,
+            at.origin,
+            &at.base_dir,
+            at.env,
+        )?));
     }
     for (key, set) in [
         ("brokers", file.source.brokers.is_some()),
@@ -400,6 +409,7 @@ pub(super) fn admin_settings(
 /// `[source]` of a pipeline that `cutover apply` runs (`kind = "kafka"`).
 fn apply_settings(
     file: &PipelineFile,
+    defaults: &SourceDefaults,
     origin: &str,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
@@ -465,7 +475,11 @@ fn apply_settings(
         expand: &expand_key,
     };
     cutover_kafka::security::check(&mut properties, &ctx).map_err(ConfigError)?;
-    let batch_messages = source.batch_messages.unwrap_or(5000);
+    let batch_messages = or_default(
+        source.batch_messages,
+        defaults.batch_messages,
+        "source.batch_messages",
+    )?;
     if batch_messages == 0 {
         return Err(bad("batch_messages", "must be greater than 0."));
     }
