@@ -408,7 +408,9 @@ async fn check_table(
         opts,
         running,
     };
-    check.run(progress).await
+    let report = check.run(progress).await;
+    target.close().await;
+    report
 }
 
 fn select_tables(source: &PgSource, patterns: &[String]) -> Result<Vec<Arc<TableSchema>>> {

@@ -228,6 +228,14 @@ impl MongoTableSide {
 
 #[async_trait]
 impl TableSide for MongoTableSide {
+    /// Shuts the client down here rather than in the task its drop would spawn, which could
+    /// still be running when `cutover verify` exits.
+    async fn close(self: Box<Self>) {
+        let client = self.collection.client().clone();
+        drop(self);
+        client.shutdown().await;
+    }
+
     async fn scan(&self, low: &Bound, high: &Bound, limits: ScanLimits) -> Result<RangeScan> {
         Ok(self.rows.scan(low, high, limits))
     }

@@ -988,51 +988,87 @@ pub struct PgStream {
     incomplete: Vec<(u32, Arc<TableSchema>)>,
 }
 
+/// How long a new layout's columns are read again from the source's catalog before a column
+/// it does not show (with the stream's type) is left without a type name: the moment a commit
+/// takes to become visible, with room for a loaded machine.
+const CATALOG_CATCH_UP: Duration = Duration::from_secs(5);
+
 impl PgStream {
     /// Completes relations whose new columns lack a type name from the source's catalog (SQL
     /// type, nullability, default), so a target can add them as the source has them. The
     /// catalog is read now, which can be later than the stream's position: a name whose type
     /// no longer matches the stream's OID is left without a type name.
     ///
+    /// The walsender may send a transaction a moment before the source shows its commit to
+    /// other sessions (the commit record is flushed before the transaction leaves the running
+    /// list), so a catalog read at once can still see the layout from before the stream's
+    /// change (seen under load: a retyped column's old type, and the change stopped as "could
+    /// not be read from the source's catalog"). A column left unmatched is read again, for up
+    /// to [`CATALOG_CATCH_UP`], before it is given up.
+    ///
     /// Cancel-safe: a relation leaves the list only once it is completed, and [`Source::next`]
     /// completes what is listed before it reads on (the runtime may drop a `next` call at any
     /// await).
     async fn complete_relations(&mut self) -> Result<()> {
         while let Some((oid, table)) = self.incomplete.first().cloned() {
-            let rows = self
-                .catalog
-                .query(
-                    "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
-                            a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
-                       FROM pg_attribute a
-                       LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                      WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
-                    &[&oid],
-                )
-                .await
-                .map_err(|e| {
-                    classify(e, &format!("cannot read the new columns of {}", table.name))
-                })?;
-            let mut completed = (*table).clone();
-            for c in completed
-                .columns
-                .iter_mut()
-                .filter(|c| c.type_name.is_empty())
-            {
-                let found = rows
-                    .iter()
-                    .find(|r| r.get::<_, String>(0) == c.name && r.get::<_, u32>(1) == c.type_oid);
-                if let Some(r) = found {
-                    c.type_name = r.get(2);
-                    c.nullable = !r.get::<_, bool>(3);
-                    c.default = r.get(4);
+            let started = std::time::Instant::now();
+            let mut pause = Duration::from_millis(10);
+            let mut reads = 1;
+            let completed = loop {
+                let (completed, unmatched) = self.read_new_columns(oid, &table).await?;
+                if unmatched == 0 || started.elapsed() >= CATALOG_CATCH_UP {
+                    break completed;
                 }
-            }
-            tracing::info!(table = %table.name, columns = ?completed.columns.iter().map(|c| &c.name).collect::<Vec<_>>(), "the source announced a new layout");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+                reads += 1;
+            };
+            tracing::info!(table = %table.name, columns = ?completed.columns.iter().map(|c| &c.name).collect::<Vec<_>>(), catalog_reads = reads, "the source announced a new layout");
             self.decoder.set_relation(oid, Arc::new(completed));
             self.incomplete.remove(0);
         }
         Ok(())
+    }
+
+    /// `table` with its untyped columns completed from the catalog as it is now, and how many
+    /// of them the catalog does not show with the stream's type.
+    async fn read_new_columns(
+        &self,
+        oid: u32,
+        table: &TableSchema,
+    ) -> Result<(TableSchema, usize)> {
+        let rows = self
+            .catalog
+            .query(
+                "SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
+                        a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
+                   FROM pg_attribute a
+                   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| classify(e, &format!("cannot read the new columns of {}", table.name)))?;
+        let mut completed = table.clone();
+        let mut unmatched = 0;
+        for c in completed
+            .columns
+            .iter_mut()
+            .filter(|c| c.type_name.is_empty())
+        {
+            let found = rows
+                .iter()
+                .find(|r| r.get::<_, String>(0) == c.name && r.get::<_, u32>(1) == c.type_oid);
+            match found {
+                Some(r) => {
+                    c.type_name = r.get(2);
+                    c.nullable = !r.get::<_, bool>(3);
+                    c.default = r.get(4);
+                }
+                None => unmatched += 1,
+            }
+        }
+        Ok((completed, unmatched))
     }
 
     fn change(&mut self, table: &Arc<TableSchema>, change: Change) -> Result<StreamEvent> {

@@ -148,6 +148,10 @@ pub trait TableSide: Send + Sync {
 
     /// Reads the rows with these keys (`None` where a key has no row).
     async fn fetch(&self, keys: &[Arc<KeyBound>]) -> Result<Vec<Option<CanonRow>>>;
+
+    /// Lets go of the store's connections now, in the caller's task (see
+    /// [`crate::Sink::close`]); the default does nothing.
+    async fn close(self: Box<Self>) {}
 }
 
 /// The outcome of comparing one range.
